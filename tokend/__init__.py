@@ -1,0 +1,1 @@
+"""tokend: a token authentication server for private Docker/OCI registries."""
