@@ -1,0 +1,78 @@
+"""Reading the policy files from the config directory into one validated :class:`Policy`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokend.policy import (
+    Policy,
+    PolicyError,
+    anonymous_from_document,
+    users_from_document,
+)
+
+USERS_FILE = "users.json"
+REPOSITORIES_FILE = "repositories.json"
+POLICY_FILES = (USERS_FILE, REPOSITORIES_FILE)
+MAX_POLICY_FILE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    policy: Policy
+    warnings: tuple[str, ...]
+
+
+def load_policy(config_dir: Path) -> LoadedPolicy:
+    """Read and validate both files together; raises :class:`PolicyError` naming the culprit.
+
+    Both files are re-read by path on every call, so symlink swaps are followed.
+    """
+    users_file = config_dir / USERS_FILE
+    repositories_file = config_dir / REPOSITORIES_FILE
+    users = users_from_document(read_json(users_file), str(users_file))
+    anonymous, warnings = anonymous_from_document(
+        read_json(repositories_file), str(repositories_file)
+    )
+    return LoadedPolicy(Policy(users, anonymous), tuple(warnings))
+
+
+def read_json(path: Path) -> object:
+    """Parse one JSON file; a syntax error is located by line and column."""
+    try:
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_POLICY_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise PolicyError(str(path), "", "file not found") from None
+    except OSError as e:
+        raise PolicyError(str(path), "", f"cannot read: {e.strerror}") from None
+    if len(raw) > MAX_POLICY_FILE_BYTES:
+        raise PolicyError(str(path), "", f"larger than {MAX_POLICY_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(str(path), "", f"not UTF-8 (byte offset {e.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicates)
+    except json.JSONDecodeError as e:
+        raise PolicyError(str(path), "", e.msg, e.lineno, e.colno) from None
+    except _DuplicateKey as e:
+        raise PolicyError(str(path), "", f"duplicate key {json.dumps(e.key)}") from None
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A key written twice is most likely a mistake; JSON would silently keep the last one."""
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result

@@ -1,0 +1,327 @@
+"""The HTTP edge: the realm (GET and OAuth2 POST) and /healthz, as a Klein app.
+
+Thin on purpose: parsing, policy and signing live in pure modules; this maps them to HTTP and
+turns every domain error into the spec's JSON error body (never a 500 for bad input).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from tokend.basic_auth import (
+    Credentials,
+    MalformedCredentials,
+    UnsupportedScheme,
+    parse_authorization,
+)
+from tokend.holder import PolicyHolder
+from tokend.passwords import PasswordChecker, PasswordTooLong
+from tokend.scope import ResourceScope, ScopeError, parse_scopes
+from tokend.tokens import IssuedToken, TokenIssuer, rfc3339
+
+MAX_QUERY_BYTES = 8192
+MAX_VALUE_CHARS = 1024
+MAX_BODY_BYTES = 16384
+
+
+class Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+class RequestError(Exception):
+    """Answered with ``status`` and the registry error body; ``oauth`` picks RFC 6749's."""
+
+    status = 400
+    code = "BAD_REQUEST"
+    oauth_error = "invalid_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class AuthenticationFailed(RequestError):
+    status = 401
+    code = "UNAUTHORIZED"
+    oauth_error = "invalid_grant"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "UNSUPPORTED"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class UnsupportedGrant(RequestError):
+    oauth_error = "unsupported_grant_type"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """What a client asked for, whichever flow it used."""
+
+    flow: str
+    service: str
+    scopes: tuple[ResourceScope, ...]
+    credentials: Credentials | None
+    client_id: str | None
+
+
+class TokenAPI:
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        policy: PolicyHolder,
+        passwords: PasswordChecker,
+        tokens: TokenIssuer,
+        services: Sequence[str],
+        clock: Clock,
+        realm_path: str = "/v2/token",
+    ) -> None:
+        self._policy = policy
+        self._passwords = passwords
+        self._tokens = tokens
+        self._services = tuple(services)
+        self._clock = clock
+        self._realm_path = realm_path.encode("utf-8")
+        self._challenge = f'Basic realm="{tokens.issuer}"'.encode()
+
+    def resource(self) -> Resource:
+        return _DecodablePathGuard(self.app.resource())
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: Request) -> bytes:
+        status = self._policy.status()
+        return _json(
+            request,
+            200,
+            {
+                "status": "ok",
+                "policy_generation": status.generation,
+                "policy_loaded_at": rfc3339(status.loaded_at),
+                "policy_failed_at": rfc3339(status.failed_at) if status.failed_at else None,
+                "policy_error": status.last_error,
+            },
+        )
+
+    @app.route("/", branch=True)
+    async def realm(self, request: Request) -> bytes:
+        if request.path != self._realm_path:
+            raise NotFound(f"no such path; the token endpoint is {self._realm_path.decode()}")
+        if request.method in (b"GET", b"HEAD"):
+            return await self._answer(request, self._read_get(request))
+        if request.method == b"POST":
+            return await self._answer(request, self._read_post(request))
+        request.setHeader(b"Allow", b"GET, HEAD, POST")
+        raise MethodNotAllowed("the token endpoint answers GET and POST")
+
+    def _read_get(self, request: Request) -> TokenRequest:
+        if len(request.uri) > MAX_QUERY_BYTES:
+            raise RequestError(f"query longer than {MAX_QUERY_BYTES} bytes")
+        args = _decoded_args(request.args)
+        try:
+            credentials = parse_authorization(request.getHeader(b"authorization"))
+        except UnsupportedScheme as e:
+            raise AuthenticationFailed(str(e)) from None
+        except MalformedCredentials as e:
+            raise RequestError(str(e)) from None
+        account = _single(args, "account")
+        if credentials is not None and account is not None and account != credentials.username:
+            raise RequestError("account does not match the authenticated user")
+        return TokenRequest(
+            flow="GET",
+            service=self._service(_single(args, "service")),
+            scopes=_scopes(args.get("scope", [])),
+            credentials=credentials,
+            client_id=_single(args, "client_id"),
+        )
+
+    def _read_post(self, request: Request) -> TokenRequest:
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        if content_type.lower() != b"application/x-www-form-urlencoded":
+            raise RequestError("expected an application/x-www-form-urlencoded form")
+        length = request.getHeader(b"content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise RequestError(f"form longer than {MAX_BODY_BYTES} bytes")
+        args = _decoded_args(request.args)
+        grant_type = _single(args, "grant_type")
+        if grant_type != "password":
+            raise UnsupportedGrant(f"grant_type {grant_type!r} is not supported; use password")
+        username = _single(args, "username")
+        password = _single(args, "password")
+        if not username or password is None:
+            raise RequestError("the password grant needs username and password")
+        client_id = _single(args, "client_id")
+        if not client_id:
+            raise RequestError("client_id is required")
+        scopes = _single(args, "scope")
+        return TokenRequest(
+            flow="POST",
+            service=self._service(_single(args, "service")),
+            scopes=_scopes([scopes] if scopes else []),
+            credentials=Credentials(username, password.encode("utf-8")),
+            client_id=client_id,
+        )
+
+    def _service(self, service: str | None) -> str:
+        if service is None and len(self._services) == 1:
+            return self._services[0]
+        if service not in self._services:
+            raise RequestError(f"unknown service {service!r}")
+        return service
+
+    async def _answer(self, request: Request, asked: TokenRequest) -> bytes:
+        policy = self._policy.current
+        account: str | None = None
+        if asked.credentials is not None:
+            user = policy.users.get(asked.credentials.username)
+            try:
+                verified = await self._passwords.verify(
+                    user.pass_hash if user is not None else None,
+                    asked.credentials.password,
+                    policy.bcrypt_cost(),
+                )
+            except PasswordTooLong as e:
+                raise AuthenticationFailed(str(e)) from None
+            if not verified:
+                raise AuthenticationFailed("invalid user name or password")
+            account = asked.credentials.username
+            policy = self._policy.current
+        granted = tuple(
+            ResourceScope(scope.type, scope.name, policy.grant(account, scope))
+            for scope in asked.scopes
+        )
+        issued = self._tokens.issue(account or "", asked.service, granted, self._clock.seconds())
+        self.log.info(
+            "issued {flow} token to {account!r} from {client}: asked {asked}, granted {granted}",
+            flow=asked.flow,
+            account=account or "",
+            client=_client_address(request),
+            client_id=asked.client_id,
+            asked=[str(s) for s in asked.scopes],
+            granted=[str(s) for s in granted if s.actions],
+            outcome="issued",
+        )
+        request.setHeader(b"Cache-Control", b"no-store")
+        return _json(request, 200, _token_body(asked.flow, issued, granted))
+
+    @app.handle_errors(RequestError)
+    def request_error(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, RequestError)
+        if isinstance(error, AuthenticationFailed):
+            request.setHeader(b"WWW-Authenticate", self._challenge)
+        self.log.info(
+            "refused {method} {path} from {client}: {status} {reason}",
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace")[:200],
+            client=_client_address(request),
+            status=error.status,
+            reason=error.message,
+            outcome="refused",
+        )
+        if request.method == b"POST" and request.path == self._realm_path:
+            body: dict[str, Any] = {
+                "error": error.oauth_error,
+                "error_description": error.message,
+            }
+        else:
+            body = {"errors": [{"code": error.code, "message": error.message, "detail": None}]}
+        return _json(request, error.status, body)
+
+
+def _token_body(flow: str, issued: IssuedToken, granted: Sequence[ResourceScope]) -> object:
+    body: dict[str, object] = {
+        "access_token": issued.token,
+        "expires_in": issued.expires_in,
+        "issued_at": issued.issued_at,
+    }
+    if flow == "GET":
+        body["token"] = issued.token
+    else:
+        body["token_type"] = "Bearer"  # noqa: S105 - the OAuth2 token type, not a secret
+        body["scope"] = " ".join(str(s) for s in granted if s.actions)
+    return body
+
+
+def _json(request: Request, status: int, body: object) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _decoded_args(raw: dict[bytes, list[bytes]] | None) -> dict[str, list[str]]:
+    args: dict[str, list[str]] = {}
+    for key, values in (raw or {}).items():
+        try:
+            name = key.decode("utf-8")
+            decoded = [value.decode("utf-8") for value in values]
+        except UnicodeDecodeError:
+            raise RequestError("parameters must be UTF-8") from None
+        if any(len(value) > MAX_VALUE_CHARS for value in decoded):
+            raise RequestError(f"parameter {name[:40]!r} longer than {MAX_VALUE_CHARS}")
+        args[name] = decoded
+    return args
+
+
+def _single(args: dict[str, list[str]], name: str) -> str | None:
+    values = args.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise RequestError(f"parameter {name!r} given more than once")
+    return values[0]
+
+
+def _scopes(values: list[str]) -> tuple[ResourceScope, ...]:
+    try:
+        return parse_scopes(values)
+    except ScopeError as e:
+        raise RequestError(str(e)) from None
+
+
+def _client_address(request: Request) -> str:
+    """The proxy's view of the client when behind nginx, else the peer."""
+    real_ip = request.getHeader(b"x-real-ip")
+    forwarded = request.getHeader(b"x-forwarded-for")
+    header = real_ip or (forwarded.split(b",")[0].strip() if forwarded else None)
+    if header:
+        return header.decode("ascii", "replace")[:64]
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    return str(host) if host else "unix"
+
+
+class _DecodablePathGuard(Resource):
+    """Answers a path that is not UTF-8 with a JSON 400 before Klein's plain-text one."""
+
+    isLeaf = True
+
+    def __init__(self, wrapped: Resource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._wrapped = wrapped
+
+    def render(self, request: Request) -> Any:
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            body = {"errors": [{"code": "BAD_REQUEST", "message": "path is not UTF-8"}]}
+            return _json(request, 400, body)
+        return self._wrapped.render(request)
