@@ -36,7 +36,13 @@ def test_password_is_never_in_the_repr() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [b"Basic !!!", basic(b"no-colon"), basic(b"\xff:x"), basic(b"a\x00b:x"), b"Basic " + b"A" * 5000],
+    [
+        b"Basic !!!",
+        basic(b"no-colon"),
+        basic(b"\xff:x"),
+        basic(b"a\x00b:x"),
+        b"Basic " + b"A" * 5000,
+    ],
 )
 def test_malformed(header: bytes) -> None:
     with pytest.raises(MalformedCredentials):

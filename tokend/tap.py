@@ -1,0 +1,293 @@
+"""``twistd registry-token``: command-line options and the service tree.
+
+Everything is validated in ``postOptions`` (the key, the certificate, the policy files, the
+socket path) so a bad configuration stops start-up with one sentence instead of a traceback.
+``makeService`` only constructs; threads start in ``startService``, after twistd has forked.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import reactor as global_reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from tokend.devcert import ensure_dev_cert
+from tokend.holder import PolicyHolder
+from tokend.keys import KeyConfigError, SigningKey, load_signing_key
+from tokend.passwords import PasswordChecker
+from tokend.policy import PolicyError
+from tokend.policy_files import LoadedPolicy, load_policy
+from tokend.reload import PolicyReloader
+from tokend.tokens import TokenIssuer
+from tokend.watcher import PolicyWatchService
+from tokend.web import TokenAPI
+from tokend.workers import WorkerPool
+
+DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
+MIN_TTL, MAX_TTL = 60, 3600
+KID_FORMS = ("libtrust", "thumbprint")
+
+
+def _env_name(option: str) -> str:
+    return "TOKEND_" + option.upper().replace("-", "_")
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _with_env_names(options: list[list[Any]]) -> list[list[Any]]:
+    """Append each option's environment variable to its --help text."""
+    return [[*option[:-1], f"{option[-1]} [env {_env_name(option[0])}]"] for option in options]
+
+
+class Options(usage.Options):
+    """Every option can also come from ``TOKEND_<NAME>``; the command line wins."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Issue registry bearer tokens (docker distribution token auth) from users.json and "
+        "repositories.json, reloaded live on change or SIGHUP."
+    )
+    optParameters = _with_env_names(
+        [
+            [
+                "listen",
+                "l",
+                DEFAULT_LISTEN,
+                "Endpoint to serve on: unix:PATH or tcp:PORT:interface=IP",
+            ],
+            ["socket-group", None, None, "Group to own the UNIX socket (e.g. the nginx worker's)"],
+            ["config-dir", "c", "config", "Directory holding users.json and repositories.json"],
+            ["key", "k", "certs/RootCA.key", "PEM private key that signs tokens (mode 0600)"],
+            ["cert", None, "certs/RootCA.crt", "PEM certificate chain of the key (tokens get x5c)"],
+            ["issuer", "i", "tokend", "iss claim; must equal the registry's auth.token.issuer"],
+            ["service", "s", "registry", "Accepted service (audience); repeat for several"],
+            ["token-ttl", None, "300", f"Token lifetime in seconds ({MIN_TTL}-{MAX_TTL})"],
+            ["kid", None, "libtrust", "Key id form: libtrust (registry 2.x) or thumbprint (3.x)"],
+            ["realm-path", None, "/v2/token", "URL path of the token endpoint"],
+            ["bcrypt-threads", None, str(min(os.cpu_count() or 1, 4)), "bcrypt worker threads"],
+        ]
+    )
+    optFlags = _with_env_names(
+        [
+            ["poll", None, "Poll the config directory instead of inotify (network filesystems)"],
+            ["dev-cert", None, "Create a development key and certificate if the key is missing"],
+            ["allow-loose-key-permissions", None, "Start even if the key is group/other readable"],
+        ]
+    )
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self["service"] = []
+        self._services_from_cli = False
+        self._cert_explicit = False
+        for name, *_ in self.optParameters:
+            value = self.environ.get(_env_name(name))
+            if value is not None and name != "service":
+                self[name] = value
+                self._cert_explicit |= name == "cert"
+        env_services = self.environ.get(_env_name("service"))
+        if env_services:
+            self["service"] = [s for s in env_services.replace(",", " ").split() if s]
+        for name, *_ in self.optFlags:
+            value = self.environ.get(_env_name(name))
+            if value is not None:
+                self[name] = int(_truthy(value))
+
+    def opt_service(self, value: str) -> None:
+        """Accepted service (audience); repeat for several [env TOKEND_SERVICE, comma-separated]"""
+        if not self._services_from_cli:
+            self["service"] = []
+            self._services_from_cli = True
+        self["service"].append(value)
+
+    opt_s = opt_service
+
+    def opt_cert(self, value: str) -> None:
+        """PEM certificate chain of the key (tokens get x5c) [env TOKEND_CERT]"""
+        self["cert"] = value
+        self._cert_explicit = True
+
+    def postOptions(self) -> None:
+        if not self["service"]:
+            self["service"] = ["registry"]
+        self["token-ttl"] = self._integer("token-ttl", MIN_TTL, MAX_TTL)
+        self["bcrypt-threads"] = self._integer("bcrypt-threads", 1, 64)
+        if self["kid"] not in KID_FORMS:
+            raise usage.UsageError(f"--kid must be one of {', '.join(KID_FORMS)}")
+        realm_path = self["realm-path"]
+        if not realm_path.startswith("/") or realm_path == "/healthz":
+            raise usage.UsageError("--realm-path must be an absolute URL path other than /healthz")
+        self["listen"] = self._checked_listen(self["listen"])
+        self.signing_key: SigningKey = self._load_key()
+        self.loaded_policy: LoadedPolicy = self._load_policy()
+
+    def _integer(self, name: str, low: int, high: int) -> int:
+        try:
+            value = int(self[name])
+        except (TypeError, ValueError):
+            raise usage.UsageError(f"--{name} must be a whole number") from None
+        if not low <= value <= high:
+            raise usage.UsageError(f"--{name} must be between {low} and {high}")
+        return value
+
+    def _checked_listen(self, description: str) -> str:
+        try:
+            serverFromString(global_reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from None
+        if not description.startswith("unix:"):
+            if self["socket-group"]:
+                raise usage.UsageError("--socket-group only applies to a unix: --listen")
+            return description
+        if ":mode=" not in description:
+            description += ":mode=660"
+        if ":lockfile=" not in description:
+            description += ":lockfile=1"
+        socket_dir = Path(self.socket_path(description)).parent
+        try:
+            socket_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(
+                f"cannot create socket directory {socket_dir}: {e.strerror}"
+            ) from None
+        if not os.access(socket_dir, os.W_OK | os.X_OK):
+            raise usage.UsageError(f"cannot create the socket in {socket_dir}: not writable")
+        if self["socket-group"]:
+            try:
+                self["socket-gid"] = grp.getgrnam(self["socket-group"]).gr_gid
+            except KeyError:
+                raise usage.UsageError(f"no such group {self['socket-group']!r}") from None
+        return description
+
+    @staticmethod
+    def socket_path(description: str) -> str:
+        """The path of a ``unix:`` endpoint string (``\\:`` escapes a colon)."""
+        path = description[len("unix:") :]
+        parts: list[str] = []
+        escaped = False
+        for char in path:
+            if escaped:
+                parts.append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == ":":
+                break
+            else:
+                parts.append(char)
+        name = "".join(parts)
+        return name[len("path=") :] if name.startswith("path=") else name
+
+    def _load_key(self) -> SigningKey:
+        key_path, cert_path = Path(self["key"]), Path(self["cert"])
+        if self["dev-cert"]:
+            try:
+                ensure_dev_cert(key_path, cert_path)
+            except OSError as e:
+                raise usage.UsageError(
+                    f"cannot create a development key at {key_path}: {e}"
+                ) from None
+        if not cert_path.exists() and not self._cert_explicit:
+            self.cert_used: Path | None = None
+        else:
+            self.cert_used = cert_path
+        try:
+            return load_signing_key(
+                key_path,
+                self.cert_used,
+                self["kid"],
+                allow_loose_permissions=bool(self["allow-loose-key-permissions"]),
+            )
+        except KeyConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _load_policy(self) -> LoadedPolicy:
+        try:
+            return load_policy(Path(self["config-dir"]))
+        except PolicyError as e:
+            raise usage.UsageError(f"invalid policy: {e}") from None
+
+
+class _SocketGroup(Service):
+    """Hands the listening UNIX socket to a group (e.g. www-data) once it exists."""
+
+    def __init__(self, path: str, gid: int) -> None:
+        self._path = path
+        self._gid = gid
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        os.chown(self._path, -1, self._gid)
+
+
+class _Announcer(Service):
+    """Logs where the daemon listens once everything before it has started."""
+
+    log = Logger()
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        key = self._options.signing_key
+        self.log.info(
+            "tokend listening on {listen}; issuer {issuer}, services {services}, "
+            "{alg} key kid {kid}, x5c {x5c}",
+            listen=self._options["listen"],
+            issuer=self._options["issuer"],
+            services=self._options["service"],
+            alg=key.alg,
+            kid=key.kid,
+            x5c=self._options.cert_used is not None,
+        )
+        for warning in self._options.loaded_policy.warnings:
+            self.log.warn("policy warning: {warning}", warning=warning)
+        if self._options.cert_used is None:
+            self.log.warn(
+                "no certificate at {cert}: tokens carry only a kid", cert=self._options["cert"]
+            )
+
+
+def makeService(options: Options, reactor: Any = global_reactor) -> MultiService:
+    root = MultiService()
+    bcrypt_pool = WorkerPool(reactor, options["bcrypt-threads"], "tokend-bcrypt")
+    bcrypt_pool.setServiceParent(root)
+    reload_pool = WorkerPool(reactor, 1, "tokend-reload")
+    reload_pool.setServiceParent(root)
+    holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
+    api = TokenAPI(
+        policy=holder,
+        passwords=PasswordChecker(bcrypt_pool),
+        tokens=TokenIssuer(options.signing_key, options["issuer"], options["token-ttl"]),
+        services=options["service"],
+        clock=reactor,
+        realm_path=options["realm-path"],
+    )
+    site = Site(api.resource())
+    site.displayTracebacks = False
+    listener: IService = strports.service(options["listen"], site, reactor=reactor)
+    listener.setServiceParent(root)
+    if options.get("socket-gid") is not None:
+        socket_path = Options.socket_path(options["listen"])
+        _SocketGroup(socket_path, options["socket-gid"]).setServiceParent(root)
+    config_dir = Path(options["config-dir"])
+    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool)
+    PolicyWatchService(
+        config_dir, reloader.reload, reactor, poll=bool(options["poll"])
+    ).setServiceParent(root)
+    _Announcer(options).setServiceParent(root)
+    return root
