@@ -1,0 +1,205 @@
+"""The signing key: loading and checking it, naming it, and signing claims with it.
+
+Everything an operator can get wrong about a key (wrong file, encrypted, weak, mismatched with the
+certificate, expired, readable by others) is found here at start-up and reported as one sentence.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from joserfc import jws
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+MIN_RSA_BITS = 2048
+KID_FORMS = ("libtrust", "thumbprint")
+_EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+class KeyConfigError(Exception):
+    """The key or certificate cannot be used; the message says which file and why."""
+
+
+def _spki_der(public_key: Any) -> bytes:
+    return bytes(
+        public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def libtrust_key_id(public_key: Any) -> str:
+    """distribution 2.x's key id: SHA-256 of the DER SPKI, 30 bytes, base32, groups of four."""
+    digest = hashlib.sha256(_spki_der(public_key)).digest()[:30]
+    encoded = base64.b32encode(digest).decode("ascii").rstrip("=")
+    return ":".join(encoded[i : i + 4] for i in range(0, len(encoded), 4))
+
+
+def _jose_key(key: Any) -> ECKey | RSAKey | OKPKey:
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return ECKey.import_key(key)
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return RSAKey.import_key(key)
+    return OKPKey.import_key(key)
+
+
+def jwk_thumbprint(public_key: Any) -> str:
+    """RFC 7638 thumbprint (SHA-256, base64url): distribution 3.x's kid for bundle keys."""
+    return str(_jose_key(public_key).thumbprint())
+
+
+def algorithm_for(key: Any) -> str:
+    """The JWS ``alg`` a key implies, or KeyConfigError for keys registries cannot verify."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        alg = _EC_ALGORITHMS.get(key.curve.name)
+        if alg is None:
+            raise KeyConfigError(f"unsupported elliptic curve {key.curve.name}")
+        return alg
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise KeyConfigError(f"RSA key of {key.key_size} bits; at least {MIN_RSA_BITS}")
+        return "RS256"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    raise KeyConfigError(f"unsupported key type {type(key).__name__}")
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise KeyConfigError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise KeyConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def _check_permissions(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyConfigError(
+            f"key {path} is readable by others (mode {mode:04o}); "
+            f"run chmod 600 {path} or pass --allow-loose-key-permissions"
+        )
+
+
+def _load_private_key(path: Path) -> PrivateKey:
+    data = _read(path, "key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise KeyConfigError(f"key {path} is encrypted; give tokend an unencrypted key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyConfigError(f"key {path} is not a PEM private key") from None
+    if not isinstance(
+        key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    ):
+        raise KeyConfigError(f"key {path}: unsupported key type {type(key).__name__}")
+    return key
+
+
+def _load_chain(path: Path) -> list[x509.Certificate]:
+    data = _read(path, "certificate")
+    try:
+        chain = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise KeyConfigError(f"certificate {path} is not a PEM certificate") from None
+    return chain
+
+
+def _check_chain(
+    path: Path, chain: Sequence[x509.Certificate], key: PrivateKey, now: float
+) -> None:
+    leaf = chain[0]
+    if _spki_der(leaf.public_key()) != _spki_der(key.public_key()):
+        raise KeyConfigError(f"certificate {path} does not match the key")
+    moment = datetime.fromtimestamp(now, UTC)
+    if moment < leaf.not_valid_before_utc:
+        raise KeyConfigError(f"certificate {path} is not valid before {leaf.not_valid_before_utc}")
+    if moment > leaf.not_valid_after_utc:
+        raise KeyConfigError(f"certificate {path} expired on {leaf.not_valid_after_utc}")
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A checked private key with its JWS header fixed once: ``typ``, ``alg``, ``kid``, ``x5c``."""
+
+    alg: str
+    kid: str
+    header: dict[str, Any]
+    jose_key: ECKey | RSAKey | OKPKey
+
+    def sign(self, claims: dict[str, object]) -> str:
+        payload = json.dumps(claims, separators=(",", ":")).encode("utf-8")
+        return jws.serialize_compact(
+            dict(self.header), payload, self.jose_key, algorithms=[self.alg]
+        )
+
+
+def load_signing_key(
+    key_path: Path,
+    cert_path: Path | None = None,
+    kid_form: str = "libtrust",
+    now: float | None = None,
+    allow_loose_permissions: bool = True,
+) -> SigningKey:
+    """Load and check the key (and its certificate chain, sent as ``x5c``) for signing."""
+    if kid_form not in KID_FORMS:
+        raise KeyConfigError(f"unknown kid form {kid_form!r}; use {' or '.join(KID_FORMS)}")
+    key = _load_private_key(key_path)
+    if not allow_loose_permissions:
+        _check_permissions(key_path)
+    alg = algorithm_for(key)
+    public_key = key.public_key()
+    kid = libtrust_key_id(public_key) if kid_form == "libtrust" else jwk_thumbprint(public_key)
+    header: dict[str, Any] = {"typ": "JWT", "alg": alg, "kid": kid}
+    if cert_path is not None:
+        chain = _load_chain(cert_path)
+        _check_chain(cert_path, chain, key, time.time() if now is None else now)
+        header["x5c"] = [
+            base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
+            for cert in chain
+        ]
+    return SigningKey(alg=alg, kid=kid, header=header, jose_key=_jose_key(key))
+
+
+def public_key_of(path: Path) -> Any:
+    """The public key in a PEM private key, public key or certificate file."""
+    data = _read(path, "file")
+    try:
+        return x509.load_pem_x509_certificate(data).public_key()
+    except ValueError:
+        pass
+    try:
+        return serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    try:
+        return serialization.load_pem_private_key(data, password=None).public_key()
+    except TypeError:
+        raise KeyConfigError(f"{path} is an encrypted key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyConfigError(
+            f"{path} holds no PEM certificate, public key or private key"
+        ) from None
+
+
+def key_ids(path: Path) -> dict[str, str]:
+    """Both key id forms of the key in ``path``, for the registry's configuration."""
+    public_key = public_key_of(path)
+    return {"libtrust": libtrust_key_id(public_key), "thumbprint": jwk_thumbprint(public_key)}
