@@ -205,3 +205,32 @@ def anonymous_from_document(document: object, file: str) -> tuple[AnonymousPolic
         if not isinstance(name, str) or not is_valid_name(name):
             raise PolicyError(file, json_path("repositories", index), "not a repository name")
     return AnonymousPolicy(blacklist, frozenset(names), catalog), warnings
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """What a reload changed, for the log line that confirms it."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    anonymous_changed: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed or self.anonymous_changed)
+
+
+def policy_change(old: Policy, new: Policy) -> PolicyChange:
+    """Users added, removed or altered (hash or rights), and whether anonymous rules moved."""
+    return PolicyChange(
+        added=tuple(sorted(new.users.keys() - old.users.keys())),
+        removed=tuple(sorted(old.users.keys() - new.users.keys())),
+        changed=tuple(
+            sorted(
+                name
+                for name in old.users.keys() & new.users.keys()
+                if old.users[name] != new.users[name]
+            )
+        ),
+        anonymous_changed=old.anonymous != new.anonymous,
+    )

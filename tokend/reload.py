@@ -1,0 +1,105 @@
+"""Re-reading the policy files: parsed off the reactor thread, swapped in on it.
+
+A reload that fails keeps the policy in force and logs where the files are wrong; /healthz shows
+the failure until a good edit arrives. Requests during a reload coalesce into one more run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from tokend.holder import PolicyHolder
+from tokend.policy import PolicyError, policy_change
+from tokend.policy_files import LoadedPolicy, load_policy
+from tokend.workers import Workers
+
+
+class Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+class PolicyReloader:
+    """Runs at most one load at a time; a trigger during a load schedules exactly one more."""
+
+    log = Logger()
+
+    def __init__(
+        self, config_dir: Path, holder: PolicyHolder, clock: Clock, workers: Workers
+    ) -> None:
+        self._config_dir = config_dir
+        self._holder = holder
+        self._clock = clock
+        self._workers = workers
+        self._busy = False
+        self._again: str | None = None
+        self._waiting: list[Deferred[None]] = []
+
+    def reload(self, reason: str) -> Deferred[None]:
+        """Load the files now (or right after the load in progress); fires when applied."""
+        done: Deferred[None] = Deferred()
+        self._waiting.append(done)
+        if self._busy:
+            self._again = reason
+        else:
+            self._busy = True
+            ensureDeferred(self._run(reason))
+        return done
+
+    async def _run(self, reason: str) -> None:
+        while True:
+            waiting, self._waiting = self._waiting, []
+            await self._load_once(reason)
+            for done in waiting:
+                done.callback(None)
+            if self._again is None:
+                break
+            reason, self._again = self._again, None
+        self._busy = False
+
+    async def _load_once(self, reason: str) -> None:
+        now = self._clock.seconds
+        try:
+            loaded: LoadedPolicy = await self._workers.run(load_policy, self._config_dir)
+        except PolicyError as e:
+            self._holder.record_failure(str(e), now())
+            self.log.error(
+                "policy reload ({reason}) failed, keeping generation {generation}: {error}",
+                reason=reason,
+                generation=self._holder.generation,
+                error=str(e),
+                file=e.file,
+                line=e.line,
+                column=e.column,
+                path=e.path,
+                why=e.reason,
+            )
+            return
+        except Exception as e:
+            self._holder.record_failure(f"unexpected error: {e!r}", now())
+            self.log.failure(
+                "policy reload ({reason}) failed unexpectedly, keeping generation {generation}",
+                reason=reason,
+                generation=self._holder.generation,
+            )
+            return
+        old = self._holder.current
+        change = policy_change(old, loaded.policy)
+        generation = self._holder.replace(loaded.policy, now())
+        for warning in loaded.warnings:
+            self.log.warn("policy warning: {warning}", warning=warning)
+        self.log.info(
+            "policy reloaded ({reason}): generation {generation}, {users} users; "
+            "added {added}, removed {removed}, changed {changed}, anonymous rules "
+            "{anonymous}",
+            reason=reason,
+            generation=generation,
+            users=len(loaded.policy.users),
+            added=list(change.added),
+            removed=list(change.removed),
+            changed=list(change.changed),
+            anonymous="changed" if change.anonymous_changed else "unchanged",
+        )
