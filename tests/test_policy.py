@@ -165,7 +165,7 @@ def test_load_policy_rejects_duplicate_keys_and_missing_files(tmp_path: Path) ->
     with pytest.raises(PolicyError, match='duplicate key "blacklist"'):
         load_policy(tmp_path)
     (tmp_path / "repositories.json").unlink()
-    with pytest.raises(PolicyError, match="repositories.json: file not found"):
+    with pytest.raises(PolicyError, match=r"repositories\.json: file not found"):
         load_policy(tmp_path)
 
 

@@ -11,10 +11,10 @@ import grp
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.internet import reactor as global_reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -23,7 +23,7 @@ from twisted.web.server import Site
 
 from tokend.devcert import ensure_dev_cert
 from tokend.holder import PolicyHolder
-from tokend.keys import KeyConfigError, SigningKey, load_signing_key
+from tokend.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
 from tokend.passwords import PasswordChecker
 from tokend.policy import PolicyError
 from tokend.policy_files import LoadedPolicy, load_policy
@@ -35,7 +35,6 @@ from tokend.workers import WorkerPool
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 MIN_TTL, MAX_TTL = 60, 3600
-KID_FORMS = ("libtrust", "thumbprint")
 
 
 def _env_name(option: str) -> str:
@@ -229,7 +228,7 @@ class _SocketGroup(Service):
         self._gid = gid
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         os.chown(self._path, -1, self._gid)
 
 
@@ -242,7 +241,7 @@ class _Announcer(Service):
         self._options = options
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         key = self._options.signing_key
         self.log.info(
             "tokend listening on {listen}; issuer {issuer}, services {services}, "
@@ -279,7 +278,7 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
     )
     site = Site(api.resource())
     site.displayTracebacks = False
-    listener: IService = strports.service(options["listen"], site, reactor=reactor)
+    listener = strports.service(options["listen"], cast(Any, site), reactor=reactor)
     listener.setServiceParent(root)
     if options.get("socket-gid") is not None:
         socket_path = Options.socket_path(options["listen"])

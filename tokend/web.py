@@ -315,7 +315,7 @@ class _DecodablePathGuard(Resource):
     isLeaf = True
 
     def __init__(self, wrapped: Resource) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self._wrapped = wrapped
 
     def render(self, request: Request) -> Any:

@@ -34,11 +34,11 @@ class WorkerPool(Service):
         return int(self._pool.max)
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         self._pool.start()
 
     def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
         self._pool.stop()
 
     def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:

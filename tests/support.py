@@ -1,0 +1,122 @@
+"""Test helpers shared by the unit, daemon and reload tests: keys, policy files, verification.
+
+Token verification here is independent of tokend's signing code: it uses ``cryptography``
+directly against the certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import NameOID
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+def new_private_key(kind: str) -> PrivateKey:
+    if kind == "p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(kind)
+
+
+def self_signed(key: PrivateKey, days: int = 30, start_days_ago: int = 1) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokend test")])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=start_days_ago))
+        .not_valid_after(now + timedelta(days=days))
+    )
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(key, algorithm)
+
+
+def write_key_pair(directory: Path, kind: str = "p256") -> tuple[Path, Path]:
+    """A private key (mode 0600) and its self-signed certificate, as the daemon expects them."""
+    key = new_private_key(kind)
+    key_path, cert_path = directory / f"{kind}.key", directory / f"{kind}.crt"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    cert_path.write_bytes(self_signed(key).public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def hash_password(password: str, cost: int = 4) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+
+
+def write_policy(
+    directory: Path,
+    users: dict[str, tuple[str, dict[str, list[str]]]],
+    anonymous: dict[str, Any] | None = None,
+    cost: int = 4,
+) -> None:
+    """users: name -> (password, repositories rules)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    document = {
+        name: {"pass_hash": hash_password(password, cost), "repositories": rules}
+        for name, (password, rules) in users.items()
+    }
+    (directory / "users.json").write_text(json.dumps(document, indent=2))
+    repositories = anonymous if anonymous is not None else {"blacklist": False, "repositories": []}
+    (directory / "repositories.json").write_text(json.dumps(repositories))
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def verify_jwt(token: str, certificate: x509.Certificate) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the signature with the certificate's key; return (header, claims)."""
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    header = json.loads(_b64decode(header_b64))
+    claims = json.loads(_b64decode(payload_b64))
+    signed = f"{header_b64}.{payload_b64}".encode()
+    signature = _b64decode(signature_b64)
+    public_key = certificate.public_key()
+    alg = header["alg"]
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        digest = {"ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "ES512": hashes.SHA512()}[alg]
+        half = len(signature) // 2
+        der = encode_dss_signature(
+            int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
+        )
+        public_key.verify(der, signed, ec.ECDSA(digest))
+    elif isinstance(public_key, rsa.RSAPublicKey):
+        assert alg == "RS256"
+        public_key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+    elif isinstance(public_key, ed25519.Ed25519PublicKey):
+        assert alg == "EdDSA"
+        public_key.verify(signature, signed)
+    else:
+        raise AssertionError(f"unexpected key {public_key!r}")
+    return header, claims
+
+
+def load_certificate(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())

@@ -1,0 +1,148 @@
+"""The real ``twistd registry-token`` command, as an operator runs it, on a UNIX socket."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from base64 import b64encode
+from pathlib import Path
+
+import pytest
+from support import load_certificate, verify_jwt, write_key_pair, write_policy
+
+REPO = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=10)
+        self.socket_path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.socket_path)
+
+
+def twistd(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {k: v for k, v in env.items() if not k.startswith("TOKEND_")}
+    command = [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "registry-token", *args]
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    return process.returncode
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> tuple[Path, Path, Path]:
+    config = tmp_path / "config"
+    write_policy(config, {"bar": ("bar", {"*": ["pull", "push"]})}, {"repositories": ["pub/x"]})
+    key_path, cert_path = write_key_pair(tmp_path)
+    return config, key_path, cert_path
+
+
+def test_twistd_serves_tokens_on_a_unix_socket(
+    tmp_path: Path, deployment: tuple[Path, Path, Path]
+) -> None:
+    config, key_path, cert_path = deployment
+    sock = tmp_path / "run" / "tokend.sock"
+    log = tmp_path / "tokend.log"
+    process = twistd(
+        "--listen", f"unix:{sock}", "--config-dir", str(config), "--key", str(key_path),
+        "--cert", str(cert_path), "--issuer", "iss", "--service", "svc",
+        log=log,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert process.poll() is None, log.read_text() if log.exists() else process.stdout
+            assert time.monotonic() < deadline, "no socket after 30 s"
+            time.sleep(0.05)
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+
+        connection = UnixHTTPConnection(sock)
+        auth = b64encode(b"bar:bar").decode()
+        connection.request(
+            "GET",
+            "/v2/token?service=svc&scope=repository:team/app:pull,push&account=bar",
+            headers={"Authorization": f"Basic {auth}"},
+        )
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        assert response.status == 200, body
+        _, claims = verify_jwt(body["token"], load_certificate(cert_path))
+        assert (claims["iss"], claims["aud"], claims["sub"]) == ("iss", "svc", "bar")
+        assert claims["access"] == [
+            {"type": "repository", "name": "team/app", "actions": ["pull", "push"]}
+        ]
+    finally:
+        # twistd re-raises the signal after a clean shutdown, so the status is "killed by TERM".
+        assert stop(process) == -signal.SIGTERM
+    text = log.read_text()
+    assert f"tokend listening on unix:{sock}:mode=660:lockfile=1" in text
+    assert "issued GET token to 'bar'" in text
+    assert "bar:bar" not in text and auth not in text
+
+
+def start_failure(tmp_path: Path, *args: str) -> str:
+    process = twistd(*args, log=tmp_path / "failed.log")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    return output.decode()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--key": "missing.key"}, "missing.key"),
+        ({"--cert": "other.crt"}, "does not match"),
+        ({"--config-dir": "broken"}, "invalid policy"),
+        ({"--listen": "unix:/proc/nope/tokend.sock"}, "cannot create socket directory"),
+        ({"--token-ttl": "5"}, "--token-ttl must be between 60 and 3600"),
+        ({"--kid": "sha1"}, "--kid must be one of"),
+    ],
+)
+def test_bad_configuration_stops_start_up_with_one_sentence(
+    tmp_path: Path, deployment: tuple[Path, Path, Path], change: dict[str, str], message: str
+) -> None:
+    config, key_path, cert_path = deployment
+    broken = tmp_path / "broken"
+    write_policy(broken, {})
+    (broken / "users.json").write_text('{"a": {"pass_hash": "x"}}')
+    write_key_pair(tmp_path, "rsa")
+    (tmp_path / "other.crt").write_bytes((tmp_path / "rsa.crt").read_bytes())
+    options = {
+        "--listen": f"unix:{tmp_path}/t.sock",
+        "--config-dir": str(config),
+        "--key": str(key_path),
+        "--cert": str(cert_path),
+    }
+    for name, value in change.items():
+        options[name] = (
+            value
+            if value.startswith("unix:") or name in ("--token-ttl", "--kid")
+            else str(tmp_path / value)
+        )
+    output = start_failure(tmp_path, *[part for item in options.items() for part in item])
+    assert message in output
+    assert "Traceback" not in output
