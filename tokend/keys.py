@@ -11,6 +11,7 @@ import hashlib
 import json
 import stat
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc import jws
+from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 MIN_RSA_BITS = 2048
@@ -76,6 +78,8 @@ def algorithm_for(key: Any) -> str:
             raise KeyConfigError(f"RSA key of {key.key_size} bits; at least {MIN_RSA_BITS}")
         return "RS256"
     if isinstance(key, ed25519.Ed25519PrivateKey):
+        # RFC 9864 renames it "Ed25519", but registries (go-jose) only know "EdDSA" so far.
+        warnings.filterwarnings("ignore", "EdDSA is deprecated", SecurityWarning)
         return "EdDSA"
     raise KeyConfigError(f"unsupported key type {type(key).__name__}")
 

@@ -1,0 +1,114 @@
+"""The ``tokend`` tool, called as operators call it."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import bcrypt
+import pytest
+from support import load_certificate, write_key_pair, write_policy
+
+from tokend.cli import main
+from tokend.keys import key_ids, load_signing_key
+
+
+def run(*argv: str, stdin: str = "") -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), stdin=io.StringIO(stdin), stdout=out)
+    return code, out.getvalue()
+
+
+def test_hash_password_from_stdin_verifies_with_bcrypt() -> None:
+    code, out = run("hash-password", "--stdin", "--cost", "5", stdin="s3cret pass\n")
+    assert code == 0
+    hashed = out.strip().encode()
+    assert hashed.startswith(b"$2b$05$")
+    assert bcrypt.checkpw(b"s3cret pass", hashed)
+    assert not bcrypt.checkpw(b"s3cret pass\n", hashed)
+
+
+@pytest.mark.parametrize(("password", "message"), [("", "empty"), ("x" * 73, "at most 72 bytes")])
+def test_hash_password_refuses_what_cannot_log_in(
+    password: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run("hash-password", "--stdin", "--cost", "4", stdin=password + "\n")
+    assert (code, out) == (1, "")
+    assert message in capsys.readouterr().err
+
+
+def test_hash_password_rejects_a_cost_bcrypt_does_not_take() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run("hash-password", "--stdin", "--cost", "3", stdin="pw\n")
+    assert exit_info.value.code == 2
+
+
+def test_check_config_accepts_the_shipped_examples() -> None:
+    code, out = run("check-config", "--config-dir", str(Path(__file__).parent.parent / "config"))
+    assert code == 0
+    assert "2 users" in out
+
+
+def test_check_config_reports_the_file_and_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
+    users = json.loads((tmp_path / "users.json").read_text())
+    users["a"]["repositories"]["x"] = ["push"]
+    (tmp_path / "users.json").write_text(json.dumps(users))
+    code, _ = run("check-config", "--config-dir", str(tmp_path))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "users.json" in err
+    assert "pull" in err
+
+
+def test_check_config_checks_the_key_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
+    key_path, _ = write_key_pair(tmp_path)
+    assert run("check-config", "--config-dir", str(tmp_path), "--key", str(key_path))[0] == 0
+    key_path.chmod(0o644)
+    code, _ = run("check-config", "--config-dir", str(tmp_path), "--key", str(key_path))
+    assert code == 1
+    assert "chmod 600" in capsys.readouterr().err
+
+
+def test_kid_prints_both_forms(tmp_path: Path) -> None:
+    _, cert_path = write_key_pair(tmp_path)
+    code, out = run("kid", "--json", str(cert_path))
+    assert code == 0
+    assert json.loads(out) == key_ids(cert_path)
+    code, out = run("kid", str(cert_path))
+    assert key_ids(cert_path)["libtrust"] in out
+    assert key_ids(cert_path)["thumbprint"] in out
+
+
+def test_dev_cert_writes_a_usable_pair_and_keeps_existing_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_path, cert_path = tmp_path / "k.key", tmp_path / "c.crt"
+    args = ("dev-cert", "--key", str(key_path), "--cert", str(cert_path), "--cn", "ci")
+    assert run(*args)[0] == 0
+    signing_key = load_signing_key(key_path, cert_path, allow_loose_permissions=False)
+    assert load_certificate(cert_path).subject.rfc4514_string() == "CN=ci"
+    assert run(*args)[0] == 1
+    assert "--force" in capsys.readouterr().err
+    assert load_signing_key(key_path, cert_path).kid == signing_key.kid
+    assert run(*args, "--force")[0] == 0
+    assert load_signing_key(key_path, cert_path).kid != signing_key.kid
+
+
+def test_python_dash_m_runs_the_tool(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tokend", "hash-password", "--stdin", "--cost", "4"],
+        input=b"pw\n",
+        capture_output=True,
+        cwd=Path(__file__).parent.parent,
+        check=True,
+    )
+    assert bcrypt.checkpw(b"pw", result.stdout.strip())

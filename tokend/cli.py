@@ -1,0 +1,162 @@
+"""The ``tokend`` tool: what an operator needs around the daemon.
+
+``hash-password`` makes a users.json hash, ``check-config`` validates a config directory the way
+the daemon would, ``kid`` prints the key ids a registry configuration needs, ``dev-cert`` writes a
+development key pair. Exit status 0 on success, 1 on a finding, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import bcrypt
+
+from tokend.devcert import DEFAULT_CN, DEFAULT_DAYS, write_dev_cert
+from tokend.keys import KeyConfigError, key_ids, load_signing_key
+from tokend.passwords import MAX_PASSWORD_BYTES
+from tokend.policy import DEFAULT_BCRYPT_COST, PolicyError
+from tokend.policy_files import POLICY_FILES, load_policy
+
+MIN_COST, MAX_COST = 4, 31
+
+
+class CommandError(Exception):
+    """A finding to report on stderr with exit status 1."""
+
+
+def _read_password(from_stdin: bool, stdin: TextIO) -> str:
+    if from_stdin:
+        line = stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Repeat password: "):
+        raise CommandError("the passwords do not match")
+    return first
+
+
+def hash_password(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    password = _read_password(args.stdin, stdin).encode("utf-8")
+    if not password:
+        raise CommandError("refusing an empty password")
+    if len(password) > MAX_PASSWORD_BYTES:
+        raise CommandError(f"bcrypt checks at most {MAX_PASSWORD_BYTES} bytes; use a shorter one")
+    hashed = bcrypt.hashpw(password, bcrypt.gensalt(args.cost)).decode("ascii")
+    stdout.write(hashed + "\n")
+
+
+def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    config_dir = Path(args.config_dir)
+    try:
+        loaded = load_policy(config_dir)
+    except PolicyError as e:
+        raise CommandError(str(e)) from None
+    for warning in loaded.warnings:
+        stdout.write(f"warning: {warning}\n")
+    if args.key:
+        try:
+            load_signing_key(
+                Path(args.key),
+                Path(args.cert) if args.cert else None,
+                allow_loose_permissions=False,
+            )
+        except KeyConfigError as e:
+            raise CommandError(str(e)) from None
+    policy = loaded.policy
+    stdout.write(
+        f"{config_dir}: {', '.join(POLICY_FILES)} are valid: {len(policy.users)} users, "
+        f"anonymous {'blacklist' if policy.anonymous.blacklist else 'whitelist'} of "
+        f"{len(policy.anonymous.repositories)} repositories, anonymous catalog "
+        f"{'on' if policy.anonymous.catalog else 'off'}\n"
+    )
+
+
+def kid(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    try:
+        ids = key_ids(Path(args.path))
+    except KeyConfigError as e:
+        raise CommandError(str(e)) from None
+    if args.json:
+        stdout.write(json.dumps(ids) + "\n")
+        return
+    stdout.write(f"libtrust   {ids['libtrust']}   (distribution 2.x, --kid libtrust)\n")
+    stdout.write(f"thumbprint {ids['thumbprint']}   (distribution 3.x, --kid thumbprint)\n")
+
+
+def dev_cert(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    key_path, cert_path = Path(args.key), Path(args.cert)
+    try:
+        write_dev_cert(key_path, cert_path, cn=args.cn, days=args.days, overwrite=args.force)
+    except FileExistsError as e:
+        raise CommandError(f"{e}; pass --force to replace it") from None
+    except OSError as e:
+        raise CommandError(f"cannot write the key pair: {e}") from None
+    stdout.write(
+        f"wrote {key_path} (P-256, mode 0600) and {cert_path}; "
+        f"give the registry {cert_path} as auth.token.rootcertbundle\n"
+    )
+
+
+def _cost(value: str) -> int:
+    cost = int(value)
+    if not MIN_COST <= cost <= MAX_COST:
+        raise argparse.ArgumentTypeError(f"cost must be between {MIN_COST} and {MAX_COST}")
+    return cost
+
+
+def _days(value: str) -> int:
+    days = int(value)
+    if days < 1:
+        raise argparse.ArgumentTypeError("days must be at least 1")
+    return days
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokend", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    hashing = commands.add_parser("hash-password", help="print a bcrypt hash for users.json")
+    hashing.add_argument(
+        "--cost", type=_cost, default=DEFAULT_BCRYPT_COST, help="bcrypt cost (default %(default)s)"
+    )
+    hashing.add_argument(
+        "--stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    hashing.set_defaults(run=hash_password)
+
+    checking = commands.add_parser("check-config", help="validate users.json and repositories.json")
+    checking.add_argument("--config-dir", default="config", help="default %(default)s")
+    checking.add_argument("--key", help="also check this signing key (and --cert)")
+    checking.add_argument("--cert", help="certificate chain to check against --key")
+    checking.set_defaults(run=check_config)
+
+    key_id = commands.add_parser("kid", help="print both key ids of a key or certificate")
+    key_id.add_argument("path", help="PEM certificate, public key or private key")
+    key_id.add_argument("--json", action="store_true", help="print a JSON object")
+    key_id.set_defaults(run=kid)
+
+    dev = commands.add_parser("dev-cert", help="write a development key and certificate")
+    dev.add_argument("--key", default="certs/RootCA.key", help="default %(default)s")
+    dev.add_argument("--cert", default="certs/RootCA.crt", help="default %(default)s")
+    dev.add_argument("--cn", default=DEFAULT_CN, help="certificate common name")
+    dev.add_argument("--days", type=_days, default=DEFAULT_DAYS, help="default %(default)s")
+    dev.add_argument("--force", action="store_true", help="replace existing files")
+    dev.set_defaults(run=dev_cert)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
+) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args, stdin, stdout)
+    except CommandError as e:
+        sys.stderr.write(f"tokend {args.command}: {e}\n")
+        return 1
+    return 0
