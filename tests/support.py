@@ -7,7 +7,13 @@ directly against the certificate.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -120,3 +126,52 @@ def verify_jwt(token: str, certificate: x509.Certificate) -> tuple[dict[str, Any
 
 def load_certificate(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+REPO = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a UNIX socket, as nginx talks to tokend."""
+
+    def __init__(self, path: Path, timeout: float = 10) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def get_json_over_unix(path: Path, url: str, headers: dict[str, str] | None = None) -> Any:
+    connection = UnixHTTPConnection(path)
+    try:
+        connection.request("GET", url, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def start_twistd(*args: str, log: Path, output: Path | None = None) -> subprocess.Popen[bytes]:
+    """The real ``twistd -n registry-token`` from this checkout, with no TOKEND_* leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEND_")}
+    env["PYTHONPATH"] = str(REPO)
+    command = [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "registry-token", *args]
+    sink = subprocess.PIPE if output is None else output.open("wb")
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """SIGTERM by PID, then SIGKILL if it does not go; returns the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    return process.returncode

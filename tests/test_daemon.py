@@ -2,55 +2,29 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import time
 from base64 import b64encode
 from pathlib import Path
 
 import pytest
-from support import load_certificate, verify_jwt, write_key_pair, write_policy
-
-REPO = Path(__file__).resolve().parent.parent
-TWISTD = str(Path(sys.executable).parent / "twistd")
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=10)
-        self.socket_path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        self.sock.connect(self.socket_path)
+from support import (
+    UnixHTTPConnection,
+    load_certificate,
+    start_twistd,
+    stop_process,
+    verify_jwt,
+    write_key_pair,
+    write_policy,
+)
 
 
 def twistd(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env = {k: v for k, v in env.items() if not k.startswith("TOKEND_")}
-    command = [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "registry-token", *args]
-    return subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-    return process.returncode
+    return start_twistd(*args, log=log)
 
 
 @pytest.fixture
@@ -97,7 +71,7 @@ def test_twistd_serves_tokens_on_a_unix_socket(
         ]
     finally:
         # twistd re-raises the signal after a clean shutdown, so the status is "killed by TERM".
-        assert stop(process) == -signal.SIGTERM
+        assert stop_process(process) == -signal.SIGTERM
     text = log.read_text()
     assert f"tokend listening on unix:{sock}:mode=660:lockfile=1" in text
     assert "issued GET token to 'bar'" in text

@@ -1,0 +1,41 @@
+"""One real stack per session; its logs go into the report of any test that fails."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator
+
+import pytest
+from e2e.stack import Stack, missing_binaries, start_stack
+
+STACK_KEY = pytest.StashKey[Stack]()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    missing = missing_binaries()
+    if missing:
+        message = f"the end-to-end suite needs {', '.join(missing)} (apt-get install)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    running = start_stack(tmp_path_factory.mktemp("stack"))
+    request.config.stash[STACK_KEY] = running
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    running = item.config.stash.get(STACK_KEY, None)
+    if report.failed and running is not None:
+        for name, tail in running.logs():
+            report.sections.append((f"{name} log (last lines)", tail))
+    return report

@@ -1,0 +1,509 @@
+"""The deployment the README describes, run for real: registry, tokend and nginx on UNIX sockets.
+
+Every process is started here and stopped by its own PID; every log stays under one directory so
+a failure report can show them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from base64 import b64encode
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from support import REPO, get_json_over_unix, hash_password, start_twistd, stop_process
+
+ISSUER = "tokend-e2e"
+SERVICE = "registry.e2e"
+BINARIES = {"docker-registry": "docker-registry", "nginx": "nginx", "skopeo": "skopeo"}
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BCRYPT_COST = 12
+"""The daemon's real default cost: the e2e suite pays what production pays."""
+
+USERS: dict[str, tuple[str, dict[str, list[str]]]] = {
+    "bar": ("bar", {"*": ["pull", "push"]}),
+    "foo": ("foo", {"*": ["pull"]}),
+}
+ANONYMOUS = {"blacklist": False, "repositories": ["public/hello"], "catalog": False}
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def write_tls_pair(directory: Path) -> tuple[Path, Path]:
+    """nginx's server certificate: Go clients need the address as a SAN, not just a CN."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "tls.key", directory / "tls.crt"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@dataclass
+class Running:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def tail(self, lines: int = 60) -> str:
+        if not self.log.exists():
+            return "(no log)"
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class OciImage:
+    """A one-layer OCI layout directory built by the test, and the digests it holds."""
+
+    path: Path
+    manifest_digest: str
+    layer_digest: str
+
+
+def _blob(blobs: Path, data: bytes) -> tuple[str, int]:
+    digest = hashlib.sha256(data).hexdigest()
+    (blobs / digest).write_bytes(data)
+    return f"sha256:{digest}", len(data)
+
+
+def build_oci_image(path: Path, content: bytes) -> OciImage:
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(content)
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(content))
+    layer = gzip.compress(tar_bytes.getvalue(), mtime=0)
+    layer_digest, layer_size = _blob(blobs, layer)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": [f"sha256:{hashlib.sha256(tar_bytes.getvalue()).hexdigest()}"],
+        },
+    }
+    config_digest, config_size = _blob(blobs, json.dumps(config).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest,
+                "size": layer_size,
+            }
+        ],
+    }
+    manifest_digest, manifest_size = _blob(blobs, json.dumps(manifest).encode())
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": manifest_size,
+                "annotations": {"org.opencontainers.image.ref.name": "latest"},
+            }
+        ],
+    }
+    (path / "index.json").write_text(json.dumps(index))
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return OciImage(path, manifest_digest, layer_digest)
+
+
+@dataclass
+class SkopeoResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass
+class Stack:
+    root: Path
+    port: int
+    certs: Path
+    config: Path
+    storage: Path
+    tokend_socket: Path
+    registry_socket: Path
+    processes: list[Running] = field(default_factory=list)
+    _images: int = 0
+
+    # --- the registry's view -------------------------------------------------------------
+
+    @property
+    def registry(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stored_tag(self, repository: str, tag: str = "latest") -> str | None:
+        """The manifest digest the registry stored for a tag, read from its filesystem."""
+        link = (
+            self.storage
+            / "docker/registry/v2/repositories"
+            / repository
+            / "_manifests/tags"
+            / tag
+            / "current/link"
+        )
+        return link.read_text().strip() if link.exists() else None
+
+    def repository_exists(self, repository: str) -> bool:
+        return (self.storage / "docker/registry/v2/repositories" / repository).exists()
+
+    # --- clients -------------------------------------------------------------------------
+
+    def new_image(self) -> OciImage:
+        self._images += 1
+        path = self.root / "images" / f"image-{self._images}"
+        return build_oci_image(path, f"image {self._images} {time.time_ns()}\n".encode())
+
+    def client_home(self, name: str) -> Path:
+        """An empty HOME per client: no stray ~/.docker/config.json credentials."""
+        home = self.root / "clients" / name
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def skopeo(self, *args: str, home: Path | None = None) -> SkopeoResult:
+        home = home or self.client_home(f"skopeo-{time.time_ns()}")
+        env = {
+            "PATH": CLEAN_PATH,
+            "HOME": str(home),
+            "DOCKER_CONFIG": str(home / ".docker"),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_RUNTIME_DIR": str(home / "run"),
+            "REGISTRY_AUTH_FILE": str(home / "auth.json"),
+        }
+        (home / "run").mkdir(exist_ok=True, mode=0o700)
+        result = subprocess.run(
+            ["skopeo", "--insecure-policy", "--command-timeout", "60s", *args],
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        return SkopeoResult(
+            result.returncode, result.stdout.decode(errors="replace"), result.stderr.decode()
+        )
+
+    def push(
+        self, image: OciImage, repository: str, creds: str | None, home: Path | None = None
+    ) -> SkopeoResult:
+        auth = ["--dest-creds", creds] if creds else ["--dest-no-creds"]
+        return self.skopeo(
+            "copy",
+            "--dest-tls-verify=false",
+            *auth,
+            f"oci:{image.path}:latest",
+            f"docker://{self.registry}/{repository}:latest",
+            home=home,
+        )
+
+    def pull(self, repository: str, creds: str | None) -> tuple[SkopeoResult, Path]:
+        target = self.root / "pulled" / f"{repository.replace('/', '_')}-{time.time_ns()}"
+        target.parent.mkdir(exist_ok=True)
+        auth = ["--src-creds", creds] if creds else ["--src-no-creds"]
+        result = self.skopeo(
+            "copy",
+            "--src-tls-verify=false",
+            *auth,
+            f"docker://{self.registry}/{repository}:latest",
+            f"oci:{target}:latest",
+        )
+        return result, target
+
+    def https(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """A plain HTTPS request through nginx, as the README's curl examples make."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        request = urllib.request.Request(f"https://{self.registry}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            return e.code, json.loads(body) if body else None
+
+    def token(self, scope: str, user: str | None = None, password: str | None = None) -> str:
+        headers = {}
+        if user is not None:
+            headers["Authorization"] = "Basic " + b64encode(f"{user}:{password}".encode()).decode()
+        query = urllib.parse.urlencode({"service": SERVICE, "scope": scope})
+        status, body = self.https(f"/v2/token?{query}", headers)
+        assert status == 200, body
+        return str(body["token"])
+
+    # --- the policy ----------------------------------------------------------------------
+
+    def generation(self) -> int:
+        status, body = get_json_over_unix(self.tokend_socket, "/healthz")
+        assert status == 200, body
+        return int(body["policy_generation"])
+
+    def rewrite(self, name: str, document: Any) -> None:
+        """Replace a policy file atomically and wait until the daemon has loaded it."""
+        before = self.generation()
+        temporary = self.config / f".{name}.tmp"
+        temporary.write_text(json.dumps(document, indent=2))
+        os.replace(temporary, self.config / name)
+        wait_until(lambda: self.generation() > before, f"tokend to reload {name}", timeout=15)
+        _, health = get_json_over_unix(self.tokend_socket, "/healthz")
+        assert (
+            health["policy_error"] is None
+            or health["policy_failed_at"] < health["policy_loaded_at"]
+        ), health
+
+    def read(self, name: str) -> Any:
+        return json.loads((self.config / name).read_text())
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        for running in reversed(self.processes):
+            running.stop()
+
+    def logs(self) -> Iterator[tuple[str, str]]:
+        for running in self.processes:
+            yield running.name, running.tail()
+
+
+def missing_binaries() -> list[str]:
+    return [name for name, binary in BINARIES.items() if shutil.which(binary) is None]
+
+
+def _registry_config(stack: Stack) -> str:
+    return f"""version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: {stack.storage}
+  delete:
+    enabled: true
+http:
+  net: unix
+  addr: {stack.registry_socket}
+  secret: e2e-only-secret
+auth:
+  token:
+    realm: https://{stack.registry}/v2/token
+    service: {SERVICE}
+    issuer: {ISSUER}
+    rootcertbundle: {stack.certs / "RootCA.crt"}
+"""
+
+
+def _nginx_config(stack: Stack, tls_key: Path, tls_cert: Path) -> str:
+    temp = stack.root / "nginx"
+    return f"""daemon off;
+user root;
+worker_processes 1;
+pid {temp}/nginx.pid;
+error_log {temp}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {temp}/access.log;
+    client_body_temp_path {temp}/client_body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    server {{
+        listen 127.0.0.1:{stack.port} ssl;
+        ssl_certificate {tls_cert};
+        ssl_certificate_key {tls_key};
+        location /v2/token {{
+            proxy_pass http://unix:{stack.tokend_socket}:;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+        location /v2/ {{
+            proxy_pass http://unix:{stack.registry_socket}:;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            client_max_body_size 0;
+            proxy_http_version 1.1;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def _write_policy(config: Path) -> None:
+    config.mkdir(parents=True)
+    users = {
+        name: {"pass_hash": hash_password(password, BCRYPT_COST), "repositories": rules}
+        for name, (password, rules) in USERS.items()
+    }
+    (config / "users.json").write_text(json.dumps(users, indent=2))
+    (config / "repositories.json").write_text(json.dumps(ANONYMOUS, indent=2))
+
+
+def start_stack(root: Path) -> Stack:
+    stack = Stack(
+        root=root,
+        port=free_port(),
+        certs=root / "certs",
+        config=root / "config",
+        storage=root / "registry-data",
+        tokend_socket=root / "sockets" / "tokend.sock",
+        registry_socket=root / "sockets" / "registry.sock",
+    )
+    (root / "sockets").mkdir()
+    (root / "nginx").mkdir()
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "tokend", "dev-cert", "--cn", "tokend e2e"),
+            *("--key", str(stack.certs / "RootCA.key"), "--cert", str(stack.certs / "RootCA.crt")),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+        capture_output=True,
+    )
+    _write_policy(stack.config)
+    try:
+        _start_registry(stack)
+        _start_tokend(stack)
+        _start_nginx(stack)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def _launch(stack: Stack, name: str, command: list[str], log: Path, **kwargs: Any) -> Running:
+    output = log.open("ab")
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, **kwargs)
+    running = Running(name, process, log)
+    stack.processes.append(running)
+    return running
+
+
+def _wait_alive(running: Running, condition: Callable[[], bool], what: str) -> None:
+    def ready() -> bool:
+        assert running.process.poll() is None, f"{running.name} exited:\n{running.tail()}"
+        return condition()
+
+    wait_until(ready, what)
+
+
+def _start_registry(stack: Stack) -> None:
+    config = stack.root / "registry.yml"
+    config.write_text(_registry_config(stack))
+    running = _launch(
+        stack,
+        "docker-registry",
+        ["docker-registry", "serve", str(config)],
+        stack.root / "registry.log",
+        env={"PATH": CLEAN_PATH},  # REGISTRY_* in the environment would override the file
+        preexec_fn=lambda: os.umask(0o007),  # the socket must admit nginx (root here)
+    )
+    _wait_alive(running, stack.registry_socket.exists, "the registry's socket")
+
+
+def _start_tokend(stack: Stack) -> None:
+    log = stack.root / "tokend.log"
+    process = start_twistd(
+        "--listen", f"unix:{stack.tokend_socket}",
+        "--config-dir", str(stack.config),
+        "--key", str(stack.certs / "RootCA.key"),
+        "--cert", str(stack.certs / "RootCA.crt"),
+        "--issuer", ISSUER,
+        "--service", SERVICE,
+        log=log,
+        output=stack.root / "tokend.out",
+    )  # fmt: skip
+    running = Running("tokend", process, log)
+    stack.processes.append(running)
+    _wait_alive(running, stack.tokend_socket.exists, "tokend's socket")
+    wait_until(lambda: stack.generation() >= 1, "tokend's /healthz")
+
+
+def _start_nginx(stack: Stack) -> None:
+    tls_key, tls_cert = write_tls_pair(stack.root / "nginx")
+    config = stack.root / "nginx" / "nginx.conf"
+    config.write_text(_nginx_config(stack, tls_key, tls_cert))
+    running = _launch(
+        stack,
+        "nginx",
+        ["nginx", "-c", str(config), "-p", str(stack.root / "nginx")],
+        stack.root / "nginx" / "error.log",
+    )
+    _wait_alive(running, lambda: _port_open(stack.port), f"nginx on port {stack.port}")
