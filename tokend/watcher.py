@@ -25,6 +25,8 @@ from tokend.policy_files import POLICY_FILES
 WATCHED_NAMES = frozenset({*POLICY_FILES, "..data"})
 WATCHED_EVENTS = frozenset({"created", "modified", "moved", "closed", "deleted"})
 DEFAULT_DEBOUNCE_SECONDS = 0.1
+MAX_DELAY_SECONDS = 1.0
+"""A stream of edits that never pauses still gets reloaded at least this often."""
 POLL_INTERVAL_SECONDS = 1.0
 
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
@@ -75,6 +77,7 @@ class PolicyWatchService(Service):
         self._observer: Any = None
         self._pending: DelayedCall | None = None
         self._reasons: set[str] = set()
+        self._burst_started = 0.0
         self._previous_sighup: SignalHandler = None
 
     def startService(self) -> None:
@@ -113,10 +116,12 @@ class PolicyWatchService(Service):
     def changed(self, reason: str) -> None:
         """Reactor thread: (re)start the debounce timer; the reload runs when it expires."""
         self._reasons.add(reason)
-        if self._pending is not None and self._pending.active():
-            self._pending.reset(self._debounce)
-        else:
+        now = self._reactor.seconds()
+        if self._pending is None or not self._pending.active():
+            self._burst_started = now
             self._pending = self._reactor.callLater(self._debounce, self._fire)
+        elif now - self._burst_started + self._debounce <= MAX_DELAY_SECONDS:
+            self._pending.reset(self._debounce)
 
     def _fire(self) -> None:
         self._pending = None

@@ -1,0 +1,383 @@
+"""Live reload with the real watchdog observer on real files, checked through real HTTP requests.
+
+Each test edits the policy the way operators do and looks at what the token service answers
+before and after; none sleeps for a fixed time to make an assertion true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+import treq
+from support import load_certificate, verify_jwt, write_key_pair, write_policy
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
+from twisted.logger import LogEvent, capturedLogs
+from twisted.web.server import Site
+
+from tokend.holder import PolicyHolder
+from tokend.keys import load_signing_key
+from tokend.passwords import PasswordChecker
+from tokend.policy_files import load_policy
+from tokend.reload import PolicyReloader
+from tokend.tokens import TokenIssuer
+from tokend.watcher import DEFAULT_DEBOUNCE_SECONDS, PolicyWatchService
+from tokend.web import TokenAPI
+from tokend.workers import WorkerPool
+
+PULL = {"*": ["pull"]}
+PUSH = {"*": ["pull", "push"]}
+ANONYMOUS = {"repositories": ["pub"]}
+
+
+class Live:
+    """A token service on 127.0.0.1 whose policy follows the files in ``config``."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        poll: bool = False,
+        config: Path | None = None,
+        debounce: float = DEFAULT_DEBOUNCE_SECONDS,
+    ) -> None:
+        self.config = config or tmp_path / "config"
+        if config is None:
+            write_policy(self.config, {"foo": ("foo", PULL), "bar": ("bar", PUSH)}, ANONYMOUS)
+        key_path, cert_path = write_key_pair(tmp_path)
+        self.certificate = load_certificate(cert_path)
+        self.holder = PolicyHolder(load_policy(self.config).policy, reactor.seconds())
+        self.bcrypt = WorkerPool(reactor, 2, "test-bcrypt")
+        self.reload_pool = WorkerPool(reactor, 1, "test-reload")
+        self.reloader = PolicyReloader(self.config, self.holder, reactor, self.reload_pool)
+        self.watcher = PolicyWatchService(
+            self.config, self.reloader.reload, reactor, poll=poll, debounce=debounce
+        )
+        self.api = TokenAPI(
+            policy=self.holder,
+            passwords=PasswordChecker(self.bcrypt),
+            tokens=TokenIssuer(load_signing_key(key_path, cert_path), "iss", 300),
+            services=["svc"],
+            clock=reactor,
+        )
+        self.base = ""
+        self._port: Any = None
+
+    async def start(self) -> None:
+        self.bcrypt.startService()
+        self.reload_pool.startService()
+        self.watcher.startService()
+        endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+        self._port = await endpoint.listen(Site(self.api.resource()))
+        self.base = f"http://127.0.0.1:{self._port.getHost().port}"
+
+    async def stop(self) -> None:
+        self.watcher.stopService()
+        await self._port.stopListening()
+        self.bcrypt.stopService()
+        self.reload_pool.stopService()
+
+    async def request(self, user: str | None, password: str | None, scope: str) -> Any:
+        auth = (user, password) if user is not None else None
+        response = await treq.get(
+            f"{self.base}/v2/token", params={"service": "svc", "scope": scope}, auth=auth
+        )
+        body = await response.json()
+        if response.code != 200:
+            return response.code
+        _, claims = verify_jwt(body["token"], self.certificate)
+        return claims["access"]
+
+    async def actions(self, user: str | None, password: str | None, name: str = "x") -> Any:
+        """The actions granted on repository ``name`` for pull,push, or the HTTP status."""
+        access = await self.request(user, password, f"repository:{name}:pull,push")
+        if isinstance(access, int):
+            return access
+        return access[0]["actions"] if access else []
+
+    async def eventually(
+        self, probe: Callable[[], Any], expected: Any, timeout: float = 10
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = await probe()
+            if value == expected:
+                return
+            assert time.monotonic() < deadline, f"still {value!r}, expected {expected!r}"
+            await deferLater(reactor, 0.02)
+
+    async def reloaded_past(self, generation: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.holder.generation <= generation:
+            assert time.monotonic() < deadline, "no reload happened"
+            await deferLater(reactor, 0.02)
+
+    async def failed_since(self, moment: float, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while (self.holder.failed_at or 0) < moment:
+            assert time.monotonic() < deadline, "no failed reload was recorded"
+            await deferLater(reactor, 0.02)
+
+
+def users_document(config: Path, **rules: dict[str, list[str]]) -> dict[str, Any]:
+    """users.json with foo's rules replaced, hashes kept."""
+    document: dict[str, Any] = json.loads((config / "users.json").read_text())
+    for name, user_rules in rules.items():
+        document[name]["repositories"] = user_rules
+    return document
+
+
+async def live_service(
+    tmp_path: Path,
+    poll: bool = False,
+    config: Path | None = None,
+    debounce: float = DEFAULT_DEBOUNCE_SECONDS,
+) -> Live:
+    live = Live(tmp_path, poll=poll, config=config, debounce=debounce)
+    await live.start()
+    assert await live.actions("foo", "foo") == ["pull"]
+    return live
+
+
+def write_in_place(path: Path, document: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(document, f)
+
+
+def write_replace(path: Path, document: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(document))
+    os.replace(temporary, path)
+
+
+def write_vim_style(path: Path, document: Any) -> None:
+    backup = path.with_name(path.name + "~")
+    os.rename(path, backup)
+    path.write_text(json.dumps(document))
+    backup.unlink()
+
+
+def write_sed_style(path: Path, document: Any) -> None:
+    temporary = path.with_name("sedAb12Cd")
+    temporary.write_text(json.dumps(document))
+    os.rename(temporary, path)
+
+
+EDITORS: dict[str, Callable[[Path, Any], None]] = {
+    "in place": write_in_place,
+    "temp then os.replace": write_replace,
+    "vim": write_vim_style,
+    "sed -i": write_sed_style,
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_editing_style_is_picked_up(tmp_path: Path) -> None:
+    live = await live_service(tmp_path)
+    try:
+        expected = ["pull"]
+        for name, edit in EDITORS.items():
+            expected = ["pull", "push"] if expected == ["pull"] else ["pull"]
+            rules = PUSH if expected == ["pull", "push"] else PULL
+            edit(live.config / "users.json", users_document(live.config, foo=rules))
+            await live.eventually(lambda: live.actions("foo", "foo"), expected)
+            assert live.holder.last_error is None, name
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_kubernetes_configmap_swap(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    first = config / "..2026_11_22_10_00_00.000000001"
+    write_policy(first, {"foo": ("foo", PULL)}, ANONYMOUS)
+    (config / "..data").symlink_to(first.name)
+    for name in ("users.json", "repositories.json"):
+        (config / name).symlink_to(f"..data/{name}")
+    live = await live_service(tmp_path, config=config)
+    try:
+        second = config / "..2026_11_22_10_05_00.000000002"
+        second.mkdir()
+        document = users_document(first, foo=PUSH)
+        (second / "users.json").write_text(json.dumps(document))
+        (second / "repositories.json").write_text(json.dumps({"repositories": ["pub", "x"]}))
+        (config / "..data_tmp").symlink_to(second.name)
+        os.replace(config / "..data_tmp", config / "..data")
+        shutil.rmtree(first)
+
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"])
+        assert await live.actions(None, None) == ["pull"]
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broken_edit_keeps_the_old_policy_and_says_where(tmp_path: Path) -> None:
+    live = await live_service(tmp_path)
+    try:
+        users = live.config / "users.json"
+        good = users_document(live.config, foo=PUSH)
+        started = time.time()
+        with capturedLogs() as events:
+            users.write_text(json.dumps(good, indent=2)[:-40])
+            await live.failed_since(started)
+        errors: list[LogEvent] = [e for e in events if e["log_level"].name == "error"]
+        assert errors, "the failed reload was not logged"
+        assert errors[-1]["file"] == str(users)
+        assert errors[-1]["line"] is not None
+        assert errors[-1]["column"] is not None
+        assert "users.json" in errors[-1]["error"]
+        assert await live.actions("foo", "foo") == ["pull"]
+        assert (await live.request(None, None, "repository:pub:pull"))[0]["actions"] == ["pull"]
+
+        _, health = await get_json(f"{live.base}/healthz")
+        assert "users.json" in health["policy_error"]
+        assert health["policy_failed_at"] is not None
+
+        write_replace(users, good)
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"])
+        _, health = await get_json(f"{live.base}/healthz")
+        assert health["policy_generation"] == live.holder.generation
+        assert health["policy_loaded_at"] >= health["policy_failed_at"]
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_policy_semantics_are_refused_too(tmp_path: Path) -> None:
+    live = await live_service(tmp_path)
+    try:
+        generation = live.holder.generation
+        started = time.time()
+        write_replace(live.config / "users.json", users_document(live.config, foo={"*": ["push"]}))
+        await live.failed_since(started)
+        assert "push requires pull" in str(live.holder.last_error)
+        assert live.holder.generation == generation
+        assert await live.actions("foo", "foo") == ["pull"]
+    finally:
+        await live.stop()
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    response = await treq.get(url)
+    return response.code, await response.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_then_recreate(tmp_path: Path) -> None:
+    live = await live_service(tmp_path)
+    try:
+        users = live.config / "users.json"
+        document = users_document(live.config, foo=PUSH)
+        started = time.time()
+        users.unlink()
+        await live.failed_since(started)
+        assert "file not found" in str(live.holder.last_error)
+        assert await live.actions("foo", "foo") == ["pull"]
+
+        users.write_text(json.dumps(document))
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"])
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_reloads_and_the_handler_is_restored(tmp_path: Path) -> None:
+    previous = signal.getsignal(signal.SIGHUP)
+    live = await live_service(tmp_path)
+    try:
+        generation = live.holder.generation
+        os.kill(os.getpid(), signal.SIGHUP)
+        await live.reloaded_past(generation)
+    finally:
+        await live.stop()
+    assert signal.getsignal(signal.SIGHUP) == previous
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_observer(tmp_path: Path) -> None:
+    live = await live_service(tmp_path, poll=True)
+    try:
+        write_replace(live.config / "users.json", users_document(live.config, foo=PUSH))
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"])
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_removed_user_and_changed_password_take_effect_at_once(tmp_path: Path) -> None:
+    live = await live_service(tmp_path)
+    try:
+        assert await live.actions("bar", "bar") == ["pull", "push"]
+        rehashed = tmp_path / "rehash"
+        write_policy(rehashed, {"foo": ("new-secret", PULL)})
+        document = users_document(live.config)
+        document["foo"]["pass_hash"] = json.loads((rehashed / "users.json").read_text())["foo"][
+            "pass_hash"
+        ]
+        del document["bar"]
+        generation = live.holder.generation
+        write_replace(live.config / "users.json", document)
+        await live.reloaded_past(generation)
+
+        assert await live.actions("foo", "foo") == 401
+        assert await live.actions("bar", "bar") == 401
+        assert await live.actions("foo", "new-secret") == ["pull"]
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_see_one_policy_or_the_other(tmp_path: Path) -> None:
+    """Hundreds of requests while the files flip between two policies a hundred times.
+
+    A short debounce, so that reloads land between the requests rather than after the burst.
+    """
+    live = await live_service(tmp_path, debounce=0.005)
+    policy_a = users_document(live.config, foo={"a": ["pull"], "b": []})
+    policy_b = users_document(live.config, foo={"a": [], "b": ["pull", "push"]})
+    answer_a = [{"type": "repository", "name": "a", "actions": ["pull"]}]
+    answer_b = [{"type": "repository", "name": "b", "actions": ["pull", "push"]}]
+    users = live.config / "users.json"
+    generation = live.holder.generation
+    try:
+        both = "repository:a:pull,push repository:b:pull,push"
+        write_replace(users, policy_a)
+        await live.eventually(lambda: live.request("foo", "foo", both), answer_a)
+
+        flips = 0
+
+        async def flip() -> None:
+            nonlocal flips
+            for i in range(100):
+                edit = write_in_place if i % 3 == 0 else write_replace
+                edit(users, policy_b if i % 2 == 0 else policy_a)
+                flips += 1
+                await deferLater(reactor, 0.02)
+
+        async def ask(_: int) -> Any:
+            return await live.request("foo", "foo", "repository:a:pull,push repository:b:pull,push")
+
+        answers: list[Any] = []
+        flipping = ensureDeferred(flip())
+        for batch in range(10):
+            answers += await gatherResults([ensureDeferred(ask(batch * 30 + i)) for i in range(30)])
+        await flipping
+    finally:
+        await live.stop()
+
+    assert len(answers) >= 300
+    assert all(answer in (answer_a, answer_b) for answer in answers), [
+        a for a in answers if a not in (answer_a, answer_b)
+    ][:3]
+    assert answer_a in answers and answer_b in answers
+    assert live.holder.generation > generation + 10
