@@ -7,12 +7,14 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from base64 import b64encode
 from pathlib import Path
 
 import pytest
 from support import (
+    REPO,
     UnixHTTPConnection,
     load_certificate,
     start_twistd,
@@ -120,3 +122,14 @@ def test_bad_configuration_stops_start_up_with_one_sentence(
     output = start_failure(tmp_path, *[part for item in options.items() for part in item])
     assert message in output
     assert "Traceback" not in output
+
+
+def test_importing_the_service_raises_no_deprecation_warning() -> None:
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", "import tokend.tap"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
