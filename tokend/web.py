@@ -210,7 +210,8 @@ class TokenAPI:
         )
         issued = self._tokens.issue(account or "", asked.service, granted, self._clock.seconds())
         self.log.info(
-            "issued {flow} token to {account!r} from {client}: asked {asked}, granted {granted}",
+            "issued {flow} token to {account!r} from {client} (client_id {client_id}): "
+            "asked {asked}, granted {granted}",
             flow=asked.flow,
             account=account or "",
             client=_client_address(request),

@@ -6,6 +6,7 @@ import os
 from collections.abc import Generator, Iterator
 
 import pytest
+from e2e.engines import Engine, missing_engine_binaries, start_engine
 from e2e.stack import Stack, missing_binaries, start_stack
 
 STACK_KEY = pytest.StashKey[Stack]()
@@ -15,14 +16,29 @@ STACK_KEY = pytest.StashKey[Stack]()
 def stack(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
-    missing = missing_binaries()
+    _require(missing_binaries(), "docker-registry nginx skopeo")
+    running = start_stack(tmp_path_factory.mktemp("stack"))
+    request.config.stash[STACK_KEY] = running
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _require(missing: list[str], packages: str) -> None:
     if missing:
-        message = f"the end-to-end suite needs {', '.join(missing)} (apt-get install)"
+        message = f"the end-to-end suite needs {', '.join(missing)} (apt-get install {packages})"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    running = start_stack(tmp_path_factory.mktemp("stack"))
-    request.config.stash[STACK_KEY] = running
+
+
+@pytest.fixture(scope="session")
+def engine(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """dockerd (with its containerd) for the docker and ctr clients, stopped by its PID."""
+    _require(missing_engine_binaries(), "docker.io")
+    running = start_engine(stack.root / "engine", stack)
+    stack.processes.append(running.running)
     try:
         yield running
     finally:

@@ -308,6 +308,14 @@ class Stack:
         assert status == 200, body
         return str(body["token"])
 
+    def tokend_log_offset(self) -> int:
+        return (self.root / "tokend.log").stat().st_size
+
+    def tokend_log_since(self, offset: int) -> str:
+        with (self.root / "tokend.log").open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
     # --- the policy ----------------------------------------------------------------------
 
     def generation(self) -> int:
