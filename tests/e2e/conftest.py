@@ -7,7 +7,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 from e2e.engines import Engine, missing_engine_binaries, start_engine
-from e2e.stack import Stack, missing_binaries, start_stack
+from e2e.stack import Stack, launch_stack, missing_binaries, new_stack
 
 STACK_KEY = pytest.StashKey[Stack]()
 
@@ -17,10 +17,11 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
     _require(missing_binaries(), "docker-registry nginx skopeo")
-    running = start_stack(tmp_path_factory.mktemp("stack"))
+    running = new_stack(tmp_path_factory.mktemp("stack"))
+    # Registered before it starts, so a start-up failure's report carries the logs too.
     request.config.stash[STACK_KEY] = running
     try:
-        yield running
+        yield launch_stack(running)
     finally:
         running.stop()
 

@@ -10,22 +10,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2e.stack import CLEAN_PATH, OciImage, Running, Stack, wait_until
+from e2e.stack import CLEAN_PATH, CommandResult, OciImage, Running, Stack, wait_until
 
 DOCKER = "/usr/bin/docker"
 """Debian's docker.io client, matching its daemon (another docker may come first on PATH)."""
 ENGINE_BINARIES = {"dockerd": "dockerd", "docker": DOCKER, "ctr": "ctr"}
-
-
-@dataclass
-class CommandResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
 
 
 def missing_engine_binaries() -> list[str]:

@@ -18,11 +18,14 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from base64 import b64encode
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.message import Message
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support import REPO, get_json_over_unix, hash_password, start_twistd, stop_process
+from support import (
+    REPO,
+    UnixHTTPConnection,
+    get_json_over_unix,
+    hash_password,
+    start_twistd,
+    stop_process,
+)
 
 ISSUER = "tokend-e2e"
 SERVICE = "registry.e2e"
@@ -102,14 +112,27 @@ class Running:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    extra_logs: tuple[Path, ...] = ()
+    """More files worth showing on failure: twistd's stdout, nginx's access log."""
 
     def stop(self) -> None:
         stop_process(self.process)
 
     def tail(self, lines: int = 60) -> str:
-        if not self.log.exists():
-            return "(no log)"
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return _tail(self.log, lines)
+
+    def sections(self, lines: int = 60) -> Iterator[tuple[str, str]]:
+        state = f"pid {self.process.pid}, exit status {self.process.poll()}"
+        yield f"{self.name} ({state})", self.tail(lines)
+        for extra in self.extra_logs:
+            if extra.exists() and extra.stat().st_size:
+                yield f"{self.name} {extra.name}", _tail(extra, lines)
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.exists():
+        return f"(no {path.name})"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass
@@ -182,7 +205,7 @@ def build_oci_image(path: Path, content: bytes) -> OciImage:
 
 
 @dataclass
-class SkopeoResult:
+class CommandResult:
     returncode: int
     stdout: str
     stderr: str
@@ -225,6 +248,12 @@ class Stack:
     def repository_exists(self, repository: str) -> bool:
         return (self.storage / "docker/registry/v2/repositories" / repository).exists()
 
+    def stored_files(self) -> set[str]:
+        """Every path in the registry's storage: the same set before and after = nothing written."""
+        if not self.storage.exists():
+            return set()
+        return {str(path.relative_to(self.storage)) for path in self.storage.rglob("*")}
+
     # --- clients -------------------------------------------------------------------------
 
     def new_image(self) -> OciImage:
@@ -238,7 +267,7 @@ class Stack:
         home.mkdir(parents=True, exist_ok=True)
         return home
 
-    def skopeo(self, *args: str, home: Path | None = None) -> SkopeoResult:
+    def skopeo(self, *args: str, home: Path | None = None) -> CommandResult:
         home = home or self.client_home(f"skopeo-{time.time_ns()}")
         env = {
             "PATH": CLEAN_PATH,
@@ -256,13 +285,13 @@ class Stack:
             timeout=120,
             check=False,
         )
-        return SkopeoResult(
+        return CommandResult(
             result.returncode, result.stdout.decode(errors="replace"), result.stderr.decode()
         )
 
     def push(
         self, image: OciImage, repository: str, creds: str | None, home: Path | None = None
-    ) -> SkopeoResult:
+    ) -> CommandResult:
         auth = ["--dest-creds", creds] if creds else ["--dest-no-creds"]
         return self.skopeo(
             "copy",
@@ -273,7 +302,7 @@ class Stack:
             home=home,
         )
 
-    def pull(self, repository: str, creds: str | None) -> tuple[SkopeoResult, Path]:
+    def pull(self, repository: str, creds: str | None) -> tuple[CommandResult, Path]:
         target = self.root / "pulled" / f"{repository.replace('/', '_')}-{time.time_ns()}"
         target.parent.mkdir(exist_ok=True)
         auth = ["--src-creds", creds] if creds else ["--src-no-creds"]
@@ -286,25 +315,37 @@ class Stack:
         )
         return result, target
 
-    def https(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        """A plain HTTPS request through nginx, as the README's curl examples make."""
+    def request(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Message, Any]:
+        """A plain HTTPS GET through nginx (certificate not verified: it is self-signed)."""
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         request = urllib.request.Request(f"https://{self.registry}{path}", headers=headers or {})
         try:
             with urllib.request.urlopen(request, context=context, timeout=30) as response:
-                return response.status, json.loads(response.read())
+                return response.status, response.headers, json.loads(response.read())
         except urllib.error.HTTPError as e:
             body = e.read()
-            return e.code, json.loads(body) if body else None
+            return e.code, e.headers, json.loads(body) if body else None
 
-    def token(self, scope: str, user: str | None = None, password: str | None = None) -> str:
+    def https(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """A plain HTTPS request through nginx, as the README's curl examples make."""
+        status, _, body = self.request(path, headers)
+        return status, body
+
+    def token_response(
+        self, scope: str, user: str | None = None, password: str | None = None
+    ) -> tuple[int, Any]:
+        """GET the realm through nginx as skopeo does: Basic auth, ``account``, one scope."""
         headers = {}
+        parameters = {"service": SERVICE, "scope": scope}
         if user is not None:
             headers["Authorization"] = "Basic " + b64encode(f"{user}:{password}".encode()).decode()
-        query = urllib.parse.urlencode({"service": SERVICE, "scope": scope})
-        status, body = self.https(f"/v2/token?{query}", headers)
+            parameters["account"] = user
+        return self.https(f"/v2/token?{urllib.parse.urlencode(parameters)}", headers)
+
+    def token(self, scope: str, user: str | None = None, password: str | None = None) -> str:
+        status, body = self.token_response(scope, user, password)
         assert status == 200, body
         return str(body["token"])
 
@@ -342,12 +383,18 @@ class Stack:
     # --- life cycle ----------------------------------------------------------------------
 
     def stop(self) -> None:
+        """Stop every process by its own PID, newest first; one that hangs does not spare others."""
+        failures: list[str] = []
         for running in reversed(self.processes):
-            running.stop()
+            try:
+                running.stop()
+            except subprocess.TimeoutExpired:
+                failures.append(f"{running.name} (pid {running.process.pid}) ignored SIGTERM")
+        assert not failures, "; ".join(failures)
 
     def logs(self) -> Iterator[tuple[str, str]]:
         for running in self.processes:
-            yield running.name, running.tail()
+            yield from running.sections()
 
 
 def missing_binaries() -> list[str]:
@@ -423,8 +470,9 @@ def _write_policy(config: Path) -> None:
     (config / "repositories.json").write_text(json.dumps(ANONYMOUS, indent=2))
 
 
-def start_stack(root: Path) -> Stack:
-    stack = Stack(
+def new_stack(root: Path) -> Stack:
+    """The stack's layout, before anything runs (so a failed start can still show its logs)."""
+    return Stack(
         root=root,
         port=free_port(),
         certs=root / "certs",
@@ -433,18 +481,17 @@ def start_stack(root: Path) -> Stack:
         tokend_socket=root / "sockets" / "tokend.sock",
         registry_socket=root / "sockets" / "registry.sock",
     )
-    (root / "sockets").mkdir()
-    (root / "nginx").mkdir()
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "tokend", "dev-cert", "--cn", "tokend e2e"),
-            *("--key", str(stack.certs / "RootCA.key"), "--cert", str(stack.certs / "RootCA.crt")),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=True,
-        capture_output=True,
-    )
+
+
+def start_stack(root: Path) -> Stack:
+    return launch_stack(new_stack(root))
+
+
+def launch_stack(stack: Stack) -> Stack:
+    """Key pair and policy, then registry, tokend and nginx, each waited for with a deadline."""
+    (stack.root / "sockets").mkdir()
+    (stack.root / "nginx").mkdir()
+    _dev_cert(stack)
     _write_policy(stack.config)
     try:
         _start_registry(stack)
@@ -456,10 +503,38 @@ def start_stack(root: Path) -> Stack:
     return stack
 
 
-def _launch(stack: Stack, name: str, command: list[str], log: Path, **kwargs: Any) -> Running:
-    output = log.open("ab")
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, **kwargs)
-    running = Running(name, process, log)
+def _dev_cert(stack: Stack) -> None:
+    """The signing key pair, made by the operator's tool: ``tokend dev-cert``."""
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "tokend", "dev-cert", "--cn", "tokend e2e"),
+            *("--key", str(stack.certs / "RootCA.key"), "--cert", str(stack.certs / "RootCA.crt")),
+        ],
+        cwd=REPO,
+        env={**_clean_environ(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"tokend dev-cert failed:\n{result.stdout}{result.stderr}"
+
+
+def _clean_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TOKEND_")}
+
+
+def _launch(
+    stack: Stack,
+    name: str,
+    command: list[str],
+    log: Path,
+    extra_logs: tuple[Path, ...] = (),
+    **kwargs: Any,
+) -> Running:
+    with log.open("ab") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, **kwargs)
+    running = Running(name, process, log, extra_logs)
     stack.processes.append(running)
     return running
 
@@ -484,6 +559,20 @@ def _start_registry(stack: Stack) -> None:
         preexec_fn=lambda: os.umask(0o007),  # the socket must admit nginx (root here)
     )
     _wait_alive(running, stack.registry_socket.exists, "the registry's socket")
+    # The socket exists a moment before the registry answers on it: wait for its challenge.
+    _wait_alive(running, lambda: _registry_status(stack) is not None, "the registry to answer")
+    assert _registry_status(stack) == 401, "the registry does not demand a token"
+
+
+def _registry_status(stack: Stack) -> int | None:
+    connection = UnixHTTPConnection(stack.registry_socket, timeout=5)
+    try:
+        connection.request("GET", "/v2/")
+        return connection.getresponse().status
+    except OSError:
+        return None
+    finally:
+        connection.close()
 
 
 def _start_tokend(stack: Stack) -> None:
@@ -498,7 +587,7 @@ def _start_tokend(stack: Stack) -> None:
         log=log,
         output=stack.root / "tokend.out",
     )  # fmt: skip
-    running = Running("tokend", process, log)
+    running = Running("tokend", process, log, (stack.root / "tokend.out",))
     stack.processes.append(running)
     _wait_alive(running, stack.tokend_socket.exists, "tokend's socket")
     wait_until(lambda: stack.generation() >= 1, "tokend's /healthz")
@@ -513,5 +602,11 @@ def _start_nginx(stack: Stack) -> None:
         "nginx",
         ["nginx", "-c", str(config), "-p", str(stack.root / "nginx")],
         stack.root / "nginx" / "error.log",
+        (stack.root / "nginx" / "access.log",),
     )
     _wait_alive(running, lambda: _port_open(stack.port), f"nginx on port {stack.port}")
+    # Through nginx to the registry: the challenge names our realm behind the same nginx.
+    status, headers, _ = stack.request("/v2/")
+    assert status == 401, (status, headers)
+    challenge = headers.get("WWW-Authenticate", "")
+    assert f'realm="https://{stack.registry}/v2/token"' in challenge, challenge
