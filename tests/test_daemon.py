@@ -16,6 +16,7 @@ import pytest
 from support import (
     REPO,
     UnixHTTPConnection,
+    get_json_over_unix,
     load_certificate,
     start_twistd,
     stop_process,
@@ -133,3 +134,30 @@ def test_importing_the_service_raises_no_deprecation_warning() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_dev_cert_creates_a_private_key_pair_and_says_so(
+    tmp_path: Path, deployment: tuple[Path, Path, Path]
+) -> None:
+    config, _, _ = deployment
+    key_path, cert_path = tmp_path / "dev" / "RootCA.key", tmp_path / "dev" / "RootCA.crt"
+    sock = tmp_path / "dev.sock"
+    log = tmp_path / "dev.log"
+    process = twistd(
+        "--listen", f"unix:{sock}", "--config-dir", str(config), "--key", str(key_path),
+        "--cert", str(cert_path), "--service", "svc", "--dev-cert",
+        log=log,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert process.poll() is None, log.read_text() if log.exists() else ""
+            assert time.monotonic() < deadline, "no socket after 30 s"
+            time.sleep(0.05)
+        status, body = get_json_over_unix(sock, "/v2/token?service=svc&scope=repository:pub/x:pull")
+        assert status == 200, body
+        verify_jwt(body["token"], load_certificate(cert_path))
+    finally:
+        stop_process(process)
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    assert f"created a development key {key_path}" in log.read_text()

@@ -192,9 +192,10 @@ class Options(usage.Options):
 
     def _load_key(self) -> SigningKey:
         key_path, cert_path = Path(self["key"]), Path(self["cert"])
+        self.created_dev_cert = False
         if self["dev-cert"]:
             try:
-                ensure_dev_cert(key_path, cert_path)
+                self.created_dev_cert = ensure_dev_cert(key_path, cert_path)
             except OSError as e:
                 raise usage.UsageError(
                     f"cannot create a development key at {key_path}: {e}"
@@ -253,6 +254,13 @@ class _Announcer(Service):
             kid=key.kid,
             x5c=self._options.cert_used is not None,
         )
+        if self._options.created_dev_cert:
+            self.log.warn(
+                "created a development key {key} and certificate {cert}: give the registry "
+                "{cert} as auth.token.rootcertbundle; use your own key pair in production",
+                key=self._options["key"],
+                cert=self._options["cert"],
+            )
         for warning in self._options.loaded_policy.warnings:
             self.log.warn("policy warning: {warning}", warning=warning)
         if self._options.cert_used is None:
