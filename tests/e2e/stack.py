@@ -604,7 +604,12 @@ def _start_nginx(stack: Stack) -> None:
         stack.root / "nginx" / "error.log",
         (stack.root / "nginx" / "access.log",),
     )
-    _wait_alive(running, lambda: _port_open(stack.port), f"nginx on port {stack.port}")
+    # nginx writes its pid file only once its listeners are bound: a port taken meanwhile by
+    # someone else makes it exit instead, which _wait_alive reports.
+    pid_file = stack.root / "nginx" / "nginx.pid"
+    _wait_alive(
+        running, lambda: pid_file.exists() and _port_open(stack.port), f"nginx on {stack.port}"
+    )
     # Through nginx to the registry: the challenge names our realm behind the same nginx.
     status, headers, _ = stack.request("/v2/")
     assert status == 401, (status, headers)
