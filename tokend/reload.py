@@ -6,6 +6,7 @@ the failure until a good edit arrives. Requests during a reload coalesce into on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -14,8 +15,36 @@ from twisted.logger import Logger
 
 from tokend.holder import PolicyHolder
 from tokend.policy import PolicyError, policy_change
-from tokend.policy_files import LoadedPolicy, load_policy
+from tokend.policy_files import POLICY_FILES, LoadedPolicy, load_policy
 from tokend.workers import Workers
+
+MAX_LOAD_ATTEMPTS = 5
+
+
+def _targets(config_dir: Path) -> tuple[str, ...]:
+    """Where the policy file names point right now (through a ConfigMap's ``..data`` link)."""
+    return tuple(os.path.realpath(config_dir / name) for name in POLICY_FILES)
+
+
+def load_settled(config_dir: Path) -> LoadedPolicy:
+    """:func:`load_policy`, again if a symlink swap moved the files between the two reads.
+
+    The files are read one after the other; a Kubernetes ``..data`` swap landing in between
+    would otherwise give users.json from one version and repositories.json from the other.
+    """
+    for _ in range(MAX_LOAD_ATTEMPTS):
+        before = _targets(config_dir)
+        try:
+            loaded = load_policy(config_dir)
+        except PolicyError:
+            if _targets(config_dir) == before:
+                raise
+            continue  # e.g. the old version's directory was deleted under the read
+        if _targets(config_dir) == before:
+            return loaded
+    raise PolicyError(
+        str(config_dir), "", f"the policy files were swapped during {MAX_LOAD_ATTEMPTS} reads"
+    )
 
 
 class Clock(Protocol):
@@ -52,7 +81,11 @@ class PolicyReloader:
     async def _run(self, reason: str) -> None:
         while True:
             waiting, self._waiting = self._waiting, []
-            await self._load_once(reason)
+            try:
+                await self._load_once(reason)
+            except Exception:
+                # A listener of the holder raised: later reloads must still run.
+                self.log.failure("policy reload ({reason}) went wrong", reason=reason)
             for done in waiting:
                 done.callback(None)
             if self._again is None:
@@ -63,7 +96,7 @@ class PolicyReloader:
     async def _load_once(self, reason: str) -> None:
         now = self._clock.seconds
         try:
-            loaded: LoadedPolicy = await self._workers.run(load_policy, self._config_dir)
+            loaded: LoadedPolicy = await self._workers.run(load_settled, self._config_dir)
         except PolicyError as e:
             self._holder.record_failure(str(e), now())
             self.log.error(

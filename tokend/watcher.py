@@ -79,9 +79,11 @@ class PolicyWatchService(Service):
         self._reasons: set[str] = set()
         self._burst_started = 0.0
         self._previous_sighup: SignalHandler = None
+        self._stopped = False
 
     def startService(self) -> None:
         super().startService()
+        self._stopped = False
         observer = PollingObserver(timeout=POLL_INTERVAL_SECONDS) if self._poll else Observer()
         observer.schedule(
             _Forwarder(self._reactor, self.changed), str(self._config_dir), recursive=False
@@ -98,6 +100,7 @@ class PolicyWatchService(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        self._stopped = True
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
@@ -114,7 +117,13 @@ class PolicyWatchService(Service):
             self._previous_sighup(signum, frame)
 
     def changed(self, reason: str) -> None:
-        """Reactor thread: (re)start the debounce timer; the reload runs when it expires."""
+        """Reactor thread: (re)start the debounce timer; the reload runs when it expires.
+
+        Events the observer queued with ``callFromThread`` before it stopped arrive after
+        ``stopService``; they are dropped rather than starting a reload on stopped workers.
+        """
+        if self._stopped:
+            return
         self._reasons.add(reason)
         now = self._reactor.seconds()
         if self._pending is None or not self._pending.active():
