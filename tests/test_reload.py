@@ -13,13 +13,15 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from support import load_certificate, verify_jwt, write_key_pair, write_policy
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import LogEvent, capturedLogs
@@ -38,6 +40,8 @@ from tokend.workers import WorkerPool
 PULL = {"*": ["pull"]}
 PUSH = {"*": ["pull", "push"]}
 ANONYMOUS = {"repositories": ["pub"]}
+SLOW_COST = 12
+"""Slow enough that a reload fits inside one password check."""
 
 
 class Live:
@@ -205,6 +209,7 @@ async def test_kubernetes_configmap_swap(tmp_path: Path) -> None:
         (config / name).symlink_to(f"..data/{name}")
     live = await live_service(tmp_path, config=config)
     try:
+        assert await live.actions(None, None) == []
         second = config / "..2026_11_22_10_05_00.000000002"
         second.mkdir()
         document = users_document(first, foo=PUSH)
@@ -232,10 +237,13 @@ async def test_a_broken_edit_keeps_the_old_policy_and_says_where(tmp_path: Path)
             await live.failed_since(started)
         errors: list[LogEvent] = [e for e in events if e["log_level"].name == "error"]
         assert errors, "the failed reload was not logged"
-        assert errors[-1]["file"] == str(users)
-        assert errors[-1]["line"] is not None
-        assert errors[-1]["column"] is not None
-        assert "users.json" in errors[-1]["error"]
+        error = errors[-1]
+        assert error["file"] == str(users)
+        assert isinstance(error["line"], int) and isinstance(error["column"], int)
+        assert error["why"]
+        assert error["error"].startswith(f"{users}: line {error['line']} column")
+        assert error["error"].endswith(error["why"])
+        assert all(e["file"] == str(users) for e in errors)
         assert await live.actions("foo", "foo") == ["pull"]
         assert (await live.request(None, None, "repository:pub:pull"))[0]["actions"] == ["pull"]
 
@@ -258,8 +266,14 @@ async def test_invalid_policy_semantics_are_refused_too(tmp_path: Path) -> None:
     try:
         generation = live.holder.generation
         started = time.time()
-        write_replace(live.config / "users.json", users_document(live.config, foo={"*": ["push"]}))
-        await live.failed_since(started)
+        push_only = users_document(live.config, foo={"*": ["push"]})
+        with capturedLogs() as events:
+            write_replace(live.config / "users.json", push_only)
+            await live.failed_since(started)
+        errors = [e for e in events if e["log_level"].name == "error"]
+        assert [(e["path"], e["why"]) for e in errors][-1:] == [
+            ('foo.repositories["*"]', "push requires pull")
+        ]
         assert "push requires pull" in str(live.holder.last_error)
         assert live.holder.generation == generation
         assert await live.actions("foo", "foo") == ["pull"]
@@ -291,16 +305,40 @@ async def test_delete_then_recreate(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_sighup_reloads_and_the_handler_is_restored(tmp_path: Path) -> None:
-    previous = signal.getsignal(signal.SIGHUP)
-    live = await live_service(tmp_path)
+async def test_sighup_reloads_what_the_watcher_cannot_see(tmp_path: Path) -> None:
+    """The files are symlinks to a directory that is not watched, so editing them there makes
+    no event (as on filesystems without inotify): SIGHUP is what reloads them. The handler that
+    was installed before is chained while the service runs and restored when it stops.
+    """
+    elsewhere = tmp_path / "elsewhere"
+    write_policy(elsewhere, {"foo": ("foo", PULL), "bar": ("bar", PUSH)}, ANONYMOUS)
+    config = tmp_path / "config"
+    config.mkdir()
+    for name in ("users.json", "repositories.json"):
+        (config / name).symlink_to(elsewhere / name)
+    chained: list[int] = []
+
+    def previous(signum: int, frame: FrameType | None) -> None:
+        chained.append(signum)
+
+    original = signal.signal(signal.SIGHUP, previous)
     try:
-        generation = live.holder.generation
-        os.kill(os.getpid(), signal.SIGHUP)
-        await live.reloaded_past(generation)
+        live = await live_service(tmp_path, config=config)
+        try:
+            generation = live.holder.generation
+            write_in_place(elsewhere / "users.json", users_document(elsewhere, foo=PUSH))
+            assert await live.actions("foo", "foo") == ["pull"]
+            assert live.holder.generation == generation
+
+            os.kill(os.getpid(), signal.SIGHUP)
+            await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"])
+            assert live.holder.generation == generation + 1
+            assert chained == [signal.SIGHUP]
+        finally:
+            await live.stop()
+        assert signal.getsignal(signal.SIGHUP) is previous
     finally:
-        await live.stop()
-    assert signal.getsignal(signal.SIGHUP) == previous
+        signal.signal(signal.SIGHUP, original)
 
 
 @pytest_twisted.ensureDeferred
@@ -336,9 +374,27 @@ async def test_removed_user_and_changed_password_take_effect_at_once(tmp_path: P
         await live.stop()
 
 
+CLIENTS = 30
+BOTH = "repository:a:pull,push repository:b:pull,push"
+
+
+async def while_running(work: Deferred[None], ask: Callable[[], Any], minimum: int) -> list[Any]:
+    """``CLIENTS`` clients asking back to back until ``work`` is done and ``minimum`` answers are
+    in, so the requests overlap every edit ``work`` makes."""
+    answers: list[Any] = []
+
+    async def client() -> None:
+        while not work.called or len(answers) < minimum:
+            answers.append(await ask())
+
+    await gatherResults([ensureDeferred(client()) for _ in range(CLIENTS)])
+    await work
+    return answers
+
+
 @pytest_twisted.ensureDeferred
 async def test_concurrent_requests_see_one_policy_or_the_other(tmp_path: Path) -> None:
-    """Hundreds of requests while the files flip between two policies a hundred times.
+    """Hundreds of requests while users.json flips between two policies a hundred times.
 
     A short debounce, so that reloads land between the requests rather than after the burst.
     """
@@ -348,36 +404,144 @@ async def test_concurrent_requests_see_one_policy_or_the_other(tmp_path: Path) -
     answer_a = [{"type": "repository", "name": "a", "actions": ["pull"]}]
     answer_b = [{"type": "repository", "name": "b", "actions": ["pull", "push"]}]
     users = live.config / "users.json"
-    generation = live.holder.generation
+    generations: set[int] = set()
+
+    async def flip() -> None:
+        for i in range(100):
+            edit = write_in_place if i % 3 == 0 else write_replace
+            edit(users, policy_b if i % 2 == 0 else policy_a)
+            await deferLater(reactor, 0.02)
+
+    async def ask() -> Any:
+        answer = await live.request("foo", "foo", BOTH)
+        generations.add(live.holder.generation)
+        return answer
+
     try:
-        both = "repository:a:pull,push repository:b:pull,push"
         write_replace(users, policy_a)
-        await live.eventually(lambda: live.request("foo", "foo", both), answer_a)
-
-        flips = 0
-
-        async def flip() -> None:
-            nonlocal flips
-            for i in range(100):
-                edit = write_in_place if i % 3 == 0 else write_replace
-                edit(users, policy_b if i % 2 == 0 else policy_a)
-                flips += 1
-                await deferLater(reactor, 0.02)
-
-        async def ask(_: int) -> Any:
-            return await live.request("foo", "foo", "repository:a:pull,push repository:b:pull,push")
-
-        answers: list[Any] = []
-        flipping = ensureDeferred(flip())
-        for batch in range(10):
-            answers += await gatherResults([ensureDeferred(ask(batch * 30 + i)) for i in range(30)])
-        await flipping
+        await live.eventually(lambda: live.request("foo", "foo", BOTH), answer_a)
+        answers = await while_running(ensureDeferred(flip()), ask, minimum=300)
     finally:
         await live.stop()
 
     assert len(answers) >= 300
-    assert all(answer in (answer_a, answer_b) for answer in answers), [
-        a for a in answers if a not in (answer_a, answer_b)
-    ][:3]
+    unexpected = [answer for answer in answers if answer not in (answer_a, answer_b)]
+    assert not unexpected, unexpected[:3]
     assert answer_a in answers and answer_b in answers
-    assert live.holder.generation > generation + 10
+    assert len(generations) > 10, "the requests did not overlap the reloads"
+
+
+@pytest_twisted.ensureDeferred
+async def test_configmap_swaps_change_both_files_together(tmp_path: Path) -> None:
+    """A hundred ``..data`` swaps, each to a fresh directory (the old one deleted, as
+    Kubernetes does), alternating two versions that differ in both files. No policy swapped in
+    mixes users.json of one version with repositories.json of the other, no reload fails, and
+    every token, for foo or anonymous, is one of the two versions' answers.
+    """
+    config = tmp_path / "config"
+    texts: dict[str, tuple[str, str]] = {}
+    for version, rules in (("a", {"a": ["pull"]}), ("b", {"b": ["pull", "push"]})):
+        write_policy(tmp_path / version, {"foo": ("foo", rules)}, {"repositories": [version]})
+        directory = tmp_path / version
+        texts[version] = (
+            (directory / "users.json").read_text(),
+            (directory / "repositories.json").read_text(),
+        )
+
+    def publish(serial: int, version: str) -> Path:
+        directory = config / f"..2026_11_22_10_00_{serial:02d}.{serial:09d}"
+        directory.mkdir(parents=True)
+        for name, text in zip(("users.json", "repositories.json"), texts[version], strict=True):
+            (directory / name).write_text(text)
+        (config / "..data_tmp").symlink_to(directory.name)
+        os.replace(config / "..data_tmp", config / "..data")
+        return directory
+
+    current = publish(0, "a")
+    for name in ("users.json", "repositories.json"):
+        (config / name).symlink_to(f"..data/{name}")
+    live = Live(tmp_path, config=config, debounce=0.005)
+    applied: list[tuple[frozenset[str], frozenset[str]]] = []
+    live.holder.on_replace(
+        lambda old, new: applied.append(
+            (frozenset(new.users["foo"].repositories), new.anonymous.repositories)
+        )
+    )
+    await live.start()
+    foo_answers = {
+        "a": [{"type": "repository", "name": "a", "actions": ["pull"]}],
+        "b": [{"type": "repository", "name": "b", "actions": ["pull", "push"]}],
+    }
+    anonymous_answers = {
+        "a": [{"type": "repository", "name": "a", "actions": ["pull"]}],
+        "b": [{"type": "repository", "name": "b", "actions": ["pull"]}],
+    }
+
+    async def swap() -> None:
+        nonlocal current
+        for serial in range(1, 101):
+            previous, current = current, publish(serial, "b" if serial % 2 else "a")
+            shutil.rmtree(previous)
+            await deferLater(reactor, 0.02)
+
+    asked = 0
+
+    async def ask() -> Any:
+        nonlocal asked
+        asked += 1
+        if asked % 2:
+            return "foo", await live.request("foo", "foo", BOTH)
+        return "anonymous", await live.request(None, None, "repository:a:pull repository:b:pull")
+
+    try:
+        assert await live.request("foo", "foo", BOTH) == foo_answers["a"]
+        answers = await while_running(ensureDeferred(swap()), ask, minimum=300)
+        await live.eventually(lambda: live.request("foo", "foo", BOTH), foo_answers["a"])
+    finally:
+        await live.stop()
+
+    mixed = [(users, anonymous) for users, anonymous in applied if users != anonymous]
+    assert not mixed, mixed[:3]
+    assert len(applied) > 10
+    assert live.holder.last_error is None
+    expected = {"foo": foo_answers.values(), "anonymous": anonymous_answers.values()}
+    unexpected = [(who, answer) for who, answer in answers if answer not in expected[who]]
+    assert not unexpected, unexpected[:3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_checked_against_a_replaced_hash_gains_no_new_rights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password changes (and the rights grow) while a login with the old one is in bcrypt:
+    that login gets the old policy's answer or a refusal, never old password plus new rights."""
+    config = tmp_path / "config"
+    write_policy(config, {"foo": ("old", PULL)}, ANONYMOUS, cost=SLOW_COST)
+    write_policy(tmp_path / "new", {"foo": ("new", PUSH)}, ANONYMOUS)
+    new_users = json.loads((tmp_path / "new" / "users.json").read_text())
+    live = Live(tmp_path, config=config)
+    await live.start()
+    try:
+        assert await live.actions("foo", "old") == ["pull"]
+        in_bcrypt: Deferred[None] = Deferred()
+        run = live.bcrypt.run
+
+        def noting_run(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            if not in_bcrypt.called:
+                in_bcrypt.callback(None)
+            return run(function, *args)
+
+        monkeypatch.setattr(live.bcrypt, "run", noting_run)
+        generation = live.holder.generation
+        login = ensureDeferred(live.actions("foo", "old"))
+        await in_bcrypt
+        write_replace(config / "users.json", new_users)
+        await live.reloaded_past(generation)
+        if login.called:
+            pytest.skip("the login finished before the reload; bcrypt too fast here")
+
+        assert await login in (["pull"], 401)
+        assert await live.actions("foo", "old") == 401
+        assert await live.actions("foo", "new") == ["pull", "push"]
+    finally:
+        await live.stop()

@@ -26,12 +26,15 @@ from tokend.basic_auth import (
 )
 from tokend.holder import PolicyHolder
 from tokend.passwords import PasswordChecker, PasswordTooLong
+from tokend.policy import Policy
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
 from tokend.tokens import IssuedToken, TokenIssuer, rfc3339
 
 MAX_QUERY_BYTES = 8192
 MAX_VALUE_CHARS = 1024
 MAX_BODY_BYTES = 16384
+MAX_HASH_CHECKS = 3
+"""Password checks per login when reloads keep replacing the user's hash meanwhile."""
 
 
 class Clock(Protocol):
@@ -188,22 +191,12 @@ class TokenAPI:
         return service
 
     async def _answer(self, request: Request, asked: TokenRequest) -> bytes:
-        policy = self._policy.current
         account: str | None = None
-        if asked.credentials is not None:
-            user = policy.users.get(asked.credentials.username)
-            try:
-                verified = await self._passwords.verify(
-                    user.pass_hash if user is not None else None,
-                    asked.credentials.password,
-                    policy.bcrypt_cost(),
-                )
-            except PasswordTooLong as e:
-                raise AuthenticationFailed(str(e)) from None
-            if not verified:
-                raise AuthenticationFailed("invalid user name or password")
-            account = asked.credentials.username
+        if asked.credentials is None:
             policy = self._policy.current
+        else:
+            policy = await self._authenticate(asked.credentials)
+            account = asked.credentials.username
         granted = tuple(
             ResourceScope(scope.type, scope.name, policy.grant(account, scope))
             for scope in asked.scopes
@@ -222,6 +215,33 @@ class TokenAPI:
         )
         request.setHeader(b"Cache-Control", b"no-store")
         return _json(request, 200, _token_body(asked.flow, issued, granted))
+
+    async def _authenticate(self, credentials: Credentials) -> Policy:
+        """The policy whose password hash these credentials matched; 401 if none did.
+
+        A reload may land while bcrypt runs. Rights come only from a policy whose stored hash
+        the password was checked against, so an old password never earns a new policy's
+        rights; a hash that changed meanwhile is checked again.
+        """
+        for _ in range(MAX_HASH_CHECKS):
+            policy = self._policy.current
+            user = policy.users.get(credentials.username)
+            checked = user.pass_hash if user is not None else None
+            try:
+                verified = await self._passwords.verify(
+                    checked, credentials.password, policy.bcrypt_cost()
+                )
+            except PasswordTooLong as e:
+                raise AuthenticationFailed(str(e)) from None
+            if not verified:
+                break
+            now = self._policy.current
+            if now is policy:
+                return policy
+            user_now = now.users.get(credentials.username)
+            if user_now is not None and user_now.pass_hash == checked:
+                return now
+        raise AuthenticationFailed("invalid user name or password")
 
     @app.handle_errors(RequestError)
     def request_error(self, request: Request, failure: Failure) -> bytes:
