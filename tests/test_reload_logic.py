@@ -29,6 +29,7 @@ def test_only_policy_files_and_the_configmap_link_matter() -> None:
     assert touches_policy(FileMovedEvent("/c/.users.json.tmp", "/c/users.json"))
     assert touches_policy(FileMovedEvent("/c/..data_tmp", "/c/..data"))
     assert touches_policy(FileCreatedEvent("/c/users.json"))
+    assert touches_policy(FileClosedEvent("/c/groups.json"))
     assert not touches_policy(FileOpenedEvent("/c/users.json"))
     assert not touches_policy(FileModifiedEvent("/c/.users.json.swp"))
     assert not touches_policy(FileCreatedEvent("/c/notes.txt"))

@@ -13,13 +13,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from tokend.scope import ResourceScope, is_valid_name
+from tokend.rules import (
+    ACCOUNT,
+    EMPTY_RULES,
+    AmbiguousRules,
+    Bound,
+    PatternError,
+    Rule,
+    RuleSet,
+    bind,
+    build_rule_set,
+    compile_pattern,
+)
+from tokend.scope import ResourceScope
 
-ACTIONS = ("pull", "push")
-"""Repository actions a user may hold, in the order tokens list them."""
+ACTIONS = ("pull", "push", "delete")
+"""Repository actions a user may hold, in the order tokens list them; ``*`` in a rule means all."""
 
-ANY_REPOSITORY = "*"
+ALL_ACTIONS = "*"
 CATALOG = ("registry", "catalog")
+USER_KEYS = ("pass_hash", "repositories", "groups", "catalog")
+GROUP_KEYS = ("repositories", "catalog")
 DEFAULT_BCRYPT_COST = 12
 
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
@@ -64,30 +78,77 @@ def json_path(*keys: str | int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """One rule set a user's rights come from, with its ``${account}`` rules bound."""
+
+    name: str
+    rules: RuleSet
+    bound: tuple[Bound, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class UserPolicy:
-    """One account: its password hash and the actions it holds per repository."""
+    """One account as written (hash, own rules, groups, catalog), and its compiled sources.
+
+    Equality compares what was written, so a reload can tell which accounts changed.
+    """
 
     pass_hash: bytes
     repositories: Mapping[str, frozenset[str]]
+    groups: tuple[str, ...] = ()
+    catalog: bool | None = None
+    sources: tuple[Source, ...] = field(default=(), compare=False, repr=False)
+    may_list_catalog: bool = field(default=True, compare=False, repr=False)
 
-    def allowed(self, name: str) -> frozenset[str]:
-        """An exact name wins over ``*``; a name listed with no actions denies it."""
-        exact = self.repositories.get(name)
-        if exact is not None:
-            return exact
-        return self.repositories.get(ANY_REPOSITORY, frozenset())
+
+@dataclass(frozen=True, slots=True)
+class GroupPolicy:
+    """Rules shared by every member; ``${account}`` means the member asking."""
+
+    repositories: Mapping[str, frozenset[str]]
+    catalog: bool | None = None
+    rules: RuleSet = field(default=EMPTY_RULES, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class AnonymousPolicy:
-    """What clients without credentials may pull."""
+    """What clients without credentials may pull: names and patterns, listed or excluded."""
 
     blacklist: bool = False
     repositories: frozenset[str] = frozenset()
     catalog: bool = False
+    rules: RuleSet = field(default=EMPTY_RULES, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.repositories and self.rules is EMPTY_RULES:
+            rules = (Rule(compile_pattern(n), PULL, "repositories.json") for n in self.repositories)
+            object.__setattr__(self, "rules", build_rule_set(rules, ambiguity_is_error=False))
+
+    def listed(self, name: str) -> Rule | None:
+        return self.rules.match(name)
 
     def may_pull(self, name: str) -> bool:
-        return (name in self.repositories) != self.blacklist
+        return (self.rules.match(name) is not None) != self.blacklist
+
+
+PULL = frozenset({"pull"})
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """What one source says about one name, for ``tokend explain``."""
+
+    source: str
+    rule: Rule | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The actions an account holds on one resource, and the rules that decided it."""
+
+    actions: frozenset[str]
+    matches: tuple[Match, ...]
+    note: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,24 +157,56 @@ class Policy:
 
     users: Mapping[str, UserPolicy] = field(default_factory=lambda: MappingProxyType({}))
     anonymous: AnonymousPolicy = AnonymousPolicy()
+    groups: Mapping[str, GroupPolicy] = field(default_factory=lambda: MappingProxyType({}))
 
     def allowed(self, account: str | None, resource_type: str, name: str) -> frozenset[str]:
         """The actions ``account`` (``None``: anonymous) holds on one resource."""
+        if resource_type == "repository":
+            if account is None:
+                return PULL if self.anonymous.may_pull(name) else NOTHING
+            user = self.users.get(account)
+            if user is None:
+                return NOTHING
+            allowed = NOTHING
+            for source in user.sources:
+                rule = source.rules.match(name, source.bound)
+                if rule is not None and rule.actions:
+                    allowed = allowed | rule.actions if allowed else rule.actions
+            return allowed
+        return self.decide(account, resource_type, name).actions
+
+    def decide(self, account: str | None, resource_type: str, name: str) -> Decision:
+        """:meth:`allowed` with its reasons: which rule of which source matched."""
         if (resource_type, name) == CATALOG:
-            if account is not None or self.anonymous.catalog:
-                return frozenset("*")
-            return frozenset()
+            if account is None:
+                allowed = self.anonymous.catalog
+                note = f"anonymous catalog is {'on' if allowed else 'off'} in repositories.json"
+            else:
+                user = self.users.get(account)
+                allowed = user is not None and user.may_list_catalog
+                note = f"catalog {'allowed' if allowed else 'denied'} for {account!r}"
+            return Decision(frozenset(ALL_ACTIONS) if allowed else NOTHING, (), note)
         if resource_type != "repository":
-            return frozenset()
+            return Decision(NOTHING, (), f"nothing is granted on {resource_type!r} resources")
         if account is None:
-            return frozenset({"pull"}) if self.anonymous.may_pull(name) else frozenset()
+            rule = self.anonymous.listed(name)
+            kind = "blacklist" if self.anonymous.blacklist else "whitelist"
+            actions = PULL if (rule is not None) != self.anonymous.blacklist else NOTHING
+            note = f"anonymous {kind}; anonymous clients only ever pull"
+            return Decision(actions, (Match(f"repositories.json {kind}", rule),), note)
         user = self.users.get(account)
-        return user.allowed(name) if user is not None else frozenset()
+        if user is None:
+            return Decision(NOTHING, (), f"no user {account!r}")
+        matches = tuple(
+            Match(source.name, source.rules.match(name, source.bound)) for source in user.sources
+        )
+        actions = frozenset().union(*(m.rule.actions for m in matches if m.rule is not None))
+        return Decision(actions, matches, "the union of every source's most specific rule")
 
     def grant(self, account: str | None, scope: ResourceScope) -> tuple[str, ...]:
         """Requested ∩ allowed, in the request's order; ``*`` asks for everything allowed."""
         allowed = self.allowed(account, scope.type, scope.name)
-        if "*" in scope.actions and "*" not in allowed:
+        if ALL_ACTIONS in scope.actions and ALL_ACTIONS not in allowed:
             return tuple(a for a in ACTIONS if a in allowed)
         return tuple(a for a in scope.actions if a in allowed)
 
@@ -123,25 +216,88 @@ class Policy:
         return costs.most_common(1)[0][0] if costs else DEFAULT_BCRYPT_COST
 
 
-def users_from_document(document: object, file: str) -> Mapping[str, UserPolicy]:
+NOTHING: frozenset[str] = frozenset()
+
+
+def _check_name(name: object, file: str, where: str, what: str) -> str:
+    if not isinstance(name, str) or not name or ":" in name or not name.isprintable():
+        raise PolicyError(file, where, f"{what} names must be 1-255 printable characters, no ':'")
+    if len(name) > 255:
+        raise PolicyError(file, where, f"{what} names must be 1-255 printable characters, no ':'")
+    return name
+
+
+def _rules(
+    rules: object, file: str, where: tuple[str, ...], source: str
+) -> tuple[Mapping[str, frozenset[str]], list[Rule]]:
+    if not isinstance(rules, dict):
+        raise PolicyError(file, json_path(*where), "expected an object")
+    written: dict[str, frozenset[str]] = {}
+    compiled: list[Rule] = []
+    for key, actions in rules.items():
+        path = json_path(*where, key)
+        try:
+            pattern = compile_pattern(key)
+        except PatternError as e:
+            raise PolicyError(file, path, str(e)) from None
+        written[key] = _actions(actions, file, path)
+        compiled.append(Rule(pattern, written[key], source))
+    return MappingProxyType(written), compiled
+
+
+def _rule_set(compiled: list[Rule], file: str, where: tuple[str, ...]) -> RuleSet:
+    try:
+        return build_rule_set(compiled)
+    except AmbiguousRules as e:
+        raise PolicyError(file, json_path(*where, e.second), str(e)) from None
+
+
+def groups_from_document(document: object, file: str) -> Mapping[str, GroupPolicy]:
+    """Validate a parsed groups.json: group name -> repository rules (and catalog)."""
+    if not isinstance(document, dict):
+        raise PolicyError(file, "", "expected an object mapping group names to entries")
+    groups: dict[str, GroupPolicy] = {}
+    for name, entry in document.items():
+        _check_name(name, file, json_path(name), "group")
+        if not isinstance(entry, dict):
+            raise PolicyError(file, json_path(name), "expected an object")
+        for key in entry:
+            if key not in GROUP_KEYS:
+                raise PolicyError(file, json_path(name, key), "unknown key")
+        written, compiled = _rules(
+            entry.get("repositories", {}), file, (name, "repositories"), f"group {name}"
+        )
+        catalog = _optional_bool(entry, "catalog", file, (name,))
+        rules = _rule_set(compiled, file, (name, "repositories"))
+        groups[name] = GroupPolicy(written, catalog, rules)
+    return MappingProxyType(groups)
+
+
+def users_from_document(
+    document: object, file: str, groups: Mapping[str, GroupPolicy] | None = None
+) -> Mapping[str, UserPolicy]:
     """Validate a parsed users.json; unknown keys are errors so a typo cannot change policy."""
     if not isinstance(document, dict):
         raise PolicyError(file, "", "expected an object mapping user names to entries")
     users: dict[str, UserPolicy] = {}
+    shared: dict[tuple[tuple[str, frozenset[str]], ...], RuleSet] = {}
     for user, entry in document.items():
-        if not user or ":" in user or not user.isprintable() or len(user) > 255:
-            raise PolicyError(
-                file, json_path(user), "user names must be 1-255 printable characters, no ':'"
-            )
-        users[user] = _user_from_entry(entry, file, user)
+        _check_name(user, file, json_path(user), "user")
+        users[user] = _user_from_entry(entry, file, user, groups or {}, shared)
     return MappingProxyType(users)
 
 
-def _user_from_entry(entry: object, file: str, user: str) -> UserPolicy:
+def _user_from_entry(
+    entry: object,
+    file: str,
+    user: str,
+    groups: Mapping[str, GroupPolicy],
+    shared: dict[tuple[tuple[str, frozenset[str]], ...], RuleSet],
+) -> UserPolicy:
     if not isinstance(entry, dict):
         raise PolicyError(file, json_path(user), "expected an object")
     for key in entry:
-        if key not in ("pass_hash", "repositories"):
+        if key not in USER_KEYS:
             raise PolicyError(file, json_path(user, key), "unknown key")
     pass_hash = entry.get("pass_hash")
     if not isinstance(pass_hash, str) or _BCRYPT_HASH.fullmatch(pass_hash) is None:
@@ -153,26 +309,109 @@ def _user_from_entry(entry: object, file: str, user: str) -> UserPolicy:
     cost = int(pass_hash[4:6])
     if not 4 <= cost <= 31:
         raise PolicyError(file, json_path(user, "pass_hash"), f"bcrypt cost {cost} out of range")
-    rules = entry.get("repositories", {})
-    if not isinstance(rules, dict):
-        raise PolicyError(file, json_path(user, "repositories"), "expected an object")
-    repositories: dict[str, frozenset[str]] = {}
-    for name, actions in rules.items():
-        where = json_path(user, "repositories", name)
-        if name != ANY_REPOSITORY and not is_valid_name(name):
-            raise PolicyError(file, where, "not a repository name or *")
-        repositories[name] = _actions(actions, file, where)
-    return UserPolicy(pass_hash.encode("ascii"), MappingProxyType(repositories))
+    written, compiled = _rules(
+        entry.get("repositories", {}), file, (user, "repositories"), f"user {user}"
+    )
+    own = _own_rule_set(written, compiled, file, user, shared)
+    sources = [Source(f"user {user}", own)]
+    member_of = _group_list(entry.get("groups", []), file, user, groups)
+    for index, group_name in enumerate(member_of):
+        group = groups[group_name]
+        try:
+            bound = bind(group.rules, user)
+        except AmbiguousRules as e:
+            raise PolicyError(
+                file, json_path(user, "groups", index), f"in group {group_name!r} for {user!r}: {e}"
+            ) from None
+        sources.append(Source(f"group {group_name}", group.rules, bound or ()))
+    catalog = _optional_bool(entry, "catalog", file, (user,))
+    return UserPolicy(
+        pass_hash.encode("ascii"),
+        written,
+        tuple(member_of),
+        catalog,
+        tuple(sources),
+        _may_list_catalog(catalog, [groups[g].catalog for g in member_of]),
+    )
+
+
+def _own_rule_set(
+    written: Mapping[str, frozenset[str]],
+    compiled: list[Rule],
+    file: str,
+    user: str,
+    shared: dict[tuple[tuple[str, frozenset[str]], ...], RuleSet],
+) -> RuleSet:
+    """A user's own rules; ``${account}`` is their own name. Identical rule maps share one
+    compiled set, so 100,000 users with the same rights cost one set, not 100,000."""
+    uses_account = any(rule.pattern.uses_account for rule in compiled)
+    if uses_account:
+        rules: list[Rule] = []
+        for rule in compiled:
+            if rule.pattern.uses_account:
+                try:
+                    pattern = compile_pattern(rule.key.replace(ACCOUNT, user))
+                except PatternError:
+                    continue  # the user name is no path component: the rule never matches
+                rules.append(Rule(pattern, rule.actions, rule.source))
+            else:
+                rules.append(rule)
+        return _rule_set(rules, file, (user, "repositories"))
+    signature = tuple(sorted(written.items()))
+    rule_set = shared.get(signature)
+    if rule_set is None:
+        general = [Rule(r.pattern, r.actions, "user") for r in compiled]
+        rule_set = shared[signature] = _rule_set(general, file, (user, "repositories"))
+    return rule_set
+
+
+def _group_list(
+    value: object, file: str, user: str, groups: Mapping[str, GroupPolicy]
+) -> list[str]:
+    if not isinstance(value, list):
+        raise PolicyError(file, json_path(user, "groups"), "expected a list of group names")
+    names: list[str] = []
+    for index, name in enumerate(value):
+        if not isinstance(name, str) or name not in groups:
+            raise PolicyError(
+                file,
+                json_path(user, "groups", index),
+                f"no group {json.dumps(name)} in groups.json",
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _may_list_catalog(own: bool | None, from_groups: list[bool | None]) -> bool:
+    """The user's own setting; else any group's grant; else any group's denial; else allowed
+    (authenticated users have always been able to list the catalog)."""
+    if own is not None:
+        return own
+    if True in from_groups:
+        return True
+    return False not in from_groups
+
+
+def _optional_bool(
+    entry: dict[str, object], key: str, file: str, where: tuple[str, ...]
+) -> bool | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise PolicyError(file, json_path(*where, key), "expected true or false")
+    return value
 
 
 def _actions(actions: object, file: str, where: str) -> frozenset[str]:
     if not isinstance(actions, list):
         raise PolicyError(file, where, 'expected a list of actions, e.g. ["pull", "push"]')
     for action in actions:
-        if action not in ACTIONS:
+        if action not in ACTIONS and action != ALL_ACTIONS:
             raise PolicyError(
-                file, where, f"unknown action {json.dumps(action)} (known: pull, push)"
+                file, where, f"unknown action {json.dumps(action)} (known: pull, push, delete, *)"
             )
+    if ALL_ACTIONS in actions:
+        return frozenset(ACTIONS)
     if "push" in actions and "pull" not in actions:
         raise PolicyError(file, where, "push requires pull")
     return frozenset(actions)
@@ -201,10 +440,20 @@ def anonymous_from_document(document: object, file: str) -> tuple[AnonymousPolic
     names = document.get("repositories", [])
     if not isinstance(names, list):
         raise PolicyError(file, "repositories", "expected a list of repository names")
+    rules: list[Rule] = []
     for index, name in enumerate(names):
-        if not isinstance(name, str) or not is_valid_name(name):
-            raise PolicyError(file, json_path("repositories", index), "not a repository name")
-    return AnonymousPolicy(blacklist, frozenset(names), catalog), warnings
+        where = json_path("repositories", index)
+        if not isinstance(name, str):
+            raise PolicyError(file, where, "not a repository name")
+        try:
+            pattern = compile_pattern(name)
+        except PatternError as e:
+            raise PolicyError(file, where, f"not a repository name or pattern: {e}") from None
+        if pattern.uses_account:
+            raise PolicyError(file, where, "${account} has no meaning for anonymous clients")
+        rules.append(Rule(pattern, PULL, "repositories.json"))
+    compiled = build_rule_set(rules, ambiguity_is_error=False)
+    return AnonymousPolicy(blacklist, frozenset(names), catalog, compiled), warnings
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +470,8 @@ class PolicyChange:
 
 
 def policy_change(old: Policy, new: Policy) -> PolicyChange:
-    """Users added, removed or altered (hash or rights), and whether anonymous rules moved."""
+    """Users added, removed or altered (hash, rights or a group's rules), and whether anonymous
+    rules moved."""
     return PolicyChange(
         added=tuple(sorted(new.users.keys() - old.users.keys())),
         removed=tuple(sorted(old.users.keys() - new.users.keys())),
@@ -230,6 +480,10 @@ def policy_change(old: Policy, new: Policy) -> PolicyChange:
                 name
                 for name in old.users.keys() & new.users.keys()
                 if old.users[name] != new.users[name]
+                or any(
+                    old.groups.get(group) != new.groups.get(group)
+                    for group in new.users[name].groups
+                )
             )
         ),
         anonymous_changed=old.anonymous != new.anonymous,

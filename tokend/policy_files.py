@@ -10,12 +10,16 @@ from tokend.policy import (
     Policy,
     PolicyError,
     anonymous_from_document,
+    groups_from_document,
     users_from_document,
 )
+from tokend.policy_report import unused_rule_warnings
 
 USERS_FILE = "users.json"
 REPOSITORIES_FILE = "repositories.json"
-POLICY_FILES = (USERS_FILE, REPOSITORIES_FILE)
+GROUPS_FILE = "groups.json"
+POLICY_FILES = (USERS_FILE, REPOSITORIES_FILE, GROUPS_FILE)
+"""Every file a policy is read from; groups.json is optional."""
 MAX_POLICY_FILE_BYTES = 256 * 1024 * 1024
 
 
@@ -26,17 +30,30 @@ class LoadedPolicy:
 
 
 def load_policy(config_dir: Path) -> LoadedPolicy:
-    """Read and validate both files together; raises :class:`PolicyError` naming the culprit.
+    """Read and validate the files together; raises :class:`PolicyError` naming the culprit.
 
-    Both files are re-read by path on every call, so symlink swaps are followed.
+    Every file is re-read by path on every call, so symlink swaps are followed. groups.json is
+    optional: without it there are no groups, and users.json keeps its seed meaning.
     """
     users_file = config_dir / USERS_FILE
     repositories_file = config_dir / REPOSITORIES_FILE
-    users = users_from_document(read_json(users_file), str(users_file))
+    groups_file = config_dir / GROUPS_FILE
+    groups = (
+        groups_from_document(read_json(groups_file), str(groups_file))
+        if _exists(groups_file)
+        else None
+    )
+    users = users_from_document(read_json(users_file), str(users_file), groups)
     anonymous, warnings = anonymous_from_document(
         read_json(repositories_file), str(repositories_file)
     )
-    return LoadedPolicy(Policy(users, anonymous), tuple(warnings))
+    policy = Policy(users, anonymous, groups) if groups is not None else Policy(users, anonymous)
+    return LoadedPolicy(policy, tuple(warnings) + unused_rule_warnings(policy))
+
+
+def _exists(path: Path) -> bool:
+    """Whether an optional file is there (a dangling symlink counts, and fails to read)."""
+    return path.is_symlink() or path.exists()
 
 
 def read_json(path: Path) -> object:

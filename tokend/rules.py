@@ -1,0 +1,317 @@
+"""Repository name patterns and rule sets: the matching engine behind every policy decision.
+
+A rule key is an exact repository name or a glob: ``*`` matches within one path component,
+``**`` (a whole component) matches one or more components, and the key ``*`` alone matches
+every name. ``${account}`` stands for the authenticated user's name. Within one rule set the
+most specific match wins: an exact name, then the longest literal prefix (the text before the
+first wildcard). Two patterns with the same literal prefix that can match the same name are a
+configuration error, found here at load time with an example name, never a runtime surprise.
+
+Patterns are compiled once per reload and bucketed by literal prefix, so matching a name costs
+a handful of dictionary lookups however many rules there are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from tokend.scope import is_valid_name
+
+ACCOUNT = "${account}"
+DOUBLE_STAR = "**"
+EVERYTHING = "*"
+
+
+class PatternError(ValueError):
+    """A rule key that is neither a repository name nor a pattern that could match one."""
+
+
+class AmbiguousRules(ValueError):
+    """Two rules of one set tie for some name; the message names both and an example."""
+
+    def __init__(self, first: str, second: str, example: str) -> None:
+        super().__init__(
+            f"{first!r} and {second!r} both match {example!r} with the same literal prefix: "
+            "make one of them more specific"
+        )
+        self.first = first
+        self.second = second
+        self.example = example
+
+
+def is_valid_component(text: str) -> bool:
+    """A single path component of a repository name (what ``${account}`` must expand to)."""
+    return "/" not in text and is_valid_name(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One compiled rule key: an exact name, ``prefix/**`` (a prefix test) or a regex."""
+
+    key: str
+    prefix: str
+    regex: re.Pattern[str] | None
+    uses_account: bool
+    exact: bool
+
+    def matches(self, name: str) -> bool:
+        if self.exact:
+            return name == self.key
+        if self.regex is None:
+            return len(name) > len(self.prefix) and name.startswith(self.prefix)
+        return self.regex.fullmatch(name) is not None
+
+
+def compile_pattern(key: str) -> Pattern:
+    """Compile a rule key; raises :class:`PatternError` with a reason an operator can act on."""
+    if key in (EVERYTHING, DOUBLE_STAR):
+        return Pattern(key, "", None, uses_account=False, exact=False)
+    uses_account = ACCOUNT in key
+    stand_in = key.replace(ACCOUNT, "a")
+    if "$" in stand_in:
+        raise PatternError("the only placeholder is ${account}")
+    components = stand_in.split("/")
+    for component in components:
+        if DOUBLE_STAR in component and component != DOUBLE_STAR:
+            raise PatternError("** must be a whole path component (team/**)")
+    if not is_valid_name("/".join(c.replace("*", "a") for c in components)):
+        raise PatternError("not a repository name, * or a pattern that could match one")
+    if "*" not in key:
+        return Pattern(key, key, None, uses_account, exact=True)
+    prefix = key[: key.index("*")]
+    if key.endswith("/" + DOUBLE_STAR) and len(prefix) == len(key) - len(DOUBLE_STAR):
+        return Pattern(key, prefix, None, uses_account, exact=False)
+    regex = []
+    for index, part in enumerate(key.split("/")):
+        if index:
+            regex.append("/")
+        if part == DOUBLE_STAR:
+            regex.append(".+")
+        else:
+            regex.append("[^/]*".join(re.escape(piece) for piece in part.split("*")))
+    return Pattern(key, prefix, re.compile("".join(regex)), uses_account, exact=False)
+
+
+def bind_account(key: str, account: str) -> Pattern | None:
+    """A ``${account}`` key with the account filled in; None if it cannot name a component."""
+    if not is_valid_component(account):
+        return None
+    return compile_pattern(key.replace(ACCOUNT, account))
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A rule key, what it holds, and where it was written (for explain and errors)."""
+
+    pattern: Pattern
+    actions: frozenset[str]
+    source: str
+
+    @property
+    def key(self) -> str:
+        return self.pattern.key
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """A ``${account}`` rule with one account filled in, compiled when the policy loads."""
+
+    pattern: Pattern
+    rule: Rule
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The rules of one user, one group or the anonymous list, compiled for fast lookup.
+
+    ``${account}`` rules are kept as ``templates``; :func:`bind` compiles them per account.
+    """
+
+    exact: Mapping[str, Rule]
+    by_prefix: Mapping[str, tuple[Rule, ...]]
+    prefix_lengths: tuple[int, ...]
+    templates: tuple[Rule, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.exact) + sum(map(len, self.by_prefix.values())) + len(self.templates)
+
+    def rules(self) -> Iterable[Rule]:
+        yield from self.exact.values()
+        for bucket in self.by_prefix.values():
+            yield from bucket
+        yield from self.templates
+
+    def match(self, name: str, bound: tuple[Bound, ...] = ()) -> Rule | None:
+        """The most specific rule matching ``name``, counting ``bound`` templates in."""
+        best: Rule | None = self.exact.get(name)
+        if best is not None:
+            return best
+        best_length = -1
+        for length in self.prefix_lengths:
+            if length > len(name):
+                continue
+            for rule in self.by_prefix.get(name[:length], ()):
+                if rule.pattern.matches(name):
+                    best, best_length = rule, length
+                    break
+            if best is not None:
+                break
+        for template in bound:
+            if not template.pattern.matches(name):
+                continue
+            if template.pattern.exact:
+                return template.rule
+            if len(template.pattern.prefix) > best_length:
+                best, best_length = template.rule, len(template.pattern.prefix)
+        return best
+
+
+EMPTY_RULES = RuleSet({}, {}, ())
+
+
+def build_rule_set(rules: Iterable[Rule], *, ambiguity_is_error: bool = True) -> RuleSet:
+    """Bucket compiled rules; raises :class:`AmbiguousRules` when two tie for some name.
+
+    ``${account}`` rules stay templates here; :func:`bind` checks them per account.
+    """
+    exact: dict[str, Rule] = {}
+    buckets: dict[str, list[Rule]] = {}
+    templates: list[Rule] = []
+    for rule in rules:
+        if rule.pattern.uses_account:
+            templates.append(rule)
+        elif rule.pattern.exact:
+            exact[rule.key] = rule
+        else:
+            bucket = buckets.setdefault(rule.pattern.prefix, [])
+            if ambiguity_is_error:
+                for other in bucket:
+                    _raise_if_overlapping(other.pattern, rule.pattern)
+            bucket.append(rule)
+    if not exact and not buckets and not templates:
+        return EMPTY_RULES
+    return RuleSet(
+        exact=exact,
+        by_prefix={prefix: tuple(bucket) for prefix, bucket in buckets.items()},
+        prefix_lengths=tuple(sorted({len(prefix) for prefix in buckets}, reverse=True)),
+        templates=tuple(templates),
+    )
+
+
+def bind(rule_set: RuleSet, account: str) -> tuple[Bound, ...] | None:
+    """Compile a set's ``${account}`` rules for ``account``; None if its name cannot be a
+    path component (those rules then never match it). Raises :class:`AmbiguousRules` when a
+    bound rule ties with another rule of the set."""
+    if not rule_set.templates:
+        return ()
+    if not is_valid_component(account):
+        return None
+    bound: list[Bound] = []
+    for template in rule_set.templates:
+        pattern = bind_account(template.key, account)
+        assert pattern is not None
+        if pattern.exact:
+            static = rule_set.exact.get(pattern.key)
+            if static is not None:
+                raise AmbiguousRules(template.key, static.key, pattern.key)
+        else:
+            for other in rule_set.by_prefix.get(pattern.prefix, ()):
+                _raise_if_overlapping(other.pattern, pattern, "", template.key)
+        for earlier in bound:
+            if earlier.pattern.exact and pattern.exact and earlier.pattern.key == pattern.key:
+                raise AmbiguousRules(earlier.rule.key, template.key, pattern.key)
+            if earlier.pattern.prefix == pattern.prefix and not (
+                earlier.pattern.exact or pattern.exact
+            ):
+                _raise_if_overlapping(earlier.pattern, pattern, earlier.rule.key, template.key)
+        bound.append(Bound(pattern, template))
+    return tuple(bound)
+
+
+def _raise_if_overlapping(
+    first: Pattern, second: Pattern, first_key: str = "", second_key: str = ""
+) -> None:
+    example = common_match(first, second)
+    if example is not None:
+        raise AmbiguousRules(first_key or first.key, second_key or second.key, example)
+
+
+# Pattern tokens for the overlap search: a literal character, "one non-slash character zero or
+# more times" (*), "any character" and "any character zero or more times" (** is ANY ANY_STAR).
+_STAR, _ANY, _ANY_STAR = object(), object(), object()
+
+
+def _tokens(pattern: Pattern) -> list[object]:
+    if pattern.exact:
+        return list(pattern.key)
+    if pattern.key in (EVERYTHING, DOUBLE_STAR):
+        return [_ANY, _ANY_STAR]
+    tokens: list[object] = []
+    for index, part in enumerate(pattern.key.split("/")):
+        if index:
+            tokens.append("/")
+        if part == DOUBLE_STAR:
+            tokens.extend((_ANY, _ANY_STAR))
+            continue
+        for char in part:
+            tokens.append(_STAR if char == "*" else char)
+    return tokens
+
+
+def _closure(tokens: list[object], states: Iterable[int]) -> frozenset[int]:
+    result = set(states)
+    stack = list(result)
+    while stack:
+        state = stack.pop()
+        if state < len(tokens) and tokens[state] in (_STAR, _ANY_STAR) and state + 1 not in result:
+            result.add(state + 1)
+            stack.append(state + 1)
+    return frozenset(result)
+
+
+def _step(tokens: list[object], states: frozenset[int], char: str) -> frozenset[int]:
+    following: set[int] = set()
+    for state in states:
+        if state == len(tokens):
+            continue
+        token = tokens[state]
+        if token is _STAR:
+            if char != "/":
+                following.add(state)
+        elif token is _ANY_STAR:
+            following.add(state)
+        elif token is _ANY or token == char:
+            following.add(state + 1)
+    return _closure(tokens, following)
+
+
+def common_match(first: Pattern, second: Pattern) -> str | None:
+    """A shortest string both patterns match, or None if their languages are disjoint.
+
+    A breadth-first search over pairs of NFA state sets; the alphabet is the literal characters
+    of both patterns, ``/`` and one character neither mentions (it stands for all the others).
+    Strings with an empty path component are skipped: they are no repository names, and the
+    example ends up in an error message.
+    """
+    a, b = _tokens(first), _tokens(second)
+    literals = {t for t in (*a, *b) if isinstance(t, str)}
+    other = next(c for c in "abcdefghijklmnopqrstuvwxyz0123456789" if c not in literals)
+    alphabet = sorted(literals | {"/", other})
+    start = (_closure(a, [0]), _closure(b, [0]), True)
+    seen = {start}
+    queue: deque[tuple[frozenset[int], frozenset[int], bool, str]] = deque([(*start, "")])
+    while queue:
+        states_a, states_b, at_boundary, text = queue.popleft()
+        if len(a) in states_a and len(b) in states_b and not at_boundary:
+            return text
+        for char in alphabet:
+            if char == "/" and at_boundary:
+                continue  # names have no empty path components: prefer examples that are names
+            key = (_step(a, states_a, char), _step(b, states_b, char), char == "/")
+            if key[0] and key[1] and key not in seen:
+                seen.add(key)
+                queue.append((*key, text + char))
+    return None
