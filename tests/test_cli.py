@@ -112,3 +112,87 @@ def test_python_dash_m_runs_the_tool(tmp_path: Path) -> None:
         check=True,
     )
     assert bcrypt.checkpw(b"pw", result.stdout.strip())
+
+
+def write_team_policy(directory: Path) -> None:
+    write_policy(
+        directory,
+        {"alice": ("pw", {"tools/**": ["pull", "push"]}), "robot": ("pw", {})},
+        {"repositories": ["public/**"]},
+    )
+    users = json.loads((directory / "users.json").read_text())
+    users["alice"]["groups"] = ["staff"]
+    (directory / "users.json").write_text(json.dumps(users))
+    groups = {
+        "staff": {"repositories": {"${account}/**": ["*"], "*": ["pull"], "secret/**": []}},
+        "idle": {"repositories": {"x": ["pull"]}},
+    }
+    (directory / "groups.json").write_text(json.dumps(groups))
+
+
+def test_explain_names_the_rule_of_every_source(tmp_path: Path) -> None:
+    write_team_policy(tmp_path)
+    code, out = run(
+        "explain", "--config-dir", str(tmp_path), "alice",
+        "repository:alice/app:pull,push,delete", "repository:secret/x:pull",
+        "repository:tools/cli:push",
+    )  # fmt: skip
+    assert code == 0
+    assert out.splitlines() == [
+        "repository:alice/app:pull,push,delete  ->  'alice' gets pull,push,delete "
+        "(holds pull,push,delete)",
+        "    user alice: no rule matches",
+        "    group staff: '${account}/**' allows pull,push,delete",
+        "    the union of every source's most specific rule",
+        "repository:secret/x:pull  ->  'alice' gets nothing (holds nothing)",
+        "    user alice: no rule matches",
+        "    group staff: 'secret/**' denies (no actions)",
+        "    the union of every source's most specific rule",
+        "repository:tools/cli:push  ->  'alice' gets push (holds pull,push)",
+        "    user alice: 'tools/**' allows pull,push",
+        "    group staff: '*' allows pull",
+        "    the union of every source's most specific rule",
+    ]
+
+
+def test_explain_for_anonymous_clients_and_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_team_policy(tmp_path)
+    code, out = run(
+        "explain", "--config-dir", str(tmp_path), "--anonymous",
+        "repository:public/a/b:pull,push", "repository:private:pull",
+    )  # fmt: skip
+    assert code == 0
+    assert "repository:public/a/b:pull,push  ->  anonymous gets pull (holds pull)" in out
+    assert "repositories.json whitelist: 'public/**' allows pull" in out
+    assert "repository:private:pull  ->  anonymous gets nothing" in out
+    assert run("explain", "--config-dir", str(tmp_path), "ghost", "repository:a:pull")[0] == 1
+    assert "no user 'ghost'" in capsys.readouterr().err
+    assert run("explain", "--config-dir", str(tmp_path), "alice", "repository:A:pull")[0] == 1
+    assert "invalid scope" in capsys.readouterr().err
+
+
+def test_check_config_reports_unused_and_overriding_rules(tmp_path: Path) -> None:
+    write_team_policy(tmp_path)
+    code, out = run("check-config", "--config-dir", str(tmp_path))
+    assert code == 0
+    lines = out.splitlines()
+    assert "warning: groups.json: idle: no user is a member, its rules never apply" in lines
+    assert (
+        "overlap: groups.json staff: 'secret/**' (denies) takes precedence over '*' [pull] "
+        "for names like 'secret/a'"
+    ) in lines
+    assert lines[-1].endswith("policy is valid: 2 users, 2 groups, anonymous whitelist of 1 "
+                              "names and patterns, anonymous catalog off")  # fmt: skip
+
+
+def test_check_config_refuses_ambiguous_rules_with_an_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_policy(tmp_path, {"a": ("pw", {"team/*": ["pull"], "team/**": []})})
+    assert run("check-config", "--config-dir", str(tmp_path))[0] == 1
+    assert (
+        f"{tmp_path / 'users.json'}: a.repositories[\"team/**\"]: 'team/*' and 'team/**' both "
+        "match 'team/a' with the same literal prefix"
+    ) in capsys.readouterr().err

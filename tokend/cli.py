@@ -1,8 +1,9 @@
 """The ``tokend`` tool: what an operator needs around the daemon.
 
 ``hash-password`` makes a users.json hash, ``check-config`` validates a config directory the way
-the daemon would, ``kid`` prints the key ids a registry configuration needs, ``dev-cert`` writes a
-development key pair. Exit status 0 on success, 1 on a finding, 2 on a usage error.
+the daemon would and reports rules that never apply or overlap, ``explain`` shows which rule
+decides a request, ``kid`` prints the key ids a registry configuration needs, ``dev-cert`` writes
+a development key pair. Exit status 0 on success, 1 on a finding, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import bcrypt
 from tokend.devcert import DEFAULT_CN, DEFAULT_DAYS, write_dev_cert
 from tokend.keys import KeyConfigError, key_ids, load_signing_key
 from tokend.passwords import MAX_PASSWORD_BYTES
-from tokend.policy import DEFAULT_BCRYPT_COST, PolicyError
-from tokend.policy_files import POLICY_FILES, load_policy
+from tokend.policy import ACTIONS, DEFAULT_BCRYPT_COST, Decision, Policy, PolicyError
+from tokend.policy_files import load_policy
+from tokend.policy_report import overlap_notes
+from tokend.scope import ScopeError, parse_scopes
 
 MIN_COST, MAX_COST = 4, 31
 
@@ -68,12 +71,67 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
         except KeyConfigError as e:
             raise CommandError(str(e)) from None
     policy = loaded.policy
+    for note in overlap_notes(policy):
+        stdout.write(f"overlap: {note}\n")
+    anonymous = policy.anonymous
     stdout.write(
-        f"{config_dir}: {', '.join(POLICY_FILES)} are valid: {len(policy.users)} users, "
-        f"anonymous {'blacklist' if policy.anonymous.blacklist else 'whitelist'} of "
-        f"{len(policy.anonymous.repositories)} repositories, anonymous catalog "
-        f"{'on' if policy.anonymous.catalog else 'off'}\n"
+        f"{config_dir}: policy is valid: {len(policy.users)} users, {len(policy.groups)} groups, "
+        f"anonymous {'blacklist' if anonymous.blacklist else 'whitelist'} of "
+        f"{len(anonymous.repositories)} names and patterns, anonymous catalog "
+        f"{'on' if anonymous.catalog else 'off'}\n"
     )
+
+
+def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    """For each scope: what a token would hold, and the rule of each source that decided it."""
+    try:
+        policy = load_policy(Path(args.config_dir)).policy
+    except PolicyError as e:
+        raise CommandError(str(e)) from None
+    account: str | None = None if args.anonymous else args.user
+    texts = args.scopes
+    if args.anonymous and args.user is not None:
+        texts = [args.user, *texts]  # with --anonymous every argument is a scope
+    elif not args.anonymous and args.user is None:
+        raise CommandError("name a USER, or pass --anonymous")
+    if account is not None and account not in policy.users:
+        raise CommandError(f"no user {account!r} in users.json")
+    try:
+        scopes = parse_scopes(texts)
+    except ScopeError as e:
+        raise CommandError(str(e)) from None
+    who = "anonymous" if account is None else repr(account)
+    for scope in scopes:
+        granted = policy.grant(account, scope)
+        decision = policy.decide(account, scope.type, scope.name)
+        stdout.write(
+            f"{scope}  ->  {who} gets {','.join(granted) or 'nothing'} (holds {_held(decision)})\n"
+        )
+        for line in _reasons(policy, decision):
+            stdout.write(f"    {line}\n")
+
+
+def _in_order(actions: frozenset[str]) -> str:
+    """Actions in the order tokens list them (pull, push, delete)."""
+    return ",".join(sorted(actions, key=lambda a: ACTIONS.index(a) if a in ACTIONS else -1))
+
+
+def _held(decision: Decision) -> str:
+    return _in_order(decision.actions) or "nothing"
+
+
+def _reasons(policy: Policy, decision: Decision) -> list[str]:
+    lines = []
+    for match in decision.matches:
+        if match.rule is None:
+            lines.append(f"{match.source}: no rule matches")
+        elif match.rule.actions:
+            actions = _in_order(match.rule.actions)
+            lines.append(f"{match.source}: {match.rule.key!r} allows {actions}")
+        else:
+            lines.append(f"{match.source}: {match.rule.key!r} denies (no actions)")
+    lines.append(decision.note)
+    return lines
 
 
 def kid(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
@@ -129,11 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hashing.set_defaults(run=hash_password)
 
-    checking = commands.add_parser("check-config", help="validate users.json and repositories.json")
+    checking = commands.add_parser(
+        "check-config", help="validate the policy files; report unused and overlapping rules"
+    )
     checking.add_argument("--config-dir", default="config", help="default %(default)s")
     checking.add_argument("--key", help="also check this signing key (and --cert)")
     checking.add_argument("--cert", help="certificate chain to check against --key")
     checking.set_defaults(run=check_config)
+
+    explaining = commands.add_parser(
+        "explain", help="show what a user would be granted for each scope, and which rule decides"
+    )
+    explaining.add_argument("user", nargs="?", metavar="USER", help="a user in users.json")
+    explaining.add_argument("scopes", nargs="+", metavar="SCOPE", help="e.g. repository:a/b:pull")
+    explaining.add_argument(
+        "--anonymous", action="store_true", help="explain for clients without credentials"
+    )
+    explaining.add_argument("--config-dir", default="config", help="default %(default)s")
+    explaining.set_defaults(run=explain)
 
     key_id = commands.add_parser("kid", help="print both key ids of a key or certificate")
     key_id.add_argument("path", help="PEM certificate, public key or private key")
