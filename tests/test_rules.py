@@ -23,7 +23,7 @@ PULL = frozenset({"pull"})
 
 
 def rule_set(*keys: str) -> RuleSet:
-    return build_rule_set(Rule(compile_pattern(key), PULL, "test") for key in keys)
+    return build_rule_set(Rule(compile_pattern(key), PULL) for key in keys)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from tokend.rules import (
     Rule,
     RuleSet,
     bind,
+    bind_account,
     build_rule_set,
     compile_pattern,
 )
@@ -85,6 +86,12 @@ class Source:
     rules: RuleSet
     bound: tuple[Bound, ...] = ()
 
+    def label(self, account: str) -> str:
+        return f"user {account}" if self.name == OWN_RULES else self.name
+
+
+OWN_RULES = "own rules"
+
 
 @dataclass(frozen=True, slots=True)
 class UserPolicy:
@@ -108,6 +115,7 @@ class GroupPolicy:
     repositories: Mapping[str, frozenset[str]]
     catalog: bool | None = None
     rules: RuleSet = field(default=EMPTY_RULES, compare=False, repr=False)
+    source: Source = field(default=Source("group", EMPTY_RULES), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +129,7 @@ class AnonymousPolicy:
 
     def __post_init__(self) -> None:
         if self.repositories and self.rules is EMPTY_RULES:
-            rules = (Rule(compile_pattern(n), PULL, "repositories.json") for n in self.repositories)
+            rules = (Rule(compile_pattern(name), PULL) for name in self.repositories)
             object.__setattr__(self, "rules", build_rule_set(rules, ambiguity_is_error=False))
 
     def listed(self, name: str) -> Rule | None:
@@ -198,7 +206,8 @@ class Policy:
         if user is None:
             return Decision(NOTHING, (), f"no user {account!r}")
         matches = tuple(
-            Match(source.name, source.rules.match(name, source.bound)) for source in user.sources
+            Match(source.label(account), source.rules.match(name, source.bound))
+            for source in user.sources
         )
         actions = frozenset().union(*(m.rule.actions for m in matches if m.rule is not None))
         return Decision(actions, matches, "the union of every source's most specific rule")
@@ -219,30 +228,29 @@ class Policy:
 NOTHING: frozenset[str] = frozenset()
 
 
-def _check_name(name: object, file: str, where: str, what: str) -> str:
-    if not isinstance(name, str) or not name or ":" in name or not name.isprintable():
-        raise PolicyError(file, where, f"{what} names must be 1-255 printable characters, no ':'")
-    if len(name) > 255:
-        raise PolicyError(file, where, f"{what} names must be 1-255 printable characters, no ':'")
-    return name
+def _check_name(name: str, file: str, what: str) -> None:
+    if not name or len(name) > 255 or ":" in name or not name.isprintable():
+        raise PolicyError(
+            file, json_path(name), f"{what} names must be 1-255 printable characters, no ':'"
+        )
 
 
-def _rules(
-    rules: object, file: str, where: tuple[str, ...], source: str
-) -> tuple[Mapping[str, frozenset[str]], list[Rule]]:
+def _written_rules(rules: object, file: str, where: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """Validate a rule map: every key compiles, every action list is known."""
     if not isinstance(rules, dict):
         raise PolicyError(file, json_path(*where), "expected an object")
     written: dict[str, frozenset[str]] = {}
-    compiled: list[Rule] = []
     for key, actions in rules.items():
-        path = json_path(*where, key)
         try:
-            pattern = compile_pattern(key)
+            compile_pattern(key)
         except PatternError as e:
-            raise PolicyError(file, path, str(e)) from None
-        written[key] = _actions(actions, file, path)
-        compiled.append(Rule(pattern, written[key], source))
-    return MappingProxyType(written), compiled
+            raise PolicyError(file, json_path(*where, key), str(e)) from None
+        written[key] = _actions(actions, file, where, key)
+    return written
+
+
+def _compiled(written: Mapping[str, frozenset[str]]) -> list[Rule]:
+    return [Rule(compile_pattern(key), actions) for key, actions in written.items()]
 
 
 def _rule_set(compiled: list[Rule], file: str, where: tuple[str, ...]) -> RuleSet:
@@ -258,18 +266,18 @@ def groups_from_document(document: object, file: str) -> Mapping[str, GroupPolic
         raise PolicyError(file, "", "expected an object mapping group names to entries")
     groups: dict[str, GroupPolicy] = {}
     for name, entry in document.items():
-        _check_name(name, file, json_path(name), "group")
+        _check_name(name, file, "group")
         if not isinstance(entry, dict):
             raise PolicyError(file, json_path(name), "expected an object")
         for key in entry:
             if key not in GROUP_KEYS:
                 raise PolicyError(file, json_path(name, key), "unknown key")
-        written, compiled = _rules(
-            entry.get("repositories", {}), file, (name, "repositories"), f"group {name}"
-        )
+        written = _written_rules(entry.get("repositories", {}), file, (name, "repositories"))
         catalog = _optional_bool(entry, "catalog", file, (name,))
-        rules = _rule_set(compiled, file, (name, "repositories"))
-        groups[name] = GroupPolicy(written, catalog, rules)
+        rules = _rule_set(_compiled(written), file, (name, "repositories"))
+        groups[name] = GroupPolicy(
+            MappingProxyType(written), catalog, rules, Source(f"group {name}", rules)
+        )
     return MappingProxyType(groups)
 
 
@@ -280,9 +288,9 @@ def users_from_document(
     if not isinstance(document, dict):
         raise PolicyError(file, "", "expected an object mapping user names to entries")
     users: dict[str, UserPolicy] = {}
-    shared: dict[tuple[tuple[str, frozenset[str]], ...], RuleSet] = {}
+    shared: SharedRules = {}
     for user, entry in document.items():
-        _check_name(user, file, json_path(user), "user")
+        _check_name(user, file, "user")
         users[user] = _user_from_entry(entry, file, user, groups or {}, shared)
     return MappingProxyType(users)
 
@@ -292,7 +300,7 @@ def _user_from_entry(
     file: str,
     user: str,
     groups: Mapping[str, GroupPolicy],
-    shared: dict[tuple[tuple[str, frozenset[str]], ...], RuleSet],
+    shared: SharedRules,
 ) -> UserPolicy:
     if not isinstance(entry, dict):
         raise PolicyError(file, json_path(user), "expected an object")
@@ -309,11 +317,8 @@ def _user_from_entry(
     cost = int(pass_hash[4:6])
     if not 4 <= cost <= 31:
         raise PolicyError(file, json_path(user, "pass_hash"), f"bcrypt cost {cost} out of range")
-    written, compiled = _rules(
-        entry.get("repositories", {}), file, (user, "repositories"), f"user {user}"
-    )
-    own = _own_rule_set(written, compiled, file, user, shared)
-    sources = [Source(f"user {user}", own)]
+    written, own = _own_rules(entry.get("repositories", {}), file, user, shared)
+    sources = [own]
     member_of = _group_list(entry.get("groups", []), file, user, groups)
     for index, group_name in enumerate(member_of):
         group = groups[group_name]
@@ -323,7 +328,7 @@ def _user_from_entry(
             raise PolicyError(
                 file, json_path(user, "groups", index), f"in group {group_name!r} for {user!r}: {e}"
             ) from None
-        sources.append(Source(f"group {group_name}", group.rules, bound or ()))
+        sources.append(Source(group.source.name, group.rules, bound) if bound else group.source)
     catalog = _optional_bool(entry, "catalog", file, (user,))
     return UserPolicy(
         pass_hash.encode("ascii"),
@@ -335,34 +340,35 @@ def _user_from_entry(
     )
 
 
-def _own_rule_set(
-    written: Mapping[str, frozenset[str]],
-    compiled: list[Rule],
-    file: str,
-    user: str,
-    shared: dict[tuple[tuple[str, frozenset[str]], ...], RuleSet],
-) -> RuleSet:
+SharedRules = dict[
+    tuple[tuple[str, frozenset[str]], ...], tuple[Mapping[str, frozenset[str]], Source]
+]
+
+
+def _own_rules(
+    rules: object, file: str, user: str, shared: SharedRules
+) -> tuple[Mapping[str, frozenset[str]], Source]:
     """A user's own rules; ``${account}`` is their own name. Identical rule maps share one
     compiled set, so 100,000 users with the same rights cost one set, not 100,000."""
-    uses_account = any(rule.pattern.uses_account for rule in compiled)
-    if uses_account:
-        rules: list[Rule] = []
-        for rule in compiled:
-            if rule.pattern.uses_account:
-                try:
-                    pattern = compile_pattern(rule.key.replace(ACCOUNT, user))
-                except PatternError:
+    where = (user, "repositories")
+    written = _written_rules(rules, file, where)
+    if any(ACCOUNT in key for key in written):
+        compiled: list[Rule] = []
+        for key, actions in written.items():
+            if ACCOUNT in key:
+                pattern = bind_account(key, user)
+                if pattern is None:
                     continue  # the user name is no path component: the rule never matches
-                rules.append(Rule(pattern, rule.actions, rule.source))
+                compiled.append(Rule(pattern, actions))
             else:
-                rules.append(rule)
-        return _rule_set(rules, file, (user, "repositories"))
-    signature = tuple(sorted(written.items()))
-    rule_set = shared.get(signature)
-    if rule_set is None:
-        general = [Rule(r.pattern, r.actions, "user") for r in compiled]
-        rule_set = shared[signature] = _rule_set(general, file, (user, "repositories"))
-    return rule_set
+                compiled.append(Rule(compile_pattern(key), actions))
+        return MappingProxyType(written), Source(OWN_RULES, _rule_set(compiled, file, where))
+    signature = tuple(written.items())
+    cached = shared.get(signature)
+    if cached is None:
+        rule_set = _rule_set(_compiled(written), file, where)
+        cached = shared[signature] = (MappingProxyType(written), Source(OWN_RULES, rule_set))
+    return cached
 
 
 def _group_list(
@@ -402,19 +408,35 @@ def _optional_bool(
     return value
 
 
-def _actions(actions: object, file: str, where: str) -> frozenset[str]:
+def _actions(actions: object, file: str, where: tuple[str, ...], key: str) -> frozenset[str]:
+    """A rule's action list; common lists are interned, so equal rules share one set."""
+    if isinstance(actions, list) and all(isinstance(a, str) for a in actions):
+        known = _KNOWN_ACTION_LISTS.get(tuple(actions))
+        if known is not None:
+            return known
+    path = json_path(*where, key)
     if not isinstance(actions, list):
-        raise PolicyError(file, where, 'expected a list of actions, e.g. ["pull", "push"]')
+        raise PolicyError(file, path, 'expected a list of actions, e.g. ["pull", "push"]')
     for action in actions:
         if action not in ACTIONS and action != ALL_ACTIONS:
             raise PolicyError(
-                file, where, f"unknown action {json.dumps(action)} (known: pull, push, delete, *)"
+                file, path, f"unknown action {json.dumps(action)} (known: pull, push, delete, *)"
             )
     if ALL_ACTIONS in actions:
         return frozenset(ACTIONS)
     if "push" in actions and "pull" not in actions:
-        raise PolicyError(file, where, "push requires pull")
+        raise PolicyError(file, path, "push requires pull")
     return frozenset(actions)
+
+
+_KNOWN_ACTION_LISTS: dict[tuple[str, ...], frozenset[str]] = {
+    (): frozenset(),
+    ("pull",): frozenset({"pull"}),
+    ("pull", "push"): frozenset({"pull", "push"}),
+    ("push", "pull"): frozenset({"pull", "push"}),
+    ("pull", "push", "delete"): frozenset(ACTIONS),
+    ("*",): frozenset(ACTIONS),
+}
 
 
 def anonymous_from_document(document: object, file: str) -> tuple[AnonymousPolicy, list[str]]:
@@ -451,7 +473,7 @@ def anonymous_from_document(document: object, file: str) -> tuple[AnonymousPolic
             raise PolicyError(file, where, f"not a repository name or pattern: {e}") from None
         if pattern.uses_account:
             raise PolicyError(file, where, "${account} has no meaning for anonymous clients")
-        rules.append(Rule(pattern, PULL, "repositories.json"))
+        rules.append(Rule(pattern, PULL))
     compiled = build_rule_set(rules, ambiguity_is_error=False)
     return AnonymousPolicy(blacklist, frozenset(names), catalog, compiled), warnings
 

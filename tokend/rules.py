@@ -17,6 +17,7 @@ import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from tokend.scope import is_valid_name
 
@@ -65,8 +66,12 @@ class Pattern:
         return self.regex.fullmatch(name) is not None
 
 
+@lru_cache(maxsize=16384)
 def compile_pattern(key: str) -> Pattern:
-    """Compile a rule key; raises :class:`PatternError` with a reason an operator can act on."""
+    """Compile a rule key; raises :class:`PatternError` with a reason an operator can act on.
+
+    Cached: thousands of users share the same few keys, and a Pattern is immutable.
+    """
     if key in (EVERYTHING, DOUBLE_STAR):
         return Pattern(key, "", None, uses_account=False, exact=False)
     uses_account = ACCOUNT in key
@@ -96,19 +101,28 @@ def compile_pattern(key: str) -> Pattern:
 
 
 def bind_account(key: str, account: str) -> Pattern | None:
-    """A ``${account}`` key with the account filled in; None if it cannot name a component."""
+    """A ``${account}`` key with the account filled in; None if it cannot name a component.
+
+    The key was validated when it was compiled and a path component fits wherever
+    ``${account}`` may stand, so this only substitutes: it runs once per member per reload.
+    """
     if not is_valid_component(account):
         return None
-    return compile_pattern(key.replace(ACCOUNT, account))
+    template = compile_pattern(key)
+    bound_key = key.replace(ACCOUNT, account)
+    prefix = template.prefix.replace(ACCOUNT, account)
+    if template.regex is None:
+        return Pattern(bound_key, prefix, None, uses_account=False, exact=template.exact)
+    regex = template.regex.pattern.replace(re.escape(ACCOUNT), re.escape(account))
+    return Pattern(bound_key, prefix, re.compile(regex), uses_account=False, exact=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A rule key, what it holds, and where it was written (for explain and errors)."""
+    """A rule key and the actions it allows (none: it denies)."""
 
     pattern: Pattern
     actions: frozenset[str]
-    source: str
 
     @property
     def key(self) -> str:
