@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from tokend.credential_cache import CredentialCache
 from tokend.devcert import ensure_dev_cert
 from tokend.holder import PolicyHolder
 from tokend.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
@@ -28,10 +29,11 @@ from tokend.passwords import PasswordChecker
 from tokend.policy import PolicyError
 from tokend.policy_files import LoadedPolicy, load_policy
 from tokend.reload import PolicyReloader
+from tokend.throttle import LoginThrottle, TrustedProxies, parse_networks
 from tokend.tokens import TokenIssuer
 from tokend.watcher import PolicyWatchService
 from tokend.web import TokenAPI
-from tokend.workers import WorkerPool
+from tokend.workers import BoundedWorkers, WorkerPool
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 MIN_TTL, MAX_TTL = 60, 3600
@@ -76,6 +78,34 @@ class Options(usage.Options):
             ["kid", None, "libtrust", "Key id form: libtrust (registry 2.x) or thumbprint (3.x)"],
             ["realm-path", None, "/v2/token", "URL path of the token endpoint"],
             ["bcrypt-threads", None, str(min(os.cpu_count() or 1, 4)), "bcrypt worker threads"],
+            ["bcrypt-queue", None, "64", "Logins that may wait for a bcrypt thread; more get 503"],
+            [
+                "max-failures-per-account",
+                None,
+                "10",
+                "Failed logins per account in --failure-window before 429 (0: no limit)",
+            ],
+            [
+                "max-failures-per-address",
+                None,
+                "30",
+                "Failed logins per client address in --failure-window before 429 (0: no limit)",
+            ],
+            ["failure-window", None, "300", "Seconds over which failed logins are counted"],
+            [
+                "trusted-proxy",
+                None,
+                None,
+                "TCP peer (IP or CIDR) whose X-Real-IP/X-Forwarded-For name the client; "
+                "repeat for several (the UNIX socket peer is always trusted)",
+            ],
+            [
+                "credential-cache-ttl",
+                None,
+                "60",
+                "Seconds a password bcrypt accepted is remembered (0: no cache)",
+            ],
+            ["credential-cache-size", None, "10000", "Remembered passwords at most"],
         ]
     )
     optFlags = _with_env_names(
@@ -90,16 +120,21 @@ class Options(usage.Options):
         super().__init__()
         self.environ = os.environ if environ is None else environ
         self["service"] = []
+        self["trusted-proxy"] = []
         self._services_from_cli = False
+        self._proxies_from_cli = False
         self._cert_explicit = False
         for name, *_ in self.optParameters:
             value = self.environ.get(_env_name(name))
-            if value is not None and name != "service":
+            if value is not None and name not in ("service", "trusted-proxy"):
                 self[name] = value
                 self._cert_explicit |= name == "cert"
         env_services = self.environ.get(_env_name("service"))
         if env_services:
             self["service"] = [s for s in env_services.replace(",", " ").split() if s]
+        env_proxies = self.environ.get(_env_name("trusted-proxy"))
+        if env_proxies:
+            self["trusted-proxy"] = [p for p in env_proxies.replace(",", " ").split() if p]
         for name, *_ in self.optFlags:
             value = self.environ.get(_env_name(name))
             if value is not None:
@@ -114,6 +149,13 @@ class Options(usage.Options):
 
     opt_s = opt_service
 
+    def opt_trusted_proxy(self, value: str) -> None:
+        """Proxy IP/CIDR trusted for X-Real-IP [env TOKEND_TRUSTED_PROXY, comma-separated]"""
+        if not self._proxies_from_cli:
+            self["trusted-proxy"] = []
+            self._proxies_from_cli = True
+        self["trusted-proxy"].append(value)
+
     def opt_cert(self, value: str) -> None:
         """PEM certificate chain of the key (tokens get x5c) [env TOKEND_CERT]"""
         self["cert"] = value
@@ -124,6 +166,16 @@ class Options(usage.Options):
             self["service"] = ["registry"]
         self["token-ttl"] = self._integer("token-ttl", MIN_TTL, MAX_TTL)
         self["bcrypt-threads"] = self._integer("bcrypt-threads", 1, 64)
+        self["bcrypt-queue"] = self._integer("bcrypt-queue", 0, 100_000)
+        self["max-failures-per-account"] = self._integer("max-failures-per-account", 0, 1000)
+        self["max-failures-per-address"] = self._integer("max-failures-per-address", 0, 1000)
+        self["failure-window"] = self._integer("failure-window", 1, 86_400)
+        self["credential-cache-ttl"] = self._integer("credential-cache-ttl", 0, 3600)
+        self["credential-cache-size"] = self._integer("credential-cache-size", 1, 1_000_000)
+        try:
+            self["trusted-proxy"] = parse_networks(self["trusted-proxy"])
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy {e}") from None
         if self["kid"] not in KID_FORMS:
             raise usage.UsageError(f"--kid must be one of {', '.join(KID_FORMS)}")
         realm_path = self["realm-path"]
@@ -276,13 +328,25 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
     reload_pool = WorkerPool(reactor, 1, "tokend-reload")
     reload_pool.setServiceParent(root)
     holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
+    bcrypt_queue = BoundedWorkers(
+        bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
+    )
     api = TokenAPI(
         policy=holder,
-        passwords=PasswordChecker(bcrypt_pool),
+        passwords=PasswordChecker(bcrypt_queue),
         tokens=TokenIssuer(options.signing_key, options["issuer"], options["token-ttl"]),
         services=options["service"],
         clock=reactor,
         realm_path=options["realm-path"],
+        throttle=LoginThrottle(
+            per_account=options["max-failures-per-account"],
+            per_address=options["max-failures-per-address"],
+            window=options["failure-window"],
+        ),
+        credential_cache=CredentialCache(
+            ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
+        ),
+        trusted_proxies=TrustedProxies(networks=options["trusted-proxy"]),
     )
     site = Site(api.resource())
     site.displayTracebacks = False

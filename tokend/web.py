@@ -1,18 +1,21 @@
 """The HTTP edge: the realm (GET and OAuth2 POST) and /healthz, as a Klein app.
 
-Thin on purpose: parsing, policy and signing live in pure modules; this maps them to HTTP and
-turns every domain error into the spec's JSON error body (never a 500 for bad input).
+Thin on purpose: parsing, policy, signing, throttling and the credential cache live in pure
+modules; this maps them to HTTP and turns every domain error into the spec's JSON error body
+(never a 500 for bad input).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -24,17 +27,23 @@ from tokend.basic_auth import (
     UnsupportedScheme,
     parse_authorization,
 )
+from tokend.credential_cache import CredentialCache
 from tokend.holder import PolicyHolder
 from tokend.passwords import PasswordChecker, PasswordTooLong
 from tokend.policy import Policy
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
+from tokend.throttle import LoginThrottle, Refusal, TrustedProxies
 from tokend.tokens import IssuedToken, TokenIssuer, rfc3339
+from tokend.workers import Overloaded
 
 MAX_QUERY_BYTES = 8192
 MAX_VALUE_CHARS = 1024
 MAX_BODY_BYTES = 16384
 MAX_HASH_CHECKS = 3
 """Password checks per login when reloads keep replacing the user's hash meanwhile."""
+OVERLOAD_RETRY_AFTER = 1
+"""Seconds a client is asked to wait when the bcrypt queue is full: it drains quickly."""
+MAX_HEADER_CHARS = 256
 
 
 class Clock(Protocol):
@@ -42,15 +51,23 @@ class Clock(Protocol):
 
 
 class RequestError(Exception):
-    """Answered with ``status`` and the registry error body; ``oauth`` picks RFC 6749's."""
+    """Answered with ``status`` and the registry error body; ``oauth`` picks RFC 6749's.
+
+    ``outcome`` names the refusal in the log; ``account`` is logged when known.
+    """
 
     status = 400
     code = "BAD_REQUEST"
     oauth_error = "invalid_request"
+    outcome = "refused"
 
-    def __init__(self, message: str) -> None:
+    def __init__(
+        self, message: str, *, account: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.account = account
+        self.retry_after = retry_after
 
 
 class AuthenticationFailed(RequestError):
@@ -71,6 +88,33 @@ class NotFound(RequestError):
 
 class UnsupportedGrant(RequestError):
     oauth_error = "unsupported_grant_type"
+
+
+class TooManyRequests(RequestError):
+    """Too many failed logins for the account or from the address: no bcrypt until later."""
+
+    status = 429
+    code = "TOOMANYREQUESTS"
+    oauth_error = "temporarily_unavailable"
+    outcome = "throttled"
+
+    @classmethod
+    def of(cls, refusal: Refusal, account: str) -> TooManyRequests:
+        wait = max(1, math.ceil(refusal.retry_after))
+        return cls(
+            f"too many failed logins for this {refusal.reason}; try again in {wait} s",
+            account=account,
+            retry_after=wait,
+        )
+
+
+class ServiceOverloaded(RequestError):
+    """The bcrypt queue is full: refusing now beats answering after the client gave up."""
+
+    status = 503
+    code = "UNAVAILABLE"
+    oauth_error = "temporarily_unavailable"
+    outcome = "overloaded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +141,11 @@ class TokenAPI:
         services: Sequence[str],
         clock: Clock,
         realm_path: str = "/v2/token",
+        throttle: LoginThrottle | None = None,
+        credential_cache: CredentialCache | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
+        """Without ``throttle`` or ``credential_cache`` there is no throttling or caching."""
         self._policy = policy
         self._passwords = passwords
         self._tokens = tokens
@@ -105,9 +153,24 @@ class TokenAPI:
         self._clock = clock
         self._realm_path = realm_path.encode("utf-8")
         self._challenge = f'Basic realm="{tokens.issuer}"'.encode()
+        if throttle is None:
+            throttle = LoginThrottle(per_account=0, per_address=0, window=1)
+        self._throttle = throttle
+        cache = CredentialCache(ttl=0) if credential_cache is None else credential_cache
+        self._cache = cache
+        self._proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
+        policy.on_replace(lambda old, new: cache.policy_replaced(old.users, new.users))
 
     def resource(self) -> Resource:
         return _DecodablePathGuard(self.app.resource())
+
+    def _client_address(self, request: Request) -> str:
+        """The proxy's view of the client when the peer is a trusted proxy, else the peer."""
+        peer = request.getClientAddress()
+        host = None if isinstance(peer, UNIXAddress) else str(getattr(peer, "host", "unknown"))
+        return self._proxies.client(
+            host, _header(request, b"x-real-ip"), _header(request, b"x-forwarded-for")
+        )
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: Request) -> bytes:
@@ -192,10 +255,11 @@ class TokenAPI:
 
     async def _answer(self, request: Request, asked: TokenRequest) -> bytes:
         account: str | None = None
+        client = self._client_address(request)
         if asked.credentials is None:
             policy = self._policy.current
         else:
-            policy = await self._authenticate(asked.credentials)
+            policy = await self._authenticate(asked.credentials, client)
             account = asked.credentials.username
         granted = tuple(
             ResourceScope(scope.type, scope.name, policy.grant(account, scope))
@@ -207,7 +271,7 @@ class TokenAPI:
             "asked {asked}, granted {granted}",
             flow=asked.flow,
             account=account or "",
-            client=_client_address(request),
+            client=client,
             client_id=asked.client_id,
             asked=[str(s) for s in asked.scopes],
             granted=[str(s) for s in granted if s.actions],
@@ -216,32 +280,68 @@ class TokenAPI:
         request.setHeader(b"Cache-Control", b"no-store")
         return _json(request, 200, _token_body(asked.flow, issued, granted))
 
-    async def _authenticate(self, credentials: Credentials) -> Policy:
+    async def _authenticate(self, credentials: Credentials, client: str) -> Policy:
         """The policy whose password hash these credentials matched; 401 if none did.
+
+        Throttling comes first, before the cache: a throttled guess must not learn anything,
+        not even from a cheap cache lookup. Failures count; a success clears its account.
+        """
+        account = credentials.username
+        refusal = self._throttle.admit(account, client, self._clock.seconds())
+        if refusal is not None:
+            raise TooManyRequests.of(refusal, account)
+        policy: Policy | None = None
+        finished = False
+        try:
+            policy = await self._matched_policy(credentials)
+            finished = True
+        finally:
+            now = self._clock.seconds()
+            if not finished:
+                self._throttle.abandoned(account, client, now)
+            elif policy is None:
+                self._throttle.failed(account, client, now)
+            else:
+                self._throttle.succeeded(account, client, now)
+        if policy is None:
+            raise AuthenticationFailed("invalid user name or password", account=account)
+        return policy
+
+    async def _matched_policy(self, credentials: Credentials) -> Policy | None:
+        """The policy whose stored hash this password matched, or None.
 
         A reload may land while bcrypt runs. Rights come only from a policy whose stored hash
         the password was checked against, so an old password never earns a new policy's
-        rights; a hash that changed meanwhile is checked again.
+        rights; a hash that changed meanwhile is checked again. The cache answers for a hash
+        only what bcrypt answered for that same hash.
         """
+        account, password = credentials.username, credentials.password
         for _ in range(MAX_HASH_CHECKS):
             policy = self._policy.current
-            user = policy.users.get(credentials.username)
+            user = policy.users.get(account)
             checked = user.pass_hash if user is not None else None
-            try:
-                verified = await self._passwords.verify(
-                    checked, credentials.password, policy.bcrypt_cost()
-                )
-            except PasswordTooLong as e:
-                raise AuthenticationFailed(str(e)) from None
-            if not verified:
-                break
-            now = self._policy.current
-            if now is policy:
+            if checked is not None and self._cache.verified(
+                account, password, checked, self._clock.seconds()
+            ):
                 return policy
-            user_now = now.users.get(credentials.username)
+            try:
+                verified = await self._passwords.verify(checked, password, policy.bcrypt_cost())
+            except PasswordTooLong as e:
+                raise AuthenticationFailed(str(e), account=account) from None
+            except Overloaded:
+                raise ServiceOverloaded(
+                    "too many logins are being checked; try again shortly",
+                    account=account,
+                    retry_after=OVERLOAD_RETRY_AFTER,
+                ) from None
+            if not verified or checked is None:
+                return None
+            current = self._policy.current
+            user_now = current.users.get(account)
             if user_now is not None and user_now.pass_hash == checked:
-                return now
-        raise AuthenticationFailed("invalid user name or password")
+                self._cache.add(account, password, checked, self._clock.seconds())
+                return current
+        return None
 
     @app.handle_errors(RequestError)
     def request_error(self, request: Request, failure: Failure) -> bytes:
@@ -249,14 +349,17 @@ class TokenAPI:
         assert isinstance(error, RequestError)
         if isinstance(error, AuthenticationFailed):
             request.setHeader(b"WWW-Authenticate", self._challenge)
+        if error.retry_after is not None:
+            request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
         self.log.info(
-            "refused {method} {path} from {client}: {status} {reason}",
+            "{outcome} {method} {path} from {client}: {status} {reason}",
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace")[:200],
-            client=_client_address(request),
+            client=self._client_address(request),
+            account=error.account,
             status=error.status,
             reason=error.message,
-            outcome="refused",
+            outcome=error.outcome,
         )
         if request.method == b"POST" and request.path == self._realm_path:
             body: dict[str, Any] = {
@@ -318,16 +421,9 @@ def _scopes(values: list[str]) -> tuple[ResourceScope, ...]:
         raise RequestError(str(e)) from None
 
 
-def _client_address(request: Request) -> str:
-    """The proxy's view of the client when behind nginx, else the peer."""
-    real_ip = request.getHeader(b"x-real-ip")
-    forwarded = request.getHeader(b"x-forwarded-for")
-    header = real_ip or (forwarded.split(b",")[0].strip() if forwarded else None)
-    if header:
-        return header.decode("ascii", "replace")[:64]
-    peer = request.getClientAddress()
-    host = getattr(peer, "host", None)
-    return str(host) if host else "unix"
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("ascii", "replace")[:MAX_HEADER_CHARS] if value is not None else None
 
 
 class _DecodablePathGuard(Resource):

@@ -1,7 +1,8 @@
 """The one way CPU-bound work (bcrypt, parsing big policy files) leaves the reactor thread.
 
 A dedicated, bounded pool: bcrypt must not starve the reactor's shared pool (DNS, other users).
-Threads start in ``startService``, after twistd has forked.
+Threads start in ``startService``, after twistd has forked. ``BoundedWorkers`` also bounds the
+queue in front of it, so a flood of logins is refused at once instead of waiting for minutes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet import threads
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.threadpool import ThreadPool
 
@@ -50,3 +51,35 @@ class InlineWorkers:
 
     def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
         return maybeDeferred(function, *args)
+
+
+class Overloaded(Exception):
+    """More work is already waiting than the queue allows; try again shortly."""
+
+
+class BoundedWorkers:
+    """At most ``limit`` calls run at once and at most ``queue`` wait; the rest fail at once.
+
+    Waiting here rather than in the thread pool's own unbounded queue is what makes the bound
+    possible. A waiting call that is cancelled (the client went away) leaves the queue.
+    """
+
+    def __init__(self, workers: Workers, *, limit: int, queue: int) -> None:
+        if limit < 1 or queue < 0:
+            raise ValueError("limit must be >= 1 and queue >= 0")
+        self._workers = workers
+        self._semaphore = DeferredSemaphore(limit)
+        self.queue = queue
+
+    @property
+    def running(self) -> int:
+        return self._semaphore.limit - self._semaphore.tokens
+
+    @property
+    def waiting(self) -> int:
+        return len(self._semaphore.waiting)
+
+    def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
+        if not self._semaphore.tokens and self.waiting >= self.queue:
+            return fail(Overloaded(f"{self.running} running and {self.waiting} waiting"))
+        return self._semaphore.run(self._workers.run, function, *args)

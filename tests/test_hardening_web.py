@@ -1,0 +1,521 @@
+"""Throttling, the credential cache and the bcrypt queue through the web layer, in memory.
+
+StubTreq over a TokenAPI with a Clock; bcrypt really runs (cost 4) through workers that count
+the calls, or through workers whose Deferreds the test fires by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from support import load_certificate, verify_jwt, write_key_pair, write_policy
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, capturedLogs, formatEvent
+from twisted.python.usage import UsageError
+
+from tokend.credential_cache import CredentialCache
+from tokend.holder import PolicyHolder
+from tokend.keys import load_signing_key
+from tokend.passwords import PasswordChecker
+from tokend.policy_files import load_policy
+from tokend.tap import Options
+from tokend.throttle import LoginThrottle, TrustedProxies, parse_networks
+from tokend.tokens import TokenIssuer
+from tokend.web import TokenAPI
+from tokend.workers import BoundedWorkers, InlineWorkers, Workers
+
+NOW = 1_800_000_000
+SERVICE = "registry.test"
+USERS = {
+    "foo": ("foo", {"*": ["pull"]}),
+    "bar": ("bar", {"*": ["pull", "push"]}),
+}
+Response = tuple[int, dict[bytes, list[bytes]], Any]
+
+
+class CountingWorkers:
+    """Real bcrypt, inline, counted."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._inline = InlineWorkers()
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        self.calls += 1
+        return self._inline.run(function, *args)
+
+
+class HandFiredWorkers:
+    """Holds every call until the test fires it, so requests stay in flight."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        self.calls += 1
+        deferred: Deferred[Any] = Deferred()
+        self.pending.append((deferred, function, args))
+        return deferred
+
+    def fire_all(self) -> None:
+        while self.pending:
+            deferred, function, args = self.pending.pop(0)
+            deferred.callback(function(*args))
+
+
+class Hardened:
+    """A TokenAPI with the hardening switched on as each test wants it."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        workers: Workers | None = None,
+        throttle: LoginThrottle | None = None,
+        cache: CredentialCache | None = None,
+        proxies: TrustedProxies | None = None,
+    ) -> None:
+        self.config = tmp_path / "config"
+        write_policy(self.config, USERS, {"repositories": ["public/hello"]})
+        key_path, cert_path = write_key_pair(tmp_path)
+        self.certificate = load_certificate(cert_path)
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.counting = CountingWorkers()
+        self.holder = PolicyHolder(load_policy(self.config).policy, NOW)
+        self.api = TokenAPI(
+            policy=self.holder,
+            passwords=PasswordChecker(workers or self.counting),
+            tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
+            services=[SERVICE],
+            clock=self.clock,
+            throttle=throttle,
+            credential_cache=cache,
+            trusted_proxies=proxies,
+        )
+        self.http = StubTreq(self.api.resource())
+
+    @property
+    def bcrypt_runs(self) -> int:
+        return self.counting.calls
+
+    def start(
+        self, user: str | None, password: str | None = None, real_ip: str | None = None
+    ) -> Deferred[Any]:
+        headers: dict[bytes, list[bytes]] = {}
+        if user is not None:
+            raw = f"{user}:{password}".encode()
+            headers[b"Authorization"] = [b"Basic " + base64.b64encode(raw)]
+        if real_ip is not None:
+            headers[b"X-Real-IP"] = [real_ip.encode()]
+        url = f"http://tokend/v2/token?service={SERVICE}&scope=repository:public/hello:pull"
+        return self.http.get(url, headers=headers)
+
+    def finish(self, request: Deferred[Any]) -> Response:
+        self.http.flush()
+        response = _result(request)
+        body = _result(self.http.content(response))
+        headers = dict(response.headers.getAllRawHeaders())
+        assert headers[b"Content-Type"] == [b"application/json"], body
+        return response.code, headers, json.loads(body)
+
+    def get(self, user: str | None, password: str | None = None, **kwargs: Any) -> Response:
+        return self.finish(self.start(user, password, **kwargs))
+
+    def post(self, user: str, password: str) -> Response:
+        form = {
+            "grant_type": "password",
+            "username": user,
+            "password": password,
+            "service": SERVICE,
+            "client_id": "containerd-client",
+        }
+        request = self.http.post(
+            "http://tokend/v2/token",
+            data=urlencode(form).encode(),
+            headers={b"Content-Type": [b"application/x-www-form-urlencoded"]},
+        )
+        return self.finish(request)
+
+    def login(self, user: str, password: str, **kwargs: Any) -> dict[str, Any]:
+        """A successful login's verified claims."""
+        code, _, body = self.get(user, password, **kwargs)
+        assert code == 200, body
+        _, claims = verify_jwt(body["token"], self.certificate)
+        assert claims["sub"] == user
+        return claims
+
+    def reload(self, users: dict[str, tuple[str, dict[str, list[str]]]]) -> None:
+        write_policy(self.config, users, {"repositories": ["public/hello"]})
+        self.holder.replace(load_policy(self.config).policy, self.clock.seconds())
+
+
+def _result(deferred: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "the request did not complete"
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+def throttle(per_account: int = 10, per_address: int = 30, **kwargs: Any) -> LoginThrottle:
+    return LoginThrottle(per_account=per_account, per_address=per_address, window=300, **kwargs)
+
+
+def assert_throttled(response: Response, retry_after: int, reason: str) -> None:
+    code, headers, body = response
+    assert code == 429, body
+    assert headers[b"Retry-After"] == [str(retry_after).encode()]
+    assert b"WWW-Authenticate" not in headers
+    error = body["errors"][0]
+    assert error["code"] == "TOOMANYREQUESTS"
+    assert f"too many failed logins for this {reason}" in error["message"]
+
+
+def test_a_throttled_account_gets_429_without_running_bcrypt(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle())
+    for _ in range(10):
+        assert realm.get("foo", "wrong")[0] == 401
+    assert realm.bcrypt_runs == 10
+    assert_throttled(realm.get("foo", "wrong"), 300, "account")
+    assert_throttled(realm.get("foo", "foo"), 300, "account")
+    assert realm.bcrypt_runs == 10
+
+    realm.clock.advance(299)
+    assert_throttled(realm.get("foo", "foo"), 1, "account")
+    realm.clock.advance(1)
+    assert realm.login("foo", "foo")["access"] == [
+        {"type": "repository", "name": "public/hello", "actions": ["pull"]}
+    ]
+    assert realm.bcrypt_runs == 11
+
+
+def test_retry_after_follows_the_oldest_failure_in_the_window(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle(per_account=3))
+    for _ in range(3):
+        assert realm.get("foo", "wrong")[0] == 401
+        realm.clock.advance(100)
+    assert realm.get("foo", "wrong")[0] == 401, "the first failure has left the window"
+    assert_throttled(realm.get("foo", "foo"), 100, "account")
+    realm.clock.advance(99.5)
+    assert_throttled(realm.get("foo", "foo"), 1, "account")
+    realm.clock.advance(0.5)
+    realm.login("foo", "foo")
+
+
+def test_a_success_restarts_the_account_count(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle(per_account=3))
+    for _ in range(2):
+        assert realm.get("foo", "wrong")[0] == 401
+    realm.login("foo", "foo")
+    for _ in range(2):
+        assert realm.get("foo", "wrong")[0] == 401
+    realm.login("foo", "foo")
+
+
+def test_an_unrelated_account_logs_in_while_another_is_throttled(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle())
+    for _ in range(10):
+        realm.get("foo", "wrong")
+    assert realm.get("foo", "foo")[0] == 429
+    claims = realm.login("bar", "bar")
+    assert claims["access"] == [{"type": "repository", "name": "public/hello", "actions": ["pull"]}]
+
+
+def test_unknown_accounts_are_throttled_like_real_ones(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle(per_account=2))
+    for name in ("foo", "ghost"):
+        for _ in range(2):
+            assert realm.get(name, "wrong")[0] == 401
+        assert_throttled(realm.get(name, "wrong"), 300, "account")
+
+
+def test_the_address_limit_stops_rotating_user_names(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle(per_address=5))
+    for index in range(5):
+        assert realm.get(f"user{index}", "wrong")[0] == 401
+    assert_throttled(realm.get("bar", "bar"), 300, "address")
+    assert realm.bcrypt_runs == 5
+    assert realm.get(None)[0] == 200, "anonymous requests are never throttled"
+
+
+def test_a_throttled_post_gets_the_oauth_error(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle(per_account=1))
+    assert realm.post("bar", "wrong")[0] == 401
+    code, headers, body = realm.post("bar", "bar")
+    assert code == 429
+    assert headers[b"Retry-After"] == [b"300"]
+    assert body["error"] == "temporarily_unavailable"
+    assert "too many failed logins" in body["error_description"]
+
+
+def test_attempts_in_flight_count_so_a_burst_cannot_overshoot(tmp_path: Path) -> None:
+    workers = HandFiredWorkers()
+    realm = Hardened(tmp_path, workers=workers, throttle=throttle(per_account=3))
+    in_flight = [realm.start("foo", "wrong") for _ in range(3)]
+    code, headers, _ = realm.get("foo", "wrong")
+    assert code == 429 and headers[b"Retry-After"] == [b"1"]
+    assert workers.calls == 3
+    workers.fire_all()
+    assert [realm.finish(request)[0] for request in in_flight] == [401, 401, 401]
+    assert_throttled(realm.get("foo", "foo"), 300, "account")
+
+
+def test_throttled_refusals_are_logged_as_such_without_secrets(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle(per_account=1))
+    events: list[LogEvent]
+    with capturedLogs() as events:
+        realm.get("foo", "hunter2")
+        realm.get("foo", "hunter3")
+    throttled = [e for e in events if e.get("outcome") == "throttled"]
+    refused = [e for e in events if e.get("outcome") == "refused"]
+    assert len(throttled) == 1 and len(refused) == 1
+    assert throttled[0]["account"] == "foo"
+    assert throttled[0]["status"] == 429
+    assert formatEvent(throttled[0]).startswith("throttled GET /v2/token from 127.0.0.1: 429")
+    flattened = repr(events)
+    assert "hunter" not in flattened and "Basic " not in flattened
+
+
+def test_x_real_ip_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle(per_address=3))
+    events: list[LogEvent]
+    with capturedLogs() as events:
+        for index in range(3):
+            assert realm.get(f"user{index}", "wrong", real_ip=f"198.51.100.{index}")[0] == 401
+    assert {e["client"] for e in events if "client" in e} == {"127.0.0.1"}
+    assert_throttled(realm.get("bar", "bar", real_ip="203.0.113.77"), 300, "address")
+
+
+def test_x_real_ip_from_a_trusted_proxy_names_the_client(tmp_path: Path) -> None:
+    proxies = TrustedProxies(networks=parse_networks(["127.0.0.0/8"]))
+    realm = Hardened(tmp_path, throttle=throttle(per_address=3), proxies=proxies)
+    events: list[LogEvent]
+    with capturedLogs() as events:
+        for index in range(3):
+            assert realm.get(f"user{index}", "wrong", real_ip="198.51.100.9")[0] == 401
+        assert_throttled(realm.get("bar", "bar", real_ip="198.51.100.9"), 300, "address")
+        realm.login("bar", "bar", real_ip="203.0.113.77")
+    clients = [e["client"] for e in events if "client" in e]
+    assert clients == ["198.51.100.9"] * 4 + ["203.0.113.77"]
+
+
+def test_throttle_state_stays_bounded_when_user_names_rotate(tmp_path: Path) -> None:
+    limiter = throttle(per_address=0, max_entries=50)
+    realm = Hardened(tmp_path, throttle=limiter)
+    for index in range(200):
+        assert realm.get(f"rotating{index}", "wrong")[0] == 401
+    assert limiter.size == 50
+    realm.login("foo", "foo")
+
+
+def test_a_cache_hit_skips_bcrypt_and_still_issues_a_verified_token(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, cache=CredentialCache(ttl=60))
+    first = realm.login("bar", "bar")
+    second = realm.login("bar", "bar")
+    assert realm.bcrypt_runs == 1
+    assert first["jti"] != second["jti"]
+    assert second["access"] == [{"type": "repository", "name": "public/hello", "actions": ["pull"]}]
+
+
+def test_a_wrong_password_after_a_cached_success_still_fails(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, cache=CredentialCache(ttl=60))
+    realm.login("bar", "bar")
+    code, headers, _ = realm.get("bar", "bar!")
+    assert code == 401
+    assert headers[b"WWW-Authenticate"] == [b'Basic realm="tokend-test"']
+    assert realm.get("foo", "bar")[0] == 401
+    assert realm.bcrypt_runs == 3
+
+
+def test_failures_are_never_cached(tmp_path: Path) -> None:
+    cache = CredentialCache(ttl=60)
+    realm = Hardened(tmp_path, cache=cache)
+    for _ in range(2):
+        assert realm.get("bar", "wrong")[0] == 401
+        assert realm.get("ghost", "bar")[0] == 401
+    assert len(cache) == 0
+    assert realm.bcrypt_runs == 4
+
+
+def test_a_reload_that_changes_the_hash_invalidates(tmp_path: Path) -> None:
+    cache = CredentialCache(ttl=60)
+    realm = Hardened(tmp_path, cache=cache)
+    realm.login("bar", "bar")
+    realm.login("foo", "foo")
+    assert len(cache) == 2
+    realm.reload({"bar": ("changed", {"*": ["pull"]})})
+    assert len(cache) == 0, "the changed and the removed user are both forgotten"
+    assert realm.get("bar", "bar")[0] == 401
+    assert realm.get("foo", "foo")[0] == 401
+    realm.login("bar", "changed")
+    realm.login("bar", "changed")
+    assert realm.bcrypt_runs == 2 + 2 + 1
+
+
+def test_a_cache_entry_expires_after_its_ttl(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, cache=CredentialCache(ttl=60))
+    realm.login("bar", "bar")
+    realm.clock.advance(59)
+    realm.login("bar", "bar")
+    assert realm.bcrypt_runs == 1
+    realm.clock.advance(1)
+    realm.login("bar", "bar")
+    assert realm.bcrypt_runs == 2
+
+
+def test_ttl_zero_checks_every_time(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, cache=CredentialCache(ttl=0))
+    for _ in range(3):
+        realm.login("bar", "bar")
+    assert realm.bcrypt_runs == 3
+
+
+def test_a_throttled_account_gets_no_answer_from_the_cache(tmp_path: Path) -> None:
+    realm = Hardened(tmp_path, throttle=throttle(per_account=2), cache=CredentialCache(ttl=60))
+    realm.login("bar", "bar")
+    for _ in range(2):
+        assert realm.get("bar", "guess")[0] == 401
+    assert realm.get("bar", "bar")[0] == 429
+    assert realm.bcrypt_runs == 3
+
+
+@pytest.fixture
+def queued(tmp_path: Path) -> tuple[Hardened, HandFiredWorkers]:
+    workers = HandFiredWorkers()
+    realm = Hardened(
+        tmp_path,
+        workers=BoundedWorkers(workers, limit=2, queue=1),
+        cache=CredentialCache(ttl=60),
+    )
+    return realm, workers
+
+
+def test_a_full_bcrypt_queue_answers_503(queued: tuple[Hardened, HandFiredWorkers]) -> None:
+    realm, workers = queued
+    in_flight = [realm.start("bar", "bar"), realm.start("foo", "foo"), realm.start("bar", "x")]
+    assert workers.calls == 2, "two run, the third waits"
+    events: list[LogEvent]
+    with capturedLogs() as events:
+        code, headers, body = realm.get("foo", "foo")
+    assert code == 503
+    assert headers[b"Retry-After"] == [b"1"]
+    assert body["errors"][0]["code"] == "UNAVAILABLE"
+    assert workers.calls == 2
+    assert [e["outcome"] for e in events if "outcome" in e] == ["overloaded"]
+    assert formatEvent(events[-1]).startswith("overloaded GET /v2/token")
+
+    workers.fire_all()
+    assert workers.calls == 3
+    assert [realm.finish(request)[0] for request in in_flight] == [200, 200, 401]
+
+
+def test_anonymous_requests_and_cache_hits_do_not_queue(
+    queued: tuple[Hardened, HandFiredWorkers],
+) -> None:
+    realm, workers = queued
+    first = realm.start("bar", "bar")
+    workers.fire_all()
+    assert realm.finish(first)[0] == 200
+    in_flight = [realm.start("foo", "x") for _ in range(3)]
+    assert realm.get("foo", "foo")[0] == 503
+    assert realm.get(None)[0] == 200
+    realm.login("bar", "bar")
+    workers.fire_all()
+    assert [realm.finish(request)[0] for request in in_flight] == [401, 401, 401]
+    assert workers.calls == 4
+
+
+def parsed(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Options:
+    write_policy(tmp_path / "config", USERS)
+    key_path, cert_path = write_key_pair(tmp_path)
+    options = Options(environ=environ or {})
+    options.parseOptions(
+        [
+            "--listen", "tcp:0:interface=127.0.0.1", "--config-dir", str(tmp_path / "config"),
+            "--key", str(key_path), "--cert", str(cert_path), *args,
+        ]
+    )  # fmt: skip
+    return options
+
+
+HARDENING_OPTIONS = (
+    "bcrypt-queue",
+    "max-failures-per-account",
+    "max-failures-per-address",
+    "failure-window",
+    "credential-cache-ttl",
+    "credential-cache-size",
+    "trusted-proxy",
+)
+
+
+def test_hardening_defaults(tmp_path: Path) -> None:
+    options = parsed(tmp_path)
+    assert {name: options[name] for name in HARDENING_OPTIONS} == {
+        "bcrypt-queue": 64,
+        "max-failures-per-account": 10,
+        "max-failures-per-address": 30,
+        "failure-window": 300,
+        "credential-cache-ttl": 60,
+        "credential-cache-size": 10_000,
+        "trusted-proxy": (),
+    }
+
+
+def test_hardening_options_from_the_command_line_and_the_environment(tmp_path: Path) -> None:
+    environ = {
+        "TOKEND_TRUSTED_PROXY": "10.0.0.0/8, 192.0.2.1",
+        "TOKEND_MAX_FAILURES_PER_ACCOUNT": "0",
+        "TOKEND_CREDENTIAL_CACHE_TTL": "0",
+    }
+    from_env = parsed(tmp_path / "env", environ=environ)
+    assert from_env["trusted-proxy"] == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.0.2.1/32"),
+    )
+    assert from_env["max-failures-per-account"] == 0
+    assert from_env["credential-cache-ttl"] == 0
+    from_cli = parsed(
+        tmp_path / "cli",
+        "--trusted-proxy", "::1", "--trusted-proxy", "127.0.0.0/8", "--bcrypt-queue", "0",
+        "--failure-window", "60", "--credential-cache-size", "5",
+        environ=environ,
+    )  # fmt: skip
+    assert from_cli["trusted-proxy"] == (
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("127.0.0.0/8"),
+    )
+    assert from_cli["bcrypt-queue"] == 0
+    assert from_cli["failure-window"] == 60
+    assert from_cli["credential-cache-size"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trusted-proxy", "nginx"], "--trusted-proxy 'nginx' is not an IP address or CIDR"),
+        (["--max-failures-per-account", "-1"], "--max-failures-per-account must be between"),
+        (["--max-failures-per-address", "lots"], "--max-failures-per-address must be a whole"),
+        (["--failure-window", "0"], "--failure-window must be between 1 and 86400"),
+        (["--credential-cache-ttl", "7200"], "--credential-cache-ttl must be between 0 and 3600"),
+        (["--credential-cache-size", "0"], "--credential-cache-size must be between"),
+        (["--bcrypt-queue", "-5"], "--bcrypt-queue must be between 0 and 100000"),
+    ],
+)
+def test_bad_hardening_options_are_usage_errors(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        parsed(tmp_path, *args)
