@@ -50,20 +50,29 @@ def is_valid_component(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Pattern:
-    """One compiled rule key: an exact name, ``prefix/**`` (a prefix test) or a regex."""
+    """One compiled rule key: an exact name, ``prefix/**``, ``prefix*`` or a regex.
+
+    The common shapes are tested with string operations; a regex is compiled only for the
+    rest, which keeps loading thousands of per-user patterns fast.
+    """
 
     key: str
     prefix: str
     regex: re.Pattern[str] | None
     uses_account: bool
     exact: bool
+    one_level: bool = False
 
     def matches(self, name: str) -> bool:
         if self.exact:
             return name == self.key
-        if self.regex is None:
-            return len(name) > len(self.prefix) and name.startswith(self.prefix)
-        return self.regex.fullmatch(name) is not None
+        if self.regex is not None:
+            return self.regex.fullmatch(name) is not None
+        if not name.startswith(self.prefix):
+            return False
+        if self.one_level:
+            return name.find("/", len(self.prefix)) < 0
+        return len(name) > len(self.prefix)
 
 
 @lru_cache(maxsize=16384)
@@ -89,6 +98,8 @@ def compile_pattern(key: str) -> Pattern:
     prefix = key[: key.index("*")]
     if key.endswith("/" + DOUBLE_STAR) and len(prefix) == len(key) - len(DOUBLE_STAR):
         return Pattern(key, prefix, None, uses_account, exact=False)
+    if len(prefix) == len(key) - 1:
+        return Pattern(key, prefix, None, uses_account, exact=False, one_level=True)
     regex = []
     for index, part in enumerate(key.split("/")):
         if index:
@@ -112,7 +123,9 @@ def bind_account(key: str, account: str) -> Pattern | None:
     bound_key = key.replace(ACCOUNT, account)
     prefix = template.prefix.replace(ACCOUNT, account)
     if template.regex is None:
-        return Pattern(bound_key, prefix, None, uses_account=False, exact=template.exact)
+        return Pattern(
+            bound_key, prefix, None, False, exact=template.exact, one_level=template.one_level
+        )
     regex = template.regex.pattern.replace(re.escape(ACCOUNT), re.escape(account))
     return Pattern(bound_key, prefix, re.compile(regex), uses_account=False, exact=False)
 

@@ -28,7 +28,7 @@ from tokend.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
 from tokend.passwords import PasswordChecker
 from tokend.policy import PolicyError
 from tokend.policy_files import LoadedPolicy, load_policy
-from tokend.reload import PolicyReloader
+from tokend.reload import PolicyReloader, keep_out_of_gc
 from tokend.throttle import LoginThrottle, TrustedProxies, parse_networks
 from tokend.tokens import TokenIssuer
 from tokend.watcher import PolicyWatchService
@@ -69,7 +69,7 @@ class Options(usage.Options):
                 "Endpoint to serve on: unix:PATH or tcp:PORT:interface=IP",
             ],
             ["socket-group", None, None, "Group to own the UNIX socket (e.g. the nginx worker's)"],
-            ["config-dir", "c", "config", "Directory holding users.json and repositories.json"],
+            ["config-dir", "c", "config", "Directory of the policy files (users.json…)"],
             ["key", "k", "certs/RootCA.key", "PEM private key that signs tokens (mode 0600)"],
             ["cert", None, "certs/RootCA.crt", "PEM certificate chain of the key (tokens get x5c)"],
             ["issuer", "i", "tokend", "iss claim; must equal the registry's auth.token.issuer"],
@@ -361,4 +361,5 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
         config_dir, reloader.reload, reactor, poll=bool(options["poll"])
     ).setServiceParent(root)
     _Announcer(options).setServiceParent(root)
+    keep_out_of_gc()
     return root
