@@ -315,15 +315,23 @@ class Stack:
         )
         return result, target
 
-    def request(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Message, Any]:
-        """A plain HTTPS GET through nginx (certificate not verified: it is self-signed)."""
+    def request(
+        self, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+    ) -> tuple[int, Message, Any]:
+        """A plain HTTPS request through nginx (certificate not verified: it is self-signed).
+
+        A body-less answer (the registry's 202 to a DELETE) comes back as ``None``.
+        """
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        request = urllib.request.Request(f"https://{self.registry}{path}", headers=headers or {})
+        request = urllib.request.Request(
+            f"https://{self.registry}{path}", headers=headers or {}, method=method
+        )
         try:
             with urllib.request.urlopen(request, context=context, timeout=30) as response:
-                return response.status, response.headers, json.loads(response.read())
+                body = response.read()
+                return response.status, response.headers, json.loads(body) if body else None
         except urllib.error.HTTPError as e:
             body = e.read()
             return e.code, e.headers, json.loads(body) if body else None
@@ -370,6 +378,16 @@ class Stack:
         temporary = self.config / f".{name}.tmp"
         temporary.write_text(json.dumps(document, indent=2))
         os.replace(temporary, self.config / name)
+        self._wait_for_reload(before, name)
+
+    def remove(self, name: str) -> None:
+        """Delete an optional policy file (groups.json) and wait until the daemon has reloaded:
+        a scenario that added groups must leave the session's stack as it found it."""
+        before = self.generation()
+        (self.config / name).unlink()
+        self._wait_for_reload(before, name)
+
+    def _wait_for_reload(self, before: int, name: str) -> None:
         wait_until(lambda: self.generation() > before, f"tokend to reload {name}", timeout=15)
         _, health = get_json_over_unix(self.tokend_socket, "/healthz")
         assert (
