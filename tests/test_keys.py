@@ -7,11 +7,14 @@ import hashlib
 import json
 import re
 import stat
+import warnings
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from joserfc import jws
+from joserfc.errors import SecurityWarning
 from support import load_certificate, new_private_key, self_signed, verify_jwt, write_key_pair
 
 from tokend.devcert import ensure_dev_cert, write_dev_cert
@@ -90,6 +93,31 @@ def test_tokens_verify_with_the_certificate_and_carry_kid_and_x5c(
         "kid": independent_libtrust(certificate.public_key()),
         "x5c": [base64.b64encode(der).decode()],
     }
+
+
+@pytest.mark.parametrize("kind", ["p256", "p384", "rsa", "ed25519"])
+def test_signing_with_the_cached_header_matches_joserfc_serialize_compact(
+    tmp_path: Path, kind: str
+) -> None:
+    """The header segment is serialised once per key; tokens must not differ from what
+    joserfc's own compact serialisation makes of the same header and claims."""
+    key_path, cert_path = write_key_pair(tmp_path, kind)
+    signing_key = load_signing_key(key_path, cert_path, allow_loose_permissions=False)
+    claims = {"iss": "i", "sub": "ü", "access": [{"type": "repository", "name": "a/b"}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)  # EdDSA's name, see tokend.keys
+        reference = jws.serialize_compact(
+            dict(signing_key.header),
+            json.dumps(claims, separators=(",", ":")).encode(),
+            signing_key.jose_key,
+            algorithms=[signing_key.alg],
+        )
+    token = signing_key.sign(claims)
+    assert token.split(".")[:2] == reference.split(".")[:2]
+    for first, second in ((token, reference), (reference, token)):
+        assert verify_jwt(first, load_certificate(cert_path)) == verify_jwt(
+            second, load_certificate(cert_path)
+        )
 
 
 def test_thumbprint_kid_and_no_certificate(tmp_path: Path) -> None:

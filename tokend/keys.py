@@ -12,8 +12,8 @@ import json
 import stat
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,9 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from joserfc import jws
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
 
 MIN_RSA_BITS = 2048
 KID_FORMS = ("libtrust", "thumbprint")
@@ -139,20 +139,60 @@ def _check_chain(
         raise KeyConfigError(f"certificate {path} expired on {leaf.not_valid_after_utc}")
 
 
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+"""One encoder for every token: ``json.dumps`` with options builds a new one per call."""
+
+
+def _json_segment(value: object) -> bytes:
+    """A JWS segment: compact ASCII JSON, base64url without padding (what joserfc emits)."""
+    return _b64url(_COMPACT_JSON.encode(value).encode("ascii"))
+
+
+def _signature_function(alg: str, jose_key: ECKey | RSAKey | OKPKey) -> Callable[[bytes], bytes]:
+    """joserfc's JWA signature for ``alg``, looked up once per key rather than once per token.
+
+    ``jws.serialize_compact`` would also re-validate and re-serialise the constant header on
+    every call; on the token path that cost as much as the signature itself.
+    """
+    try:
+        algorithm = JWSRegistry.algorithms[alg]
+    except KeyError:
+        raise KeyConfigError(f"joserfc cannot sign {alg}") from None
+
+    def sign(signing_input: bytes) -> bytes:
+        return bytes(algorithm.sign(signing_input, jose_key))
+
+    return sign
+
+
 @dataclass(frozen=True, slots=True)
 class SigningKey:
-    """A checked private key with its JWS header fixed once: ``typ``, ``alg``, ``kid``, ``x5c``."""
+    """A checked private key with its JWS header fixed once: ``typ``, ``alg``, ``kid``, ``x5c``.
+
+    The header never changes, so its base64url segment (with ``x5c``, over a kilobyte of JSON)
+    is serialised once here instead of once per token; the signature function is likewise bound
+    to the key once. ``sign`` then only encodes the claims and signs.
+    """
 
     alg: str
     kid: str
     header: dict[str, Any]
     jose_key: ECKey | RSAKey | OKPKey
+    _header_segment: bytes = field(init=False, repr=False, compare=False)
+    _signature: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_header_segment", _json_segment(self.header) + b".")
+        object.__setattr__(self, "_signature", _signature_function(self.alg, self.jose_key))
 
     def sign(self, claims: dict[str, object]) -> str:
-        payload = json.dumps(claims, separators=(",", ":")).encode("utf-8")
-        return jws.serialize_compact(
-            dict(self.header), payload, self.jose_key, algorithms=[self.alg]
-        )
+        """The compact JWS ``header.payload.signature`` of the claims."""
+        signing_input = self._header_segment + _json_segment(claims)
+        return (signing_input + b"." + _b64url(self._signature(signing_input))).decode("ascii")
 
 
 def load_signing_key(
