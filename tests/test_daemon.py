@@ -76,8 +76,9 @@ def test_twistd_serves_tokens_on_a_unix_socket(
         # twistd re-raises the signal after a clean shutdown, so the status is "killed by TERM".
         assert stop_process(process) == -signal.SIGTERM
     text = log.read_text()
-    assert f"tokend listening on unix:{sock}:mode=660:lockfile=1" in text
+    assert f"tokend listening on unix:{sock}:backlog=1024:mode=660:lockfile=1" in text
     assert "issued GET token to 'bar'" in text
+    assert '"GET /v2/token' not in text, "one event per request, no second access-log line"
     assert "bar:bar" not in text and auth not in text
 
 

@@ -16,6 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -188,15 +189,24 @@ class TokenAPI:
         )
 
     @app.route("/", branch=True)
-    async def realm(self, request: Request) -> bytes:
+    def realm(self, request: Request) -> bytes | Deferred[bytes]:
+        """Anonymous requests are answered synchronously: no coroutine, no Deferred chain.
+
+        Only a password check waits (on the bcrypt pool), and only it goes through a Deferred.
+        """
         if request.path != self._realm_path:
             raise NotFound(f"no such path; the token endpoint is {self._realm_path.decode()}")
         if request.method in (b"GET", b"HEAD"):
-            return await self._answer(request, self._read_get(request))
-        if request.method == b"POST":
-            return await self._answer(request, self._read_post(request))
-        request.setHeader(b"Allow", b"GET, HEAD, POST")
-        raise MethodNotAllowed("the token endpoint answers GET and POST")
+            asked = self._read_get(request)
+        elif request.method == b"POST":
+            asked = self._read_post(request)
+        else:
+            request.setHeader(b"Allow", b"GET, HEAD, POST")
+            raise MethodNotAllowed("the token endpoint answers GET and POST")
+        client = self._client_address(request)
+        if asked.credentials is None:
+            return self._issue(request, asked, client, None, self._policy.current)
+        return ensureDeferred(self._answer_authenticated(request, asked, asked.credentials, client))
 
     def _read_get(self, request: Request) -> TokenRequest:
         if len(request.uri) > MAX_QUERY_BYTES:
@@ -253,14 +263,20 @@ class TokenAPI:
             raise RequestError(f"unknown service {service!r}")
         return service
 
-    async def _answer(self, request: Request, asked: TokenRequest) -> bytes:
-        account: str | None = None
-        client = self._client_address(request)
-        if asked.credentials is None:
-            policy = self._policy.current
-        else:
-            policy = await self._authenticate(asked.credentials, client)
-            account = asked.credentials.username
+    async def _answer_authenticated(
+        self, request: Request, asked: TokenRequest, credentials: Credentials, client: str
+    ) -> bytes:
+        policy = await self._authenticate(credentials, client)
+        return self._issue(request, asked, client, credentials.username, policy)
+
+    def _issue(
+        self,
+        request: Request,
+        asked: TokenRequest,
+        client: str,
+        account: str | None,
+        policy: Policy,
+    ) -> bytes:
         granted = tuple(
             ResourceScope(scope.type, scope.name, policy.grant(account, scope))
             for scope in asked.scopes
