@@ -139,6 +139,12 @@ def test_anonymous_patterns_in_whitelist_and_blacklist() -> None:
         ({}, {}, {"repositories": ["${account}/x"]}, "no meaning for anonymous"),
         ({}, {}, {"repositories": ["a/**b"]}, "repositories[0]: not a repository name or pattern"),
         ({"u": {"repositories": {"x": ["push", "delete"]}}}, {}, {}, "push requires pull"),
+        (
+            {"u": {"repositories": {"x": ["p" * 5000]}}},
+            {},
+            {},
+            'unknown action "' + "p" * 58 + "… (known: pull, push, delete, *)",
+        ),
     ],
 )
 def test_rule_errors_are_located(

@@ -65,6 +65,18 @@ class PolicyError(Exception):
         super().__init__(": ".join([*where, reason]))
 
 
+MAX_SHOWN_CHARS = 60
+
+
+def shown(value: object) -> str:
+    """A bad value as JSON for an error message, cut short: it ends up in the log and /healthz."""
+    try:
+        text = json.dumps(value)
+    except (RecursionError, TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 1] + "…"
+
+
 def json_path(*keys: str | int) -> str:
     """Render a path inside a JSON document the way error messages show it."""
     rendered = ""
@@ -74,7 +86,7 @@ def json_path(*keys: str | int) -> str:
         elif _PLAIN_KEY.fullmatch(key):
             rendered += f".{key}" if rendered else key
         else:
-            rendered += f"[{json.dumps(key)}]"
+            rendered += f"[{shown(key)}]"
     return rendered
 
 
@@ -382,7 +394,7 @@ def _group_list(
             raise PolicyError(
                 file,
                 json_path(user, "groups", index),
-                f"no group {json.dumps(name)} in groups.json",
+                f"no group {shown(name)} in groups.json",
             )
         if name not in names:
             names.append(name)
@@ -420,7 +432,7 @@ def _actions(actions: object, file: str, where: tuple[str, ...], key: str) -> fr
     for action in actions:
         if action not in ACTIONS and action != ALL_ACTIONS:
             raise PolicyError(
-                file, path, f"unknown action {json.dumps(action)} (known: pull, push, delete, *)"
+                file, path, f"unknown action {shown(action)} (known: pull, push, delete, *)"
             )
     if ALL_ACTIONS in actions:
         return frozenset(ACTIONS)

@@ -75,6 +75,8 @@ def read_json(path: Path) -> object:
         return json.loads(text, object_pairs_hook=_reject_duplicates)
     except json.JSONDecodeError as e:
         raise PolicyError(str(path), "", e.msg, e.lineno, e.colno) from None
+    except RecursionError:
+        raise PolicyError(str(path), "", "nested too deeply to be a policy") from None
     except _DuplicateKey as e:
         raise PolicyError(str(path), "", f"duplicate key {json.dumps(e.key)}") from None
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
+import werkzeug.exceptions
 from klein import Klein
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -358,6 +359,20 @@ class TokenAPI:
                 self._cache.add(account, password, checked, self._clock.seconds())
                 return current
         return None
+
+    @app.handle_errors(werkzeug.exceptions.HTTPException)
+    def routing_error(self, request: Request, failure: Failure) -> bytes:
+        """What Klein's router refuses (a path no route matches, e.g. one with an encoded
+        newline, or a method /healthz does not take) gets the same JSON body as the rest."""
+        error = failure.value
+        mapped: RequestError
+        if isinstance(error, werkzeug.exceptions.MethodNotAllowed):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            mapped = MethodNotAllowed("this path answers GET and HEAD")
+        else:
+            mapped = NotFound(f"no such path; the token endpoint is {self._realm_path.decode()}")
+        answer: bytes = self.request_error(request, Failure(mapped))
+        return answer
 
     @app.handle_errors(RequestError)
     def request_error(self, request: Request, failure: Failure) -> bytes:
