@@ -32,7 +32,7 @@ from tokend.reload import PolicyReloader, keep_out_of_gc
 from tokend.throttle import LoginThrottle, TrustedProxies, parse_networks
 from tokend.tokens import TokenIssuer
 from tokend.watcher import PolicyWatchService
-from tokend.web import TokenAPI
+from tokend.web import FormlessRequest, TokenAPI
 from tokend.workers import BoundedWorkers, WorkerPool
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
@@ -362,6 +362,7 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
         trusted_proxies=TrustedProxies(networks=options["trusted-proxy"]),
     )
     site = _Site(api.resource())
+    site.requestFactory = FormlessRequest
     site.displayTracebacks = False
     listener = strports.service(options["listen"], cast(Any, site), reactor=reactor)
     listener.setServiceParent(root)
