@@ -447,6 +447,13 @@ async def test_configmap_swaps_change_both_files_together(tmp_path: Path) -> Non
             (directory / "users.json").read_text(),
             (directory / "repositories.json").read_text(),
         )
+    # As in a real ConfigMap, the password hash text stays the same across versions: only the
+    # rights move. (A hash replaced during bcrypt: see test_a_password_checked_against_a_
+    # replaced_hash_gains_no_new_rights.)
+    same_hash = json.loads(texts["a"][0])["foo"]["pass_hash"]
+    users_b = json.loads(texts["b"][0])
+    users_b["foo"]["pass_hash"] = same_hash
+    texts["b"] = (json.dumps(users_b), texts["b"][1])
 
     def publish(serial: int, version: str) -> Path:
         directory = config / f"..2026_11_22_10_00_{serial:02d}.{serial:09d}"

@@ -208,7 +208,13 @@ class TokenAPI:
         client = self._client_address(request)
         if asked.credentials is None:
             return self._issue(request, asked, client, None, self._policy.current)
-        return ensureDeferred(self._answer_authenticated(request, asked, asked.credentials, client))
+        account = asked.credentials.username
+        login = self._login(asked.credentials, client)
+        if isinstance(login, Policy):
+            return self._issue(request, asked, client, account, login)
+        return login.addCallback(
+            lambda policy: self._issue(request, asked, client, account, policy)
+        )
 
     def _read_get(self, request: Request) -> TokenRequest:
         if len(request.uri) > MAX_QUERY_BYTES:
@@ -265,12 +271,6 @@ class TokenAPI:
             raise RequestError(f"unknown service {service!r}")
         return service
 
-    async def _answer_authenticated(
-        self, request: Request, asked: TokenRequest, credentials: Credentials, client: str
-    ) -> bytes:
-        policy = await self._authenticate(credentials, client)
-        return self._issue(request, asked, client, credentials.username, policy)
-
     def _issue(
         self,
         request: Request,
@@ -298,16 +298,30 @@ class TokenAPI:
         request.setHeader(b"Cache-Control", b"no-store")
         return _json(request, 200, _token_body(asked.flow, issued, granted))
 
-    async def _authenticate(self, credentials: Credentials, client: str) -> Policy:
+    def _login(self, credentials: Credentials, client: str) -> Policy | Deferred[Policy]:
         """The policy whose password hash these credentials matched; 401 if none did.
 
         Throttling comes first, before the cache: a throttled guess must not learn anything,
-        not even from a cheap cache lookup. Failures count; a success clears its account.
+        not even from a cheap cache lookup. A cache hit is answered at once; only a bcrypt
+        check goes through a Deferred. Failures count; a success clears its account.
         """
         account = credentials.username
-        refusal = self._throttle.admit(account, client, self._clock.seconds())
+        now = self._clock.seconds()
+        refusal = self._throttle.admit(account, client, now)
         if refusal is not None:
             raise TooManyRequests.of(refusal, account)
+        policy = self._policy.current
+        user = policy.users.get(account)
+        if user is not None and self._cache.verified(
+            account, credentials.password, user.pass_hash, now
+        ):
+            self._throttle.succeeded(account, client, now)
+            return policy
+        return ensureDeferred(self._verified_login(credentials, client))
+
+    async def _verified_login(self, credentials: Credentials, client: str) -> Policy:
+        """:meth:`_login` past the cache: bcrypt, and the throttle told how it went."""
+        account = credentials.username
         policy: Policy | None = None
         finished = False
         try:
