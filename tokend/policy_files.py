@@ -89,9 +89,11 @@ class _DuplicateKey(ValueError):
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     """A key written twice is most likely a mistake; JSON would silently keep the last one."""
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return result
