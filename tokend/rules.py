@@ -83,6 +83,10 @@ def compile_pattern(key: str) -> Pattern:
     """
     if key in (EVERYTHING, DOUBLE_STAR):
         return Pattern(key, "", None, uses_account=False, exact=False)
+    if "*" not in key and "$" not in key:  # a plain name, the commonest key by far
+        if not is_valid_name(key):
+            raise PatternError("not a repository name, * or a pattern that could match one")
+        return Pattern(key, key, None, uses_account=False, exact=True)
     uses_account = ACCOUNT in key
     stand_in = key.replace(ACCOUNT, "a")
     if "$" in stand_in:
