@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,9 @@ from support import (
     REPO,
     TWISTD,
     UnixHTTPConnection,
+    free_port,
     hash_password,
+    port_open,
     start_twistd,
     stop_process,
     write_key_pair,
@@ -230,12 +231,6 @@ def daemon(
         stop_process(process)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 NGINX_CONF = """\
 daemon off;
 master_process on;
@@ -300,11 +295,3 @@ def nginx(root: Path, port: int, sockets: Sequence[Path], timeout: float = 20) -
     finally:
         stop_process(process)
         output.close()
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -175,3 +177,30 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
             process.wait()
             raise
     return process.returncode
+
+
+def settled(deferred: Deferred[Any]) -> Any:
+    """The result of a Deferred that in-memory tests (StubTreq, inline workers) settle at once;
+    a failure is raised."""
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "the request did not complete synchronously"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -21,9 +21,8 @@ import pytest
 from hyperlink import EncodedURL
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from support import write_key_pair, write_policy
+from support import settled, write_key_pair, write_policy
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from tokend.basic_auth import (
@@ -564,21 +563,12 @@ class Server:
     ) -> Response:
         url = "http://tokend" + target
         sent_path = urlsplit(EncodedURL.from_text(url).to_uri().to_text()).path
-        response = _result(
+        response = settled(
             self.http.request(method, url, headers=headers or {}, data=data, allow_redirects=False)
         )
-        body = _result(self.http.content(response))
+        body = settled(self.http.content(response))
         raw_headers = dict(response.headers.getAllRawHeaders())
         return Response(method.upper(), sent_path, response.code, raw_headers, body)
-
-
-def _result(deferred: Deferred[Any]) -> Any:
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "the request did not complete synchronously"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 def check_response(response: Response) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from support import load_certificate, verify_jwt, write_key_pair, write_policy
+from support import load_certificate, settled, verify_jwt, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -123,8 +123,8 @@ class Hardened:
 
     def finish(self, request: Deferred[Any]) -> Response:
         self.http.flush()
-        response = _result(request)
-        body = _result(self.http.content(response))
+        response = settled(request)
+        body = settled(self.http.content(response))
         headers = dict(response.headers.getAllRawHeaders())
         assert headers[b"Content-Type"] == [b"application/json"], body
         return response.code, headers, json.loads(body)
@@ -158,15 +158,6 @@ class Hardened:
     def reload(self, users: dict[str, tuple[str, dict[str, list[str]]]]) -> None:
         write_policy(self.config, users, {"repositories": ["public/hello"]})
         self.holder.replace(load_policy(self.config).policy, self.clock.seconds())
-
-
-def _result(deferred: Deferred[Any]) -> Any:
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "the request did not complete"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 def throttle(per_account: int = 10, per_address: int = 30, **kwargs: Any) -> LoginThrottle:

@@ -8,13 +8,11 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from support import REPO, hash_password, load_certificate, verify_jwt, write_key_pair
+from support import REPO, hash_password, load_certificate, settled, verify_jwt, write_key_pair
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from tokend.holder import PolicyHolder
@@ -102,8 +100,8 @@ class ExampleRealm:
             basic = base64.b64encode(f"{account}:{account}".encode()).decode()
             headers["Authorization"] = "Basic " + basic
         query = urlencode([("service", SERVICE), ("scope", scope)])
-        response = _now(self.http.get(f"http://tokend/v2/token?{query}", headers=headers))
-        body = json.loads(_now(self.http.content(response)))
+        response = settled(self.http.get(f"http://tokend/v2/token?{query}", headers=headers))
+        body = json.loads(settled(self.http.content(response)))
         assert response.code == 200, body
         _, claims = verify_jwt(body["token"], self.certificate)
         assert claims["sub"] == (account or "")
@@ -114,15 +112,6 @@ class ExampleRealm:
         kind, name, _ = scope.split(":")
         assert (access[0]["type"], access[0]["name"]) == (kind, name)
         return tuple(access[0]["actions"])
-
-
-def _now(deferred: Deferred[Any]) -> Any:
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "the request did not complete synchronously"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,8 @@ from urllib.parse import urlencode
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from support import load_certificate, verify_jwt, write_key_pair, write_policy
+from support import load_certificate, settled, verify_jwt, write_key_pair, write_policy
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs
 
@@ -66,10 +65,10 @@ class Realm:
         if user is not None:
             raw = f"{user}:{password}".encode()
             all_headers[b"Authorization"] = [b"Basic " + base64.b64encode(raw)]
-        response = _result(
+        response = settled(
             self.http.request(method, "http://tokend" + path, headers=all_headers, **kwargs)
         )
-        body = _result(self.http.content(response))
+        body = settled(self.http.content(response))
         raw_headers = dict(response.headers.getAllRawHeaders())
         assert raw_headers[b"Content-Type"] == [b"application/json"], body
         return response.code, raw_headers, json.loads(body)
@@ -85,15 +84,6 @@ class Realm:
         params = [("service", SERVICE)] + [("scope", s) for s in scopes]
         claims, _ = self.token(params, **kwargs)
         return list(claims["access"])
-
-
-def _result(deferred: Deferred[Any]) -> Any:
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "the request did not complete synchronously"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 def entry(name: str, *actions: str, kind: str = "repository") -> dict[str, Any]:

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -37,8 +36,10 @@ from cryptography.x509.oid import NameOID
 from support import (
     REPO,
     UnixHTTPConnection,
+    free_port,
     get_json_over_unix,
     hash_password,
+    port_open,
     start_twistd,
     stop_process,
 )
@@ -63,17 +64,6 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def write_tls_pair(directory: Path) -> tuple[Path, Path]:
@@ -626,7 +616,7 @@ def _start_nginx(stack: Stack) -> None:
     # someone else makes it exit instead, which _wait_alive reports.
     pid_file = stack.root / "nginx" / "nginx.pid"
     _wait_alive(
-        running, lambda: pid_file.exists() and _port_open(stack.port), f"nginx on {stack.port}"
+        running, lambda: pid_file.exists() and port_open(stack.port), f"nginx on {stack.port}"
     )
     # Through nginx to the registry: the challenge names our realm behind the same nginx.
     status, headers, _ = stack.request("/v2/")
