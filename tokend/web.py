@@ -348,12 +348,15 @@ class TokenAPI:
         only what bcrypt answered for that same hash.
         """
         account, password = credentials.username, credentials.password
-        for _ in range(MAX_HASH_CHECKS):
+        for attempt in range(MAX_HASH_CHECKS):
             policy = self._policy.current
             user = policy.users.get(account)
             checked = user.pass_hash if user is not None else None
-            if checked is not None and self._cache.verified(
-                account, password, checked, self._clock.seconds()
+            # The first hash was looked up in the cache by _login already, moments ago.
+            if (
+                attempt
+                and checked is not None
+                and self._cache.verified(account, password, checked, self._clock.seconds())
             ):
                 return policy
             try:
