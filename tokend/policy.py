@@ -126,8 +126,13 @@ class GroupPolicy:
 
     repositories: Mapping[str, frozenset[str]]
     catalog: bool | None = None
-    rules: RuleSet = field(default=EMPTY_RULES, compare=False, repr=False)
     source: Source = field(default=Source("group", EMPTY_RULES), compare=False, repr=False)
+    """The compiled rules, labelled for explain; shared by every member without ``${account}``
+    rules to bind."""
+
+    @property
+    def rules(self) -> RuleSet:
+        return self.source.rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +142,11 @@ class AnonymousPolicy:
     blacklist: bool = False
     repositories: frozenset[str] = frozenset()
     catalog: bool = False
-    rules: RuleSet = field(default=EMPTY_RULES, compare=False, repr=False)
+    rules: RuleSet = field(init=False, default=EMPTY_RULES, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.repositories and self.rules is EMPTY_RULES:
+        """Compile the names once; they were validated by :func:`anonymous_from_document`."""
+        if self.repositories:
             rules = (Rule(compile_pattern(name), PULL) for name in self.repositories)
             object.__setattr__(self, "rules", build_rule_set(rules, ambiguity_is_error=False))
 
@@ -288,7 +294,7 @@ def groups_from_document(document: object, file: str) -> Mapping[str, GroupPolic
         catalog = _optional_bool(entry, "catalog", file, (name,))
         rules = _rule_set(_compiled(written), file, (name, "repositories"))
         groups[name] = GroupPolicy(
-            MappingProxyType(written), catalog, rules, Source(f"group {name}", rules)
+            MappingProxyType(written), catalog, Source(f"group {name}", rules)
         )
     return MappingProxyType(groups)
 
@@ -474,7 +480,6 @@ def anonymous_from_document(document: object, file: str) -> tuple[AnonymousPolic
     names = document.get("repositories", [])
     if not isinstance(names, list):
         raise PolicyError(file, "repositories", "expected a list of repository names")
-    rules: list[Rule] = []
     for index, name in enumerate(names):
         where = json_path("repositories", index)
         if not isinstance(name, str):
@@ -485,9 +490,7 @@ def anonymous_from_document(document: object, file: str) -> tuple[AnonymousPolic
             raise PolicyError(file, where, f"not a repository name or pattern: {e}") from None
         if pattern.uses_account:
             raise PolicyError(file, where, "${account} has no meaning for anonymous clients")
-        rules.append(Rule(pattern, PULL))
-    compiled = build_rule_set(rules, ambiguity_is_error=False)
-    return AnonymousPolicy(blacklist, frozenset(names), catalog, compiled), warnings
+    return AnonymousPolicy(blacklist, frozenset(names), catalog), warnings
 
 
 @dataclass(frozen=True, slots=True)

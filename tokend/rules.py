@@ -236,14 +236,11 @@ def bind(rule_set: RuleSet, account: str) -> tuple[Bound, ...] | None:
     """Compile a set's ``${account}`` rules for ``account``; None if its name cannot be a
     path component (those rules then never match it). Raises :class:`AmbiguousRules` when a
     bound rule ties with another rule of the set."""
-    if not rule_set.templates:
-        return ()
-    if not is_valid_component(account):
-        return None
     bound: list[Bound] = []
     for template in rule_set.templates:
         pattern = bind_account(template.key, account)
-        assert pattern is not None
+        if pattern is None:
+            return None
         if pattern.exact:
             static = rule_set.exact.get(pattern.key)
             if static is not None:
