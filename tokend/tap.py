@@ -39,6 +39,8 @@ DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024
 """Twisted's default of 50 makes connect() fail with EAGAIN when nginx opens more at once."""
 MIN_TTL, MAX_TTL = 60, 3600
+REPEATABLE = ("service", "trusted-proxy")
+"""Options given once per value on the command line, comma-separated in the environment."""
 
 
 def _env_name(option: str) -> str:
@@ -121,42 +123,36 @@ class Options(usage.Options):
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
-        self["service"] = []
-        self["trusted-proxy"] = []
-        self._services_from_cli = False
-        self._proxies_from_cli = False
+        self._lists_from_cli: set[str] = set()
         self._cert_explicit = False
         for name, *_ in self.optParameters:
             value = self.environ.get(_env_name(name))
-            if value is not None and name not in ("service", "trusted-proxy"):
+            if name in REPEATABLE:
+                self[name] = [v for v in (value or "").replace(",", " ").split() if v]
+            elif value is not None:
                 self[name] = value
                 self._cert_explicit |= name == "cert"
-        env_services = self.environ.get(_env_name("service"))
-        if env_services:
-            self["service"] = [s for s in env_services.replace(",", " ").split() if s]
-        env_proxies = self.environ.get(_env_name("trusted-proxy"))
-        if env_proxies:
-            self["trusted-proxy"] = [p for p in env_proxies.replace(",", " ").split() if p]
         for name, *_ in self.optFlags:
             value = self.environ.get(_env_name(name))
             if value is not None:
                 self[name] = int(_truthy(value))
 
+    def _append(self, name: str, value: str) -> None:
+        """A repeatable option: the first use on the command line replaces the environment's."""
+        if name not in self._lists_from_cli:
+            self[name] = []
+            self._lists_from_cli.add(name)
+        self[name].append(value)
+
     def opt_service(self, value: str) -> None:
         """Accepted service (audience); repeat for several [env TOKEND_SERVICE, comma-separated]"""
-        if not self._services_from_cli:
-            self["service"] = []
-            self._services_from_cli = True
-        self["service"].append(value)
+        self._append("service", value)
 
     opt_s = opt_service
 
     def opt_trusted_proxy(self, value: str) -> None:
         """Proxy IP/CIDR trusted for X-Real-IP [env TOKEND_TRUSTED_PROXY, comma-separated]"""
-        if not self._proxies_from_cli:
-            self["trusted-proxy"] = []
-            self._proxies_from_cli = True
-        self["trusted-proxy"].append(value)
+        self._append("trusted-proxy", value)
 
     def opt_cert(self, value: str) -> None:
         """PEM certificate chain of the key (tokens get x5c) [env TOKEND_CERT]"""
