@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
+from joserfc.util import urlsafe_b64encode
 
 MIN_RSA_BITS = 2048
 KID_FORMS = ("libtrust", "thumbprint")
@@ -139,17 +140,13 @@ def _check_chain(
         raise KeyConfigError(f"certificate {path} expired on {leaf.not_valid_after_utc}")
 
 
-def _b64url(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 """One encoder for every token: ``json.dumps`` with options builds a new one per call."""
 
 
 def _json_segment(value: object) -> bytes:
     """A JWS segment: compact ASCII JSON, base64url without padding (what joserfc emits)."""
-    return _b64url(_COMPACT_JSON.encode(value).encode("ascii"))
+    return urlsafe_b64encode(_COMPACT_JSON.encode(value).encode("ascii"))
 
 
 def _signature_function(alg: str, jose_key: ECKey | RSAKey | OKPKey) -> Callable[[bytes], bytes]:
@@ -192,7 +189,8 @@ class SigningKey:
     def sign(self, claims: dict[str, object]) -> str:
         """The compact JWS ``header.payload.signature`` of the claims."""
         signing_input = self._header_segment + _json_segment(claims)
-        return (signing_input + b"." + _b64url(self._signature(signing_input))).decode("ascii")
+        signature = urlsafe_b64encode(self._signature(signing_input))
+        return (signing_input + b"." + signature).decode("ascii")
 
 
 def load_signing_key(
