@@ -3,17 +3,22 @@ registry on the shipped examples, and check they agree with each other and with 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import shutil
+import socketserver
+import ssl
 import subprocess
+import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e.stack import CLEAN_PATH, wait_until, write_tls_pair
-from support import REPO, stop_process, write_key_pair
+from e2e.stack import CLEAN_PATH, _nginx_config, new_stack, wait_until, write_tls_pair
+from support import REPO, free_port, port_open, stop_process, write_key_pair
 
 from tokend.tap import Options
 
@@ -104,23 +109,31 @@ def test_compose_file_is_valid_and_wires_the_sockets() -> None:
     assert volume(nginx, "/etc/nginx/nginx.conf").endswith("config/nginx.conf.example")
 
 
-def test_nginx_example_passes_nginx_t(tmp_path: Path) -> None:
-    nginx = require(shutil.which("nginx"), "nginx")
+def local_nginx_example(tmp_path: Path, replacements: dict[str, str] | None = None) -> Path:
+    """config/nginx.conf.example with its TLS pair, pid file and logs moved under tmp_path."""
     text = (REPO / "config" / "nginx.conf.example").read_text()
-    assert f"proxy_pass http://unix:{TOKEND_SOCKET}:;" in text
-    assert f"proxy_pass http://unix:{REGISTRY_SOCKET}:;" in text
     tls_key, tls_cert = write_tls_pair(tmp_path)
     replacements = {
         "/etc/nginx/tls/registry.example.com.crt": str(tls_cert),
         "/etc/nginx/tls/registry.example.com.key": str(tls_key),
         "/run/nginx.pid": str(tmp_path / "nginx.pid"),
         "/var/log/nginx/": f"{tmp_path}/",
+        **(replacements or {}),
     }
     for old, new in replacements.items():
         assert old in text
         text = text.replace(old, new)
     config = tmp_path / "nginx.conf"
     config.write_text(text)
+    return config
+
+
+def test_nginx_example_passes_nginx_t(tmp_path: Path) -> None:
+    nginx = require(shutil.which("nginx"), "nginx")
+    text = (REPO / "config" / "nginx.conf.example").read_text()
+    assert f"proxy_pass http://unix:{TOKEND_SOCKET}:;" in text
+    assert f"proxy_pass http://unix:{REGISTRY_SOCKET}:;" in text
+    config = local_nginx_example(tmp_path)
     result = subprocess.run(
         [nginx, "-t", "-c", str(config), "-p", str(tmp_path)],
         capture_output=True,
@@ -158,3 +171,98 @@ def test_registry_example_starts_the_real_registry(tmp_path: Path) -> None:
         assert process.poll() is None, log.read_text()
     finally:
         stop_process(process)
+
+
+LOCATION = re.compile(r"\blocation\s+(?:(=|\^~|~\*?)\s*)?(\S+)\s*\{")
+
+
+def nginx_snippets() -> dict[str, str]:
+    """Every nginx configuration we ship or show: the example, the README's, the e2e stack's."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"^```nginx\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
+    snippets = {f"README.md nginx block {i}": block for i, block in enumerate(blocks, 1)}
+    snippets["config/nginx.conf.example"] = (REPO / "config" / "nginx.conf.example").read_text()
+    snippets["tests/e2e/stack.py"] = _nginx_config(new_stack(Path("/e2e")), Path("k"), Path("c"))
+    return snippets
+
+
+def test_every_nginx_snippet_matches_the_realm_exactly() -> None:
+    """A prefix location /v2/token also catches /v2/tokenizer/...: repositories named token*."""
+    snippets = nginx_snippets()
+    assert len(snippets) >= 4, "the README should show the nginx essentials and Scaling out"
+    for name, text in snippets.items():
+        realm = [(m, path) for m, path in LOCATION.findall(text) if path.startswith("/v2/token")]
+        assert realm, f"{name} has no location for the realm"
+        assert all((m, path) == ("=", "/v2/token") for m, path in realm), f"{name}: {realm}"
+
+
+class _Backend(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def _backend(path: Path, name: str) -> _Backend:
+    """A stand-in for tokend or the registry on its socket: answers its own name and the path."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"{name} {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = _Backend(str(path), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_nginx_example_sends_token_named_repositories_to_the_registry(tmp_path: Path) -> None:
+    """The real nginx on the shipped example: only the realm itself reaches tokend."""
+    nginx = require(shutil.which("nginx"), "nginx")
+    port = free_port()
+    tokend_socket, registry_socket = tmp_path / "tokend.sock", tmp_path / "registry.sock"
+    config = local_nginx_example(
+        tmp_path,
+        {
+            "user www-data;": "user root;",
+            "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+            TOKEND_SOCKET: str(tokend_socket),
+            REGISTRY_SOCKET: str(registry_socket),
+        },
+    )
+    backends = [_backend(tokend_socket, "tokend"), _backend(registry_socket, "registry")]
+    log = tmp_path / "nginx.out"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [nginx, "-c", str(config), "-p", str(tmp_path), "-g", "daemon off;"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: port_open(port) or process.poll() is not None, "nginx")
+        assert process.poll() is None, log.read_text()
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+        def backend_of(path: str) -> str:
+            url = f"https://127.0.0.1:{port}{path}"
+            with urllib.request.urlopen(url, context=context, timeout=10) as response:
+                return str(response.read().decode())
+
+        assert backend_of("/v2/token?service=registry") == "tokend /v2/token?service=registry"
+        for path in (
+            "/v2/tokenizer/app/manifests/latest",
+            "/v2/token/app/tags/list",
+            "/v2/tokens/blobs/uploads/",
+            "/v2/",
+        ):
+            assert backend_of(path) == f"registry {path}"
+    finally:
+        stop_process(process)
+        for backend in backends:
+            backend.shutdown()
+            backend.server_close()

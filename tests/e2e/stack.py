@@ -450,7 +450,7 @@ http {{
         listen 127.0.0.1:{stack.port} ssl;
         ssl_certificate {tls_cert};
         ssl_certificate_key {tls_key};
-        location /v2/token {{
+        location = /v2/token {{
             proxy_pass http://unix:{stack.tokend_socket}:;
             proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;

@@ -318,3 +318,14 @@ def test_registry_rejects_a_token_tokend_did_not_sign(
     assert status == 401, body
     assert body["errors"][0]["code"] == "UNAUTHORIZED", body
     assert 'error="invalid_token"' in challenge, challenge
+
+
+def test_repositories_named_token_star_are_reached_through_nginx(stack: Stack) -> None:
+    """nginx sends only the realm itself to tokend: /v2/tokenizer/... belongs to the registry."""
+    image = stack.new_image()
+    pushed = stack.push(image, "tokenizer/app", "bar:bar")
+    assert pushed.ok, pushed.stderr
+    assert stack.stored_tag("tokenizer/app") == image.manifest_digest
+    pulled, target = stack.pull("tokenizer/app", "foo:foo")
+    assert pulled.ok, pulled.stderr
+    assert pulled_manifest(target) == image.manifest_digest
