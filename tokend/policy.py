@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 
 from tokend.rules import (
@@ -33,7 +34,7 @@ ACTIONS = ("pull", "push", "delete")
 
 ALL_ACTIONS = "*"
 CATALOG = ("registry", "catalog")
-USER_KEYS = ("pass_hash", "repositories", "groups", "catalog")
+USER_KEYS = ("pass_hash", "repositories", "groups", "catalog", "tokens_valid_after")
 GROUP_KEYS = ("repositories", "catalog")
 DEFAULT_BCRYPT_COST = 12
 
@@ -118,6 +119,8 @@ class UserPolicy:
     catalog: bool | None = None
     sources: tuple[Source, ...] = field(default=(), compare=False, repr=False)
     may_list_catalog: bool = field(default=True, compare=False, repr=False)
+    tokens_valid_after: float | None = None
+    """POSIX time before which this user's refresh tokens were issued in vain (revoked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +358,7 @@ def _user_from_entry(
         catalog,
         tuple(sources),
         _may_list_catalog(catalog, [groups[g].catalog for g in member_of]),
+        tokens_valid_after=_optional_time(entry, "tokens_valid_after", file, (user,)),
     )
 
 
@@ -415,6 +419,29 @@ def _may_list_catalog(own: bool | None, from_groups: list[bool | None]) -> bool:
     if True in from_groups:
         return True
     return False not in from_groups
+
+
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)")
+
+
+def _optional_time(
+    entry: dict[str, object], key: str, file: str, where: tuple[str, ...]
+) -> float | None:
+    """An RFC 3339 date-time as a POSIX time; the offset (``Z`` or ``±hh:mm``) is required, so
+    the moment never depends on the server's time zone."""
+    value = entry.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str) and _RFC3339.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value.upper()).timestamp()
+        except ValueError:
+            pass
+    raise PolicyError(
+        file,
+        json_path(*where, key),
+        f'expected an RFC 3339 time such as "2025-06-30T12:00:00Z", not {shown(value)}',
+    )
 
 
 def _optional_bool(
