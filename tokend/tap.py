@@ -24,6 +24,7 @@ from twisted.web.server import Site
 from tokend.credential_cache import CredentialCache
 from tokend.devcert import ensure_dev_cert
 from tokend.holder import PolicyHolder
+from tokend.http import ConnectionLimits, limit_connections
 from tokend.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
 from tokend.passwords import PasswordChecker
 from tokend.policy import PolicyError
@@ -32,7 +33,7 @@ from tokend.reload import PolicyReloader, keep_out_of_gc
 from tokend.throttle import LoginThrottle, TrustedProxies, parse_networks
 from tokend.tokens import TokenIssuer
 from tokend.watcher import PolicyWatchService
-from tokend.web import FormlessRequest, TokenAPI
+from tokend.web import TokenAPI
 from tokend.workers import BoundedWorkers, WorkerPool
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
@@ -110,6 +111,14 @@ class Options(usage.Options):
                 "Seconds a password bcrypt accepted is remembered (0: no cache)",
             ],
             ["credential-cache-size", None, "10000", "Remembered passwords at most"],
+            [
+                "request-timeout",
+                None,
+                "10",
+                "Seconds from a connection's opening or a request's first byte until the whole "
+                "request has arrived; bytes trickling in do not extend it",
+            ],
+            ["idle-timeout", None, "30", "Seconds a kept-alive connection may wait for a request"],
         ]
     )
     optFlags = _with_env_names(
@@ -170,6 +179,8 @@ class Options(usage.Options):
         self["failure-window"] = self._integer("failure-window", 1, 86_400)
         self["credential-cache-ttl"] = self._integer("credential-cache-ttl", 0, 3600)
         self["credential-cache-size"] = self._integer("credential-cache-size", 1, 1_000_000)
+        self["request-timeout"] = self._integer("request-timeout", 1, 600)
+        self["idle-timeout"] = self._integer("idle-timeout", 1, 3600)
         try:
             self["trusted-proxy"] = parse_networks(self["trusted-proxy"])
         except ValueError as e:
@@ -357,8 +368,15 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
         ),
         trusted_proxies=TrustedProxies(networks=options["trusted-proxy"]),
     )
-    site = _Site(api.resource())
-    site.requestFactory = FormlessRequest
+    site = _Site(api.resource(), reactor=reactor)
+    limit_connections(
+        site,
+        ConnectionLimits(
+            request_timeout=options["request-timeout"],
+            idle_timeout=options["idle-timeout"],
+            realm_path=options["realm-path"].encode("utf-8"),
+        ),
+    )
     site.displayTracebacks = False
     listener = strports.service(options["listen"], cast(Any, site), reactor=reactor)
     listener.setServiceParent(root)
