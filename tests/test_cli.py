@@ -196,3 +196,101 @@ def test_check_config_refuses_ambiguous_rules_with_an_example(
         f"{tmp_path / 'users.json'}: a.repositories[\"team/**\"]: 'team/*' and 'team/**' both "
         "match 'team/a' with the same literal prefix"
     ) in capsys.readouterr().err
+
+
+class Terminal(io.StringIO):
+    """A stdin that says it is a terminal, as an operator's shell is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_hash_password_refuses_piped_input_without_stdin(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run("hash-password", "--cost", "4", stdin="pw\n") == (1, "")
+    assert capsys.readouterr().err == (
+        "tokend hash-password: standard input is not a terminal; "
+        "pass --stdin to read the password from its first line\n"
+    )
+
+
+def test_hash_password_piped_into_the_real_command_is_one_sentence() -> None:
+    """A new session has no controlling terminal, as in a pipeline run by a script."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tokend", "hash-password", "--cost", "4"],
+        input=b"pw\npw\n",
+        capture_output=True,
+        cwd=Path(__file__).parent.parent,
+        start_new_session=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        "tokend hash-password: standard input is not a terminal; "
+        "pass --stdin to read the password from its first line"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("interruption", "code", "message"),
+    [
+        (EOFError, 1, "tokend hash-password: no password given (end of input)\n"),
+        (KeyboardInterrupt, 130, "tokend hash-password: interrupted\n"),
+    ],
+)
+def test_hash_password_ctrl_d_and_ctrl_c_at_the_prompt_are_one_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    interruption: type[BaseException],
+    code: int,
+    message: str,
+) -> None:
+    def getpass(prompt: str) -> str:
+        raise interruption()
+
+    monkeypatch.setattr("getpass.getpass", getpass)
+    out = io.StringIO()
+    assert main(["hash-password"], stdin=Terminal(), stdout=out) == code
+    assert out.getvalue() == ""
+    assert capsys.readouterr().err == message
+
+
+def test_hash_password_prompts_twice_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter(["s3cret", "s3cret"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
+    out = io.StringIO()
+    assert main(["hash-password", "--cost", "4"], stdin=Terminal(), stdout=out) == 0
+    assert bcrypt.checkpw(b"s3cret", out.getvalue().strip().encode())
+
+
+def test_check_config_accepts_the_flag_its_loose_key_message_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
+    key_path, _ = write_key_pair(tmp_path)
+    key_path.chmod(0o640)
+    args = ("check-config", "--config-dir", str(tmp_path), "--key", str(key_path))
+    assert run(*args)[0] == 1
+    assert "pass --allow-loose-key-permissions" in capsys.readouterr().err
+    code, out = run(*args, "--allow-loose-key-permissions")
+    assert code == 0
+    assert "policy is valid" in out
+
+
+@pytest.mark.parametrize("force", [(), ("--force",)])
+def test_dev_cert_refuses_to_write_through_a_dangling_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], force: tuple[str, ...]
+) -> None:
+    target = tmp_path / "elsewhere.key"
+    link = tmp_path / "k.key"
+    link.symlink_to(target)
+    code, out = run("dev-cert", "--key", str(link), "--cert", str(tmp_path / "c.crt"), *force)
+    assert (code, out) == (1, "")
+    assert capsys.readouterr().err == (
+        f"tokend dev-cert: {link} is a symbolic link to {target}, which does not exist; "
+        "refusing to create a file through it\n"
+    )
+    assert not target.exists()
+    assert not (tmp_path / "c.crt").exists()

@@ -3,7 +3,8 @@
 ``hash-password`` makes a users.json hash, ``check-config`` validates a config directory the way
 the daemon would and reports rules that never apply or overlap, ``explain`` shows which rule
 decides a request, ``kid`` prints the key ids a registry configuration needs, ``dev-cert`` writes
-a development key pair. Exit status 0 on success, 1 on a finding, 2 on a usage error.
+a development key pair. Exit status 0 on success, 1 on a finding, 2 on a usage error, 130 when
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TextIO
 
 import bcrypt
 
-from tokend.devcert import DEFAULT_CN, DEFAULT_DAYS, write_dev_cert
+from tokend.devcert import DEFAULT_CN, DEFAULT_DAYS, DanglingLinkError, write_dev_cert
 from tokend.keys import KeyConfigError, key_ids, load_signing_key
 from tokend.passwords import MAX_PASSWORD_BYTES
 from tokend.policy import ACTIONS, DEFAULT_BCRYPT_COST, Decision, Policy, PolicyError
@@ -37,8 +38,18 @@ def _read_password(from_stdin: bool, stdin: TextIO) -> str:
     if from_stdin:
         line = stdin.readline()
         return line[:-1] if line.endswith("\n") else line
-    first = getpass.getpass("Password: ")
-    if first != getpass.getpass("Repeat password: "):
+    if not stdin.isatty():
+        # Nobody can answer the prompt through a pipe; scripts get one documented way: --stdin.
+        raise CommandError(
+            "standard input is not a terminal; "
+            "pass --stdin to read the password from its first line"
+        )
+    try:
+        first = getpass.getpass("Password: ")
+        repeated = getpass.getpass("Repeat password: ")
+    except EOFError:
+        raise CommandError("no password given (end of input)") from None
+    if first != repeated:
         raise CommandError("the passwords do not match")
     return first
 
@@ -66,7 +77,7 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
             load_signing_key(
                 Path(args.key),
                 Path(args.cert) if args.cert else None,
-                allow_loose_permissions=False,
+                allow_loose_permissions=args.allow_loose_key_permissions,
             )
         except KeyConfigError as e:
             raise CommandError(str(e)) from None
@@ -152,6 +163,8 @@ def dev_cert(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         write_dev_cert(key_path, cert_path, cn=args.cn, days=args.days, overwrite=args.force)
     except FileExistsError as e:
         raise CommandError(f"{e}; pass --force to replace it") from None
+    except DanglingLinkError as e:
+        raise CommandError(str(e)) from None
     except OSError as e:
         raise CommandError(f"cannot write the key pair: {e}") from None
     stdout.write(
@@ -193,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--config-dir", default="config", help="default %(default)s")
     checking.add_argument("--key", help="also check this signing key (and --cert)")
     checking.add_argument("--cert", help="certificate chain to check against --key")
+    checking.add_argument(
+        "--allow-loose-key-permissions",
+        action="store_true",
+        help="accept a group/other readable --key, as the daemon's flag of that name does",
+    )
     checking.set_defaults(run=check_config)
 
     explaining = commands.add_parser(
@@ -230,4 +248,7 @@ def main(
     except CommandError as e:
         sys.stderr.write(f"tokend {args.command}: {e}\n")
         return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"tokend {args.command}: interrupted\n")
+        return 130
     return 0

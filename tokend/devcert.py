@@ -18,6 +18,20 @@ DEFAULT_CN = "tokend development token signer"
 DEFAULT_DAYS = 3650
 
 
+class DanglingLinkError(Exception):
+    """A path to write is a symbolic link to nothing: writing would create a file elsewhere."""
+
+
+def _refuse_dangling_link(path: Path) -> None:
+    """Opening a dangling link with O_CREAT creates its target, wherever that points (as root,
+    anywhere); nobody asking for a key at ``path`` means that."""
+    if path.is_symlink() and not path.exists():
+        raise DanglingLinkError(
+            f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+            "refusing to create a file through it"
+        )
+
+
 def _write_private(path: Path, data: bytes, overwrite: bool) -> None:
     """Create the key file 0600 from the start: it is never readable by others, not even briefly."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
@@ -35,6 +49,8 @@ def write_dev_cert(
     overwrite: bool = False,
 ) -> None:
     """Write a P-256 key (0600) and a self-signed CA certificate for it (0644)."""
+    for path in (key_path, cert_path):
+        _refuse_dangling_link(path)
     if not overwrite:
         for path in (key_path, cert_path):
             if path.exists():
