@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socketserver
 import ssl
 import subprocess
@@ -18,7 +19,14 @@ from typing import Any
 
 import pytest
 from e2e.stack import CLEAN_PATH, _nginx_config, new_stack, wait_until, write_tls_pair
-from support import REPO, free_port, port_open, stop_process, write_key_pair
+from support import (
+    REPO,
+    free_port,
+    get_json_over_unix,
+    port_open,
+    stop_process,
+    write_key_pair,
+)
 
 from tokend.tap import Options
 
@@ -266,3 +274,72 @@ def test_nginx_example_sends_token_named_repositories_to_the_registry(tmp_path: 
         for backend in backends:
             backend.shutdown()
             backend.server_close()
+
+
+DISTRIBUTION_PYTHON = Path("/usr/bin/python3")
+
+
+def readme_section(title: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", readme, re.MULTILINE | re.DOTALL)
+    assert match, f"README.md has no section {title!r}"
+    return match.group(1)
+
+
+def sh_blocks(text: str) -> list[str]:
+    return [b.strip() for b in re.findall(r"^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL)]
+
+
+def test_readme_commands_are_the_two_set_up_commands() -> None:
+    setup, test = sh_blocks(readme_section("Set up"))[:2]
+    assert "\n" not in setup, "the set-up command is one line"
+    assert test == "bash tests/run"
+    assert "bash tests/run " in (REPO / ".ci" / "run").read_text()
+
+
+@pytest.mark.e2e
+def test_readme_set_up_command_works_with_the_distributions_python(tmp_path: Path) -> None:
+    """PEP 668: Debian 12's and Ubuntu 24.04's python3 refuse a bare `pip install`."""
+    if (
+        not DISTRIBUTION_PYTHON.exists()
+        or subprocess.run(
+            [DISTRIBUTION_PYTHON, "-c", "import ensurepip, venv"], check=False
+        ).returncode
+    ):
+        require(None, f"{DISTRIBUTION_PYTHON} with venv (apt-get install python3-venv)")
+    command = sh_blocks(readme_section("Set up"))[0]
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("pyproject.toml", "README.md", "tokend", "twisted", "config"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, checkout / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, checkout / name)
+    env = {k: v for k, v in os.environ.items() if k.startswith(("PIP_", "HOME", "LANG"))}
+    env["PATH"] = f"{DISTRIBUTION_PYTHON.parent}:/bin"
+    log = tmp_path / "setup.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["bash", "-c", command], cwd=checkout, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    socket = checkout / "run" / "tokend.sock"
+    try:
+        wait_until(lambda: socket.exists() or process.poll() is not None, "the daemon", 600)
+        assert process.poll() is None, log.read_text()[-3000:]
+        status, health = get_json_over_unix(socket, "/healthz")
+        assert (status, health["status"]) == (200, "ok")
+        plugins = subprocess.run(
+            [checkout / ".venv" / "bin" / "twistd", "--help"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert "registry-token" in plugins.stdout, plugins.stdout + plugins.stderr
+    finally:
+        pid_file = checkout / "twistd.pid"
+        if pid_file.exists() and int(pid_file.read_text()) != process.pid:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        stop_process(process)
