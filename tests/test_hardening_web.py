@@ -22,13 +22,14 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 
+from tokend.client_address import TrustedProxies, parse_networks
 from tokend.credential_cache import CredentialCache
 from tokend.holder import PolicyHolder
 from tokend.keys import load_signing_key
 from tokend.passwords import PasswordChecker
 from tokend.policy_files import load_policy
 from tokend.tap import Options
-from tokend.throttle import LoginThrottle, TrustedProxies, parse_networks
+from tokend.throttle import InFlight, LoginThrottle
 from tokend.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.workers import BoundedWorkers, InlineWorkers, Workers
@@ -84,6 +85,7 @@ class Hardened:
         throttle: LoginThrottle | None = None,
         cache: CredentialCache | None = None,
         proxies: TrustedProxies | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.config = tmp_path / "config"
         write_policy(self.config, USERS, {"repositories": ["public/hello"]})
@@ -102,6 +104,7 @@ class Hardened:
             throttle=throttle,
             credential_cache=cache,
             trusted_proxies=proxies,
+            in_flight=in_flight,
         )
         self.http = StubTreq(self.api.resource())
 
@@ -110,15 +113,20 @@ class Hardened:
         return self.counting.calls
 
     def start(
-        self, user: str | None, password: str | None = None, real_ip: str | None = None
+        self,
+        user: str | None,
+        password: str | None = None,
+        real_ip: str | None = None,
+        query: str = "",
+        headers: dict[bytes, list[bytes]] | None = None,
     ) -> Deferred[Any]:
-        headers: dict[bytes, list[bytes]] = {}
+        headers = dict(headers or {})
         if user is not None:
             raw = f"{user}:{password}".encode()
             headers[b"Authorization"] = [b"Basic " + base64.b64encode(raw)]
         if real_ip is not None:
             headers[b"X-Real-IP"] = [real_ip.encode()]
-        url = f"http://tokend/v2/token?service={SERVICE}&scope=repository:public/hello:pull"
+        url = f"http://tokend/v2/token?service={SERVICE}&scope=repository:public/hello:pull{query}"
         return self.http.get(url, headers=headers)
 
     def finish(self, request: Deferred[Any]) -> Response:
@@ -132,7 +140,10 @@ class Hardened:
     def get(self, user: str | None, password: str | None = None, **kwargs: Any) -> Response:
         return self.finish(self.start(user, password, **kwargs))
 
-    def post(self, user: str, password: str) -> Response:
+    def post(self, user: str, password: str, real_ip: str | None = None) -> Response:
+        headers = {b"Content-Type": [b"application/x-www-form-urlencoded"]}
+        if real_ip is not None:
+            headers[b"X-Real-IP"] = [real_ip.encode()]
         form = {
             "grant_type": "password",
             "username": user,
@@ -143,7 +154,7 @@ class Hardened:
         request = self.http.post(
             "http://tokend/v2/token",
             data=urlencode(form).encode(),
-            headers={b"Content-Type": [b"application/x-www-form-urlencoded"]},
+            headers=headers,
         )
         return self.finish(request)
 
@@ -374,11 +385,14 @@ def test_ttl_zero_checks_every_time(tmp_path: Path) -> None:
 
 
 def test_a_throttled_account_gets_no_answer_from_the_cache(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle(per_account=2), cache=CredentialCache(ttl=60))
-    realm.login("bar", "bar")
+    proxies = TrustedProxies(networks=parse_networks(["127.0.0.0/8"]))
+    realm = Hardened(
+        tmp_path, throttle=throttle(per_account=2), cache=CredentialCache(ttl=60), proxies=proxies
+    )
+    realm.login("bar", "bar", real_ip="192.0.2.10")
     for _ in range(2):
-        assert realm.get("bar", "guess")[0] == 401
-    assert realm.get("bar", "bar")[0] == 429
+        assert realm.get("bar", "guess", real_ip="203.0.113.66")[0] == 401
+    assert realm.get("bar", "bar", real_ip="198.51.100.5")[0] == 429
     assert realm.bcrypt_runs == 3
 
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import pytest
 
 from tokend.throttle import (
     FailureWindow,
+    InFlight,
+    KnownAddresses,
     LoginThrottle,
     Refusal,
-    TrustedProxies,
     address_key,
-    parse_networks,
 )
 
 NOW = 1_800_000_000.0
@@ -159,46 +157,92 @@ def test_one_ipv6_64_shares_the_address_limit() -> None:
     assert throttle.admit("c", "2001:db8:0:1::3", NOW) is None
 
 
-NGINX = TrustedProxies(networks=parse_networks(["127.0.0.1", "10.0.0.0/8"]))
+def test_a_flood_of_fresh_names_does_not_evict_a_locked_account() -> None:
+    """Eviction used to take the least recently failed key, locked or not: 10,000 failures on
+    fresh names pushed a locked account out and let it guess again."""
+    throttle = LoginThrottle(per_account=3, per_address=0, window=300, max_entries=100)
+    for _ in range(3):
+        fail(throttle, "alice", "a", NOW)
+    for index in range(10_000):
+        fail(throttle, f"fresh{index}", "a", NOW + 1)
+    assert throttle.admit("alice", "a", NOW + 2) == Refusal(298.0, "account")
+    assert len(throttle.accounts) == 100
 
 
-@pytest.mark.parametrize(
-    ("proxies", "peer", "real_ip", "forwarded_for", "client"),
-    [
-        (TrustedProxies(), "203.0.113.5", "198.51.100.1", None, "203.0.113.5"),
-        (TrustedProxies(), "203.0.113.5", None, "198.51.100.1", "203.0.113.5"),
-        (TrustedProxies(), None, "198.51.100.1", None, "198.51.100.1"),
-        (TrustedProxies(), None, None, None, "unix"),
-        (TrustedProxies(unix=False), None, "198.51.100.1", None, "unix"),
-        (NGINX, "127.0.0.1", "198.51.100.1", "192.0.2.66", "198.51.100.1"),
-        (NGINX, "127.0.0.1", None, "192.0.2.66, 198.51.100.1", "198.51.100.1"),
-        (NGINX, "127.0.0.1", None, "198.51.100.1, 10.1.1.1, 10.2.2.2", "198.51.100.1"),
-        (NGINX, "127.0.0.1", None, "10.1.1.1, 10.2.2.2", "10.1.1.1"),
-        (NGINX, "127.0.0.1", None, "bogus, 198.51.100.1", "198.51.100.1"),
-        (NGINX, "127.0.0.1", None, "198.51.100.1, bogus", "127.0.0.1"),
-        (NGINX, "127.0.0.1", "not an address", None, "127.0.0.1"),
-        (NGINX, "127.0.0.1", None, None, "127.0.0.1"),
-        (NGINX, "127.0.0.2", "198.51.100.1", None, "127.0.0.2"),
-        (NGINX, "::ffff:10.0.0.3", "198.51.100.1", None, "198.51.100.1"),
-        (NGINX, "10.9.9.9", "::ffff:198.51.100.1", None, "198.51.100.1"),
-        (NGINX, "2001:db8::1", "198.51.100.1", None, "2001:db8::1"),
-    ],
-)
-def test_the_client_address(
-    proxies: TrustedProxies,
-    peer: str | None,
-    real_ip: str | None,
-    forwarded_for: str | None,
-    client: str,
-) -> None:
-    assert proxies.client(peer, real_ip, forwarded_for) == client
+def test_when_every_key_is_locked_the_earliest_locked_goes() -> None:
+    window = FailureWindow(limit=1, window=300, max_entries=2)
+    for key in ("first", "second", "third"):
+        window.end(key, NOW, failed=True)
+    assert window.locked == 2
+    assert window.retry_after("first", NOW) is None
+    assert window.retry_after("third", NOW) == 300.0
 
 
-def test_parse_networks() -> None:
-    assert parse_networks([" 10.0.0.0/8", "::1", "192.168.1.7/24"]) == (
-        ipaddress.ip_network("10.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
-        ipaddress.ip_network("192.168.1.0/24"),
-    )
-    with pytest.raises(ValueError, match="'nginx' is not an IP address or CIDR network"):
-        parse_networks(["10.0.0.1", "nginx"])
+def test_a_lock_that_expires_frees_the_key_for_eviction_again() -> None:
+    window = FailureWindow(limit=2, window=60, max_entries=2)
+    for _ in range(2):
+        window.end("old", NOW, failed=True)
+    assert window.locked == 1
+    assert window.retry_after("old", NOW + 61) is None
+    assert window.locked == 0
+
+
+def test_an_address_the_account_logged_in_from_is_exempt_from_the_account_limit() -> None:
+    throttle = LoginThrottle(per_account=3, per_address=30, window=300)
+    assert throttle.admit("alice", "192.0.2.10", NOW) is None
+    throttle.succeeded("alice", "192.0.2.10", NOW)
+    for _ in range(3):
+        fail(throttle, "alice", "203.0.113.66", NOW + 10)
+    assert throttle.admit("alice", "203.0.113.66", NOW + 11) == Refusal(299.0, "account")
+    assert throttle.admit("alice", "198.51.100.5", NOW + 11) == Refusal(299.0, "account")
+    assert throttle.admit("alice", "192.0.2.10", NOW + 11) is None, "the owner's usual address"
+
+
+def test_a_known_address_still_has_its_own_limit() -> None:
+    throttle = LoginThrottle(per_account=3, per_address=5, window=300)
+    assert throttle.admit("alice", "192.0.2.10", NOW) is None
+    throttle.succeeded("alice", "192.0.2.10", NOW)
+    for _ in range(5):
+        fail(throttle, "alice", "192.0.2.10", NOW + 1)
+    assert throttle.admit("alice", "192.0.2.10", NOW + 2) == Refusal(299.0, "address")
+
+
+def test_a_known_address_is_known_for_its_account_only_and_for_30_days() -> None:
+    throttle = LoginThrottle(per_account=1, per_address=30, window=300)
+    assert throttle.admit("alice", "2001:db8::1", NOW) is None
+    throttle.succeeded("alice", "2001:db8::1", NOW)
+    assert throttle.known.knows("alice", address_key("2001:db8::99"), NOW + 1)
+    assert not throttle.known.knows("bob", address_key("2001:db8::1"), NOW + 1)
+    assert throttle.known.knows("alice", address_key("2001:db8::1"), NOW + 30 * 86_400 - 1)
+    assert not throttle.known.knows("alice", address_key("2001:db8::1"), NOW + 30 * 86_400)
+
+
+def test_known_addresses_stay_bounded() -> None:
+    known = KnownAddresses(max_entries=100)
+    for index in range(10_000):
+        known.add("alice", f"10.0.{index >> 8}.{index & 255}", NOW)
+    assert len(known) == 100
+    assert known.knows("alice", "10.0.39.15", NOW)
+    assert not known.knows("alice", "10.0.0.0", NOW)
+
+
+def test_an_overloaded_attempt_is_a_failure_of_the_address_only() -> None:
+    throttle = LoginThrottle(per_account=2, per_address=3, window=300)
+    for index in range(3):
+        assert throttle.admit(f"user{index}", "a", NOW) is None
+        throttle.overloaded(f"user{index}", "a", NOW)
+    assert throttle.admit("user0", "b", NOW) is None, "no account was charged"
+    assert throttle.admit("someone", "a", NOW) == Refusal(300.0, "address")
+
+
+def test_one_address_holds_a_bounded_share_of_the_checks_in_flight() -> None:
+    in_flight = InFlight(limit=2)
+    assert in_flight.enter("2001:db8::1") and in_flight.enter("2001:db8::2")
+    assert not in_flight.enter("2001:db8::3"), "one /64, one share"
+    assert in_flight.enter("192.0.2.1")
+    in_flight.leave("2001:db8::1")
+    assert in_flight.enter("2001:db8::3")
+    for address in ("2001:db8::2", "2001:db8::3", "192.0.2.1"):
+        in_flight.leave(address)
+    assert len(in_flight) == 0
+    assert all(InFlight(limit=0).enter("a") for _ in range(100))

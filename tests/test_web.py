@@ -231,7 +231,7 @@ def raw_auth(value: bytes) -> dict[bytes, list[bytes]]:
         ),
         ("GET", f"/v2/token?service={SERVICE}&scope=nonsense", {}, 400, "invalid scope"),
         ("GET", "/v2/token?service=elsewhere", {}, 400, "unknown service"),
-        ("GET", "/v2/token", {}, 400, "unknown service"),
+        ("GET", "/v2/token", {}, 400, "the service parameter is required: one of"),
         ("GET", f"/v2/token?service={SERVICE}&service=other.test", {}, 400, "more than once"),
         ("GET", f"/v2/token?service={SERVICE}&scope=%ff", {}, 400, "UTF-8"),
         ("GET", "/v2/token/%ff", {}, 400, "UTF-8"),

@@ -1,27 +1,28 @@
-"""Throttling of failed logins, per account and per client address, and who the client is.
+"""Throttling of failed logins, per account and per client address.
 
 Pure: time is a ``now`` float passed in. bcrypt makes one guess expensive for us as much as
 for an attacker, so a throttled attempt is refused before any password is checked. Attempts
 still being checked count against the limit, so a burst of concurrent guesses cannot overshoot
-it. Memory is bounded: each table keeps at most ``max_entries`` keys and forgets the least
-recently failed first, so rotating user names or addresses cannot grow it.
+it. Memory is bounded: each table keeps at most ``max_entries`` keys and, when full, forgets
+the least recently failed key that is not locked out, so rotating user names or addresses can
+neither grow it nor unlock an account.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 DEFAULT_MAX_ENTRIES = 10_000
-"""Keys kept per table (accounts, addresses); the least recently failed is forgotten first."""
+"""Keys kept per table (accounts, addresses); unlocked ones are forgotten first."""
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+KNOWN_ADDRESS_DAYS = 30
+DEFAULT_MAX_KNOWN = 100_000
+"""(account, address) pairs remembered as where an account logs in; the oldest goes first."""
 
-UNIX_PEER = "unix"
-"""The client address of a request over the UNIX socket that names no client."""
+DEFAULT_MAX_IN_FLIGHT = 4
+"""Password checks one client address may have running or waiting at once."""
 
 
 @dataclass(slots=True)
@@ -35,7 +36,10 @@ class _Entry:
 class FailureWindow:
     """At most ``limit`` failures (finished or in flight) per key in any ``window`` seconds.
 
-    ``limit`` 0 turns the table off: everything is admitted and nothing is stored.
+    ``limit`` 0 turns the table off: everything is admitted and nothing is stored. Keys that
+    reached the limit live in a table of their own, so evicting to make room never picks a
+    locked key while an unlocked one is left: a flood of failures on fresh names cannot push
+    a locked account out and let it guess again.
     """
 
     def __init__(self, limit: int, window: float, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
@@ -44,24 +48,41 @@ class FailureWindow:
         self.limit = limit
         self.window = window
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._open: OrderedDict[str, _Entry] = OrderedDict()
+        """Keys under the limit, the least recently failed first."""
+        self._locked: OrderedDict[str, _Entry] = OrderedDict()
+        """Keys at the limit, the earliest locked first."""
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._open) + len(self._locked)
+
+    @property
+    def locked(self) -> int:
+        return len(self._locked)
+
+    def _get(self, key: str) -> _Entry | None:
+        entry = self._open.get(key)
+        return self._locked.get(key) if entry is None else entry
+
+    def _drop(self, key: str) -> None:
+        if self._open.pop(key, None) is None:
+            self._locked.pop(key, None)
 
     def retry_after(self, key: str, now: float) -> float | None:
         """Seconds until ``key`` may try again, or None when it may try now."""
         if not self.limit:
             return None
         self._expire(now)
-        entry = self._entries.get(key)
+        entry = self._get(key)
         if entry is None:
             return None
         recent = tuple(t for t in entry.failures if t > now - self.window)
         entry.failures = recent
         if not recent and not entry.pending:
-            del self._entries[key]
+            self._drop(key)
             return None
+        if len(recent) < self.limit and key in self._locked:
+            self._open[key] = self._locked.pop(key)
         if len(recent) + entry.pending < self.limit:
             return None
         if len(recent) >= self.limit:
@@ -77,7 +98,7 @@ class FailureWindow:
         """Finish an attempt: record a failure, or forget the key's failures on ``reset``."""
         if not self.limit:
             return
-        entry = self._entries.get(key)
+        entry = self._get(key)
         if entry is None:
             if not failed:
                 return
@@ -85,27 +106,70 @@ class FailureWindow:
         entry.pending = max(0, entry.pending - 1)
         if reset:
             entry.failures = ()
+            if key in self._locked:
+                self._open[key] = self._locked.pop(key)
         if failed:
             entry.failures = (*entry.failures, now)[-self.limit :]
-            self._entries.move_to_end(key)
+            if len(entry.failures) >= self.limit:
+                self._open.pop(key, None)
+                self._locked.pop(key, None)
+                self._locked[key] = entry
+            else:
+                self._open.move_to_end(key)
         if not entry.failures and not entry.pending:
-            del self._entries[key]
+            self._drop(key)
 
     def _entry(self, key: str) -> _Entry:
-        entry = self._entries.get(key)
+        entry = self._get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry()
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            while len(self) >= self.max_entries:
+                (self._open or self._locked).popitem(last=False)
+            entry = self._open[key] = _Entry()
         return entry
 
     def _expire(self, now: float) -> None:
         """Drop keys from the least recently failed end whose failures have all expired."""
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
-            if entry.pending or (entry.failures and entry.failures[-1] > now - self.window):
-                return
-            del self._entries[key]
+        for table in (self._open, self._locked):
+            while table:
+                key, entry = next(iter(table.items()))
+                if entry.pending or (entry.failures and entry.failures[-1] > now - self.window):
+                    break
+                del table[key]
+
+
+class KnownAddresses:
+    """Where each account logged in successfully lately: (account, address key) pairs.
+
+    Bounded: at most ``max_entries`` pairs, the least recently used forgotten first, each for
+    ``ttl`` seconds after its last success.
+    """
+
+    def __init__(
+        self,
+        ttl: float = KNOWN_ADDRESS_DAYS * 86_400,
+        max_entries: int = DEFAULT_MAX_KNOWN,
+    ) -> None:
+        if ttl < 0 or max_entries < 1:
+            raise ValueError("ttl must be >= 0 and max_entries >= 1")
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, account: str, address: str, now: float) -> None:
+        if not self.ttl:
+            return
+        pair = (account, address)
+        self._seen.pop(pair, None)
+        self._seen[pair] = now
+        while len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+
+    def knows(self, account: str, address: str, now: float) -> bool:
+        seen = self._seen.get((account, address))
+        return seen is not None and seen <= now < seen + self.ttl
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +185,9 @@ class LoginThrottle:
 
     A success resets only its own account's count: an attacker who holds one valid account
     cannot wipe out their address's failures, and nobody's failures slow another account.
+    An address the account logged in from within ``known_days`` days is exempt from the
+    account's limit (not from its own): guessing from elsewhere cannot lock the owner out of
+    the places they usually log in from.
     """
 
     def __init__(
@@ -130,9 +197,11 @@ class LoginThrottle:
         per_address: int,
         window: float,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        known: KnownAddresses | None = None,
     ) -> None:
         self.accounts = FailureWindow(per_account, window, max_entries)
         self.addresses = FailureWindow(per_address, window, max_entries)
+        self.known = KnownAddresses() if known is None else known
 
     @property
     def size(self) -> int:
@@ -142,14 +211,10 @@ class LoginThrottle:
     def admit(self, account: str, address: str, now: float) -> Refusal | None:
         """Refuse, or admit and count the attempt until ``succeeded``/``failed``/``abandoned``."""
         address = address_key(address)
-        waits = [
-            (wait, reason)
-            for wait, reason in (
-                (self.accounts.retry_after(account, now), "account"),
-                (self.addresses.retry_after(address, now), "address"),
-            )
-            if wait is not None
-        ]
+        checks = [(self.addresses.retry_after(address, now), "address")]
+        if not self.known.knows(account, address, now):
+            checks.append((self.accounts.retry_after(account, now), "account"))
+        waits = [(wait, reason) for wait, reason in checks if wait is not None]
         if waits:
             wait, reason = max(waits)
             return Refusal(wait, reason)
@@ -158,17 +223,66 @@ class LoginThrottle:
         return None
 
     def succeeded(self, account: str, address: str, now: float) -> None:
+        address = address_key(address)
         self.accounts.end(account, now, failed=False, reset=True)
-        self.addresses.end(address_key(address), now, failed=False)
+        self.addresses.end(address, now, failed=False)
+        self.known.add(account, address, now)
 
     def failed(self, account: str, address: str, now: float) -> None:
         self.accounts.end(account, now, failed=True)
         self.addresses.end(address_key(address), now, failed=True)
 
+    def overloaded(self, account: str, address: str, now: float) -> None:
+        """Refused for lack of capacity: a failure of the address, not of the account.
+
+        An address whose logins keep meeting a full queue is throttled like one whose passwords
+        keep failing; the account did nothing wrong.
+        """
+        self.accounts.end(account, now, failed=False)
+        self.addresses.end(address_key(address), now, failed=True)
+
     def abandoned(self, account: str, address: str, now: float) -> None:
-        """The attempt ended without a verdict (overload, cancelled): only release it."""
+        """The attempt ended without a verdict (the client went away): only release it."""
         self.accounts.end(account, now, failed=False)
         self.addresses.end(address_key(address), now, failed=False)
+
+
+class InFlight:
+    """Password checks per client address that are running or waiting for a thread.
+
+    One address may hold at most ``limit`` of them, so a handful of addresses cannot fill the
+    bcrypt queue and starve every other login. ``limit`` 0 turns it off.
+    """
+
+    def __init__(self, limit: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def enter(self, address: str) -> bool:
+        """Take a slot for ``address``; False (and nothing taken) when it holds ``limit``."""
+        if not self.limit:
+            return True
+        key = address_key(address)
+        count = self._counts.get(key, 0)
+        if count >= self.limit:
+            return False
+        self._counts[key] = count + 1
+        return True
+
+    def leave(self, address: str) -> None:
+        if not self.limit:
+            return
+        key = address_key(address)
+        count = self._counts.get(key, 0) - 1
+        if count > 0:
+            self._counts[key] = count
+        else:
+            self._counts.pop(key, None)
 
 
 def address_key(address: str) -> str:
@@ -182,66 +296,3 @@ def address_key(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
-
-
-def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """CIDRs (or single addresses); ValueError names the first that is neither."""
-    networks: list[IPNetwork] = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
-    return tuple(networks)
-
-
-def _ip(value: str) -> IPAddress | None:
-    try:
-        ip = ipaddress.ip_address(value.strip())
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-@dataclass(frozen=True, slots=True)
-class TrustedProxies:
-    """Peers whose ``X-Real-IP`` / ``X-Forwarded-For`` name the client.
-
-    Anyone else could write those headers themselves, so their own address is the client. The
-    UNIX socket peer is the local proxy (nginx): only processes allowed by the socket's
-    permissions can connect.
-    """
-
-    networks: tuple[IPNetwork, ...] = ()
-    unix: bool = True
-
-    def trusts(self, peer: str | None) -> bool:
-        """``peer`` is the TCP peer's host, or None for the UNIX socket."""
-        if peer is None:
-            return self.unix
-        ip = _ip(peer)
-        return ip is not None and any(ip in network for network in self.networks)
-
-    def client(self, peer: str | None, real_ip: str | None, forwarded_for: str | None) -> str:
-        """The client address: from a trusted proxy's headers, else the peer itself.
-
-        ``X-Real-IP`` wins (nginx sets it to ``$remote_addr``). ``X-Forwarded-For`` is read
-        from the right, skipping trusted proxies: its left end is whatever the client sent.
-        """
-        own = UNIX_PEER if peer is None else str(_ip(peer) or peer)
-        if not self.trusts(peer):
-            return own
-        if real_ip:
-            ip = _ip(real_ip)
-            if ip is not None:
-                return str(ip)
-        hop: IPAddress | None = None
-        for value in reversed((forwarded_for or "").split(",")):
-            hop = _ip(value)
-            if hop is None:
-                return own
-            if not self.trusts(str(hop)):
-                return str(hop)
-        return str(hop) if hop is not None else own

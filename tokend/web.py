@@ -30,12 +30,14 @@ from tokend.basic_auth import (
     UnsupportedScheme,
     parse_authorization,
 )
+from tokend.client_address import ClientAddress, TrustedProxies
 from tokend.credential_cache import CredentialCache
 from tokend.holder import PolicyHolder
-from tokend.passwords import PasswordChecker, PasswordTooLong
+from tokend.log_text import printable
+from tokend.passwords import MAX_PASSWORD_BYTES, PasswordChecker
 from tokend.policy import Policy
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
-from tokend.throttle import LoginThrottle, Refusal, TrustedProxies
+from tokend.throttle import InFlight, LoginThrottle, Refusal
 from tokend.tokens import IssuedToken, TokenIssuer, rfc3339
 from tokend.workers import Overloaded
 
@@ -46,7 +48,8 @@ MAX_HASH_CHECKS = 3
 """Password checks per login when reloads keep replacing the user's hash meanwhile."""
 OVERLOAD_RETRY_AFTER = 1
 """Seconds a client is asked to wait when the bcrypt queue is full: it drains quickly."""
-MAX_HEADER_CHARS = 256
+CREDENTIAL_FIELDS = ("username", "password", "refresh_token")
+"""Never read from a POST's query string: URLs end up in proxies' access logs."""
 
 
 class Clock(Protocol):
@@ -147,8 +150,10 @@ class TokenAPI:
         throttle: LoginThrottle | None = None,
         credential_cache: CredentialCache | None = None,
         trusted_proxies: TrustedProxies | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
-        """Without ``throttle`` or ``credential_cache`` there is no throttling or caching."""
+        """Without ``throttle``, ``credential_cache`` or ``in_flight`` there is no throttling,
+        caching or per-address share of the bcrypt queue."""
         self._policy = policy
         self._passwords = passwords
         self._tokens = tokens
@@ -162,30 +167,54 @@ class TokenAPI:
         cache = CredentialCache(ttl=0) if credential_cache is None else credential_cache
         self._cache = cache
         self._proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
+        self._in_flight = InFlight(0) if in_flight is None else in_flight
         policy.on_replace(lambda old, new: cache.policy_replaced(old.users, new.users))
 
     def resource(self) -> Resource:
         return _DecodablePathGuard(self.app.resource())
 
     def _client_address(self, request: Request) -> str:
-        """The proxy's view of the client when the peer is a trusted proxy, else the peer."""
+        """The proxy's view of the client when the peer is a trusted proxy, else the peer.
+
+        Worked out once per request: the error handler asks again.
+        """
+        known = getattr(request, "_tokend_client", None)
+        if isinstance(known, ClientAddress):
+            return known.address
         peer = request.getClientAddress()
         host = None if isinstance(peer, UNIXAddress) else str(getattr(peer, "host", "unknown"))
-        return self._proxies.client(
-            host, _header(request, b"x-real-ip"), _header(request, b"x-forwarded-for")
-        )
+        lines = request.requestHeaders.getRawHeaders(self._proxies.header.encode("ascii"), [])
+        client = self._proxies.client(host, [line.decode("latin-1") for line in lines])
+        request._tokend_client = client  # type: ignore[attr-defined]
+        if client.ignored is not None:
+            self.log.warn(
+                "ignored the client address header from {peer}: {reason}",
+                peer=client.address,
+                reason=client.ignored,
+            )
+        return client.address
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: Request) -> bytes:
+        """200 while a good policy serves (liveness), even when the files on disk are broken;
+        ``?strict=1`` answers 503 then, for probes that must notice a bad edit."""
+        values = (request.args or {}).get(b"strict", [b"0"])
+        if any(v not in (b"1", b"true", b"0", b"false") for v in values):
+            raise RequestError("strict must be 1 or 0")
+        strict = any(v in (b"1", b"true") for v in values)
         status = self._policy.status()
         return _json(
             request,
-            200,
+            503 if strict and not status.files_valid else 200,
             {
-                "status": "ok",
+                "status": "ok" if status.files_valid else "degraded",
+                "serving": True,
+                "files_valid": status.files_valid,
                 "policy_generation": status.generation,
                 "policy_loaded_at": rfc3339(status.loaded_at),
-                "policy_failed_at": rfc3339(status.failed_at) if status.failed_at else None,
+                "policy_failed_at": (
+                    rfc3339(status.failed_at) if status.failed_at is not None else None
+                ),
                 "policy_error": status.last_error,
             },
         )
@@ -220,12 +249,15 @@ class TokenAPI:
         if len(request.uri) > MAX_QUERY_BYTES:
             raise RequestError(f"query longer than {MAX_QUERY_BYTES} bytes")
         args = _decoded_args(request.args)
+        _note(request, _Who(_first(args, "account"), _first(args, "client_id")))
         try:
             credentials = parse_authorization(request.getHeader(b"authorization"))
         except UnsupportedScheme as e:
             raise AuthenticationFailed(str(e)) from None
         except MalformedCredentials as e:
             raise RequestError(str(e)) from None
+        if credentials is not None:
+            _note(request, _Who(credentials.username, _first(args, "client_id")))
         account = _single(args, "account")
         if credentials is not None and account is not None and account != credentials.username:
             raise RequestError("account does not match the authenticated user")
@@ -244,7 +276,14 @@ class TokenAPI:
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise RequestError(f"form longer than {MAX_BODY_BYTES} bytes")
+        _, _, query = request.uri.partition(b"?")
+        if any(field.encode() in parse_qs(query, 1) for field in CREDENTIAL_FIELDS):
+            raise RequestError(
+                "credentials belong in the form body, never in the URL: "
+                "change the password if this one was real"
+            )
         args = _decoded_args(_form_arguments(request))
+        _note(request, _Who(_first(args, "username"), _first(args, "client_id")))
         grant_type = _single(args, "grant_type")
         if grant_type != "password":
             raise UnsupportedGrant(f"grant_type {grant_type!r} is not supported; use password")
@@ -268,7 +307,10 @@ class TokenAPI:
         if service is None and len(self._services) == 1:
             return self._services[0]
         if service not in self._services:
-            raise RequestError(f"unknown service {service!r}")
+            accepted = ", ".join(self._services)
+            if service is None:
+                raise RequestError(f"the service parameter is required: one of {accepted}")
+            raise RequestError(f"unknown service {service!r}; accepted: {accepted}")
         return service
 
     def _issue(
@@ -285,12 +327,12 @@ class TokenAPI:
         )
         issued = self._tokens.issue(account or "", asked.service, granted, self._clock.seconds())
         self.log.info(
-            "issued {flow} token to {account!r} from {client} (client_id {client_id}): "
+            "issued {flow} token to '{account}' from {client} (client_id {client_id}): "
             "asked {asked}, granted {granted}",
             flow=asked.flow,
-            account=account or "",
+            account=printable(account or ""),
             client=client,
-            client_id=asked.client_id,
+            client_id=printable(asked.client_id),
             asked=[str(s) for s in asked.scopes],
             granted=[str(s) for s in granted if s.actions],
             outcome="issued",
@@ -302,14 +344,21 @@ class TokenAPI:
         """The policy whose password hash these credentials matched; 401 if none did.
 
         Throttling comes first, before the cache: a throttled guess must not learn anything,
-        not even from a cheap cache lookup. A cache hit is answered at once; only a bcrypt
-        check goes through a Deferred. Failures count; a success clears its account.
+        not even from a cheap cache lookup. Then what needs no look at any user: a password
+        bcrypt cannot check fails at once, and counts. A cache hit is answered at once; only a
+        bcrypt check goes through a Deferred, and one address holds only a small share of the
+        bcrypt queue. Failures count; a success clears its account.
         """
         account = credentials.username
         now = self._clock.seconds()
         refusal = self._throttle.admit(account, client, now)
         if refusal is not None:
             raise TooManyRequests.of(refusal, account)
+        if len(credentials.password) > MAX_PASSWORD_BYTES:
+            self._throttle.failed(account, client, now)
+            raise AuthenticationFailed(
+                f"passwords are limited to {MAX_PASSWORD_BYTES} bytes", account=account
+            )
         policy = self._policy.current
         user = policy.users.get(account)
         if user is not None and self._cache.verified(
@@ -317,24 +366,29 @@ class TokenAPI:
         ):
             self._throttle.succeeded(account, client, now)
             return policy
+        if not self._in_flight.enter(client):
+            self._throttle.overloaded(account, client, now)
+            raise ServiceOverloaded(
+                "too many logins from this address are being checked; try again shortly",
+                account=account,
+                retry_after=OVERLOAD_RETRY_AFTER,
+            )
         return ensureDeferred(self._verified_login(credentials, client))
 
     async def _verified_login(self, credentials: Credentials, client: str) -> Policy:
         """:meth:`_login` past the cache: bcrypt, and the throttle told how it went."""
         account = credentials.username
         policy: Policy | None = None
-        finished = False
+        ended = self._throttle.abandoned
         try:
             policy = await self._matched_policy(credentials)
-            finished = True
+            ended = self._throttle.failed if policy is None else self._throttle.succeeded
+        except ServiceOverloaded:
+            ended = self._throttle.overloaded
+            raise
         finally:
-            now = self._clock.seconds()
-            if not finished:
-                self._throttle.abandoned(account, client, now)
-            elif policy is None:
-                self._throttle.failed(account, client, now)
-            else:
-                self._throttle.succeeded(account, client, now)
+            self._in_flight.leave(client)
+            ended(account, client, self._clock.seconds())
         if policy is None:
             raise AuthenticationFailed("invalid user name or password", account=account)
         return policy
@@ -360,9 +414,9 @@ class TokenAPI:
             ):
                 return policy
             try:
-                verified = await self._passwords.verify(checked, password, policy.bcrypt_cost())
-            except PasswordTooLong as e:
-                raise AuthenticationFailed(str(e), account=account) from None
+                verified = await self._passwords.verify(
+                    checked, password, policy.dummy_cost(account)
+                )
             except Overloaded:
                 raise ServiceOverloaded(
                     "too many logins are being checked; try again shortly",
@@ -400,14 +454,18 @@ class TokenAPI:
             request.setHeader(b"WWW-Authenticate", self._challenge)
         if error.retry_after is not None:
             request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
+        who = getattr(request, "_tokend_who", _Who())
+        account = error.account if error.account is not None else who.account
         self.log.info(
-            "{outcome} {method} {path} from {client}: {status} {reason}",
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("utf-8", "replace")[:200],
+            "{outcome} {method} {path} from {client}: {status} {reason} "
+            "(account '{account}', client_id {client_id})",
+            method=printable(request.method.decode("latin-1")),
+            path=printable(request.path.decode("utf-8", "replace")[:200]),
             client=self._client_address(request),
-            account=error.account,
+            account=printable(account or ""),
+            client_id=printable(who.client_id),
             status=error.status,
-            reason=error.message,
+            reason=printable(error.message),
             outcome=error.outcome,
         )
         if request.method == b"POST" and request.path == self._realm_path:
@@ -486,6 +544,23 @@ class FormlessRequest(Request):
         super().__init__(*args, parsePOSTFormSubmission=False, **kwargs)
 
 
+@dataclass(frozen=True, slots=True)
+class _Who:
+    """Who a request said it was, as far as it was read: for the refusal's log line."""
+
+    account: str | None = None
+    client_id: str | None = None
+
+
+def _note(request: Request, who: _Who) -> None:
+    request._tokend_who = who  # type: ignore[attr-defined]
+
+
+def _first(args: dict[str, list[str]], name: str) -> str | None:
+    values = args.get(name)
+    return values[0] if values else None
+
+
 def _single(args: dict[str, list[str]], name: str) -> str | None:
     values = args.get(name)
     if not values:
@@ -500,11 +575,6 @@ def _scopes(values: list[str]) -> tuple[ResourceScope, ...]:
         return parse_scopes(values)
     except ScopeError as e:
         raise RequestError(str(e)) from None
-
-
-def _header(request: Request, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    return value.decode("ascii", "replace")[:MAX_HEADER_CHARS] if value is not None else None
 
 
 class _DecodablePathGuard(Resource):
