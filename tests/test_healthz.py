@@ -1,0 +1,126 @@
+"""/healthz through the web layer (StubTreq, a Clock, reloads run inline): what a probe learns
+about the policy serving and, separately, about the files on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import settled, write_key_pair, write_policy
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from tokend.holder import PolicyHolder
+from tokend.keys import load_signing_key
+from tokend.passwords import PasswordChecker
+from tokend.policy_files import load_policy
+from tokend.reload import PolicyReloader
+from tokend.tokens import TokenIssuer
+from tokend.web import TokenAPI
+from tokend.workers import InlineWorkers
+
+NOW = 1_800_000_000
+
+
+class Probe:
+    """A TokenAPI whose policy reloads from ``config`` when told to, and a /healthz client."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.config = tmp_path / "config"
+        write_policy(self.config, {"foo": ("foo", {"*": ["pull"]})})
+        key_path, cert_path = write_key_pair(tmp_path)
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.holder = PolicyHolder(load_policy(self.config).policy, NOW)
+        self.reloader = PolicyReloader(self.config, self.holder, self.clock, InlineWorkers())
+        api = TokenAPI(
+            policy=self.holder,
+            passwords=PasswordChecker(InlineWorkers()),
+            tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
+            services=["registry.test"],
+            clock=self.clock,
+        )
+        self.http = StubTreq(api.resource())
+        self.good = (self.config / "users.json").read_text()
+
+    def edit(self, text: str) -> None:
+        self.clock.advance(10)
+        (self.config / "users.json").write_text(text)
+        settled(self.reloader.reload("test"))
+
+    def health(self, query: str = "") -> tuple[int, Any]:
+        response = settled(self.http.get("http://tokend/healthz" + query))
+        return response.code, json.loads(settled(self.http.content(response)))
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Probe:
+    return Probe(tmp_path)
+
+
+def test_a_fresh_start_is_ok(probe: Probe) -> None:
+    code, body = probe.health()
+    assert code == 200
+    assert body == {
+        "status": "ok",
+        "serving": True,
+        "files_valid": True,
+        "policy_generation": 1,
+        "policy_loaded_at": "2027-01-15T08:00:00Z",
+        "policy_failed_at": None,
+        "policy_error": None,
+    }
+    assert probe.health("?strict=1") == (200, body)
+
+
+def test_a_bad_edit_degrades_but_the_old_policy_still_serves(probe: Probe) -> None:
+    probe.edit(probe.good[:-5])
+    code, body = probe.health()
+    assert code == 200
+    assert body["status"] == "degraded"
+    assert body["serving"] is True
+    assert body["files_valid"] is False
+    assert body["policy_generation"] == 1
+    assert body["policy_loaded_at"] == "2027-01-15T08:00:00Z"
+    assert body["policy_failed_at"] == "2027-01-15T08:00:10Z"
+    assert "users.json" in body["policy_error"]
+
+    strict_code, strict_body = probe.health("?strict=1")
+    assert (strict_code, strict_body) == (503, body)
+    assert probe.health("?strict=true")[0] == 503
+    assert probe.health("?strict=0") == (200, body)
+
+
+def test_a_good_edit_after_a_bad_one_clears_the_error(probe: Probe) -> None:
+    probe.edit(probe.good[:-5])
+    probe.edit(probe.good)
+    code, body = probe.health("?strict=1")
+    assert code == 200
+    assert body["status"] == "ok"
+    assert body["files_valid"] is True
+    assert body["policy_error"] is None
+    assert body["policy_failed_at"] is None
+    assert body["policy_generation"] == 2
+    assert body["policy_loaded_at"] == "2027-01-15T08:00:20Z"
+    assert (probe.holder.reloads_ok, probe.holder.reloads_failed) == (1, 1)
+    assert probe.holder.files_valid
+    assert probe.holder.last_success_at == NOW + 20
+
+
+def test_a_second_bad_edit_reports_the_latest_failure(probe: Probe) -> None:
+    probe.edit(probe.good[:-5])
+    probe.edit("{}{")
+    _, body = probe.health()
+    assert body["policy_failed_at"] == "2027-01-15T08:00:20Z"
+    assert body["policy_generation"] == 1
+    assert probe.holder.reloads_failed == 2
+
+
+def test_strict_takes_only_yes_or_no(probe: Probe) -> None:
+    for query in ("?strict=maybe", "?strict="):
+        code, body = probe.health(query)
+        assert code == 400, query
+        assert body["errors"][0]["code"] == "BAD_REQUEST"
+        assert "strict" in body["errors"][0]["message"]
