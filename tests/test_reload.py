@@ -247,15 +247,19 @@ async def test_a_broken_edit_keeps_the_old_policy_and_says_where(tmp_path: Path)
         assert await live.actions("foo", "foo") == ["pull"]
         assert (await live.request(None, None, "repository:pub:pull"))[0]["actions"] == ["pull"]
 
-        _, health = await get_json(f"{live.base}/healthz")
+        code, health = await get_json(f"{live.base}/healthz")
+        assert code == 200
         assert "users.json" in health["policy_error"]
         assert health["policy_failed_at"] is not None
+        assert (health["status"], health["files_valid"]) == ("degraded", False)
 
         write_replace(users, good)
         await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"])
-        _, health = await get_json(f"{live.base}/healthz")
+        code, health = await get_json(f"{live.base}/healthz?strict=1")
+        assert code == 200
         assert health["policy_generation"] == live.holder.generation
-        assert health["policy_loaded_at"] >= health["policy_failed_at"]
+        assert (health["status"], health["files_valid"]) == ("ok", True)
+        assert health["policy_error"] is None and health["policy_failed_at"] is None
     finally:
         await live.stop()
 
@@ -306,16 +310,10 @@ async def test_delete_then_recreate(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_sighup_reloads_what_the_watcher_cannot_see(tmp_path: Path) -> None:
-    """The files are symlinks to a directory that is not watched, so editing them there makes
-    no event (as on filesystems without inotify): SIGHUP is what reloads them. The handler that
-    was installed before is chained while the service runs and restored when it stops.
+    """An edit made before the watcher started makes no event: SIGHUP is what reloads it. The
+    handler that was installed before is chained while the service runs and restored when it
+    stops.
     """
-    elsewhere = tmp_path / "elsewhere"
-    write_policy(elsewhere, {"foo": ("foo", PULL), "bar": ("bar", PUSH)}, ANONYMOUS)
-    config = tmp_path / "config"
-    config.mkdir()
-    for name in ("users.json", "repositories.json"):
-        (config / name).symlink_to(elsewhere / name)
     chained: list[int] = []
 
     def previous(signum: int, frame: FrameType | None) -> None:
@@ -323,12 +321,12 @@ async def test_sighup_reloads_what_the_watcher_cannot_see(tmp_path: Path) -> Non
 
     original = signal.signal(signal.SIGHUP, previous)
     try:
-        live = await live_service(tmp_path, config=config)
+        live = Live(tmp_path)
+        write_in_place(live.config / "users.json", users_document(live.config, foo=PUSH))
+        await live.start()
         try:
             generation = live.holder.generation
-            write_in_place(elsewhere / "users.json", users_document(elsewhere, foo=PUSH))
             assert await live.actions("foo", "foo") == ["pull"]
-            assert live.holder.generation == generation
 
             os.kill(os.getpid(), signal.SIGHUP)
             await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"])
@@ -339,6 +337,125 @@ async def test_sighup_reloads_what_the_watcher_cannot_see(tmp_path: Path) -> Non
         assert signal.getsignal(signal.SIGHUP) is previous
     finally:
         signal.signal(signal.SIGHUP, original)
+
+
+def link_users_to(config: Path, target: Path, link: str | Path | None = None) -> None:
+    """Make config/users.json a symlink to ``target`` (``link`` is the text the link holds),
+    swapped in atomically as ``ln -sfn`` would not but deploy tools do."""
+    temporary = config / ".users.json.link"
+    temporary.symlink_to(link if link is not None else target)
+    os.replace(temporary, config / "users.json")
+
+
+def move_users_out(tmp_path: Path, directory: str, link: str | None = None) -> Path:
+    """Move the live config's users.json to another directory and leave a symlink behind."""
+    config = tmp_path / "config"
+    write_policy(config, {"foo": ("foo", PULL), "bar": ("bar", PUSH)}, ANONYMOUS)
+    target = tmp_path / directory / "users.json"
+    target.parent.mkdir()
+    os.replace(config / "users.json", target)
+    link_users_to(config, target, link)
+    return target
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_link_to_another_directory_is_followed_and_retargeted(tmp_path: Path) -> None:
+    """users.json -> secrets/users.json: edits there (in place, by rename-over) reload within
+    the usual latency; once the link points to a third directory, that one is watched and the
+    old target no longer is."""
+    target = move_users_out(tmp_path, "secrets")
+    live = await live_service(tmp_path, config=tmp_path / "config")
+    try:
+        assert str(target.parent) in live.watcher.watched()
+        write_in_place(target, users_document(target.parent, foo=PUSH))
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"], timeout=2)
+        write_replace(target, users_document(target.parent, foo=PULL))
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull"], timeout=2)
+
+        third = tmp_path / "third" / "users.json"
+        third.parent.mkdir()
+        third.write_text(json.dumps(users_document(target.parent, foo={"*": ["pull", "delete"]})))
+        link_users_to(live.config, third)
+        delete = [{"type": "repository", "name": "x", "actions": ["delete"]}]
+        await live.eventually(
+            lambda: live.request("foo", "foo", "repository:x:delete"), delete, timeout=2
+        )
+        assert str(third.parent) in live.watcher.watched()
+        assert str(target.parent) not in live.watcher.watched()
+
+        write_replace(target, users_document(target.parent, foo={}))
+        write_in_place(third, users_document(third.parent, foo=PUSH))
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"], timeout=2)
+        assert live.holder.last_error is None
+    finally:
+        await live.stop()
+    assert live.watcher.watched() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_removing_a_user_from_a_relative_link_target_revokes_at_once(
+    tmp_path: Path,
+) -> None:
+    target = move_users_out(tmp_path, "shared", link="../shared/users.json")
+    live = await live_service(tmp_path, config=tmp_path / "config")
+    try:
+        assert await live.actions("bar", "bar") == ["pull", "push"]
+        document = users_document(target.parent)
+        del document["bar"]
+        generation = live.holder.generation
+        started = time.monotonic()
+        write_replace(target, document)
+        await live.reloaded_past(generation, timeout=2)
+        assert time.monotonic() - started < 1
+        assert await live.actions("bar", "bar") == 401
+        assert await live.actions("foo", "foo") == ["pull"]
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_configmap_mounted_elsewhere_is_followed_across_swaps(tmp_path: Path) -> None:
+    """config/users.json -> mount/users.json -> mount/..data/users.json, ..data swapped."""
+    mount = tmp_path / "mount"
+    first = mount / "..2026_11_22_10_00_00.000000001"
+    write_policy(first, {"foo": ("foo", PULL)}, ANONYMOUS)
+    (mount / "..data").symlink_to(first.name)
+    (mount / "users.json").symlink_to("..data/users.json")
+    config = tmp_path / "config"
+    write_policy(config, {}, ANONYMOUS)
+    link_users_to(config, mount / "users.json")
+    live = await live_service(tmp_path, config=config)
+    try:
+        for serial, rules in enumerate((PUSH, PULL, PUSH), start=2):
+            version = mount / f"..2026_11_22_10_00_0{serial}.00000000{serial}"
+            version.mkdir()
+            (version / "users.json").write_text(json.dumps(users_document(first, foo=rules)))
+            (mount / "..data_tmp").symlink_to(version.name)
+            os.replace(mount / "..data_tmp", mount / "..data")
+            expected = rules["*"]
+            await live.eventually(lambda: live.actions("foo", "foo"), expected, timeout=2)
+            assert str(version) in live.watcher.watched()
+    finally:
+        await live.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_follows_a_link_to_another_directory(tmp_path: Path) -> None:
+    target = move_users_out(tmp_path, "secrets")
+    live = await live_service(tmp_path, poll=True, config=tmp_path / "config")
+    try:
+        write_replace(target, users_document(target.parent, foo=PUSH))
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"])
+        third = tmp_path / "third" / "users.json"
+        third.parent.mkdir()
+        third.write_text(json.dumps(users_document(target.parent, foo=PULL)))
+        link_users_to(live.config, third)
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull"])
+        assert str(target.parent) not in live.watcher.watched()
+        write_replace(third, users_document(third.parent, foo=PUSH))
+        await live.eventually(lambda: live.actions("foo", "foo"), ["pull", "push"])
+    finally:
+        await live.stop()
 
 
 @pytest_twisted.ensureDeferred

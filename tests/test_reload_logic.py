@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from support import write_policy
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from watchdog.events import (
+    DirDeletedEvent,
     DirModifiedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -20,20 +22,99 @@ from watchdog.events import (
 from tokend.holder import PolicyHolder
 from tokend.policy_files import load_policy
 from tokend.reload import PolicyReloader
-from tokend.watcher import MAX_DELAY_SECONDS, PolicyWatchService, touches_policy
+from tokend.watcher import (
+    MAX_DELAY_SECONDS,
+    MAX_LINKS,
+    WATCHED_NAMES,
+    PolicyWatchService,
+    Resolution,
+    resolve,
+    touches,
+    watch_plan,
+)
 
 
 def test_only_policy_files_and_the_configmap_link_matter() -> None:
-    assert touches_policy(FileModifiedEvent("/c/users.json"))
-    assert touches_policy(FileClosedEvent("/c/repositories.json"))
-    assert touches_policy(FileMovedEvent("/c/.users.json.tmp", "/c/users.json"))
-    assert touches_policy(FileMovedEvent("/c/..data_tmp", "/c/..data"))
-    assert touches_policy(FileCreatedEvent("/c/users.json"))
-    assert touches_policy(FileClosedEvent("/c/groups.json"))
-    assert not touches_policy(FileOpenedEvent("/c/users.json"))
-    assert not touches_policy(FileModifiedEvent("/c/.users.json.swp"))
-    assert not touches_policy(FileCreatedEvent("/c/notes.txt"))
-    assert not touches_policy(DirModifiedEvent("/c"))
+    names = WATCHED_NAMES
+    assert touches(FileModifiedEvent("/c/users.json"), "/c", names)
+    assert touches(FileClosedEvent("/c/repositories.json"), "/c", names)
+    assert touches(FileMovedEvent("/c/.users.json.tmp", "/c/users.json"), "/c", names)
+    assert touches(FileMovedEvent("/c/..data_tmp", "/c/..data"), "/c", names)
+    assert touches(FileCreatedEvent("/c/users.json"), "/c", names)
+    assert touches(FileClosedEvent("/c/groups.json"), "/c", names)
+    assert not touches(FileOpenedEvent("/c/users.json"), "/c", names)
+    assert not touches(FileModifiedEvent("/c/.users.json.swp"), "/c", names)
+    assert not touches(FileCreatedEvent("/c/notes.txt"), "/c", names)
+    assert not touches(DirModifiedEvent("/c"), "/c", names)
+
+
+def test_outside_the_config_directory_only_the_chain_s_own_names_matter() -> None:
+    names = frozenset({"tokend-users"})
+    assert touches(FileModifiedEvent("/etc/secrets/tokend-users"), "/etc/secrets", names)
+    assert touches(
+        FileMovedEvent("/etc/secrets/.tmp", "/etc/secrets/tokend-users"), "/etc/secrets", names
+    )
+    assert not touches(FileModifiedEvent("/etc/secrets/users.json"), "/etc/secrets", names)
+    assert not touches(FileModifiedEvent("/etc/tokend-users"), "/etc/secrets", names)
+    assert touches(DirDeletedEvent("/etc/secrets"), "/etc/secrets", names)
+    assert not touches(DirModifiedEvent("/etc/secrets"), "/etc/secrets", names)
+
+
+def test_the_plan_follows_every_link_to_where_the_files_are(tmp_path: Path) -> None:
+    """users.json -> ../shared/users.json -> /abs/vault/current/u.json, current -> v1."""
+    config, shared, vault = tmp_path / "config", tmp_path / "shared", tmp_path / "vault"
+    write_policy(config, {"a": ("pw", {"*": ["pull"]})})
+    (vault / "v1").mkdir(parents=True)
+    os.replace(config / "users.json", vault / "v1" / "u.json")
+    (vault / "current").symlink_to("v1")
+    shared.mkdir()
+    (shared / "users.json").symlink_to(vault / "current" / "u.json")
+    (config / "users.json").symlink_to("../shared/users.json")
+
+    resolution = resolve(config / "users.json")
+    assert resolution.links == (
+        (str(config), "users.json"),
+        (str(shared), "users.json"),
+        (str(vault), "current"),
+    )
+    assert resolution.end == (str(vault / "v1"), "u.json") and resolution.exists
+
+    plan = watch_plan(config)
+    assert plan == {
+        str(config): WATCHED_NAMES,
+        str(shared): frozenset({"users.json"}),
+        str(vault): frozenset({"current"}),
+        str(vault / "v1"): frozenset({"u.json"}),
+    }
+
+    (vault / "v2").mkdir()
+    os.replace(vault / "v1" / "u.json", vault / "v2" / "u.json")
+    (vault / "next").symlink_to("v2")
+    os.replace(vault / "next", vault / "current")
+    assert str(vault / "v1") not in watch_plan(config)
+    assert watch_plan(config)[str(vault / "v2")] == frozenset({"u.json"})
+
+
+def test_a_missing_target_is_watched_from_the_nearest_directory_that_exists(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config"
+    write_policy(config, {"a": ("pw", {"*": ["pull"]})})
+    (config / "users.json").unlink()
+    (config / "users.json").symlink_to(tmp_path / "gone" / "deeper" / "users.json")
+    resolution = resolve(config / "users.json")
+    assert resolution == Resolution(
+        ((str(config), "users.json"),), (str(tmp_path), "gone"), exists=False
+    )
+    assert watch_plan(config)[str(tmp_path)] == frozenset({"gone"})
+
+
+def test_a_link_loop_ends_the_chain(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    resolution = resolve(tmp_path / "a")
+    assert not resolution.exists
+    assert len(resolution.links) > MAX_LINKS
 
 
 def watch(clock: Clock, calls: list[str]) -> PolicyWatchService:
@@ -109,3 +190,21 @@ def test_triggers_during_a_load_coalesce_into_one_more_load(tmp_path: Path) -> N
 
     reloader.reload("modified")
     assert len(workers.pending) == 1
+
+
+def test_a_good_reload_clears_the_failure_a_bad_one_left(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
+    policy = load_policy(tmp_path).policy
+    holder = PolicyHolder(policy, 0)
+    assert holder.files_valid
+
+    holder.record_failure("users.json: line 1 column 2: broken", 5)
+    status = holder.status()
+    assert (status.files_valid, status.failed_at, status.generation) == (False, 5, 1)
+    assert not holder.files_valid
+
+    holder.replace(policy, 7)
+    status = holder.status()
+    assert (status.files_valid, status.failed_at, status.last_error) == (True, None, None)
+    assert (status.generation, status.loaded_at, holder.last_success_at) == (2, 7, 7)
+    assert (status.reloads_ok, status.reloads_failed) == (1, 1)

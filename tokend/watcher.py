@@ -1,14 +1,20 @@
-"""Noticing policy edits: a watchdog observer on the config directory, plus SIGHUP.
+"""Noticing policy edits: a watchdog observer on the directories the files live in, plus SIGHUP.
 
 The observer thread only hands events to the reactor; debouncing and the reload itself happen on
-the reactor thread. The directory is watched, not the files, so editors that write a new file and
-rename it, and Kubernetes ConfigMap swaps (``..data``), are seen too.
+the reactor thread. Directories are watched, not files, so editors that write a new file and
+rename it, and Kubernetes ConfigMap swaps (``..data``), are seen too. A policy file may be a
+symlink to another directory (``/etc/secrets/users.json``): every directory on its symlink chain
+is watched as well, and the chain is resolved again after every change, so a retargeted link
+moves the watches with it.
 """
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,31 +34,120 @@ DEFAULT_DEBOUNCE_SECONDS = 0.1
 MAX_DELAY_SECONDS = 1.0
 """A stream of edits that never pauses still gets reloaded at least this often."""
 POLL_INTERVAL_SECONDS = 1.0
+MAX_LINKS = 40
+"""Symlinks followed on one path before giving up, as the kernel does (ELOOP)."""
 
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+Entry = tuple[str, str]
+"""A directory and a name in it."""
+WatchPlan = Mapping[str, frozenset[str]]
+"""For each directory to watch, the names in it whose events matter."""
 
 
-def touches_policy(event: FileSystemEvent) -> bool:
-    """True when an event may have changed what the policy files hold."""
-    if event.event_type not in WATCHED_EVENTS or (
-        event.is_directory and event.event_type != "moved"
-    ):
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Where opening a path leads: every symlink on the way and the entry it ends at.
+
+    ``end`` is the file itself when ``exists``; otherwise the first entry that is missing (or
+    the link where a loop was given up), whose appearance would change what the path opens.
+    """
+
+    links: tuple[Entry, ...]
+    end: Entry
+    exists: bool
+
+
+def resolve(path: Path) -> Resolution:
+    """Follow ``path`` one component at a time as the kernel does, noting each symlink.
+
+    Each link's directory matters as much as the file's: retargeting a link (or a ConfigMap's
+    ``..data``) changes what the path opens without touching the file.
+    """
+    todo = list(reversed((Path.cwd() / path).parts[1:]))
+    current = "/"
+    links: list[Entry] = []
+    while todo:
+        name = todo.pop()
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        entry = os.path.join(current, name)
+        try:
+            mode = os.lstat(entry).st_mode
+            if not stat.S_ISLNK(mode):
+                current = entry
+                continue
+            links.append((current, name))
+            target = os.readlink(entry)
+        except OSError:
+            return Resolution(tuple(links), (current, name), exists=False)
+        if len(links) > MAX_LINKS:
+            return Resolution(tuple(links), (current, name), exists=False)
+        parts = Path(target).parts
+        if os.path.isabs(target):
+            current, parts = "/", parts[1:]
+        todo.extend(reversed(parts))
+    return Resolution(tuple(links), (os.path.dirname(current), os.path.basename(current)), True)
+
+
+def watch_plan(config_dir: Path) -> WatchPlan:
+    """The directories whose entries decide what the policy files hold right now.
+
+    The config directory itself (wherever it really is) for every policy name and ``..data``,
+    so that a file created or swapped in is seen; then, for each policy file, the directory of
+    every link on its chain and of the file it ends at (or of the first missing entry).
+    """
+    names: dict[str, set[str]] = {}
+
+    def add(directory: str, name: str) -> None:
+        names.setdefault(directory, set()).add(name)
+
+    base = resolve(config_dir)
+    for directory, name in base.links:
+        add(directory, name)
+    if base.exists:
+        for name in WATCHED_NAMES:
+            add(os.path.join(*base.end), name)
+    for file_name in POLICY_FILES:
+        resolution = resolve(config_dir / file_name)
+        for directory, name in (*resolution.links, resolution.end):
+            add(directory, name)
+    return {directory: frozenset(entries) for directory, entries in names.items()}
+
+
+def touches(event: FileSystemEvent, directory: str, names: frozenset[str]) -> bool:
+    """True when an event in watched ``directory`` may have changed what the policy files hold:
+    one of ``names`` in it changed, or the directory itself went away."""
+    if event.event_type not in WATCHED_EVENTS:
         return False
-    paths = [event.src_path, getattr(event, "dest_path", "")]
-    return any(
-        Path(p if isinstance(p, str) else p.decode()).name in WATCHED_NAMES for p in paths if p
-    )
+    for raw in (event.src_path, getattr(event, "dest_path", "")):
+        path = raw if isinstance(raw, str) else raw.decode()
+        if not path:
+            continue
+        if path == directory:
+            if event.event_type in ("deleted", "moved"):
+                return True
+        elif os.path.basename(path) in names and os.path.dirname(path) == directory:
+            return True
+    return False
 
 
 class _Forwarder(FileSystemEventHandler):
-    """Runs in the observer thread: passes relevant events to the reactor and nothing else."""
+    """Runs in the observer thread: passes relevant events to the reactor and nothing else.
 
-    def __init__(self, reactor: Any, notify: Callable[[str], None]) -> None:
+    Its directory and names never change; a new plan gets a new forwarder.
+    """
+
+    def __init__(
+        self, reactor: Any, notify: Callable[[str], None], directory: str, names: frozenset[str]
+    ) -> None:
         self._reactor = reactor
         self._notify = notify
+        self.directory = directory
+        self.names = names
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if touches_policy(event):
+        if touches(event, self.directory, self.names):
             self._reactor.callFromThread(self._notify, event.event_type)
 
 
@@ -75,6 +170,7 @@ class PolicyWatchService(Service):
         self._poll = poll
         self._debounce = debounce
         self._observer: Any = None
+        self._watches: dict[str, tuple[Any, _Forwarder]] = {}
         self._pending: DelayedCall | None = None
         self._reasons: set[str] = set()
         self._burst_started = 0.0
@@ -85,16 +181,14 @@ class PolicyWatchService(Service):
         super().startService()
         self._stopped = False
         observer = PollingObserver(timeout=POLL_INTERVAL_SECONDS) if self._poll else Observer()
-        observer.schedule(
-            _Forwarder(self._reactor, self.changed), str(self._config_dir), recursive=False
-        )
         observer.daemon = True
         observer.start()
         self._observer = observer
+        self._arm()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         self.log.info(
-            "watching {directory} for policy changes ({how}); SIGHUP reloads too",
-            directory=str(self._config_dir),
+            "watching {directories} for policy changes ({how}); SIGHUP reloads too",
+            directories=self.watched(),
             how="polling" if self._poll else "inotify",
         )
 
@@ -108,8 +202,56 @@ class PolicyWatchService(Service):
             self._observer.stop()
             self._observer.join(timeout=POLL_INTERVAL_SECONDS * 2)
             self._observer = None
+        self._watches.clear()
         if signal.getsignal(signal.SIGHUP) == self._on_sighup:
             signal.signal(signal.SIGHUP, self._previous_sighup or signal.SIG_DFL)
+
+    def watched(self) -> list[str]:
+        """The directories watched right now."""
+        return sorted(self._watches)
+
+    def _arm(self) -> None:
+        """Reactor thread: watch what the files' symlink chains lead to now, drop the rest.
+
+        A few ``lstat``/``readlink`` calls per policy file. It runs before each reload reads
+        the files, so an edit in a newly watched directory is either seen by its watch or
+        already on disk when the reload reads.
+        """
+        observer = self._observer
+        if observer is None:
+            return
+        plan = watch_plan(self._config_dir)
+        before = self.watched()
+        for directory in set(self._watches) - set(plan):
+            watch, _ = self._watches.pop(directory)
+            try:
+                observer.unschedule(watch)
+            except KeyError:
+                pass  # its emitter is already gone
+        for directory, names in plan.items():
+            handler = _Forwarder(self._reactor, self.changed, directory, names)
+            current = self._watches.get(directory)
+            if current is not None:
+                watch, previous = current
+                if previous.names != names:
+                    observer.add_handler_for_watch(handler, watch)
+                    observer.remove_handler_for_watch(previous, watch)
+                    self._watches[directory] = (watch, handler)
+                continue
+            try:
+                watch = observer.schedule(handler, directory, recursive=False)
+            except OSError as e:
+                self.log.warn(
+                    "cannot watch {directory} for policy changes: {error}",
+                    directory=directory,
+                    error=str(e),
+                )
+                continue
+            self._watches[directory] = (watch, handler)
+        if before and self.watched() != before:
+            self.log.info(
+                "now watching {directories} for policy changes", directories=self.watched()
+            )
 
     def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self._reactor.callFromThread(self.changed, "SIGHUP")
@@ -136,4 +278,5 @@ class PolicyWatchService(Service):
         self._pending = None
         reason = ", ".join(sorted(self._reasons))
         self._reasons.clear()
+        self._arm()
         self._on_change(reason)
