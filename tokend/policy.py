@@ -38,7 +38,15 @@ USER_KEYS = ("pass_hash", "repositories", "groups", "catalog", "tokens_valid_aft
 GROUP_KEYS = ("repositories", "catalog")
 DEFAULT_BCRYPT_COST = 12
 
-_BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+MIN_BCRYPT_COST = 4
+MAX_BCRYPT_COST = 31
+
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$([./A-Za-z0-9]{22})[./A-Za-z0-9]{31}")
+_SALT_ENDS = ".Oeu"
+"""The 22-character salt encodes 16 bytes, so its last character carries 2 bits and the 4 low
+bits must be zero: bcrypt refuses any other last character ("Invalid salt"). The 31-character
+hash part needs no such check: bcrypt compares it, so a stray last character only never
+matches."""
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -328,16 +336,7 @@ def _user_from_entry(
     for key in entry:
         if key not in USER_KEYS:
             raise PolicyError(file, json_path(user, key), "unknown key")
-    pass_hash = entry.get("pass_hash")
-    if not isinstance(pass_hash, str) or _BCRYPT_HASH.fullmatch(pass_hash) is None:
-        raise PolicyError(
-            file,
-            json_path(user, "pass_hash"),
-            "expected a bcrypt hash ($2a$, $2b$ or $2y$); make one with `tokend hash-password`",
-        )
-    cost = int(pass_hash[4:6])
-    if not 4 <= cost <= 31:
-        raise PolicyError(file, json_path(user, "pass_hash"), f"bcrypt cost {cost} out of range")
+    pass_hash = _checked_hash(entry.get("pass_hash"), file, user)
     written, own = _own_rules(entry.get("repositories", {}), file, user, shared)
     sources = [own]
     member_of = _group_list(entry.get("groups", []), file, user, groups)
@@ -360,6 +359,33 @@ def _user_from_entry(
         _may_list_catalog(catalog, [groups[g].catalog for g in member_of]),
         tokens_valid_after=_optional_time(entry, "tokens_valid_after", file, (user,)),
     )
+
+
+def _checked_hash(pass_hash: object, file: str, user: str) -> str:
+    """A hash bcrypt accepts, checked by its form alone: no bcrypt call per user at load, and
+    no hash that loads only to make bcrypt raise at login."""
+    match = _BCRYPT_HASH.fullmatch(pass_hash) if isinstance(pass_hash, str) else None
+    if match is None:
+        raise PolicyError(
+            file,
+            json_path(user, "pass_hash"),
+            "expected a bcrypt hash ($2a$, $2b$ or $2y$); make one with `tokend hash-password`",
+        )
+    cost = int(match.group(1))
+    if not MIN_BCRYPT_COST <= cost <= MAX_BCRYPT_COST:
+        raise PolicyError(
+            file,
+            json_path(user, "pass_hash"),
+            f"bcrypt cost {cost} out of range ({MIN_BCRYPT_COST}-{MAX_BCRYPT_COST})",
+        )
+    if match.group(2)[-1] not in _SALT_ENDS:
+        raise PolicyError(
+            file,
+            json_path(user, "pass_hash"),
+            f"not a valid bcrypt salt: its 22nd character must be one of {' '.join(_SALT_ENDS)}"
+            " (bcrypt refuses any other); make a new hash with `tokend hash-password`",
+        )
+    return match.group(0)
 
 
 SharedRules = dict[
