@@ -6,6 +6,8 @@ requested resource scope, so it can be tested without files, a reactor or the we
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from collections import Counter
@@ -47,6 +49,8 @@ _SALT_ENDS = ".Oeu"
 bits must be zero: bcrypt refuses any other last character ("Invalid salt"). The 31-character
 hash part needs no such check: bcrypt compares it, so a stray last character only never
 matches."""
+_DUMMY_KEY_LABEL = b"tokend dummy bcrypt cost\0"
+_POINTS = 1 << 64
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -195,6 +199,31 @@ class Policy:
     users: Mapping[str, UserPolicy] = field(default_factory=lambda: MappingProxyType({}))
     anonymous: AnonymousPolicy = AnonymousPolicy()
     groups: Mapping[str, GroupPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    hash_costs: tuple[tuple[int, int], ...] = field(init=False, default=(), compare=False)
+    """(bcrypt cost, users with it), commonest first; counted once when the policy is built."""
+    _dummy_key: bytes = field(init=False, default=b"", compare=False, repr=False)
+    _dummy_bounds: tuple[tuple[int, int], ...] = field(
+        init=False, default=((_POINTS, DEFAULT_BCRYPT_COST),), compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        """Everything policy-wide a login needs is computed here, off the reactor (policies are
+        built in the reload thread), so a login costs the same with 10 users or 100,000."""
+        written = Counter(user.pass_hash[4:6] for user in self.users.values())
+        counts = Counter({int(cost): n for cost, n in written.items()})
+        ordered = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+        object.__setattr__(self, "hash_costs", ordered)
+        if not counts:
+            return
+        total, seen, bounds = sum(counts.values()), 0, []
+        for cost, n in sorted(counts.items()):
+            seen += n
+            bounds.append((seen * _POINTS // total, cost))
+        object.__setattr__(self, "_dummy_bounds", tuple(bounds))
+        if len(bounds) > 1:
+            hashes = sorted(user.pass_hash for user in self.users.values())
+            key = hashlib.sha256(_DUMMY_KEY_LABEL + b"".join(hashes)).digest()
+            object.__setattr__(self, "_dummy_key", key)
 
     def allowed(self, account: str | None, resource_type: str, name: str) -> frozenset[str]:
         """The actions ``account`` (``None``: anonymous) holds on one resource."""
@@ -249,9 +278,29 @@ class Policy:
         return tuple(a for a in scope.actions if a in allowed)
 
     def bcrypt_cost(self) -> int:
-        """The commonest cost among the stored hashes: what an unknown user's check costs."""
-        costs = Counter(int(u.pass_hash[4:6]) for u in self.users.values())
-        return costs.most_common(1)[0][0] if costs else DEFAULT_BCRYPT_COST
+        """The commonest cost among the stored hashes (precomputed)."""
+        return self.hash_costs[0][0] if self.hash_costs else DEFAULT_BCRYPT_COST
+
+    def dummy_cost(self, account: str) -> int:
+        """The bcrypt cost at which an unknown ``account`` is checked, so that it costs what a
+        known name would.
+
+        Drawn from the policy's own mix of costs, weighted by how many users have each, by a
+        keyed hash of the name: the same name always gets the same cost, and the key (a digest
+        of the stored hashes, secret to anyone who cannot read users.json) keeps the choice
+        unpredictable from outside. With one cost in use that cost is the answer. O(1) in the
+        number of users: at most one bound per distinct cost (4..31) is looked at.
+        """
+        bounds = self._dummy_bounds
+        if len(bounds) == 1:
+            return bounds[0][1]
+        name = account.encode("utf-8", "surrogatepass")
+        digest = hmac.digest(self._dummy_key, name, "sha256")
+        point = int.from_bytes(digest[:8], "big")
+        for bound, cost in bounds:
+            if point < bound:
+                return cost
+        return bounds[-1][1]
 
 
 NOTHING: frozenset[str] = frozenset()

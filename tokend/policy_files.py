@@ -16,7 +16,7 @@ from tokend.policy import (
     groups_from_document,
     users_from_document,
 )
-from tokend.policy_report import unused_rule_warnings
+from tokend.policy_report import hash_cost_warnings, unused_rule_warnings
 
 USERS_FILE = "users.json"
 REPOSITORIES_FILE = "repositories.json"
@@ -70,7 +70,10 @@ def _load_policy(config_dir: Path) -> LoadedPolicy:
         read_json(repositories_file), str(repositories_file)
     )
     policy = Policy(users, anonymous, groups) if groups is not None else Policy(users, anonymous)
-    return LoadedPolicy(policy, tuple(warnings) + unused_rule_warnings(policy))
+    return LoadedPolicy(
+        policy,
+        tuple(warnings) + hash_cost_warnings(policy, USERS_FILE) + unused_rule_warnings(policy),
+    )
 
 
 def _exists(path: Path) -> bool:

@@ -37,6 +37,21 @@ def unused_rule_warnings(policy: Policy) -> tuple[str, ...]:
     return tuple(warnings)
 
 
+def hash_cost_warnings(policy: Policy, file: str = "users.json") -> tuple[str, ...]:
+    """Mixed bcrypt costs: the dummy check of an unknown name follows the mix, but the mix
+    itself can be read from response times, and cheaper hashes are cheaper to crack."""
+    if len(policy.hash_costs) < 2:
+        return ()
+    counts = ", ".join(
+        f"{cost}: {users} user{'' if users == 1 else 's'}" for cost, users in policy.hash_costs
+    )
+    return (
+        f"{file}: bcrypt costs are mixed ({counts}): unknown names are checked at a cost drawn "
+        "from this mix, but re-hashing every password at one cost (`tokend hash-password "
+        "--cost N`) makes all logins take the same time",
+    )
+
+
 def _own_uses_account(user: UserPolicy) -> bool:
     return any(ACCOUNT in key for key in user.repositories)
 
