@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 from support import (
     REPO,
+    TWISTD,
     UnixHTTPConnection,
     get_json_over_unix,
     load_certificate,
@@ -43,6 +46,7 @@ def test_twistd_serves_tokens_on_a_unix_socket(
 ) -> None:
     config, key_path, cert_path = deployment
     sock = tmp_path / "run" / "tokend.sock"
+    sock.parent.mkdir()
     log = tmp_path / "tokend.log"
     process = twistd(
         "--listen", f"unix:{sock}", "--config-dir", str(config), "--key", str(key_path),
@@ -83,10 +87,27 @@ def test_twistd_serves_tokens_on_a_unix_socket(
 
 
 def start_failure(tmp_path: Path, *args: str) -> str:
-    process = twistd(*args, log=tmp_path / "failed.log")
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode != 0
-    return output.decode()
+    """What a failed start printed and logged, once checked to be one sentence: no traceback,
+    no usage text (twistd prints its whole --help before a UsageError's message)."""
+    log = tmp_path / "failed.log"
+    process = twistd(*args, log=log)
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        stop_process(process)  # one that started after all
+    assert process.returncode == 1
+    text = output.decode() + (log.read_text() if log.exists() else "")
+    assert "Traceback" not in text
+    assert "Usage:" not in text and "--help" not in text
+    return text
+
+
+def wait_for_socket(process: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert process.poll() is None, log.read_text() if log.exists() else ""
+        assert time.monotonic() < deadline, "no socket after 30 s"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +116,8 @@ def start_failure(tmp_path: Path, *args: str) -> str:
         ({"--key": "missing.key"}, "missing.key"),
         ({"--cert": "other.crt"}, "does not match"),
         ({"--config-dir": "broken"}, "invalid policy"),
-        ({"--listen": "unix:/proc/nope/tokend.sock"}, "cannot create socket directory"),
+        ({"--listen": "unix:/proc/nope/tokend.sock"}, "socket directory /proc/nope does not"),
+        ({"--listen": "unix:missing-dir/tokend.sock"}, "socket directory missing-dir does not"),
         ({"--token-ttl": "5"}, "--token-ttl must be between 60 and 3600"),
         ({"--kid": "sha1"}, "--kid must be one of"),
     ],
@@ -122,8 +144,103 @@ def test_bad_configuration_stops_start_up_with_one_sentence(
             else str(tmp_path / value)
         )
     output = start_failure(tmp_path, *[part for item in options.items() for part in item])
+    assert output.startswith("twistd registry-token: ")
     assert message in output
-    assert "Traceback" not in output
+    assert not (REPO / "missing-dir").exists()
+
+
+def test_a_tcp_port_in_use_stops_start_up_with_one_sentence(
+    tmp_path: Path, deployment: tuple[Path, Path, Path]
+) -> None:
+    config, key_path, cert_path = deployment
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        output = start_failure(
+            tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", "--config-dir", str(config),
+            "--key", str(key_path), "--cert", str(cert_path),
+        )  # fmt: skip
+    assert f"cannot listen on TCP port {port} of 127.0.0.1: Address already in use" in output
+
+
+def test_a_socket_another_daemon_holds_stops_start_up_with_one_sentence(
+    tmp_path: Path, deployment: tuple[Path, Path, Path]
+) -> None:
+    config, key_path, cert_path = deployment
+    sock = tmp_path / "tokend.sock"
+    args = ("--listen", f"unix:{sock}", "--config-dir", str(config), "--key", str(key_path),
+            "--cert", str(cert_path))  # fmt: skip
+    first_log = tmp_path / "first.log"
+    first = twistd(*args, log=first_log)
+    try:
+        wait_for_socket(first, sock, first_log)
+        output = start_failure(tmp_path, *args)
+        assert (
+            f"cannot listen on UNIX socket {sock}: another process (another tokend?) holds its "
+            f"lock {sock}.lock"
+        ) in output
+        assert get_json_over_unix(sock, "/healthz")[0] == 200, "the first daemon still serves"
+    finally:
+        stop_process(first)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_a_socket_group_the_user_cannot_give_stops_start_up_with_one_sentence(
+    tmp_path: Path, deployment: tuple[Path, Path, Path]
+) -> None:
+    """As uid 10001 outside www-data in the container: here root without CAP_CHOWN, which
+    may only give a file to its own groups."""
+    config, key_path, cert_path = deployment
+    sock = tmp_path / "tokend.sock"
+    log = tmp_path / "group.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEND_")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        ["setpriv", "--bounding-set=-chown", TWISTD, "-n", "--pidfile=", "--logfile", str(log),
+         "registry-token", "--listen", f"unix:{sock}", "--socket-group", "www-data",
+         "--config-dir", str(config), "--key", str(key_path), "--cert", str(cert_path)],
+        cwd=REPO, env=env, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    text = result.stdout.decode() + result.stderr.decode() + log.read_text()
+    assert result.returncode == 1, text
+    assert (
+        f"cannot give the socket {sock} to group www-data: Operation not permitted; the "
+        "daemon's user must be a member of www-data (or start as root)"
+    ) in text
+    assert "Traceback" not in text
+
+
+def test_a_daemonising_twistd_reports_a_failed_bind_and_exits(
+    tmp_path: Path, deployment: tuple[Path, Path, Path]
+) -> None:
+    """Without -n, twistd's first process waits on a status pipe for the daemon's word."""
+    config, key_path, cert_path = deployment
+    pidfile, log = tmp_path / "tokend.pid", tmp_path / "daemon.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEND_")}
+    env["PYTHONPATH"] = str(REPO)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            result = subprocess.run(
+                [TWISTD, "--pidfile", str(pidfile), "--logfile", str(log), "registry-token",
+                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--config-dir", str(config),
+                 "--key", str(key_path), "--cert", str(cert_path)],
+                cwd=REPO, env=env, capture_output=True, timeout=60, check=False,
+            )  # fmt: skip
+        finally:
+            if pidfile.exists():  # a daemon that started after all: stop it by its PID
+                os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    sentence = f"cannot listen on TCP port {port} of 127.0.0.1: Address already in use"
+    assert result.returncode == 1
+    assert sentence in result.stderr.decode()
+    assert sentence in log.read_text()
+    assert "Traceback" not in log.read_text()
+    assert not pidfile.exists()
 
 
 def test_importing_the_service_raises_no_deprecation_warning() -> None:

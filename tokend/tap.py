@@ -10,19 +10,21 @@ from __future__ import annotations
 import grp
 import os
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import reactor as global_reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger, formatEvent
 from twisted.python import usage
 from twisted.web.server import Site
 
 from tokend.credential_cache import CredentialCache
-from tokend.devcert import ensure_dev_cert
+from tokend.devcert import DanglingLinkError, ensure_dev_cert
 from tokend.holder import PolicyHolder
 from tokend.http import ConnectionLimits, limit_connections
 from tokend.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
@@ -40,6 +42,9 @@ DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024
 """Twisted's default of 50 makes connect() fail with EAGAIN when nginx opens more at once."""
 MIN_TTL, MAX_TTL = 60, 3600
+DEFAULT_SOCKET_DIR = Path("run")
+"""The one socket directory tokend creates itself (the default, relative to the working
+directory): any other must exist, so a typo in --listen cannot create directories as root."""
 REPEATABLE = ("service", "trusted-proxy")
 """Options given once per value on the command line, comma-separated in the environment."""
 
@@ -50,6 +55,14 @@ def _env_name(option: str) -> str:
 
 def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+class _FromCommandLine(usage.CoerceParameter):
+    """A parameter parser that remembers the command line gave it (errors name the source)."""
+
+    def dispatch(self, parameterName: str, value: str) -> None:
+        super().dispatch(parameterName, value)
+        cast(Options, self.options).from_command_line.add(parameterName)
 
 
 def _with_env_names(options: list[list[Any]]) -> list[list[Any]]:
@@ -132,6 +145,10 @@ class Options(usage.Options):
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
+        self.from_command_line: set[str] = set()
+        for name, handler in list(self._dispatch.items()):
+            if isinstance(handler, usage.CoerceParameter):
+                self._dispatch[name] = _FromCommandLine(self, handler.coerce)
         self._lists_from_cli: set[str] = set()
         self._cert_explicit = False
         for name, *_ in self.optParameters:
@@ -145,6 +162,23 @@ class Options(usage.Options):
             value = self.environ.get(_env_name(name))
             if value is not None:
                 self[name] = int(_truthy(value))
+
+    def source(self, name: str) -> str:
+        """Where an option's value came from, as an error message should name it."""
+        from_cli = name in self.from_command_line or name in self._lists_from_cli
+        if from_cli or self.environ.get(_env_name(name)) is None:
+            return f"--{name}"
+        return _env_name(name)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Under twistd (a parent is set), stop with one sentence: twistd answers a UsageError
+        with its whole --help text before the message."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            raise SystemExit(f"twistd registry-token: {e}") from None
 
     def _append(self, name: str, value: str) -> None:
         """A repeatable option: the first use on the command line replaces the environment's."""
@@ -167,6 +201,7 @@ class Options(usage.Options):
         """PEM certificate chain of the key (tokens get x5c) [env TOKEND_CERT]"""
         self["cert"] = value
         self._cert_explicit = True
+        self.from_command_line.add("cert")
 
     def postOptions(self) -> None:
         if not self["service"]:
@@ -184,12 +219,14 @@ class Options(usage.Options):
         try:
             self["trusted-proxy"] = parse_networks(self["trusted-proxy"])
         except ValueError as e:
-            raise usage.UsageError(f"--trusted-proxy {e}") from None
+            raise usage.UsageError(f"{self.source('trusted-proxy')} {e}") from None
         if self["kid"] not in KID_FORMS:
-            raise usage.UsageError(f"--kid must be one of {', '.join(KID_FORMS)}")
+            raise usage.UsageError(f"{self.source('kid')} must be one of {', '.join(KID_FORMS)}")
         realm_path = self["realm-path"]
         if not realm_path.startswith("/") or realm_path == "/healthz":
-            raise usage.UsageError("--realm-path must be an absolute URL path other than /healthz")
+            raise usage.UsageError(
+                f"{self.source('realm-path')} must be an absolute URL path other than /healthz"
+            )
         self["listen"] = self._checked_listen(self["listen"])
         self.signing_key: SigningKey = self._load_key()
         self.loaded_policy: LoadedPolicy = self._load_policy()
@@ -198,9 +235,9 @@ class Options(usage.Options):
         try:
             value = int(self[name])
         except (TypeError, ValueError):
-            raise usage.UsageError(f"--{name} must be a whole number") from None
+            raise usage.UsageError(f"{self.source(name)} must be a whole number") from None
         if not low <= value <= high:
-            raise usage.UsageError(f"--{name} must be between {low} and {high}")
+            raise usage.UsageError(f"{self.source(name)} must be between {low} and {high}")
         return value
 
     def _checked_listen(self, description: str) -> str:
@@ -219,12 +256,18 @@ class Options(usage.Options):
         if ":lockfile=" not in description:
             description += ":lockfile=1"
         socket_dir = Path(self.socket_path(description)).parent
-        try:
-            socket_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
+        if socket_dir == DEFAULT_SOCKET_DIR:
+            try:
+                socket_dir.mkdir(exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(
+                    f"cannot create socket directory {socket_dir}: {e.strerror}"
+                ) from None
+        elif not socket_dir.is_dir():
             raise usage.UsageError(
-                f"cannot create socket directory {socket_dir}: {e.strerror}"
-            ) from None
+                f"socket directory {socket_dir} does not exist; create it (writable by the "
+                "daemon's user) or choose another --listen"
+            )
         if not os.access(socket_dir, os.W_OK | os.X_OK):
             raise usage.UsageError(f"cannot create the socket in {socket_dir}: not writable")
         if self["socket-group"]:
@@ -259,6 +302,8 @@ class Options(usage.Options):
         if self["dev-cert"]:
             try:
                 self.created_dev_cert = ensure_dev_cert(key_path, cert_path)
+            except DanglingLinkError as e:
+                raise usage.UsageError(f"--dev-cert: {e}") from None
             except OSError as e:
                 raise usage.UsageError(
                     f"cannot create a development key at {key_path}: {e}"
@@ -293,25 +338,122 @@ class _Site(Site):
         pass
 
 
-class _SocketGroup(Service):
-    """Hands the listening UNIX socket to a group (e.g. www-data) once it exists."""
+class _StartUpFailure:
+    """Ends start-up with one logged sentence and exit status 1.
 
-    def __init__(self, path: str, gid: int) -> None:
-        self._path = path
-        self._gid = gid
+    An exception out of a service's start reaches twistd, which logs it with a traceback. This
+    is called from privilegedStartService, before any thread starts, so the process can simply
+    exit; but a daemonising twistd's first process waits on a status pipe for "0" (started) or
+    "1 <reason>" (failed), which twistd writes only for an exception, so it is written here (after
+    removing the pid file, as twistd does on a failed start: the waiting process exits at once).
+    """
 
-    def startService(self) -> None:
-        super().startService()
-        os.chown(self._path, -1, self._gid)
+    def __init__(self, twistd_config: Mapping[str, Any] | None) -> None:
+        self._config: Mapping[str, Any] = twistd_config or {}
+
+    def __call__(self, log: Logger, sentence: str, **fields: Any) -> NoReturn:
+        log.critical(sentence, **fields)
+        pidfile = self._config.get("pidfile")
+        if pidfile:
+            with suppress(OSError):
+                if Path(pidfile).read_text().strip() == str(os.getpid()):
+                    os.remove(pidfile)
+        status_pipe = self._config.get("statusPipe")
+        if status_pipe is not None:
+            text = formatEvent({"log_format": sentence, **fields})
+            os.write(status_pipe, b"1 " + text.encode("ascii", "backslashreplace")[:98])
+            os.close(status_pipe)
+        raise SystemExit(1)
 
 
-class _Announcer(Service):
-    """Logs where the daemon listens once everything before it has started."""
+class _Listener(Service):
+    """The strports listener, with a failed bind (port in use, socket locked by another daemon,
+    no permission) reported as one sentence instead of twistd's traceback."""
 
     log = Logger()
 
-    def __init__(self, options: Options) -> None:
+    def __init__(
+        self, description: str, factory: Site, reactor: Any, failed: _StartUpFailure
+    ) -> None:
+        self.description = description
+        self.factory = factory
+        self._failed = failed
+        self._listening = strports.service(description, cast(Any, factory), reactor=reactor)
+        self._privileged = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._privileged = True
+        try:
+            self._listening.privilegedStartService()
+        except CannotListenError as e:
+            self._failed(self.log, "cannot listen on {address}: {reason}", **_bind_failure(e))
+
+    def startService(self) -> None:
+        if not self._privileged:
+            self.privilegedStartService()
+        super().startService()
+        self._listening.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self._listening.stopService()
+
+
+def _bind_failure(error: CannotListenError) -> dict[str, str]:
+    """The address and a readable reason of a failed listen."""
+    reason = error.socketError
+    if error.interface is not None:
+        address = f"TCP port {error.port} of {error.interface or 'all interfaces'}"
+    else:
+        path = os.fsdecode(error.port)
+        address = f"UNIX socket {path}"
+        if reason == "Cannot acquire lock":
+            return {
+                "address": address,
+                "reason": f"another process (another tokend?) holds its lock {path}.lock",
+            }
+    if isinstance(reason, OSError) and reason.strerror:
+        return {"address": address, "reason": reason.strerror}
+    return {"address": address, "reason": str(reason)}
+
+
+class _SocketGroup(Service):
+    """Hands the listening UNIX socket to a group (e.g. www-data) once it exists: in
+    privilegedStartService, before twistd gives up root (--uid) and before any thread starts."""
+
+    log = Logger()
+
+    def __init__(self, path: str, group: str, gid: int, failed: _StartUpFailure) -> None:
+        self._path = path
+        self._group = group
+        self._gid = gid
+        self._failed = failed
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            os.chown(self._path, -1, self._gid)
+        except OSError as e:
+            self._failed(
+                self.log,
+                "cannot give the socket {path} to group {group}: {reason}; the daemon's user "
+                "must be a member of {group} (or start as root)",
+                path=self._path,
+                group=self._group,
+                reason=e.strerror,
+            )
+
+
+class _Announcer(Service):
+    """Logs where the daemon listens, and what policy it serves, once everything before it has
+    started."""
+
+    log = Logger()
+
+    def __init__(self, options: Options, holder: PolicyHolder) -> None:
         self._options = options
+        self._holder = holder
 
     def startService(self) -> None:
         super().startService()
@@ -326,6 +468,27 @@ class _Announcer(Service):
             kid=key.kid,
             x5c=self._options.cert_used is not None,
         )
+        policy = self._holder.current
+        self.log.info(
+            "policy generation {generation}: {users} users, {groups} groups, anonymous "
+            "{anonymous_mode} of {anonymous_names} names and patterns, anonymous catalog "
+            "{anonymous_catalog}",
+            generation=self._holder.generation,
+            users=len(policy.users),
+            groups=len(policy.groups),
+            anonymous_mode="blacklist" if policy.anonymous.blacklist else "whitelist",
+            anonymous_names=len(policy.anonymous.repositories),
+            anonymous_catalog="on" if policy.anonymous.catalog else "off",
+        )
+        for network in self._options["trusted-proxy"]:
+            if network.prefixlen == 0:
+                self.log.warn(
+                    "{option} {network} trusts every TCP peer as a proxy: every client can then "
+                    "choose its own address for throttling (X-Real-IP, X-Forwarded-For); name "
+                    "only your proxies' addresses",
+                    option=self._options.source("trusted-proxy"),
+                    network=str(network),
+                )
         if self._options.created_dev_cert:
             self.log.warn(
                 "created a development key {key} and certificate {cert}: give the registry "
@@ -378,16 +541,18 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
         ),
     )
     site.displayTracebacks = False
-    listener = strports.service(options["listen"], cast(Any, site), reactor=reactor)
+    failed = _StartUpFailure(options.parent)
+    listener = _Listener(options["listen"], site, reactor, failed)
     listener.setServiceParent(root)
     if options.get("socket-gid") is not None:
         socket_path = Options.socket_path(options["listen"])
-        _SocketGroup(socket_path, options["socket-gid"]).setServiceParent(root)
+        group = _SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
+        group.setServiceParent(root)
     config_dir = Path(options["config-dir"])
     reloader = PolicyReloader(config_dir, holder, reactor, reload_pool)
     PolicyWatchService(
         config_dir, reloader.reload, reactor, poll=bool(options["poll"])
     ).setServiceParent(root)
-    _Announcer(options).setServiceParent(root)
+    _Announcer(options, holder).setServiceParent(root)
     keep_out_of_gc()
     return root
