@@ -28,6 +28,7 @@ from tokend.holder import PolicyHolder
 from tokend.keys import load_signing_key
 from tokend.passwords import PasswordChecker
 from tokend.policy_files import load_policy
+from tokend.refresh_tokens import RefreshTokens
 from tokend.tap import Options
 from tokend.throttle import InFlight, LoginThrottle
 from tokend.tokens import TokenIssuer
@@ -86,6 +87,7 @@ class Hardened:
         cache: CredentialCache | None = None,
         proxies: TrustedProxies | None = None,
         in_flight: InFlight | None = None,
+        refresh_ttl: int | None = None,
     ) -> None:
         self.config = tmp_path / "config"
         write_policy(self.config, USERS, {"repositories": ["public/hello"]})
@@ -95,16 +97,23 @@ class Hardened:
         self.clock.advance(NOW)
         self.counting = CountingWorkers()
         self.holder = PolicyHolder(load_policy(self.config).policy, NOW)
+        self.signing_key = load_signing_key(key_path, cert_path)
+        self.refresh_tokens = (
+            None
+            if refresh_ttl is None
+            else RefreshTokens(self.signing_key, "tokend-test", refresh_ttl)
+        )
         self.api = TokenAPI(
             policy=self.holder,
             passwords=PasswordChecker(workers or self.counting),
-            tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
+            tokens=TokenIssuer(self.signing_key, "tokend-test", 300),
             services=[SERVICE],
             clock=self.clock,
             throttle=throttle,
             credential_cache=cache,
             trusted_proxies=proxies,
             in_flight=in_flight,
+            refresh_tokens=self.refresh_tokens,
         )
         self.http = StubTreq(self.api.resource())
 

@@ -246,6 +246,20 @@ class LoginThrottle:
         self.accounts.end(account, now, failed=False)
         self.addresses.end(address_key(address), now, failed=False)
 
+    def admit_address(self, address: str, now: float) -> Refusal | None:
+        """:meth:`admit` for an attempt that names no account it could be charged to (a
+        refresh token is only trusted once checked): the address alone is counted."""
+        address = address_key(address)
+        wait = self.addresses.retry_after(address, now)
+        if wait is not None:
+            return Refusal(wait, "address")
+        self.addresses.begin(address)
+        return None
+
+    def address_ended(self, address: str, now: float, *, failed: bool) -> None:
+        """Finish an attempt admitted by :meth:`admit_address`."""
+        self.addresses.end(address_key(address), now, failed=failed)
+
 
 class InFlight:
     """Password checks per client address that are running or waiting for a thread.

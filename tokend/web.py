@@ -36,6 +36,13 @@ from tokend.holder import PolicyHolder
 from tokend.log_text import printable
 from tokend.passwords import MAX_PASSWORD_BYTES, PasswordChecker
 from tokend.policy import Policy
+from tokend.refresh_tokens import (
+    MAX_TOKEN_CHARS,
+    USERS,
+    InvalidRefreshToken,
+    RefreshTokens,
+    fingerprint,
+)
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
 from tokend.throttle import InFlight, LoginThrottle, Refusal
 from tokend.tokens import IssuedToken, TokenIssuer, rfc3339
@@ -59,7 +66,8 @@ class Clock(Protocol):
 class RequestError(Exception):
     """Answered with ``status`` and the registry error body; ``oauth`` picks RFC 6749's.
 
-    ``outcome`` names the refusal in the log; ``account`` is logged when known.
+    ``outcome`` names the refusal in the log; ``account`` is logged when known, and ``token``
+    (a refresh token's fingerprint, never the token) when one was refused.
     """
 
     status = 400
@@ -68,12 +76,18 @@ class RequestError(Exception):
     outcome = "refused"
 
     def __init__(
-        self, message: str, *, account: str | None = None, retry_after: int | None = None
+        self,
+        message: str,
+        *,
+        account: str | None = None,
+        retry_after: int | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.account = account
         self.retry_after = retry_after
+        self.token = token
 
 
 class AuthenticationFailed(RequestError):
@@ -94,6 +108,12 @@ class NotFound(RequestError):
 
 class UnsupportedGrant(RequestError):
     oauth_error = "unsupported_grant_type"
+
+
+class InvalidGrant(RequestError):
+    """RFC 6749 §5.2: the refresh token is invalid, expired or revoked."""
+
+    oauth_error = "invalid_grant"
 
 
 class TooManyRequests(RequestError):
@@ -132,6 +152,16 @@ class TokenRequest:
     scopes: tuple[ResourceScope, ...]
     credentials: Credentials | None
     client_id: str | None
+    offline: bool = False
+    """A refresh token is asked for too (``offline_token=true``, ``access_type=offline``)."""
+    refresh_token: str | None = None
+    """The refresh_token grant: who is asking is this token's account."""
+
+    @property
+    def grant(self) -> str:
+        if self.refresh_token is not None:
+            return "refresh_token"
+        return "anonymous" if self.credentials is None else "password"
 
 
 class TokenAPI:
@@ -151,6 +181,7 @@ class TokenAPI:
         credential_cache: CredentialCache | None = None,
         trusted_proxies: TrustedProxies | None = None,
         in_flight: InFlight | None = None,
+        refresh_tokens: RefreshTokens | None = None,
     ) -> None:
         """Without ``throttle``, ``credential_cache`` or ``in_flight`` there is no throttling,
         caching or per-address share of the bcrypt queue."""
@@ -168,6 +199,7 @@ class TokenAPI:
         self._cache = cache
         self._proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
         self._in_flight = InFlight(0) if in_flight is None else in_flight
+        self._refresh_tokens = refresh_tokens
         policy.on_replace(lambda old, new: cache.policy_replaced(old.users, new.users))
 
     def resource(self) -> Resource:
@@ -235,6 +267,8 @@ class TokenAPI:
             request.setHeader(b"Allow", b"GET, HEAD, POST")
             raise MethodNotAllowed("the token endpoint answers GET and POST")
         client = self._client_address(request)
+        if asked.refresh_token is not None:
+            return self._refresh(request, asked, client)
         if asked.credentials is None:
             return self._issue(request, asked, client, None, self._policy.current)
         account = asked.credentials.username
@@ -267,6 +301,7 @@ class TokenAPI:
             scopes=_scopes(args.get("scope", [])),
             credentials=credentials,
             client_id=_single(args, "client_id"),
+            offline=(_single(args, "offline_token") or "").lower() == "true",
         )
 
     def _read_post(self, request: Request) -> TokenRequest:
@@ -285,22 +320,35 @@ class TokenAPI:
         args = _decoded_args(_form_arguments(request))
         _note(request, _Who(_first(args, "username"), _first(args, "client_id")))
         grant_type = _single(args, "grant_type")
-        if grant_type != "password":
-            raise UnsupportedGrant(f"grant_type {grant_type!r} is not supported; use password")
-        username = _single(args, "username")
-        password = _single(args, "password")
-        if not username or password is None:
-            raise RequestError("the password grant needs username and password")
         client_id = _single(args, "client_id")
+        if grant_type == "password":
+            username = _single(args, "username")
+            password = _single(args, "password")
+            if not username or password is None:
+                raise RequestError("the password grant needs username and password")
+            credentials: Credentials | None = Credentials(username, password.encode("utf-8"))
+            refresh_token = None
+        elif grant_type == "refresh_token":
+            refresh_token = _single(args, "refresh_token")
+            if not refresh_token:
+                raise RequestError("the refresh_token grant needs refresh_token")
+            credentials = None
+        else:
+            raise UnsupportedGrant(
+                f"grant_type {grant_type!r} is not supported; use password or refresh_token"
+            )
         if not client_id:
             raise RequestError("client_id is required")
-        scopes = _single(args, "scope")
         return TokenRequest(
             flow="POST",
             service=self._service(_single(args, "service")),
-            scopes=_scopes([scopes] if scopes else []),
-            credentials=Credentials(username, password.encode("utf-8")),
+            # Repeated fields as well as one space-separated value: containers/image repeats
+            # scope for a cross-repository mount.
+            scopes=_scopes(args.get("scope", [])),
+            credentials=credentials,
             client_id=client_id,
+            offline=_single(args, "access_type") == "offline",
+            refresh_token=refresh_token,
         )
 
     def _service(self, service: str | None) -> str:
@@ -325,20 +373,69 @@ class TokenAPI:
             ResourceScope(scope.type, scope.name, policy.grant(account, scope))
             for scope in asked.scopes
         )
-        issued = self._tokens.issue(account or "", asked.service, granted, self._clock.seconds())
+        now = self._clock.seconds()
+        issued = self._tokens.issue(account or "", asked.service, granted, now)
+        refresh_token = self._refresh_token_for(asked, account, policy, now)
+        text = (
+            "issued {flow} token to '{account}' from {client} (client_id {client_id}) by "
+            "{grant}: asked {asked}, granted {granted}"
+        )
+        if refresh_token is not None:
+            text += "; refresh token {refresh_token}"
         self.log.info(
-            "issued {flow} token to '{account}' from {client} (client_id {client_id}): "
-            "asked {asked}, granted {granted}",
+            text,
             flow=asked.flow,
+            grant=asked.grant,
             account=printable(account or ""),
             client=client,
             client_id=printable(asked.client_id),
             asked=[str(s) for s in asked.scopes],
             granted=[str(s) for s in granted if s.actions],
+            refresh_token=fingerprint(refresh_token) if refresh_token is not None else None,
             outcome="issued",
         )
         request.setHeader(b"Cache-Control", b"no-store")
-        return _json(request, 200, _token_body(asked.flow, issued, granted))
+        return _json(request, 200, _token_body(asked.flow, issued, granted, refresh_token))
+
+    def _refresh_token_for(
+        self, asked: TokenRequest, account: str | None, policy: Policy, now: float
+    ) -> str | None:
+        """The refresh token the answer carries: the same one back on the refresh grant (never
+        rotated: docker keeps the one it stored), a new one when a password login asked for it
+        and issuing is on, else none."""
+        if asked.refresh_token is not None:
+            return asked.refresh_token
+        tokens = self._refresh_tokens
+        if not asked.offline or account is None or tokens is None or not tokens.issuing:
+            return None
+        user = policy.users.get(account)
+        if user is None or (user.tokens_valid_after or 0) > now:
+            return None  # a token issued now could never be used
+        return tokens.issue(account, USERS, user.pass_hash, now)
+
+    def _refresh(self, request: Request, asked: TokenRequest, client: str) -> bytes:
+        """The refresh_token grant: no bcrypt, one signature check at most, and the token's
+        account held against the current policy. A bad token counts against the address: it
+        names no account that could be trusted before it was checked."""
+        token, tokens = asked.refresh_token, self._refresh_tokens
+        assert token is not None
+        if tokens is None:
+            raise UnsupportedGrant("this realm issues no refresh tokens; use password")
+        now = self._clock.seconds()
+        refusal = self._throttle.admit_address(client, now)
+        if refusal is not None:
+            raise TooManyRequests.of(refusal, "")
+        policy = self._policy.current
+        try:
+            identity = tokens.verify(token, policy, now)
+        except InvalidRefreshToken as e:
+            self._throttle.address_ended(client, now, failed=True)
+            raise InvalidGrant(
+                f"refresh token refused ({e.reason}); log in again with a password",
+                token=fingerprint(token),
+            ) from None
+        self._throttle.address_ended(client, now, failed=False)
+        return self._issue(request, asked, client, identity.account, policy)
 
     def _login(self, credentials: Credentials, client: str) -> Policy | Deferred[Policy]:
         """The policy whose password hash these credentials matched; 401 if none did.
@@ -456,9 +553,15 @@ class TokenAPI:
             request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
         who = getattr(request, "_tokend_who", _Who())
         account = error.account if error.account is not None else who.account
-        self.log.info(
+        text = (
             "{outcome} {method} {path} from {client}: {status} {reason} "
-            "(account '{account}', client_id {client_id})",
+            "(account '{account}', client_id {client_id})"
+        )
+        if error.token is not None:
+            text += "; refresh token {refresh_token}"
+        self.log.info(
+            text,
+            refresh_token=error.token,
             method=printable(request.method.decode("latin-1")),
             path=printable(request.path.decode("utf-8", "replace")[:200]),
             client=self._client_address(request),
@@ -478,12 +581,16 @@ class TokenAPI:
         return _json(request, error.status, body)
 
 
-def _token_body(flow: str, issued: IssuedToken, granted: Sequence[ResourceScope]) -> object:
+def _token_body(
+    flow: str, issued: IssuedToken, granted: Sequence[ResourceScope], refresh_token: str | None
+) -> object:
     body: dict[str, object] = {
         "access_token": issued.token,
         "expires_in": issued.expires_in,
         "issued_at": issued.issued_at,
     }
+    if refresh_token is not None:
+        body["refresh_token"] = refresh_token
     if flow == "GET":
         body["token"] = issued.token
     else:
@@ -506,8 +613,9 @@ def _decoded_args(raw: dict[bytes, list[bytes]] | None) -> dict[str, list[str]]:
             decoded = [value.decode("utf-8") for value in values]
         except UnicodeDecodeError:
             raise RequestError("parameters must be UTF-8") from None
-        if any(len(value) > MAX_VALUE_CHARS for value in decoded):
-            raise RequestError(f"parameter {name[:40]!r} longer than {MAX_VALUE_CHARS}")
+        limit = MAX_TOKEN_CHARS if name == "refresh_token" else MAX_VALUE_CHARS
+        if any(len(value) > limit for value in decoded):
+            raise RequestError(f"parameter {name[:40]!r} longer than {limit}")
         args[name] = decoded
     return args
 
