@@ -23,6 +23,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.python import usage
 from twisted.web.server import Site
 
+from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
 from tokend.credential_cache import CredentialCache
 from tokend.devcert import DanglingLinkError, ensure_dev_cert
 from tokend.holder import PolicyHolder
@@ -31,8 +32,10 @@ from tokend.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
 from tokend.passwords import PasswordChecker
 from tokend.policy import PolicyError
 from tokend.policy_files import LoadedPolicy, load_policy
+from tokend.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
+from tokend.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
 from tokend.reload import PolicyReloader, keep_out_of_gc
-from tokend.throttle import LoginThrottle, TrustedProxies, parse_networks
+from tokend.throttle import InFlight, LoginThrottle
 from tokend.tokens import TokenIssuer
 from tokend.watcher import PolicyWatchService
 from tokend.web import TokenAPI
@@ -42,6 +45,7 @@ DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024
 """Twisted's default of 50 makes connect() fail with EAGAIN when nginx opens more at once."""
 MIN_TTL, MAX_TTL = 60, 3600
+MAX_REFRESH_TTL = 10 * 365 * 86_400
 DEFAULT_SOCKET_DIR = Path("run")
 """The one socket directory tokend creates itself (the default, relative to the working
 directory): any other must exist, so a typo in --listen cannot create directories as root."""
@@ -93,10 +97,23 @@ class Options(usage.Options):
             ["issuer", "i", "tokend", "iss claim; must equal the registry's auth.token.issuer"],
             ["service", "s", "registry", "Accepted service (audience); repeat for several"],
             ["token-ttl", None, "300", f"Token lifetime in seconds ({MIN_TTL}-{MAX_TTL})"],
+            [
+                "refresh-token-ttl",
+                None,
+                str(DEFAULT_REFRESH_TTL),
+                "Refresh (identity) token lifetime in seconds; 0 turns issuing off",
+            ],
             ["kid", None, "libtrust", "Key id form: libtrust (registry 2.x) or thumbprint (3.x)"],
             ["realm-path", None, "/v2/token", "URL path of the token endpoint"],
             ["bcrypt-threads", None, str(min(os.cpu_count() or 1, 4)), "bcrypt worker threads"],
             ["bcrypt-queue", None, "64", "Logins that may wait for a bcrypt thread; more get 503"],
+            [
+                "bcrypt-per-address",
+                None,
+                "4",
+                "Password checks one client address may have running or waiting; more get 503 "
+                "(0: no limit)",
+            ],
             [
                 "max-failures-per-account",
                 None,
@@ -114,8 +131,15 @@ class Options(usage.Options):
                 "trusted-proxy",
                 None,
                 None,
-                "TCP peer (IP or CIDR) whose X-Real-IP/X-Forwarded-For name the client; "
+                "TCP peer (IP or CIDR) whose --client-address-header names the client; "
                 "repeat for several (the UNIX socket peer is always trusted)",
+            ],
+            [
+                "client-address-header",
+                None,
+                "x-real-ip",
+                "Header in which trusted proxies name the client: x-real-ip (nginx) or "
+                "x-forwarded-for (HAProxy, load balancers that append to it)",
             ],
             [
                 "credential-cache-ttl",
@@ -207,8 +231,19 @@ class Options(usage.Options):
         if not self["service"]:
             self["service"] = ["registry"]
         self["token-ttl"] = self._integer("token-ttl", MIN_TTL, MAX_TTL)
+        self["refresh-token-ttl"] = self._integer("refresh-token-ttl", 0, MAX_REFRESH_TTL)
+        if REFRESH_AUDIENCE in self["service"]:
+            raise usage.UsageError(f"{REFRESH_AUDIENCE} is the audience of refresh tokens")
         self["bcrypt-threads"] = self._integer("bcrypt-threads", 1, 64)
         self["bcrypt-queue"] = self._integer("bcrypt-queue", 0, 100_000)
+        self["bcrypt-per-address"] = self._integer("bcrypt-per-address", 0, 100_000)
+        header = self["client-address-header"].strip().lower()
+        if header not in CLIENT_HEADERS:
+            accepted = ", ".join(CLIENT_HEADERS)
+            raise usage.UsageError(
+                f"{self.source('client-address-header')} must be one of {accepted}"
+            )
+        self["client-address-header"] = header
         self["max-failures-per-account"] = self._integer("max-failures-per-account", 0, 1000)
         self["max-failures-per-address"] = self._integer("max-failures-per-address", 0, 1000)
         self["failure-window"] = self._integer("failure-window", 1, 86_400)
@@ -518,6 +553,9 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
         tokens=TokenIssuer(options.signing_key, options["issuer"], options["token-ttl"]),
+        refresh_tokens=RefreshTokens(
+            options.signing_key, options["issuer"], options["refresh-token-ttl"]
+        ),
         services=options["service"],
         clock=reactor,
         realm_path=options["realm-path"],
@@ -529,7 +567,10 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
         credential_cache=CredentialCache(
             ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
         ),
-        trusted_proxies=TrustedProxies(networks=options["trusted-proxy"]),
+        trusted_proxies=TrustedProxies(
+            networks=options["trusted-proxy"], header=options["client-address-header"]
+        ),
+        in_flight=InFlight(options["bcrypt-per-address"]),
     )
     site = _Site(api.resource(), reactor=reactor)
     limit_connections(
