@@ -306,7 +306,11 @@ class Stack:
         return result, target
 
     def request(
-        self, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        method: str = "GET",
+        data: bytes | None = None,
     ) -> tuple[int, Message, Any]:
         """A plain HTTPS request through nginx (certificate not verified: it is self-signed).
 
@@ -316,7 +320,7 @@ class Stack:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         request = urllib.request.Request(
-            f"https://{self.registry}{path}", headers=headers or {}, method=method
+            f"https://{self.registry}{path}", data=data, headers=headers or {}, method=method
         )
         try:
             with urllib.request.urlopen(request, context=context, timeout=30) as response:
@@ -329,6 +333,17 @@ class Stack:
     def https(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """A plain HTTPS request through nginx, as the README's curl examples make."""
         status, _, body = self.request(path, headers)
+        return status, body
+
+    def post_form(self, path: str, fields: list[tuple[str, str]]) -> tuple[int, Any]:
+        """A form POST through nginx, as docker and skopeo send the OAuth2 grants (a field may
+        repeat: containers/image repeats ``scope``)."""
+        status, _, body = self.request(
+            path,
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            "POST",
+            urllib.parse.urlencode(fields).encode(),
+        )
         return status, body
 
     def token_response(
