@@ -224,6 +224,7 @@ def test_the_log_names_the_account_and_a_fingerprint_never_the_token(tmp_path: P
     assert "to 'bar'" in issued_login and "by password" in issued_login
     assert "to 'bar'" in issued_refresh and "by refresh_token" in issued_refresh
     assert "(client_id docker)" in issued_refresh
+    assert "account 'bar'" in refused, "a signed token's account is named when it is refused"
     fingerprint = issued_login.rsplit("refresh token ", 1)[1]
     assert fingerprint and fingerprint in issued_refresh and fingerprint in refused
     for line in lines:

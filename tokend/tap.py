@@ -160,7 +160,12 @@ class Options(usage.Options):
     )
     optFlags = _with_env_names(
         [
-            ["poll", None, "Poll the config directory instead of inotify (network filesystems)"],
+            [
+                "poll",
+                None,
+                "Poll the config directory and the directories its symlinks lead to instead "
+                "of inotify (network filesystems)",
+            ],
             ["dev-cert", None, "Create a development key and certificate if the key is missing"],
             ["allow-loose-key-permissions", None, "Start even if the key is group/other readable"],
         ]

@@ -426,12 +426,15 @@ class TokenAPI:
         if refusal is not None:
             raise TooManyRequests.of(refusal, "")
         policy = self._policy.current
+        account: str | None = None
         try:
+            account = tokens.read(token, now).account  # signed: it may be named in the log
             identity = tokens.verify(token, policy, now)
         except InvalidRefreshToken as e:
             self._throttle.address_ended(client, now, failed=True)
             raise InvalidGrant(
                 f"refresh token refused ({e.reason}); log in again with a password",
+                account=account,
                 token=fingerprint(token),
             ) from None
         self._throttle.address_ended(client, now, failed=False)
