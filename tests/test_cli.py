@@ -152,6 +152,9 @@ def test_explain_names_the_rule_of_every_source(tmp_path: Path) -> None:
         "    user alice: 'tools/**' allows pull,push",
         "    group staff: '*' allows pull",
         "    the union of every source's most specific rule",
+        "identity tokens: a refresh token of 'alice' (docker login keeps one) gets exactly these "
+        "rights; it lasts --refresh-token-ttl (0: none issued), and changing alice's pass_hash "
+        "or setting tokens_valid_after revokes it; none is revoked by tokens_valid_after",
     ]
 
 

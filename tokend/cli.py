@@ -26,6 +26,7 @@ from tokend.policy import ACTIONS, DEFAULT_BCRYPT_COST, Decision, Policy, Policy
 from tokend.policy_files import load_policy
 from tokend.policy_report import overlap_notes
 from tokend.scope import ScopeError, parse_scopes
+from tokend.tokens import rfc3339
 
 MIN_COST, MAX_COST = 4, 31
 
@@ -120,6 +121,22 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         )
         for line in _reasons(policy, decision):
             stdout.write(f"    {line}\n")
+    if account is not None:
+        stdout.write(_identity_tokens(account, policy.users[account].tokens_valid_after))
+
+
+def _identity_tokens(account: str, valid_after: float | None) -> str:
+    """How refresh tokens relate to what explain just showed: same rights, and how to end them."""
+    revoked = (
+        f"those issued before {rfc3339(valid_after)} are revoked (tokens_valid_after)"
+        if valid_after is not None
+        else "none is revoked by tokens_valid_after"
+    )
+    return (
+        f"identity tokens: a refresh token of {account!r} (docker login keeps one) gets exactly "
+        f"these rights; it lasts --refresh-token-ttl (0: none issued), and changing "
+        f"{account}'s pass_hash or setting tokens_valid_after revokes it; {revoked}\n"
+    )
 
 
 def _in_order(actions: frozenset[str]) -> str:
