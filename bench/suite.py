@@ -8,6 +8,8 @@ Rows (issue 7):
              ``Connection: close``), plus a bare Klein route signing ES256 as a yardstick;
   auth       authenticated tokens/s with the credential cache warm (bcrypt cost 10);
   storm      anonymous p50/p99 while wrong passwords (bcrypt cost 12) keep the bcrypt pool busy;
+  attack     bench/login_attack.py: anonymous p50/p99 with 100,000 users while one address
+             floods logins (73-byte and wrong passwords), with the daemon's default limits;
   reload     bench/reload_latency.py;
   users      start-up time and resident memory with 100,000 users, and bench/policy_eval.py;
   multicore  N daemons (N = CPUs) behind nginx on one 127.0.0.1 port, driven by wrk;
@@ -41,11 +43,12 @@ sys.path.insert(0, str(BENCH))
 import harness  # noqa: E402 - bench/ is not a package
 import loadgen  # noqa: E402
 
-SECTIONS = ("anonymous", "auth", "storm", "reload", "users", "multicore", "profile")
+SECTIONS = ("anonymous", "auth", "storm", "attack", "reload", "users", "multicore", "profile")
 TARGETS = {
     "anonymous": "≥ 5,000/s at c=8",
     "auth": "≥ 80 % of anonymous",
     "storm": "p99 < 50 ms",
+    "attack": "p50 < 5 ms under (b), attacker gets 429",
     "users": "start < 3 s, RSS < 200 MB",
 }
 
@@ -353,6 +356,44 @@ class Suite:
                 note=f"bcrypt checks/s; {statuses}",
             )
         )
+
+    def attack(self) -> None:
+        """Issue 12 point 1: its own daemons (defaults, 100,000 users); rows from its table."""
+        done = subprocess.run(
+            [sys.executable, str(BENCH / "login_attack.py"), "--duration", f"{self.duration:g}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        for line in done.stdout.splitlines():
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if len(cells) != 11 or not cells[0].startswith("("):
+                continue
+            label, p50, p99, rate, cpu, *attacker = cells
+            statuses = ", ".join(
+                f"{status}: {count}"
+                for status, count in zip(("401", "429", "503"), attacker, strict=False)
+                if count
+            )
+            note = f"daemon CPU {cpu}"
+            if statuses:
+                note += f"; attacker {statuses}; first 429 after {attacker[5]}"
+            self.table.add(
+                Row(
+                    "attack",
+                    f"anonymous c=1, 100,000 users, {label}",
+                    "loadgen unix",
+                    float(rate.replace(",", "")),
+                    float(p50),
+                    float(p99),
+                    note,
+                )
+            )
+        verdict = [line for line in done.stdout.splitlines() if line.startswith("acceptance")]
+        status = "" if done.returncode == 0 else f" (exit {done.returncode})"
+        tail = (done.stdout + done.stderr)[-500:]
+        self.table.note(f"bench/login_attack.py{status}: {verdict[0] if verdict else tail}")
 
     def reload(self) -> None:
         done = subprocess.run(
