@@ -253,7 +253,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
-        location /v2/token {{
+        location = /v2/token {{
             proxy_pass http://tokend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
