@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
-from tokend.web import FormlessRequest
+from tokend.web import FormlessRequest, RequestError, error_body
 
 MAX_REQUEST_BODY_BYTES = 65536
 """Above the realm's form limit (``web.MAX_BODY_BYTES``), so the realm still answers its own
@@ -141,10 +141,10 @@ class BoundedChannel(HTTPChannel):
     def _refuse(self, status: int, message: str) -> None:
         if self._closing:
             return
-        if getattr(self, "_command", None) == b"POST" and self._target() == self.limits.realm_path:
-            body: object = {"error": "invalid_request", "error_description": message}
-        else:
-            body = {"errors": [{"code": "BAD_REQUEST", "message": message, "detail": None}]}
+        oauth = (
+            getattr(self, "_command", None) == b"POST" and self._target() == self.limits.realm_path
+        )
+        body = error_body(RequestError(message), oauth=oauth)
         content = json.dumps(body, separators=(",", ":")).encode("utf-8")
         head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
         head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(content)

@@ -212,7 +212,10 @@ class RefreshTokens:
     def verify(self, token: str, policy: Policy, now: float) -> RefreshIdentity:
         """The identity of a refresh token for a users.json account, checked against the
         current policy; raises :class:`InvalidRefreshToken`."""
-        claims = self.read(token, now)
+        return self.identity(self.read(token, now), policy)
+
+    def identity(self, claims: RefreshClaims, policy: Policy) -> RefreshIdentity:
+        """:meth:`verify` past :meth:`read`: the users.json account as the policy knows it."""
         if claims.source != USERS:
             raise InvalidRefreshToken("unknown source")
         user = policy.users.get(claims.account)

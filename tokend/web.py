@@ -55,7 +55,7 @@ MAX_HASH_CHECKS = 3
 """Password checks per login when reloads keep replacing the user's hash meanwhile."""
 OVERLOAD_RETRY_AFTER = 1
 """Seconds a client is asked to wait when the bcrypt queue is full: it drains quickly."""
-CREDENTIAL_FIELDS = ("username", "password", "refresh_token")
+CREDENTIAL_FIELDS = (b"username", b"password", b"refresh_token")
 """Never read from a POST's query string: URLs end up in proxies' access logs."""
 
 
@@ -311,12 +311,6 @@ class TokenAPI:
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise RequestError(f"form longer than {MAX_BODY_BYTES} bytes")
-        _, _, query = request.uri.partition(b"?")
-        if any(field.encode() in parse_qs(query, 1) for field in CREDENTIAL_FIELDS):
-            raise RequestError(
-                "credentials belong in the form body, never in the URL: "
-                "change the password if this one was real"
-            )
         args = _decoded_args(_form_arguments(request))
         _note(request, _Who(_first(args, "username"), _first(args, "client_id")))
         grant_type = _single(args, "grant_type")
@@ -428,8 +422,9 @@ class TokenAPI:
         policy = self._policy.current
         account: str | None = None
         try:
-            account = tokens.read(token, now).account  # signed: it may be named in the log
-            identity = tokens.verify(token, policy, now)
+            claims = tokens.read(token, now)
+            account = claims.account  # signed: it may be named in the log
+            identity = tokens.identity(claims, policy)
         except InvalidRefreshToken as e:
             self._throttle.address_ended(client, now, failed=True)
             raise InvalidGrant(
@@ -574,14 +569,15 @@ class TokenAPI:
             reason=printable(error.message),
             outcome=error.outcome,
         )
-        if request.method == b"POST" and request.path == self._realm_path:
-            body: dict[str, Any] = {
-                "error": error.oauth_error,
-                "error_description": error.message,
-            }
-        else:
-            body = {"errors": [{"code": error.code, "message": error.message, "detail": None}]}
-        return _json(request, error.status, body)
+        oauth = request.method == b"POST" and request.path == self._realm_path
+        return _json(request, error.status, error_body(error, oauth=oauth))
+
+
+def error_body(error: RequestError, *, oauth: bool) -> dict[str, Any]:
+    """The spec's JSON error body: RFC 6749's on the POST endpoint, the registry's elsewhere."""
+    if oauth:
+        return {"error": error.oauth_error, "error_description": error.message}
+    return {"errors": [{"code": error.code, "message": error.message, "detail": None}]}
 
 
 def _token_body(
@@ -631,6 +627,11 @@ def _form_arguments(request: Request) -> dict[bytes, list[bytes]]:
     """
     _, _, query = request.uri.partition(b"?")
     arguments: dict[bytes, list[bytes]] = parse_qs(query, 1)
+    if any(field in arguments for field in CREDENTIAL_FIELDS):
+        raise RequestError(
+            "credentials belong in the form body, never in the URL: "
+            "change the password if this one was real"
+        )
     content = request.content
     body = b""
     if content is not None:
@@ -701,6 +702,5 @@ class _DecodablePathGuard(Resource):
         try:
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
-            body = {"errors": [{"code": "BAD_REQUEST", "message": "path is not UTF-8"}]}
-            return _json(request, 400, body)
+            return _json(request, 400, error_body(RequestError("path is not UTF-8"), oauth=False))
         return self._wrapped.render(request)
