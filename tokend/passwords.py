@@ -21,10 +21,6 @@ _DUMMY_SALT_AND_HASH = "Xz3Tq0lV9wY2cB5nM8kJ1eHG6fD4sA7pL0oI9uY3tR2eW1qZ8xC5v"
 produces. The prefix ($2b$ here, $2a$ or $2y$ in users.json) does not change the work done."""
 
 
-class PasswordTooLong(ValueError):
-    """Longer than bcrypt can check; never a valid password here."""
-
-
 def dummy_hash(cost: int) -> bytes:
     """A well-formed hash no password matches, costing the same as a real one of ``cost``."""
     if not MIN_BCRYPT_COST <= cost <= MAX_BCRYPT_COST:
@@ -46,10 +42,11 @@ class PasswordChecker:
         """True only when ``pass_hash`` is a real hash and ``password`` matches it.
 
         A stored hash bcrypt refuses (loading should have kept it out) counts as no match and
-        is logged: a login must end in 401, never in an error page.
+        is logged: a login must end in 401, never in an error page. A password longer than
+        bcrypt reads never matches; the realm refuses it before it gets here, and counts it.
         """
         if len(password) > MAX_PASSWORD_BYTES:
-            raise PasswordTooLong(f"passwords are limited to {MAX_PASSWORD_BYTES} bytes")
+            return False
         try:
             checked = pass_hash if pass_hash is not None else dummy_hash(dummy_cost)
             matches = await self._workers.run(_checkpw, password, checked)
