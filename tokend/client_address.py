@@ -77,11 +77,6 @@ class TrustedProxies:
         if self.header not in CLIENT_HEADERS:
             raise ValueError(f"the client header must be one of {', '.join(CLIENT_HEADERS)}")
 
-    @property
-    def trusts_everyone(self) -> bool:
-        """A /0 network: every TCP peer may name its own address."""
-        return any(network.prefixlen == 0 for network in self.networks)
-
     def trusts(self, peer: str | None) -> bool:
         """``peer`` is the TCP peer's host, or None for the UNIX socket."""
         if peer is None:
