@@ -144,15 +144,17 @@ async def drive(
     total: int | None = None,
     duration: float | None = None,
     warmup: float = 0.0,
+    on_status: Callable[[int], None] | None = None,
 ) -> Result:
     """Send ``requests`` round-robin on ``concurrency`` keep-alive connections.
 
-    Stops after ``total`` requests, or after ``warmup`` + ``duration`` seconds (only requests
-    that start after the warm-up count then). Request ``n`` is ``requests[n % len(requests)]``,
-    so a shuffled list gives a reproducible mix.
+    Stops after ``total`` requests or after ``warmup`` + ``duration`` seconds, whichever comes
+    first (only requests that start after the warm-up count then). Request ``n`` is
+    ``requests[n % len(requests)]``, so a shuffled list gives a reproducible mix.
+    ``on_status`` hears every answer's status, in the order they arrive.
     """
-    if (total is None) == (duration is None):
-        raise ValueError("give exactly one of total and duration")
+    if total is None and duration is None:
+        raise ValueError("give total, duration or both")
     result = Result()
     issued = 0
     started = time.perf_counter()
@@ -189,6 +191,8 @@ async def drive(
                     reader = writer = None
                     await asyncio.sleep(0.01)
                     continue
+                if on_status is not None:
+                    on_status(status)
                 if begun >= measure_from:
                     result.record(request.kind, status, ended - begun)
                 if closes:

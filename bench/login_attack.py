@@ -101,47 +101,27 @@ def attack_requests(passwords: tuple[str, ...]) -> list[loadgen.Request]:
 async def flood(socket: Path, requests: list[loadgen.Request], seconds: float) -> Attack:
     """``ATTACK_CONNECTIONS`` keep-alive connections, each sending as fast as it is answered,
     until ``seconds`` have passed or ``ATTACK_LIMIT`` requests were sent."""
-    connect = loadgen.unix_connector(socket)
+    answered = 0
+    first_429: int | None = None
+
+    def seen(status: int) -> None:
+        nonlocal answered, first_429
+        if status == 429 and first_429 is None:
+            first_429 = answered
+        answered += 1
+
+    result = await loadgen.drive(
+        loadgen.unix_connector(socket),
+        requests,
+        concurrency=ATTACK_CONNECTIONS,
+        total=ATTACK_LIMIT,
+        duration=seconds,
+        on_status=seen,
+    )
     statuses: Counter[int] = Counter()
-    errors: Counter[str] = Counter()
-    first_429: list[int] = []
-    sent = 0
-    began = time.monotonic()
-    stop_at = began + seconds
-
-    async def connection() -> None:
-        nonlocal sent
-        reader: asyncio.StreamReader | None = None
-        writer: asyncio.StreamWriter | None = None
-        try:
-            while time.monotonic() < stop_at and sent < ATTACK_LIMIT:
-                request = requests[sent % len(requests)]
-                sent += 1
-                try:
-                    if writer is None:
-                        reader, writer = await connect()
-                    assert reader is not None
-                    writer.write(request.data)
-                    status, closes = await loadgen.read_response(reader)
-                except (OSError, asyncio.IncompleteReadError, loadgen.ProtocolError) as e:
-                    errors[type(e).__name__] += 1
-                    if writer is not None:
-                        writer.close()
-                    reader = writer = None
-                    await asyncio.sleep(0.01)
-                    continue
-                if status == 429 and not first_429:
-                    first_429.append(sum(statuses.values()))
-                statuses[status] += 1
-                if closes:
-                    writer.close()
-                    reader = writer = None
-        finally:
-            if writer is not None:
-                writer.close()
-
-    await asyncio.gather(*(connection() for _ in range(ATTACK_CONNECTIONS)))
-    return Attack(statuses, errors, time.monotonic() - began, first_429[0] if first_429 else None)
+    for (_, status), count in result.statuses.items():
+        statuses[status] += count
+    return Attack(statuses, result.errors, result.elapsed, first_429)
 
 
 def attacker(
