@@ -204,3 +204,24 @@ def port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def parsed_options(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Any:
+    """``twistd registry-token`` options parsed as the daemon would, over a small policy and a
+    P-256 key pair in ``tmp_path`` (made once, reused by later calls)."""
+    from tokend.tap import Options  # the daemon's module, with its reactor: only when asked
+
+    config = tmp_path / "config"
+    if not config.exists():
+        write_policy(config, {"a": ("pw", {"*": ["pull"]})}, {"repositories": ["pub/*", "x"]})
+    key_path, cert_path = tmp_path / "p256.key", tmp_path / "p256.crt"
+    if not key_path.exists():
+        write_key_pair(tmp_path)
+    options = Options(environ=environ or {})
+    options.parseOptions(
+        [
+            "--listen", "tcp:0:interface=127.0.0.1", "--config-dir", str(config),
+            "--key", str(key_path), "--cert", str(cert_path), *args,
+        ]
+    )  # fmt: skip
+    return options

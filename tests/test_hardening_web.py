@@ -15,7 +15,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from support import load_certificate, settled, verify_jwt, write_key_pair, write_policy
+from support import (
+    load_certificate,
+    parsed_options,
+    settled,
+    verify_jwt,
+    write_key_pair,
+    write_policy,
+)
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -452,15 +459,7 @@ def test_anonymous_requests_and_cache_hits_do_not_queue(
 
 
 def parsed(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Options:
-    write_policy(tmp_path / "config", USERS)
-    key_path, cert_path = write_key_pair(tmp_path)
-    options = Options(environ=environ or {})
-    options.parseOptions(
-        [
-            "--listen", "tcp:0:interface=127.0.0.1", "--config-dir", str(tmp_path / "config"),
-            "--key", str(key_path), "--cert", str(cert_path), *args,
-        ]
-    )  # fmt: skip
+    options: Options = parsed_options(tmp_path, *args, environ=environ)
     return options
 
 

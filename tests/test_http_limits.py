@@ -18,6 +18,7 @@ import pytest
 from support import (
     free_port,
     load_certificate,
+    parsed_options,
     port_open,
     start_twistd,
     stop_process,
@@ -361,15 +362,7 @@ def test_an_oversized_post_to_the_realm_gets_the_oauth_error(
 
 
 def parsed(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Options:
-    write_policy(tmp_path / "config", {"bar": ("bar", {"*": ["pull"]})})
-    key_path, cert_path = write_key_pair(tmp_path)
-    options = Options(environ=environ or {})
-    options.parseOptions(
-        [
-            "--listen", "tcp:0:interface=127.0.0.1", "--config-dir", str(tmp_path / "config"),
-            "--key", str(key_path), "--cert", str(cert_path), *args,
-        ]
-    )  # fmt: skip
+    options: Options = parsed_options(tmp_path, *args, environ=environ)
     return options
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import write_key_pair, write_policy
+from support import parsed_options, write_key_pair, write_policy
 from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 
@@ -17,19 +17,7 @@ from tokend.tap import Options, _Announcer
 
 
 def parsed(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Options:
-    config = tmp_path / "config"
-    if not config.exists():
-        write_policy(config, {"a": ("pw", {"*": ["pull"]})}, {"repositories": ["pub/*", "x"]})
-    key_path, cert_path = tmp_path / "p256.key", tmp_path / "p256.crt"
-    if not key_path.exists():
-        write_key_pair(tmp_path)
-    options = Options(environ=environ or {})
-    options.parseOptions(
-        [
-            "--listen", "tcp:0:interface=127.0.0.1", "--config-dir", str(config),
-            "--key", str(key_path), "--cert", str(cert_path), *args,
-        ]
-    )  # fmt: skip
+    options: Options = parsed_options(tmp_path, *args, environ=environ)
     return options
 
 
