@@ -277,10 +277,6 @@ class Policy:
             return tuple(a for a in ACTIONS if a in allowed)
         return tuple(a for a in scope.actions if a in allowed)
 
-    def bcrypt_cost(self) -> int:
-        """The commonest cost among the stored hashes (precomputed)."""
-        return self.hash_costs[0][0] if self.hash_costs else DEFAULT_BCRYPT_COST
-
     def dummy_cost(self, account: str) -> int:
         """The bcrypt cost at which an unknown ``account`` is checked, so that it costs what a
         known name would.
