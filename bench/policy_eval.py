@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bcrypt
 
-from tokend.policy import (
+from tokend.policy.model import (
     Policy,
     anonymous_from_document,
     groups_from_document,
     users_from_document,
 )
-from tokend.policy_report import unused_rule_warnings
+from tokend.policy.report import unused_rule_warnings
 from tokend.scope import ResourceScope
 
 USERS = 10_000

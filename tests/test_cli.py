@@ -13,7 +13,7 @@ import pytest
 from support import load_certificate, write_key_pair, write_policy
 
 from tokend.cli import main
-from tokend.keys import key_ids, load_signing_key
+from tokend.signing.keys import key_ids, load_signing_key
 
 
 def run(*argv: str, stdin: str = "") -> tuple[int, str]:

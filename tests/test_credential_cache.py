@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tokend.credential_cache import CredentialCache
+from tokend.login.credential_cache import CredentialCache
 
 NOW = 1_800_000_000.0
 HASH = b"$2b$04$abcdefghijklmnopqrstuuJ0ZfJ0cXaYhq7Qn1m3bX4m8hW0u5dyy"

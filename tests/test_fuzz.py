@@ -25,22 +25,21 @@ from support import settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from tokend.basic_auth import (
+from tokend.login.basic_auth import (
     MAX_AUTHORIZATION_BYTES,
     Credentials,
     MalformedCredentials,
     UnsupportedScheme,
     parse_authorization,
 )
-from tokend.holder import PolicyHolder
-from tokend.keys import load_signing_key
-from tokend.passwords import PasswordChecker
-from tokend.policy import (
+from tokend.login.passwords import PasswordChecker
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.policy.model import (
     PolicyError,
     anonymous_from_document,
     users_from_document,
 )
-from tokend.policy_files import load_policy
 from tokend.scope import (
     MAX_NAME_LENGTH,
     MAX_SCOPES,
@@ -50,7 +49,8 @@ from tokend.scope import (
     parse_scope,
     parse_scopes,
 )
-from tokend.tokens import TokenIssuer
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
 from tokend.web import FormlessRequest, TokenAPI
 from tokend.workers import InlineWorkers
 

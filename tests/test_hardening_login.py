@@ -26,8 +26,8 @@ from test_hardening_web import (
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 
 from tokend.client_address import FORWARDED_FOR, TrustedProxies, parse_networks
-from tokend.credential_cache import CredentialCache
-from tokend.throttle import InFlight
+from tokend.login.credential_cache import CredentialCache
+from tokend.login.throttle import InFlight
 from tokend.workers import BoundedWorkers
 
 LOCAL_PROXY = parse_networks(["127.0.0.0/8"])

@@ -30,15 +30,15 @@ from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 
 from tokend.client_address import TrustedProxies, parse_networks
-from tokend.credential_cache import CredentialCache
-from tokend.holder import PolicyHolder
-from tokend.keys import load_signing_key
-from tokend.passwords import PasswordChecker
-from tokend.policy_files import load_policy
-from tokend.refresh_tokens import RefreshTokens
+from tokend.login.credential_cache import CredentialCache
+from tokend.login.passwords import PasswordChecker
+from tokend.login.refresh_tokens import RefreshTokens
+from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
 from tokend.tap import Options
-from tokend.throttle import InFlight, LoginThrottle
-from tokend.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.workers import BoundedWorkers, InlineWorkers, Workers
 

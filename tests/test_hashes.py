@@ -19,9 +19,9 @@ from support import settled
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogEvent, capturedLogs
 
-from tokend.passwords import PasswordChecker, dummy_hash
-from tokend.policy import Policy, PolicyError, UserPolicy, users_from_document
-from tokend.policy_files import load_policy
+from tokend.login.passwords import PasswordChecker, dummy_hash
+from tokend.policy.files import load_policy
+from tokend.policy.model import Policy, PolicyError, UserPolicy, users_from_document
 from tokend.workers import InlineWorkers
 
 ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"

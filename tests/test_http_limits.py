@@ -35,18 +35,18 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 import tokend.tap
-from tokend.holder import PolicyHolder
 from tokend.http import (
     MAX_REQUEST_BODY_BYTES,
     BoundedChannel,
     ConnectionLimits,
     limit_connections,
 )
-from tokend.keys import load_signing_key
-from tokend.passwords import PasswordChecker
-from tokend.policy_files import load_policy
+from tokend.login.passwords import PasswordChecker
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
 from tokend.tap import Options, makeService
-from tokend.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.workers import InlineWorkers
 

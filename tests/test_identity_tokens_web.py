@@ -15,7 +15,7 @@ from support import verify_jwt
 from test_hardening_web import SERVICE, USERS, Hardened, Response, throttle
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
-from tokend.policy_files import load_policy
+from tokend.policy.files import load_policy
 
 ASKED = "repository:public/hello:pull,push"
 TTL = 90 * 86_400

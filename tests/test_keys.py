@@ -17,8 +17,8 @@ from joserfc import jws
 from joserfc.errors import SecurityWarning
 from support import load_certificate, new_private_key, self_signed, verify_jwt, write_key_pair
 
-from tokend.devcert import ensure_dev_cert, write_dev_cert
-from tokend.keys import (
+from tokend.signing.devcert import ensure_dev_cert, write_dev_cert
+from tokend.signing.keys import (
     KeyConfigError,
     jwk_thumbprint,
     key_ids,
@@ -105,7 +105,7 @@ def test_signing_with_the_cached_header_matches_joserfc_serialize_compact(
     signing_key = load_signing_key(key_path, cert_path, allow_loose_permissions=False)
     claims = {"iss": "i", "sub": "ü", "access": [{"type": "repository", "name": "a/b"}]}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SecurityWarning)  # EdDSA's name, see tokend.keys
+        warnings.simplefilter("ignore", SecurityWarning)  # EdDSA's name, see tokend.signing.keys
         reference = jws.serialize_compact(
             dict(signing_key.header),
             json.dumps(claims, separators=(",", ":")).encode(),

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokend.policy import (
+from tokend.policy.files import load_policy
+from tokend.policy.model import (
     AnonymousPolicy,
     Policy,
     PolicyError,
     anonymous_from_document,
     users_from_document,
 )
-from tokend.policy_files import load_policy
 from tokend.scope import ResourceScope
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()

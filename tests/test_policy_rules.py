@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokend.policy import (
+from tokend.policy.files import load_policy
+from tokend.policy.model import (
     Policy,
     PolicyError,
     anonymous_from_document,
@@ -19,8 +20,7 @@ from tokend.policy import (
     policy_change,
     users_from_document,
 )
-from tokend.policy_files import load_policy
-from tokend.policy_report import overlap_notes, unused_rule_warnings
+from tokend.policy.report import overlap_notes, unused_rule_warnings
 from tokend.scope import ResourceScope
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()

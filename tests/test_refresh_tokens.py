@@ -14,14 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from support import hash_password, load_certificate, verify_jwt, write_key_pair
 
-from tokend.keys import SigningKey, load_signing_key
-from tokend.policy import (
-    Policy,
-    PolicyError,
-    policy_change,
-    users_from_document,
-)
-from tokend.refresh_tokens import (
+from tokend.login.refresh_tokens import (
     DEFAULT_TTL,
     MAX_TOKEN_CHARS,
     REFRESH_AUDIENCE,
@@ -32,8 +25,15 @@ from tokend.refresh_tokens import (
     RefreshTokens,
     fingerprint,
 )
+from tokend.policy.model import (
+    Policy,
+    PolicyError,
+    policy_change,
+    users_from_document,
+)
 from tokend.scope import ResourceScope
-from tokend.tokens import TokenIssuer
+from tokend.signing.keys import SigningKey, load_signing_key
+from tokend.signing.tokens import TokenIssuer
 
 ISSUER = "tokend"
 SERVICE = "registry.example.com"

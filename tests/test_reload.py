@@ -27,13 +27,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogEvent, capturedLogs
 from twisted.web.server import Site
 
-from tokend.holder import PolicyHolder
-from tokend.keys import load_signing_key
-from tokend.passwords import PasswordChecker
-from tokend.policy_files import load_policy
-from tokend.reload import PolicyReloader
-from tokend.tokens import TokenIssuer
-from tokend.watcher import DEFAULT_DEBOUNCE_SECONDS, PolicyWatchService
+from tokend.login.passwords import PasswordChecker
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.policy.reload import PolicyReloader
+from tokend.policy.watcher import DEFAULT_DEBOUNCE_SECONDS, PolicyWatchService
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.workers import WorkerPool
 

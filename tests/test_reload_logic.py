@@ -19,10 +19,10 @@ from watchdog.events import (
     FileOpenedEvent,
 )
 
-from tokend.holder import PolicyHolder
-from tokend.policy_files import load_policy
-from tokend.reload import PolicyReloader
-from tokend.watcher import (
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.policy.reload import PolicyReloader
+from tokend.policy.watcher import (
     MAX_DELAY_SECONDS,
     MAX_LINKS,
     WATCHED_NAMES,

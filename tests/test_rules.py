@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tokend.rules import (
+from tokend.policy.rules import (
     AmbiguousRules,
     PatternError,
     Rule,

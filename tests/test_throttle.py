@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokend.throttle import (
+from tokend.login.throttle import (
     FailureWindow,
     InFlight,
     KnownAddresses,

@@ -21,11 +21,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
-from tokend.holder import PolicyHolder
-from tokend.keys import load_signing_key
-from tokend.passwords import PasswordChecker
-from tokend.policy_files import load_policy
-from tokend.tokens import TokenIssuer
+from tokend.login.passwords import PasswordChecker
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.workers import WorkerPool
 

@@ -15,11 +15,11 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs
 
-from tokend.holder import PolicyHolder
-from tokend.keys import load_signing_key
-from tokend.passwords import PasswordChecker
-from tokend.policy_files import load_policy
-from tokend.tokens import TokenIssuer
+from tokend.login.passwords import PasswordChecker
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.workers import InlineWorkers
 

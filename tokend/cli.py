@@ -19,14 +19,14 @@ from typing import TextIO
 
 import bcrypt
 
-from tokend.devcert import DEFAULT_CN, DEFAULT_DAYS, DanglingLinkError, write_dev_cert
-from tokend.keys import KeyConfigError, key_ids, load_signing_key
-from tokend.passwords import MAX_PASSWORD_BYTES
-from tokend.policy import ACTIONS, DEFAULT_BCRYPT_COST, Decision, Policy, PolicyError
-from tokend.policy_files import load_policy
-from tokend.policy_report import overlap_notes
+from tokend.login.passwords import MAX_PASSWORD_BYTES
+from tokend.policy.files import load_policy
+from tokend.policy.model import ACTIONS, DEFAULT_BCRYPT_COST, Decision, Policy, PolicyError
+from tokend.policy.report import overlap_notes
 from tokend.scope import ScopeError, parse_scopes
-from tokend.tokens import rfc3339
+from tokend.signing.devcert import DEFAULT_CN, DEFAULT_DAYS, DanglingLinkError, write_dev_cert
+from tokend.signing.keys import KeyConfigError, key_ids, load_signing_key
+from tokend.signing.tokens import rfc3339
 
 MIN_COST, MAX_COST = 4, 31
 

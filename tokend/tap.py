@@ -24,20 +24,20 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
-from tokend.credential_cache import CredentialCache
-from tokend.devcert import DanglingLinkError, ensure_dev_cert
-from tokend.holder import PolicyHolder
 from tokend.http import ConnectionLimits, limit_connections
-from tokend.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
-from tokend.passwords import PasswordChecker
-from tokend.policy import PolicyError
-from tokend.policy_files import LoadedPolicy, load_policy
-from tokend.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
-from tokend.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
-from tokend.reload import PolicyReloader, keep_out_of_gc
-from tokend.throttle import InFlight, LoginThrottle
-from tokend.tokens import TokenIssuer
-from tokend.watcher import PolicyWatchService
+from tokend.login.credential_cache import CredentialCache
+from tokend.login.passwords import PasswordChecker
+from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
+from tokend.login.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
+from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.policy.files import LoadedPolicy, load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.policy.model import PolicyError
+from tokend.policy.reload import PolicyReloader, keep_out_of_gc
+from tokend.policy.watcher import PolicyWatchService
+from tokend.signing.devcert import DanglingLinkError, ensure_dev_cert
+from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
+from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.workers import BoundedWorkers, WorkerPool
 

@@ -24,28 +24,28 @@ from twisted.web.http import parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from tokend.basic_auth import (
+from tokend.client_address import ClientAddress, TrustedProxies
+from tokend.log_text import printable
+from tokend.login.basic_auth import (
     Credentials,
     MalformedCredentials,
     UnsupportedScheme,
     parse_authorization,
 )
-from tokend.client_address import ClientAddress, TrustedProxies
-from tokend.credential_cache import CredentialCache
-from tokend.holder import PolicyHolder
-from tokend.log_text import printable
-from tokend.passwords import MAX_PASSWORD_BYTES, PasswordChecker
-from tokend.policy import Policy
-from tokend.refresh_tokens import (
+from tokend.login.credential_cache import CredentialCache
+from tokend.login.passwords import MAX_PASSWORD_BYTES, PasswordChecker
+from tokend.login.refresh_tokens import (
     MAX_TOKEN_CHARS,
     USERS,
     InvalidRefreshToken,
     RefreshTokens,
     fingerprint,
 )
+from tokend.login.throttle import InFlight, LoginThrottle, Refusal
+from tokend.policy.holder import PolicyHolder
+from tokend.policy.model import Policy
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
-from tokend.throttle import InFlight, LoginThrottle, Refusal
-from tokend.tokens import IssuedToken, TokenIssuer, rfc3339
+from tokend.signing.tokens import IssuedToken, TokenIssuer, rfc3339
 from tokend.workers import Overloaded
 
 MAX_QUERY_BYTES = 8192

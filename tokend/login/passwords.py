@@ -10,7 +10,7 @@ from __future__ import annotations
 import bcrypt
 from twisted.logger import Logger
 
-from tokend.policy import MAX_BCRYPT_COST, MIN_BCRYPT_COST
+from tokend.policy.model import MAX_BCRYPT_COST, MIN_BCRYPT_COST
 from tokend.workers import Workers
 
 MAX_PASSWORD_BYTES = 72

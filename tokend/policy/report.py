@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from tokend.policy import Policy, UserPolicy
-from tokend.rules import ACCOUNT, Rule, RuleSet, common_match, is_valid_component
+from tokend.policy.model import Policy, UserPolicy
+from tokend.policy.rules import ACCOUNT, Rule, RuleSet, common_match, is_valid_component
 
 MAX_OVERLAP_NOTES = 200
 

@@ -14,9 +14,9 @@ from typing import Protocol
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
-from tokend.holder import PolicyHolder
-from tokend.policy import PolicyError, policy_change
-from tokend.policy_files import POLICY_FILES, LoadedPolicy, load_policy
+from tokend.policy.files import POLICY_FILES, LoadedPolicy, load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.policy.model import PolicyError, policy_change
 from tokend.workers import Workers
 
 MAX_LOAD_ATTEMPTS = 5

@@ -9,14 +9,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokend.policy import (
+from tokend.policy.model import (
     Policy,
     PolicyError,
     anonymous_from_document,
     groups_from_document,
     users_from_document,
 )
-from tokend.policy_report import hash_cost_warnings, unused_rule_warnings
+from tokend.policy.report import hash_cost_warnings, unused_rule_warnings
 
 USERS_FILE = "users.json"
 REPOSITORIES_FILE = "repositories.json"

@@ -45,8 +45,8 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
-from tokend.keys import SigningKey
-from tokend.policy import Policy
+from tokend.policy.model import Policy
+from tokend.signing.keys import SigningKey
 
 REFRESH_TYP = "tokend-refresh+jwt"
 """The ``typ`` header of refresh tokens (RFC 8725 §3.11: explicit typing); access tokens say

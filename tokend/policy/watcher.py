@@ -26,7 +26,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from tokend.policy_files import POLICY_FILES
+from tokend.policy.files import POLICY_FILES
 
 WATCHED_NAMES = frozenset({*POLICY_FILES, "..data"})
 WATCHED_EVENTS = frozenset({"created", "modified", "moved", "closed", "deleted"})

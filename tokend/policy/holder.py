@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tokend.policy import Policy
+from tokend.policy.model import Policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
-from tokend.rules import (
+from tokend.policy.rules import (
     ACCOUNT,
     EMPTY_RULES,
     AmbiguousRules,
