@@ -181,7 +181,10 @@ def test_check_config_reports_unused_and_overriding_rules(tmp_path: Path) -> Non
     code, out = run("check-config", "--config-dir", str(tmp_path))
     assert code == 0
     lines = out.splitlines()
-    assert "warning: groups.json: idle: no user is a member, its rules never apply" in lines
+    assert (
+        "warning: groups.json: idle: no user is a member and it names no ldap_groups, "
+        "its rules never apply"
+    ) in lines
     assert (
         "overlap: groups.json staff: 'secret/**' (denies) takes precedence over '*' [pull] "
         "for names like 'secret/a'"

@@ -175,7 +175,9 @@ def test_reports_unused_groups_unbindable_accounts_and_overrides() -> None:
         {**PERSONAL, "idle": {"repositories": {"x": ["pull"]}}},
     )
     warnings = unused_rule_warnings(policy)
-    assert "groups.json: idle: no user is a member, its rules never apply" in warnings
+    assert (
+        "groups.json: idle: no user is a member and it names no ldap_groups, its rules never apply"
+    ) in warnings
     assert any("group staff never match for 'Odd.Name@corp'" in w for w in warnings)
     assert grant(policy, "Odd.Name@corp", "repository:odd/x:pull") == ("pull",)
     notes = overlap_notes(policy)

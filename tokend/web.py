@@ -8,7 +8,6 @@ modules; this maps them to HTTP and turns every domain error into the spec's JSO
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,7 +16,7 @@ from urllib.parse import unquote_to_bytes
 import werkzeug.exceptions
 from klein import Klein
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import parse_qs
@@ -33,26 +32,26 @@ from tokend.login.basic_auth import (
     parse_authorization,
 )
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.passwords import MAX_PASSWORD_BYTES, PasswordChecker
-from tokend.login.refresh_tokens import (
-    MAX_TOKEN_CHARS,
-    USERS,
-    InvalidRefreshToken,
-    RefreshTokens,
-    fingerprint,
+from tokend.login.identity import (
+    BackendUnavailable,
+    Login,
+    LoginError,
+    LoginOverloaded,
+    LoginRefused,
+    LoginThrottled,
 )
-from tokend.login.throttle import InFlight, LoginThrottle, Refusal
+from tokend.login.logins import AccountDirectory, Logins
+from tokend.login.password_file import PasswordFile
+from tokend.login.passwords import PasswordChecker
+from tokend.login.refresh_tokens import MAX_TOKEN_CHARS, RefreshTokens, fingerprint
+from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.policy.holder import PolicyHolder
-from tokend.policy.model import Policy
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
 from tokend.signing.tokens import IssuedToken, TokenIssuer, rfc3339
-from tokend.workers import Overloaded
 
 MAX_QUERY_BYTES = 8192
 MAX_VALUE_CHARS = 1024
 MAX_BODY_BYTES = 16384
-MAX_HASH_CHECKS = 3
-"""Password checks per login when reloads keep replacing the user's hash meanwhile."""
 OVERLOAD_RETRY_AFTER = 1
 """Seconds a client is asked to wait when the bcrypt queue is full: it drains quickly."""
 CREDENTIAL_FIELDS = (b"username", b"password", b"refresh_token")
@@ -124,15 +123,6 @@ class TooManyRequests(RequestError):
     oauth_error = "temporarily_unavailable"
     outcome = "throttled"
 
-    @classmethod
-    def of(cls, refusal: Refusal, account: str) -> TooManyRequests:
-        wait = max(1, math.ceil(refusal.retry_after))
-        return cls(
-            f"too many failed logins for this {refusal.reason}; try again in {wait} s",
-            account=account,
-            retry_after=wait,
-        )
-
 
 class ServiceOverloaded(RequestError):
     """The bcrypt queue is full: refusing now beats answering after the client gave up."""
@@ -141,6 +131,34 @@ class ServiceOverloaded(RequestError):
     code = "UNAVAILABLE"
     oauth_error = "temporarily_unavailable"
     outcome = "overloaded"
+
+
+class ServiceUnavailable(RequestError):
+    """A backend that must answer (the directory) cannot now: a 401 would send the user
+    looking for a password mistake they did not make."""
+
+    status = 503
+    code = "UNAVAILABLE"
+    oauth_error = "temporarily_unavailable"
+    outcome = "unavailable"
+
+
+def http_error(error: LoginError, *, refresh: bool) -> RequestError:
+    """The HTTP answer to a login that ended without an identity."""
+    if isinstance(error, LoginThrottled):
+        return TooManyRequests(error.message, account=error.account, retry_after=error.retry_after)
+    if isinstance(error, LoginOverloaded):
+        return ServiceOverloaded(
+            error.message, account=error.account, retry_after=OVERLOAD_RETRY_AFTER
+        )
+    if isinstance(error, BackendUnavailable):
+        return ServiceUnavailable(
+            error.message, account=error.account, retry_after=error.retry_after
+        )
+    token = error.token if isinstance(error, LoginRefused) else None
+    if refresh:
+        return InvalidGrant(error.message, account=error.account, token=token)
+    return AuthenticationFailed(error.message, account=error.account, token=token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +200,12 @@ class TokenAPI:
         trusted_proxies: TrustedProxies | None = None,
         in_flight: InFlight | None = None,
         refresh_tokens: RefreshTokens | None = None,
+        directory: AccountDirectory | None = None,
     ) -> None:
         """Without ``throttle``, ``credential_cache`` or ``in_flight`` there is no throttling,
-        caching or per-address share of the bcrypt queue."""
+        caching or per-address share of the bcrypt queue; without ``directory``, names not
+        in users.json are unknown."""
         self._policy = policy
-        self._passwords = passwords
         self._tokens = tokens
         self._services = tuple(services)
         self._clock = clock
@@ -200,6 +219,15 @@ class TokenAPI:
         self._proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
         self._in_flight = InFlight(0) if in_flight is None else in_flight
         self._refresh_tokens = refresh_tokens
+        self._logins = Logins(
+            current=lambda: policy.current,
+            password_file=PasswordFile(lambda: policy.current, passwords, cache, clock.seconds),
+            clock=clock.seconds,
+            throttle=throttle,
+            in_flight=self._in_flight,
+            directory=directory,
+            refresh_tokens=refresh_tokens,
+        )
         policy.on_replace(lambda old, new: cache.policy_replaced(old.users, new.users))
 
     def resource(self) -> Resource:
@@ -267,17 +295,30 @@ class TokenAPI:
             request.setHeader(b"Allow", b"GET, HEAD, POST")
             raise MethodNotAllowed("the token endpoint answers GET and POST")
         client = self._client_address(request)
-        if asked.refresh_token is not None:
-            return self._refresh(request, asked, client)
-        if asked.credentials is None:
-            return self._issue(request, asked, client, None, self._policy.current)
-        account = asked.credentials.username
-        login = self._login(asked.credentials, client)
-        if isinstance(login, Policy):
-            return self._issue(request, asked, client, account, login)
-        return login.addCallback(
-            lambda policy: self._issue(request, asked, client, account, policy)
-        )
+        if asked.credentials is None and asked.refresh_token is None:
+            return self._issue(request, asked, client, None)
+        refresh = asked.refresh_token is not None
+        try:
+            if asked.refresh_token is not None:
+                if self._refresh_tokens is None:
+                    raise UnsupportedGrant("this realm issues no refresh tokens; use password")
+                login = self._logins.refresh(asked.refresh_token, client)
+            else:
+                assert asked.credentials is not None
+                credentials = asked.credentials
+                login = self._logins.password(credentials.username, credentials.password, client)
+        except LoginError as e:
+            raise http_error(e, refresh=refresh) from None
+        if isinstance(login, Login):
+            return self._issue(request, asked, client, login)
+
+        def refused(failure: Failure) -> Failure:
+            error = failure.value
+            if isinstance(error, LoginError):
+                return Failure(http_error(error, refresh=refresh))
+            return failure
+
+        return login.addCallbacks(lambda login: self._issue(request, asked, client, login), refused)
 
     def _read_get(self, request: Request) -> TokenRequest:
         if len(request.uri) > MAX_QUERY_BYTES:
@@ -360,16 +401,21 @@ class TokenAPI:
         request: Request,
         asked: TokenRequest,
         client: str,
-        account: str | None,
-        policy: Policy,
+        login: Login | None,
     ) -> bytes:
+        """The token for ``login`` (None: anonymous): asked ∩ allowed by its policy."""
+        policy = self._policy.current if login is None else login.policy
+        account = None if login is None else login.identity.account
+        member = None if login is None else login.identity.member(policy)
         granted = tuple(
-            ResourceScope(scope.type, scope.name, policy.grant(account, scope))
+            ResourceScope(scope.type, scope.name, policy.grant(account, scope, member))
             for scope in asked.scopes
         )
         now = self._clock.seconds()
         issued = self._tokens.issue(account or "", asked.service, granted, now)
-        refresh_token = self._refresh_token_for(asked, account, policy, now)
+        refresh_token = asked.refresh_token
+        if refresh_token is None and asked.offline and login is not None:
+            refresh_token = self._logins.refresh_token_for(login, now)
         text = (
             "issued {flow} token to '{account}' from {client} (client_id {client_id}) by "
             "{grant}: asked {asked}, granted {granted}"
@@ -390,142 +436,6 @@ class TokenAPI:
         )
         request.setHeader(b"Cache-Control", b"no-store")
         return _json(request, 200, _token_body(asked.flow, issued, granted, refresh_token))
-
-    def _refresh_token_for(
-        self, asked: TokenRequest, account: str | None, policy: Policy, now: float
-    ) -> str | None:
-        """The refresh token the answer carries: the same one back on the refresh grant (never
-        rotated: docker keeps the one it stored), a new one when a password login asked for it
-        and issuing is on, else none."""
-        if asked.refresh_token is not None:
-            return asked.refresh_token
-        tokens = self._refresh_tokens
-        if not asked.offline or account is None or tokens is None or not tokens.issuing:
-            return None
-        user = policy.users.get(account)
-        if user is None or (user.tokens_valid_after or 0) > now:
-            return None  # a token issued now could never be used
-        return tokens.issue(account, USERS, user.pass_hash, now)
-
-    def _refresh(self, request: Request, asked: TokenRequest, client: str) -> bytes:
-        """The refresh_token grant: no bcrypt, one signature check at most, and the token's
-        account held against the current policy. A bad token counts against the address: it
-        names no account that could be trusted before it was checked."""
-        token, tokens = asked.refresh_token, self._refresh_tokens
-        assert token is not None
-        if tokens is None:
-            raise UnsupportedGrant("this realm issues no refresh tokens; use password")
-        now = self._clock.seconds()
-        refusal = self._throttle.admit_address(client, now)
-        if refusal is not None:
-            raise TooManyRequests.of(refusal, "")
-        policy = self._policy.current
-        account: str | None = None
-        try:
-            claims = tokens.read(token, now)
-            account = claims.account  # signed: it may be named in the log
-            identity = tokens.identity(claims, policy)
-        except InvalidRefreshToken as e:
-            self._throttle.address_ended(client, now, failed=True)
-            raise InvalidGrant(
-                f"refresh token refused ({e.reason}); log in again with a password",
-                account=account,
-                token=fingerprint(token),
-            ) from None
-        self._throttle.address_ended(client, now, failed=False)
-        return self._issue(request, asked, client, identity.account, policy)
-
-    def _login(self, credentials: Credentials, client: str) -> Policy | Deferred[Policy]:
-        """The policy whose password hash these credentials matched; 401 if none did.
-
-        Throttling comes first, before the cache: a throttled guess must not learn anything,
-        not even from a cheap cache lookup. Then what needs no look at any user: a password
-        bcrypt cannot check fails at once, and counts. A cache hit is answered at once; only a
-        bcrypt check goes through a Deferred, and one address holds only a small share of the
-        bcrypt queue. Failures count; a success clears its account.
-        """
-        account = credentials.username
-        now = self._clock.seconds()
-        refusal = self._throttle.admit(account, client, now)
-        if refusal is not None:
-            raise TooManyRequests.of(refusal, account)
-        if len(credentials.password) > MAX_PASSWORD_BYTES:
-            self._throttle.failed(account, client, now)
-            raise AuthenticationFailed(
-                f"passwords are limited to {MAX_PASSWORD_BYTES} bytes", account=account
-            )
-        policy = self._policy.current
-        user = policy.users.get(account)
-        if user is not None and self._cache.verified(
-            account, credentials.password, user.pass_hash, now
-        ):
-            self._throttle.succeeded(account, client, now)
-            return policy
-        if not self._in_flight.enter(client):
-            self._throttle.overloaded(account, client, now)
-            raise ServiceOverloaded(
-                "too many logins from this address are being checked; try again shortly",
-                account=account,
-                retry_after=OVERLOAD_RETRY_AFTER,
-            )
-        return ensureDeferred(self._verified_login(credentials, client))
-
-    async def _verified_login(self, credentials: Credentials, client: str) -> Policy:
-        """:meth:`_login` past the cache: bcrypt, and the throttle told how it went."""
-        account = credentials.username
-        policy: Policy | None = None
-        ended = self._throttle.abandoned
-        try:
-            policy = await self._matched_policy(credentials)
-            ended = self._throttle.failed if policy is None else self._throttle.succeeded
-        except ServiceOverloaded:
-            ended = self._throttle.overloaded
-            raise
-        finally:
-            self._in_flight.leave(client)
-            ended(account, client, self._clock.seconds())
-        if policy is None:
-            raise AuthenticationFailed("invalid user name or password", account=account)
-        return policy
-
-    async def _matched_policy(self, credentials: Credentials) -> Policy | None:
-        """The policy whose stored hash this password matched, or None.
-
-        A reload may land while bcrypt runs. Rights come only from a policy whose stored hash
-        the password was checked against, so an old password never earns a new policy's
-        rights; a hash that changed meanwhile is checked again. The cache answers for a hash
-        only what bcrypt answered for that same hash.
-        """
-        account, password = credentials.username, credentials.password
-        for attempt in range(MAX_HASH_CHECKS):
-            policy = self._policy.current
-            user = policy.users.get(account)
-            checked = user.pass_hash if user is not None else None
-            # The first hash was looked up in the cache by _login already, moments ago.
-            if (
-                attempt
-                and checked is not None
-                and self._cache.verified(account, password, checked, self._clock.seconds())
-            ):
-                return policy
-            try:
-                verified = await self._passwords.verify(
-                    checked, password, policy.dummy_cost(account)
-                )
-            except Overloaded:
-                raise ServiceOverloaded(
-                    "too many logins are being checked; try again shortly",
-                    account=account,
-                    retry_after=OVERLOAD_RETRY_AFTER,
-                ) from None
-            if not verified or checked is None:
-                return None
-            current = self._policy.current
-            user_now = current.users.get(account)
-            if user_now is not None and user_now.pass_hash == checked:
-                self._cache.add(account, password, checked, self._clock.seconds())
-                return current
-        return None
 
     @app.handle_errors(werkzeug.exceptions.HTTPException)
     def routing_error(self, request: Request, failure: Failure) -> bytes:

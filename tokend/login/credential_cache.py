@@ -30,6 +30,7 @@ class HasPassHash(Protocol):
 class _Entry:
     user: str
     expires: float
+    value: object = None
 
 
 def _field(value: bytes) -> bytes:
@@ -70,22 +71,38 @@ class CredentialCache:
 
     def verified(self, user: str, password: bytes, pass_hash: bytes, now: float) -> bool:
         """True when this password was accepted against this very hash less than ttl ago."""
-        if not self.ttl:
-            return False
-        self._expire(now)
-        entry = self._entries.get(self._digest(user, password, pass_hash))
-        return entry is not None and entry.user == user and 0 < entry.expires - now <= self.ttl
+        return self._entry(user, password, pass_hash, now) is not None
 
     def add(self, user: str, password: bytes, pass_hash: bytes, now: float) -> None:
         """Remember a success; call it only after bcrypt accepted ``password`` for ``pass_hash``."""
+        self.remember(user, password, pass_hash, None, now)
+
+    def remembered(self, user: str, password: bytes, stamp: bytes, now: float) -> object:
+        """What :meth:`remember` stored for this password under ``stamp`` less than ttl ago
+        (a directory account's groups), or None."""
+        entry = self._entry(user, password, stamp, now)
+        return None if entry is None else entry.value
+
+    def remember(self, user: str, password: bytes, stamp: bytes, value: object, now: float) -> None:
+        """Remember a success and what it found. ``stamp`` is what the password was checked
+        against (a stored hash, or a backend's own constant): a different stamp misses."""
         if not self.ttl:
             return
         self._expire(now)
-        digest = self._digest(user, password, pass_hash)
+        digest = self._digest(user, password, stamp)
         self._entries.pop(digest, None)
-        self._entries[digest] = _Entry(user, now + self.ttl)
+        self._entries[digest] = _Entry(user, now + self.ttl, value)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    def _entry(self, user: str, password: bytes, stamp: bytes, now: float) -> _Entry | None:
+        if not self.ttl:
+            return None
+        self._expire(now)
+        entry = self._entries.get(self._digest(user, password, stamp))
+        if entry is not None and entry.user == user and 0 < entry.expires - now <= self.ttl:
+            return entry
+        return None
 
     def forget_users(self, users: set[str]) -> None:
         """Drop every entry of these users."""

@@ -45,6 +45,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
+from tokend.login.identity import USERS
 from tokend.policy.model import Policy
 from tokend.signing.keys import SigningKey
 
@@ -56,8 +57,6 @@ REFRESH_AUDIENCE = "urn:tokend:refresh-token"
 """The ``aud`` of every refresh token: not a registry's service, so registries refuse it."""
 
 TOKEN_USE = "refresh"  # noqa: S105 (a claim value, not a password)
-USERS = "users"
-"""The ``source`` of accounts from users.json; a directory backend adds its own name."""
 
 DEFAULT_TTL = 90 * 24 * 3600
 DEFAULT_CACHE_SIZE = 4096

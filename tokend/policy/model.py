@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
+from tokend.dn import DNError, normalise_dn
 from tokend.policy.rules import (
     ACCOUNT,
     EMPTY_RULES,
@@ -37,7 +38,9 @@ ACTIONS = ("pull", "push", "delete")
 ALL_ACTIONS = "*"
 CATALOG = ("registry", "catalog")
 USER_KEYS = ("pass_hash", "repositories", "groups", "catalog", "tokens_valid_after")
-GROUP_KEYS = ("repositories", "catalog")
+GROUP_KEYS = ("repositories", "catalog", "ldap_groups")
+EVERY_DIRECTORY_ACCOUNT = "*"
+"""``"ldap_groups": ["*"]``: the group holds every account the directory vouches for."""
 DEFAULT_BCRYPT_COST = 12
 
 MIN_BCRYPT_COST = 4
@@ -144,6 +147,17 @@ class GroupPolicy:
     source: Source = field(default=Source("group", EMPTY_RULES), compare=False, repr=False)
     """The compiled rules, labelled for explain; shared by every member without ``${account}``
     rules to bind."""
+    ldap_groups: frozenset[str] = frozenset()
+    """Normalised DNs of the directory groups whose members hold this group's rules, or
+    ``{"*"}`` for every directory account."""
+
+    def holds(self, directory_groups: frozenset[str]) -> bool:
+        """Whether a directory account in ``directory_groups`` (normalised DNs) is a member."""
+        if not self.ldap_groups:
+            return False
+        return EVERY_DIRECTORY_ACCOUNT in self.ldap_groups or not self.ldap_groups.isdisjoint(
+            directory_groups
+        )
 
     @property
     def rules(self) -> RuleSet:
@@ -202,6 +216,9 @@ class Policy:
     hash_costs: tuple[tuple[int, int], ...] = field(init=False, default=(), compare=False)
     """(bcrypt cost, users with it), commonest first; counted once when the policy is built."""
     _dummy_key: bytes = field(init=False, default=b"", compare=False, repr=False)
+    _directory_members: dict[tuple[str, frozenset[str]], UserPolicy] = field(
+        init=False, default_factory=dict, compare=False, repr=False
+    )
     _dummy_bounds: tuple[tuple[int, int], ...] = field(
         init=False, default=((_POINTS, DEFAULT_BCRYPT_COST),), compare=False, repr=False
     )
@@ -225,12 +242,19 @@ class Policy:
             key = hashlib.sha256(_DUMMY_KEY_LABEL + b"".join(hashes)).digest()
             object.__setattr__(self, "_dummy_key", key)
 
-    def allowed(self, account: str | None, resource_type: str, name: str) -> frozenset[str]:
-        """The actions ``account`` (``None``: anonymous) holds on one resource."""
+    def allowed(
+        self,
+        account: str | None,
+        resource_type: str,
+        name: str,
+        member: UserPolicy | None = None,
+    ) -> frozenset[str]:
+        """The actions ``account`` (``None``: anonymous) holds on one resource; ``member``
+        gives its rights when they come from elsewhere than users.json (a directory)."""
         if resource_type == "repository":
             if account is None:
                 return PULL if self.anonymous.may_pull(name) else NOTHING
-            user = self.users.get(account)
+            user = member if member is not None else self.users.get(account)
             if user is None:
                 return NOTHING
             allowed = NOTHING
@@ -239,16 +263,22 @@ class Policy:
                 if rule is not None and rule.actions:
                     allowed = allowed | rule.actions if allowed else rule.actions
             return allowed
-        return self.decide(account, resource_type, name).actions
+        return self.decide(account, resource_type, name, member).actions
 
-    def decide(self, account: str | None, resource_type: str, name: str) -> Decision:
+    def decide(
+        self,
+        account: str | None,
+        resource_type: str,
+        name: str,
+        member: UserPolicy | None = None,
+    ) -> Decision:
         """:meth:`allowed` with its reasons: which rule of which source matched."""
         if (resource_type, name) == CATALOG:
             if account is None:
                 allowed = self.anonymous.catalog
                 note = f"anonymous catalog is {'on' if allowed else 'off'} in repositories.json"
             else:
-                user = self.users.get(account)
+                user = member if member is not None else self.users.get(account)
                 allowed = user is not None and user.may_list_catalog
                 note = f"catalog {'allowed' if allowed else 'denied'} for {account!r}"
             return Decision(frozenset(ALL_ACTIONS) if allowed else NOTHING, (), note)
@@ -260,7 +290,7 @@ class Policy:
             actions = PULL if (rule is not None) != self.anonymous.blacklist else NOTHING
             note = f"anonymous {kind}; anonymous clients only ever pull"
             return Decision(actions, (Match(f"repositories.json {kind}", rule),), note)
-        user = self.users.get(account)
+        user = member if member is not None else self.users.get(account)
         if user is None:
             return Decision(NOTHING, (), f"no user {account!r}")
         matches = tuple(
@@ -270,12 +300,56 @@ class Policy:
         actions = frozenset().union(*(m.rule.actions for m in matches if m.rule is not None))
         return Decision(actions, matches, "the union of every source's most specific rule")
 
-    def grant(self, account: str | None, scope: ResourceScope) -> tuple[str, ...]:
+    def grant(
+        self, account: str | None, scope: ResourceScope, member: UserPolicy | None = None
+    ) -> tuple[str, ...]:
         """Requested ∩ allowed, in the request's order; ``*`` asks for everything allowed."""
-        allowed = self.allowed(account, scope.type, scope.name)
+        allowed = self.allowed(account, scope.type, scope.name, member)
         if ALL_ACTIONS in scope.actions and ALL_ACTIONS not in allowed:
             return tuple(a for a in ACTIONS if a in allowed)
         return tuple(a for a in scope.actions if a in allowed)
+
+    def directory_member(self, account: str, directory_groups: frozenset[str]) -> UserPolicy:
+        """The rights of a directory account: the rules of every group whose ``ldap_groups``
+        holds one of its directory groups (normalised DNs), ``${account}`` bound to its name,
+        as for a users.json member. No group: it authenticates and holds nothing.
+
+        Remembered per (account, groups) for this policy's lifetime (a reload builds a new
+        policy), so a busy client's cached logins do not bind the rules again each time.
+        """
+        key = (account, directory_groups)
+        known = self._directory_members.get(key)
+        if known is not None:
+            return known
+        sources: list[Source] = []
+        names: list[str] = []
+        for group_name, group in self.groups.items():
+            if not group.holds(directory_groups):
+                continue
+            try:
+                bound = bind(group.rules, account)
+            except AmbiguousRules:
+                continue  # this name makes two of the group's rules tie: the group grants nothing
+            names.append(group_name)
+            sources.append(Source(group.source.name, group.rules, bound) if bound else group.source)
+        catalogs = [self.groups[name].catalog for name in names]
+        member = UserPolicy(
+            b"",
+            MappingProxyType({}),
+            tuple(names),
+            None,
+            tuple(sources),
+            bool(names) and _may_list_catalog(None, catalogs),
+        )
+        if len(self._directory_members) >= _DIRECTORY_MEMBERS_REMEMBERED:
+            self._directory_members.clear()
+        self._directory_members[key] = member
+        return member
+
+    @property
+    def directory_groups(self) -> Mapping[str, frozenset[str]]:
+        """Groups that take directory accounts, with the directory groups they take."""
+        return {name: g.ldap_groups for name, g in self.groups.items() if g.ldap_groups}
 
     def dummy_cost(self, account: str) -> int:
         """The bcrypt cost at which an unknown ``account`` is checked, so that it costs what a
@@ -300,6 +374,7 @@ class Policy:
 
 
 NOTHING: frozenset[str] = frozenset()
+_DIRECTORY_MEMBERS_REMEMBERED = 4096
 
 
 def _check_name(name: str, file: str, what: str) -> None:
@@ -349,10 +424,32 @@ def groups_from_document(document: object, file: str) -> Mapping[str, GroupPolic
         written = _written_rules(entry.get("repositories", {}), file, (name, "repositories"))
         catalog = _optional_bool(entry, "catalog", file, (name,))
         rules = _rule_set(_compiled(written), file, (name, "repositories"))
+        ldap_groups = _ldap_groups(entry.get("ldap_groups", []), file, name)
         groups[name] = GroupPolicy(
-            MappingProxyType(written), catalog, Source(f"group {name}", rules)
+            MappingProxyType(written), catalog, Source(f"group {name}", rules), ldap_groups
         )
     return MappingProxyType(groups)
+
+
+def _ldap_groups(value: object, file: str, group: str) -> frozenset[str]:
+    """Directory group DNs, normalised so that any spelling the directory answers with
+    matches; ``["*"]`` alone stands for every directory account."""
+    if not isinstance(value, list):
+        raise PolicyError(file, json_path(group, "ldap_groups"), "expected a list of group DNs")
+    dns: set[str] = set()
+    for index, dn in enumerate(value):
+        where = json_path(group, "ldap_groups", index)
+        if not isinstance(dn, str):
+            raise PolicyError(file, where, f"expected a DN string, not {shown(dn)}")
+        if dn == EVERY_DIRECTORY_ACCOUNT:
+            if len(value) > 1:
+                raise PolicyError(file, where, '"*" (every directory account) stands alone')
+            return frozenset({EVERY_DIRECTORY_ACCOUNT})
+        try:
+            dns.add(normalise_dn(dn))
+        except DNError as e:
+            raise PolicyError(file, where, f"not a DN: {e}") from None
+    return frozenset(dns)
 
 
 def users_from_document(

@@ -20,8 +20,11 @@ def unused_rule_warnings(policy: Policy) -> tuple[str, ...]:
     warnings: list[str] = []
     members = {group for user in policy.users.values() for group in user.groups}
     for name, group in policy.groups.items():
-        if name not in members and len(group.rules):
-            warnings.append(f"groups.json: {name}: no user is a member, its rules never apply")
+        if name not in members and len(group.rules) and not group.ldap_groups:
+            warnings.append(
+                f"groups.json: {name}: no user is a member and it names no ldap_groups, "
+                "its rules never apply"
+            )
     for account, user in policy.users.items():
         if is_valid_component(account):
             continue

@@ -1,0 +1,223 @@
+"""Every way of logging in, behind one door: throttle, credential cache and the per-address
+share of checks wrap the authenticators once (STYLE rule 14), whichever one answers.
+
+- A name in users.json is checked against its hash, always: it is never looked up in the
+  directory.
+- Any other name goes to the directory when one is configured, else to the password file
+  (which checks it against a dummy hash so that unknown names cost what known ones do).
+- A refresh token names its account and where it came from; that source must still vouch for
+  the account (its hash unchanged, or the directory still finding it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from tokend.login.identity import (
+    DIRECTORY,
+    USERS,
+    BackendUnavailable,
+    Identity,
+    Login,
+    LoginOverloaded,
+    LoginRefused,
+    LoginThrottled,
+)
+from tokend.login.passwords import MAX_PASSWORD_BYTES
+from tokend.login.refresh_tokens import (
+    InvalidRefreshToken,
+    RefreshClaims,
+    RefreshTokens,
+    fingerprint,
+)
+from tokend.login.throttle import InFlight, LoginThrottle, Refusal
+from tokend.policy.model import Policy
+from tokend.workers import Overloaded
+
+WRONG = "invalid user name or password"
+
+
+class Authenticator(Protocol):
+    """One backend that turns a name and a password into a :class:`Login` (or None: wrong)."""
+
+    @property
+    def source(self) -> str: ...
+
+    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
+        """A login the credential cache answers, with no backend round trip."""
+
+    async def authenticate(self, account: str, password: bytes) -> Login | None:
+        """Raises :class:`BackendUnavailable` when it cannot tell, or ``Overloaded``."""
+
+
+class AccountDirectory(Authenticator, Protocol):
+    """An authenticator that can also say whether an account still exists, without its
+    password: a refresh token's account is re-checked that way."""
+
+    async def lookup(self, account: str) -> Identity | None: ...
+
+
+def throttled(refusal: Refusal, account: str | None) -> LoginThrottled:
+    wait = max(1, math.ceil(refusal.retry_after))
+    return LoginThrottled(
+        f"too many failed logins for this {refusal.reason}; try again in {wait} s", account, wait
+    )
+
+
+class Logins:
+    """Password logins and refresh-token logins, answered at once when no backend needs to be
+    asked (a throttle refusal, a cache hit, a refresh of a users.json account), else through
+    a Deferred. Refusals are :class:`tokend.login.identity.LoginError` subclasses."""
+
+    def __init__(
+        self,
+        *,
+        current: Callable[[], Policy],
+        password_file: Authenticator,
+        clock: Callable[[], float],
+        throttle: LoginThrottle,
+        in_flight: InFlight,
+        directory: AccountDirectory | None = None,
+        refresh_tokens: RefreshTokens | None = None,
+    ) -> None:
+        self._current = current
+        self._file = password_file
+        self._directory = directory
+        self._now = clock
+        self._throttle = throttle
+        self._in_flight = in_flight
+        self.refresh_tokens = refresh_tokens
+
+    def backend(self, account: str, policy: Policy) -> Authenticator:
+        """users.json decides for its names; the directory, when there is one, for the rest."""
+        if self._directory is None or account in policy.users:
+            return self._file
+        return self._directory
+
+    def password(self, account: str, password: bytes, client: str) -> Login | Deferred[Login]:
+        """Throttling comes first, before the cache: a throttled guess must not learn
+        anything, not even from a cheap cache lookup. Then what needs no backend: a password
+        bcrypt cannot check, or an empty one for the directory (an LDAP bind with an empty
+        password is an unauthenticated bind, which "succeeds"), fails at once and counts. A
+        cache hit is answered at once; only a real check goes through a Deferred, and one
+        address holds only a small share of the checks running. Failures count; a success
+        clears its account.
+        """
+        now = self._now()
+        refusal = self._throttle.admit(account, client, now)
+        if refusal is not None:
+            raise throttled(refusal, account)
+        policy = self._current()
+        backend = self.backend(account, policy)
+        if backend is self._file and len(password) > MAX_PASSWORD_BYTES:
+            self._throttle.failed(account, client, now)
+            raise LoginRefused(f"passwords are limited to {MAX_PASSWORD_BYTES} bytes", account)
+        if not password and backend is self._directory:
+            self._throttle.failed(account, client, now)
+            raise LoginRefused(WRONG, account)
+        hit = backend.cached(account, password, policy, now)
+        if hit is not None:
+            self._throttle.succeeded(account, client, now)
+            return hit
+        if not self._in_flight.enter(client):
+            self._throttle.overloaded(account, client, now)
+            raise LoginOverloaded(
+                "too many logins from this address are being checked; try again shortly",
+                account,
+            )
+        return ensureDeferred(self._checked(backend, account, password, client))
+
+    async def _checked(
+        self, backend: Authenticator, account: str, password: bytes, client: str
+    ) -> Login:
+        """:meth:`password` past the cache: the backend asked, the throttle told how it went.
+        A backend that could not answer (the directory down) counts as neither."""
+        login: Login | None = None
+        ended = self._throttle.abandoned
+        try:
+            login = await backend.authenticate(account, password)
+            ended = self._throttle.failed if login is None else self._throttle.succeeded
+        except Overloaded:
+            ended = self._throttle.overloaded
+            raise LoginOverloaded(
+                "too many logins are being checked; try again shortly", account
+            ) from None
+        finally:
+            self._in_flight.leave(client)
+            ended(account, client, self._now())
+        if login is None:
+            raise LoginRefused(WRONG, account)
+        return login
+
+    def refresh(self, token: str, client: str) -> Login | Deferred[Login]:
+        """The refresh_token grant: no bcrypt, one signature check at most, and the token's
+        account held against its source now. A bad token counts against the address: it
+        names no account that could be trusted before it was checked."""
+        tokens = self.refresh_tokens
+        if tokens is None:
+            raise ValueError("no refresh tokens configured")
+        now = self._now()
+        refusal = self._throttle.admit_address(client, now)
+        if refusal is not None:
+            raise throttled(refusal, None)
+        try:
+            claims = tokens.read(token, now)
+        except InvalidRefreshToken as e:
+            raise self._refused(token, client, None, e.reason) from None
+        policy = self._current()
+        if claims.source == DIRECTORY and self._directory is not None:
+            if claims.account in policy.users:
+                raise self._refused(token, client, claims.account, "account now in users.json")
+            return ensureDeferred(self._directory_refresh(tokens, claims, token, client))
+        if claims.source != USERS:
+            raise self._refused(token, client, claims.account, "unknown source")
+        try:
+            identity = tokens.identity(claims, policy)
+        except InvalidRefreshToken as e:
+            raise self._refused(token, client, claims.account, e.reason) from None
+        user = policy.users[identity.account]
+        self._throttle.address_ended(client, now, failed=False)
+        return Login(Identity(identity.account, USERS, binding=user.pass_hash), policy)
+
+    async def _directory_refresh(
+        self, tokens: RefreshTokens, claims: RefreshClaims, token: str, client: str
+    ) -> Login:
+        assert self._directory is not None
+        try:
+            found = await self._directory.lookup(claims.account)
+        except BackendUnavailable:
+            self._throttle.address_ended(client, self._now(), failed=False)
+            raise
+        if found is None:
+            raise self._refused(token, client, claims.account, "account not in the directory")
+        try:
+            tokens.admit(claims, found.binding, None)
+        except InvalidRefreshToken as e:
+            raise self._refused(token, client, claims.account, e.reason) from None
+        self._throttle.address_ended(client, self._now(), failed=False)
+        return Login(found, self._current())
+
+    def _refused(self, token: str, client: str, account: str | None, reason: str) -> LoginRefused:
+        self._throttle.address_ended(client, self._now(), failed=True)
+        return LoginRefused(
+            f"refresh token refused ({reason}); log in again with a password",
+            account,
+            token=fingerprint(token),
+        )
+
+    def refresh_token_for(self, login: Login, now: float) -> str | None:
+        """A new refresh token for a login that just proved its password, or None when
+        issuing is off or the account's tokens would be born revoked."""
+        tokens = self.refresh_tokens
+        if tokens is None or not tokens.issuing:
+            return None
+        identity = login.identity
+        if identity.source == USERS:
+            user = login.policy.users.get(identity.account)
+            if user is None or (user.tokens_valid_after or 0) > now:
+                return None  # a token issued now could never be used
+        return tokens.issue(identity.account, identity.source, identity.binding, now)
