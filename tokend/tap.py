@@ -14,6 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
+from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import reactor as global_reactor
@@ -25,11 +26,21 @@ from twisted.web.server import Site
 
 from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
 from tokend.http import ConnectionLimits, limit_connections
+from tokend.json_log import LoggingRoot, observer_for
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
 from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.metrics import (
+    NO_METRICS,
+    Metrics,
+    RequestMetrics,
+    ServiceState,
+    certificate_expiry,
+    metrics_resource,
+    process_collectors,
+)
 from tokend.policy.files import LoadedPolicy, load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
@@ -156,6 +167,19 @@ class Options(usage.Options):
                 "request has arrived; bytes trickling in do not extend it",
             ],
             ["idle-timeout", None, "30", "Seconds a kept-alive connection may wait for a request"],
+            [
+                "metrics",
+                None,
+                None,
+                "Endpoint serving Prometheus metrics at /metrics, e.g. "
+                "tcp:9102:interface=127.0.0.1 (off when not given)",
+            ],
+            [
+                "log-format",
+                None,
+                "text",
+                "text, or json: one JSON object per line where --logfile says",
+            ],
         ]
     )
     optFlags = _with_env_names(
@@ -268,6 +292,8 @@ class Options(usage.Options):
                 f"{self.source('realm-path')} must be an absolute URL path other than /healthz"
             )
         self["listen"] = self._checked_listen(self["listen"])
+        self["metrics"] = self._checked_metrics(self["metrics"])
+        self._check_log_format()
         self.signing_key: SigningKey = self._load_key()
         self.loaded_policy: LoadedPolicy = self._load_policy()
 
@@ -316,6 +342,33 @@ class Options(usage.Options):
             except KeyError:
                 raise usage.UsageError(f"no such group {self['socket-group']!r}") from None
         return description
+
+    def _checked_metrics(self, description: str | None) -> str | None:
+        """The metrics endpoint; a UNIX socket gets the token socket's mode and lock file."""
+        if not description:
+            return None
+        try:
+            serverFromString(global_reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(
+                f"{self.source('metrics')} {description!r} is not an endpoint: {e}"
+            ) from None
+        if description.startswith("unix:"):
+            if ":mode=" not in description:
+                description += ":mode=660"
+            if ":lockfile=" not in description:
+                description += ":lockfile=1"
+        return description
+
+    def _check_log_format(self) -> None:
+        log_format = self["log-format"].strip().lower()
+        if log_format not in ("text", "json"):
+            raise usage.UsageError(f"{self.source('log-format')} must be text or json")
+        if log_format == "json" and self.parent is not None and self.parent.get("syslog"):
+            raise usage.UsageError(
+                f"{self.source('log-format')} json writes to --logfile or stdout, not syslog"
+            )
+        self["log-format"] = log_format
 
     @staticmethod
     def socket_path(description: str) -> str:
@@ -544,8 +597,32 @@ class _Announcer(Service):
             )
 
 
+def _metrics(
+    registry: CollectorRegistry | None,
+    options: Options,
+    holder: PolicyHolder,
+    credential_cache: CredentialCache,
+    bcrypt_queue: BoundedWorkers,
+) -> RequestMetrics:
+    """The realm's instruments and the state read at scrape time, on ``registry``; with no
+    registry (no --metrics) nothing is counted, and requests pay nothing for it."""
+    if registry is None:
+        return NO_METRICS
+    metrics = Metrics(registry)
+    process_collectors(registry)
+    registry.register(
+        ServiceState(
+            holder,
+            credential_cache=credential_cache,
+            queue=bcrypt_queue,
+            certificate_expiry=certificate_expiry(options.signing_key),
+        )
+    )
+    return metrics
+
+
 def makeService(options: Options, reactor: Any = global_reactor) -> MultiService:
-    root = MultiService()
+    root = LoggingRoot(observer_for(options.parent) if options["log-format"] == "json" else None)
     bcrypt_pool = WorkerPool(reactor, options["bcrypt-threads"], "tokend-bcrypt")
     bcrypt_pool.setServiceParent(root)
     reload_pool = WorkerPool(reactor, 1, "tokend-reload")
@@ -554,6 +631,11 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
     bcrypt_queue = BoundedWorkers(
         bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
     )
+    credential_cache = CredentialCache(
+        ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
+    )
+    registry = CollectorRegistry() if options["metrics"] is not None else None
+    _metrics(registry, options, holder, credential_cache, bcrypt_queue)
     api = TokenAPI(
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
@@ -569,9 +651,7 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
             per_address=options["max-failures-per-address"],
             window=options["failure-window"],
         ),
-        credential_cache=CredentialCache(
-            ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
-        ),
+        credential_cache=credential_cache,
         trusted_proxies=TrustedProxies(
             networks=options["trusted-proxy"], header=options["client-address-header"]
         ),
@@ -594,6 +674,9 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
         socket_path = Options.socket_path(options["listen"])
         group = _SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
         group.setServiceParent(root)
+    if registry is not None:
+        metrics_site = _Site(metrics_resource(registry, reactor), reactor=reactor)
+        _Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
     config_dir = Path(options["config-dir"])
     reloader = PolicyReloader(config_dir, holder, reactor, reload_pool)
     PolicyWatchService(

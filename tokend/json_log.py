@@ -1,0 +1,126 @@
+"""``--log-format json``: one JSON object per line, for Loki, ELK or journald.
+
+Each line holds the time (RFC 3339, UTC), the level, the event's text as the text format would
+write it, the logger's namespace and the structured fields a log pipeline filters on
+(``outcome``, ``account``, ``client``…), read from the event rather than from the text.
+Client-supplied values are already escaped with :func:`tokend.log_text.printable`; JSON escaping
+(ASCII only) does the rest, so a line break or U+2028 in a user name cannot split a line.
+
+twistd picks its log observer before the service starts, from ``--logger`` or from an
+``ILogObserver`` component of the application. :func:`observer` is for ``twistd --logger
+tokend.json_log.observer`` (stdout); ``--log-format json`` instead builds one with
+:func:`observer_for` that writes where ``--logfile`` says, and :class:`LoggingRoot` hands it to
+twistd's application as that component.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from twisted.application.service import MultiService
+from twisted.logger import FileLogObserver, ILogObserver, LogEvent, LogLevel, formatEvent
+from twisted.python.components import Componentized
+from twisted.python.logfile import LogFile
+
+FIELDS = (
+    "outcome",
+    "grant",
+    "flow",
+    "account",
+    "client",
+    "client_id",
+    "asked",
+    "granted",
+    "status",
+    "reason",
+    "method",
+    "path",
+    "refresh_token",
+    "generation",
+    "error",
+)
+"""Structured fields copied into the line when an event carries them and they are not None (a
+refresh token's fingerprint, never a token: the realm logs nothing else under that name)."""
+
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
+
+
+def rfc3339(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_as_json(event: LogEvent) -> str:
+    """One event as one line of JSON, newline included."""
+    level = event.get("log_level", LogLevel.info)
+    record: dict[str, Any] = {
+        "time": rfc3339(event.get("log_time", 0.0)),
+        "level": level.name,
+        "text": formatEvent(event),
+        "namespace": event.get("log_namespace"),
+    }
+    for name in FIELDS:
+        field = event.get(name)
+        if field is not None:
+            record[name] = field
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    return _ENCODER.encode(record) + "\n"
+
+
+def observer_to(out: IO[str]) -> FileLogObserver:
+    """A log observer writing JSON lines to ``out``, flushed after each."""
+    return FileLogObserver(out, event_as_json)
+
+
+def observer() -> FileLogObserver:
+    """For ``twistd --logger tokend.json_log.observer``: JSON lines on standard output
+    (``twistd -n`` under systemd or in a container)."""
+    return observer_to(sys.stdout)
+
+
+def observer_for(twistd_config: Mapping[str, Any] | None) -> FileLogObserver:
+    """JSON lines where twistd would have written text: ``--logfile``, stdout for ``-`` or
+    for ``-n`` without a log file, else ``twistd.log``. A log file is reopened on SIGUSR1,
+    as twistd's own is, unless something else handles that signal."""
+    config = twistd_config or {}
+    name = config.get("logfile") or ""
+    if name == "-" or (not name and (config.get("nodaemon") or not config)):
+        return observer_to(sys.stdout)
+    log_file = LogFile.fromFullPath(name or "twistd.log")
+    if not signal.getsignal(signal.SIGUSR1):
+
+        def rotate(signum: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(log_file.rotate)
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return observer_to(log_file)
+
+
+class LoggingRoot(MultiService):
+    """The root of the service tree, handing twistd's application a log observer.
+
+    twistd adds the tree to its application and only then reads the application's
+    ``ILogObserver`` component to start logging; ``--logger`` still wins over it.
+    """
+
+    def __init__(self, observer: Callable[[LogEvent], None] | None = None) -> None:
+        super().__init__()
+        self.log_observer = observer
+
+    def setServiceParent(self, parent: Any) -> Any:
+        if (
+            self.log_observer is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver) is None
+        ):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)

@@ -1,0 +1,283 @@
+"""Prometheus metrics: what operators watch next to the registry's own.
+
+Two kinds. Events the realm sees (a token answered, a password checked, a cache lookup, a
+throttled attempt) are counted by :class:`Metrics` as they happen, with label children bound
+once so the request path pays a dictionary lookup and a lock. State that already exists
+(the policy holder, the credential cache, the bcrypt queue, the certificate) is read by
+:class:`ServiceState` only when Prometheus scrapes, so those modules know nothing of metrics.
+
+Everything lives on a ``CollectorRegistry`` that ``makeService`` creates and injects: no
+module-level registry, so tests read their own and two services never collide. Labels are
+bounded sets; never an account, an address or a repository name.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Protocol, cast
+
+from cryptography import x509
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import make_wsgi_app
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from twisted.web.resource import IResource, Resource
+from twisted.web.wsgi import WSGIResource
+
+from tokend.policy.holder import PolicyHolder
+from tokend.signing.keys import SigningKey
+
+GRANTS = ("anonymous", "password", "refresh_token")
+OUTCOMES = ("issued", "unauthorized", "bad_request", "throttled", "overloaded", "unavailable")
+THROTTLED_BY = ("account", "address")
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""An anonymous token takes about a millisecond, a bcrypt login tens to hundreds."""
+CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class RequestMetrics(Protocol):
+    """What the realm reports as it answers; :data:`NO_METRICS` when metrics are off."""
+
+    def now(self) -> float: ...
+
+    def answered(self, grant: str, outcome: str, started: float) -> None: ...
+
+    def password_checked(self, accepted: bool, started: float) -> None: ...
+
+    def cache_lookup(self, hit: bool) -> None: ...
+
+    def throttled(self, by: str) -> None: ...
+
+
+class _NoMetrics:
+    """Metrics off: every report is dropped, and no clock is read."""
+
+    def now(self) -> float:
+        return 0.0
+
+    def answered(self, grant: str, outcome: str, started: float) -> None:
+        pass
+
+    def password_checked(self, accepted: bool, started: float) -> None:
+        pass
+
+    def cache_lookup(self, hit: bool) -> None:
+        pass
+
+    def throttled(self, by: str) -> None:
+        pass
+
+
+NO_METRICS: RequestMetrics = _NoMetrics()
+
+
+def tokend_version() -> str:
+    try:
+        return version("tokend")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    """The event counters and histograms, registered on ``registry``.
+
+    ``timer`` is a monotonic clock in seconds (durations only; never compared with wall time).
+    A label value outside the known sets is a programming error and raises ``KeyError``.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, timer: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.registry = registry
+        self.now = timer
+        requests = Counter(
+            "tokend_token_requests",
+            "Token requests answered by the realm, by grant asked for and outcome.",
+            ["grant", "outcome"],
+            registry=registry,
+        )
+        duration = Histogram(
+            "tokend_request_duration_seconds",
+            "Time from reading a token request to its answer, by grant.",
+            ["grant"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        checks = Counter(
+            "tokend_password_checks",
+            "Password checks actually run (bcrypt or the directory), by result.",
+            ["result"],
+            registry=registry,
+        )
+        self._check_seconds = Histogram(
+            "tokend_password_check_seconds",
+            "Time a password check took, waiting for a thread included.",
+            buckets=CHECK_BUCKETS,
+            registry=registry,
+        )
+        self._cache_hits = Counter(
+            "tokend_credential_cache_hits",
+            "Logins answered from the credential cache, without bcrypt.",
+            registry=registry,
+        )
+        self._cache_misses = Counter(
+            "tokend_credential_cache_misses",
+            "Logins the credential cache could not answer.",
+            registry=registry,
+        )
+        throttled = Counter(
+            "tokend_throttled",
+            "Login attempts refused by the failure throttle, by what reached its limit.",
+            ["by"],
+            registry=registry,
+        )
+        Info("tokend_build", "The running tokend.", registry=registry).info(
+            {"version": tokend_version()}
+        )
+        self._requests = {
+            (grant, outcome): requests.labels(grant, outcome)
+            for grant in GRANTS
+            for outcome in OUTCOMES
+        }
+        self._durations = {grant: duration.labels(grant) for grant in GRANTS}
+        self._checks = {True: checks.labels("accepted"), False: checks.labels("rejected")}
+        self._throttled = {by: throttled.labels(by) for by in THROTTLED_BY}
+
+    def answered(self, grant: str, outcome: str, started: float) -> None:
+        """One realm answer; ``started`` is :meth:`now` when the request was read."""
+        self._requests[grant, outcome].inc()
+        self._durations[grant].observe(self.now() - started)
+
+    def password_checked(self, accepted: bool, started: float) -> None:
+        self._checks[accepted].inc()
+        self._check_seconds.observe(self.now() - started)
+
+    def cache_lookup(self, hit: bool) -> None:
+        (self._cache_hits if hit else self._cache_misses).inc()
+
+    def throttled(self, by: str) -> None:
+        self._throttled[by].inc()
+
+
+class Queue(Protocol):
+    """The bcrypt queue as :class:`tokend.workers.BoundedWorkers` shows it."""
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def running(self) -> int: ...
+
+    queue: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ServiceState:
+    """Gauges and counters read from the service's own state at scrape time.
+
+    Keeps the request path free of them: the holder already counts reloads, the cache knows
+    its size and the queue its depth. A scrape may run on a thread other than the reactor's;
+    it only reads integers and lengths.
+    """
+
+    holder: PolicyHolder
+    credential_cache: Sized | None = None
+    queue: Queue | None = None
+    certificate_expiry: float | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.holder.status()
+        policy = self.holder.current
+        yield _gauge(
+            "tokend_policy_generation",
+            "Generation of the policy serving; each good reload adds one.",
+            status.generation,
+        )
+        reloads = CounterMetricFamily(
+            "tokend_policy_reloads",
+            "Policy reloads since start, by result (a failed one keeps the policy serving).",
+            labels=["result"],
+        )
+        reloads.add_metric(["ok"], status.reloads_ok)
+        reloads.add_metric(["failed"], status.reloads_failed)
+        yield reloads
+        yield _gauge(
+            "tokend_policy_last_reload_success_timestamp_seconds",
+            "When the policy files last loaded (start-up counts), Unix time.",
+            status.loaded_at,
+        )
+        yield _gauge(
+            "tokend_policy_files_valid",
+            "1 when the policy files on disk loaded at the last attempt, 0 when the last "
+            "good policy serves in spite of them.",
+            1 if status.files_valid else 0,
+        )
+        yield _gauge("tokend_policy_users", "Users in the policy serving.", len(policy.users))
+        yield _gauge("tokend_policy_groups", "Groups in the policy serving.", len(policy.groups))
+        if self.credential_cache is not None:
+            yield _gauge(
+                "tokend_credential_cache_entries",
+                "Passwords remembered by the credential cache.",
+                len(self.credential_cache),
+            )
+        if self.queue is not None:
+            yield _gauge(
+                "tokend_password_check_queue_depth",
+                "Password checks waiting for a bcrypt thread.",
+                self.queue.waiting,
+            )
+            yield _gauge(
+                "tokend_password_check_queue_limit",
+                "Password checks that may wait (--bcrypt-queue); more get 503.",
+                self.queue.queue,
+            )
+            yield _gauge(
+                "tokend_password_checks_running",
+                "Password checks running on a bcrypt thread.",
+                self.queue.running,
+            )
+        if self.certificate_expiry is not None:
+            yield _gauge(
+                "tokend_signing_certificate_expiry_timestamp_seconds",
+                "When the signing certificate (the x5c leaf) expires, Unix time.",
+                self.certificate_expiry,
+            )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def certificate_expiry(key: SigningKey) -> float | None:
+    """When the certificate sent as ``x5c`` (its leaf) stops being valid, or None without one."""
+    chain: Any = key.header.get("x5c")
+    if not chain:
+        return None
+    leaf = x509.load_der_x509_certificate(base64.b64decode(chain[0]))
+    return leaf.not_valid_after_utc.timestamp()
+
+
+def process_collectors(registry: CollectorRegistry) -> None:
+    """The client library's own process, Python and garbage-collector metrics."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
+def metrics_resource(registry: CollectorRegistry, reactor: Any) -> Resource:
+    """``GET /metrics`` in the Prometheus text format, through prometheus_client's WSGI app.
+
+    What ``prometheus_client.twisted.MetricsResource`` builds, with the injected reactor
+    instead of the global one. The exposition runs on the reactor's thread pool, so reading
+    /proc for the process metrics never holds up a token request.
+    """
+    root = Resource()
+    exposition = WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(registry))
+    root.putChild(b"metrics", cast(IResource, exposition))
+    return root
