@@ -1,0 +1,108 @@
+"""Accounts of the LDAP directory, as an authenticator behind :mod:`tokend.login.logins`.
+
+The credential cache remembers a directory login (its DN and groups) as it remembers a bcrypt
+success, so a busy CI logging in again and again makes no directory round trip; group
+membership and a removed account take effect within the cache's ttl. Refresh tokens of
+directory accounts are bound to the account's DN: the account gone from the directory (or moved)
+revokes them; each refresh looks it up again (also remembered for the cache's ttl).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+from tokend.dn import normalise_dn
+from tokend.login.credential_cache import CredentialCache
+from tokend.login.identity import DIRECTORY, BackendUnavailable, Identity, Login
+from tokend.policy.model import Policy
+
+_LOGIN_STAMP = b"\0directory login"
+_LOOKUP_STAMP = b"\0directory lookup"
+"""Cache stamps: a directory entry can never be read back as a users.json hash check."""
+
+
+class FoundAccount(Protocol):
+    @property
+    def dn(self) -> str: ...
+
+    @property
+    def groups(self) -> frozenset[str]: ...
+
+
+class DirectoryClient(Protocol):
+    """What :class:`tokend.login.directory.Directory` offers this authenticator."""
+
+    async def authenticate(self, account: str, password: bytes) -> FoundAccount | None: ...
+
+    async def lookup(self, account: str) -> FoundAccount | None: ...
+
+
+class DirectoryAccounts:
+    """Names users.json does not hold, checked by binding to the directory as them."""
+
+    source = DIRECTORY
+
+    def __init__(
+        self,
+        directory: DirectoryClient,
+        unavailable: type[Exception],
+        current: Callable[[], Policy],
+        cache: CredentialCache,
+        clock: Callable[[], float],
+        retry_after: float,
+    ) -> None:
+        """``unavailable`` is the exception the client raises when the directory cannot
+        answer; it becomes a 503 asking the client to come back in ``retry_after`` s."""
+        self._directory = directory
+        self._unavailable = unavailable
+        self._current = current
+        self._cache = cache
+        self._now = clock
+        self._retry_after = max(1, math.ceil(retry_after))
+
+    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
+        found = self._cache.remembered(account, password, _LOGIN_STAMP, now)
+        return Login(found, policy) if isinstance(found, Identity) else None
+
+    async def authenticate(self, account: str, password: bytes) -> Login | None:
+        if not password:
+            return None  # an empty password is an unauthenticated bind: never ask
+        try:
+            found = await self._directory.authenticate(account, password)
+        except self._unavailable:
+            raise self._down(account) from None
+        if found is None:
+            return None
+        identity = _identity(account, found)
+        self._cache.remember(account, password, _LOGIN_STAMP, identity, self._now())
+        return Login(identity, self._current())
+
+    async def lookup(self, account: str) -> Identity | None:
+        known = self._cache.remembered(account, b"", _LOOKUP_STAMP, self._now())
+        if isinstance(known, Identity):
+            return known
+        try:
+            found = await self._directory.lookup(account)
+        except self._unavailable:
+            raise self._down(account) from None
+        if found is None:
+            return None
+        identity = _identity(account, found)
+        self._cache.remember(account, b"", _LOOKUP_STAMP, identity, self._now())
+        return identity
+
+    def _down(self, account: str) -> BackendUnavailable:
+        return BackendUnavailable(
+            "the account directory is unavailable; try again shortly", account, self._retry_after
+        )
+
+
+def _identity(account: str, found: FoundAccount) -> Identity:
+    return Identity(
+        account,
+        DIRECTORY,
+        frozenset(found.groups),
+        binding=normalise_dn(found.dn).encode("utf-8"),
+    )
