@@ -1,0 +1,659 @@
+"""Directory accounts: who someone is, asked of an LDAP server (OpenLDAP, Active Directory).
+
+A login searches the account under the base DN with the service account, then binds as the
+entry it found with the given password, on a connection of its own. ldaptor speaks LDAP on the
+reactor (no thread per request, no blocking call); every operation is bounded by the configured
+timeout, and anything that keeps the directory from answering (refused, unreachable, timed out,
+TLS failure, the service account refused) is :class:`DirectoryUnavailable`, which the web layer
+answers with 503 rather than 401: an outage must not look like a wrong password.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from ldaptor.protocols import pureldap
+from ldaptor.protocols.ldap import ldaperrors
+from ldaptor.protocols.ldap.ldapclient import LDAPClient, LDAPClientConnectionLostException
+from OpenSSL import SSL
+from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tokend.dn import normalise_dn
+from tokend.log_text import printable
+from tokend.signing.keys import KeyConfigError, _check_permissions
+
+# ldaptor 21.2 still calls pyparsing by its pre-3.0 names: pyparsing 3.3 warns when the filter
+# grammar is built and at every filter parsed, as a UserWarning (shown by default). Only those
+# are silenced, before ldaptor's filter module is imported.
+warnings.filterwarnings("ignore", message=r"'\w+' deprecated - use '\w+'", module="ldaptor")
+_ldapfilter = importlib.import_module("ldaptor.ldapfilter")
+InvalidLDAPFilter: type[Exception] = _ldapfilter.InvalidLDAPFilter
+parseFilter: Callable[[str], Any] = _ldapfilter.parseFilter
+
+DEFAULT_FILTER = "(&(objectClass=person)(uid={account}))"
+DEFAULT_GROUP_ATTRIBUTE = "memberOf"
+DEFAULT_GROUP_FILTER = "(&(objectClass=groupOfNames)(member={dn}))"
+DEFAULT_TIMEOUT = 5.0
+
+_SCHEMES = {"ldap": 389, "ldaps": 636}
+_SUCCESS = ldaperrors.Success.resultCode
+_SIZE_LIMIT_EXCEEDED = ldaperrors.LDAPSizeLimitExceeded.resultCode
+_NO_SUCH_OBJECT = ldaperrors.LDAPNoSuchObject.resultCode
+_INVALID_CREDENTIALS = ldaperrors.LDAPInvalidCredentials.resultCode
+_NO_ATTRIBUTES = ["1.1"]
+"""RFC 4511 4.5.1.8: ask for no attributes at all, only the entries' DNs."""
+_CHECK_SIZE_LIMIT = 1000
+
+_FILTER_ESCAPES = {"\\": r"\5c", "*": r"\2a", "(": r"\28", ")": r"\29", "\x00": r"\00"}
+
+T = TypeVar("T")
+
+
+def escape_filter_value(value: str) -> str:
+    """``value`` as a literal in an LDAP filter (RFC 4515): ``* ( ) \\ NUL`` escaped as hex
+    pairs, so a user name can only ever be compared, never add a wildcard or a clause.
+    Other characters, non-ASCII included, go to the server as their UTF-8."""
+    return "".join(_FILTER_ESCAPES.get(char, char) for char in value)
+
+
+def _fill(template: str, placeholder: str, value: str) -> str:
+    """``template`` with ``{placeholder}`` replaced; other braces in the filter left alone."""
+    return template.replace("{" + placeholder + "}", value)
+
+
+def _check_filter(template: str, placeholder: str, option: str) -> None:
+    if "{" + placeholder + "}" not in template:
+        raise ValueError(f"the {option} {template!r} does not contain {{{placeholder}}}")
+    try:
+        parseFilter(_fill(template, placeholder, "x"))
+    except InvalidLDAPFilter:
+        raise ValueError(f"the {option} {template!r} is not an LDAP filter (RFC 4515)") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Server:
+    url: str
+    tls: bool
+    host: str
+    port: int
+
+
+def _parse_url(url: str) -> _Server:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"directory URL {url!r} is not ldap://host:port") from None
+    if parts.scheme not in _SCHEMES or not parts.hostname:
+        raise ValueError(f"directory URL {url!r} must be ldap://host[:port] or ldaps://host[:port]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"directory URL {url!r} must name only a host and a port")
+    return _Server(url, parts.scheme == "ldaps", parts.hostname, port or _SCHEMES[parts.scheme])
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """How to reach the directory and how to find accounts and their groups in it."""
+
+    urls: tuple[str, ...]
+    base: str
+    starttls: bool = False
+    ca_cert: str | None = None
+    bind_dn: str | None = None
+    bind_password: bytes | None = field(default=None, repr=False)
+    filter: str = DEFAULT_FILTER
+    group_attribute: str = DEFAULT_GROUP_ATTRIBUTE
+    group_base: str | None = None
+    group_filter: str = DEFAULT_GROUP_FILTER
+    timeout: float = DEFAULT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ValueError("give at least one directory URL (ldap://host:port)")
+        servers = [_parse_url(url) for url in self.urls]
+        if self.starttls and any(server.tls for server in servers):
+            raise ValueError("StartTLS applies to ldap:// URLs; ldaps:// is TLS already")
+        if not self.base.strip():
+            raise ValueError("the directory search base must be a DN")
+        _check_filter(self.filter, "account", "directory filter")
+        _check_filter(self.group_filter, "dn", "directory group filter")
+        if not self.group_attribute.strip():
+            raise ValueError("the directory group attribute must not be empty")
+        if not self.timeout > 0:
+            raise ValueError(f"the directory timeout must be positive, not {self.timeout}")
+        if self.bind_password is not None and not self.bind_dn:
+            raise ValueError("a directory bind password needs a bind DN")
+
+    @property
+    def servers(self) -> tuple[_Server, ...]:
+        return tuple(_parse_url(url) for url in self.urls)
+
+
+def read_bind_password(path: str, allow_loose: bool = False) -> bytes:
+    """The service account's password from its file: one trailing line break stripped (editors
+    add one), refused when empty or readable by group or others."""
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"bind password file {path} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"cannot read bind password file {path}: {e.strerror}") from None
+    if not allow_loose:
+        try:
+            _check_permissions(file)
+        except KeyConfigError:
+            mode = file.stat().st_mode & 0o777
+            raise ValueError(
+                f"bind password file {path} is readable by others (mode {mode:04o}); "
+                f"run chmod 600 {path}"
+            ) from None
+    for ending in (b"\r\n", b"\n", b"\r"):
+        if data.endswith(ending):
+            data = data[: -len(ending)]
+            break
+    if not data:
+        raise ValueError(f"bind password file {path} is empty")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryAccount:
+    """A directory entry that matched a login: its DN and the (normalised) DNs of its groups."""
+
+    dn: str
+    groups: frozenset[str]
+
+
+class DirectoryUnavailable(Exception):
+    """unreachable / timed out / service bind refused: the web answers 503 + Retry-After."""
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryReport:
+    """What ``tokend check-config`` found in the directory."""
+
+    url: str
+    bind_dn: str | None
+    base: str
+    accounts: int
+    more_accounts: bool
+    group_base: str | None = None
+    groups: int | None = None
+
+    def lines(self) -> list[str]:
+        service = f"bound as {self.bind_dn}" if self.bind_dn else "searches are anonymous"
+        counted = f"at least {self.accounts}" if self.more_accounts else str(self.accounts)
+        lines = [
+            f"directory: {self.url} answered, {service}",
+            f"directory: search base {self.base} exists; the filter finds {counted} accounts",
+        ]
+        if self.group_base is not None:
+            lines.append(
+                f"directory: group base {self.group_base} exists; {self.groups} groups under it"
+            )
+        return lines
+
+
+@dataclass(slots=True)
+class _Entry:
+    dn: str
+    attributes: dict[str, list[str]]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _describe(failure: Failure) -> str:
+    """A failure as a short reason for the log and the 503, without any credential in it."""
+    value: Any = failure.value
+    if failure.check(SSL.Error):
+        details = [part[-1] for part in value.args[0] if part] if value.args else []
+        reason = ", ".join(str(d) for d in details if d) or "handshake refused"
+        return f"TLS failed: {reason}"
+    if failure.check(error.ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(error.DNSLookupError):
+        return "host name not found"
+    if failure.check(error.ConnectionLost, error.ConnectionDone, LDAPClientConnectionLostException):
+        return "connection lost"
+    if failure.check(error.ConnectError):
+        return f"cannot connect: {value.osError}" if value.osError else "cannot connect"
+    return f"{type(value).__name__}: {value}"
+
+
+class _Lost(DirectoryUnavailable):
+    """The connection dropped under an operation: on a reused connection, worth one retry."""
+
+
+@dataclass(slots=True)
+class _Connection:
+    client: Any
+    url: str
+
+
+def _load_trust(path: str) -> Any:
+    """The CA certificates in a PEM file, as a Twisted trust root (a bundle may hold several)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read the directory CA certificate {path}: {e.strerror}") from None
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"directory CA certificate {path} is not a PEM certificate") from None
+    return trustRootFromCertificates(
+        [Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in certificates]
+    )
+
+
+def _drop(client: Any) -> None:
+    """Abort a connection whose state is unknown (an operation timed out or failed on it)."""
+    if client.transport is not None:
+        client.transport.abortConnection()
+
+
+def _close(client: Any) -> None:
+    """End a connection politely: an unbind, then the socket closes."""
+    if client.connected:
+        client.unbind()
+
+
+def _result(code: int, message: bytes | str | None) -> str:
+    return str(ldaperrors.get(code, _text(message or b"")))
+
+
+class Directory:
+    """Accounts and their groups in an LDAP directory, asked without blocking the reactor.
+
+    One service-account connection serves every search (rebuilt when it breaks); each login's
+    password bind gets a short-lived connection of its own, so a user's bind can never change
+    what the shared connection is allowed to see. An outage is logged when it starts and when
+    it ends, not once per request.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: DirectoryConfig, reactor: Any) -> None:
+        self._config = config
+        self._reactor = reactor
+        self._servers = config.servers
+        self._trust = _load_trust(config.ca_cert) if config.ca_cert else None
+        self._service: _Connection | None = None
+        self._waiters: list[defer.Deferred[_Connection]] | None = None
+        self._outage: str | None = None
+
+    # -- the public questions -------------------------------------------------------------
+
+    async def authenticate(self, account: str, password: bytes) -> DirectoryAccount | None:
+        """The account's entry and groups when ``password`` is its password; None otherwise.
+
+        An empty password is refused here, before the directory is asked: LDAP treats a bind
+        with a DN and no password as an anonymous bind, which many servers let succeed.
+        """
+        if not password or not account:
+            return None
+        return await self._tracked(self._authenticate(account, password))
+
+    async def lookup(self, account: str) -> DirectoryAccount | None:
+        """The account's entry and groups, without a password (refresh tokens, ``explain``)."""
+        if not account:
+            return None
+        return await self._tracked(self._with_service(lambda c: self._account(c, account)))
+
+    async def check(self) -> DirectoryReport:
+        """Bind the service account, read the bases, count accounts: for ``check-config``."""
+        return await self._tracked(self._with_service(self._check))
+
+    def close(self) -> None:
+        """Drop the service connection (at service stop)."""
+        service, self._service = self._service, None
+        if service is not None:
+            _close(service.client)
+
+    # -- logins and searches --------------------------------------------------------------
+
+    async def _authenticate(self, account: str, password: bytes) -> DirectoryAccount | None:
+        found = await self._with_service(lambda c: self._find(c, account))
+        if found is None:
+            return None
+        entry, url = found
+        connection, code, message = await self._connect(entry.dn, password, prefer=url)
+        _close(connection.client)
+        if code == _INVALID_CREDENTIALS:
+            return None
+        if code != _SUCCESS:
+            self.log.info(
+                "directory refused the login of {account}: {reason}",
+                account=printable(account),
+                reason=_result(code, message),
+            )
+            return None
+        groups = await self._with_service(lambda c: self._groups(c, entry))
+        return DirectoryAccount(entry.dn, groups)
+
+    async def _account(self, connection: _Connection, account: str) -> DirectoryAccount | None:
+        found = await self._find(connection, account)
+        if found is None:
+            return None
+        entry, _ = found
+        return DirectoryAccount(entry.dn, await self._groups(connection, entry))
+
+    async def _find(self, connection: _Connection, account: str) -> tuple[_Entry, str] | None:
+        """The one entry the filter finds for ``account`` under the base, or None."""
+        config = self._config
+        text = _fill(config.filter, "account", escape_filter_value(account))
+        attributes = _NO_ATTRIBUTES if config.group_base else [config.group_attribute]
+        # Two is enough to tell "one" from "several", and spares the directory a long answer.
+        entries, code, message = await self._search(connection, config.base, text, attributes, 2)
+        if code == _SIZE_LIMIT_EXCEEDED or len(entries) > 1:
+            self.log.warn(
+                "directory: several entries match account {account} ({dns}); login refused",
+                account=printable(account),
+                dns=", ".join(printable(entry.dn) or "" for entry in entries),
+            )
+            return None
+        self._require_success(code, message, connection, config.base)
+        return (entries[0], connection.url) if entries else None
+
+    async def _groups(self, connection: _Connection, entry: _Entry) -> frozenset[str]:
+        config = self._config
+        if config.group_base is None:
+            values = entry.attributes.get(config.group_attribute.lower(), [])
+        else:
+            text = _fill(config.group_filter, "dn", escape_filter_value(entry.dn))
+            entries, code, message = await self._search(
+                connection, config.group_base, text, _NO_ATTRIBUTES, 0
+            )
+            self._require_success(code, message, connection, config.group_base)
+            values = [group.dn for group in entries]
+        groups = set()
+        for value in values:
+            try:
+                groups.add(normalise_dn(value))
+            except ValueError:
+                self.log.warn(
+                    "directory: group {group} of {dn} is not a DN; ignored",
+                    group=printable(value),
+                    dn=printable(entry.dn),
+                )
+        return frozenset(groups)
+
+    async def _check(self, connection: _Connection) -> DirectoryReport:
+        config = self._config
+        await self._require_entry(connection, config.base)
+        text = _fill(config.filter, "account", "*")
+        entries, code, message = await self._search(
+            connection, config.base, text, _NO_ATTRIBUTES, _CHECK_SIZE_LIMIT
+        )
+        if code != _SIZE_LIMIT_EXCEEDED:
+            self._require_success(code, message, connection, config.base)
+        groups = None
+        if config.group_base is not None:
+            await self._require_entry(connection, config.group_base)
+            found, group_code, group_message = await self._search(
+                connection,
+                config.group_base,
+                _fill(config.group_filter, "dn", "*"),
+                _NO_ATTRIBUTES,
+                _CHECK_SIZE_LIMIT,
+            )
+            if group_code != _SIZE_LIMIT_EXCEEDED:
+                self._require_success(group_code, group_message, connection, config.group_base)
+            groups = len(found)
+        return DirectoryReport(
+            url=connection.url,
+            bind_dn=config.bind_dn,
+            base=config.base,
+            accounts=len(entries),
+            more_accounts=code == _SIZE_LIMIT_EXCEEDED,
+            group_base=config.group_base,
+            groups=groups,
+        )
+
+    async def _require_entry(self, connection: _Connection, base: str) -> None:
+        _, code, message = await self._search(
+            connection, base, "(objectClass=*)", _NO_ATTRIBUTES, 1, scope="base"
+        )
+        self._require_success(code, message, connection, base)
+
+    @staticmethod
+    def _require_success(
+        code: int, message: bytes | str | None, connection: _Connection, base: str
+    ) -> None:
+        if code == _NO_SUCH_OBJECT:
+            raise DirectoryUnavailable(f"{connection.url}: {base} does not exist")
+        if code != _SUCCESS:
+            raise DirectoryUnavailable(
+                f"{connection.url}: searching {base} failed: {_result(code, message)}"
+            )
+
+    # -- outages ----------------------------------------------------------------------------
+
+    async def _tracked(self, work: Awaitable[T]) -> T:
+        """``work``'s result; an outage is logged when it starts and when it ends, not per
+        request."""
+        try:
+            result = await work
+        except DirectoryUnavailable as e:
+            if self._outage is None:
+                self._outage = str(e)
+                self.log.warn("directory unavailable: {reason}", reason=str(e))
+            raise
+        if self._outage is not None:
+            self._outage = None
+            self.log.info("directory reachable again")
+        return result
+
+    # -- the service connection -----------------------------------------------------------
+
+    async def _with_service(self, work: Callable[[_Connection], Awaitable[T]]) -> T:
+        """``work`` on the service connection; if a reused connection turns out to have been
+        closed under us (a directory restart, an idle timeout), once more on a new one."""
+        reused = self._service is not None and bool(self._service.client.connected)
+        connection = await self._service_connection()
+        try:
+            return await work(connection)
+        except DirectoryUnavailable as e:
+            if self._service is connection:
+                self._service = None
+                _drop(connection.client)
+            if not (reused and isinstance(e, _Lost)):
+                raise
+        return await work(await self._service_connection())
+
+    def _service_connection(self) -> defer.Deferred[_Connection]:
+        """The bound service connection; callers arriving while it is being built share the
+        one attempt (a burst of logins during an outage makes one connection attempt)."""
+        service = self._service
+        if service is not None and service.client.connected:
+            return defer.succeed(service)
+        self._service = None
+        waiter: defer.Deferred[_Connection] = defer.Deferred()
+        if self._waiters is not None:
+            self._waiters.append(waiter)
+            return waiter
+        self._waiters = [waiter]
+        defer.Deferred.fromCoroutine(self._connect_service()).addBoth(self._service_ready)
+        return waiter
+
+    async def _connect_service(self) -> _Connection:
+        config = self._config
+        connection, code, message = await self._connect(
+            config.bind_dn or "", config.bind_password or b""
+        )
+        if code != _SUCCESS:
+            _close(connection.client)
+            who = config.bind_dn or "an anonymous bind"
+            raise DirectoryUnavailable(
+                f"{connection.url} refused the service account {who}: {_result(code, message)}"
+            )
+        return connection
+
+    def _service_ready(self, result: _Connection | Failure) -> None:
+        waiters, self._waiters = self._waiters or [], None
+        if isinstance(result, _Connection):
+            self._service = result
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    # -- connections and operations -------------------------------------------------------
+
+    async def _connect(
+        self, dn: str, password: bytes, prefer: str | None = None
+    ) -> tuple[_Connection, int, bytes | str | None]:
+        """A connection bound as ``dn`` on the first server that answers, with the bind's
+        result code (a refused bind is an answer: the caller decides what it means)."""
+        servers = sorted(self._servers, key=lambda server: server.url != prefer)
+        reasons = []
+        for server in servers:
+            try:
+                client = await self._open(server)
+                request = pureldap.LDAPBindRequest(dn=dn, auth=password)
+                response = await self._send(client, request, f"{server.url}: bind")
+            except DirectoryUnavailable as e:
+                reasons.append(str(e))
+                continue
+            return _Connection(client, server.url), response.resultCode, response.errorMessage
+        raise DirectoryUnavailable("; ".join(reasons))
+
+    async def _open(self, server: _Server) -> Any:
+        """A connected (and, with StartTLS, encrypted) LDAP client for ``server``."""
+        timeout = self._config.timeout
+        endpoint: Any = HostnameEndpoint(self._reactor, server.host, server.port, timeout)
+        if server.tls:
+            endpoint = wrapClientTLS(self._tls_options(server), endpoint)
+        attempt = connectProtocol(endpoint, LDAPClient())
+        attempt.addTimeout(timeout, self._reactor)
+        try:
+            client = await attempt
+        except defer.TimeoutError:
+            raise DirectoryUnavailable(
+                f"{server.url}: connecting timed out after {timeout:g} s"
+            ) from None
+        except Exception:
+            raise DirectoryUnavailable(f"{server.url}: {_describe(Failure())}") from None
+        if self._config.starttls:
+            response = await self._send(
+                client, pureldap.LDAPStartTLSRequest(), f"{server.url}: StartTLS"
+            )
+            if response.resultCode != _SUCCESS:
+                _close(client)
+                raise DirectoryUnavailable(
+                    f"{server.url}: StartTLS refused: "
+                    f"{_result(response.resultCode, response.errorMessage)}"
+                )
+            client.transport.startTLS(self._tls_options(server))
+        return client
+
+    def _tls_options(self, server: _Server) -> IOpenSSLClientConnectionCreator:
+        return optionsForClientTLS(server.host, trustRoot=self._trust)
+
+    async def _send(self, client: Any, request: Any, what: str) -> Any:
+        try:
+            sent = client.send(request)
+        except LDAPClientConnectionLostException:
+            sent = defer.fail()
+        return await self._bounded(sent, client, what)
+
+    async def _search(
+        self,
+        connection: _Connection,
+        base: str,
+        text: str,
+        attributes: Sequence[str],
+        size_limit: int,
+        scope: str = "subtree",
+    ) -> tuple[list[_Entry], int, bytes | str | None]:
+        """The entries a search returns (references ignored), and its result code."""
+        scopes = {
+            "subtree": pureldap.LDAP_SCOPE_wholeSubtree,
+            "base": pureldap.LDAP_SCOPE_baseObject,
+        }
+        request = pureldap.LDAPSearchRequest(
+            baseObject=base,
+            scope=scopes[scope],
+            derefAliases=pureldap.LDAP_DEREF_neverDerefAliases,
+            sizeLimit=size_limit,
+            timeLimit=max(1, round(self._config.timeout)),
+            typesOnly=0,
+            filter=parseFilter(text),
+            attributes=list(attributes),
+        )
+        entries: list[_Entry] = []
+        done: defer.Deferred[Any] = defer.Deferred()
+
+        def handle(message: Any) -> bool:
+            if isinstance(message, pureldap.LDAPSearchResultEntry):
+                values = {
+                    _text(kind).lower(): [_text(value) for value in found]
+                    for kind, found in message.attributes
+                }
+                entries.append(_Entry(_text(message.objectName), values))
+                return False
+            if isinstance(message, pureldap.LDAPSearchResultDone):
+                if not done.called:
+                    done.callback(message)
+                return True
+            return False
+
+        def lost(failure: Failure) -> None:
+            if not done.called:
+                done.errback(failure)
+
+        client = connection.client
+        try:
+            client.send_multiResponse(request, handle).addErrback(lost)
+        except LDAPClientConnectionLostException:
+            lost(Failure())
+        result = await self._bounded(done, client, f"{connection.url}: search")
+        return entries, result.resultCode, result.errorMessage
+
+    async def _bounded(self, operation: defer.Deferred[T], client: Any, what: str) -> T:
+        """``operation``'s result within the timeout; a timeout or a transport failure is
+        DirectoryUnavailable and the connection is dropped. ldaptor's own Deferreds are never
+        cancelled (a late answer would then fire them twice): a separate one is timed out."""
+        timeout = self._config.timeout
+        outcome: defer.Deferred[T] = defer.Deferred()
+
+        def forward(result: T | Failure) -> None:
+            if outcome.called:
+                return
+            if isinstance(result, Failure):
+                outcome.errback(result)
+            else:
+                outcome.callback(result)
+
+        operation.addBoth(forward)
+        outcome.addTimeout(timeout, self._reactor)
+        try:
+            return await outcome
+        except defer.TimeoutError:
+            _drop(client)
+            raise DirectoryUnavailable(f"{what} timed out after {timeout:g} s") from None
+        except Exception:
+            failure = Failure()
+            _drop(client)
+            reason = f"{what}: {_describe(failure)}"
+            if failure.check(
+                error.ConnectionLost, error.ConnectionDone, LDAPClientConnectionLostException
+            ):
+                raise _Lost(reason) from None
+            raise DirectoryUnavailable(reason) from None
