@@ -514,3 +514,15 @@ async def test_outage_logged_once_and_recovered(tmp_path: Path) -> None:
     assert [e["log_level"].name for e in events if "unavailable" in formatEvent(e)] == ["warn"]
     bind_password = slapd.bind_password.decode()
     assert all(secret not in m and bind_password not in m for m in logged)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_closed_under_a_request_is_replaced(make: Any, slapd: Slapd) -> None:
+    directory = make()
+    assert await directory.lookup("mozart") is not None
+    before = slapd.connections()
+    # The socket is gone but the client has not been told yet (as when the directory closes an
+    # idle connection just as a request arrives): the search fails once, then runs on a new one.
+    directory._service.client.transport.abortConnection()
+    assert await directory.lookup("mozart") is not None
+    assert slapd.connections() - before == 1

@@ -24,8 +24,8 @@ from ldaptor.protocols import pureldap
 from ldaptor.protocols.ldap import ldaperrors
 from ldaptor.protocols.ldap.ldapclient import LDAPClient, LDAPClientConnectionLostException
 from OpenSSL import SSL
-from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet import defer, error, protocol
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
@@ -159,7 +159,7 @@ def read_bind_password(path: str, allow_loose: bool = False) -> bytes:
             mode = file.stat().st_mode & 0o777
             raise ValueError(
                 f"bind password file {path} is readable by others (mode {mode:04o}); "
-                f"run chmod 600 {path}"
+                f"run chmod 600 {path} or pass --allow-loose-key-permissions"
             ) from None
     for ending in (b"\r\n", b"\n", b"\r"):
         if data.endswith(ending):
@@ -238,6 +238,13 @@ def _describe(failure: Failure) -> str:
 
 class _Lost(DirectoryUnavailable):
     """The connection dropped under an operation: on a reused connection, worth one retry."""
+
+
+class _ClientFactory(protocol.Factory):
+    """LDAP clients, without a "Starting factory" log line for every login's connection."""
+
+    noisy = False
+    protocol = LDAPClient
 
 
 @dataclass(slots=True)
@@ -540,7 +547,7 @@ class Directory:
         endpoint: Any = HostnameEndpoint(self._reactor, server.host, server.port, timeout)
         if server.tls:
             endpoint = wrapClientTLS(self._tls_options(server), endpoint)
-        attempt = connectProtocol(endpoint, LDAPClient())
+        attempt = endpoint.connect(_ClientFactory())
         attempt.addTimeout(timeout, self._reactor)
         try:
             client = await attempt
