@@ -4,6 +4,7 @@ about the policy serving and, separately, about the files on disk."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ def test_a_fresh_start_is_ok(probe: Probe) -> None:
     assert body == {
         "status": "ok",
         "serving": True,
+        "pid": os.getpid(),
         "files_valid": True,
         "policy_generation": 1,
         "policy_loaded_at": "2027-01-15T08:00:00Z",

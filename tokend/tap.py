@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import grp
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -20,8 +21,10 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import reactor as global_reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, formatEvent
 from twisted.python import usage
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
@@ -31,7 +34,8 @@ from tokend.login.credential_cache import CredentialCache
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.shared_failures import RedisFailures, parse_redis_url
+from tokend.login.throttle import InFlight, LoginThrottle, News
 from tokend.metrics import (
     NO_METRICS,
     Metrics,
@@ -46,10 +50,12 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc
 from tokend.policy.watcher import PolicyWatchService
+from tokend.processes import Supervisor, worker_count
 from tokend.signing.devcert import DanglingLinkError, ensure_dev_cert
 from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
 from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
+from tokend.worker import AdoptedListener, WorkerSetup
 from tokend.workers import BoundedWorkers, WorkerPool
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
@@ -168,6 +174,20 @@ class Options(usage.Options):
             ],
             ["idle-timeout", None, "30", "Seconds a kept-alive connection may wait for a request"],
             [
+                "workers",
+                None,
+                "1",
+                "Worker processes serving the one socket (auto: one per CPU); login limits "
+                "hold in total across them",
+            ],
+            [
+                "redis",
+                None,
+                None,
+                "Redis shared by every daemon's login throttle: redis://[:password@]host:port/db, "
+                "rediss://… (TLS) or unix:///path/to/redis.sock (off when not given)",
+            ],
+            [
                 "metrics",
                 None,
                 None,
@@ -226,6 +246,8 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Under twistd (a parent is set), stop with one sentence: twistd answers a UsageError
         with its whole --help text before the message."""
+        self.argv: list[str] = list(sys.argv[1:] if options is None else options)
+        """What --workers hands on to each worker process (which parses it again)."""
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -280,6 +302,17 @@ class Options(usage.Options):
         self["credential-cache-size"] = self._integer("credential-cache-size", 1, 1_000_000)
         self["request-timeout"] = self._integer("request-timeout", 1, 600)
         self["idle-timeout"] = self._integer("idle-timeout", 1, 3600)
+        try:
+            self["workers"] = worker_count(str(self["workers"]))
+        except ValueError:
+            raise usage.UsageError(
+                f"{self.source('workers')} must be auto or a whole number from 1 to 256"
+            ) from None
+        if self["redis"]:
+            try:
+                self["redis"] = parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"{self.source('redis')} {e}") from None
         try:
             self["trusted-proxy"] = parse_networks(self["trusted-proxy"])
         except ValueError as e:
@@ -492,6 +525,18 @@ class _Listener(Service):
         super().stopService()
         return self._listening.stopService()
 
+    def port(self) -> IListeningPort:
+        """The bound port, once privilegedStartService has run (for --workers to hand on)."""
+        bound: list[IListeningPort] = []
+
+        def keep(port: IListeningPort) -> IListeningPort:
+            bound.append(port)
+            return port
+
+        waiting: Any = self._listening._waitingForPort
+        waiting.addCallback(keep)
+        return bound[0]
+
 
 def _bind_failure(error: CannotListenError) -> dict[str, str]:
     """The address and a readable reason of a failed listen."""
@@ -621,7 +666,13 @@ def _metrics(
     return metrics
 
 
-def makeService(options: Options, reactor: Any = global_reactor) -> MultiService:
+def makeService(
+    options: Options, reactor: Any = global_reactor, worker: WorkerSetup | None = None
+) -> MultiService:
+    """The daemon's tree; with --workers N > 1 the parent's (the socket, the supervisor), and
+    with ``worker`` one worker's (the same tree, serving the socket the parent bound)."""
+    if worker is None and options["workers"] > 1:
+        return _supervisor_tree(options, reactor)
     root = LoggingRoot(observer_for(options.parent) if options["log-format"] == "json" else None)
     bcrypt_pool = WorkerPool(reactor, options["bcrypt-threads"], "tokend-bcrypt")
     bcrypt_pool.setServiceParent(root)
@@ -636,6 +687,17 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
     )
     registry = CollectorRegistry() if options["metrics"] is not None else None
     _metrics(registry, options, holder, credential_cache, bcrypt_queue)
+    throttle = LoginThrottle(
+        per_account=options["max-failures-per-account"],
+        per_address=options["max-failures-per-address"],
+        window=options["failure-window"],
+    )
+    if worker is not None:
+        worker.attach(throttle)
+    elif options["redis"]:
+        _redis(options, reactor, lambda news: throttle.learn(news, reactor.seconds())).attach(
+            throttle, root
+        )
     api = TokenAPI(
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
@@ -646,11 +708,7 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
         services=options["service"],
         clock=reactor,
         realm_path=options["realm-path"],
-        throttle=LoginThrottle(
-            per_account=options["max-failures-per-account"],
-            per_address=options["max-failures-per-address"],
-            window=options["failure-window"],
-        ),
+        throttle=throttle,
         credential_cache=credential_cache,
         trusted_proxies=TrustedProxies(
             networks=options["trusted-proxy"], header=options["client-address-header"]
@@ -668,9 +726,11 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
     )
     site.displayTracebacks = False
     failed = _StartUpFailure(options.parent)
-    listener = _Listener(options["listen"], site, reactor, failed)
-    listener.setServiceParent(root)
-    if options.get("socket-gid") is not None:
+    if worker is not None:
+        AdoptedListener(worker.listen_fd, worker.family, site, reactor).setServiceParent(root)
+    else:
+        _Listener(options["listen"], site, reactor, failed).setServiceParent(root)
+    if options.get("socket-gid") is not None and worker is None:
         socket_path = Options.socket_path(options["listen"])
         group = _SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
         group.setServiceParent(root)
@@ -682,6 +742,48 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
     PolicyWatchService(
         config_dir, reloader.reload, reactor, poll=bool(options["poll"])
     ).setServiceParent(root)
-    _Announcer(options, holder).setServiceParent(root)
+    if worker is None:
+        _Announcer(options, holder).setServiceParent(root)
     keep_out_of_gc()
+    return root
+
+
+def _redis(options: Options, reactor: Any, sink: Callable[[News], None]) -> RedisFailures:
+    return RedisFailures(
+        options["redis"],
+        sink=sink,
+        per_account=options["max-failures-per-account"],
+        per_address=options["max-failures-per-address"],
+        window=options["failure-window"],
+        reactor=reactor,
+    )
+
+
+def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
+    """--workers N: the parent binds the socket (one sentence if it cannot), gives it its
+    group, and runs the workers; it serves nothing itself and loads no thread pool."""
+    root = LoggingRoot(observer_for(options.parent) if options["log-format"] == "json" else None)
+    failed = _StartUpFailure(options.parent)
+    listener = _Listener(options["listen"], Site(Resource()), reactor, failed)
+    listener.setServiceParent(root)
+    if options.get("socket-gid") is not None:
+        socket_path = Options.socket_path(options["listen"])
+        group = _SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
+        group.setServiceParent(root)
+    store: list[RedisFailures] = []
+    supervisor = Supervisor(
+        count=options["workers"],
+        argv=options.argv,
+        port=listener.port,
+        reactor=reactor,
+        failed=failed,
+        relay=lambda news: store[0].record(news) if store else None,
+    )
+    supervisor.setServiceParent(root)
+    if options["redis"]:
+        redis = _redis(options, reactor, supervisor.broadcast)
+        redis.setServiceParent(root)
+        store.append(redis)
+    holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
+    _Announcer(options, holder).setServiceParent(root)
     return root

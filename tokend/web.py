@@ -8,6 +8,7 @@ modules; this maps them to HTTP and turns every domain error into the spec's JSO
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -269,6 +270,7 @@ class TokenAPI:
             {
                 "status": "ok" if status.files_valid else "degraded",
                 "serving": True,
+                "pid": os.getpid(),
                 "files_valid": status.files_valid,
                 "policy_generation": status.generation,
                 "policy_loaded_at": rfc3339(status.loaded_at),

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 DEFAULT_MAX_ENTRIES = 10_000
 """Keys kept per table (accounts, addresses); unlocked ones are forgotten first."""
@@ -110,14 +112,41 @@ class FailureWindow:
                 self._open[key] = self._locked.pop(key)
         if failed:
             entry.failures = (*entry.failures, now)[-self.limit :]
-            if len(entry.failures) >= self.limit:
-                self._open.pop(key, None)
-                self._locked.pop(key, None)
-                self._locked[key] = entry
-            else:
-                self._open.move_to_end(key)
+            self._place(key, entry)
         if not entry.failures and not entry.pending:
             self._drop(key)
+
+    def merge(self, key: str, times: Iterable[float], now: float) -> None:
+        """Count failures another process saw. Idempotent: a time already held counts once, so
+        the same failure heard twice (relayed, then echoed by Redis) is not counted twice."""
+        if not self.limit:
+            return
+        fresh = {t for t in times if t > now - self.window}
+        if not fresh:
+            return
+        entry = self._entry(key)
+        entry.failures = tuple(sorted(fresh.union(entry.failures)))[-self.limit :]
+        self._place(key, entry)
+
+    def clear(self, key: str) -> None:
+        """Forget a key's failures (its account logged in elsewhere); attempts in flight stay."""
+        entry = self._get(key)
+        if entry is None:
+            return
+        entry.failures = ()
+        if key in self._locked:
+            self._open[key] = self._locked.pop(key)
+        if not entry.pending:
+            self._drop(key)
+
+    def _place(self, key: str, entry: _Entry) -> None:
+        """Move a key that just failed to where its count puts it."""
+        if len(entry.failures) >= self.limit:
+            self._open.pop(key, None)
+            self._locked.pop(key, None)
+            self._locked[key] = entry
+        else:
+            self._open.move_to_end(key)
 
     def _entry(self, key: str) -> _Entry:
         entry = self._get(key)
@@ -173,6 +202,38 @@ class KnownAddresses:
 
 
 @dataclass(frozen=True, slots=True)
+class Failed:
+    """A failed attempt this process saw: the account (None when none is charged) and the
+    address key, at ``at``."""
+
+    account: str | None
+    address: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    """A login that succeeded: its account's failures are forgotten, its address is known."""
+
+    account: str
+    address: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """The failure times a shared store holds for one key (Redis): merged, never added."""
+
+    table: Literal["account", "address"]
+    key: str
+    times: tuple[float, ...]
+
+
+News = Failed | Succeeded | Seen
+"""What one throttle tells the others (other workers, other daemons)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """Why an attempt was not admitted, and when to come back."""
 
@@ -188,6 +249,10 @@ class LoginThrottle:
     An address the account logged in from within ``known_days`` days is exempt from the
     account's limit (not from its own): guessing from elsewhere cannot lock the owner out of
     the places they usually log in from.
+
+    Shared limits: every failure and success is also handed to ``publish`` (the seam to other
+    workers and daemons), and what they saw arrives through :meth:`learn`. Admission never
+    waits for them: it reads the local tables only, which the news keeps up to date.
     """
 
     def __init__(
@@ -198,10 +263,25 @@ class LoginThrottle:
         window: float,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         known: KnownAddresses | None = None,
+        publish: Callable[[News], None] | None = None,
     ) -> None:
         self.accounts = FailureWindow(per_account, window, max_entries)
         self.addresses = FailureWindow(per_address, window, max_entries)
         self.known = KnownAddresses() if known is None else known
+        self.publish: Callable[[News], None] = publish or _nowhere
+
+    def learn(self, news: News, now: float) -> None:
+        """Take in what another worker or daemon saw (never published again)."""
+        if isinstance(news, Failed):
+            if news.account is not None:
+                self.accounts.merge(news.account, (news.at,), now)
+            self.addresses.merge(news.address, (news.at,), now)
+        elif isinstance(news, Succeeded):
+            self.accounts.clear(news.account)
+            self.known.add(news.account, news.address, news.at)
+        else:
+            table = self.accounts if news.table == "account" else self.addresses
+            table.merge(news.key, news.times, now)
 
     @property
     def size(self) -> int:
@@ -227,10 +307,13 @@ class LoginThrottle:
         self.accounts.end(account, now, failed=False, reset=True)
         self.addresses.end(address, now, failed=False)
         self.known.add(account, address, now)
+        self.publish(Succeeded(account, address, now))
 
     def failed(self, account: str, address: str, now: float) -> None:
+        address = address_key(address)
         self.accounts.end(account, now, failed=True)
-        self.addresses.end(address_key(address), now, failed=True)
+        self.addresses.end(address, now, failed=True)
+        self.publish(Failed(account, address, now))
 
     def overloaded(self, account: str, address: str, now: float) -> None:
         """Refused for lack of capacity: a failure of the address, not of the account.
@@ -238,8 +321,10 @@ class LoginThrottle:
         An address whose logins keep meeting a full queue is throttled like one whose passwords
         keep failing; the account did nothing wrong.
         """
+        address = address_key(address)
         self.accounts.end(account, now, failed=False)
-        self.addresses.end(address_key(address), now, failed=True)
+        self.addresses.end(address, now, failed=True)
+        self.publish(Failed(None, address, now))
 
     def abandoned(self, account: str, address: str, now: float) -> None:
         """The attempt ended without a verdict (the client went away): only release it."""
@@ -258,7 +343,14 @@ class LoginThrottle:
 
     def address_ended(self, address: str, now: float, *, failed: bool) -> None:
         """Finish an attempt admitted by :meth:`admit_address`."""
-        self.addresses.end(address_key(address), now, failed=failed)
+        address = address_key(address)
+        self.addresses.end(address, now, failed=failed)
+        if failed:
+            self.publish(Failed(None, address, now))
+
+
+def _nowhere(news: News) -> None:
+    """The publisher of a throttle that shares nothing."""
 
 
 class InFlight:

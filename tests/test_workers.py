@@ -1,0 +1,228 @@
+"""``--workers 2`` with the real twistd: one socket served by two worker processes.
+
+Both workers answer (two pids in /healthz), a SIGKILLed worker is replaced, a policy edit and a
+SIGHUP reach every worker, login limits hold in total across them, and SIGTERM stops them all
+and removes the socket. A worker that cannot start stops start-up with one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from base64 import b64encode
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import (
+    UnixHTTPConnection,
+    start_twistd,
+    stop_process,
+    write_key_pair,
+    write_policy,
+)
+from twisted.logger import Logger
+
+from tokend.processes import Supervisor
+
+ACCOUNT_LIMIT = 10
+
+
+class Daemon:
+    def __init__(self, process: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
+        self.process = process
+        self.sock = sock
+        self.log = log
+
+    def request(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One request on a connection of its own (so the kernel may pick either worker)."""
+        connection = UnixHTTPConnection(self.sock)
+        try:
+            connection.request("GET", path, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    def health(self) -> dict[str, Any]:
+        status, body = self.request("/healthz")
+        assert status == 200, body
+        return body
+
+    def login(self, user: str, password: str, client: str = "192.0.2.1") -> int:
+        auth = b64encode(f"{user}:{password}".encode()).decode()
+        status, _ = self.request(
+            f"/v2/token?service=svc&account={user}",
+            {"Authorization": f"Basic {auth}", "X-Real-IP": client},
+        )
+        return status
+
+    def pids_seen(self, connections: int = 60) -> dict[int, dict[str, Any]]:
+        """pid → /healthz body, over several connections opened at once."""
+        seen: dict[int, dict[str, Any]] = {}
+        for _ in range(connections):
+            body = self.health()
+            seen[body["pid"]] = body
+        return seen
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def worker_pids(parent: int) -> set[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children")
+    return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not after {timeout} s"
+        time.sleep(0.05)
+
+
+def start(tmp_path: Path, *extra: str, workers: str = "2") -> Daemon:
+    config = tmp_path / "config"
+    if not config.exists():
+        write_policy(
+            config,
+            {"alice": ("alice-pw", {"*": ["pull"]}), "bob": ("bob-pw", {"*": ["pull"]})},
+            {"repositories": ["pub/x"]},
+        )
+    key, cert = write_key_pair(tmp_path)
+    sock = tmp_path / "run" / "tokend.sock"
+    sock.parent.mkdir(exist_ok=True)
+    log = tmp_path / "tokend.log"
+    process = start_twistd(
+        "--listen", f"unix:{sock}", "--config-dir", str(config), "--key", str(key),
+        "--cert", str(cert), "--issuer", "iss", "--service", "svc", "--workers", workers,
+        "--max-failures-per-account", str(ACCOUNT_LIMIT), "--max-failures-per-address", "1000",
+        "--bcrypt-threads", "1",
+        *extra,
+        log=log,
+    )  # fmt: skip
+    daemon = Daemon(process, sock, log)
+    wait_for("socket", lambda: sock.exists() or process.poll() is not None)
+    assert process.poll() is None, daemon.log_text()
+    wait_for("two workers ready", lambda: daemon.log_text().count("workers serving, pids") == 1)
+    return daemon
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    running = start(tmp_path)
+    try:
+        yield running
+    finally:
+        stop_process(running.process)
+
+
+def test_two_workers_serve_one_socket_and_share_the_login_limits(daemon: Daemon) -> None:
+    parent = daemon.process.pid
+    workers = worker_pids(parent)
+    assert len(workers) == 2
+    assert set(daemon.pids_seen()) == workers, "both workers answer on the one socket"
+
+    # Ten wrong passwords for alice, one connection each: the workers share them, so the
+    # eleventh attempt is refused whichever worker answers, with the right password too.
+    for _ in range(ACCOUNT_LIMIT):
+        assert daemon.login("alice", "wrong") == 401
+    refusals = re.findall(r"pid (\d+)\].*401 .*'alice'", daemon.log_text())
+    assert len(set(refusals)) == 2, "the ten failures were answered by both workers"
+    assert {daemon.login("alice", "alice-pw") for _ in range(12)} == {429}
+    assert daemon.login("bob", "bob-pw") == 200, "another account is not limited"
+
+
+def test_a_killed_worker_is_replaced_edits_and_sighup_reach_every_worker(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    parent = daemon.process.pid
+    before = worker_pids(parent)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_for("a replacement", lambda: len(worker_pids(parent) - {victim}) == 2)
+    after = worker_pids(parent)
+    assert victim not in after and len(after) == 2
+    wait_for("the new worker serves", lambda: set(daemon.pids_seen(20)) == after)
+    text = daemon.log_text()
+    assert f"(pid {victim}) ended after" in text and "starting another in" in text
+
+    config = tmp_path / "config"
+    write_policy(
+        config,
+        {"carol": ("carol-pw", {"*": ["pull"]})},
+        {"repositories": ["pub/x"]},
+    )
+
+    def both_reloaded() -> bool:
+        seen = daemon.pids_seen(20)
+        return set(seen) == after and all(b["policy_generation"] == 2 for b in seen.values())
+
+    wait_for("the edit in every worker", both_reloaded)
+    assert {daemon.login("carol", "carol-pw") for _ in range(6)} == {200}
+
+    os.kill(parent, signal.SIGHUP)
+    wait_for(
+        "SIGHUP passed on",
+        lambda: "SIGHUP: reloading the policy in 2 workers" in daemon.log_text()
+        and all(f"pid {pid}]" in daemon.log_text().split("SIGHUP: reloading")[-1]
+                for pid in after),
+    )  # fmt: skip
+
+
+def test_sigterm_stops_every_worker_and_removes_the_socket(daemon: Daemon) -> None:
+    workers = worker_pids(daemon.process.pid)
+    assert stop_process(daemon.process) == -signal.SIGTERM
+    assert not daemon.sock.exists()
+    for pid in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
+
+
+def test_auto_is_one_worker_per_cpu(tmp_path: Path) -> None:
+    running = start(tmp_path, workers="auto")
+    try:
+        assert len(worker_pids(running.process.pid)) == (os.cpu_count() or 1)
+    finally:
+        stop_process(running.process)
+
+
+def test_a_worker_that_cannot_start_stops_start_up_with_one_sentence(tmp_path: Path) -> None:
+    """The parent validated the options already; here the worker gets options that fail (as a
+    key unreadable after twistd --uid would): start-up ends with the worker's sentence."""
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "s.sock"))
+    listening.listen()
+    sentences: list[str] = []
+
+    class Port:
+        socket = listening
+
+        def stopReading(self) -> None:
+            pass
+
+        def fileno(self) -> int:
+            return listening.fileno()
+
+    def failed(log: Logger, sentence: str, **fields: Any) -> Any:
+        sentences.append(sentence.format(**fields))
+        raise SystemExit(1)
+
+    from twisted.internet import reactor
+
+    supervisor = Supervisor(
+        count=2, argv=["--token-ttl", "5"], port=Port, reactor=reactor, failed=failed
+    )
+    with pytest.raises(SystemExit):
+        supervisor.startService()
+    listening.close()
+    assert sentences == ["worker 0 could not start: --token-ttl must be between 60 and 3600"]

@@ -1,0 +1,351 @@
+"""``--workers N``: one listening socket served by N worker processes.
+
+The daemon's first process (the one twistd runs) binds the socket, as a single-process daemon
+does, then never accepts on it: it spawns N workers (``python -m tokend.worker``) that inherit
+the socket and adopt it (``reactor.adoptStreamPort``), so nginx keeps one upstream and the
+kernel spreads connections over whichever workers are waiting. Each worker loads and watches
+the policy itself.
+
+The parent keeps one socketpair per worker, carrying newline-separated JSON:
+
+- worker → parent: ``{"ready": pid}`` once it serves; ``{"log": event}`` for every log event
+  (so one log, in the format twistd was told to write); ``{"news": ...}`` for each failed or
+  successful login (:mod:`tokend.login.shared_failures` spells it);
+- parent → worker: ``{"news": ...}`` that another worker (or another daemon, through Redis)
+  saw.
+
+So the login throttle counts every worker's failures in each worker, and the limits hold in
+total for the daemon, not N times over (modulo messages in flight, a millisecond).
+
+Lifecycle: SIGHUP to the parent is passed to every worker (each reloads its policy); SIGTERM
+stops every worker, then the parent closes and removes the socket; a worker that ends is
+started again after a back-off that grows while workers keep dying young; a worker that cannot
+start during start-up stops start-up with one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+
+from tokend.login.shared_failures import news_from_wire, news_to_wire
+from tokend.login.throttle import News
+
+MAX_LINE = 4 * 1024 * 1024
+"""One control message at most (a log event with a long policy error fits)."""
+START_TIMEOUT = 120.0
+"""Seconds a worker may take to load its key and policy at start-up."""
+STOP_TIMEOUT = 10.0
+"""Seconds workers get to stop after SIGTERM before SIGKILL."""
+RESTART_DELAY, MAX_RESTART_DELAY = 0.5, 30.0
+DIED_YOUNG = 10.0
+"""A worker that ends within this many seconds of starting doubles the next back-off."""
+
+
+class StartUpFailure(Protocol):
+    def __call__(self, log: Logger, sentence: str, **fields: Any) -> NoReturn: ...
+
+
+def worker_count(value: str) -> int:
+    """``auto`` (one per CPU) or a whole number from 1 to 256."""
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    count = int(value)
+    if not 1 <= count <= 256:
+        raise ValueError("must be auto or between 1 and 256")
+    return count
+
+
+class _Channel(LineOnlyReceiver):
+    """The parent's end of one worker's socketpair."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def __init__(self, on_line: Callable[[bytes], None]) -> None:
+        self._on_line = on_line
+
+    def lineReceived(self, line: bytes) -> None:
+        self._on_line(line)
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None:
+            self.sendLine(json.dumps(message, separators=(",", ":")).encode())
+
+
+@dataclass
+class _Worker:
+    slot: int
+    pid: int
+    started: float
+    channel: _Channel | None = None
+    ready: bool = False
+    last_critical: str | None = None
+    ended: Deferred[None] = field(default_factory=Deferred)
+
+
+class _Ended(ProcessProtocol):
+    def __init__(self, on_end: Callable[[Failure], None]) -> None:
+        self._on_end = on_end
+
+    def processEnded(self, reason: Failure) -> None:
+        self._on_end(reason)
+
+
+class Supervisor(Service):
+    """Starts, relays between, restarts and stops the workers."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        count: int,
+        argv: Sequence[str],
+        port: Callable[[], IListeningPort],
+        reactor: Any,
+        failed: StartUpFailure,
+        relay: Callable[[News], None] | None = None,
+    ) -> None:
+        """``port`` gives the bound listening port once the listener has started; ``relay``
+        also gets every worker's news (the Redis store)."""
+        self._count = count
+        self._argv = list(argv)
+        self._port = port
+        self._reactor = reactor
+        self._failed = failed
+        self._relay = relay
+        self._workers: dict[int, _Worker] = {}
+        self._quick_deaths: dict[int, int] = {}
+        self._restarts: dict[int, Any] = {}
+        self._listen_fd = -1
+        self._family = 0
+        self._previous_sighup: Any = None
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted(w.pid for w in self._workers.values())
+
+    def startService(self) -> None:
+        super().startService()
+        port: Any = self._port()
+        port.stopReading()  # the workers accept, never the parent
+        self._listen_fd = port.fileno()
+        self._family = port.socket.family
+        for slot in range(self._count):
+            self._spawn(slot, wait=True)
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        self.log.info(
+            "{count} workers serving, pids {pids}; SIGHUP reloads every worker's policy",
+            count=self._count,
+            pids=self.pids,
+        )
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        if signal.getsignal(signal.SIGHUP) == self._on_sighup:
+            signal.signal(signal.SIGHUP, self._previous_sighup or signal.SIG_DFL)
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        workers = list(self._workers.values())
+        for worker in workers:
+            self._signal(worker.pid, signal.SIGTERM)
+        killer = self._reactor.callLater(STOP_TIMEOUT, self._kill, workers)
+        done: Deferred[Any] = DeferredList([w.ended for w in workers])
+
+        def stopped(result: Any) -> Any:
+            if killer.active():
+                killer.cancel()
+            return result
+
+        return done.addBoth(stopped)
+
+    def _kill(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            if not worker.ended.called:
+                self.log.warn("worker {pid} did not stop in time: SIGKILL", pid=worker.pid)
+                self._signal(worker.pid, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(pid: int, signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """Pass a reload on to every worker (each re-reads the policy itself)."""
+        self.log.info("SIGHUP: reloading the policy in {count} workers", count=len(self._workers))
+        for worker in self._workers.values():
+            self._signal(worker.pid, signal.SIGHUP)
+
+    def broadcast(self, news: News, *, but: int | None = None) -> None:
+        """Tell every worker (except the slot ``but``) what another one or another daemon saw."""
+        message = {"news": news_to_wire(news)}
+        for worker in self._workers.values():
+            if worker.slot != but and worker.channel is not None:
+                worker.channel.send(message)
+
+    def _spawn(self, slot: int, *, wait: bool) -> None:
+        self._restarts.pop(slot, None)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        args = [
+            sys.executable, "-m", "tokend.worker",
+            "--listen-fd=3", f"--family={int(self._family)}", "--control-fd=4",
+            "--", *self._argv,
+        ]  # fmt: skip
+        holder: list[_Worker] = []
+        transport = self._reactor.spawnProcess(
+            _Ended(lambda reason: self._ended(holder[0], reason)),
+            sys.executable,
+            args,
+            env=dict(os.environ),
+            childFDs={1: 1, 2: 2, 3: self._listen_fd, 4: theirs.fileno()},
+        )
+        theirs.close()
+        worker = _Worker(slot, transport.pid, time.monotonic())
+        holder.append(worker)
+        self._workers[slot] = worker
+        leftover = self._await_ready(worker, ours) if wait else b""
+        channel = _Channel(lambda line: self._received(worker, line))
+        self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, OneProtocol(channel))
+        ours.close()
+        worker.channel = channel
+        if leftover:
+            channel.dataReceived(leftover)
+
+    def _await_ready(self, worker: _Worker, ours: socket.socket) -> bytes:
+        """Start-up only (the reactor does not run yet): block until the worker says it serves,
+        relaying its log meanwhile; stop start-up with one sentence if it cannot."""
+        deadline = time.monotonic() + START_TIMEOUT
+        buffer = b""
+        while True:
+            lines = buffer.split(b"\n")
+            for index, line in enumerate(lines[:-1]):
+                self._received(worker, line)
+                if worker.ready:
+                    return b"\n".join(lines[index + 1 :])
+            buffer = lines[-1]
+            remaining = deadline - time.monotonic()
+            chunk = b""
+            if remaining > 0:
+                ours.settimeout(remaining)
+                try:
+                    chunk = ours.recv(65536)
+                except TimeoutError:
+                    chunk = b""
+                except OSError:
+                    chunk = b""
+            if not chunk:
+                reason = worker.last_critical or (
+                    "it exited" if remaining > 0 else f"not ready after {START_TIMEOUT:.0f} s"
+                )
+                self._abandon_start()
+                self._failed(
+                    self.log,
+                    "worker {slot} could not start: {reason}",
+                    slot=worker.slot,
+                    reason=reason,
+                )
+            buffer += chunk
+
+    def _abandon_start(self) -> None:
+        for worker in self._workers.values():
+            self._signal(worker.pid, signal.SIGKILL)
+            with_status(worker.pid)
+
+    def _received(self, worker: _Worker, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            self.log.warn("worker {pid} sent an unreadable message", pid=worker.pid)
+            return
+        if "log" in message:
+            event = eventFromJSON(message["log"])
+            event["worker_pid"] = worker.pid
+            system = event.get("log_system")
+            if not system or system == "-":
+                level = getattr(event.get("log_level"), "name", "-")
+                system = f"{event.get('log_namespace', '-')}#{level}"
+            event["log_system"] = f"{system} pid {worker.pid}"
+            if not worker.ready and event.get("log_level") is not None:
+                if event["log_level"].name == "critical":
+                    worker.last_critical = formatEvent(event)
+            globalLogPublisher(event)
+        elif "news" in message:
+            try:
+                news = news_from_wire(message["news"])
+            except ValueError:
+                return
+            self.broadcast(news, but=worker.slot)
+            if self._relay is not None:
+                self._relay(news)
+        elif "ready" in message:
+            worker.ready = True
+            if self.running:
+                self.log.info("worker {slot} ready, pid {pid}", slot=worker.slot, pid=worker.pid)
+
+    def _ended(self, worker: _Worker, reason: Failure) -> None:
+        worker.ended.callback(None)
+        if self._workers.get(worker.slot) is worker:
+            del self._workers[worker.slot]
+        transport: Any = worker.channel.transport if worker.channel is not None else None
+        if transport is not None:
+            transport.loseConnection()
+        if not self.running:
+            return
+        lived = time.monotonic() - worker.started
+        quick = self._quick_deaths.get(worker.slot, 0) + 1 if lived < DIED_YOUNG else 0
+        self._quick_deaths[worker.slot] = quick
+        delay = min(RESTART_DELAY * 2**quick, MAX_RESTART_DELAY)
+        self.log.warn(
+            "worker {slot} (pid {pid}) ended after {lived:.1f} s: {reason}; starting another "
+            "in {delay:.1f} s",
+            slot=worker.slot,
+            pid=worker.pid,
+            lived=lived,
+            reason=reason.getErrorMessage(),
+            delay=delay,
+        )
+        self._restarts[worker.slot] = self._reactor.callLater(
+            delay, self._spawn, worker.slot, wait=False
+        )
+
+
+def with_status(pid: int) -> None:
+    """Reap a worker killed while the reactor is not running (it cannot reap it then)."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+class OneProtocol(Factory):
+    """A factory for adoptStreamConnection that hands out one protocol made beforehand."""
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self._protocol.factory = self
+        return self._protocol

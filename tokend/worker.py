@@ -1,0 +1,197 @@
+"""``python -m tokend.worker``: one worker of a ``--workers N`` daemon (see tokend.processes).
+
+Started by the daemon's parent process only: it inherits the bound listening socket and one end
+of a socketpair to the parent, parses the same options the daemon got, builds the same service
+tree minus the listener (it adopts the socket instead), and runs its own reactor. Its log
+events go to the parent, which writes them where twistd was told to; it ends when the parent
+goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsJSON,
+    globalLogBeginner,
+)
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python import usage
+
+from tokend.login.shared_failures import news_from_wire, news_to_wire
+from tokend.login.throttle import LoginThrottle, News
+from tokend.processes import MAX_LINE, OneProtocol
+
+
+class ParentLink(LineOnlyReceiver):
+    """The worker's end of the socketpair: log events and news out, news in."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._throttle: LoginThrottle | None = None
+
+    def attach(self, throttle: LoginThrottle) -> None:
+        """Share this throttle's news with the other workers, and take in theirs."""
+        self._throttle = throttle
+        throttle.publish = self.publish
+
+    def publish(self, news: News) -> None:
+        self.send({"news": news_to_wire(news)})
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None:
+            self.sendLine(json.dumps(message, separators=(",", ":")).encode())
+
+    def lineReceived(self, line: bytes) -> None:
+        throttle = self._throttle
+        if throttle is None:
+            return
+        try:
+            news = news_from_wire(json.loads(line)["news"])
+        except (ValueError, KeyError, TypeError):
+            return
+        throttle.learn(news, self._reactor.seconds())
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """The parent is gone: so is this worker."""
+        if self._reactor.running:
+            self._reactor.stop()
+
+
+class AdoptedListener(Service):
+    """Serves the socket the parent bound. Stopping only stops accepting: the socket file and
+    its lock belong to the parent (an adopted UNIX port would unlink the file when closed)."""
+
+    def __init__(self, fd: int, family: int, factory: Any, reactor: Any) -> None:
+        self._fd = fd
+        self._family = family
+        self._factory = factory
+        self._reactor = reactor
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.port = self._reactor.adoptStreamPort(self._fd, self._family, self._factory)
+        os.close(self._fd)  # adoptStreamPort works on a copy
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.port is not None:
+            port: Any = self.port
+            port.stopReading()
+            port.socket.close()
+            self.port = None
+
+
+class _Outbox:
+    """Log observer: each event as one JSON line to the parent; written straight to the socket
+    until the reactor owns it, then through the link."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self._control = control
+        self.link: ParentLink | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.send({"log": eventAsJSON(event)})
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.link is not None:
+            self.link.send(message)
+            return
+        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        try:
+            self._control.sendall(line)
+        except OSError:
+            pass
+
+
+def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tokend.worker")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--family", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("options", nargs=argparse.REMAINDER)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    options_argv = args.options[1:] if args.options[:1] == ["--"] else args.options
+
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    control = socket.socket(fileno=args.control_fd)
+    outbox = _Outbox(control)
+    observer: Any = FilteringLogObserver(
+        cast(ILogObserver, outbox), [cast(Any, LogLevelFilterPredicate(LogLevel.info))]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    from tokend.tap import Options, makeService
+
+    def refuse(sentence: str) -> int:
+        outbox.send({"log": eventAsJSON(_critical(sentence))})
+        return 1
+
+    options = Options()
+    try:
+        options.parseOptions(options_argv)
+    except usage.UsageError as e:
+        return refuse(str(e))
+    link = ParentLink(reactor)
+    root: MultiService = makeService(
+        options, reactor, worker=WorkerSetup(args.listen_fd, args.family, link.attach)
+    )
+    try:
+        root.privilegedStartService()
+        root.startService()
+    except SystemExit:
+        return 1  # the sentence is logged (and so with the parent) already
+    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    outbox.send({"ready": os.getpid()})
+    reactor.adoptStreamConnection(control.fileno(), socket.AF_UNIX, OneProtocol(link))
+    control.close()
+    outbox.link = link
+    reactor.run()
+    return 0
+
+
+def _critical(sentence: str) -> dict[str, Any]:
+    import time
+
+    return {
+        "log_format": "{sentence}",
+        "sentence": sentence,
+        "log_level": LogLevel.critical,
+        "log_namespace": "tokend.worker",
+        "log_time": time.time(),
+    }
+
+
+class WorkerSetup:
+    """What makeService needs to build a worker's tree: the inherited socket, and how to join
+    the throttle to the other workers."""
+
+    def __init__(self, listen_fd: int, family: int, attach: Callable[[LoginThrottle], None]):
+        self.listen_fd = listen_fd
+        self.family = family
+        self.attach = attach
+
+
+if __name__ == "__main__":
+    from tokend.worker import main as worker_main  # the module tap.py imports, not a copy
+
+    sys.exit(worker_main())
