@@ -686,7 +686,7 @@ def makeService(
         ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
     )
     registry = CollectorRegistry() if options["metrics"] is not None else None
-    _metrics(registry, options, holder, credential_cache, bcrypt_queue)
+    metrics = _metrics(registry, options, holder, credential_cache, bcrypt_queue)
     throttle = LoginThrottle(
         per_account=options["max-failures-per-account"],
         per_address=options["max-failures-per-address"],
@@ -714,6 +714,7 @@ def makeService(
             networks=options["trusted-proxy"], header=options["client-address-header"]
         ),
         in_flight=InFlight(options["bcrypt-per-address"]),
+        metrics=metrics,
     )
     site = _Site(api.resource(), reactor=reactor)
     limit_connections(

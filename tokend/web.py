@@ -46,6 +46,7 @@ from tokend.login.password_file import PasswordFile
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import MAX_TOKEN_CHARS, RefreshTokens, fingerprint
 from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.metrics import NO_METRICS, RequestMetrics
 from tokend.policy.holder import PolicyHolder
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
 from tokend.signing.tokens import IssuedToken, TokenIssuer, rfc3339
@@ -202,11 +203,13 @@ class TokenAPI:
         in_flight: InFlight | None = None,
         refresh_tokens: RefreshTokens | None = None,
         directory: AccountDirectory | None = None,
+        metrics: RequestMetrics = NO_METRICS,
     ) -> None:
         """Without ``throttle``, ``credential_cache`` or ``in_flight`` there is no throttling,
         caching or per-address share of the bcrypt queue; without ``directory``, names not
-        in users.json are unknown."""
+        in users.json are unknown; without ``metrics``, nothing is counted."""
         self._policy = policy
+        self._metrics = metrics
         self._tokens = tokens
         self._services = tuple(services)
         self._clock = clock
@@ -286,7 +289,9 @@ class TokenAPI:
         """Anonymous requests are answered synchronously: no coroutine, no Deferred chain.
 
         Only a password check waits (on the bcrypt pool), and only it goes through a Deferred.
+        Every answer is counted once, by grant and outcome (in ``_issue`` or ``request_error``).
         """
+        request._tokend_started = self._metrics.now()  # type: ignore[attr-defined]
         if request.path != self._realm_path:
             raise NotFound(f"no such path; the token endpoint is {self._realm_path.decode()}")
         if request.method in (b"GET", b"HEAD"):
@@ -310,17 +315,32 @@ class TokenAPI:
                 credentials = asked.credentials
                 login = self._logins.password(credentials.username, credentials.password, client)
         except LoginError as e:
+            if isinstance(e, LoginThrottled):
+                self._metrics.throttled(e.by)
             raise http_error(e, refresh=refresh) from None
+        # A password login answered at once came from the credential cache; one that waits is
+        # a check the backend (bcrypt, the directory) runs.
+        metrics, checking = self._metrics, not refresh
+        if checking:
+            metrics.cache_lookup(isinstance(login, Login))
         if isinstance(login, Login):
+            return self._issue(request, asked, client, login)
+        check_started = metrics.now()
+
+        def issue(login: Login) -> bytes:
+            if checking:
+                metrics.password_checked(True, check_started)
             return self._issue(request, asked, client, login)
 
         def refused(failure: Failure) -> Failure:
             error = failure.value
             if isinstance(error, LoginError):
+                if checking and isinstance(error, LoginRefused):
+                    metrics.password_checked(False, check_started)
                 return Failure(http_error(error, refresh=refresh))
             return failure
 
-        return login.addCallbacks(lambda login: self._issue(request, asked, client, login), refused)
+        return login.addCallbacks(issue, refused)
 
     def _read_get(self, request: Request) -> TokenRequest:
         if len(request.uri) > MAX_QUERY_BYTES:
@@ -357,6 +377,8 @@ class TokenAPI:
         args = _decoded_args(_form_arguments(request))
         _note(request, _Who(_first(args, "username"), _first(args, "client_id")))
         grant_type = _single(args, "grant_type")
+        if grant_type == "refresh_token":
+            request._tokend_grant = grant_type  # type: ignore[attr-defined]
         client_id = _single(args, "client_id")
         if grant_type == "password":
             username = _single(args, "username")
@@ -437,6 +459,8 @@ class TokenAPI:
             outcome="issued",
         )
         request.setHeader(b"Cache-Control", b"no-store")
+        started: float = request._tokend_started  # type: ignore[attr-defined]
+        self._metrics.answered(asked.grant, "issued", started)
         return _json(request, 200, _token_body(asked.flow, issued, granted, refresh_token))
 
     @app.handle_errors(werkzeug.exceptions.HTTPException)
@@ -481,8 +505,32 @@ class TokenAPI:
             reason=printable(error.message),
             outcome=error.outcome,
         )
+        started = getattr(request, "_tokend_started", None)
+        if started is not None:
+            self._metrics.answered(_asked_grant(request), _metric_outcome(error), started)
         oauth = request.method == b"POST" and request.path == self._realm_path
         return _json(request, error.status, error_body(error, oauth=oauth))
+
+
+def _asked_grant(request: Request) -> str:
+    """The grant a refused request asked for, as far as it was read: a POST is the password
+    grant unless it named the refresh_token grant; a GET with credentials is a password login.
+    Only a request that sent no credentials is anonymous."""
+    noted: str | None = getattr(request, "_tokend_grant", None)
+    if noted is not None:
+        return noted
+    if request.method == b"POST" or request.getHeader(b"authorization") is not None:
+        return "password"
+    return "anonymous"
+
+
+def _metric_outcome(error: RequestError) -> str:
+    """A refusal's ``outcome`` label: a refused refresh token is a failed login too."""
+    if error.outcome in ("throttled", "overloaded", "unavailable"):
+        return error.outcome
+    if isinstance(error, AuthenticationFailed | InvalidGrant):
+        return "unauthorized"
+    return "bad_request"
 
 
 def error_body(error: RequestError, *, oauth: bool) -> dict[str, Any]:

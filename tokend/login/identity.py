@@ -67,11 +67,17 @@ class LoginRefused(LoginError):
 
 
 class LoginThrottled(LoginError):
-    """Too many failures for the account or from the address: nothing is checked until later."""
+    """Too many failures for the account or from the address: nothing is checked until later.
 
-    def __init__(self, message: str, account: str | None, retry_after: int) -> None:
+    ``by`` names which of the two reached its limit (``account`` or ``address``), for metrics.
+    """
+
+    def __init__(
+        self, message: str, account: str | None, retry_after: int, by: str = "address"
+    ) -> None:
         super().__init__(message, account)
         self.retry_after = retry_after
+        self.by = by
 
 
 class LoginOverloaded(LoginError):

@@ -64,7 +64,10 @@ class AccountDirectory(Authenticator, Protocol):
 def throttled(refusal: Refusal, account: str | None) -> LoginThrottled:
     wait = max(1, math.ceil(refusal.retry_after))
     return LoginThrottled(
-        f"too many failed logins for this {refusal.reason}; try again in {wait} s", account, wait
+        f"too many failed logins for this {refusal.reason}; try again in {wait} s",
+        account,
+        wait,
+        by=refusal.reason,
     )
 
 
