@@ -48,7 +48,7 @@ local now, window, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local news = {origin = ARGV[4], seen = {}}
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[4 + 3 * i - 2])
-  redis.call('ZADD', key, now, member)
+  redis.call('ZADD', key, ARGV[1], member)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   redis.call('ZREMRANGEBYRANK', key, 0, -limit - 1)
   redis.call('PEXPIRE', key, math.ceil(window * 1000))
@@ -281,9 +281,11 @@ class RedisFailures(Service):
 
     def _record_failure(self, news: Failed) -> None:
         keys: list[str] = []
+        # repr: txredisapi sends a float with six decimals, and the times echoed back must
+        # equal the ones the workers hold, to the last bit.
         args: list[Any] = [
-            news.at,
-            self._window,
+            repr(news.at),
+            repr(float(self._window)),
             f"{news.at!r}:{os.urandom(6).hex()}",
             self._origin,
         ]
