@@ -147,8 +147,9 @@ class Supervisor(Service):
         port.stopReading()  # the workers accept, never the parent
         self._listen_fd = port.fileno()
         self._family = port.socket.family
-        for slot in range(self._count):
-            self._spawn(slot, wait=True)
+        started = [self._spawn(slot) for slot in range(self._count)]
+        for worker, ours in started:  # all load their policy at once; then each must be ready
+            self._connect(worker, ours, self._await_ready(worker, ours))
         self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         self.log.info(
             "{count} workers serving, pids {pids}; SIGHUP reloads every worker's policy",
@@ -206,7 +207,7 @@ class Supervisor(Service):
             if worker.slot != but and worker.channel is not None:
                 worker.channel.send(message)
 
-    def _spawn(self, slot: int, *, wait: bool) -> None:
+    def _spawn(self, slot: int) -> tuple[_Worker, socket.socket]:
         self._restarts.pop(slot, None)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         args = [
@@ -226,7 +227,14 @@ class Supervisor(Service):
         worker = _Worker(slot, transport.pid, time.monotonic())
         holder.append(worker)
         self._workers[slot] = worker
-        leftover = self._await_ready(worker, ours) if wait else b""
+        return worker, ours
+
+    def _respawn(self, slot: int) -> None:
+        worker, ours = self._spawn(slot)
+        self._connect(worker, ours, b"")
+
+    def _connect(self, worker: _Worker, ours: socket.socket, leftover: bytes) -> None:
+        """Hand the worker's socketpair to the reactor (with what was read of it already)."""
         channel = _Channel(lambda line: self._received(worker, line))
         self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, OneProtocol(channel))
         ours.close()
@@ -327,9 +335,7 @@ class Supervisor(Service):
             reason=reason.getErrorMessage(),
             delay=delay,
         )
-        self._restarts[worker.slot] = self._reactor.callLater(
-            delay, self._spawn, worker.slot, wait=False
-        )
+        self._restarts[worker.slot] = self._reactor.callLater(delay, self._respawn, worker.slot)
 
 
 def with_status(pid: int) -> None:

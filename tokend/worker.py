@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
+from twisted.internet import tcp, unix
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import (
     FilteringLogObserver,
@@ -86,8 +87,18 @@ class AdoptedListener(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.port = self._reactor.adoptStreamPort(self._fd, self._family, self._factory)
-        os.close(self._fd)  # adoptStreamPort works on a copy
+        # What reactor.adoptStreamPort does, with ports that accept one connection per wake-up.
+        if self._family == socket.AF_UNIX:
+            port: Any = _FairUNIXPort._fromListeningDescriptor(
+                self._reactor, self._fd, self._factory
+            )
+        else:
+            port = _FairTCPPort._fromListeningDescriptor(
+                self._reactor, self._fd, self._family, self._factory
+            )
+        port.startListening()
+        self.port = port
+        os.close(self._fd)  # the port works on a copy
 
     def stopService(self) -> None:
         super().stopService()
@@ -96,6 +107,46 @@ class AdoptedListener(Service):
             port.stopReading()
             port.socket.close()
             self.port = None
+
+
+ACCEPT_PAUSE = 0.001
+"""Seconds a worker leaves the listening socket to the others after accepting a connection."""
+
+
+class _OneAccept:
+    """Every worker is woken for a new connection and the first to call accept() gets it.
+    Twisted's port accepts up to a hundred at once (and learns to take more), so one worker
+    would take a whole burst of keep-alive connections and keep them: one at a time spreads
+    them over the workers that are free."""
+
+    @property
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass
+
+    def doRead(self) -> None:
+        """Accept one, then leave the next connection to a worker less busy for a moment."""
+        port: Any = self
+        super().doRead()  # type: ignore[misc]
+        if port.connected and not port.disconnecting:
+            port.stopReading()
+            port.reactor.callLater(ACCEPT_PAUSE, self._resume)
+
+    def _resume(self) -> None:
+        port: Any = self
+        if port.connected and not port.disconnecting:
+            port.startReading()
+
+
+class _FairUNIXPort(_OneAccept, unix.Port):
+    pass
+
+
+class _FairTCPPort(_OneAccept, tcp.Port):
+    pass
 
 
 class _Outbox:
