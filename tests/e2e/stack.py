@@ -215,6 +215,8 @@ class Stack:
     tokend_socket: Path
     registry_socket: Path
     processes: list[Running] = field(default_factory=list)
+    tokend_args: tuple[str, ...] = ()
+    """More options for tokend (e.g. ``--workers 2``)."""
     _images: int = 0
 
     # --- the registry's view -------------------------------------------------------------
@@ -493,9 +495,10 @@ def _write_policy(config: Path) -> None:
     (config / "repositories.json").write_text(json.dumps(ANONYMOUS, indent=2))
 
 
-def new_stack(root: Path) -> Stack:
+def new_stack(root: Path, tokend_args: tuple[str, ...] = ()) -> Stack:
     """The stack's layout, before anything runs (so a failed start can still show its logs)."""
     return Stack(
+        tokend_args=tokend_args,
         root=root,
         port=free_port(),
         certs=root / "certs",
@@ -607,6 +610,7 @@ def _start_tokend(stack: Stack) -> None:
         "--cert", str(stack.certs / "RootCA.crt"),
         "--issuer", ISSUER,
         "--service", SERVICE,
+        *stack.tokend_args,
         log=log,
         output=stack.root / "tokend.out",
     )  # fmt: skip

@@ -1,0 +1,92 @@
+"""``--workers 2`` behind the real nginx and registry: skopeo pushes and pulls through either
+worker, a policy edit reaches both, a SIGKILLed worker is replaced while the registry keeps
+working."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e.conftest import _require
+from e2e.stack import Stack, launch_stack, missing_binaries, new_stack, wait_until
+from support import UnixHTTPConnection
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def workers_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    _require(missing_binaries(), "docker-registry nginx skopeo")
+    running = new_stack(tmp_path_factory.mktemp("workers"), tokend_args=("--workers", "2"))
+    try:
+        yield launch_stack(running)
+    finally:
+        running.stop()
+
+
+def tokend_pid(stack: Stack) -> int:
+    return next(p.process.pid for p in stack.processes if p.name == "tokend")
+
+
+def worker_pids(stack: Stack) -> set[int]:
+    parent = tokend_pid(stack)
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def health_by_pid(stack: Stack, connections: int = 40) -> dict[int, Any]:
+    seen: dict[int, Any] = {}
+    for _ in range(connections):
+        connection = UnixHTTPConnection(stack.tokend_socket, timeout=5)
+        try:
+            connection.request("GET", "/healthz")
+            body = json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+        seen[body["pid"]] = body
+    return seen
+
+
+def test_push_and_pull_through_two_workers(workers_stack: Stack) -> None:
+    stack = workers_stack
+    wait_until(lambda: len(worker_pids(stack)) == 2, "two workers")
+    assert set(health_by_pid(stack)) == worker_pids(stack)
+    for number in range(3):  # one token request per operation: both workers get some
+        image = stack.new_image()
+        pushed = stack.push(image, f"workers/app{number}", "bar:bar")
+        assert pushed.ok, pushed.stderr
+        pulled, _ = stack.pull(f"workers/app{number}", "foo:foo")
+        assert pulled.ok, pulled.stderr
+    denied = stack.push(stack.new_image(), "workers/nope", "foo:foo")
+    assert not denied.ok
+
+
+def test_an_edit_reaches_both_workers_and_a_killed_one_is_replaced(workers_stack: Stack) -> None:
+    stack = workers_stack
+    before = worker_pids(stack)
+    original = stack.read("users.json")
+    granted = json.loads(json.dumps(original))
+    granted["foo"]["repositories"]["*"] = ["pull", "push"]
+    stack.rewrite("users.json", granted)
+    try:
+        generation = stack.generation()
+        wait_until(
+            lambda: (
+                {b["policy_generation"] for b in health_by_pid(stack, 20).values()} == {generation}
+            ),
+            "the edit in both workers",
+        )
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(worker_pids(stack) - {victim}) == 2, "a replacement worker")
+        after = worker_pids(stack)
+        wait_until(lambda: set(health_by_pid(stack, 20)) == after, "the new worker serving")
+        pushed = stack.push(stack.new_image(), "workers/foo-app", "foo:foo")
+        assert pushed.ok, pushed.stderr
+    finally:
+        stack.rewrite("users.json", original)
