@@ -280,6 +280,13 @@ def _close(client: Any) -> None:
         client.unbind()
 
 
+def _plausible(account: str) -> bool:
+    """Whether ``account`` may be looked up at all. The directory's matching rules ignore
+    leading and trailing spaces (``" mozart"`` finds mozart), so such spellings, and control
+    characters, are refused before any traffic: one person, one login name."""
+    return bool(account) and account == account.strip() and account.isprintable()
+
+
 def _result(code: int, message: bytes | str | None) -> str:
     return str(ldaperrors.get(code, _text(message or b"")))
 
@@ -312,13 +319,13 @@ class Directory:
         An empty password is refused here, before the directory is asked: LDAP treats a bind
         with a DN and no password as an anonymous bind, which many servers let succeed.
         """
-        if not password or not account:
+        if not password or not _plausible(account):
             return None
         return await self._tracked(self._authenticate(account, password))
 
     async def lookup(self, account: str) -> DirectoryAccount | None:
         """The account's entry and groups, without a password (refresh tokens, ``explain``)."""
-        if not account:
+        if not _plausible(account):
             return None
         return await self._tracked(self._with_service(lambda c: self._account(c, account)))
 
@@ -366,7 +373,16 @@ class Directory:
         text = _fill(config.filter, "account", escape_filter_value(account))
         attributes = _NO_ATTRIBUTES if config.group_base else [config.group_attribute]
         # Two is enough to tell "one" from "several", and spares the directory a long answer.
-        entries, code, message = await self._search(connection, config.base, text, attributes, 2)
+        try:
+            entries, code, message = await self._search(
+                connection, config.base, text, attributes, 2
+            )
+        except InvalidLDAPFilter:
+            self.log.warn(
+                "directory: the filter with account {account} is not a filter; login refused",
+                account=printable(account),
+            )
+            return None
         if code == _SIZE_LIMIT_EXCEEDED or len(entries) > 1:
             self.log.warn(
                 "directory: several entries match account {account} ({dns}); login refused",
