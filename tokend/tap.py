@@ -28,9 +28,21 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
+from tokend.dn import DNError, normalise_dn
 from tokend.http import ConnectionLimits, limit_connections
 from tokend.json_log import LoggingRoot, observer_for
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.directory import (
+    DEFAULT_FILTER,
+    DEFAULT_GROUP_ATTRIBUTE,
+    DEFAULT_GROUP_FILTER,
+    DEFAULT_TIMEOUT,
+    Directory,
+    DirectoryConfig,
+    DirectoryUnavailable,
+    read_bind_password,
+)
+from tokend.login.directory_accounts import DirectoryAccounts
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
@@ -66,7 +78,7 @@ MAX_REFRESH_TTL = 10 * 365 * 86_400
 DEFAULT_SOCKET_DIR = Path("run")
 """The one socket directory tokend creates itself (the default, relative to the working
 directory): any other must exist, so a typo in --listen cannot create directories as root."""
-REPEATABLE = ("service", "trusted-proxy")
+REPEATABLE = ("service", "trusted-proxy", "ldap-url")
 """Options given once per value on the command line, comma-separated in the environment."""
 
 
@@ -84,6 +96,52 @@ class _FromCommandLine(usage.CoerceParameter):
     def dispatch(self, parameterName: str, value: str) -> None:
         super().dispatch(parameterName, value)
         cast(Options, self.options).from_command_line.add(parameterName)
+
+
+DIRECTORY_PARAMETERS = [
+    [
+        "ldap-url",
+        None,
+        None,
+        "Directory for accounts not in users.json: ldap://host:port or ldaps://host:port; "
+        "repeat for fail-over, tried in order",
+    ],
+    ["ldap-ca-cert", None, None, "PEM CA certificates trusted for LDAPS/StartTLS (else: system)"],
+    ["ldap-bind-dn", None, None, "DN of the service account searching the directory"],
+    [
+        "ldap-bind-password-file",
+        None,
+        None,
+        "File holding the service account's password (mode 0600; one trailing newline ignored)",
+    ],
+    ["ldap-base", None, None, "DN under which accounts are searched (subtree)"],
+    [
+        "ldap-filter",
+        None,
+        DEFAULT_FILTER,
+        "Search filter finding an account; {account} is the name, escaped (RFC 4515)",
+    ],
+    [
+        "ldap-group-attribute",
+        None,
+        DEFAULT_GROUP_ATTRIBUTE,
+        "Attribute of the account entry listing its group DNs",
+    ],
+    [
+        "ldap-group-base",
+        None,
+        None,
+        "Find groups by searching under this DN with --ldap-group-filter instead",
+    ],
+    [
+        "ldap-group-filter",
+        None,
+        DEFAULT_GROUP_FILTER,
+        "Filter finding an account's groups under --ldap-group-base; {dn} is the account's DN",
+    ],
+    ["ldap-timeout", None, str(DEFAULT_TIMEOUT), "Seconds for each directory operation"],
+]
+"""--ldap-url is repeatable (opt_ldap_url); without it none of the others is used."""
 
 
 def _with_env_names(options: list[list[Any]]) -> list[list[Any]]:
@@ -187,6 +245,7 @@ class Options(usage.Options):
                 "Redis shared by every daemon's login throttle: redis://[:password@]host:port/db, "
                 "rediss://… (TLS) or unix:///path/to/redis.sock (off when not given)",
             ],
+            *DIRECTORY_PARAMETERS,
             [
                 "metrics",
                 None,
@@ -211,7 +270,12 @@ class Options(usage.Options):
                 "of inotify (network filesystems)",
             ],
             ["dev-cert", None, "Create a development key and certificate if the key is missing"],
-            ["allow-loose-key-permissions", None, "Start even if the key is group/other readable"],
+            [
+                "allow-loose-key-permissions",
+                None,
+                "Start even if the key (or --ldap-bind-password-file) is group/other readable",
+            ],
+            ["ldap-starttls", None, "Upgrade ldap:// directory connections with StartTLS"],
         ]
     )
 
@@ -272,6 +336,10 @@ class Options(usage.Options):
         """Proxy IP/CIDR trusted for X-Real-IP [env TOKEND_TRUSTED_PROXY, comma-separated]"""
         self._append("trusted-proxy", value)
 
+    def opt_ldap_url(self, value: str) -> None:
+        """Directory URL (ldap:// or ldaps://); repeat for fail-over [env TOKEND_LDAP_URL]"""
+        self._append("ldap-url", value)
+
     def opt_cert(self, value: str) -> None:
         """PEM certificate chain of the key (tokens get x5c) [env TOKEND_CERT]"""
         self["cert"] = value
@@ -328,7 +396,59 @@ class Options(usage.Options):
         self["metrics"] = self._checked_metrics(self["metrics"])
         self._check_log_format()
         self.signing_key: SigningKey = self._load_key()
+        self.directory: DirectoryConfig | None = self._directory_config()
         self.loaded_policy: LoadedPolicy = self._load_policy()
+
+    def _directory_config(self) -> DirectoryConfig | None:
+        """The directory to log accounts in with, when --ldap-url names one."""
+        if not self["ldap-url"]:
+            return None
+        if not self["ldap-base"]:
+            raise usage.UsageError(f"{self.source('ldap-url')} needs --ldap-base (a DN)")
+        bind_dn, password_file = self["ldap-bind-dn"], self["ldap-bind-password-file"]
+        if bool(bind_dn) != bool(password_file):
+            raise usage.UsageError(
+                "--ldap-bind-dn and --ldap-bind-password-file go together (without both, "
+                "searches are anonymous)"
+            )
+        try:
+            timeout = float(self["ldap-timeout"])
+        except ValueError:
+            raise usage.UsageError(f"{self.source('ldap-timeout')} must be a number") from None
+        if not 0 < timeout <= 300:
+            raise usage.UsageError(f"{self.source('ldap-timeout')} must be between 0 and 300 s")
+        ca_cert = self["ldap-ca-cert"]
+        if ca_cert and not os.access(ca_cert, os.R_OK):
+            raise usage.UsageError(f"{self.source('ldap-ca-cert')} {ca_cert}: cannot read it")
+        try:
+            password = (
+                read_bind_password(
+                    password_file, allow_loose=bool(self["allow-loose-key-permissions"])
+                )
+                if password_file
+                else None
+            )
+            for dn_option in ("ldap-base", "ldap-bind-dn", "ldap-group-base"):
+                if self[dn_option]:
+                    try:
+                        normalise_dn(self[dn_option])
+                    except DNError as e:
+                        raise ValueError(f"{self.source(dn_option)} is not a DN: {e}") from None
+            return DirectoryConfig(
+                urls=tuple(self["ldap-url"]),
+                base=self["ldap-base"],
+                starttls=bool(self["ldap-starttls"]),
+                ca_cert=ca_cert or None,
+                bind_dn=bind_dn or None,
+                bind_password=password,
+                filter=self["ldap-filter"],
+                group_attribute=self["ldap-group-attribute"],
+                group_base=self["ldap-group-base"] or None,
+                group_filter=self["ldap-group-filter"],
+                timeout=timeout,
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def _integer(self, name: str, low: int, high: int) -> int:
         try:
@@ -618,6 +738,21 @@ class _Announcer(Service):
             anonymous_names=len(policy.anonymous.repositories),
             anonymous_catalog="on" if policy.anonymous.catalog else "off",
         )
+        directory = self._options.directory
+        if directory is not None:
+            self.log.info(
+                "directory accounts: {urls}, accounts under {base} by {filter}, groups by "
+                "{groups}, service account {bind_dn}",
+                urls=list(directory.urls),
+                base=directory.base,
+                filter=directory.filter,
+                groups=(
+                    f"search under {directory.group_base}"
+                    if directory.group_base
+                    else f"attribute {directory.group_attribute}"
+                ),
+                bind_dn=directory.bind_dn or "(anonymous)",
+            )
         for network in self._options["trusted-proxy"]:
             if network.prefixlen == 0:
                 self.log.warn(
@@ -664,6 +799,40 @@ def _metrics(
         )
     )
     return metrics
+
+
+class _DirectoryConnection(Service):
+    """Closes the directory's service-account connection when the daemon stops."""
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self._directory.close()
+
+
+def _directory_accounts(
+    options: Options,
+    reactor: Any,
+    holder: PolicyHolder,
+    cache: CredentialCache,
+    root: MultiService,
+) -> DirectoryAccounts | None:
+    """Directory logins for names users.json does not hold, when --ldap-url is given."""
+    config = options.directory
+    if config is None:
+        return None
+    directory = Directory(config, reactor)
+    _DirectoryConnection(directory).setServiceParent(root)
+    return DirectoryAccounts(
+        directory,
+        DirectoryUnavailable,
+        lambda: holder.current,
+        cache,
+        reactor.seconds,
+        retry_after=config.timeout,
+    )
 
 
 def makeService(
@@ -714,6 +883,7 @@ def makeService(
             networks=options["trusted-proxy"], header=options["client-address-header"]
         ),
         in_flight=InFlight(options["bcrypt-per-address"]),
+        directory=_directory_accounts(options, reactor, holder, credential_cache, root),
         metrics=metrics,
     )
     site = _Site(api.resource(), reactor=reactor)

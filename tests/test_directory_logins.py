@@ -1,0 +1,340 @@
+"""Directory accounts through the realm: the authenticator seam, the policy's ldap_groups, the
+throttle and the credential cache, against a real slapd (tests/ldap_server.py).
+
+The token endpoint runs in memory (StubTreq) on the real reactor, since the directory client
+talks to a real server; every token is verified with the certificate and its claims compared.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import pytest_twisted
+from ldap_server import BASE, PASSWORD, SERVICE_DN, SUFFIX, Slapd, dn, group_dn, start_slapd
+from support import hash_password, load_certificate, verify_jwt, write_key_pair
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, globalLogPublisher
+
+from tokend.login.credential_cache import CredentialCache
+from tokend.login.directory import Directory, DirectoryConfig, DirectoryUnavailable
+from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.passwords import PasswordChecker
+from tokend.login.refresh_tokens import RefreshTokens
+from tokend.login.throttle import LoginThrottle
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
+from tokend.web import TokenAPI
+from tokend.workers import BoundedWorkers, WorkerPool
+
+pytest_plugins = ("ldap_server",)
+
+SERVICE = "registry.test"
+GROUPS = {
+    "composers": {
+        "ldap_groups": [group_dn("composers").upper().replace(",", ", ")],
+        "repositories": {"music/*": ["pull"], "composers/${account}/*": ["pull", "push"]},
+    },
+    "salzburg": {
+        "ldap_groups": [group_dn("salzburg")],
+        "repositories": {"salzburg/*": ["pull", "push"]},
+    },
+    "everyone": {"ldap_groups": ["*"], "repositories": {"lobby/*": ["pull"]}},
+    "staff": {"repositories": {"music/*": ["pull", "push"]}},
+}
+
+
+class Realm:
+    """A TokenAPI with directory accounts, on the real reactor, answering in memory."""
+
+    def __init__(self, tmp_path: Path, slapd: Slapd, **config: Any) -> None:
+        self.config_dir = tmp_path / "config"
+        self.config_dir.mkdir(parents=True)
+        users = {
+            "alice": {"pass_hash": hash_password("alice-pw"), "groups": ["staff"]},
+            # bach is in the directory too: users.json decides for him.
+            "bach": {"pass_hash": hash_password("file-pw"), "repositories": {"bach/*": ["pull"]}},
+        }
+        (self.config_dir / "users.json").write_text(json.dumps(users))
+        (self.config_dir / "groups.json").write_text(json.dumps(GROUPS))
+        (self.config_dir / "repositories.json").write_text(
+            json.dumps({"repositories": ["public/*"]})
+        )
+        key_path, cert_path = write_key_pair(tmp_path)
+        self.certificate = load_certificate(cert_path)
+        key = load_signing_key(key_path, cert_path)
+        self.holder = PolicyHolder(load_policy(self.config_dir).policy, reactor.seconds())
+        self.pool = WorkerPool(reactor, 2, "test-bcrypt")
+        self.pool.startService()
+        self.cache = CredentialCache(ttl=config.pop("cache_ttl", 60))
+        settings: dict[str, Any] = {
+            "urls": (slapd.url,),
+            "base": BASE,
+            "bind_dn": SERVICE_DN,
+            "bind_password": slapd.bind_password,
+            "timeout": 2.0,
+        }
+        settings.update(config)
+        self.directory = Directory(DirectoryConfig(**settings), reactor)
+        self.refresh_tokens = RefreshTokens(key, "tokend-test", 3600)
+        self.throttle = LoginThrottle(per_account=3, per_address=100, window=300)
+        self.api = TokenAPI(
+            policy=self.holder,
+            passwords=PasswordChecker(BoundedWorkers(self.pool, limit=2, queue=16)),
+            tokens=TokenIssuer(key, "tokend-test", 300),
+            services=[SERVICE],
+            clock=reactor,
+            throttle=self.throttle,
+            credential_cache=self.cache,
+            refresh_tokens=self.refresh_tokens,
+            directory=DirectoryAccounts(
+                self.directory,
+                DirectoryUnavailable,
+                lambda: self.holder.current,
+                self.cache,
+                reactor.seconds,
+                retry_after=2.0,
+            ),
+        )
+        self.http = StubTreq(self.api.resource())
+
+    def close(self) -> None:
+        self.directory.close()
+        self.pool.stopService()
+
+    async def answer(self, request: Any) -> tuple[int, dict[bytes, list[bytes]], Any]:
+        response = await self._flushed(request)
+        body = await self._flushed(self.http.content(response))
+        return response.code, dict(response.headers.getAllRawHeaders()), json.loads(body)
+
+    async def _flushed(self, waiting: Any) -> Any:
+        """StubTreq moves bytes only when flushed; the directory answers on the real reactor."""
+        done: list[Any] = []
+        waiting.addBoth(lambda result: done.append(result) or result)
+        for _ in range(2000):
+            self.http.flush()
+            if done:
+                break
+            await deferLater(reactor, 0.005, lambda: None)
+        return await waiting
+
+    async def get(
+        self, user: str | None, password: str = PASSWORD, scope: str = "music/piano:pull,push"
+    ) -> tuple[int, dict[bytes, list[bytes]], Any]:
+        headers = {}
+        if user is not None:
+            raw = f"{user}:{password}".encode()
+            headers[b"Authorization"] = [b"Basic " + base64.b64encode(raw)]
+        query = urlencode(
+            {"service": SERVICE, "scope": f"repository:{scope}", "offline_token": "true"}
+        )
+        return await self.answer(self.http.get(f"http://tokend/v2/token?{query}", headers=headers))
+
+    async def refresh(self, token: str, scope: str) -> tuple[int, dict[bytes, list[bytes]], Any]:
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": token,
+            "client_id": "test",
+            "service": SERVICE,
+            "scope": f"repository:{scope}",
+        }
+        headers = {b"Content-Type": [b"application/x-www-form-urlencoded"]}
+        request = self.http.post("http://tokend/v2/token", data=form, headers=headers)
+        return await self.answer(request)
+
+    def access(self, body: Any) -> tuple[str, list[dict[str, Any]]]:
+        _, claims = verify_jwt(
+            body["token"] if "token" in body else body["access_token"], self.certificate
+        )
+        return claims["sub"], claims["access"]
+
+
+@pytest.fixture
+def realm(tmp_path: Path, slapd: Slapd) -> Any:
+    made = Realm(tmp_path, slapd)
+    yield made
+    made.close()
+
+
+def actions(access: list[dict[str, Any]], name: str) -> list[str]:
+    return next((entry["actions"] for entry in access if entry["name"] == name), [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_directory_account_gets_its_groups_rights(realm: Realm) -> None:
+    status, _, body = await realm.get("mozart", scope="music/piano:pull,push")
+    assert status == 200, body
+    subject, access = realm.access(body)
+    assert subject == "mozart"
+    assert actions(access, "music/piano") == ["pull"]  # composers: pull only
+    status, _, body = await realm.get("mozart", scope="salzburg/opera:pull,push")
+    assert actions(realm.access(body)[1], "salzburg/opera") == ["pull", "push"]
+    status, _, body = await realm.get("mozart", scope="lobby/news:pull,push")
+    assert actions(realm.access(body)[1], "lobby/news") == ["pull"]  # "*": every account
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_placeholder_is_bound_to_the_directory_name(realm: Realm) -> None:
+    _, _, body = await realm.get("mozart", scope="composers/mozart/requiem:pull,push")
+    assert actions(realm.access(body)[1], "composers/mozart/requiem") == ["pull", "push"]
+    _, _, body = await realm.get("mozart", scope="composers/bach/mass:pull,push")
+    assert actions(realm.access(body)[1], "composers/bach/mass") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_and_empty_passwords_are_refused(realm: Realm, slapd: Slapd) -> None:
+    status, headers, body = await realm.get("mozart", password="wrong")
+    assert status == 401, body
+    assert b"WWW-Authenticate" in headers
+    binds_before = slapd.log_text().count('BIND dn="uid=mozart')
+    status, _, body = await realm.get("mozart", password="")
+    assert status == 401, body
+    # slapd here accepts an unauthenticated bind (allow bind_anon_dn): the realm never asked.
+    assert slapd.log_text().count('BIND dn="uid=mozart') == binds_before
+
+
+@pytest.mark.parametrize("name", ["*", "mozart)(uid=*", "*)(|(uid=*", "moz*", "mozart\\", "*\\2a"])
+@pytest_twisted.ensureDeferred
+async def test_filter_injection_matches_nobody(realm: Realm, name: str) -> None:
+    status, _, body = await realm.get(name)
+    assert status == 401, body
+    status, _, body = await realm.get("m\x00ozart")
+    assert status == 400, body  # control characters never reach the directory
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_outside_the_base_and_ambiguous_names_are_refused(realm: Realm) -> None:
+    status, _, _ = await realm.get("kant")
+    assert status == 401
+    status, _, _ = await realm.get("twin")
+    assert status == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_users_json_decides_for_its_names(realm: Realm) -> None:
+    status, _, body = await realm.get("bach", password=PASSWORD)  # his directory password
+    assert status == 401, body
+    status, _, body = await realm.get("bach", password="file-pw", scope="bach/fugue:pull")
+    assert status == 200, body
+    assert actions(realm.access(body)[1], "bach/fugue") == ["pull"]
+    status, _, body = await realm.get("alice", password="alice-pw", scope="music/x:pull,push")
+    assert actions(realm.access(body)[1], "music/x") == ["pull", "push"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_directory_logins_are_throttled(realm: Realm) -> None:
+    for _ in range(3):
+        status, _, _ = await realm.get("mozart", password="wrong")
+        assert status == 401
+    status, headers, body = await realm.get("mozart")
+    assert status == 429, body
+    assert b"Retry-After" in headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_tokens_of_directory_accounts(realm: Realm, slapd: Slapd) -> None:
+    haydn = dn("haydn")
+    slapd.modify(
+        f"dn: {haydn}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: haydn\ncn: Joseph Haydn\n"
+        f"sn: Haydn\nuserPassword: {PASSWORD}\n"
+    )
+    try:
+        status, _, body = await realm.get("haydn", scope="lobby/a:pull")
+        assert status == 200, body
+        refresh_token = body["refresh_token"]
+        status, _, body = await realm.refresh(refresh_token, "lobby/a:pull")
+        assert status == 200, body
+        assert realm.access(body) == (
+            "haydn",
+            [{"type": "repository", "name": "lobby/a", "actions": ["pull"]}],
+        )
+    finally:
+        slapd.modify(f"dn: {haydn}\nchangetype: delete\n")
+    realm.cache.forget_users({"haydn"})  # the lookup is remembered for the cache's ttl
+    status, _, body = await realm.refresh(refresh_token, "lobby/a:pull")
+    assert status == 400, body
+    assert body["error"] == "invalid_grant"
+
+
+@pytest_twisted.ensureDeferred
+async def test_logins_over_ldaps_and_starttls_with_the_test_ca(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    for name, config in {
+        "ldaps": {"urls": (slapd.ldaps_url,), "ca_cert": str(slapd.ca_cert_path)},
+        "starttls": {"urls": (slapd.url,), "starttls": True, "ca_cert": str(slapd.ca_cert_path)},
+    }.items():
+        made = Realm(tmp_path / name, slapd, **config)
+        try:
+            status, _, body = await made.get("mozart", scope="salzburg/x:push")
+            assert status == 200, (name, body)
+            assert actions(made.access(body)[1], "salzburg/x") == ["push"]
+        finally:
+            made.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_directory_outage_is_a_503_and_recovers(tmp_path: Path) -> None:
+    own = start_slapd(tmp_path / "slapd")
+    made = Realm(tmp_path / "realm", own)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        status, _, _ = await made.get("bach", password="file-pw", scope="bach/x:pull")
+        assert status == 200
+        status, _, body = await made.get("mozart", scope="salzburg/x:pull")
+        assert status == 200, body  # now in the credential cache
+        own.stop()
+        for _ in range(3):
+            status, _, body = await made.get("alice", password="alice-pw", scope="music/x:push")
+            assert status == 200, body  # users.json accounts keep working
+            status, headers, body = await made.get("salzburg-less", password="pw")
+            assert status == 503, body
+            assert headers[b"Retry-After"] == [b"2"]
+            assert body["errors"][0]["code"] == "UNAVAILABLE"
+        status, _, body = await made.get("mozart", scope="salzburg/x:pull")
+        assert status == 200, body  # cached logins need no directory
+        status, _, body = await made.get(None, scope="public/x:pull")
+        assert status == 200 and actions(made.access(body)[1], "public/x") == ["pull"]
+        warnings = [
+            e
+            for e in events
+            if e.get("log_level") == LogLevel.warn
+            and "directory" in str(e.get("log_format", "")).lower()
+        ]
+        assert len(warnings) == 1, warnings
+        own.start()
+        status, _, body = await made.get("bach", password=PASSWORD, scope="x:pull")
+        assert status == 401  # users.json still decides for bach
+        status, _, body = await made.get("schubert-unknown", password=PASSWORD)
+        assert status == 401, body  # the directory answers again: an unknown name
+        status, _, body = await made.get("mozart", password=PASSWORD, scope="music/x:pull")
+        assert status == 200, body
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        made.close()
+        own.stop()
+
+
+def test_policy_refuses_malformed_ldap_groups(tmp_path: Path) -> None:
+    from tokend.policy.model import PolicyError, groups_from_document
+
+    with pytest.raises(PolicyError, match="not a DN"):
+        groups_from_document({"g": {"ldap_groups": ["musicians"]}}, "groups.json")
+    with pytest.raises(PolicyError, match="stands alone"):
+        groups_from_document({"g": {"ldap_groups": ["*", group_dn("composers")]}}, "groups.json")
+    with pytest.raises(PolicyError, match="list of group DNs"):
+        groups_from_document({"g": {"ldap_groups": group_dn("composers")}}, "groups.json")
+    groups = groups_from_document(
+        {"g": {"ldap_groups": [f"CN=Composers, OU=Groups, {SUFFIX.upper()}"]}}, "groups.json"
+    )
+    assert groups["g"].holds(frozenset({group_dn("composers")}))
+    assert not groups["g"].holds(frozenset({group_dn("salzburg")}))
