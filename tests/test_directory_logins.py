@@ -35,8 +35,6 @@ from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.workers import BoundedWorkers, WorkerPool
 
-pytest_plugins = ("ldap_server",)
-
 SERVICE = "registry.test"
 GROUPS = {
     "composers": {
