@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from support import load_certificate, parsed_options, write_key_pair, write_policy
+from support import load_certificate, parsed_options, settled, write_key_pair, write_policy
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
@@ -20,6 +21,7 @@ from tokend.metrics import (
     Metrics,
     ServiceState,
     certificate_expiry,
+    metrics_resource,
     process_collectors,
     tokend_version,
 )
@@ -228,3 +230,25 @@ def test_log_format_is_text_or_json(tmp_path: Path) -> None:
     assert parsed_options(tmp_path, environ=environ)["log-format"] == "json"
     with pytest.raises(usage.UsageError, match="--log-format must be text or json"):
         parsed_options(tmp_path, "--log-format", "logfmt")
+
+
+def test_the_metrics_listener_serves_the_registry_at_slash_metrics() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.answered("anonymous", "issued", metrics.now())
+    http = StubTreq(metrics_resource(registry))
+    response = settled(http.get("http://tokend/metrics"))
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [
+        b"text/plain; version=0.0.4; charset=utf-8"
+    ]
+    text = settled(http.text_content(response))
+    assert 'tokend_token_requests_total{grant="anonymous",outcome="issued"} 1.0' in text
+    openmetrics = settled(
+        http.get(
+            "http://tokend/metrics",
+            headers={b"Accept": [b"application/openmetrics-text; version=1.0.0"]},
+        )
+    )
+    assert settled(http.text_content(openmetrics)).endswith("# EOF\n")
+    assert settled(http.get("http://tokend/v2/token")).code == 404

@@ -906,7 +906,7 @@ def makeService(
         group = _SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
         group.setServiceParent(root)
     if registry is not None:
-        metrics_site = _Site(metrics_resource(registry, reactor), reactor=reactor)
+        metrics_site = _Site(metrics_resource(registry), reactor=reactor)
         _Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
     config_dir = Path(options["config-dir"])
     reloader = PolicyReloader(config_dir, holder, reactor, reload_pool)
