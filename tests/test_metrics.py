@@ -223,6 +223,12 @@ def test_a_bad_metrics_endpoint_stops_start_up(tmp_path: Path) -> None:
         parsed_options(tmp_path, environ={"TOKEND_METRICS": "tcp:x"})
 
 
+def test_metrics_are_refused_with_several_worker_processes(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="cannot be combined with --workers above 1"):
+        parsed_options(tmp_path, "--metrics", "tcp:9102", "--workers", "2")
+    assert parsed_options(tmp_path, "--metrics", "tcp:9102", "--workers", "1")["metrics"]
+
+
 def test_log_format_is_text_or_json(tmp_path: Path) -> None:
     assert parsed_options(tmp_path)["log-format"] == "text"
     assert parsed_options(tmp_path, "--log-format", "JSON")["log-format"] == "json"

@@ -506,6 +506,11 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"{self.source('metrics')} {description!r} is not an endpoint: {e}"
             ) from None
+        if self["workers"] > 1:
+            raise usage.UsageError(
+                f"{self.source('metrics')} serves one process's metrics: it cannot be combined "
+                "with --workers above 1 yet; run one daemon per core with --redis instead"
+            )
         if description.startswith("unix:"):
             if ":mode=" not in description:
                 description += ":mode=660"
