@@ -336,3 +336,27 @@ def test_policy_refuses_malformed_ldap_groups(tmp_path: Path) -> None:
     )
     assert groups["g"].holds(frozenset({group_dn("composers")}))
     assert not groups["g"].holds(frozenset({group_dn("salzburg")}))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_in_another_case_is_one_account(realm: Realm) -> None:
+    for spelling in ("Mozart", "mOzart", "moZart"):
+        status, _, _ = await realm.get(spelling, password="wrong")
+        assert status == 401
+    status, _, body = await realm.get("mozarT")
+    assert status == 429, body  # three failures of three spellings: one account's budget
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_in_another_case_gets_the_directory_spelling(realm: Realm) -> None:
+    status, _, body = await realm.get("MOZART", scope="composers/mozart/x:push")
+    assert status == 200, body
+    subject, access = realm.access(body)
+    assert subject == "mozart"  # one spelling: the same ${account} and cache entry
+    assert actions(access, "composers/mozart/x") == ["push"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_users_json_decides_for_its_names_in_any_case(realm: Realm) -> None:
+    status, _, body = await realm.get("BACH", password=PASSWORD)  # bach's directory password
+    assert status == 401, body  # not the directory's bach: users.json holds bach

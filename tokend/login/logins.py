@@ -96,26 +96,32 @@ class Logins:
         self.refresh_tokens = refresh_tokens
 
     def backend(self, account: str, policy: Policy) -> Authenticator:
-        """users.json decides for its names; the directory, when there is one, for the rest."""
-        if self._directory is None or account in policy.users:
+        """users.json decides for its names, in any case (directories match names without
+        regard to case: ``BACH`` must not log in as the directory's bach when users.json holds
+        bach); the directory, when there is one, for the rest."""
+        if self._directory is None or account.casefold() in policy.folded_users:
             return self._file
         return self._directory
 
     def password(self, account: str, password: bytes, client: str) -> Login | Deferred[Login]:
-        """Throttling comes first, before the cache: a throttled guess must not learn
-        anything, not even from a cheap cache lookup. Then what needs no backend: a password
-        bcrypt cannot check, or an empty one for the directory (an LDAP bind with an empty
-        password is an unauthenticated bind, which "succeeds"), fails at once and counts. A
-        cache hit is answered at once; only a real check goes through a Deferred, and one
-        address holds only a small share of the checks running. Failures count; a success
-        clears its account.
+        """Throttling comes first (once the name is spelled as its backend knows it), before
+        the cache: a throttled guess must not learn anything, not even from a cheap cache
+        lookup. Then what needs no backend: a password bcrypt cannot check, or an empty one
+        for the directory (an LDAP bind with an empty password is an unauthenticated bind,
+        which "succeeds"), fails at once and counts. A cache hit is answered at once; only a
+        real check goes through a Deferred, and one address holds only a small share of the
+        checks running. Failures count; a success clears its account.
         """
         now = self._now()
+        policy = self._current()
+        backend = self.backend(account, policy)
+        if backend is self._directory:
+            # The directory matches names without regard to case: one spelling per account,
+            # so that MOZART and Mozart share mozart's throttle, cache entry and ${account}.
+            account = account.casefold()
         refusal = self._throttle.admit(account, client, now)
         if refusal is not None:
             raise throttled(refusal, account)
-        policy = self._current()
-        backend = self.backend(account, policy)
         if backend is self._file and len(password) > MAX_PASSWORD_BYTES:
             self._throttle.failed(account, client, now)
             raise LoginRefused(f"passwords are limited to {MAX_PASSWORD_BYTES} bytes", account)

@@ -213,6 +213,9 @@ class Policy:
     users: Mapping[str, UserPolicy] = field(default_factory=lambda: MappingProxyType({}))
     anonymous: AnonymousPolicy = AnonymousPolicy()
     groups: Mapping[str, GroupPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    folded_users: frozenset[str] = field(init=False, default=frozenset(), compare=False)
+    """users.json names, casefolded: a directory login spelled in another case of one of them
+    is not the directory's to answer."""
     hash_costs: tuple[tuple[int, int], ...] = field(init=False, default=(), compare=False)
     """(bcrypt cost, users with it), commonest first; counted once when the policy is built."""
     _dummy_key: bytes = field(init=False, default=b"", compare=False, repr=False)
@@ -226,6 +229,7 @@ class Policy:
     def __post_init__(self) -> None:
         """Everything policy-wide a login needs is computed here, off the reactor (policies are
         built in the reload thread), so a login costs the same with 10 users or 100,000."""
+        object.__setattr__(self, "folded_users", frozenset(n.casefold() for n in self.users))
         written = Counter(user.pass_hash[4:6] for user in self.users.values())
         counts = Counter({int(cost): n for cost, n in written.items()})
         ordered = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
