@@ -150,14 +150,14 @@ def measure(
 
 def print_table(rows: Sequence[Row]) -> None:
     header = (
-        f"{'kind':10s} {'c':>2s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s}"
+        f"{'kind':13s} {'c':>2s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s}"
         f" {'CPU':>5s} {'µs/req':>7s}  status"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row.kind:10s} {row.concurrency:2d} {row.rate:8,.0f}"
+            f"{row.kind:13s} {row.concurrency:2d} {row.rate:8,.0f}"
             f" {row.result.percentile_ms(0.5, row.kind):7.2f}"
             f" {row.result.percentile_ms(0.99, row.kind):7.2f}"
             f" {100 * row.daemon_cpu:4.0f}% {1e6 * row.cpu_per_request:7.0f}  {row.statuses()}"
