@@ -1,0 +1,312 @@
+"""``tokend explain`` and ``tokend check-config`` for directory accounts, against the real slapd
+(tests/ldap_server.py): the CLI runs in-process (each directory question on a reactor of its
+own), once as ``python3 -m tokend``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ldap_server import SUFFIX, Slapd, dn, group_dn
+from support import free_port, write_policy
+
+from tokend.cli import main
+
+# ldaptor's filter parser calls pyparsing by its pre-3.0 names (tokend silences that warning at
+# import, but pytest resets the warning filters around each test).
+pytestmark = pytest.mark.filterwarnings("ignore:'parseString' deprecated")
+
+COMPOSERS, SALZBURG = group_dn("composers"), group_dn("salzburg")
+SCOPES = ("repository:mozart/requiem:pull,push", "repository:lobby/news:pull,push")
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``tokend argv`` (argparse's own exits included)."""
+    out, err = io.StringIO(), io.StringIO()
+    saved, sys.stderr = sys.stderr, err
+    try:
+        code = main(list(argv), stdin=io.StringIO(), stdout=out)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.stderr = saved
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """bach in users.json; groups.json takes composers (DN spelled otherwise), salzburg and
+    every directory account."""
+    write_policy(tmp_path, {"bach": ("pw", {"bach/*": ["pull"]})})
+    groups = {
+        "composers": {
+            "ldap_groups": [COMPOSERS.upper().replace(",", ", ")],
+            "repositories": {"${account}/*": ["pull", "push"]},
+        },
+        "salzburgers": {
+            "ldap_groups": [SALZBURG],
+            "repositories": {"lobby/*": ["pull", "push"]},
+        },
+        "everyone": {"ldap_groups": ["*"], "repositories": {"lobby/*": ["pull"]}},
+    }
+    (tmp_path / "groups.json").write_text(json.dumps(groups))
+    return tmp_path
+
+
+def ldap_options(
+    slapd: Slapd, url: str | None = None, password_file: Path | None = None
+) -> list[str]:
+    return [
+        "--ldap-url", url or slapd.url,
+        "--ldap-base", slapd.base,
+        "--ldap-bind-dn", slapd.bind_dn,
+        "--ldap-bind-password-file", str(password_file or slapd.bind_password_file),
+        "--ldap-timeout", "2",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def stopped_slapd(slapd: Slapd) -> Iterator[Slapd]:
+    """The session's slapd, stopped for the test and started again after it."""
+    slapd.stop()
+    try:
+        yield slapd
+    finally:
+        slapd.start()
+
+
+def test_explain_looks_a_directory_account_up(slapd: Slapd, config_dir: Path) -> None:
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir), *ldap_options(slapd), "mozart", *SCOPES
+    )
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"directory: 'mozart' is {dn('mozart')}",
+        f"directory groups: {COMPOSERS}, {SALZBURG}",
+        f"groups.json: group composers takes it (ldap_groups: {COMPOSERS})",
+        f"groups.json: group salzburgers takes it (ldap_groups: {SALZBURG})",
+        "groups.json: group everyone takes it (ldap_groups: every directory account)",
+        "repository:mozart/requiem:pull,push  ->  'mozart' gets pull,push (holds pull,push)",
+        "    group composers: '${account}/*' allows pull,push",
+        "    group salzburgers: no rule matches",
+        "    group everyone: no rule matches",
+        "    the union of every source's most specific rule",
+        "repository:lobby/news:pull,push  ->  'mozart' gets pull,push (holds pull,push)",
+        "    group composers: no rule matches",
+        "    group salzburgers: 'lobby/*' allows pull,push",
+        "    group everyone: 'lobby/*' allows pull",
+        "    the union of every source's most specific rule",
+        "identity tokens: a refresh token of 'mozart' (docker login keeps one) is bound to its "
+        "DN; every refresh looks the account up again (remembered for --credential-cache-ttl) "
+        "and gets the rights its groups give then; it is refused once the account is gone from "
+        "the search base or has another DN",
+    ]
+
+
+def test_explain_with_groups_given_asks_no_directory(config_dir: Path) -> None:
+    """No --ldap-url: nothing to connect to; the groups given decide (spelling normalised)."""
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir),
+        "--ldap-group", f"CN=Composers, OU=Groups, {SUFFIX}", "salieri", *SCOPES,
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[:4] == [
+        f"directory groups: {COMPOSERS}",
+        f"groups.json: group composers takes it (ldap_groups: {COMPOSERS})",
+        "groups.json: group everyone takes it (ldap_groups: every directory account)",
+        "repository:mozart/requiem:pull,push  ->  'salieri' gets nothing (holds nothing)",
+    ]
+    assert "repository:lobby/news:pull,push  ->  'salieri' gets pull (holds pull)" in lines
+    assert not any(line.startswith("directory: ") for line in lines)
+
+
+def test_explain_a_directory_account_no_group_takes(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"bach": ("pw", {})})
+    code, out, _ = run(
+        "explain", "--config-dir", str(tmp_path), "--ldap-group", COMPOSERS, "mozart", SCOPES[0]
+    )
+    assert code == 0
+    assert out.splitlines()[1:3] == [
+        "groups.json: no group takes these directory groups: a login gets an empty access",
+        "repository:mozart/requiem:pull,push  ->  'mozart' gets nothing (holds nothing)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--ldap-group", "musicians"), "argument --ldap-group: 'musicians' is not a DN"),
+        (("--ldap-group", COMPOSERS, "--ldap-url", "ldap://127.0.0.1:1"), "give one of them"),
+        (("--ldap-url", "ldap://127.0.0.1:1"), "--ldap-url needs --ldap-base (a DN)"),
+        (("--ldap-base", SUFFIX), "--ldap-base needs --ldap-url"),
+        (("--ldap-url", "http://x", "--ldap-base", SUFFIX), "must be ldap://host[:port]"),
+        (("--ldap-url", "ldap://x", "--ldap-base", SUFFIX, "--ldap-timeout", "0"), "between 0"),
+    ],
+)
+def test_explain_refuses_options_that_do_not_go_together(
+    config_dir: Path, argv: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run("explain", "--config-dir", str(config_dir), *argv, "mozart", SCOPES[0])
+    assert (code, out) == (2, "")
+    assert message in err
+
+
+def test_explain_an_account_the_directory_does_not_find(slapd: Slapd, config_dir: Path) -> None:
+    """kant is in the directory, outside the search base."""
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir), *ldap_options(slapd), "kant", SCOPES[0]
+    )
+    assert (code, out) == (1, "")
+    assert err == (
+        "tokend explain: no user 'kant' in users.json, and the directory has no single entry "
+        f"for it under {slapd.base} (filter (&(objectClass=person)(uid={{account}})))\n"
+    )
+
+
+def test_explain_without_a_directory_says_how_to_ask_one(config_dir: Path) -> None:
+    code, out, err = run("explain", "--config-dir", str(config_dir), "mozart", SCOPES[0])
+    assert (code, out) == (1, "")
+    assert "no user 'mozart' in users.json; give the daemon's --ldap-url" in err
+    assert "or --ldap-group DN" in err
+
+
+def test_explain_a_users_json_name_never_asks_the_directory(config_dir: Path) -> None:
+    """bach is in the directory too, but users.json decides: the unreachable directory given
+    is never contacted (otherwise this would fail as unavailable)."""
+    dead = f"ldap://127.0.0.1:{free_port()}"
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir), "--ldap-url", dead, "--ldap-base", SUFFIX,
+        "bach", "repository:bach/fugue:pull,push",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[:3] == [
+        "'bach' is in users.json: its hash and rules decide, and the directory is never asked "
+        "for it",
+        "repository:bach/fugue:pull,push  ->  'bach' gets pull (holds pull)",
+        "    user bach: 'bach/*' allows pull",
+    ]
+    assert "changing bach's pass_hash" in lines[-1]
+
+
+def test_explain_when_the_directory_is_unavailable(stopped_slapd: Slapd, config_dir: Path) -> None:
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir), *ldap_options(stopped_slapd), "mozart",
+        SCOPES[0],
+    )  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == (
+        f"tokend explain: directory unavailable: {stopped_slapd.url}: connection refused\n"
+    )
+
+
+def test_check_config_checks_the_directory(slapd: Slapd, config_dir: Path) -> None:
+    code, out, err = run("check-config", "--config-dir", str(config_dir), *ldap_options(slapd))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-6:] == [
+        f"{config_dir}: policy is valid: 1 users, 3 groups, anonymous whitelist of 0 names and "
+        "patterns, anonymous catalog off",
+        f"directory: {slapd.url} answered, bound as {slapd.bind_dn}",
+        f"directory: search base {slapd.base} exists; the filter finds 4 accounts",
+        f"directory: group composers takes members of {COMPOSERS}",
+        "directory: group everyone takes every directory account",
+        f"directory: group salzburgers takes members of {SALZBURG}",
+    ]
+
+
+def test_check_config_says_when_no_group_takes_directory_accounts(
+    slapd: Slapd, tmp_path: Path
+) -> None:
+    write_policy(tmp_path, {"bach": ("pw", {})})
+    code, out, _ = run("check-config", "--config-dir", str(tmp_path), *ldap_options(slapd))
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "directory: no group of groups.json names ldap_groups; directory accounts log in and "
+        "get an empty access"
+    )
+
+
+def test_check_config_with_a_wrong_bind_password(
+    slapd: Slapd, config_dir: Path, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password-4711\n")
+    wrong.chmod(0o600)
+    code, out, err = run(
+        "check-config", "--config-dir", str(config_dir),
+        *ldap_options(slapd, password_file=wrong),
+    )  # fmt: skip
+    assert code == 1
+    assert "directory:" not in out
+    assert err.startswith(
+        f"tokend check-config: directory unavailable: {slapd.url} refused the service account "
+        f"{slapd.bind_dn}: "
+    )
+    assert err.count("\n") == 1
+    assert "4711" not in out + err
+    assert slapd.bind_password.decode() not in out + err
+
+
+def test_check_config_refuses_a_loose_bind_password_file(
+    slapd: Slapd, config_dir: Path, tmp_path: Path
+) -> None:
+    loose = tmp_path / "loose-password"
+    loose.write_bytes(slapd.bind_password + b"\n")
+    loose.chmod(0o644)
+    options = ldap_options(slapd, password_file=loose)
+    code, out, err = run("check-config", "--config-dir", str(config_dir), *options)
+    assert (code, out) == (1, "")
+    assert "pass --allow-loose-key-permissions" in err
+    assert slapd.bind_password.decode() not in err
+    code, out, _ = run(
+        "check-config", "--config-dir", str(config_dir), *options, "--allow-loose-key-permissions"
+    )
+    assert code == 0
+    assert f"directory: {slapd.url} answered, bound as {slapd.bind_dn}" in out
+
+
+def test_check_config_with_a_search_base_that_does_not_exist(
+    slapd: Slapd, config_dir: Path
+) -> None:
+    missing = f"ou=painters,{SUFFIX}"
+    options = [*ldap_options(slapd)]
+    options[options.index(slapd.base)] = missing
+    code, _, err = run("check-config", "--config-dir", str(config_dir), *options)
+    assert code == 1
+    assert err == (
+        f"tokend check-config: directory unavailable: {slapd.url}: {missing} does not exist\n"
+    )
+
+
+def test_check_config_when_the_directory_is_unreachable(config_dir: Path, slapd: Slapd) -> None:
+    dead = f"ldap://127.0.0.1:{free_port()}"
+    code, out, err = run(
+        "check-config", "--config-dir", str(config_dir), *ldap_options(slapd, url=dead)
+    )
+    assert code == 1
+    assert "policy is valid" in out
+    assert err == f"tokend check-config: directory unavailable: {dead}: connection refused\n"
+
+
+def test_python_dash_m_explains_a_directory_account(slapd: Slapd, config_dir: Path) -> None:
+    """The real command, as an operator runs it: its own process and the global reactor
+    never started."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tokend", "explain", "--config-dir", str(config_dir),
+         *ldap_options(slapd), "mozart", SCOPES[1]],
+        capture_output=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, b"")
+    out = result.stdout.decode()
+    assert f"directory: 'mozart' is {dn('mozart')}" in out
+    assert "'mozart' gets pull,push (holds pull,push)" in out
