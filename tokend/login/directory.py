@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from tokend.dn import normalise_dn
 from tokend.log_text import printable
-from tokend.signing.keys import KeyConfigError, _check_permissions
+from tokend.signing.keys import loose_mode
 
 # ldaptor 21.2 still calls pyparsing by its pre-3.0 names: pyparsing 3.3 warns when the filter
 # grammar is built and at every filter parsed, as a UserWarning (shown by default). Only those
@@ -152,15 +152,12 @@ def read_bind_password(path: str, allow_loose: bool = False) -> bytes:
         raise ValueError(f"bind password file {path} does not exist") from None
     except OSError as e:
         raise ValueError(f"cannot read bind password file {path}: {e.strerror}") from None
-    if not allow_loose:
-        try:
-            _check_permissions(file)
-        except KeyConfigError:
-            mode = file.stat().st_mode & 0o777
-            raise ValueError(
-                f"bind password file {path} is readable by others (mode {mode:04o}); "
-                f"run chmod 600 {path} or pass --allow-loose-key-permissions"
-            ) from None
+    mode = loose_mode(file)
+    if mode is not None and not allow_loose:
+        raise ValueError(
+            f"bind password file {path} is readable by others (mode {mode:04o}); "
+            f"run chmod 600 {path} or pass --allow-loose-key-permissions"
+        )
     for ending in (b"\r\n", b"\n", b"\r"):
         if data.endswith(ending):
             data = data[: -len(ending)]

@@ -94,9 +94,15 @@ def _read(path: Path, what: str) -> bytes:
         raise KeyConfigError(f"cannot read {what} {path}: {e.strerror}") from None
 
 
-def _check_permissions(path: Path) -> None:
+def loose_mode(path: Path) -> int | None:
+    """The file's mode when group or others may touch it (a secret must be 0600), else None."""
     mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
+    return mode if mode & 0o077 else None
+
+
+def _check_permissions(path: Path) -> None:
+    mode = loose_mode(path)
+    if mode is not None:
         raise KeyConfigError(
             f"key {path} is readable by others (mode {mode:04o}); "
             f"run chmod 600 {path} or pass --allow-loose-key-permissions"
