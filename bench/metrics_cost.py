@@ -131,9 +131,10 @@ def main() -> int:
             scraper = Scraper(port, args.scrape_interval)
             scraper.start()
             try:
-                for _ in range(args.rounds):
+                for round_number in range(args.rounds):
                     for concurrency in (1, 8):
-                        for mode in MODES:
+                        # Alternate which daemon goes first: no order effect favours one.
+                        for mode in MODES if round_number % 2 == 0 else MODES[::-1]:
                             result, cpu = measure(
                                 daemons[mode], concurrency, args.duration, args.warmup
                             )
