@@ -1,19 +1,21 @@
 """``tokend explain`` and ``tokend check-config`` for directory accounts, against the real slapd
-(tests/ldap_server.py): the CLI runs in-process (each directory question on a reactor of its
-own), once as ``python3 -m tokend``.
+(tests/ldap_server.py). Commands that ask the directory run as ``python3 -m tokend`` (the reactor
+runs once per process); the others in-process.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ldap_server import SUFFIX, Slapd, dn, group_dn
+from ldap_server import GROUPS, SUFFIX, Slapd, dn, group_dn
 from support import free_port, write_policy
 
 from tokend.cli import main
@@ -23,6 +25,7 @@ from tokend.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore:'parseString' deprecated")
 
 COMPOSERS, SALZBURG = group_dn("composers"), group_dn("salzburg")
+ROOT = Path(__file__).parent.parent
 SCOPES = ("repository:mozart/requiem:pull,push", "repository:lobby/news:pull,push")
 
 
@@ -37,6 +40,20 @@ def run(*argv: str) -> tuple[int, str, str]:
     finally:
         sys.stderr = saved
     return code, out.getvalue(), err.getvalue()
+
+
+def tool(*argv: str) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``python3 -m tokend argv``, as an operator runs it: a
+    command that asks the directory runs the global reactor, once per process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tokend", *argv],
+        capture_output=True,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
 
 
 @pytest.fixture
@@ -82,7 +99,7 @@ def stopped_slapd(slapd: Slapd) -> Iterator[Slapd]:
 
 
 def test_explain_looks_a_directory_account_up(slapd: Slapd, config_dir: Path) -> None:
-    code, out, err = run(
+    code, out, err = tool(
         "explain", "--config-dir", str(config_dir), *ldap_options(slapd), "mozart", *SCOPES
     )
     assert (code, err) == (0, "")
@@ -160,7 +177,7 @@ def test_explain_refuses_options_that_do_not_go_together(
 
 def test_explain_an_account_the_directory_does_not_find(slapd: Slapd, config_dir: Path) -> None:
     """kant is in the directory, outside the search base."""
-    code, out, err = run(
+    code, out, err = tool(
         "explain", "--config-dir", str(config_dir), *ldap_options(slapd), "kant", SCOPES[0]
     )
     assert (code, out) == (1, "")
@@ -197,7 +214,7 @@ def test_explain_a_users_json_name_never_asks_the_directory(config_dir: Path) ->
 
 
 def test_explain_when_the_directory_is_unavailable(stopped_slapd: Slapd, config_dir: Path) -> None:
-    code, out, err = run(
+    code, out, err = tool(
         "explain", "--config-dir", str(config_dir), *ldap_options(stopped_slapd), "mozart",
         SCOPES[0],
     )  # fmt: skip
@@ -208,7 +225,7 @@ def test_explain_when_the_directory_is_unavailable(stopped_slapd: Slapd, config_
 
 
 def test_check_config_checks_the_directory(slapd: Slapd, config_dir: Path) -> None:
-    code, out, err = run("check-config", "--config-dir", str(config_dir), *ldap_options(slapd))
+    code, out, err = tool("check-config", "--config-dir", str(config_dir), *ldap_options(slapd))
     assert (code, err) == (0, "")
     assert out.splitlines()[-6:] == [
         f"{config_dir}: policy is valid: 1 users, 3 groups, anonymous whitelist of 0 names and "
@@ -225,7 +242,7 @@ def test_check_config_says_when_no_group_takes_directory_accounts(
     slapd: Slapd, tmp_path: Path
 ) -> None:
     write_policy(tmp_path, {"bach": ("pw", {})})
-    code, out, _ = run("check-config", "--config-dir", str(tmp_path), *ldap_options(slapd))
+    code, out, _ = tool("check-config", "--config-dir", str(tmp_path), *ldap_options(slapd))
     assert code == 0
     assert out.splitlines()[-1] == (
         "directory: no group of groups.json names ldap_groups; directory accounts log in and "
@@ -239,7 +256,7 @@ def test_check_config_with_a_wrong_bind_password(
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-the-password-4711\n")
     wrong.chmod(0o600)
-    code, out, err = run(
+    code, out, err = tool(
         "check-config", "--config-dir", str(config_dir),
         *ldap_options(slapd, password_file=wrong),
     )  # fmt: skip
@@ -265,7 +282,7 @@ def test_check_config_refuses_a_loose_bind_password_file(
     assert (code, out) == (1, "")
     assert "pass --allow-loose-key-permissions" in err
     assert slapd.bind_password.decode() not in err
-    code, out, _ = run(
+    code, out, _ = tool(
         "check-config", "--config-dir", str(config_dir), *options, "--allow-loose-key-permissions"
     )
     assert code == 0
@@ -278,7 +295,7 @@ def test_check_config_with_a_search_base_that_does_not_exist(
     missing = f"ou=painters,{SUFFIX}"
     options = [*ldap_options(slapd)]
     options[options.index(slapd.base)] = missing
-    code, _, err = run("check-config", "--config-dir", str(config_dir), *options)
+    code, _, err = tool("check-config", "--config-dir", str(config_dir), *options)
     assert code == 1
     assert err == (
         f"tokend check-config: directory unavailable: {slapd.url}: {missing} does not exist\n"
@@ -287,7 +304,7 @@ def test_check_config_with_a_search_base_that_does_not_exist(
 
 def test_check_config_when_the_directory_is_unreachable(config_dir: Path, slapd: Slapd) -> None:
     dead = f"ldap://127.0.0.1:{free_port()}"
-    code, out, err = run(
+    code, out, err = tool(
         "check-config", "--config-dir", str(config_dir), *ldap_options(slapd, url=dead)
     )
     assert code == 1
@@ -295,18 +312,96 @@ def test_check_config_when_the_directory_is_unreachable(config_dir: Path, slapd:
     assert err == f"tokend check-config: directory unavailable: {dead}: connection refused\n"
 
 
-def test_python_dash_m_explains_a_directory_account(slapd: Slapd, config_dir: Path) -> None:
-    """The real command, as an operator runs it: its own process and the global reactor
-    never started."""
-    result = subprocess.run(
-        [sys.executable, "-m", "tokend", "explain", "--config-dir", str(config_dir),
-         *ldap_options(slapd), "mozart", SCOPES[1]],
-        capture_output=True,
-        cwd=Path(__file__).parent.parent,
-        timeout=60,
-        check=False,
+def test_explain_a_group_whose_rules_tie_for_the_name(tmp_path: Path) -> None:
+    """For mozart, '${account}/*' and 'mozart/*' are the same pattern: the daemon's group grants
+    nothing then, and explain says why."""
+    write_policy(tmp_path, {"bach": ("pw", {})})
+    groups = {
+        "composers": {
+            "ldap_groups": [COMPOSERS],
+            "repositories": {"${account}/*": ["pull", "push"], "mozart/*": ["pull"]},
+        }
+    }
+    (tmp_path / "groups.json").write_text(json.dumps(groups))
+    code, out, _ = run(
+        "explain", "--config-dir", str(tmp_path), "--ldap-group", COMPOSERS, "mozart", SCOPES[0]
+    )
+    assert code == 0
+    assert out.splitlines()[1:4] == [
+        f"groups.json: group composers takes it (ldap_groups: {COMPOSERS}), but two of its "
+        "rules tie for this name: it grants nothing",
+        "groups.json: no group takes these directory groups: a login gets an empty access",
+        "repository:mozart/requiem:pull,push  ->  'mozart' gets nothing (holds nothing)",
+    ]
+
+
+def test_explain_a_users_json_name_with_groups_given(config_dir: Path) -> None:
+    code, out, _ = run(
+        "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, "bach",
+        "repository:bach/fugue:push",
     )  # fmt: skip
-    assert (result.returncode, result.stderr) == (0, b"")
-    out = result.stdout.decode()
-    assert f"directory: 'mozart' is {dn('mozart')}" in out
-    assert "'mozart' gets pull,push (holds pull,push)" in out
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "'bach' is in users.json: its hash and rules decide, and the directory is never asked "
+        "for it",
+        "repository:bach/fugue:push  ->  'bach' gets nothing (holds pull)",
+    ]
+
+
+def test_explain_with_groups_found_by_search(slapd: Slapd, config_dir: Path) -> None:
+    """--ldap-group-base: groups found by a search under it instead of memberOf."""
+    code, out, err = tool(
+        "explain", "--config-dir", str(config_dir), *ldap_options(slapd),
+        "--ldap-group-base", GROUPS, "mozart", SCOPES[0],
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert f"directory groups: {COMPOSERS}, {SALZBURG}" in out.splitlines()
+
+
+def test_check_config_over_ldaps_with_the_test_ca(slapd: Slapd, config_dir: Path) -> None:
+    options = [*ldap_options(slapd, url=slapd.ldaps_url), "--ldap-group-base", GROUPS]
+    code, out, err = tool(
+        "check-config", "--config-dir", str(config_dir), *options,
+        "--ldap-ca-cert", str(slapd.ca_cert_path),
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert f"directory: {slapd.ldaps_url} answered, bound as {slapd.bind_dn}" in out
+    assert f"directory: group base {GROUPS} exists; 3 groups under it" in out
+    code, out, err = tool(
+        "check-config", "--config-dir", str(config_dir), *options,
+        "--ldap-ca-cert", str(slapd.wrong_ca_cert_path),
+    )  # fmt: skip
+    assert code == 1
+    assert err == (
+        f"tokend check-config: directory unavailable: {slapd.ldaps_url}: bind: TLS failed: "
+        "certificate verify failed\n"
+    )
+
+
+def test_ctrl_c_while_the_directory_keeps_silent(config_dir: Path) -> None:
+    """A directory that accepts the connection and never answers: Ctrl-C (SIGINT) ends the
+    wait with one sentence and status 130, not a traceback."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        silent.settimeout(30)
+        command = [
+            sys.executable, "-m", "tokend", "check-config", "--config-dir", str(config_dir),
+            "--ldap-url", f"ldap://127.0.0.1:{silent.getsockname()[1]}", "--ldap-base", SUFFIX,
+            "--ldap-timeout", "60",
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            connection, _ = silent.accept()  # the reactor is running: the bind is on its way
+            with connection:
+                process.send_signal(signal.SIGINT)
+                out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 130
+    assert err.decode() == "tokend check-config: interrupted\n"
+    assert "policy is valid" in out.decode()

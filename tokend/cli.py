@@ -360,24 +360,26 @@ def _directory_config(args: argparse.Namespace) -> DirectoryConfig | None:
 
 
 def _ask_directory(config: DirectoryConfig, question: Callable[[Directory], Awaitable[T]]) -> T:
-    """The answer to one directory question, asked on a reactor of the call's own.
+    """The answer to one directory question: the reactor runs until it comes.
 
-    The tool is synchronous; ``task.react`` would do, but the global reactor runs only once per
-    process, and a private one lets ``main`` be called again (tests, scripts importing it).
-    Every directory operation is bounded by --ldap-timeout, so this ends.
+    The global reactor, since Twisted's TLS (LDAPS, StartTLS) schedules its writes on it; it
+    runs once per process, which is what a command needs (tests run such commands as
+    processes). Every directory operation is bounded by --ldap-timeout, so this ends; Ctrl-C
+    stops the reactor and is reported as an interruption.
     """
+    from twisted.internet import reactor as global_reactor
     from twisted.internet.defer import Deferred
-    from twisted.internet.selectreactor import SelectReactor
     from twisted.python.failure import Failure
 
     from tokend.login.directory import Directory, DirectoryUnavailable
 
-    reactor = SelectReactor()
+    reactor: Any = global_reactor
     try:
         directory = Directory(config, reactor)
     except ValueError as e:
         raise CommandError(str(e)) from None
     outcome: list[Any] = []
+    interrupted: list[bool] = []
 
     async def ask() -> T:
         try:
@@ -387,16 +389,18 @@ def _ask_directory(config: DirectoryConfig, question: Callable[[Directory], Awai
 
     def finish(result: object) -> None:
         outcome.append(result)
-        reactor.callLater(0, reactor.stop)  # one more turn, so the unbind goes out
+        if not interrupted:
+            reactor.callLater(0, reactor.stop)  # one more turn, so the unbind goes out
 
+    def stopping() -> None:
+        # Before the connections are dropped: a stop not caused by the answer is a signal.
+        interrupted.append(not outcome)
+
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(ask()).addBoth(finish))
-    try:
-        reactor.run(installSignalHandlers=False)
-    finally:
-        waker = reactor.waker  # the reactor's self-pipe: this reactor never runs again
-        if waker is not None:
-            reactor.removeReader(waker)
-            waker.connectionLost(None)
+    reactor.run()
+    if not outcome or interrupted[0]:
+        raise KeyboardInterrupt  # SIGINT or SIGTERM stopped the reactor before the answer
     result = outcome[0]
     if isinstance(result, Failure):
         if result.check(DirectoryUnavailable):
