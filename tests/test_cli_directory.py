@@ -405,3 +405,19 @@ def test_ctrl_c_while_the_directory_keeps_silent(config_dir: Path) -> None:
     assert process.returncode == 130
     assert err.decode() == "tokend check-config: interrupted\n"
     assert "policy is valid" in out.decode()
+
+
+def test_check_config_warns_about_ldap_groups_the_directory_lacks(
+    slapd: Slapd, config_dir: Path
+) -> None:
+    groups = json.loads((config_dir / "groups.json").read_text())
+    typo = group_dn("composer")  # composers exists, composer does not
+    groups["composers"]["ldap_groups"].append(typo)
+    (config_dir / "groups.json").write_text(json.dumps(groups))
+    code, out, err = tool("check-config", "--config-dir", str(config_dir), *ldap_options(slapd))
+    assert (code, err) == (0, "")
+    warnings = [line for line in out.splitlines() if line.startswith("warning: directory")]
+    assert warnings == [
+        f"warning: directory: ldap_groups {typo} (group composers) is no entry the service "
+        "account can read: no account will match it"
+    ]

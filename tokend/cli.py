@@ -41,7 +41,7 @@ from tokend.signing.tokens import rfc3339
 if TYPE_CHECKING:
     # Imported when a command needs the directory: ldaptor loads and installs the global
     # reactor, which hash-password, kid and a directory-less check-config do without.
-    from tokend.login.directory import Directory, DirectoryConfig
+    from tokend.login.directory import Directory, DirectoryConfig, DirectoryReport
 
 MIN_COST, MAX_COST = 4, 31
 MAX_LDAP_TIMEOUT = 300.0
@@ -117,10 +117,22 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
         f"{'on' if anonymous.catalog else 'off'}\n"
     )
     if directory is not None:
-        report = _ask_directory(directory, lambda d: d.check())
+        taken = policy.directory_groups
+        named = sorted({dn for dns in taken.values() for dn in dns} - {EVERY_DIRECTORY_ACCOUNT})
+
+        async def check_and_find(d: Directory) -> tuple[DirectoryReport, list[str]]:
+            return await d.check(), await d.missing(named)
+
+        report, missing = _ask_directory(directory, check_and_find)
         for line in report.lines():
             stdout.write(line + "\n")
-        stdout.write(_directory_groups_taken(policy.directory_groups))
+        stdout.write(_directory_groups_taken(taken))
+        for dn in missing:
+            users = ", ".join(sorted(name for name, dns in taken.items() if dn in dns))
+            stdout.write(
+                f"warning: directory: ldap_groups {dn} (group {users}) is no entry the service "
+                "account can read: no account will match it\n"
+            )
 
 
 def _directory_groups_taken(taken: Mapping[str, frozenset[str]]) -> str:

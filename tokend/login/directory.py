@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -329,6 +329,24 @@ class Directory:
     async def check(self) -> DirectoryReport:
         """Bind the service account, read the bases, count accounts: for ``check-config``."""
         return await self._tracked(self._with_service(self._check))
+
+    async def missing(self, dns: Iterable[str]) -> list[str]:
+        """Which of these DNs name no entry the service account can read: for ``check-config``,
+        so that a typo in groups.json's ldap_groups is reported instead of matching nobody."""
+
+        async def absent(connection: _Connection) -> list[str]:
+            gone = []
+            for dn in dns:
+                _, code, message = await self._search(
+                    connection, dn, "(objectClass=*)", _NO_ATTRIBUTES, 1, scope="base"
+                )
+                if code == _NO_SUCH_OBJECT:
+                    gone.append(dn)
+                else:
+                    self._require_success(code, message, connection, dn)
+            return gone
+
+        return await self._tracked(self._with_service(absent))
 
     def close(self) -> None:
         """Drop the service connection (at service stop)."""
