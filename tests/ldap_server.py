@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from support import free_port, port_open
+from support import free_port, port_open, write_private_key
 
 SUFFIX = "dc=example,dc=com"
 BASE = f"ou=musicians,{SUFFIX}"
@@ -142,14 +142,7 @@ def write_server_certificate(directory: Path, ca: TestCA) -> tuple[Path, Path]:
         .sign(ca.key, hashes.SHA256())
     )
     key_path, cert_path = directory / "slapd.key", directory / "slapd.crt"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
+    write_private_key(key_path, key)
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
 

@@ -62,16 +62,21 @@ def write_key_pair(directory: Path, kind: str = "p256") -> tuple[Path, Path]:
     """A private key (mode 0600) and its self-signed certificate, as the daemon expects them."""
     key = new_private_key(kind)
     key_path, cert_path = directory / f"{kind}.key", directory / f"{kind}.crt"
-    key_path.write_bytes(
+    write_private_key(key_path, key)
+    cert_path.write_bytes(self_signed(key).public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def write_private_key(path: Path, key: PrivateKey) -> None:
+    """An unencrypted PKCS#8 PEM key, mode 0600."""
+    path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    key_path.chmod(0o600)
-    cert_path.write_bytes(self_signed(key).public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
+    path.chmod(0o600)
 
 
 def hash_password(password: str, cost: int = 4) -> str:
