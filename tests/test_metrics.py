@@ -223,9 +223,9 @@ def test_a_bad_metrics_endpoint_stops_start_up(tmp_path: Path) -> None:
         parsed_options(tmp_path, environ={"TOKEND_METRICS": "tcp:x"})
 
 
-def test_metrics_are_refused_with_several_worker_processes(tmp_path: Path) -> None:
-    with pytest.raises(usage.UsageError, match="cannot be combined with --workers above 1"):
-        parsed_options(tmp_path, "--metrics", "tcp:9102", "--workers", "2")
+def test_metrics_are_accepted_with_several_worker_processes(tmp_path: Path) -> None:
+    """The parent serves the union of the workers' metrics (tests/test_workers_metrics.py)."""
+    assert parsed_options(tmp_path, "--metrics", "tcp:9102", "--workers", "2")["metrics"]
     assert parsed_options(tmp_path, "--metrics", "tcp:9102", "--workers", "1")["metrics"]
 
 

@@ -1,6 +1,7 @@
 """The metrics as Prometheus sees them: a real ``prometheus`` scraping a real ``twistd -n
-registry-token --metrics ...``, ``promtool check metrics`` on what it serves, and the shipped
-alert rules and dashboard checked against the series tokend exports.
+registry-token --metrics ...`` (one process, and ``--workers 2`` whose parent serves the union
+of its workers' metrics), ``promtool check metrics`` on what it serves, and the shipped alert
+rules and dashboard checked against the series tokend exports.
 
 Needs Debian's ``prometheus`` (it ships ``promtool``); skipped without it unless CI is set.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from support import (
     REPO,
     UnixHTTPConnection,
@@ -35,6 +37,7 @@ from tokend.login.credential_cache import CredentialCache
 from tokend.metrics import (
     Metrics,
     ServiceState,
+    SupervisorState,
     certificate_expiry,
     process_collectors,
 )
@@ -103,13 +106,33 @@ def service_exposition(tmp_path: Path) -> str:
     return generate_latest(registry).decode()
 
 
+class _Workers:
+    """What SupervisorState reads of the parent's supervisor."""
+
+    count = serving = 2
+    restarts = scrape_failures = {0: 0, 1: 0}
+
+    def scrape(self) -> Any:
+        raise NotImplementedError
+
+    def unreadable(self, worker: int) -> None:
+        pass
+
+
+def supervisor_exposition() -> str:
+    """What the parent of --workers N adds to its workers' series."""
+    registry = CollectorRegistry()
+    registry.register(SupervisorState(_Workers()))
+    return generate_latest(registry).decode()
+
+
 def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
     promtool = need("promtool")
     checked = subprocess.run(
         [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout
+    assert "SUCCESS: 10 rules found" in checked.stdout
     tested = subprocess.run(
         [promtool, "test", "rules", str(RULE_TESTS)],
         capture_output=True,
@@ -124,13 +147,14 @@ def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
 def test_every_alert_has_a_unit_test() -> None:
     alerts = set(re.findall(r"^\s+- alert: (\w+)$", RULES.read_text(), re.MULTILINE))
     tested = set(re.findall(r"alertname: (\w+)", RULE_TESTS.read_text()))
-    assert len(alerts) == 9
+    assert len(alerts) == 10
     assert alerts == tested
 
 
 def test_rules_and_dashboard_name_only_series_tokend_exports(tmp_path: Path) -> None:
     exported = exported_names(service_exposition(tmp_path))
     assert set(EXPECTED) <= exported
+    exported |= exported_names(supervisor_exposition())
     dashboard = json.loads(DASHBOARD.read_text())
     expressions = [
         target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
@@ -199,7 +223,10 @@ def ask_token(sock: Path, user: str | None, password: str = "") -> int:
         connection.close()
 
 
-def test_prometheus_scrapes_the_daemon_and_counts_the_tokens_it_issued(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_prometheus_scrapes_the_daemon_and_counts_the_tokens_it_issued(
+    tmp_path: Path, workers: str
+) -> None:
     prometheus, promtool = need("prometheus"), need("promtool")
     config = tmp_path / "config"
     write_policy(config, {"bar": ("bar", {"*": ["pull"]})}, {"repositories": ["pub/x"]})
@@ -210,7 +237,7 @@ def test_prometheus_scrapes_the_daemon_and_counts_the_tokens_it_issued(tmp_path:
     daemon = start_twistd(
         "--listen", f"unix:{sock}", "--config-dir", str(config), "--key", str(key_path),
         "--cert", str(cert_path), "--service", "svc",
-        "--metrics", f"tcp:{metrics_port}:interface=127.0.0.1",
+        "--metrics", f"tcp:{metrics_port}:interface=127.0.0.1", "--workers", workers,
         log=tmp_path / "tokend.log",
     )  # fmt: skip
     prometheus_config = tmp_path / "prometheus.yml"
@@ -237,9 +264,9 @@ def test_prometheus_scrapes_the_daemon_and_counts_the_tokens_it_issued(tmp_path:
             if daemon.poll() is not None:
                 output = daemon.stdout.read().decode() if daemon.stdout else ""
                 pytest.fail(f"twistd exited with {daemon.returncode}: {output}")
-            return sock.exists()
+            return "tokend listening on" in (tmp_path / "tokend.log").read_text()
 
-        wait_until("the token socket", listening)
+        wait_until("every worker serving", listening)
         issued = 0
         for user, password in [(None, ""), ("bar", "bar"), (None, ""), ("bar", "bar")] * 2:
             assert ask_token(sock, user, password) == 200
@@ -249,7 +276,17 @@ def test_prometheus_scrapes_the_daemon_and_counts_the_tokens_it_issued(tmp_path:
         text = get(f"http://127.0.0.1:{metrics_port}/metrics").decode()
         for name in EXPECTED:
             assert name in exported_names(text), name
-        assert 'tokend_token_requests_total{grant="password",outcome="issued"} 4.0' in text
+        password_issued = [
+            s
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "tokend_token_requests_total"
+            and s.labels["grant"] == "password"
+            and s.labels["outcome"] == "issued"
+        ]
+        assert sum(s.value for s in password_issued) == 4
+        expected_workers = {"0", "1"} if workers == "2" else {None}
+        assert {s.labels.get("worker") for s in password_issued} == expected_workers
         checked = subprocess.run(
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True
         )
@@ -262,10 +299,13 @@ def test_prometheus_scrapes_the_daemon_and_counts_the_tokens_it_issued(tmp_path:
             return bool(result) and float(result[0]["value"][1]) == issued
 
         wait_until(f"Prometheus to count {issued} tokens", counted)
-        refused = query(prometheus_port, 'tokend_token_requests_total{outcome="unauthorized"}')
+        refused = query(
+            prometheus_port, 'sum by (grant) (tokend_token_requests_total{outcome="unauthorized"})'
+        )
         assert {r["metric"]["grant"]: r["value"][1] for r in refused}["password"] == "1"
         assert query(prometheus_port, 'up{job="tokend"}')[0]["value"][1] == "1"
-        assert query(prometheus_port, "tokend_policy_files_valid")[0]["value"][1] == "1"
+        valid = query(prometheus_port, "min without (worker) (tokend_policy_files_valid)")
+        assert [r["value"][1] for r in valid] == ["1"]
         dashboard = json.loads(DASHBOARD.read_text())
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
@@ -277,7 +317,10 @@ def test_prometheus_scrapes_the_daemon_and_counts_the_tokens_it_issued(tmp_path:
                 query(prometheus_port, promql)  # valid PromQL, or the query fails
         rules = json.loads(get(f"http://127.0.0.1:{prometheus_port}/api/v1/rules"))
         loaded = [rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]]
-        assert len(loaded) == 9
+        assert len(loaded) == 10
+        if workers == "2":
+            running = query(prometheus_port, "tokend_workers_running")
+            assert [r["value"][1] for r in running] == ["2"]
     finally:
         stop_process(server)
         stop_process(daemon)

@@ -9,13 +9,18 @@ once so the request path pays a dictionary lookup and a lock. State that already
 Everything lives on a ``CollectorRegistry`` that ``makeService`` creates and injects: no
 module-level registry, so tests read their own and two services never collide. Labels are
 bounded sets; never an account, an address or a repository name.
+
+With ``--workers N`` each worker keeps its own registry and the parent serves ``/metrics``:
+per scrape it asks every worker for its exposition (:class:`WorkerScrapes`) and answers with
+the union (:func:`union_of`), each worker's series labelled ``worker="<index>"``, plus its own
+process metrics and :class:`SupervisorState`.
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol, cast
@@ -25,10 +30,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.samples import Sample
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import SigningKey
@@ -304,3 +314,177 @@ def metrics_resource(registry: CollectorRegistry) -> Resource:
 class _Root(Resource):
     def getChild(self, path: bytes, request: Any) -> Any:
         return notFound()
+
+
+class WorkerScrapes(Protocol):
+    """The parent's side of ``--workers N`` as the metrics listener sees it."""
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def serving(self) -> int: ...
+
+    @property
+    def restarts(self) -> dict[int, int]: ...
+
+    @property
+    def scrape_failures(self) -> dict[int, int]: ...
+
+    def scrape(self) -> Deferred[list[tuple[int, bytes]]]:
+        """Each serving worker's text exposition, by worker index; those that did not answer
+        in time are left out (and counted)."""
+        ...
+
+    def unreadable(self, worker: int) -> None:
+        """Count a worker's answer that could not be parsed as a failed scrape."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SupervisorState:
+    """The parent's own gauges and counters with ``--workers N``, read at scrape time."""
+
+    workers: WorkerScrapes
+
+    def collect(self) -> Iterator[Metric]:
+        yield _gauge(
+            "tokend_workers", "Worker processes configured (--workers).", self.workers.count
+        )
+        yield _gauge(
+            "tokend_workers_running",
+            "Worker processes started and serving now.",
+            self.workers.serving,
+        )
+        restarts = CounterMetricFamily(
+            "tokend_worker_restarts",
+            "Workers started again after one ended, by worker index; the new worker's own "
+            "counters start from 0.",
+            labels=["worker"],
+        )
+        for index, count in sorted(self.workers.restarts.items()):
+            restarts.add_metric([str(index)], count)
+        yield restarts
+        failures = CounterMetricFamily(
+            "tokend_worker_scrape_failures",
+            "Scrapes a worker did not answer in time (or answered unreadably), by worker "
+            "index; its series were left out of that scrape.",
+            labels=["worker"],
+        )
+        for index, count in sorted(self.workers.scrape_failures.items()):
+            failures.add_metric([str(index)], count)
+        yield failures
+
+
+WORKER_LABEL = "worker"
+
+
+class _Union:
+    """A collector yielding families already gathered, once each."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def union_of(
+    parent: CollectorRegistry,
+    answers: Sequence[tuple[int, bytes]],
+    unreadable: Callable[[int], None] = lambda worker: None,
+) -> CollectorRegistry:
+    """One registry holding the parent's families and every worker's, each worker's samples
+    labelled ``worker="<index>"``, merged by family so each family's HELP and TYPE appear once.
+
+    A worker's answer that does not parse is left out and reported to ``unreadable``. The text
+    format carries a counter's ``_created`` samples as a gauge family of their own; they are
+    put back into their counter (or histogram) so the OpenMetrics encoder writes them right.
+    """
+    families: dict[str, Metric] = {}
+    for family in parent.collect():
+        _merge(families, family, family.samples)
+    for index, body in answers:
+        try:
+            parsed = list(text_string_to_metric_families(body.decode("utf-8")))
+        except (ValueError, UnicodeDecodeError, IndexError, KeyError):
+            unreadable(index)
+            continue
+        label = str(index)
+        for family in parsed:
+            samples = [
+                Sample(s.name, {**s.labels, WORKER_LABEL: label}, s.value, s.timestamp, s.exemplar)
+                for s in family.samples
+            ]
+            _merge(families, family, samples)
+    for family in families.values():
+        if family.type in ("counter", "histogram", "summary"):
+            family.samples[:] = _grouped(family.samples)
+    union = CollectorRegistry(auto_describe=False)
+    union.register(_Union(families.values()))
+    return union
+
+
+def _grouped(samples: list[Sample]) -> list[Sample]:
+    """One label set's samples together (``_total`` then ``_created``; buckets, ``_count``,
+    ``_sum``, ``_created``), as OpenMetrics demands, in the order the label sets came."""
+    groups: dict[tuple[tuple[str, str], ...], list[Sample]] = {}
+    for sample in samples:
+        key = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in ("le", "quantile")))
+        groups.setdefault(key, []).append(sample)
+    return [sample for group in groups.values() for sample in group]
+
+
+def _merge(families: dict[str, Metric], family: Metric, samples: list[Sample]) -> None:
+    name = family.name
+    if family.type == "gauge" and name.endswith("_created"):
+        base = families.get(name[: -len("_created")])
+        if base is not None and base.type in ("counter", "histogram", "summary"):
+            base.samples.extend(samples)
+            return
+    merged = families.get(name)
+    if merged is None:
+        merged = Metric(name, family.documentation, family.type, family.unit)
+        families[name] = merged
+    merged.samples.extend(samples)
+
+
+class _WorkersExposition(Resource):
+    """``GET /metrics`` in the parent of ``--workers N``: the union of every worker's metrics
+    and its own, gathered per scrape and encoded by prometheus_client."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry, workers: WorkerScrapes) -> None:
+        super().__init__()
+        self._registry = registry
+        self._workers = workers
+
+    def render_GET(self, request: Any) -> Any:
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        finished = request.notifyFinish()
+        finished.addErrback(lambda reason: None)
+
+        def answer(answers: list[tuple[int, bytes]]) -> None:
+            if finished.called:
+                return  # the scraper gave up
+            union = union_of(self._registry, answers, self._workers.unreadable)
+            request.setHeader(b"Content-Type", content_type.encode("ascii"))
+            request.write(encoder(union))
+            request.finish()
+
+        def failed(reason: Failure) -> None:
+            if not finished.called:
+                request.setResponseCode(500)
+                request.finish()
+
+        self._workers.scrape().addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
+
+
+def workers_metrics_resource(registry: CollectorRegistry, workers: WorkerScrapes) -> Resource:
+    """The parent's metrics listener with ``--workers N``: ``/metrics`` and nothing else."""
+    root = _Root()
+    root.putChild(b"metrics", cast(IResource, _WorkersExposition(registry, workers)))
+    return root

@@ -6,13 +6,15 @@ the socket and adopt it (``reactor.adoptStreamPort``), so nginx keeps one upstre
 kernel spreads connections over whichever workers are waiting. Each worker loads and watches
 the policy itself.
 
-The parent keeps one socketpair per worker, carrying newline-separated JSON:
+The parent keeps one socketpair per worker, carrying frames (:func:`frame`: a length, a kind,
+the payload) so that bytes (an exposition, a log line) travel as they are:
 
-- worker → parent: ``{"ready": pid}`` once it serves; ``{"log": event}`` for every log event
-  (so one log, in the format twistd was told to write); ``{"news": ...}`` for each failed or
-  successful login (:mod:`tokend.login.shared_failures` spells it);
+- worker → parent: ``{"ready": pid}`` once it serves; every log event (so one log, in the
+  format twistd was told to write); ``{"news": ...}`` for each failed or successful login
+  (:mod:`tokend.login.shared_failures` spells it); its metrics exposition when asked;
 - parent → worker: ``{"news": ...}`` that another worker (or another daemon, through Redis)
-  saw.
+  saw; a request for its metrics (``--metrics``: the parent serves the union, see
+  :mod:`tokend.metrics`).
 
 So the login throttle counts every worker's failures in each worker, and the limits hold in
 total for the daemon, not N times over (modulo messages in flight, a millisecond).
@@ -29,25 +31,28 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
-from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from tokend.login.shared_failures import news_from_wire, news_to_wire
 from tokend.login.throttle import News
 
-MAX_LINE = 4 * 1024 * 1024
-"""One control message at most (a log event with a long policy error fits)."""
+MAX_FRAME = 16 * 1024 * 1024
+"""One message at most (a log event with a long policy error, an exposition, fit)."""
+SCRAPE_TIMEOUT = 2.0
+"""Seconds a worker has to answer a metrics scrape; one that does not is left out of it."""
 START_TIMEOUT = 120.0
 """Seconds a worker may take to load its key and policy at start-up."""
 STOP_TIMEOUT = 10.0
@@ -71,21 +76,78 @@ def worker_count(value: str) -> int:
     return count
 
 
-class _Channel(LineOnlyReceiver):
+CONTROL = ord("J")
+"""Both ways: one JSON object (ready, news)."""
+LOG_EVENT = ord("E")
+"""Worker → parent: one log event, as twisted.logger's eventAsJSON."""
+SCRAPE = ord("S")
+"""Parent → worker: a request for its metrics; the payload is the request's number."""
+EXPOSITION = ord("M")
+"""Worker → parent: the request's number, a newline, the Prometheus text exposition."""
+
+_HEADER = struct.Struct("!IB")
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    """One message: the payload's length, its kind, the payload."""
+    return _HEADER.pack(len(payload), kind) + payload
+
+
+def control(message: Mapping[str, Any]) -> bytes:
+    return frame(CONTROL, json.dumps(message, separators=(",", ":")).encode())
+
+
+def split_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The whole frames at the start of ``buffer``, and what is left of it. A frame longer
+    than :data:`MAX_FRAME` is a broken peer: ``ValueError``."""
+    frames: list[tuple[int, bytes]] = []
+    offset, size = 0, len(buffer)
+    while size - offset >= _HEADER.size:
+        length, kind = _HEADER.unpack_from(buffer, offset)
+        if length > MAX_FRAME:
+            raise ValueError(f"a {length}-byte message")
+        end = offset + _HEADER.size + length
+        if end > size:
+            break
+        frames.append((kind, buffer[offset + _HEADER.size : end]))
+        offset = end
+    return frames, buffer[offset:]
+
+
+class Framed(TwistedProtocol):
+    """Either end of a socketpair: frames in, frames out."""
+
+    _buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            frames, self._buffer = split_frames(self._buffer + data)
+        except ValueError:
+            transport: Any = self.transport
+            if transport is not None:
+                transport.loseConnection()
+            return
+        if frames:
+            self.framesReceived(frames)
+
+    def framesReceived(self, frames: list[tuple[int, bytes]]) -> None:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        """Send one or more ready-made frames."""
+        transport: Any = self.transport
+        if transport is not None:
+            transport.write(data)
+
+
+class _Channel(Framed):
     """The parent's end of one worker's socketpair."""
 
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
+    def __init__(self, on_frames: Callable[[list[tuple[int, bytes]]], None]) -> None:
+        self._on_frames = on_frames
 
-    def __init__(self, on_line: Callable[[bytes], None]) -> None:
-        self._on_line = on_line
-
-    def lineReceived(self, line: bytes) -> None:
-        self._on_line(line)
-
-    def send(self, message: dict[str, Any]) -> None:
-        if self.transport is not None:
-            self.sendLine(json.dumps(message, separators=(",", ":")).encode())
+    def framesReceived(self, frames: list[tuple[int, bytes]]) -> None:
+        self._on_frames(frames)
 
 
 @dataclass
@@ -97,6 +159,8 @@ class _Worker:
     ready: bool = False
     last_critical: str | None = None
     ended: Deferred[None] = field(default_factory=Deferred)
+    scrapes: dict[int, Deferred[bytes]] = field(default_factory=dict)
+    """Metrics requests sent and not answered yet, by number."""
 
 
 class _Ended(ProcessProtocol):
@@ -136,10 +200,65 @@ class Supervisor(Service):
         self._listen_fd = -1
         self._family = 0
         self._previous_sighup: Any = None
+        self._scrape_number = 0
+        self.restarts = dict.fromkeys(range(count), 0)
+        """Workers started again after one ended, by index (0 … N-1)."""
+        self.scrape_failures = dict.fromkeys(range(count), 0)
+        """Metrics requests a worker did not answer in time (or answered unreadably)."""
 
     @property
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self._workers.values())
+
+    @property
+    def count(self) -> int:
+        """Workers configured (--workers)."""
+        return self._count
+
+    @property
+    def serving(self) -> int:
+        """Workers started and serving now."""
+        return sum(1 for w in self._workers.values() if w.ready)
+
+    def scrape(self) -> Deferred[list[tuple[int, bytes]]]:
+        """Every serving worker's metrics exposition, by worker index. A worker that does not
+        answer within :data:`SCRAPE_TIMEOUT` (or ends meanwhile) is left out and counted in
+        :attr:`scrape_failures`."""
+        asked: list[Deferred[tuple[int, bytes] | None]] = []
+        for worker in sorted(self._workers.values(), key=lambda w: w.slot):
+            if not worker.ready or worker.channel is None:
+                continue
+            self._scrape_number += 1
+            number = self._scrape_number
+            answer: Deferred[bytes] = Deferred()
+            worker.scrapes[number] = answer
+            answer.addTimeout(SCRAPE_TIMEOUT, self._reactor)
+            answer.addCallbacks(self._answered(worker.slot), self._no_answer(worker, number))
+            asked.append(answer)  # type: ignore[arg-type]
+            worker.channel.write(frame(SCRAPE, str(number).encode()))
+        gathered: Deferred[list[tuple[int, bytes] | None]] = gatherResults(asked)
+        return gathered.addCallback(lambda answers: [a for a in answers if a is not None])
+
+    @staticmethod
+    def _answered(slot: int) -> Callable[[bytes], tuple[int, bytes]]:
+        return lambda body: (slot, body)
+
+    def _no_answer(self, worker: _Worker, number: int) -> Callable[[Failure], None]:
+        def left_out(reason: Failure) -> None:
+            worker.scrapes.pop(number, None)
+            self.unreadable(worker.slot)
+            self.log.warn(
+                "worker {slot} (pid {pid}) did not answer a metrics scrape: {reason}",
+                slot=worker.slot,
+                pid=worker.pid,
+                reason=reason.getErrorMessage() or getattr(reason.type, "__name__", "no answer"),
+            )
+
+        return left_out
+
+    def unreadable(self, slot: int) -> None:
+        """Count a worker's scrape as failed."""
+        self.scrape_failures[slot] = self.scrape_failures.get(slot, 0) + 1
 
     def startService(self) -> None:
         super().startService()
@@ -202,10 +321,10 @@ class Supervisor(Service):
 
     def broadcast(self, news: News, *, but: int | None = None) -> None:
         """Tell every worker (except the slot ``but``) what another one or another daemon saw."""
-        message = {"news": news_to_wire(news)}
+        message = control({"news": news_to_wire(news)})
         for worker in self._workers.values():
             if worker.slot != but and worker.channel is not None:
-                worker.channel.send(message)
+                worker.channel.write(message)
 
     def _spawn(self, slot: int) -> tuple[_Worker, socket.socket]:
         self._restarts.pop(slot, None)
@@ -230,12 +349,13 @@ class Supervisor(Service):
         return worker, ours
 
     def _respawn(self, slot: int) -> None:
+        self.restarts[slot] = self.restarts.get(slot, 0) + 1
         worker, ours = self._spawn(slot)
         self._connect(worker, ours, b"")
 
     def _connect(self, worker: _Worker, ours: socket.socket, leftover: bytes) -> None:
         """Hand the worker's socketpair to the reactor (with what was read of it already)."""
-        channel = _Channel(lambda line: self._received(worker, line))
+        channel = _Channel(lambda frames: self._received(worker, frames))
         self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, OneProtocol(channel))
         ours.close()
         worker.channel = channel
@@ -248,12 +368,15 @@ class Supervisor(Service):
         deadline = time.monotonic() + START_TIMEOUT
         buffer = b""
         while True:
-            lines = buffer.split(b"\n")
-            for index, line in enumerate(lines[:-1]):
-                self._received(worker, line)
+            try:
+                frames, rest = split_frames(buffer)
+            except ValueError:
+                frames, rest = [], b""
+            for index, one in enumerate(frames):
+                self._received(worker, [one])
                 if worker.ready:
-                    return b"\n".join(lines[index + 1 :])
-            buffer = lines[-1]
+                    return b"".join(frame(*later) for later in frames[index + 1 :]) + rest
+            buffer = rest
             remaining = deadline - time.monotonic()
             chunk = b""
             if remaining > 0:
@@ -282,25 +405,42 @@ class Supervisor(Service):
             self._signal(worker.pid, signal.SIGKILL)
             with_status(worker.pid)
 
-    def _received(self, worker: _Worker, line: bytes) -> None:
+    def _received(self, worker: _Worker, frames: list[tuple[int, bytes]]) -> None:
+        for kind, payload in frames:
+            if kind == LOG_EVENT:
+                self._relay_event(worker, payload)
+            elif kind == EXPOSITION:
+                number, _, body = payload.partition(b"\n")
+                answer = worker.scrapes.pop(int(number), None) if number.isdigit() else None
+                if answer is not None and not answer.called:
+                    answer.callback(body)
+            elif kind == CONTROL:
+                self._control(worker, payload)
+
+    def _relay_event(self, worker: _Worker, payload: bytes) -> None:
         try:
-            message = json.loads(line)
+            event = eventFromJSON(payload.decode("utf-8"))
+        except ValueError:
+            self.log.warn("worker {pid} sent an unreadable log event", pid=worker.pid)
+            return
+        event["worker_pid"] = worker.pid
+        system = event.get("log_system")
+        if not system or system == "-":
+            level = getattr(event.get("log_level"), "name", "-")
+            system = f"{event.get('log_namespace', '-')}#{level}"
+        event["log_system"] = f"{system} pid {worker.pid}"
+        if not worker.ready and event.get("log_level") is not None:
+            if event["log_level"].name == "critical":
+                worker.last_critical = formatEvent(event)
+        globalLogPublisher(event)
+
+    def _control(self, worker: _Worker, payload: bytes) -> None:
+        try:
+            message = json.loads(payload)
         except ValueError:
             self.log.warn("worker {pid} sent an unreadable message", pid=worker.pid)
             return
-        if "log" in message:
-            event = eventFromJSON(message["log"])
-            event["worker_pid"] = worker.pid
-            system = event.get("log_system")
-            if not system or system == "-":
-                level = getattr(event.get("log_level"), "name", "-")
-                system = f"{event.get('log_namespace', '-')}#{level}"
-            event["log_system"] = f"{system} pid {worker.pid}"
-            if not worker.ready and event.get("log_level") is not None:
-                if event["log_level"].name == "critical":
-                    worker.last_critical = formatEvent(event)
-            globalLogPublisher(event)
-        elif "news" in message:
+        if "news" in message:
             try:
                 news = news_from_wire(message["news"])
             except ValueError:
@@ -317,6 +457,8 @@ class Supervisor(Service):
         worker.ended.callback(None)
         if self._workers.get(worker.slot) is worker:
             del self._workers[worker.slot]
+        for answer in list(worker.scrapes.values()):
+            answer.cancel()
         transport: Any = worker.channel.transport if worker.channel is not None else None
         if transport is not None:
             transport.loseConnection()

@@ -53,9 +53,11 @@ from tokend.metrics import (
     Metrics,
     RequestMetrics,
     ServiceState,
+    SupervisorState,
     certificate_expiry,
     metrics_resource,
     process_collectors,
+    workers_metrics_resource,
 )
 from tokend.policy.files import LoadedPolicy, load_policy
 from tokend.policy.holder import PolicyHolder
@@ -506,11 +508,6 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"{self.source('metrics')} {description!r} is not an endpoint: {e}"
             ) from None
-        if self["workers"] > 1:
-            raise usage.UsageError(
-                f"{self.source('metrics')} serves one process's metrics: it cannot be combined "
-                "with --workers above 1 yet; run one daemon per core with --redis instead"
-            )
         if description.startswith("unix:"):
             if ":mode=" not in description:
                 description += ":mode=660"
@@ -910,7 +907,9 @@ def makeService(
         socket_path = Options.socket_path(options["listen"])
         group = _SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
         group.setServiceParent(root)
-    if registry is not None:
+    if registry is not None and worker is not None:
+        worker.expose(registry)  # the parent serves every worker's metrics
+    elif registry is not None:
         metrics_site = _Site(metrics_resource(registry), reactor=reactor)
         _Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
     config_dir = Path(options["config-dir"])
@@ -956,6 +955,12 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
         relay=lambda news: store[0].record(news) if store else None,
     )
     supervisor.setServiceParent(root)
+    if options["metrics"] is not None:
+        registry = CollectorRegistry()
+        process_collectors(registry)
+        registry.register(SupervisorState(supervisor))
+        metrics_site = _Site(workers_metrics_resource(registry, supervisor), reactor=reactor)
+        _Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
     if options["redis"]:
         redis = _redis(options, reactor, supervisor.broadcast)
         redis.setServiceParent(root)

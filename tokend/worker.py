@@ -2,9 +2,9 @@
 
 Started by the daemon's parent process only: it inherits the bound listening socket and one end
 of a socketpair to the parent, parses the same options the daemon got, builds the same service
-tree minus the listener (it adopts the socket instead), and runs its own reactor. Its log
-events go to the parent, which writes them where twistd was told to; it ends when the parent
-goes away.
+tree minus the listeners (it adopts the socket instead; its metrics go to the parent when
+asked), and runs its own reactor. Its log events go to the parent, which writes them where
+twistd was told to; it ends when the parent goes away.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp, unix
@@ -28,23 +28,37 @@ from twisted.logger import (
     eventAsJSON,
     globalLogBeginner,
 )
-from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python import usage
 
 from tokend.login.shared_failures import news_from_wire, news_to_wire
 from tokend.login.throttle import LoginThrottle, News
-from tokend.processes import MAX_LINE, OneProtocol
+from tokend.processes import (
+    CONTROL,
+    EXPOSITION,
+    LOG_EVENT,
+    SCRAPE,
+    Framed,
+    OneProtocol,
+    control,
+    frame,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
-class ParentLink(LineOnlyReceiver):
-    """The worker's end of the socketpair: log events and news out, news in."""
-
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
+class ParentLink(Framed):
+    """The worker's end of the socketpair: log events and news out, news and metrics
+    requests in."""
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._throttle: LoginThrottle | None = None
+        self._registry: CollectorRegistry | None = None
+
+    def expose(self, registry: CollectorRegistry) -> None:
+        """Answer the parent's metrics requests with this registry's exposition."""
+        self._registry = registry
 
     def attach(self, throttle: LoginThrottle) -> None:
         """Share this throttle's news with the other workers, and take in theirs."""
@@ -52,18 +66,27 @@ class ParentLink(LineOnlyReceiver):
         throttle.publish = self.publish
 
     def publish(self, news: News) -> None:
-        self.send({"news": news_to_wire(news)})
+        self.write(control({"news": news_to_wire(news)}))
 
-    def send(self, message: dict[str, Any]) -> None:
-        if self.transport is not None:
-            self.sendLine(json.dumps(message, separators=(",", ":")).encode())
+    def framesReceived(self, frames: list[tuple[int, bytes]]) -> None:
+        for kind, payload in frames:
+            if kind == SCRAPE:
+                self._answer_scrape(payload)
+            elif kind == CONTROL:
+                self._learn(payload)
 
-    def lineReceived(self, line: bytes) -> None:
+    def _answer_scrape(self, number: bytes) -> None:
+        from prometheus_client import generate_latest
+
+        body = generate_latest(self._registry) if self._registry is not None else b""
+        self.write(frame(EXPOSITION, number + b"\n" + body))
+
+    def _learn(self, payload: bytes) -> None:
         throttle = self._throttle
         if throttle is None:
             return
         try:
-            news = news_from_wire(json.loads(line)["news"])
+            news = news_from_wire(json.loads(payload)["news"])
         except (ValueError, KeyError, TypeError):
             return
         throttle.learn(news, self._reactor.seconds())
@@ -150,23 +173,22 @@ class _FairTCPPort(_OneAccept, tcp.Port):
 
 
 class _Outbox:
-    """Log observer: each event as one JSON line to the parent; written straight to the socket
+    """Log observer: each event as one message to the parent; written straight to the socket
     until the reactor owns it, then through the link."""
 
-    def __init__(self, control: socket.socket) -> None:
-        self._control = control
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
         self.link: ParentLink | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self.send({"log": eventAsJSON(event)})
+        self.send(frame(LOG_EVENT, eventAsJSON(event).encode("utf-8")))
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: bytes) -> None:
         if self.link is not None:
-            self.link.send(message)
+            self.link.write(message)
             return
-        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         try:
-            self._control.sendall(line)
+            self._channel.sendall(message)
         except OSError:
             pass
 
@@ -184,8 +206,8 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    control = socket.socket(fileno=args.control_fd)
-    outbox = _Outbox(control)
+    channel = socket.socket(fileno=args.control_fd)
+    outbox = _Outbox(channel)
     observer: Any = FilteringLogObserver(
         cast(ILogObserver, outbox), [cast(Any, LogLevelFilterPredicate(LogLevel.info))]
     )
@@ -194,7 +216,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     from tokend.tap import Options, makeService
 
     def refuse(sentence: str) -> int:
-        outbox.send({"log": eventAsJSON(_critical(sentence))})
+        outbox(_critical(sentence))
         return 1
 
     options = Options()
@@ -204,7 +226,9 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
         return refuse(str(e))
     link = ParentLink(reactor)
     root: MultiService = makeService(
-        options, reactor, worker=WorkerSetup(args.listen_fd, args.family, link.attach)
+        options,
+        reactor,
+        worker=WorkerSetup(args.listen_fd, args.family, link.attach, link.expose),
     )
     try:
         root.privilegedStartService()
@@ -212,9 +236,9 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     except SystemExit:
         return 1  # the sentence is logged (and so with the parent) already
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
-    outbox.send({"ready": os.getpid()})
-    reactor.adoptStreamConnection(control.fileno(), socket.AF_UNIX, OneProtocol(link))
-    control.close()
+    outbox.send(control({"ready": os.getpid()}))
+    reactor.adoptStreamConnection(channel.fileno(), socket.AF_UNIX, OneProtocol(link))
+    channel.close()
     outbox.link = link
     reactor.run()
     return 0
@@ -233,13 +257,21 @@ def _critical(sentence: str) -> dict[str, Any]:
 
 
 class WorkerSetup:
-    """What makeService needs to build a worker's tree: the inherited socket, and how to join
-    the throttle to the other workers."""
+    """What makeService needs to build a worker's tree: the inherited socket, how to join
+    the throttle to the other workers, and how to hand its metrics to the parent (which
+    serves --metrics for all workers)."""
 
-    def __init__(self, listen_fd: int, family: int, attach: Callable[[LoginThrottle], None]):
+    def __init__(
+        self,
+        listen_fd: int,
+        family: int,
+        attach: Callable[[LoginThrottle], None],
+        expose: Callable[[CollectorRegistry], None] = lambda registry: None,
+    ):
         self.listen_fd = listen_fd
         self.family = family
         self.attach = attach
+        self.expose = expose
 
 
 if __name__ == "__main__":
