@@ -231,3 +231,47 @@ def test_a_worker_that_cannot_start_stops_start_up_with_one_sentence(tmp_path: P
         supervisor.startService()
     listening.close()
     assert sentences == ["worker 0 could not start: --token-ttl must be between 60 and 3600"]
+
+
+def test_a_workers_line_is_the_line_the_parent_wrote_from_its_event() -> None:
+    """Workers format their lines themselves now; before, the parent got the event (as JSON)
+    and formatted it with twistd's text observer or --log-format json. Same lines."""
+    from twisted.logger import LogLevel, eventAsJSON, eventFromJSON
+
+    from tokend.json_log import event_as_json
+    from tokend.processes import marked, text_line
+
+    event = {
+        "log_format": "issued {flow} token to {account!r} from {client}: granted {granted}",
+        "flow": "GET",
+        "account": "bar\\x1b",
+        "client": "127.0.0.1",
+        "granted": ["repository:pub/x:pull"],
+        "outcome": "issued",
+        "log_level": LogLevel.info,
+        "log_namespace": "tokend.web.TokenAPI",
+        "log_time": 1795694187.123,
+        "log_source": None,
+    }
+    relayed = eventFromJSON(eventAsJSON(event))  # what the parent read before
+    assert text_line(marked(event, 4242)) == text_line(marked(relayed, 4242))
+    assert text_line(marked(event, 4242)).endswith(  # type: ignore[union-attr]
+        " [tokend.web.TokenAPI#info pid 4242] issued GET token to 'bar\\\\x1b' from 127.0.0.1: "
+        "granted ['repository:pub/x:pull']\n"
+    )
+    assert event_as_json(event) == event_as_json(relayed)
+
+
+def test_json_lines_from_two_workers(tmp_path: Path) -> None:
+    running = start(tmp_path, "--log-format", "json")
+    try:
+        for _ in range(10):
+            assert running.request("/v2/token?service=svc")[0] == 200
+        wait_for("the lines", lambda: running.log_text().count('"outcome":"issued"') == 10)
+        records = [json.loads(line) for line in running.log_text().splitlines()]
+    finally:
+        stop_process(running.process)
+    issued = [r for r in records if r.get("outcome") == "issued"]
+    assert {r["namespace"] for r in issued} == {"tokend.web.TokenAPI"}
+    assert all(r["level"] == "info" and r["time"].endswith("Z") for r in issued)
+    assert any(r["text"].startswith("2 workers serving") for r in records)

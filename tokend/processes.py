@@ -9,8 +9,11 @@ the policy itself.
 The parent keeps one socketpair per worker, carrying frames (:func:`frame`: a length, a kind,
 the payload) so that bytes (an exposition, a log line) travel as they are:
 
-- worker → parent: ``{"ready": pid}`` once it serves; every log event (so one log, in the
-  format twistd was told to write); ``{"news": ...}`` for each failed or successful login
+- worker → parent: ``{"ready": pid}`` once it serves; every log line, formatted by the worker
+  as twistd's text observer (marked ``pid N``) or ``--log-format json`` would write it, which
+  the parent only writes to its log (:class:`ParentLog`: one log file, rotated by one process);
+  or, where twistd logs elsewhere (``--syslog``, ``--logger``), every log event for the
+  parent's observer; ``{"news": ...}`` for each failed or successful login
   (:mod:`tokend.login.shared_failures` spells it); its metrics exposition when asked;
 - parent → worker: ``{"news": ...}`` that another worker (or another daemon, through Redis)
   saw; a request for its metrics (``--metrics``: the parent serves the union, see
@@ -36,15 +39,27 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import IO, Any, NoReturn, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.protocol import Protocol as TwistedProtocol
-from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
+from twisted.logger import (
+    FileLogObserver,
+    LogEvent,
+    Logger,
+    eventFromJSON,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+    globalLogPublisher,
+    timeFormatRFC3339,
+)
+from twisted.python.compat import ioType
 from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 
 from tokend.login.shared_failures import news_from_wire, news_to_wire
 from tokend.login.throttle import News
@@ -80,6 +95,8 @@ CONTROL = ord("J")
 """Both ways: one JSON object (ready, news)."""
 LOG_EVENT = ord("E")
 """Worker → parent: one log event, as twisted.logger's eventAsJSON."""
+LOG_LINES = ord("L")
+"""Worker → parent: finished log lines (UTF-8), to be written as they are."""
 SCRAPE = ord("S")
 """Parent → worker: a request for its metrics; the payload is the request's number."""
 EXPOSITION = ord("M")
@@ -140,6 +157,65 @@ class Framed(TwistedProtocol):
             transport.write(data)
 
 
+def text_line(event: LogEvent) -> str | None:
+    """The line twistd's own text observer (``textFileLogObserver``) writes for ``event``."""
+    return formatEventAsClassicLogText(event, lambda when: formatTime(when, timeFormatRFC3339))
+
+
+def marked(event: LogEvent, pid: int) -> LogEvent:
+    """``event`` with ``pid N`` added to its system, as a worker's line shows it."""
+    system = event.get("log_system")
+    if not system or system == "-":
+        level = getattr(event.get("log_level"), "name", "-")
+        system = f"{event.get('log_namespace', '-')}#{level}"
+    return {**event, "log_system": f"{system} pid {pid}", "worker_pid": pid}
+
+
+class ParentLog(FileLogObserver):
+    """The parent's log observer with ``--workers N``: its own events formatted as twistd (or
+    ``--log-format json``) would, and the workers' finished lines written as they come."""
+
+    def __init__(self, out: IO[Any], format_event: Callable[[LogEvent], str | None]) -> None:
+        super().__init__(out, format_event)
+        self._out = out
+        self._binary = ioType(out) is not str
+
+    def write_lines(self, lines: bytes) -> None:
+        self._out.write(lines if self._binary else lines.decode("utf-8", "replace"))
+        self._out.flush()
+
+
+def parent_log(
+    log_format: str,
+    twistd_config: Mapping[str, Any] | None,
+    format_json: Callable[[LogEvent], str | None],
+) -> ParentLog | None:
+    """Where workers' lines can go straight to the log: twistd writes a file or stdout (its
+    ``--logfile`` rules, rotation on SIGUSR1 as twistd arranges). None under ``--syslog`` or
+    ``--logger`` (or without twistd): then workers send events to the parent's observer."""
+    config = twistd_config
+    if not config or config.get("logger") or config.get("syslog"):
+        return None
+    name = config.get("logfile") or ""
+    if name == "-" and not config.get("nodaemon"):
+        return None  # twistd refuses this with its own sentence
+    out: IO[Any]
+    if name == "-" or (not name and config.get("nodaemon")):
+        out = sys.stdout
+    else:
+        log_file = LogFile.fromFullPath(name or "twistd.log")
+        if not signal.getsignal(signal.SIGUSR1):
+
+            def rotate(signum: int, frame: Any) -> None:
+                from twisted.internet import reactor
+
+                reactor.callFromThread(log_file.rotate)
+
+            signal.signal(signal.SIGUSR1, rotate)
+        out = log_file
+    return ParentLog(out, format_json if log_format == "json" else text_line)
+
+
 class _Channel(Framed):
     """The parent's end of one worker's socketpair."""
 
@@ -185,15 +261,20 @@ class Supervisor(Service):
         reactor: Any,
         failed: StartUpFailure,
         relay: Callable[[News], None] | None = None,
+        log: ParentLog | None = None,
+        log_format: str = "text",
     ) -> None:
         """``port`` gives the bound listening port once the listener has started; ``relay``
-        also gets every worker's news (the Redis store)."""
+        also gets every worker's news (the Redis store); ``log``, when given, takes the
+        workers' finished lines (in ``log_format``), else their events are relayed."""
         self._count = count
         self._argv = list(argv)
         self._port = port
         self._reactor = reactor
         self._failed = failed
         self._relay = relay
+        self._log = log
+        self._log_lines = log_format if log is not None else "events"
         self._workers: dict[int, _Worker] = {}
         self._quick_deaths: dict[int, int] = {}
         self._restarts: dict[int, Any] = {}
@@ -332,6 +413,7 @@ class Supervisor(Service):
         args = [
             sys.executable, "-m", "tokend.worker",
             "--listen-fd=3", f"--family={int(self._family)}", "--control-fd=4",
+            f"--log-lines={self._log_lines}",
             "--", *self._argv,
         ]  # fmt: skip
         holder: list[_Worker] = []
@@ -406,8 +488,13 @@ class Supervisor(Service):
             with_status(worker.pid)
 
     def _received(self, worker: _Worker, frames: list[tuple[int, bytes]]) -> None:
+        lines = [payload for kind, payload in frames if kind == LOG_LINES]
+        if lines and self._log is not None:
+            self._log.write_lines(b"".join(lines))
         for kind, payload in frames:
-            if kind == LOG_EVENT:
+            if kind == LOG_LINES:
+                continue
+            elif kind == LOG_EVENT:
                 self._relay_event(worker, payload)
             elif kind == EXPOSITION:
                 number, _, body = payload.partition(b"\n")
@@ -423,12 +510,7 @@ class Supervisor(Service):
         except ValueError:
             self.log.warn("worker {pid} sent an unreadable log event", pid=worker.pid)
             return
-        event["worker_pid"] = worker.pid
-        system = event.get("log_system")
-        if not system or system == "-":
-            level = getattr(event.get("log_level"), "name", "-")
-            system = f"{event.get('log_namespace', '-')}#{level}"
-        event["log_system"] = f"{system} pid {worker.pid}"
+        event = marked(event, worker.pid)
         if not worker.ready and event.get("log_level") is not None:
             if event["log_level"].name == "critical":
                 worker.last_critical = formatEvent(event)
@@ -440,7 +522,10 @@ class Supervisor(Service):
         except ValueError:
             self.log.warn("worker {pid} sent an unreadable message", pid=worker.pid)
             return
-        if "news" in message:
+        if "critical" in message:
+            if not worker.ready:
+                worker.last_critical = str(message["critical"])
+        elif "news" in message:
             try:
                 news = news_from_wire(message["news"])
             except ValueError:

@@ -30,7 +30,7 @@ from twisted.web.server import Site
 from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
 from tokend.dn import DNError, normalise_dn
 from tokend.http import ConnectionLimits, limit_connections
-from tokend.json_log import LoggingRoot, observer_for
+from tokend.json_log import LoggingRoot, event_as_json, observer_for
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.directory import (
     DEFAULT_FILTER,
@@ -64,7 +64,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc
 from tokend.policy.watcher import PolicyWatchService
-from tokend.processes import Supervisor, worker_count
+from tokend.processes import Supervisor, parent_log, worker_count
 from tokend.signing.devcert import DanglingLinkError, ensure_dev_cert
 from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
 from tokend.signing.tokens import TokenIssuer
@@ -936,8 +936,13 @@ def _redis(options: Options, reactor: Any, sink: Callable[[News], None]) -> Redi
 
 def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
     """--workers N: the parent binds the socket (one sentence if it cannot), gives it its
-    group, and runs the workers; it serves nothing itself and loads no thread pool."""
-    root = LoggingRoot(observer_for(options.parent) if options["log-format"] == "json" else None)
+    group, and runs the workers; it serves nothing itself and loads no thread pool. The
+    workers' log lines come finished, for it to write (or as events under --syslog/--logger)."""
+    log = parent_log(options["log-format"], options.parent, event_as_json)
+    json_lines = log is None and options["log-format"] == "json"
+    root = LoggingRoot(
+        log if log is not None else observer_for(options.parent) if json_lines else None
+    )
     failed = _StartUpFailure(options.parent)
     listener = _Listener(options["listen"], Site(Resource()), reactor, failed)
     listener.setServiceParent(root)
@@ -953,6 +958,8 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
         reactor=reactor,
         failed=failed,
         relay=lambda news: store[0].record(news) if store else None,
+        log=log,
+        log_format=options["log-format"],
     )
     supervisor.setServiceParent(root)
     if options["metrics"] is not None:

@@ -26,6 +26,7 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     eventAsJSON,
+    formatEvent,
     globalLogBeginner,
 )
 from twisted.python import usage
@@ -36,11 +37,14 @@ from tokend.processes import (
     CONTROL,
     EXPOSITION,
     LOG_EVENT,
+    LOG_LINES,
     SCRAPE,
     Framed,
     OneProtocol,
     control,
     frame,
+    marked,
+    text_line,
 )
 
 if TYPE_CHECKING:
@@ -173,15 +177,31 @@ class _FairTCPPort(_OneAccept, tcp.Port):
 
 
 class _Outbox:
-    """Log observer: each event as one message to the parent; written straight to the socket
-    until the reactor owns it, then through the link."""
+    """Log observer: each event to the parent, as the finished line (``text``: twistd's, marked
+    ``pid N``; ``json``: --log-format json's) or as the event (``events``: the parent's
+    observer formats it); written straight to the socket until the reactor owns it, then
+    through the link."""
 
-    def __init__(self, channel: socket.socket) -> None:
+    def __init__(self, channel: socket.socket, lines: str = "events") -> None:
         self._channel = channel
+        self._pid = os.getpid()
+        self._lines = lines
         self.link: ParentLink | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self.send(frame(LOG_EVENT, eventAsJSON(event).encode("utf-8")))
+        if self._lines == "events":
+            self.send(frame(LOG_EVENT, eventAsJSON(event).encode("utf-8")))
+            return
+        if self._lines == "json":
+            from tokend.json_log import event_as_json
+
+            line: str | None = event_as_json(event)
+        else:
+            line = text_line(marked(event, self._pid))
+        if line:
+            self.send(frame(LOG_LINES, line.encode("utf-8")))
+        if event.get("log_level") == LogLevel.critical:
+            self.send(control({"critical": formatEvent(event)}))
 
     def send(self, message: bytes) -> None:
         if self.link is not None:
@@ -198,6 +218,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--family", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--log-lines", choices=("text", "json", "events"), default="events")
     parser.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     options_argv = args.options[1:] if args.options[:1] == ["--"] else args.options
@@ -207,7 +228,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
 
         reactor = global_reactor
     channel = socket.socket(fileno=args.control_fd)
-    outbox = _Outbox(channel)
+    outbox = _Outbox(channel, args.log_lines)
     observer: Any = FilteringLogObserver(
         cast(ILogObserver, outbox), [cast(Any, LogLevelFilterPredicate(LogLevel.info))]
     )
