@@ -16,7 +16,6 @@ twistd's application as that component.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -25,7 +24,9 @@ from typing import IO, Any
 from twisted.application.service import MultiService
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, LogLevel, formatEvent
 from twisted.python.components import Componentized
-from twisted.python.logfile import LogFile
+
+from tokend import text_log
+from tokend.text_log import log_file_for
 
 FIELDS = (
     "outcome",
@@ -89,20 +90,18 @@ def observer_for(twistd_config: Mapping[str, Any] | None) -> FileLogObserver:
     """JSON lines where twistd would have written text: ``--logfile``, stdout for ``-`` or
     for ``-n`` without a log file, else ``twistd.log``. A log file is reopened on SIGUSR1,
     as twistd's own is, unless something else handles that signal."""
-    config = twistd_config or {}
-    name = config.get("logfile") or ""
-    if name == "-" or (not name and (config.get("nodaemon") or not config)):
-        return observer_to(sys.stdout)
-    log_file = LogFile.fromFullPath(name or "twistd.log")
-    if not signal.getsignal(signal.SIGUSR1):
+    return observer_to(log_file_for(twistd_config or {}))
 
-        def rotate(signum: int, frame: Any) -> None:
-            from twisted.internet import reactor
 
-            reactor.callFromThread(log_file.rotate)
-
-        signal.signal(signal.SIGUSR1, rotate)
-    return observer_to(log_file)
+def observer_for_format(
+    log_format: str, twistd_config: Mapping[str, Any] | None
+) -> Callable[[LogEvent], None] | None:
+    """The observer ``--log-format`` asks for, for :class:`LoggingRoot` to hand twistd: JSON
+    lines, or twistd's own text lines written by :mod:`tokend.text_log` (None: twistd's
+    choice stands, e.g. ``--syslog``)."""
+    if log_format == "json":
+        return observer_for(twistd_config)
+    return text_log.observer_for(twistd_config)
 
 
 class LoggingRoot(MultiService):
