@@ -9,38 +9,78 @@ from __future__ import annotations
 
 import grp
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
+from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import reactor as global_reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger, formatEvent
 from twisted.python import usage
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tokend.credential_cache import CredentialCache
-from tokend.devcert import ensure_dev_cert
-from tokend.holder import PolicyHolder
+from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
+from tokend.dn import DNError, normalise_dn
 from tokend.http import ConnectionLimits, limit_connections
-from tokend.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
-from tokend.passwords import PasswordChecker
-from tokend.policy import PolicyError
-from tokend.policy_files import LoadedPolicy, load_policy
-from tokend.reload import PolicyReloader, keep_out_of_gc
-from tokend.throttle import LoginThrottle, TrustedProxies, parse_networks
-from tokend.tokens import TokenIssuer
-from tokend.watcher import PolicyWatchService
+from tokend.json_log import LoggingRoot, event_as_json, observer_for_format
+from tokend.login.credential_cache import CredentialCache
+from tokend.login.directory import (
+    DEFAULT_FILTER,
+    DEFAULT_GROUP_ATTRIBUTE,
+    DEFAULT_GROUP_FILTER,
+    DEFAULT_TIMEOUT,
+    Directory,
+    DirectoryConfig,
+    DirectoryUnavailable,
+    read_bind_password,
+)
+from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.passwords import PasswordChecker
+from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
+from tokend.login.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
+from tokend.login.shared_failures import RedisFailures, parse_redis_url
+from tokend.login.throttle import InFlight, LoginThrottle, News
+from tokend.metrics import (
+    NO_METRICS,
+    Metrics,
+    RequestMetrics,
+    ServiceState,
+    SupervisorState,
+    certificate_expiry,
+    metrics_resource,
+    process_collectors,
+    workers_metrics_resource,
+)
+from tokend.policy.files import LoadedPolicy, load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.policy.model import PolicyError
+from tokend.policy.reload import PolicyReloader, keep_out_of_gc
+from tokend.policy.watcher import PolicyWatchService
+from tokend.processes import Supervisor, parent_log, worker_count
+from tokend.signing.devcert import DanglingLinkError, ensure_dev_cert
+from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
+from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
+from tokend.worker import AdoptedListener, WorkerSetup
 from tokend.workers import BoundedWorkers, WorkerPool
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024
 """Twisted's default of 50 makes connect() fail with EAGAIN when nginx opens more at once."""
 MIN_TTL, MAX_TTL = 60, 3600
-REPEATABLE = ("service", "trusted-proxy")
+MAX_REFRESH_TTL = 10 * 365 * 86_400
+DEFAULT_SOCKET_DIR = Path("run")
+"""The one socket directory tokend creates itself (the default, relative to the working
+directory): any other must exist, so a typo in --listen cannot create directories as root."""
+REPEATABLE = ("service", "trusted-proxy", "ldap-url")
 """Options given once per value on the command line, comma-separated in the environment."""
 
 
@@ -50,6 +90,60 @@ def _env_name(option: str) -> str:
 
 def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+class _FromCommandLine(usage.CoerceParameter):
+    """A parameter parser that remembers the command line gave it (errors name the source)."""
+
+    def dispatch(self, parameterName: str, value: str) -> None:
+        super().dispatch(parameterName, value)
+        cast(Options, self.options).from_command_line.add(parameterName)
+
+
+DIRECTORY_PARAMETERS = [
+    [
+        "ldap-url",
+        None,
+        None,
+        "Directory for accounts not in users.json: ldap://host:port or ldaps://host:port; "
+        "repeat for fail-over, tried in order",
+    ],
+    ["ldap-ca-cert", None, None, "PEM CA certificates trusted for LDAPS/StartTLS (else: system)"],
+    ["ldap-bind-dn", None, None, "DN of the service account searching the directory"],
+    [
+        "ldap-bind-password-file",
+        None,
+        None,
+        "File holding the service account's password (mode 0600; one trailing newline ignored)",
+    ],
+    ["ldap-base", None, None, "DN under which accounts are searched (subtree)"],
+    [
+        "ldap-filter",
+        None,
+        DEFAULT_FILTER,
+        "Search filter finding an account; {account} is the name, escaped (RFC 4515)",
+    ],
+    [
+        "ldap-group-attribute",
+        None,
+        DEFAULT_GROUP_ATTRIBUTE,
+        "Attribute of the account entry listing its group DNs",
+    ],
+    [
+        "ldap-group-base",
+        None,
+        None,
+        "Find groups by searching under this DN with --ldap-group-filter instead",
+    ],
+    [
+        "ldap-group-filter",
+        None,
+        DEFAULT_GROUP_FILTER,
+        "Filter finding an account's groups under --ldap-group-base; {dn} is the account's DN",
+    ],
+    ["ldap-timeout", None, str(DEFAULT_TIMEOUT), "Seconds for each directory operation"],
+]
+"""--ldap-url is repeatable (opt_ldap_url); without it none of the others is used."""
 
 
 def _with_env_names(options: list[list[Any]]) -> list[list[Any]]:
@@ -80,10 +174,23 @@ class Options(usage.Options):
             ["issuer", "i", "tokend", "iss claim; must equal the registry's auth.token.issuer"],
             ["service", "s", "registry", "Accepted service (audience); repeat for several"],
             ["token-ttl", None, "300", f"Token lifetime in seconds ({MIN_TTL}-{MAX_TTL})"],
+            [
+                "refresh-token-ttl",
+                None,
+                str(DEFAULT_REFRESH_TTL),
+                "Refresh (identity) token lifetime in seconds; 0 turns issuing off",
+            ],
             ["kid", None, "libtrust", "Key id form: libtrust (registry 2.x) or thumbprint (3.x)"],
             ["realm-path", None, "/v2/token", "URL path of the token endpoint"],
             ["bcrypt-threads", None, str(min(os.cpu_count() or 1, 4)), "bcrypt worker threads"],
             ["bcrypt-queue", None, "64", "Logins that may wait for a bcrypt thread; more get 503"],
+            [
+                "bcrypt-per-address",
+                None,
+                "4",
+                "Password checks one client address may have running or waiting; more get 503 "
+                "(0: no limit)",
+            ],
             [
                 "max-failures-per-account",
                 None,
@@ -101,8 +208,15 @@ class Options(usage.Options):
                 "trusted-proxy",
                 None,
                 None,
-                "TCP peer (IP or CIDR) whose X-Real-IP/X-Forwarded-For name the client; "
+                "TCP peer (IP or CIDR) whose --client-address-header names the client; "
                 "repeat for several (the UNIX socket peer is always trusted)",
+            ],
+            [
+                "client-address-header",
+                None,
+                "x-real-ip",
+                "Header in which trusted proxies name the client: x-real-ip (nginx) or "
+                "x-forwarded-for (HAProxy, load balancers that append to it)",
             ],
             [
                 "credential-cache-ttl",
@@ -119,19 +233,61 @@ class Options(usage.Options):
                 "request has arrived; bytes trickling in do not extend it",
             ],
             ["idle-timeout", None, "30", "Seconds a kept-alive connection may wait for a request"],
+            [
+                "workers",
+                None,
+                "1",
+                "Worker processes serving the one socket (auto: one per CPU); login limits "
+                "hold in total across them",
+            ],
+            [
+                "redis",
+                None,
+                None,
+                "Redis shared by every daemon's login throttle: redis://[:password@]host:port/db, "
+                "rediss://… (TLS) or unix:///path/to/redis.sock (off when not given)",
+            ],
+            *DIRECTORY_PARAMETERS,
+            [
+                "metrics",
+                None,
+                None,
+                "Endpoint serving Prometheus metrics at /metrics, e.g. "
+                "tcp:9102:interface=127.0.0.1 (off when not given)",
+            ],
+            [
+                "log-format",
+                None,
+                "text",
+                "text, or json: one JSON object per line where --logfile says",
+            ],
         ]
     )
     optFlags = _with_env_names(
         [
-            ["poll", None, "Poll the config directory instead of inotify (network filesystems)"],
+            [
+                "poll",
+                None,
+                "Poll the config directory and the directories its symlinks lead to instead "
+                "of inotify (network filesystems)",
+            ],
             ["dev-cert", None, "Create a development key and certificate if the key is missing"],
-            ["allow-loose-key-permissions", None, "Start even if the key is group/other readable"],
+            [
+                "allow-loose-key-permissions",
+                None,
+                "Start even if the key (or --ldap-bind-password-file) is group/other readable",
+            ],
+            ["ldap-starttls", None, "Upgrade ldap:// directory connections with StartTLS"],
         ]
     )
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
+        self.from_command_line: set[str] = set()
+        for name, handler in list(self._dispatch.items()):
+            if isinstance(handler, usage.CoerceParameter):
+                self._dispatch[name] = _FromCommandLine(self, handler.coerce)
         self._lists_from_cli: set[str] = set()
         self._cert_explicit = False
         for name, *_ in self.optParameters:
@@ -145,6 +301,25 @@ class Options(usage.Options):
             value = self.environ.get(_env_name(name))
             if value is not None:
                 self[name] = int(_truthy(value))
+
+    def source(self, name: str) -> str:
+        """Where an option's value came from, as an error message should name it."""
+        from_cli = name in self.from_command_line or name in self._lists_from_cli
+        if from_cli or self.environ.get(_env_name(name)) is None:
+            return f"--{name}"
+        return _env_name(name)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Under twistd (a parent is set), stop with one sentence: twistd answers a UsageError
+        with its whole --help text before the message."""
+        self.argv: list[str] = list(sys.argv[1:] if options is None else options)
+        """What --workers hands on to each worker process (which parses it again)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            raise SystemExit(f"twistd registry-token: {e}") from None
 
     def _append(self, name: str, value: str) -> None:
         """A repeatable option: the first use on the command line replaces the environment's."""
@@ -163,17 +338,33 @@ class Options(usage.Options):
         """Proxy IP/CIDR trusted for X-Real-IP [env TOKEND_TRUSTED_PROXY, comma-separated]"""
         self._append("trusted-proxy", value)
 
+    def opt_ldap_url(self, value: str) -> None:
+        """Directory URL (ldap:// or ldaps://); repeat for fail-over [env TOKEND_LDAP_URL]"""
+        self._append("ldap-url", value)
+
     def opt_cert(self, value: str) -> None:
         """PEM certificate chain of the key (tokens get x5c) [env TOKEND_CERT]"""
         self["cert"] = value
         self._cert_explicit = True
+        self.from_command_line.add("cert")
 
     def postOptions(self) -> None:
         if not self["service"]:
             self["service"] = ["registry"]
         self["token-ttl"] = self._integer("token-ttl", MIN_TTL, MAX_TTL)
+        self["refresh-token-ttl"] = self._integer("refresh-token-ttl", 0, MAX_REFRESH_TTL)
+        if REFRESH_AUDIENCE in self["service"]:
+            raise usage.UsageError(f"{REFRESH_AUDIENCE} is the audience of refresh tokens")
         self["bcrypt-threads"] = self._integer("bcrypt-threads", 1, 64)
         self["bcrypt-queue"] = self._integer("bcrypt-queue", 0, 100_000)
+        self["bcrypt-per-address"] = self._integer("bcrypt-per-address", 0, 100_000)
+        header = self["client-address-header"].strip().lower()
+        if header not in CLIENT_HEADERS:
+            accepted = ", ".join(CLIENT_HEADERS)
+            raise usage.UsageError(
+                f"{self.source('client-address-header')} must be one of {accepted}"
+            )
+        self["client-address-header"] = header
         self["max-failures-per-account"] = self._integer("max-failures-per-account", 0, 1000)
         self["max-failures-per-address"] = self._integer("max-failures-per-address", 0, 1000)
         self["failure-window"] = self._integer("failure-window", 1, 86_400)
@@ -182,25 +373,92 @@ class Options(usage.Options):
         self["request-timeout"] = self._integer("request-timeout", 1, 600)
         self["idle-timeout"] = self._integer("idle-timeout", 1, 3600)
         try:
+            self["workers"] = worker_count(str(self["workers"]))
+        except ValueError:
+            raise usage.UsageError(
+                f"{self.source('workers')} must be auto or a whole number from 1 to 256"
+            ) from None
+        if self["redis"]:
+            try:
+                self["redis"] = parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"{self.source('redis')} {e}") from None
+        try:
             self["trusted-proxy"] = parse_networks(self["trusted-proxy"])
         except ValueError as e:
-            raise usage.UsageError(f"--trusted-proxy {e}") from None
+            raise usage.UsageError(f"{self.source('trusted-proxy')} {e}") from None
         if self["kid"] not in KID_FORMS:
-            raise usage.UsageError(f"--kid must be one of {', '.join(KID_FORMS)}")
+            raise usage.UsageError(f"{self.source('kid')} must be one of {', '.join(KID_FORMS)}")
         realm_path = self["realm-path"]
         if not realm_path.startswith("/") or realm_path == "/healthz":
-            raise usage.UsageError("--realm-path must be an absolute URL path other than /healthz")
+            raise usage.UsageError(
+                f"{self.source('realm-path')} must be an absolute URL path other than /healthz"
+            )
         self["listen"] = self._checked_listen(self["listen"])
+        self["metrics"] = self._checked_metrics(self["metrics"])
+        self._check_log_format()
         self.signing_key: SigningKey = self._load_key()
+        self.directory: DirectoryConfig | None = self._directory_config()
         self.loaded_policy: LoadedPolicy = self._load_policy()
+
+    def _directory_config(self) -> DirectoryConfig | None:
+        """The directory to log accounts in with, when --ldap-url names one."""
+        if not self["ldap-url"]:
+            return None
+        if not self["ldap-base"]:
+            raise usage.UsageError(f"{self.source('ldap-url')} needs --ldap-base (a DN)")
+        bind_dn, password_file = self["ldap-bind-dn"], self["ldap-bind-password-file"]
+        if bool(bind_dn) != bool(password_file):
+            raise usage.UsageError(
+                "--ldap-bind-dn and --ldap-bind-password-file go together (without both, "
+                "searches are anonymous)"
+            )
+        try:
+            timeout = float(self["ldap-timeout"])
+        except ValueError:
+            raise usage.UsageError(f"{self.source('ldap-timeout')} must be a number") from None
+        if not 0 < timeout <= 300:
+            raise usage.UsageError(f"{self.source('ldap-timeout')} must be between 0 and 300 s")
+        ca_cert = self["ldap-ca-cert"]
+        if ca_cert and not os.access(ca_cert, os.R_OK):
+            raise usage.UsageError(f"{self.source('ldap-ca-cert')} {ca_cert}: cannot read it")
+        try:
+            password = (
+                read_bind_password(
+                    password_file, allow_loose=bool(self["allow-loose-key-permissions"])
+                )
+                if password_file
+                else None
+            )
+            for dn_option in ("ldap-base", "ldap-bind-dn", "ldap-group-base"):
+                if self[dn_option]:
+                    try:
+                        normalise_dn(self[dn_option])
+                    except DNError as e:
+                        raise ValueError(f"{self.source(dn_option)} is not a DN: {e}") from None
+            return DirectoryConfig(
+                urls=tuple(self["ldap-url"]),
+                base=self["ldap-base"],
+                starttls=bool(self["ldap-starttls"]),
+                ca_cert=ca_cert or None,
+                bind_dn=bind_dn or None,
+                bind_password=password,
+                filter=self["ldap-filter"],
+                group_attribute=self["ldap-group-attribute"],
+                group_base=self["ldap-group-base"] or None,
+                group_filter=self["ldap-group-filter"],
+                timeout=timeout,
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def _integer(self, name: str, low: int, high: int) -> int:
         try:
             value = int(self[name])
         except (TypeError, ValueError):
-            raise usage.UsageError(f"--{name} must be a whole number") from None
+            raise usage.UsageError(f"{self.source(name)} must be a whole number") from None
         if not low <= value <= high:
-            raise usage.UsageError(f"--{name} must be between {low} and {high}")
+            raise usage.UsageError(f"{self.source(name)} must be between {low} and {high}")
         return value
 
     def _checked_listen(self, description: str) -> str:
@@ -219,12 +477,18 @@ class Options(usage.Options):
         if ":lockfile=" not in description:
             description += ":lockfile=1"
         socket_dir = Path(self.socket_path(description)).parent
-        try:
-            socket_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
+        if socket_dir == DEFAULT_SOCKET_DIR:
+            try:
+                socket_dir.mkdir(exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(
+                    f"cannot create socket directory {socket_dir}: {e.strerror}"
+                ) from None
+        elif not socket_dir.is_dir():
             raise usage.UsageError(
-                f"cannot create socket directory {socket_dir}: {e.strerror}"
-            ) from None
+                f"socket directory {socket_dir} does not exist; create it (writable by the "
+                "daemon's user) or choose another --listen"
+            )
         if not os.access(socket_dir, os.W_OK | os.X_OK):
             raise usage.UsageError(f"cannot create the socket in {socket_dir}: not writable")
         if self["socket-group"]:
@@ -233,6 +497,33 @@ class Options(usage.Options):
             except KeyError:
                 raise usage.UsageError(f"no such group {self['socket-group']!r}") from None
         return description
+
+    def _checked_metrics(self, description: str | None) -> str | None:
+        """The metrics endpoint; a UNIX socket gets the token socket's mode and lock file."""
+        if not description:
+            return None
+        try:
+            serverFromString(global_reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(
+                f"{self.source('metrics')} {description!r} is not an endpoint: {e}"
+            ) from None
+        if description.startswith("unix:"):
+            if ":mode=" not in description:
+                description += ":mode=660"
+            if ":lockfile=" not in description:
+                description += ":lockfile=1"
+        return description
+
+    def _check_log_format(self) -> None:
+        log_format = self["log-format"].strip().lower()
+        if log_format not in ("text", "json"):
+            raise usage.UsageError(f"{self.source('log-format')} must be text or json")
+        if log_format == "json" and self.parent is not None and self.parent.get("syslog"):
+            raise usage.UsageError(
+                f"{self.source('log-format')} json writes to --logfile or stdout, not syslog"
+            )
+        self["log-format"] = log_format
 
     @staticmethod
     def socket_path(description: str) -> str:
@@ -259,6 +550,8 @@ class Options(usage.Options):
         if self["dev-cert"]:
             try:
                 self.created_dev_cert = ensure_dev_cert(key_path, cert_path)
+            except DanglingLinkError as e:
+                raise usage.UsageError(f"--dev-cert: {e}") from None
             except OSError as e:
                 raise usage.UsageError(
                     f"cannot create a development key at {key_path}: {e}"
@@ -293,25 +586,134 @@ class _Site(Site):
         pass
 
 
-class _SocketGroup(Service):
-    """Hands the listening UNIX socket to a group (e.g. www-data) once it exists."""
+class _StartUpFailure:
+    """Ends start-up with one logged sentence and exit status 1.
 
-    def __init__(self, path: str, gid: int) -> None:
-        self._path = path
-        self._gid = gid
+    An exception out of a service's start reaches twistd, which logs it with a traceback. This
+    is called from privilegedStartService, before any thread starts, so the process can simply
+    exit; but a daemonising twistd's first process waits on a status pipe for "0" (started) or
+    "1 <reason>" (failed), which twistd writes only for an exception, so it is written here (after
+    removing the pid file, as twistd does on a failed start: the waiting process exits at once).
+    """
 
-    def startService(self) -> None:
-        super().startService()
-        os.chown(self._path, -1, self._gid)
+    def __init__(self, twistd_config: Mapping[str, Any] | None) -> None:
+        self._config: Mapping[str, Any] = twistd_config or {}
+
+    def __call__(self, log: Logger, sentence: str, **fields: Any) -> NoReturn:
+        log.critical(sentence, **fields)
+        pidfile = self._config.get("pidfile")
+        if pidfile:
+            with suppress(OSError):
+                if Path(pidfile).read_text().strip() == str(os.getpid()):
+                    os.remove(pidfile)
+        status_pipe = self._config.get("statusPipe")
+        if status_pipe is not None:
+            text = formatEvent({"log_format": sentence, **fields})
+            os.write(status_pipe, b"1 " + text.encode("ascii", "backslashreplace")[:98])
+            os.close(status_pipe)
+        raise SystemExit(1)
 
 
-class _Announcer(Service):
-    """Logs where the daemon listens once everything before it has started."""
+class _Listener(Service):
+    """The strports listener, with a failed bind (port in use, socket locked by another daemon,
+    no permission) reported as one sentence instead of twistd's traceback."""
 
     log = Logger()
 
-    def __init__(self, options: Options) -> None:
+    def __init__(
+        self, description: str, factory: Site, reactor: Any, failed: _StartUpFailure
+    ) -> None:
+        self.description = description
+        self.factory = factory
+        self._failed = failed
+        self._listening = strports.service(description, cast(Any, factory), reactor=reactor)
+        self._privileged = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._privileged = True
+        try:
+            self._listening.privilegedStartService()
+        except CannotListenError as e:
+            self._failed(self.log, "cannot listen on {address}: {reason}", **_bind_failure(e))
+
+    def startService(self) -> None:
+        if not self._privileged:
+            self.privilegedStartService()
+        super().startService()
+        self._listening.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self._listening.stopService()
+
+    def port(self) -> IListeningPort:
+        """The bound port, once privilegedStartService has run (for --workers to hand on)."""
+        bound: list[IListeningPort] = []
+
+        def keep(port: IListeningPort) -> IListeningPort:
+            bound.append(port)
+            return port
+
+        waiting: Any = self._listening._waitingForPort
+        waiting.addCallback(keep)
+        return bound[0]
+
+
+def _bind_failure(error: CannotListenError) -> dict[str, str]:
+    """The address and a readable reason of a failed listen."""
+    reason = error.socketError
+    if error.interface is not None:
+        address = f"TCP port {error.port} of {error.interface or 'all interfaces'}"
+    else:
+        path = os.fsdecode(error.port)
+        address = f"UNIX socket {path}"
+        if reason == "Cannot acquire lock":
+            return {
+                "address": address,
+                "reason": f"another process (another tokend?) holds its lock {path}.lock",
+            }
+    if isinstance(reason, OSError) and reason.strerror:
+        return {"address": address, "reason": reason.strerror}
+    return {"address": address, "reason": str(reason)}
+
+
+class _SocketGroup(Service):
+    """Hands the listening UNIX socket to a group (e.g. www-data) once it exists: in
+    privilegedStartService, before twistd gives up root (--uid) and before any thread starts."""
+
+    log = Logger()
+
+    def __init__(self, path: str, group: str, gid: int, failed: _StartUpFailure) -> None:
+        self._path = path
+        self._group = group
+        self._gid = gid
+        self._failed = failed
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            os.chown(self._path, -1, self._gid)
+        except OSError as e:
+            self._failed(
+                self.log,
+                "cannot give the socket {path} to group {group}: {reason}; the daemon's user "
+                "must be a member of {group} (or start as root)",
+                path=self._path,
+                group=self._group,
+                reason=e.strerror,
+            )
+
+
+class _Announcer(Service):
+    """Logs where the daemon listens, and what policy it serves, once everything before it has
+    started."""
+
+    log = Logger()
+
+    def __init__(self, options: Options, holder: PolicyHolder) -> None:
         self._options = options
+        self._holder = holder
 
     def startService(self) -> None:
         super().startService()
@@ -326,6 +728,42 @@ class _Announcer(Service):
             kid=key.kid,
             x5c=self._options.cert_used is not None,
         )
+        policy = self._holder.current
+        self.log.info(
+            "policy generation {generation}: {users} users, {groups} groups, anonymous "
+            "{anonymous_mode} of {anonymous_names} names and patterns, anonymous catalog "
+            "{anonymous_catalog}",
+            generation=self._holder.generation,
+            users=len(policy.users),
+            groups=len(policy.groups),
+            anonymous_mode="blacklist" if policy.anonymous.blacklist else "whitelist",
+            anonymous_names=len(policy.anonymous.repositories),
+            anonymous_catalog="on" if policy.anonymous.catalog else "off",
+        )
+        directory = self._options.directory
+        if directory is not None:
+            self.log.info(
+                "directory accounts: {urls}, accounts under {base} by {filter}, groups by "
+                "{groups}, service account {bind_dn}",
+                urls=list(directory.urls),
+                base=directory.base,
+                filter=directory.filter,
+                groups=(
+                    f"search under {directory.group_base}"
+                    if directory.group_base
+                    else f"attribute {directory.group_attribute}"
+                ),
+                bind_dn=directory.bind_dn or "(anonymous)",
+            )
+        for network in self._options["trusted-proxy"]:
+            if network.prefixlen == 0:
+                self.log.warn(
+                    "{option} {network} trusts every TCP peer as a proxy: every client can then "
+                    "choose its own address for throttling (X-Real-IP, X-Forwarded-For); name "
+                    "only your proxies' addresses",
+                    option=self._options.source("trusted-proxy"),
+                    network=str(network),
+                )
         if self._options.created_dev_cert:
             self.log.warn(
                 "created a development key {key} and certificate {cert}: give the registry "
@@ -341,8 +779,72 @@ class _Announcer(Service):
             )
 
 
-def makeService(options: Options, reactor: Any = global_reactor) -> MultiService:
-    root = MultiService()
+def _metrics(
+    registry: CollectorRegistry | None,
+    options: Options,
+    holder: PolicyHolder,
+    credential_cache: CredentialCache,
+    bcrypt_queue: BoundedWorkers,
+) -> RequestMetrics:
+    """The realm's instruments and the state read at scrape time, on ``registry``; with no
+    registry (no --metrics) nothing is counted, and requests pay nothing for it."""
+    if registry is None:
+        return NO_METRICS
+    metrics = Metrics(registry)
+    process_collectors(registry)
+    registry.register(
+        ServiceState(
+            holder,
+            credential_cache=credential_cache,
+            queue=bcrypt_queue,
+            certificate_expiry=certificate_expiry(options.signing_key),
+        )
+    )
+    return metrics
+
+
+class _DirectoryConnection(Service):
+    """Closes the directory's service-account connection when the daemon stops."""
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self._directory.close()
+
+
+def _directory_accounts(
+    options: Options,
+    reactor: Any,
+    holder: PolicyHolder,
+    cache: CredentialCache,
+    root: MultiService,
+) -> DirectoryAccounts | None:
+    """Directory logins for names users.json does not hold, when --ldap-url is given."""
+    config = options.directory
+    if config is None:
+        return None
+    directory = Directory(config, reactor)
+    _DirectoryConnection(directory).setServiceParent(root)
+    return DirectoryAccounts(
+        directory,
+        DirectoryUnavailable,
+        lambda: holder.current,
+        cache,
+        reactor.seconds,
+        retry_after=config.timeout,
+    )
+
+
+def makeService(
+    options: Options, reactor: Any = global_reactor, worker: WorkerSetup | None = None
+) -> MultiService:
+    """The daemon's tree; with --workers N > 1 the parent's (the socket, the supervisor), and
+    with ``worker`` one worker's (the same tree, serving the socket the parent bound)."""
+    if worker is None and options["workers"] > 1:
+        return _supervisor_tree(options, reactor)
+    root = LoggingRoot(observer_for_format(options["log-format"], options.parent))
     bcrypt_pool = WorkerPool(reactor, options["bcrypt-threads"], "tokend-bcrypt")
     bcrypt_pool.setServiceParent(root)
     reload_pool = WorkerPool(reactor, 1, "tokend-reload")
@@ -351,22 +853,40 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
     bcrypt_queue = BoundedWorkers(
         bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
     )
+    credential_cache = CredentialCache(
+        ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
+    )
+    registry = CollectorRegistry() if options["metrics"] is not None else None
+    metrics = _metrics(registry, options, holder, credential_cache, bcrypt_queue)
+    throttle = LoginThrottle(
+        per_account=options["max-failures-per-account"],
+        per_address=options["max-failures-per-address"],
+        window=options["failure-window"],
+    )
+    if worker is not None:
+        worker.attach(throttle)
+    elif options["redis"]:
+        _redis(options, reactor, lambda news: throttle.learn(news, reactor.seconds())).attach(
+            throttle, root
+        )
     api = TokenAPI(
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
         tokens=TokenIssuer(options.signing_key, options["issuer"], options["token-ttl"]),
+        refresh_tokens=RefreshTokens(
+            options.signing_key, options["issuer"], options["refresh-token-ttl"]
+        ),
         services=options["service"],
         clock=reactor,
         realm_path=options["realm-path"],
-        throttle=LoginThrottle(
-            per_account=options["max-failures-per-account"],
-            per_address=options["max-failures-per-address"],
-            window=options["failure-window"],
+        throttle=throttle,
+        credential_cache=credential_cache,
+        trusted_proxies=TrustedProxies(
+            networks=options["trusted-proxy"], header=options["client-address-header"]
         ),
-        credential_cache=CredentialCache(
-            ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
-        ),
-        trusted_proxies=TrustedProxies(networks=options["trusted-proxy"]),
+        in_flight=InFlight(options["bcrypt-per-address"]),
+        directory=_directory_accounts(options, reactor, holder, credential_cache, root),
+        metrics=metrics,
     )
     site = _Site(api.resource(), reactor=reactor)
     limit_connections(
@@ -378,16 +898,79 @@ def makeService(options: Options, reactor: Any = global_reactor) -> MultiService
         ),
     )
     site.displayTracebacks = False
-    listener = strports.service(options["listen"], cast(Any, site), reactor=reactor)
-    listener.setServiceParent(root)
-    if options.get("socket-gid") is not None:
+    failed = _StartUpFailure(options.parent)
+    if worker is not None:
+        AdoptedListener(worker.listen_fd, worker.family, site, reactor).setServiceParent(root)
+    else:
+        _Listener(options["listen"], site, reactor, failed).setServiceParent(root)
+    if options.get("socket-gid") is not None and worker is None:
         socket_path = Options.socket_path(options["listen"])
-        _SocketGroup(socket_path, options["socket-gid"]).setServiceParent(root)
+        group = _SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
+        group.setServiceParent(root)
+    if registry is not None and worker is not None:
+        worker.expose(registry)  # the parent serves every worker's metrics
+    elif registry is not None:
+        metrics_site = _Site(metrics_resource(registry), reactor=reactor)
+        _Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
     config_dir = Path(options["config-dir"])
     reloader = PolicyReloader(config_dir, holder, reactor, reload_pool)
     PolicyWatchService(
         config_dir, reloader.reload, reactor, poll=bool(options["poll"])
     ).setServiceParent(root)
-    _Announcer(options).setServiceParent(root)
+    if worker is None:
+        _Announcer(options, holder).setServiceParent(root)
     keep_out_of_gc()
+    return root
+
+
+def _redis(options: Options, reactor: Any, sink: Callable[[News], None]) -> RedisFailures:
+    return RedisFailures(
+        options["redis"],
+        sink=sink,
+        per_account=options["max-failures-per-account"],
+        per_address=options["max-failures-per-address"],
+        window=options["failure-window"],
+        reactor=reactor,
+    )
+
+
+def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
+    """--workers N: the parent binds the socket (one sentence if it cannot), gives it its
+    group, and runs the workers; it serves nothing itself and loads no thread pool. The
+    workers' log lines come finished, for it to write (or as events under --syslog/--logger)."""
+    log = parent_log(options["log-format"], options.parent, event_as_json)
+    root = LoggingRoot(
+        log if log is not None else observer_for_format(options["log-format"], options.parent)
+    )
+    failed = _StartUpFailure(options.parent)
+    listener = _Listener(options["listen"], Site(Resource()), reactor, failed)
+    listener.setServiceParent(root)
+    if options.get("socket-gid") is not None:
+        socket_path = Options.socket_path(options["listen"])
+        group = _SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
+        group.setServiceParent(root)
+    store: list[RedisFailures] = []
+    supervisor = Supervisor(
+        count=options["workers"],
+        argv=options.argv,
+        port=listener.port,
+        reactor=reactor,
+        failed=failed,
+        relay=lambda news: store[0].record(news) if store else None,
+        log=log,
+        log_format=options["log-format"],
+    )
+    supervisor.setServiceParent(root)
+    if options["metrics"] is not None:
+        registry = CollectorRegistry()
+        process_collectors(registry)
+        registry.register(SupervisorState(supervisor))
+        metrics_site = _Site(workers_metrics_resource(registry, supervisor), reactor=reactor)
+        _Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
+    if options["redis"]:
+        redis = _redis(options, reactor, supervisor.broadcast)
+        redis.setServiceParent(root)
+        store.append(redis)
+    holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
+    _Announcer(options, holder).setServiceParent(root)
     return root
