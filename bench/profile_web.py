@@ -5,7 +5,8 @@
 Builds the daemon's real ``Site`` with ``tokend.tap.makeService`` (the same options, policy and
 key as a daemon) and feeds it requests through an in-memory transport: no sockets, no reactor
 and no load generator compete, so the figure is the CPU cost of one request on the reactor
-thread. Logging goes to a text file as under ``twistd --logfile``.
+thread. Logging goes to a text file as under ``twistd --logfile``, written by the daemon's
+text observer (``tokend.text_log``).
 
 Then it measures "what if" variants by switching parts off at run time, interleaved in rounds
 (the minimum per variant is kept, which filters out other processes' noise):
@@ -14,6 +15,8 @@ Then it measures "what if" variants by switching parts off at run time, interlea
                   tokend's Site dropped it (what dropping it saved);
   no-issued-log   the ``issued …`` event of ``TokenAPI`` not emitted;
   no-log-file     events still emitted, but the file observer does nothing;
+  twisted-text    Twisted's own ``textFileLogObserver`` (what twistd installed before
+                  ``tokend.text_log``; the same bytes);
   json-log        a ``jsonFileLogObserver`` instead of the text one;
   no-klein        the route coroutine called from a plain ``Resource`` (no Klein/werkzeug
                   routing, no Klein response handling);
@@ -53,7 +56,7 @@ from twisted.logger import (
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from tokend import web
+from tokend import text_log, web
 from tokend.tap import Options, makeService
 
 REQUEST = (
@@ -66,6 +69,7 @@ VARIANTS = (
     "no-issued-log",
     "access-log+no-issued-log",
     "no-log-file",
+    "twisted-text",
     "json-log",
     "no-klein",
     "no-klein+no-issued-log",
@@ -83,7 +87,7 @@ class Bench:
         key_path, cert_path = write_key_pair(root)
         self.text_log = (root / "tokend.log").open("w")
         self.json_log = (root / "tokend.json").open("w")
-        self.observer: Callable[[Any], None] = textFileLogObserver(self.text_log)
+        self.observer: Callable[[Any], None] = text_log.observer_to(self.text_log)
         globalLogBeginner.beginLoggingTo([lambda event: self.observer(event)], False, False)
         options = Options(environ={})
         options.parseOptions(
@@ -130,8 +134,10 @@ class Bench:
             self.observer = lambda event: None
         elif "json-log" in parts:
             self.observer = jsonFileLogObserver(self.json_log)
-        else:
+        elif "twisted-text" in parts:
             self.observer = textFileLogObserver(self.text_log)
+        else:
+            self.observer = text_log.observer_to(self.text_log)
 
     def one(self) -> None:
         self.protocol.dataReceived(REQUEST)
