@@ -141,7 +141,9 @@ def events(draw: st.DrawFn) -> LogEvent:
     if draw(st.integers(0, 9)):
         event["log_level"] = draw(st.sampled_from([*LogLevel.iterconstants(), None]))
     if not draw(st.integers(0, 9)):
-        event["log_system"] = draw(st.sampled_from(["-", "HTTPChannel,0,127.0.0.1", None]))
+        event["log_system"] = draw(
+            st.one_of(st.text(max_size=8), st.sampled_from(["tokend.web#info pid 7", None, 3]))
+        )
     for name in FIELD_NAMES[:-1]:
         if draw(st.integers(0, 4)):
             event[name] = draw(VALUES)
@@ -188,6 +190,10 @@ def test_the_realms_issued_and_refused_events_are_written_as_twisted_writes_them
             headers={b"Content-Type": [b"application/x-www-form-urlencoded"]},
         )
     lines = [assert_same(event) for event in events]
+    for event in events:  # as a worker marks its events for the parent's log
+        system = f"{event['log_namespace']}#{event['log_level'].name} pid 42"
+        marked = assert_same({**event, "log_system": system, "worker_pid": 42})
+        assert marked.split(" ", 1)[1].startswith("[tokend.web.TokenAPI#info pid 42] ")
     outcomes = [event.get("outcome") for event in events]
     assert outcomes.count("issued") == 2 and len(events) >= 8
     assert lines[1].endswith(

@@ -9,8 +9,9 @@ format, ``%Y-%m-%dT%H:%M:%S%z``, has no sub-seconds) and the ``[namespace#level]
 
 Only the plain case takes the short way: a dict event whose format is a ``str`` of ``{name}``
 fields without a conversion, a format spec, attribute or index access or ``()`` call, with no
-``log_system``, ``log_failure`` or ``log_flattened``. Each field is then ``format(value, "")``,
-which is what Twisted's formatter does with it too. Anything else, and anything that raises on
+``log_failure`` or ``log_flattened``, and a ``log_system`` (if any) that is a ``str``, as a
+worker's ``namespace#level pid N`` is. Each field is then ``format(value, "")``, which is what
+Twisted's formatter does with it too. Anything else, and anything that raises on
 the way, is handed to Twisted's own ``formatEventAsClassicLogText``, so the line (or the
 exception) is Twisted's. A field whose ``__format__`` raises is therefore formatted twice; one
 whose ``__format__`` has side effects could tell.
@@ -109,12 +110,7 @@ class _Twisted(Exception):
 
 def _line(event: LogEvent) -> str | None:
     """The short way, or :class:`_Twisted` where it does not apply."""
-    if (
-        type(event) is not dict
-        or "log_failure" in event
-        or "log_system" in event
-        or "log_flattened" in event
-    ):
+    if type(event) is not dict or "log_failure" in event or "log_flattened" in event:
         raise _Twisted
     log_format = event.get("log_format")
     if log_format is None:
@@ -138,11 +134,18 @@ def _line(event: LogEvent) -> str | None:
     text = "".join(parts)
     if not text:
         return None
-    namespace = event.get("log_namespace", "-")
-    level = event.get("log_level")
-    if type(namespace) is not str or (level is not None and type(level) is not _CONSTANT):
+    system = event.get("log_system")
+    if system is None:
+        namespace = event.get("log_namespace", "-")
+        level = event.get("log_level")
+        if type(namespace) is not str or (level is not None and type(level) is not _CONSTANT):
+            raise _Twisted
+        system = _system(namespace, level)
+    elif type(system) is str:
+        system = "[" + system + "] "
+    else:
         raise _Twisted
-    line = _time_stamp(event.get("log_time")) + " " + _system(namespace, level) + text
+    line = _time_stamp(event.get("log_time")) + " " + system + text
     if "\n" in line:
         line = line.replace("\n", "\n\t")
     return line + "\n"
