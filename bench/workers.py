@@ -8,8 +8,10 @@ Each configuration is a real ``twistd registry-token`` (throttling off, as in be
 machine's cores: on a 2-core machine, the load generator takes part of the CPU the workers would
 use). The daemon rows list ``--workers``; the nginx row is two single-worker daemons on UNIX
 sockets behind one nginx worker (the multi-replica shape, on one machine). The goal: 2 workers
-at least 1.5 times 1 worker. Prints a table and the ratio; it never fails on timing, only if wrk is
-missing or a daemon does not start.
+at least 1.5 times 1 worker. Prints a table and the ratio, and for each ``--workers`` above 1
+the CPU time the first process (the supervisor, which writes the workers' log lines) spent
+during the measured run; it never fails on timing, only if wrk is missing or a daemon does not
+start.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def main() -> int:
     cpus = os.cpu_count() or 1
     counts = sorted({1, 2, cpus})
     rows: list[Row] = []
+    parent_cpu: list[str] = []
     with harness.temporary_directory() as root:
         config = root / "config"
         harness.write_bench_policy(config, cost=4)
@@ -99,8 +102,17 @@ def main() -> int:
             ) as running:  # fmt: skip
                 _all_workers_ready(running)
                 wrk(port, args.warmup, args.connections, args.threads)
+                before = _cpu_seconds(running.pid)
                 row = wrk(port, args.duration, args.connections, args.threads)
                 rows.append(Row(f"1 daemon, --workers {count}", *_values(row)))
+                if count > 1:
+                    spent = _cpu_seconds(running.pid) - before
+                    requests = row.requests_per_second * args.duration
+                    parent_cpu.append(
+                        f"--workers {count}: first process {spent:.2f} s CPU in "
+                        f"{args.duration:g} s ({100 * spent / args.duration:.1f} % of a core, "
+                        f"{1e6 * spent / max(requests, 1):.0f} us per request)"
+                    )
         if harness.nginx_available():
             with (
                 harness.daemon(root, "a", config=config, key_pair=key_pair, extra=limits) as a,
@@ -120,6 +132,8 @@ def main() -> int:
             f"{row.name:<28} {row.requests_per_second:>9.0f} {row.p50_ms:>8.2f} "
             f"{row.p99_ms:>8.2f}  {row.errors}"
         )
+    for line in parent_cpu:
+        print(line)
     one = next(r for r in rows if r.name.endswith("--workers 1"))
     two = next(r for r in rows if r.name.endswith("--workers 2"))
     ratio = two.requests_per_second / one.requests_per_second
@@ -135,6 +149,12 @@ def _all_workers_ready(running: harness.Daemon) -> None:
         if time.monotonic() > deadline:
             raise harness.StartFailed("the workers did not all start in 60 s")
         time.sleep(0.05)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of one process (not its children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _values(row: Row) -> tuple[float, float, float, str]:
