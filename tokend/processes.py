@@ -52,10 +52,7 @@ from twisted.logger import (
     Logger,
     eventFromJSON,
     formatEvent,
-    formatEventAsClassicLogText,
-    formatTime,
     globalLogPublisher,
-    timeFormatRFC3339,
 )
 from twisted.python.compat import ioType
 from twisted.python.failure import Failure
@@ -63,6 +60,7 @@ from twisted.python.logfile import LogFile
 
 from tokend.login.shared_failures import news_from_wire, news_to_wire
 from tokend.login.throttle import News
+from tokend.text_log import format_text_line
 
 MAX_FRAME = 16 * 1024 * 1024
 """One message at most (a log event with a long policy error, an exposition, fit)."""
@@ -158,8 +156,9 @@ class Framed(TwistedProtocol):
 
 
 def text_line(event: LogEvent) -> str | None:
-    """The line twistd's own text observer (``textFileLogObserver``) writes for ``event``."""
-    return formatEventAsClassicLogText(event, lambda when: formatTime(when, timeFormatRFC3339))
+    """The line twistd's own text observer (``textFileLogObserver``) writes for ``event``,
+    by :func:`tokend.text_log.format_text_line` (the same bytes, computed faster)."""
+    return format_text_line(event)
 
 
 def marked(event: LogEvent, pid: int) -> LogEvent:
