@@ -56,11 +56,10 @@ from twisted.logger import (
 )
 from twisted.python.compat import ioType
 from twisted.python.failure import Failure
-from twisted.python.logfile import LogFile
 
 from tokend.login.shared_failures import news_from_wire, news_to_wire
 from tokend.login.throttle import News
-from tokend.text_log import format_text_line
+from tokend.text_log import format_text_line, log_file_for
 
 MAX_FRAME = 16 * 1024 * 1024
 """One message at most (a log event with a long policy error, an exposition, fit)."""
@@ -195,23 +194,9 @@ def parent_log(
     config = twistd_config
     if not config or config.get("logger") or config.get("syslog"):
         return None
-    name = config.get("logfile") or ""
-    if name == "-" and not config.get("nodaemon"):
+    if config.get("logfile") == "-" and not config.get("nodaemon"):
         return None  # twistd refuses this with its own sentence
-    out: IO[Any]
-    if name == "-" or (not name and config.get("nodaemon")):
-        out = sys.stdout
-    else:
-        log_file = LogFile.fromFullPath(name or "twistd.log")
-        if not signal.getsignal(signal.SIGUSR1):
-
-            def rotate(signum: int, frame: Any) -> None:
-                from twisted.internet import reactor
-
-                reactor.callFromThread(log_file.rotate)
-
-            signal.signal(signal.SIGUSR1, rotate)
-        out = log_file
+    out: IO[Any] = log_file_for(config)
     return ParentLog(out, format_json if log_format == "json" else text_line)
 
 
