@@ -1,0 +1,114 @@
+"""The realm's own dispatch (TokenAPI.serve_realm, past Klein's URL mapping) keeps Klein's
+semantics: a login whose client goes away is cancelled and frees its share of the bcrypt
+queue, an unexpected error is a logged 500 and never a hung connection, and the answer is
+framed with a Content-Length."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import write_key_pair, write_policy
+from test_hardening_web import HandFiredWorkers
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from tokend.login.passwords import PasswordChecker
+from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
+from tokend.web import FormlessRequest, TokenAPI
+
+SERVICE = "registry.test"
+
+
+class Edge:
+    def __init__(self, tmp_path: Path) -> None:
+        config = tmp_path / "config"
+        write_policy(config, {"alice": ("alice-pw", {"*": ["pull"]})})
+        key_path, cert_path = write_key_pair(tmp_path)
+        self.workers = HandFiredWorkers()
+        self.in_flight = InFlight(4)
+        self.throttle = LoginThrottle(per_account=1, per_address=100, window=300)
+        key = load_signing_key(key_path, cert_path)
+        self.tokens = TokenIssuer(key, "tokend-test", 300)
+        self.api = TokenAPI(
+            policy=PolicyHolder(load_policy(config).policy, 0),
+            passwords=PasswordChecker(self.workers),
+            tokens=self.tokens,
+            services=[SERVICE],
+            clock=Clock(),
+            throttle=self.throttle,
+            in_flight=self.in_flight,
+        )
+        self.site = Site(self.api.resource())
+        self.site.requestFactory = FormlessRequest
+
+    def connect(self, request: bytes) -> tuple[Any, StringTransport]:
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+        protocol = self.site.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        protocol.dataReceived(request)
+        return protocol, transport
+
+
+def get(user: str | None = None) -> bytes:
+    lines = [f"GET /v2/token?service={SERVICE}&scope=repository:a/b:pull HTTP/1.1", "Host: t"]
+    if user is not None:
+        basic = base64.b64encode(f"{user}:alice-pw".encode()).decode()
+        lines.append(f"Authorization: Basic {basic}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Edge:
+    return Edge(tmp_path)
+
+
+def test_a_login_whose_client_left_is_cancelled_and_frees_its_slot(edge: Edge) -> None:
+    protocol, transport = edge.connect(get("alice"))
+    assert len(edge.workers.pending) == 1 and len(edge.in_flight) == 1
+    waiting = edge.workers.pending[0][0]
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert waiting.called  # cancelled: the coroutine saw CancelledError
+    assert len(edge.in_flight) == 0
+    assert transport.value() == b""
+    # Abandoned, not failed: the next login from the account is not throttled.
+    protocol, transport = edge.connect(get("alice"))
+    assert len(edge.workers.pending) == 2
+
+
+def test_a_deferred_answer_is_written_with_its_length(edge: Edge) -> None:
+    _, transport = edge.connect(get("alice"))
+    deferred, function, args = edge.workers.pending[0]
+    deferred.callback(function(*args))
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert body.startswith(b'{"access_token":')
+
+
+def test_an_unexpected_error_is_a_logged_500(edge: Edge, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("signing broke")
+
+    monkeypatch.setattr(edge.tokens, "issue", broken)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _, transport = edge.connect(get())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert transport.value().startswith(b"HTTP/1.1 500 ")
+    assert b"signing broke" not in transport.value()
+    failures = [e for e in events if "log_failure" in e]
+    assert failures and failures[0]["log_failure"].check(RuntimeError)
