@@ -152,6 +152,25 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
+def health_from_many(path: Path, connections: int, at_once: int = 8) -> list[dict[str, Any]]:
+    """/healthz over ``connections`` connections, ``at_once`` of them open together, so that
+    with --workers the waiting workers share them (asked one after another, one idle worker may
+    take them all; too many at once overflow a small listen backlog)."""
+    bodies: list[dict[str, Any]] = []
+    while len(bodies) < connections:
+        opened = [UnixHTTPConnection(path) for _ in range(min(at_once, connections - len(bodies)))]
+        try:
+            for connection in opened:
+                connection.connect()
+            for connection in opened:
+                connection.request("GET", "/healthz")
+            bodies += [json.loads(connection.getresponse().read()) for connection in opened]
+        finally:
+            for connection in opened:
+                connection.close()
+    return bodies
+
+
 def get_json_over_unix(path: Path, url: str, headers: dict[str, str] | None = None) -> Any:
     connection = UnixHTTPConnection(path)
     try:

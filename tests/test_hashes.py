@@ -198,7 +198,11 @@ def test_the_loader_accepts_exactly_what_bcrypt_accepts_at_each_character(positi
     for char in "$!é":
         candidate = real[:position] + char + real[position + 1 :]
         assert not loads(candidate)
-        assert position > 28 or not bcrypt_accepts(candidate), candidate
+        # A "$" right after the cost is, for about one salt in twenty, read by bcrypt as one
+        # more separator and the salt taken from what follows: bcrypt then accepts the text
+        # (and never matches). The loader refuses it always; only the other two are claimed.
+        if char != "$" or position != 7:
+            assert position > 28 or not bcrypt_accepts(candidate), candidate
 
 
 def test_costs_outside_4_to_31_and_unknown_prefixes_are_refused() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from e2e.conftest import _require
 from e2e.stack import Stack, launch_stack, missing_binaries, new_stack, wait_until
-from support import UnixHTTPConnection
+from support import health_from_many
 
 pytestmark = pytest.mark.e2e
 
@@ -40,22 +40,16 @@ def worker_pids(stack: Stack) -> set[int]:
 
 
 def health_by_pid(stack: Stack, connections: int = 40) -> dict[int, Any]:
-    seen: dict[int, Any] = {}
-    for _ in range(connections):
-        connection = UnixHTTPConnection(stack.tokend_socket, timeout=5)
-        try:
-            connection.request("GET", "/healthz")
-            body = json.loads(connection.getresponse().read())
-        finally:
-            connection.close()
-        seen[body["pid"]] = body
-    return seen
+    return {body["pid"]: body for body in health_from_many(stack.tokend_socket, connections)}
 
 
 def test_push_and_pull_through_two_workers(workers_stack: Stack) -> None:
     stack = workers_stack
     wait_until(lambda: len(worker_pids(stack)) == 2, "two workers")
-    assert set(health_by_pid(stack)) == worker_pids(stack)
+    wait_until(
+        lambda: set(health_by_pid(stack)) == worker_pids(stack),
+        "both workers serving (the second may still be starting)",
+    )
     for number in range(3):  # one token request per operation: both workers get some
         image = stack.new_image()
         pushed = stack.push(image, f"workers/app{number}", "bar:bar")
