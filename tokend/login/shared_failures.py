@@ -193,6 +193,7 @@ class RedisFailures(Service):
         self._origin = os.urandom(8).hex()
         self._commands: Any = None
         self._subscriber: Any = None
+        self._subscribed = False
         self.available = False
         self._outage_logged = False
 
@@ -222,6 +223,14 @@ class RedisFailures(Service):
             maxDelay = MAX_RECONNECT_DELAY
             initialDelay = 0.2
 
+            def addConnection(self, conn: Any) -> None:
+                super().addConnection(conn)
+                store._connections_changed()
+
+            def delConnection(self, conn: Any) -> None:
+                super().delConnection(conn)
+                store._unreachable(ConnectionError("connection lost"))
+
         class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
             def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
                 store._message(message)
@@ -235,11 +244,12 @@ class RedisFailures(Service):
                 super().addConnection(conn)
                 if conn.connected:
                     conn.subscribe(CHANNEL).addCallbacks(
-                        lambda _: store._reachable(), lambda f: store._unreachable(f.value)
+                        lambda _: store._subscription(True), lambda f: store._unreachable(f.value)
                     )
 
             def delConnection(self, conn: Any) -> None:
                 super().delConnection(conn)
+                store._subscription(False)
                 store._unreachable(ConnectionError("connection lost"))
 
         address = self._address
@@ -308,7 +318,20 @@ class RedisFailures(Service):
         self._run(self._commands.handler.eval(SUCCEEDED_SCRIPT, keys, [CHANNEL, message]))
 
     def _run(self, running: Any) -> None:
-        running.addCallbacks(lambda _: self._reachable(), lambda f: self._unreachable(f.value))
+        running.addCallbacks(
+            lambda _: self._connections_changed(), lambda f: self._unreachable(f.value)
+        )
+
+    def _subscription(self, subscribed: bool) -> None:
+        self._subscribed = subscribed
+        self._connections_changed()
+
+    def _connections_changed(self) -> None:
+        """Shared again only once both connections are back: commands alone would count our
+        failures in Redis while we still miss everyone else's news."""
+        commands = self._commands
+        if self._subscribed and commands is not None and commands.size:
+            self._reachable()
 
     def _message(self, message: Any) -> None:
         try:
