@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from e2e.conftest import _require
 from e2e.stack import Stack, launch_stack, missing_binaries, new_stack
-from ldap_server import BASE, PASSWORD, SERVICE_DN, Slapd, group_dn, start_slapd
+from ldap_server import BASE, PASSWORD, SERVICE_DN, Slapd, group_dn
 
 pytestmark = pytest.mark.e2e
 
@@ -23,23 +23,15 @@ GROUPS = {
 
 
 @pytest.fixture(scope="module")
-def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
-    server = start_slapd(tmp_path_factory.mktemp("e2e-slapd"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def directory_stack(tmp_path_factory: pytest.TempPathFactory, directory: Slapd) -> Iterator[Stack]:
+def directory_stack(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd) -> Iterator[Stack]:
+    """Against the session's slapd (tests/ldap_server.py): this module only reads from it."""
     _require(missing_binaries(), "docker-registry nginx skopeo")
     running = new_stack(
         tmp_path_factory.mktemp("directory"),
         tokend_args=(
-            *("--ldap-url", directory.url, "--ldap-base", BASE),
+            *("--ldap-url", slapd.url, "--ldap-base", BASE),
             *("--ldap-bind-dn", SERVICE_DN),
-            *("--ldap-bind-password-file", str(directory.bind_password_file)),
+            *("--ldap-bind-password-file", str(slapd.bind_password_file)),
         ),
     )
     try:
@@ -66,7 +58,7 @@ def test_a_musician_pushes_and_pulls_what_his_groups_allow(directory_stack: Stac
 
 
 def test_a_philosopher_and_a_wrong_password_are_refused(
-    directory_stack: Stack, directory: Slapd
+    directory_stack: Stack, slapd: Slapd
 ) -> None:
     stack = directory_stack
     for creds in (f"kant:{PASSWORD}", "mozart:not-his-password", "mozart:"):
@@ -76,7 +68,7 @@ def test_a_philosopher_and_a_wrong_password_are_refused(
     log = (stack.root / "tokend.log").read_text()
     assert "refused" in log and "kant" in log
     assert "not-his-password" not in log
-    assert directory.bind_password.decode() not in log
+    assert slapd.bind_password.decode() not in log
 
 
 def test_users_json_accounts_work_next_to_the_directory(directory_stack: Stack) -> None:
