@@ -12,8 +12,9 @@ from support import parsed_options, write_key_pair, write_policy
 from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 
+from tokend.daemon import Announcer
 from tokend.policy.holder import PolicyHolder
-from tokend.tap import Options, _Announcer
+from tokend.tap import Options
 
 
 def parsed(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Options:
@@ -96,7 +97,7 @@ def test_the_default_socket_directory_is_created(
 def announce(options: Options, holder: PolicyHolder | None = None) -> list[dict[str, Any]]:
     holder = holder or PolicyHolder(options.loaded_policy.policy, 0.0)
     with capturedLogs() as events:
-        _Announcer(options, holder).startService()
+        Announcer(options, holder).startService()
     return list(events)
 
 

@@ -1,0 +1,237 @@
+"""The daemon's own services, built by :func:`tokend.tap.makeService`: the listener that reports
+a failed bind in one sentence, the socket's group, the start-up announcement of what is served,
+and the directory connection's closing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, cast
+
+from twisted.application import strports
+from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger, formatEvent
+from twisted.web.server import Site
+
+from tokend.login.directory import Directory
+from tokend.policy.holder import PolicyHolder
+
+if TYPE_CHECKING:
+    from tokend.tap import Options
+
+
+class QuietSite(Site):
+    """A Site without Twisted's access-log line: every request already logs one structured
+    event (issued or refused, with account, client and scopes), and the second line cost a
+    sixth of a request's CPU time."""
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class StartUpFailure:
+    """Ends start-up with one logged sentence and exit status 1.
+
+    An exception out of a service's start reaches twistd, which logs it with a traceback. This
+    is called from privilegedStartService, before any thread starts, so the process can simply
+    exit; but a daemonising twistd's first process waits on a status pipe for "0" (started) or
+    "1 <reason>" (failed), which twistd writes only for an exception, so it is written here (after
+    removing the pid file, as twistd does on a failed start: the waiting process exits at once).
+    """
+
+    def __init__(self, twistd_config: Mapping[str, Any] | None) -> None:
+        self._config: Mapping[str, Any] = twistd_config or {}
+
+    def __call__(self, log: Logger, sentence: str, **fields: Any) -> NoReturn:
+        log.critical(sentence, **fields)
+        pidfile = self._config.get("pidfile")
+        if pidfile:
+            with suppress(OSError):
+                if Path(pidfile).read_text().strip() == str(os.getpid()):
+                    os.remove(pidfile)
+        status_pipe = self._config.get("statusPipe")
+        if status_pipe is not None:
+            text = formatEvent({"log_format": sentence, **fields})
+            os.write(status_pipe, b"1 " + text.encode("ascii", "backslashreplace")[:98])
+            os.close(status_pipe)
+        raise SystemExit(1)
+
+
+class Listener(Service):
+    """The strports listener, with a failed bind (port in use, socket locked by another daemon,
+    no permission) reported as one sentence instead of twistd's traceback."""
+
+    log = Logger()
+
+    def __init__(
+        self, description: str, factory: Site, reactor: Any, failed: StartUpFailure
+    ) -> None:
+        self.description = description
+        self.factory = factory
+        self._failed = failed
+        self._listening = strports.service(description, cast(Any, factory), reactor=reactor)
+        self._privileged = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._privileged = True
+        try:
+            self._listening.privilegedStartService()
+        except CannotListenError as e:
+            self._failed(self.log, "cannot listen on {address}: {reason}", **bind_failure(e))
+
+    def startService(self) -> None:
+        if not self._privileged:
+            self.privilegedStartService()
+        super().startService()
+        self._listening.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self._listening.stopService()
+
+    def port(self) -> IListeningPort:
+        """The bound port, once privilegedStartService has run (for --workers to hand on)."""
+        bound: list[IListeningPort] = []
+
+        def keep(port: IListeningPort) -> IListeningPort:
+            bound.append(port)
+            return port
+
+        waiting: Any = self._listening._waitingForPort
+        waiting.addCallback(keep)
+        return bound[0]
+
+
+def bind_failure(error: CannotListenError) -> dict[str, str]:
+    """The address and a readable reason of a failed listen."""
+    reason = error.socketError
+    if error.interface is not None:
+        address = f"TCP port {error.port} of {error.interface or 'all interfaces'}"
+    else:
+        path = os.fsdecode(error.port)
+        address = f"UNIX socket {path}"
+        if reason == "Cannot acquire lock":
+            return {
+                "address": address,
+                "reason": f"another process (another tokend?) holds its lock {path}.lock",
+            }
+    if isinstance(reason, OSError) and reason.strerror:
+        return {"address": address, "reason": reason.strerror}
+    return {"address": address, "reason": str(reason)}
+
+
+class SocketGroup(Service):
+    """Hands the listening UNIX socket to a group (e.g. www-data) once it exists: in
+    privilegedStartService, before twistd gives up root (--uid) and before any thread starts."""
+
+    log = Logger()
+
+    def __init__(self, path: str, group: str, gid: int, failed: StartUpFailure) -> None:
+        self._path = path
+        self._group = group
+        self._gid = gid
+        self._failed = failed
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            os.chown(self._path, -1, self._gid)
+        except OSError as e:
+            self._failed(
+                self.log,
+                "cannot give the socket {path} to group {group}: {reason}; the daemon's user "
+                "must be a member of {group} (or start as root)",
+                path=self._path,
+                group=self._group,
+                reason=e.strerror,
+            )
+
+
+class Announcer(Service):
+    """Logs where the daemon listens, and what policy it serves, once everything before it has
+    started."""
+
+    log = Logger()
+
+    def __init__(self, options: Options, holder: PolicyHolder) -> None:
+        self._options = options
+        self._holder = holder
+
+    def startService(self) -> None:
+        super().startService()
+        key = self._options.signing_key
+        self.log.info(
+            "tokend listening on {listen}; issuer {issuer}, services {services}, "
+            "{alg} key kid {kid}, x5c {x5c}",
+            listen=self._options["listen"],
+            issuer=self._options["issuer"],
+            services=self._options["service"],
+            alg=key.alg,
+            kid=key.kid,
+            x5c=self._options.cert_used is not None,
+        )
+        policy = self._holder.current
+        self.log.info(
+            "policy generation {generation}: {users} users, {groups} groups, anonymous "
+            "{anonymous_mode} of {anonymous_names} names and patterns, anonymous catalog "
+            "{anonymous_catalog}",
+            generation=self._holder.generation,
+            users=len(policy.users),
+            groups=len(policy.groups),
+            anonymous_mode="blacklist" if policy.anonymous.blacklist else "whitelist",
+            anonymous_names=len(policy.anonymous.repositories),
+            anonymous_catalog="on" if policy.anonymous.catalog else "off",
+        )
+        directory = self._options.directory
+        if directory is not None:
+            self.log.info(
+                "directory accounts: {urls}, accounts under {base} by {filter}, groups by "
+                "{groups}, service account {bind_dn}",
+                urls=list(directory.urls),
+                base=directory.base,
+                filter=directory.filter,
+                groups=(
+                    f"search under {directory.group_base}"
+                    if directory.group_base
+                    else f"attribute {directory.group_attribute}"
+                ),
+                bind_dn=directory.bind_dn or "(anonymous)",
+            )
+        for network in self._options["trusted-proxy"]:
+            if network.prefixlen == 0:
+                self.log.warn(
+                    "{option} {network} trusts every TCP peer as a proxy: every client can then "
+                    "choose its own address for throttling (X-Real-IP, X-Forwarded-For); name "
+                    "only your proxies' addresses",
+                    option=self._options.source("trusted-proxy"),
+                    network=str(network),
+                )
+        if self._options.created_dev_cert:
+            self.log.warn(
+                "created a development key {key} and certificate {cert}: give the registry "
+                "{cert} as auth.token.rootcertbundle; use your own key pair in production",
+                key=self._options["key"],
+                cert=self._options["cert"],
+            )
+        for warning in self._options.loaded_policy.warnings:
+            self.log.warn("policy warning: {warning}", warning=warning)
+        if self._options.cert_used is None:
+            self.log.warn(
+                "no certificate at {cert}: tokens carry only a kid", cert=self._options["cert"]
+            )
+
+
+class DirectoryConnection(Service):
+    """Closes the directory's service-account connection when the daemon stops."""
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self._directory.close()
