@@ -156,6 +156,27 @@ def test_explain_a_directory_account_no_group_takes(tmp_path: Path) -> None:
     ]
 
 
+def test_explain_spells_a_directory_name_as_the_daemon_does(config_dir: Path) -> None:
+    code, out, _ = run(
+        "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, "Mozart",
+        "repository:mozart/requiem:push",
+    )  # fmt: skip
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == (
+        "directory: 'Mozart' logs in as 'mozart' (names are matched without regard to case)"
+    )
+    assert "repository:mozart/requiem:push  ->  'mozart' gets push (holds pull,push)" in lines
+
+
+def test_explain_refuses_a_users_json_name_in_another_case(config_dir: Path) -> None:
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, "BACH", SCOPES[0]
+    )
+    assert code == 1 and out == ""
+    assert "users.json decides for it" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -360,3 +360,19 @@ async def test_a_name_in_another_case_gets_the_directory_spelling(realm: Realm) 
 async def test_users_json_decides_for_its_names_in_any_case(realm: Realm) -> None:
     status, _, body = await realm.get("BACH", password=PASSWORD)  # bach's directory password
     assert status == 401, body  # not the directory's bach: users.json holds bach
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_token_ends_once_users_json_holds_the_name_in_any_case(
+    realm: Realm,
+) -> None:
+    status, _, body = await realm.get("mozart", scope="lobby/a:pull")
+    assert status == 200, body
+    refresh_token = body["refresh_token"]
+    users = json.loads((realm.config_dir / "users.json").read_text())
+    users["Mozart"] = {"pass_hash": hash_password("file-pw")}
+    (realm.config_dir / "users.json").write_text(json.dumps(users))
+    realm.holder.replace(load_policy(realm.config_dir).policy, reactor.seconds())
+    status, _, body = await realm.refresh(refresh_token, "lobby/a:pull")
+    assert status == 400, body
+    assert "account now in users.json" in body["error_description"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 import bcrypt
 
 from tokend.dn import DNError, normalise_dn
+from tokend.login.identity import directory_spelling
 from tokend.login.passwords import MAX_PASSWORD_BYTES
 from tokend.policy.files import load_policy
 from tokend.policy.model import (
@@ -188,6 +189,19 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
                 "is never asked for it\n"
             )
     elif account is not None:
+        spelled = directory_spelling(account, policy)
+        if spelled is None:
+            raise CommandError(
+                f"{account!r} is not in users.json, which holds the name in another case: "
+                "users.json decides for it (a login as this spelling is refused) and the "
+                "directory is never asked"
+            )
+        if spelled != account:
+            stdout.write(
+                f"directory: {account!r} logs in as {spelled!r} (names are matched "
+                "without regard to case)\n"
+            )
+            account = spelled
         groups = _directory_groups(args, directory, account, stdout)
         member = policy.directory_member(account, groups)
         for line in _membership(policy, groups, member):

@@ -37,6 +37,16 @@ class Identity:
         return policy.users.get(self.account)
 
 
+def directory_spelling(account: str, policy: Policy) -> str | None:
+    """The name a directory login of ``account`` goes by: casefolded, since directories match
+    names without regard to case (one person, one throttle budget, one ``${account}``); None
+    when users.json holds the name in any case, for then users.json decides and the directory
+    is never asked (``BACH`` must not log in as the directory's bach when users.json holds
+    bach)."""
+    folded = account.casefold()
+    return None if folded in policy.folded_users else folded
+
+
 @dataclass(frozen=True, slots=True)
 class Login:
     """An identity and the policy its rights are read from: for users.json accounts the very

@@ -26,6 +26,7 @@ from tokend.login.identity import (
     LoginOverloaded,
     LoginRefused,
     LoginThrottled,
+    directory_spelling,
 )
 from tokend.login.passwords import MAX_PASSWORD_BYTES
 from tokend.login.refresh_tokens import (
@@ -95,14 +96,6 @@ class Logins:
         self._in_flight = in_flight
         self.refresh_tokens = refresh_tokens
 
-    def backend(self, account: str, policy: Policy) -> Authenticator:
-        """users.json decides for its names, in any case (directories match names without
-        regard to case: ``BACH`` must not log in as the directory's bach when users.json holds
-        bach); the directory, when there is one, for the rest."""
-        if self._directory is None or account.casefold() in policy.folded_users:
-            return self._file
-        return self._directory
-
     def password(self, account: str, password: bytes, client: str) -> Login | Deferred[Login]:
         """Throttling comes first (once the name is spelled as its backend knows it), before
         the cache: a throttled guess must not learn anything, not even from a cheap cache
@@ -114,11 +107,11 @@ class Logins:
         """
         now = self._now()
         policy = self._current()
-        backend = self.backend(account, policy)
-        if backend is self._directory:
-            # The directory matches names without regard to case: one spelling per account,
-            # so that MOZART and Mozart share mozart's throttle, cache entry and ${account}.
-            account = account.casefold()
+        backend: Authenticator = self._file
+        if self._directory is not None:
+            spelled = directory_spelling(account, policy)
+            if spelled is not None:
+                backend, account = self._directory, spelled
         refusal = self._throttle.admit(account, client, now)
         if refusal is not None:
             raise throttled(refusal, account)
@@ -179,7 +172,7 @@ class Logins:
             raise self._refused(token, client, None, e.reason) from None
         policy = self._current()
         if claims.source == DIRECTORY and self._directory is not None:
-            if claims.account in policy.users:
+            if directory_spelling(claims.account, policy) is None:
                 raise self._refused(token, client, claims.account, "account now in users.json")
             return ensureDeferred(self._directory_refresh(tokens, claims, token, client))
         if claims.source != USERS:
