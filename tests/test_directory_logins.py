@@ -23,7 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory, DirectoryConfig, DirectoryUnavailable
+from tokend.login.directory import Directory, DirectoryConfig
 from tokend.login.directory_accounts import DirectoryAccounts
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
@@ -95,7 +95,6 @@ class Realm:
             refresh_tokens=self.refresh_tokens,
             directory=DirectoryAccounts(
                 self.directory,
-                DirectoryUnavailable,
                 lambda: self.holder.current,
                 self.cache,
                 reactor.seconds,

@@ -42,7 +42,6 @@ from tokend.login.directory import (
     DEFAULT_TIMEOUT,
     Directory,
     DirectoryConfig,
-    DirectoryUnavailable,
     read_bind_password,
 )
 from tokend.login.directory_accounts import DirectoryAccounts
@@ -619,7 +618,6 @@ def _directory_accounts(
     DirectoryConnection(directory).setServiceParent(root)
     return DirectoryAccounts(
         directory,
-        DirectoryUnavailable,
         lambda: holder.current,
         cache,
         reactor.seconds,

@@ -11,32 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
 
 from tokend.dn import normalise_dn
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.directory import Directory, DirectoryAccount, DirectoryUnavailable
 from tokend.login.identity import DIRECTORY, BackendUnavailable, Identity, Login
 from tokend.policy.model import Policy
 
 _LOGIN_STAMP = b"\0directory login"
 _LOOKUP_STAMP = b"\0directory lookup"
 """Cache stamps: a directory entry can never be read back as a users.json hash check."""
-
-
-class FoundAccount(Protocol):
-    @property
-    def dn(self) -> str: ...
-
-    @property
-    def groups(self) -> frozenset[str]: ...
-
-
-class DirectoryClient(Protocol):
-    """What :class:`tokend.login.directory.Directory` offers this authenticator."""
-
-    async def authenticate(self, account: str, password: bytes) -> FoundAccount | None: ...
-
-    async def lookup(self, account: str) -> FoundAccount | None: ...
 
 
 class DirectoryAccounts:
@@ -46,17 +30,15 @@ class DirectoryAccounts:
 
     def __init__(
         self,
-        directory: DirectoryClient,
-        unavailable: type[Exception],
+        directory: Directory,
         current: Callable[[], Policy],
         cache: CredentialCache,
         clock: Callable[[], float],
         retry_after: float,
     ) -> None:
-        """``unavailable`` is the exception the client raises when the directory cannot
-        answer; it becomes a 503 asking the client to come back in ``retry_after`` s."""
+        """A directory that cannot answer becomes a 503 asking the client to come back in
+        ``retry_after`` s."""
         self._directory = directory
-        self._unavailable = unavailable
         self._current = current
         self._cache = cache
         self._now = clock
@@ -67,11 +49,10 @@ class DirectoryAccounts:
         return Login(found, policy) if isinstance(found, Identity) else None
 
     async def authenticate(self, account: str, password: bytes) -> Login | None:
-        if not password:
-            return None  # an empty password is an unauthenticated bind: never ask
+        """Logins refuses an empty password before it gets here, and the client again."""
         try:
             found = await self._directory.authenticate(account, password)
-        except self._unavailable:
+        except DirectoryUnavailable:
             raise self._down(account) from None
         if found is None:
             return None
@@ -85,7 +66,7 @@ class DirectoryAccounts:
             return known
         try:
             found = await self._directory.lookup(account)
-        except self._unavailable:
+        except DirectoryUnavailable:
             raise self._down(account) from None
         if found is None:
             return None
@@ -99,7 +80,7 @@ class DirectoryAccounts:
         )
 
 
-def _identity(account: str, found: FoundAccount) -> Identity:
+def _identity(account: str, found: DirectoryAccount) -> Identity:
     return Identity(
         account,
         DIRECTORY,
