@@ -217,20 +217,17 @@ class TokenAPI:
         self._challenge = f'Basic realm="{tokens.issuer}"'.encode()
         if throttle is None:
             throttle = LoginThrottle(per_account=0, per_address=0, window=1)
-        self._throttle = throttle
         cache = CredentialCache(ttl=0) if credential_cache is None else credential_cache
-        self._cache = cache
         self._proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
-        self._in_flight = InFlight(0) if in_flight is None else in_flight
-        self._refresh_tokens = refresh_tokens
         self._logins = Logins(
             current=lambda: policy.current,
             password_file=PasswordFile(lambda: policy.current, passwords, cache, clock.seconds),
             clock=clock.seconds,
             throttle=throttle,
-            in_flight=self._in_flight,
+            in_flight=InFlight(0) if in_flight is None else in_flight,
             directory=directory,
             refresh_tokens=refresh_tokens,
+            metrics=metrics,
         )
         policy.on_replace(lambda old, new: cache.policy_replaced(old.users, new.users))
 
@@ -249,8 +246,7 @@ class TokenAPI:
             body: bytes = self.request_error(request, Failure())
             return body
         except Exception:
-            self.log.failure("error answering {path}", path=printable(request.path.decode()))
-            request.processingFailed(Failure())
+            request.processingFailed(Failure())  # which logs it
             return NOT_DONE_YET
         if isinstance(result, bytes):
             return result
@@ -275,8 +271,7 @@ class TokenAPI:
             elif failure.check(RequestError):
                 answer(self.request_error(request, failure))
             else:
-                self.log.failure("error answering the realm", failure)
-                request.processingFailed(failure)
+                request.processingFailed(failure)  # which logs it
 
         result.addCallbacks(answer, failed)
         return NOT_DONE_YET
@@ -351,7 +346,7 @@ class TokenAPI:
         refresh = asked.refresh_token is not None
         try:
             if asked.refresh_token is not None:
-                if self._refresh_tokens is None:
+                if self._logins.refresh_tokens is None:
                     raise UnsupportedGrant("this realm issues no refresh tokens; use password")
                 login = self._logins.refresh(asked.refresh_token, client)
             else:
@@ -362,29 +357,16 @@ class TokenAPI:
             if isinstance(e, LoginThrottled):
                 self._metrics.throttled(e.by)
             raise http_error(e, refresh=refresh) from None
-        # A password login answered at once came from the credential cache; one that waits is
-        # a check the backend (bcrypt, the directory) runs.
-        metrics, checking = self._metrics, not refresh
-        if checking:
-            metrics.cache_lookup(isinstance(login, Login))
         if isinstance(login, Login):
-            return self._issue(request, asked, client, login)
-        check_started = metrics.now()
-
-        def issue(login: Login) -> bytes:
-            if checking:
-                metrics.password_checked(True, check_started)
             return self._issue(request, asked, client, login)
 
         def refused(failure: Failure) -> Failure:
             error = failure.value
             if isinstance(error, LoginError):
-                if checking and isinstance(error, LoginRefused):
-                    metrics.password_checked(False, check_started)
                 return Failure(http_error(error, refresh=refresh))
             return failure
 
-        return login.addCallbacks(issue, refused)
+        return login.addCallbacks(lambda login: self._issue(request, asked, client, login), refused)
 
     def _read_get(self, request: Request) -> TokenRequest:
         if len(request.uri) > MAX_QUERY_BYTES:

@@ -36,6 +36,7 @@ from tokend.login.refresh_tokens import (
     fingerprint,
 )
 from tokend.login.throttle import InFlight, LoginThrottle, Refusal
+from tokend.metrics import NO_METRICS, RequestMetrics
 from tokend.policy.model import Policy
 from tokend.workers import Overloaded
 
@@ -87,7 +88,11 @@ class Logins:
         in_flight: InFlight,
         directory: AccountDirectory | None = None,
         refresh_tokens: RefreshTokens | None = None,
+        metrics: RequestMetrics = NO_METRICS,
     ) -> None:
+        """``metrics`` counts cache hits and misses and the checks backends run, here where
+        they happen."""
+        self._metrics = metrics
         self._current = current
         self._file = password_file
         self._directory = directory
@@ -123,6 +128,7 @@ class Logins:
             raise LoginRefused(WRONG, account)
         hit = backend.cached(account, password, policy, now)
         if hit is not None:
+            self._metrics.cache_lookup(True)
             self._throttle.succeeded(account, client, now)
             return hit
         if not self._in_flight.enter(client):
@@ -131,6 +137,7 @@ class Logins:
                 "too many logins from this address are being checked; try again shortly",
                 account,
             )
+        self._metrics.cache_lookup(False)
         return ensureDeferred(self._checked(backend, account, password, client))
 
     async def _checked(
@@ -140,8 +147,10 @@ class Logins:
         A backend that could not answer (the directory down) counts as neither."""
         login: Login | None = None
         ended = self._throttle.abandoned
+        started = self._metrics.now()
         try:
             login = await backend.authenticate(account, password)
+            self._metrics.password_checked(login is not None, started)
             ended = self._throttle.failed if login is None else self._throttle.succeeded
         except Overloaded:
             ended = self._throttle.overloaded
