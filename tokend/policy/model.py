@@ -246,6 +246,10 @@ class Policy:
             key = hashlib.sha256(_DUMMY_KEY_LABEL + b"".join(hashes)).digest()
             object.__setattr__(self, "_dummy_key", key)
 
+    def _rights(self, account: str, member: UserPolicy | None) -> UserPolicy | None:
+        """``member`` when given (a directory account's), else the account's users.json entry."""
+        return member if member is not None else self.users.get(account)
+
     def allowed(
         self,
         account: str | None,
@@ -258,7 +262,7 @@ class Policy:
         if resource_type == "repository":
             if account is None:
                 return PULL if self.anonymous.may_pull(name) else NOTHING
-            user = member if member is not None else self.users.get(account)
+            user = self._rights(account, member)
             if user is None:
                 return NOTHING
             allowed = NOTHING
@@ -282,7 +286,7 @@ class Policy:
                 allowed = self.anonymous.catalog
                 note = f"anonymous catalog is {'on' if allowed else 'off'} in repositories.json"
             else:
-                user = member if member is not None else self.users.get(account)
+                user = self._rights(account, member)
                 allowed = user is not None and user.may_list_catalog
                 note = f"catalog {'allowed' if allowed else 'denied'} for {account!r}"
             return Decision(frozenset(ALL_ACTIONS) if allowed else NOTHING, (), note)
@@ -294,7 +298,7 @@ class Policy:
             actions = PULL if (rule is not None) != self.anonymous.blacklist else NOTHING
             note = f"anonymous {kind}; anonymous clients only ever pull"
             return Decision(actions, (Match(f"repositories.json {kind}", rule),), note)
-        user = member if member is not None else self.users.get(account)
+        user = self._rights(account, member)
         if user is None:
             return Decision(NOTHING, (), f"no user {account!r}")
         matches = tuple(
