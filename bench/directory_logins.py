@@ -38,9 +38,7 @@ ACCOUNT = "mozart"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; best kept")
+    harness.add_measurement_options(parser)
     parser.add_argument("--cost", type=int, default=10, help="bcrypt cost of the file user")
     args = parser.parse_args()
 
@@ -122,10 +120,7 @@ def main() -> int:
             f"{uncached_row.result.percentile_ms(0.5, 'ldap-uncached'):.2f} ms, p99 "
             f"{uncached_row.result.percentile_ms(0.99, 'ldap-uncached'):.2f} ms"
         )
-    if bad:
-        print(f"{bad} request(s) answered other than 200 or failed: see the status column")
-        return 1
-    return 0
+    return harness.exit_status(bad)
 
 
 if __name__ == "__main__":

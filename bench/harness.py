@@ -8,6 +8,7 @@ temporary directory or on 127.0.0.1.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -87,6 +88,22 @@ def has_option(option: str) -> bool:
 def generous_limits() -> list[str]:
     present = [(option, value) for option, value in GENEROUS_LIMITS if has_option(option)]
     return [arg for pair in present for arg in pair]
+
+
+def add_measurement_options(parser: argparse.ArgumentParser, rounds: int = 1) -> None:
+    """--duration, --warmup and --rounds, as every interleaving bench takes them."""
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds; best kept")
+
+
+def exit_status(bad: int) -> int:
+    """1 (and why) when any answer was not 200 or failed at the transport, else 0: the timing
+    never fails a bench."""
+    if bad:
+        print(f"{bad} request(s) answered other than 200 or failed: see the status column")
+        return 1
+    return 0
 
 
 def write_bench_policy(

@@ -106,9 +106,7 @@ def issued_in(text: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best kept")
+    harness.add_measurement_options(parser, rounds=3)
     parser.add_argument("--scrape-interval", type=float, default=1.0, help="seconds")
     args = parser.parse_args()
 

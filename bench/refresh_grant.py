@@ -166,9 +166,7 @@ def print_table(rows: Sequence[Row]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; best kept")
+    harness.add_measurement_options(parser)
     parser.add_argument("--cost", type=int, default=10, help="bcrypt cost of the bench user")
     args = parser.parse_args()
 
@@ -216,10 +214,7 @@ def main() -> int:
             f"cached/anonymous {100 * cached.rate / anonymous.rate:.0f} %; "
             f"daemon CPU per refresh = {100 * cpu_ratio:.0f} % of per anonymous"
         )
-    if bad:
-        print(f"{bad} request(s) answered other than 200 or failed: see the status column")
-        return 1
-    return 0
+    return harness.exit_status(bad)
 
 
 if __name__ == "__main__":
