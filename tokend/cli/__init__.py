@@ -1,0 +1,48 @@
+"""The ``tokend`` tool: what an operator needs around the daemon.
+
+``hash-password`` makes a users.json hash, ``check-config`` validates a config directory the way
+the daemon would and reports rules that never apply or overlap (and, with the daemon's
+``--ldap-*`` options, checks the directory), ``explain`` shows which rule decides a request (for
+a directory account too), ``kid`` prints the key ids a registry configuration needs,
+``dev-cert`` writes a development key pair. Exit status 0 on success, 1 on a finding, 2 on a
+usage error, 130 when interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from tokend.cli import checking, explaining, keys, passwords
+from tokend.cli.common import CommandError, UsageError
+
+COMMAND_FAMILIES = (passwords, checking, explaining, keys)
+"""Each module registers its commands; a new family is one module and one entry here."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokend", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for family in COMMAND_FAMILIES:
+        family.register(commands)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
+) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args, stdin, stdout)
+    except CommandError as e:
+        sys.stderr.write(f"tokend {args.command}: {e}\n")
+        return 1
+    except UsageError as e:
+        sys.stderr.write(f"tokend {args.command}: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"tokend {args.command}: interrupted\n")
+        return 130
+    return 0

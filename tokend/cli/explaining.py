@@ -1,0 +1,214 @@
+"""``tokend explain``: what a token would hold for each scope, and the rule that decides it (for
+a directory account too)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from tokend.cli.common import CommandError, UsageError
+from tokend.cli.directory_options import (
+    add_directory_options,
+    ask_directory,
+    directory_config,
+    normalised_dn,
+)
+from tokend.login.identity import directory_spelling
+from tokend.policy.files import load_policy
+from tokend.policy.model import ACTIONS, Decision, Policy, PolicyError, UserPolicy
+from tokend.scope import ScopeError, parse_scopes
+from tokend.signing.tokens import rfc3339
+
+if TYPE_CHECKING:
+    from tokend.login.directory import DirectoryConfig
+
+
+def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    """For each scope: what a token would hold, and the rule of each source that decided it."""
+    try:
+        policy = load_policy(Path(args.config_dir)).policy
+    except PolicyError as e:
+        raise CommandError(str(e)) from None
+    account: str | None = None if args.anonymous else args.user
+    texts = args.scopes
+    if args.anonymous and args.user is not None:
+        texts = [args.user, *texts]  # with --anonymous every argument is a scope
+    elif not args.anonymous and args.user is None:
+        raise CommandError("name a USER, or pass --anonymous")
+    if args.anonymous and (args.ldap_group or args.ldap_url):
+        raise UsageError(
+            "--anonymous explains clients without credentials; drop the --ldap-* options"
+        )
+    if args.ldap_group and args.ldap_url:
+        raise UsageError(
+            "--ldap-group explains without asking the directory, --ldap-url asks it: "
+            "give one of them"
+        )
+    directory = directory_config(args)
+    try:
+        scopes = parse_scopes(texts)
+    except ScopeError as e:
+        raise CommandError(str(e)) from None
+    member: UserPolicy | None = None
+    if account is not None and account in policy.users:
+        if args.ldap_group or directory is not None:
+            stdout.write(
+                f"{account!r} is in users.json: its hash and rules decide, and the directory "
+                "is never asked for it\n"
+            )
+    elif account is not None:
+        spelled = directory_spelling(account, policy)
+        if spelled is None:
+            raise CommandError(
+                f"{account!r} is not in users.json, which holds the name in another case: "
+                "users.json decides for it (a login as this spelling is refused) and the "
+                "directory is never asked"
+            )
+        if spelled != account:
+            stdout.write(
+                f"directory: {account!r} logs in as {spelled!r} (names are matched "
+                "without regard to case)\n"
+            )
+            account = spelled
+        groups = _directory_groups(args, directory, account, stdout)
+        member = policy.directory_member(account, groups)
+        for line in _membership(policy, groups, member):
+            stdout.write(line + "\n")
+    who = "anonymous" if account is None else repr(account)
+    for scope in scopes:
+        granted = policy.grant(account, scope, member)
+        decision = policy.decide(account, scope.type, scope.name, member)
+        stdout.write(
+            f"{scope}  ->  {who} gets {','.join(granted) or 'nothing'} (holds {_held(decision)})\n"
+        )
+        for line in _reasons(policy, decision):
+            stdout.write(f"    {line}\n")
+    if account is None:
+        return
+    if member is None:
+        stdout.write(_identity_tokens(account, policy.users[account].tokens_valid_after))
+    else:
+        stdout.write(_directory_identity_tokens(account))
+
+
+def _directory_groups(
+    args: argparse.Namespace, directory: DirectoryConfig | None, account: str, stdout: TextIO
+) -> frozenset[str]:
+    """The directory groups ``account`` (not in users.json) holds: as given with --ldap-group,
+    or as the directory answers; the DN found is printed on the way."""
+    if args.ldap_group:
+        return frozenset(args.ldap_group)
+    if directory is None:
+        raise CommandError(
+            f"no user {account!r} in users.json; give the daemon's --ldap-url and --ldap-base "
+            "to look it up in the directory, or --ldap-group DN to explain it as a directory "
+            "account in that group"
+        )
+    found = ask_directory(directory, lambda d: d.lookup(account))
+    if found is None:
+        raise CommandError(
+            f"no user {account!r} in users.json, and the directory has no single entry for it "
+            f"under {directory.base} (filter {directory.filter})"
+        )
+    stdout.write(f"directory: {account!r} is {found.dn}\n")
+    return found.groups
+
+
+def _membership(policy: Policy, groups: frozenset[str], member: UserPolicy) -> list[str]:
+    """Which groups of groups.json a directory account with ``groups`` is in, and why."""
+    lines = [f"directory groups: {', '.join(sorted(groups)) or 'none'}"]
+    for name, group in policy.groups.items():
+        if not group.holds(groups):
+            continue
+        taken = group.ldap_groups & groups
+        why = "every directory account" if not taken else ", ".join(sorted(taken))
+        if name in member.groups:
+            lines.append(f"groups.json: group {name} takes it (ldap_groups: {why})")
+        else:
+            lines.append(
+                f"groups.json: group {name} takes it (ldap_groups: {why}), but two of its rules "
+                "tie for this name: it grants nothing"
+            )
+    if not member.groups:
+        lines.append(
+            "groups.json: no group takes these directory groups: a login gets an empty access"
+        )
+    return lines
+
+
+def _identity_tokens(account: str, valid_after: float | None) -> str:
+    """How refresh tokens relate to what explain just showed: same rights, and how to end them."""
+    revoked = (
+        f"those issued before {rfc3339(valid_after)} are revoked (tokens_valid_after)"
+        if valid_after is not None
+        else "none is revoked by tokens_valid_after"
+    )
+    return (
+        f"identity tokens: a refresh token of {account!r} (docker login keeps one) gets exactly "
+        f"these rights; it lasts --refresh-token-ttl (0: none issued), and changing "
+        f"{account}'s pass_hash or setting tokens_valid_after revokes it; {revoked}\n"
+    )
+
+
+def _directory_identity_tokens(account: str) -> str:
+    """How refresh tokens of a directory account follow the directory."""
+    return (
+        f"identity tokens: a refresh token of {account!r} (docker login keeps one) is bound to "
+        "its DN; every refresh looks the account up again (remembered for "
+        "--credential-cache-ttl) and gets the rights its groups give then; it is refused once "
+        "the account is gone from the search base or has another DN\n"
+    )
+
+
+def _in_order(actions: frozenset[str]) -> str:
+    """Actions in the order tokens list them (pull, push, delete)."""
+    return ",".join(sorted(actions, key=lambda a: ACTIONS.index(a) if a in ACTIONS else -1))
+
+
+def _held(decision: Decision) -> str:
+    return _in_order(decision.actions) or "nothing"
+
+
+def _reasons(policy: Policy, decision: Decision) -> list[str]:
+    lines = []
+    for match in decision.matches:
+        if match.rule is None:
+            lines.append(f"{match.source}: no rule matches")
+        elif match.rule.actions:
+            actions = _in_order(match.rule.actions)
+            lines.append(f"{match.source}: {match.rule.key!r} allows {actions}")
+        else:
+            lines.append(f"{match.source}: {match.rule.key!r} denies (no actions)")
+    lines.append(decision.note)
+    return lines
+
+
+def register(commands: Any) -> None:
+    explaining = commands.add_parser(
+        "explain", help="show what a user would be granted for each scope, and which rule decides"
+    )
+    explaining.add_argument(
+        "user", nargs="?", metavar="USER", help="a user in users.json, or a directory account"
+    )
+    explaining.add_argument("scopes", nargs="+", metavar="SCOPE", help="e.g. repository:a/b:pull")
+    explaining.add_argument(
+        "--anonymous", action="store_true", help="explain for clients without credentials"
+    )
+    explaining.add_argument("--config-dir", default="config", help="default %(default)s")
+    explaining.add_argument(
+        "--ldap-group",
+        action="append",
+        default=[],
+        type=normalised_dn,
+        metavar="DN",
+        help="explain USER (not in users.json) as a directory account in this group, without "
+        "asking the directory; repeatable",
+    )
+    explaining.add_argument(
+        "--allow-loose-key-permissions",
+        action="store_true",
+        help="accept a group/other readable --ldap-bind-password-file, as the daemon does",
+    )
+    add_directory_options(explaining)
+    explaining.set_defaults(run=explain)

@@ -1,0 +1,42 @@
+"""``tokend hash-password``: a bcrypt hash for users.json."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TextIO
+
+import bcrypt
+
+from tokend.cli.common import CommandError, read_password
+from tokend.login.passwords import MAX_PASSWORD_BYTES
+from tokend.policy.model import DEFAULT_BCRYPT_COST
+
+MIN_COST, MAX_COST = 4, 31
+
+
+def hash_password(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    password = read_password(args.stdin, stdin).encode("utf-8")
+    if not password:
+        raise CommandError("refusing an empty password")
+    if len(password) > MAX_PASSWORD_BYTES:
+        raise CommandError(f"bcrypt checks at most {MAX_PASSWORD_BYTES} bytes; use a shorter one")
+    hashed = bcrypt.hashpw(password, bcrypt.gensalt(args.cost)).decode("ascii")
+    stdout.write(hashed + "\n")
+
+
+def _cost(value: str) -> int:
+    cost = int(value)
+    if not MIN_COST <= cost <= MAX_COST:
+        raise argparse.ArgumentTypeError(f"cost must be between {MIN_COST} and {MAX_COST}")
+    return cost
+
+
+def register(commands: Any) -> None:
+    hashing = commands.add_parser("hash-password", help="print a bcrypt hash for users.json")
+    hashing.add_argument(
+        "--cost", type=_cost, default=DEFAULT_BCRYPT_COST, help="bcrypt cost (default %(default)s)"
+    )
+    hashing.add_argument(
+        "--stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    hashing.set_defaults(run=hash_password)
