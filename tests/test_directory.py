@@ -398,6 +398,22 @@ async def test_certificate_from_another_ca_is_refused(
         await directory.check()
 
 
+@pytest_twisted.ensureDeferred
+async def test_ldaps_to_a_plain_ldap_port_says_so(make: Any, slapd: Slapd) -> None:
+    """slapd hangs up on a TLS hello sent to its plain port: the reason names the mistake."""
+    url = f"ldaps://127.0.0.1:{slapd.port}"
+    directory = make(urls=(url,), ca_cert=str(slapd.ca_cert_path))
+    hint = (
+        f"{url}: bind: the server did not answer TLS: is it a plain ldap:// port? use ldap:// "
+        "(with --ldap-starttls) instead"
+    )
+    with capturedLogs() as events:
+        with pytest.raises(DirectoryUnavailable) as raised:
+            await directory.authenticate("mozart", PASSWORD.encode())
+    assert str(raised.value) == hint
+    assert f"directory unavailable: {hint}" in messages(events)
+
+
 def test_unreadable_ca_file(slapd: Slapd, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read the directory CA certificate"):
         Directory(config_for(slapd, ca_cert=str(tmp_path / "none.pem")), reactor)

@@ -26,10 +26,11 @@ from ldaptor.protocols.ldap.ldapclient import LDAPClient, LDAPClientConnectionLo
 from OpenSSL import SSL
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from tokend.dn import normalise_dn
 from tokend.log_text import printable
@@ -215,9 +216,26 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _describe(failure: Failure) -> str:
-    """A failure as a short reason for the log and the 503, without any credential in it."""
+_PLAIN_ANSWERS = ("wrong version number", "packet length too long", "record layer failure")
+"""What OpenSSL says when the peer answers a TLS hello with something that is not TLS."""
+
+
+def _describe(failure: Failure, tls_pending: bool = False) -> str:
+    """A failure as a short reason for the log and the 503, without any credential in it.
+
+    ``tls_pending``: an ldaps:// connection whose handshake has not completed; a peer that
+    hangs up on the TLS hello, or answers it in plain text, is a plain LDAP port.
+    """
     value: Any = failure.value
+    if tls_pending:
+        lost = failure.check(
+            error.ConnectionLost, error.ConnectionDone, LDAPClientConnectionLostException
+        )
+        if lost or (failure.check(SSL.Error) and any(a in str(value) for a in _PLAIN_ANSWERS)):
+            return (
+                "the server did not answer TLS: is it a plain ldap:// port? use ldap:// "
+                "(with --ldap-starttls) instead"
+            )
     if failure.check(SSL.Error):
         details = [part[-1] for part in value.args[0] if part] if value.args else []
         reason = ", ".join(str(d) for d in details if d) or "handshake refused"
@@ -237,11 +255,22 @@ class _Lost(DirectoryUnavailable):
     """The connection dropped under an operation: on a reused connection, worth one retry."""
 
 
+@implementer(IHandshakeListener)
+class _Client(LDAPClient):  # type: ignore[misc]
+    """An LDAP client that knows whether the TLS handshake of an ldaps:// connection is
+    still to come: a connection lost before it is a plain LDAP port answering TLS."""
+
+    tls_pending = False
+
+    def handshakeCompleted(self) -> None:
+        self.tls_pending = False
+
+
 class _ClientFactory(protocol.Factory):
     """LDAP clients, without a "Starting factory" log line for every login's connection."""
 
     noisy = False
-    protocol = LDAPClient
+    protocol = _Client
 
 
 @dataclass(slots=True)
@@ -582,6 +611,7 @@ class Directory:
         attempt.addTimeout(timeout, self._reactor)
         try:
             client = await attempt
+            client.tls_pending = server.tls
         except defer.TimeoutError:
             raise DirectoryUnavailable(
                 f"{server.url}: connecting timed out after {timeout:g} s"
@@ -689,7 +719,7 @@ class Directory:
         except Exception:
             failure = Failure()
             _drop(client)
-            reason = f"{what}: {_describe(failure)}"
+            reason = f"{what}: {_describe(failure, client.tls_pending)}"
             if failure.check(
                 error.ConnectionLost, error.ConnectionDone, LDAPClientConnectionLostException
             ):
