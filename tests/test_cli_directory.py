@@ -183,7 +183,6 @@ def test_explain_refuses_a_users_json_name_in_another_case(config_dir: Path) -> 
         (("--ldap-group", "musicians"), "argument --ldap-group: 'musicians' is not a DN"),
         (("--ldap-group", COMPOSERS, "--ldap-url", "ldap://127.0.0.1:1"), "give one of them"),
         (("--ldap-url", "ldap://127.0.0.1:1"), "--ldap-url needs --ldap-base (a DN)"),
-        (("--ldap-base", SUFFIX), "--ldap-base needs --ldap-url"),
         (("--ldap-url", "http://x", "--ldap-base", SUFFIX), "must be ldap://host[:port]"),
         (("--ldap-url", "ldap://x", "--ldap-base", SUFFIX, "--ldap-timeout", "0"), "between 0"),
     ],
@@ -442,3 +441,32 @@ def test_check_config_warns_about_ldap_groups_the_directory_lacks(
         f"warning: directory: ldap_groups {typo} (group composers) is no entry the service "
         "account can read: no account will match it"
     ]
+
+
+def test_directory_options_without_a_url_are_ignored_with_the_daemons_warning(
+    config_dir: Path,
+) -> None:
+    """The daemon's rule (tests/test_directory_options.py): accepted, ignored, said once."""
+    warning = "warning: --ldap-base is ignored: no --ldap-url names a directory to ask\n"
+    code, out, err = run("check-config", "--config-dir", str(config_dir), "--ldap-base", SUFFIX)
+    assert (code, err) == (0, ""), err
+    assert out.startswith(warning) and "policy is valid" in out
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir), "--ldap-base", SUFFIX, "bach", SCOPES[0]
+    )
+    assert (code, err) == (0, ""), err
+    assert out.startswith(warning) and "bach" in out
+
+
+def test_a_ca_cert_that_is_not_pem_is_one_sentence(config_dir: Path, tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    code, out, err = run(
+        "check-config", "--config-dir", str(config_dir), "--ldap-url", "ldaps://127.0.0.1:1",
+        "--ldap-base", SUFFIX, "--ldap-ca-cert", str(not_pem),
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err == (
+        f"tokend check-config: --ldap-ca-cert: directory CA certificate {not_pem} is not a PEM "
+        "certificate\n"
+    )

@@ -202,6 +202,8 @@ class Announcer(Service):
                 ),
                 bind_dn=directory.bind_dn or "(anonymous)",
             )
+        if self._options.directory_ignored is not None:
+            self.log.warn("{warning}", warning=self._options.directory_ignored)
         for network in self._options["trusted-proxy"]:
             if network.prefixlen == 0:
                 self.log.warn(

@@ -43,8 +43,10 @@ from tokend.login.directory import (
     Directory,
     DirectoryConfig,
     read_bind_password,
+    read_ca_certificates,
 )
 from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.directory_settings import NEEDS_URL, ignored_without_url
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
@@ -124,6 +126,13 @@ DIRECTORY_PARAMETERS = [
         None,
         DEFAULT_FILTER,
         "Search filter finding an account; {account} is the name, escaped (RFC 4515)",
+    ],
+    [
+        "ldap-active-filter",
+        None,
+        None,
+        "Filter an account must also match to log in or refresh (e.g. not disabled); "
+        "locked ppolicy, nsAccountLock and userAccountControl accounts are refused anyway",
     ],
     [
         "ldap-group-attribute",
@@ -404,8 +413,13 @@ class Options(usage.Options):
         self.loaded_policy: LoadedPolicy = self._load_policy()
 
     def _directory_config(self) -> DirectoryConfig | None:
-        """The directory to log accounts in with, when --ldap-url names one."""
+        """The directory to log accounts in with, when --ldap-url names one; without it the
+        other --ldap-* options are ignored, with the warning the tool gives too."""
+        self.directory_ignored: str | None = None
         if not self["ldap-url"]:
+            self.directory_ignored = ignored_without_url(
+                [self.source(name) for name in NEEDS_URL if self._given(name)]
+            )
             return None
         if not self["ldap-base"]:
             raise usage.UsageError(f"{self.source('ldap-url')} needs --ldap-base (a DN)")
@@ -422,8 +436,6 @@ class Options(usage.Options):
         if not 0 < timeout <= 300:
             raise usage.UsageError(f"{self.source('ldap-timeout')} must be between 0 and 300 s")
         ca_cert = self["ldap-ca-cert"]
-        if ca_cert and not os.access(ca_cert, os.R_OK):
-            raise usage.UsageError(f"{self.source('ldap-ca-cert')} {ca_cert}: cannot read it")
         try:
             password = (
                 read_bind_password(
@@ -438,6 +450,11 @@ class Options(usage.Options):
                         normalise_dn(self[dn_option])
                     except DNError as e:
                         raise ValueError(f"{self.source(dn_option)} is not a DN: {e}") from None
+            if ca_cert:
+                try:
+                    read_ca_certificates(ca_cert)
+                except ValueError as e:
+                    raise ValueError(f"{self.source('ldap-ca-cert')}: {e}") from None
             return DirectoryConfig(
                 urls=tuple(self["ldap-url"]),
                 base=self["ldap-base"],
@@ -446,6 +463,7 @@ class Options(usage.Options):
                 bind_dn=bind_dn or None,
                 bind_password=password,
                 filter=self["ldap-filter"],
+                active_filter=self["ldap-active-filter"] or None,
                 group_attribute=self["ldap-group-attribute"],
                 group_base=self["ldap-group-base"] or None,
                 group_filter=self["ldap-group-filter"],
@@ -453,6 +471,12 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _given(self, name: str) -> bool:
+        """Whether the command line or the environment set ``name`` (not its default)."""
+        if any(flag[0] == name for flag in self.optFlags):
+            return bool(self[name])
+        return name in self.from_command_line or bool(self.environ.get(_env_name(name)))
 
     def _integer(self, name: str, low: int, high: int) -> int:
         try:

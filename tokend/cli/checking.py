@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     config_dir = Path(args.config_dir)
-    directory = directory_config(args)
+    directory = directory_config(args, stdout)
     try:
         loaded = load_policy(config_dir)
     except PolicyError as e:

@@ -45,7 +45,7 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
             "--ldap-group explains without asking the directory, --ldap-url asks it: "
             "give one of them"
         )
-    directory = directory_config(args)
+    directory = directory_config(args, stdout)
     try:
         scopes = parse_scopes(texts)
     except ScopeError as e:

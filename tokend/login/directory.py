@@ -84,6 +84,18 @@ def _check_filter(template: str, placeholder: str, option: str) -> None:
         raise ValueError(f"the {option} {template!r} is not an LDAP filter (RFC 4515)") from None
 
 
+def _check_active_filter(text: str) -> None:
+    if "{account}" in text or "{dn}" in text:
+        raise ValueError(
+            f"the directory active filter {text!r} takes no placeholder: it is joined to the "
+            "account filter with &"
+        )
+    try:
+        parseFilter(text)
+    except InvalidLDAPFilter:
+        raise ValueError(f"the directory active filter {text!r} is not an LDAP filter") from None
+
+
 @dataclass(frozen=True, slots=True)
 class _Server:
     url: str
@@ -116,6 +128,8 @@ class DirectoryConfig:
     bind_dn: str | None = None
     bind_password: bytes | None = field(default=None, repr=False)
     filter: str = DEFAULT_FILTER
+    active_filter: str | None = None
+    """A filter an account's entry must also match to log in or refresh (none: any)."""
     group_attribute: str = DEFAULT_GROUP_ATTRIBUTE
     group_base: str | None = None
     group_filter: str = DEFAULT_GROUP_FILTER
@@ -131,6 +145,8 @@ class DirectoryConfig:
             raise ValueError("the directory search base must be a DN")
         _check_filter(self.filter, "account", "directory filter")
         _check_filter(self.group_filter, "dn", "directory group filter")
+        if self.active_filter is not None:
+            _check_active_filter(self.active_filter)
         if not self.group_attribute.strip():
             raise ValueError("the directory group attribute must not be empty")
         if not self.timeout > 0:
@@ -279,18 +295,26 @@ class _Connection:
     url: str
 
 
-def _load_trust(path: str) -> Any:
-    """The CA certificates in a PEM file, as a Twisted trust root (a bundle may hold several)."""
+def read_ca_certificates(path: str) -> list[x509.Certificate]:
+    """The CA certificates of a PEM file (a bundle may hold several); ValueError with a
+    sentence that names ``path`` when it cannot be read or holds none."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ValueError(f"cannot read the directory CA certificate {path}: {e.strerror}") from None
     try:
-        certificates = x509.load_pem_x509_certificates(data)
+        return x509.load_pem_x509_certificates(data)
     except ValueError:
         raise ValueError(f"directory CA certificate {path} is not a PEM certificate") from None
+
+
+def _load_trust(path: str) -> Any:
+    """The CA certificates in a PEM file, as a Twisted trust root."""
     return trustRootFromCertificates(
-        [Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in certificates]
+        [
+            Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM))
+            for c in read_ca_certificates(path)
+        ]
     )
 
 
