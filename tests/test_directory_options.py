@@ -99,7 +99,7 @@ def test_a_ca_cert_that_is_not_pem_is_one_sentence(tmp_path: Path) -> None:
     )
     environ = {"TOKEND_LDAP_URL": "ldaps://x", "TOKEND_LDAP_BASE": BASE,
                "TOKEND_LDAP_CA_CERT": str(not_pem)}  # fmt: skip
-    with pytest.raises(UsageError, match="^TOKEND_LDAP_CA_CERT: directory CA certificate"):
+    with pytest.raises(UsageError, match=r"^TOKEND_LDAP_CA_CERT: directory CA certificate"):
         parsed_options(tmp_path, environ=environ)
 
 

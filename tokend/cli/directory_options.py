@@ -27,10 +27,10 @@ def directory_config(args: argparse.Namespace, stdout: TextIO) -> DirectoryConfi
     names, defaults and checks as ``tap.Options``); None without --ldap-url, when the others
     are ignored with the daemon's warning."""
     if not args.ldap_url:
-        given = [
+        named = [
             f"--{name}" for name in NEEDS_URL if getattr(args, name.replace("-", "_")) is not None
         ]
-        ignored = ignored_without_url(given)
+        ignored = ignored_without_url(named)
         if ignored is not None:
             stdout.write(f"warning: {ignored}\n")
         return None

@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnec
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from tokend.dn import normalise_dn
 from tokend.log_text import printable
