@@ -169,6 +169,19 @@ def test_explain_spells_a_directory_name_as_the_daemon_does(config_dir: Path) ->
     assert "repository:mozart/requiem:push  ->  'mozart' gets push (holds pull,push)" in lines
 
 
+@pytest.mark.parametrize("name", ["\uff4dozart", "\U0001d426ozart", "\u24dcozart", "mo\u00adzart"])
+def test_explain_refuses_a_look_alike_spelling_as_the_daemon_does(
+    config_dir: Path, name: str
+) -> None:
+    """A fullwidth, mathematical or circled m (or a soft hyphen): slapd would find mozart."""
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, name, SCOPES[0]
+    )
+    assert (code, out) == (1, "")
+    assert f"{name!r} is a name " in err
+    assert "a login as it is refused before the directory is asked" in err
+
+
 def test_explain_refuses_a_users_json_name_in_another_case(config_dir: Path) -> None:
     code, out, err = run(
         "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, "BACH", SCOPES[0]

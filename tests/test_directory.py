@@ -325,13 +325,19 @@ async def test_account_name_is_escaped_in_the_warning(make: Any, slapd: Slapd) -
     assert "tw\\\\in" in warning
 
 
-@pytest.mark.parametrize("account", [" mozart", "mozart ", "mozart\t", "mozart\n", "\tmozart"])
+@pytest.mark.parametrize(
+    "account",
+    [" mozart", "mozart ", "mozart\t", "mozart\n", "\tmozart", "\uff4dozart", "\U0001d426ozart",
+     "\u24dcozart", "\uff4d\U0001d428zart", "mo\u00adzart", "mo\u200bzart", "moz\u200dart",
+     "mozart\ufeff", "mozart\u034f", "mo\u0301zart"],
+)  # fmt: skip
 @pytest_twisted.ensureDeferred
-async def test_spaced_or_control_spellings_are_refused_before_traffic(
+async def test_spaced_control_or_look_alike_spellings_are_refused_before_traffic(
     make: Any, slapd: Slapd, account: str
 ) -> None:
-    # slapd's uid matching ignores leading and trailing spaces: " mozart" would be mozart
-    # under another name (another throttle counter, another ${account}).
+    # slapd's uid matching ignores leading and trailing spaces and reads fullwidth,
+    # mathematical and circled letters as the letter: " mozart" and a fullwidth m would be
+    # mozart under another name (another throttle counter, another ${account}).
     before = slapd.connections()
     assert await make().authenticate(account, PASSWORD.encode()) is None
     assert await make().lookup(account) is None

@@ -14,7 +14,7 @@ from tokend.cli.directory_options import (
     directory_config,
     normalised_dn,
 )
-from tokend.login.identity import directory_spelling
+from tokend.login.identity import UnfitName, directory_spelling
 from tokend.policy.files import load_policy
 from tokend.policy.model import ACTIONS, Decision, Policy, PolicyError, UserPolicy
 from tokend.scope import ScopeError, parse_scopes
@@ -58,7 +58,13 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
                 "is never asked for it\n"
             )
     elif account is not None:
-        spelled = directory_spelling(account, policy)
+        try:
+            spelled = directory_spelling(account, policy)
+        except UnfitName as e:
+            raise CommandError(
+                f"{account!r} is {e}: a directory would match it to another spelling, so a "
+                "login as it is refused before the directory is asked"
+            ) from None
         if spelled is None:
             raise CommandError(
                 f"{account!r} is not in users.json, which holds the name in another case: "

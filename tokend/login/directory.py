@@ -34,6 +34,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from tokend.dn import normalise_dn
 from tokend.log_text import printable
+from tokend.login.identity import OPEN_GATE, EntryGate, UnfitName, directory_name
 from tokend.signing.keys import loose_mode
 
 # ldaptor 21.2 still calls pyparsing by its pre-3.0 names: pyparsing 3.3 warns when the filter
@@ -332,9 +333,14 @@ def _close(client: Any) -> None:
 
 def _plausible(account: str) -> bool:
     """Whether ``account`` may be looked up at all. The directory's matching rules ignore
-    leading and trailing spaces (``" mozart"`` finds mozart), so such spellings, and control
-    characters, are refused before any traffic: one person, one login name."""
-    return bool(account) and account == account.strip() and account.isprintable()
+    leading and trailing spaces (``" mozart"`` finds mozart) and read a fullwidth m as m,
+    so such spellings (:func:`tokend.login.identity.directory_name`) are refused before any
+    traffic: one person, one login name. Case is the directory's to ignore."""
+    try:
+        directory_name(account)
+    except UnfitName:
+        return False
+    return True
 
 
 def _result(code: int, message: bytes | str | None) -> str:
@@ -363,15 +369,18 @@ class Directory:
 
     # -- the public questions -------------------------------------------------------------
 
-    async def authenticate(self, account: str, password: bytes) -> DirectoryAccount | None:
+    async def authenticate(
+        self, account: str, password: bytes, gate: EntryGate = OPEN_GATE
+    ) -> DirectoryAccount | None:
         """The account's entry and groups when ``password`` is its password; None otherwise.
 
         An empty password is refused here, before the directory is asked: LDAP treats a bind
         with a DN and no password as an anonymous bind, which many servers let succeed.
+        ``gate`` is asked about the entry found, before the password is tried on it.
         """
         if not password or not _plausible(account):
             return None
-        return await self._tracked(self._authenticate(account, password))
+        return await self._tracked(self._authenticate(account, password, gate))
 
     async def lookup(self, account: str) -> DirectoryAccount | None:
         """The account's entry and groups, without a password (refresh tokens, ``explain``)."""
@@ -409,11 +418,14 @@ class Directory:
 
     # -- logins and searches --------------------------------------------------------------
 
-    async def _authenticate(self, account: str, password: bytes) -> DirectoryAccount | None:
+    async def _authenticate(
+        self, account: str, password: bytes, gate: EntryGate
+    ) -> DirectoryAccount | None:
         found = await self._with_service(lambda c: self._find(c, account))
         if found is None:
             return None
         entry, url = found
+        gate.admit(entry.dn)
         connection, code, message = await self._connect(entry.dn, password, prefer=url)
         _close(connection.client)
         if code == _INVALID_CREDENTIALS:

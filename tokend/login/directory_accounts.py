@@ -15,7 +15,14 @@ from collections.abc import Callable
 from tokend.dn import normalise_dn
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.directory import Directory, DirectoryAccount, DirectoryUnavailable
-from tokend.login.identity import DIRECTORY, BackendUnavailable, Identity, Login
+from tokend.login.identity import (
+    DIRECTORY,
+    OPEN_GATE,
+    BackendUnavailable,
+    EntryGate,
+    Identity,
+    Login,
+)
 from tokend.policy.model import Policy
 
 _LOGIN_STAMP = b"\0directory login"
@@ -48,10 +55,12 @@ class DirectoryAccounts:
         found = self._cache.remembered(account, password, _LOGIN_STAMP, now)
         return Login(found, policy) if isinstance(found, Identity) else None
 
-    async def authenticate(self, account: str, password: bytes) -> Login | None:
+    async def authenticate(
+        self, account: str, password: bytes, gate: EntryGate = OPEN_GATE
+    ) -> Login | None:
         """Logins refuses an empty password before it gets here, and the client again."""
         try:
-            found = await self._directory.authenticate(account, password)
+            found = await self._directory.authenticate(account, password, gate)
         except DirectoryUnavailable:
             raise self._down(account) from None
         if found is None:
@@ -86,4 +95,5 @@ def _identity(account: str, found: DirectoryAccount) -> Identity:
         DIRECTORY,
         frozenset(found.groups),
         binding=normalise_dn(found.dn).encode("utf-8"),
+        entry=found.dn,
     )

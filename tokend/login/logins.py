@@ -17,15 +17,19 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred
 
+from tokend.dn import DNError, normalise_dn
 from tokend.login.identity import (
     DIRECTORY,
     USERS,
     BackendUnavailable,
+    EntryGate,
     Identity,
     Login,
+    LoginError,
     LoginOverloaded,
     LoginRefused,
     LoginThrottled,
+    UnfitName,
     directory_spelling,
 )
 from tokend.login.passwords import MAX_PASSWORD_BYTES
@@ -52,8 +56,9 @@ class Authenticator(Protocol):
     def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
         """A login the credential cache answers, with no backend round trip."""
 
-    async def authenticate(self, account: str, password: bytes) -> Login | None:
-        """Raises :class:`BackendUnavailable` when it cannot tell, or ``Overloaded``."""
+    async def authenticate(self, account: str, password: bytes, gate: EntryGate) -> Login | None:
+        """Raises :class:`BackendUnavailable` when it cannot tell, or ``Overloaded``; asks
+        ``gate`` about the directory entry the name leads to, if any, before the password."""
 
 
 class AccountDirectory(Authenticator, Protocol):
@@ -71,6 +76,39 @@ def throttled(refusal: Refusal, account: str | None) -> LoginThrottled:
         wait,
         by=refusal.reason,
     )
+
+
+class _EntryGate:
+    """The door's answer to a backend that found the directory entry a name leads to: may
+    that entry try now? (:class:`tokend.login.identity.EntryGate`)"""
+
+    def __init__(
+        self, throttle: LoginThrottle, account: str, client: str, clock: Callable[[], float]
+    ) -> None:
+        self._throttle = throttle
+        self._account = account
+        self._client = client
+        self._now = clock
+        self.entry: str | None = None
+        """The entry's throttle key once admitted: the attempt's end is counted for it too."""
+
+    def admit(self, dn: str) -> None:
+        if self.entry is not None:
+            raise RuntimeError("one entry per login attempt")
+        key = entry_key(dn)
+        refusal = self._throttle.admit_entry(key, self._client, self._now())
+        if refusal is not None:
+            raise throttled(refusal, self._account)
+        self.entry = key
+
+
+def entry_key(dn: str) -> str:
+    """The throttle key of a directory entry: its normalised DN behind a NUL, which no account
+    name can hold (a name the directory would look up is printable)."""
+    try:
+        return "\0dn:" + normalise_dn(dn)
+    except DNError:
+        return "\0dn:" + dn.lower()
 
 
 class Logins:
@@ -114,7 +152,10 @@ class Logins:
         policy = self._current()
         backend: Authenticator = self._file
         if self._directory is not None:
-            spelled = directory_spelling(account, policy)
+            try:
+                spelled = directory_spelling(account, policy)
+            except UnfitName:
+                raise self._unfit(account, client, now) from None
             if spelled is not None:
                 backend, account = self._directory, spelled
         refusal = self._throttle.admit(account, client, now)
@@ -128,8 +169,17 @@ class Logins:
             raise LoginRefused(WRONG, account)
         hit = backend.cached(account, password, policy, now)
         if hit is not None:
+            # The entry a remembered directory login found may be locked through another name
+            # meanwhile: answering the right password then would tell it from wrong ones.
+            gate = _EntryGate(self._throttle, account, client, self._now)
+            if hit.identity.entry:
+                try:
+                    gate.admit(hit.identity.entry)
+                except LoginThrottled:
+                    self._throttle.abandoned(account, client, now)
+                    raise
             self._metrics.cache_lookup(True)
-            self._throttle.succeeded(account, client, now)
+            self._throttle.succeeded(account, client, now, entry=gate.entry)
             return hit
         if not self._in_flight.enter(client):
             self._throttle.overloaded(account, client, now)
@@ -148,8 +198,9 @@ class Logins:
         login: Login | None = None
         ended = self._throttle.abandoned
         started = self._metrics.now()
+        gate = _EntryGate(self._throttle, account, client, self._now)
         try:
-            login = await backend.authenticate(account, password)
+            login = await backend.authenticate(account, password, gate)
             self._metrics.password_checked(login is not None, started)
             ended = self._throttle.failed if login is None else self._throttle.succeeded
         except Overloaded:
@@ -159,7 +210,7 @@ class Logins:
             ) from None
         finally:
             self._in_flight.leave(client)
-            ended(account, client, self._now())
+            ended(account, client, self._now(), entry=gate.entry)
         if login is None:
             raise LoginRefused(WRONG, account)
         return login
@@ -181,7 +232,11 @@ class Logins:
             raise self._refused(token, client, None, e.reason) from None
         policy = self._current()
         if claims.source == DIRECTORY and self._directory is not None:
-            if directory_spelling(claims.account, policy) is None:
+            try:
+                spelled = directory_spelling(claims.account, policy)
+            except UnfitName:
+                raise self._refused(token, client, claims.account, "not a directory name") from None
+            if spelled is None:
                 raise self._refused(token, client, claims.account, "account now in users.json")
             return ensureDeferred(self._directory_refresh(tokens, claims, token, client))
         if claims.source != USERS:
@@ -211,6 +266,15 @@ class Logins:
             raise self._refused(token, client, claims.account, e.reason) from None
         self._throttle.address_ended(client, self._now(), failed=False)
         return Login(found, self._current())
+
+    def _unfit(self, account: str, client: str, now: float) -> LoginError:
+        """A name the directory would read as another (a fullwidth m): refused before any
+        traffic, and a failure of the address; no account is charged, for the name is none."""
+        refusal = self._throttle.admit_address(client, now)
+        if refusal is not None:
+            return throttled(refusal, account)
+        self._throttle.address_ended(client, now, failed=True)
+        return LoginRefused(WRONG, account)
 
     def _refused(self, token: str, client: str, account: str | None, reason: str) -> LoginRefused:
         self._throttle.address_ended(client, self._now(), failed=True)
