@@ -120,9 +120,10 @@ def test_explain_looks_a_directory_account_up(slapd: Slapd, config_dir: Path) ->
         "    group everyone: 'lobby/*' allows pull",
         "    the union of every source's most specific rule",
         "identity tokens: a refresh token of 'mozart' (docker login keeps one) is bound to its "
-        "DN; every refresh looks the account up again (remembered for --credential-cache-ttl) "
-        "and gets the rights its groups give then; it is refused once the account is gone from "
-        "the search base or has another DN",
+        "entry (DN, entryUUID or objectGUID, password-changed time); every refresh looks the "
+        "account up again (remembered for --credential-cache-ttl) and gets the rights its "
+        "groups give then; it is refused once the account is gone from the search base, has "
+        "another DN, is locked or disabled, or its entry or password changed",
     ]
 
 

@@ -194,7 +194,11 @@ class Announcer(Service):
                 "{groups}, service account {bind_dn}",
                 urls=list(directory.urls),
                 base=directory.base,
-                filter=directory.filter,
+                filter=(
+                    directory.filter
+                    if directory.active_filter is None
+                    else f"(&{directory.filter}{directory.active_filter})"
+                ),
                 groups=(
                     f"search under {directory.group_base}"
                     if directory.group_base

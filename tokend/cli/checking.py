@@ -56,7 +56,7 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
             return await d.check(), await d.missing(named)
 
         report, missing = ask_directory(directory, check_and_find)
-        for line in report.lines():
+        for line in report.lines(args.max_failures_per_account, args.failure_window):
             stdout.write(line + "\n")
         stdout.write(_directory_groups_taken(taken))
         for dn in missing:
@@ -100,4 +100,13 @@ def register(commands: Any) -> None:
         "daemon's flag of that name does",
     )
     add_directory_options(checking)
+    limits = checking.add_argument_group(
+        "login limits", "the daemon's, set against the directory's lockout policy"
+    )
+    limits.add_argument(
+        "--max-failures-per-account", type=int, default=10, metavar="N", help="default %(default)s"
+    )
+    limits.add_argument(
+        "--failure-window", type=int, default=300, metavar="SECONDS", help="default %(default)s"
+    )
     checking.set_defaults(run=check_config)

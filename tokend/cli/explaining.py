@@ -161,9 +161,10 @@ def _directory_identity_tokens(account: str) -> str:
     """How refresh tokens of a directory account follow the directory."""
     return (
         f"identity tokens: a refresh token of {account!r} (docker login keeps one) is bound to "
-        "its DN; every refresh looks the account up again (remembered for "
-        "--credential-cache-ttl) and gets the rights its groups give then; it is refused once "
-        "the account is gone from the search base or has another DN\n"
+        "its entry (DN, entryUUID or objectGUID, password-changed time); every refresh looks "
+        "the account up again (remembered for --credential-cache-ttl) and gets the rights its "
+        "groups give then; it is refused once the account is gone from the search base, has "
+        "another DN, is locked or disabled, or its entry or password changed\n"
     )
 
 

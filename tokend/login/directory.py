@@ -34,6 +34,16 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from tokend.dn import normalise_dn
 from tokend.log_text import printable
+from tokend.login.directory_entries import (
+    POLICY_ATTRIBUTES,
+    POLICY_FILTER,
+    STATE_ATTRIBUTES,
+    EntryState,
+    LockoutPolicy,
+    entry_state,
+    lockout_policy,
+    lockout_warning,
+)
 from tokend.login.identity import OPEN_GATE, EntryGate, UnfitName, directory_name
 from tokend.signing.keys import loose_mode
 
@@ -187,10 +197,12 @@ def read_bind_password(path: str, allow_loose: bool = False) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class DirectoryAccount:
-    """A directory entry that matched a login: its DN and the (normalised) DNs of its groups."""
+    """A directory entry that matched a login: its DN, the (normalised) DNs of its groups, and
+    what its operational attributes say (its stable id, when its password changed)."""
 
     dn: str
     groups: frozenset[str]
+    state: EntryState = field(default=EntryState(), compare=False)
 
 
 class DirectoryUnavailable(Exception):
@@ -208,18 +220,45 @@ class DirectoryReport:
     more_accounts: bool
     group_base: str | None = None
     groups: int | None = None
+    active_filter: str | None = None
+    active: int | None = None
+    """Of the accounts counted, those the active filter also matches."""
+    policies: tuple[LockoutPolicy, ...] = ()
+    """Password policies the service account can read that lock accounts."""
 
-    def lines(self) -> list[str]:
+    def lines(self, max_failures: int, window: float) -> list[str]:
+        """The report; ``max_failures`` and ``window`` are tokend's own limit per account, set
+        against the directory's lockout policies."""
         service = f"bound as {self.bind_dn}" if self.bind_dn else "searches are anonymous"
         counted = f"at least {self.accounts}" if self.more_accounts else str(self.accounts)
         lines = [
             f"directory: {self.url} answered, {service}",
             f"directory: search base {self.base} exists; the filter finds {counted} accounts",
         ]
+        if self.active_filter is not None:
+            lines.append(
+                f"directory: {self.active} of them match the active filter {self.active_filter}"
+            )
+            if not self.active and self.accounts:
+                lines.append(
+                    f"warning: directory: the active filter {self.active_filter} matches no "
+                    "account, so nobody can log in; an attribute type the directory does not "
+                    "know makes (!(type=*)) match nothing"
+                )
         if self.group_base is not None:
             lines.append(
                 f"directory: group base {self.group_base} exists; {self.groups} groups under it"
             )
+        for policy in self.policies:
+            warning = lockout_warning(policy, max_failures, window)
+            if warning is not None:
+                lines.append(f"warning: directory: {warning}")
+            else:
+                lines.append(
+                    f"directory: the password policy {policy.dn} locks an account after "
+                    f"{policy.failures} failed binds; tokend's --max-failures-per-account "
+                    f"{max_failures} refuses first"
+                )
         return lines
 
 
@@ -231,6 +270,13 @@ class _Entry:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _attribute_text(kind: bytes | str, value: bytes | str) -> str:
+    """An attribute value as text; AD's binary objectGUID as hex."""
+    if isinstance(value, bytes) and _text(kind).lower() == "objectguid":
+        return value.hex()
+    return _text(value)
 
 
 _PLAIN_ANSWERS = ("wrong version number", "packet length too long", "record layer failure")
@@ -425,6 +471,8 @@ class Directory:
         if found is None:
             return None
         entry, url = found
+        if not self._active(entry, account):
+            return None
         gate.admit(entry.dn)
         connection, code, message = await self._connect(entry.dn, password, prefer=url)
         _close(connection.client)
@@ -438,20 +486,37 @@ class Directory:
             )
             return None
         groups = await self._with_service(lambda c: self._groups(c, entry))
-        return DirectoryAccount(entry.dn, groups)
+        return DirectoryAccount(entry.dn, groups, entry_state(entry.attributes))
 
     async def _account(self, connection: _Connection, account: str) -> DirectoryAccount | None:
         found = await self._find(connection, account)
         if found is None:
             return None
         entry, _ = found
-        return DirectoryAccount(entry.dn, await self._groups(connection, entry))
+        if not self._active(entry, account):
+            return None
+        groups = await self._groups(connection, entry)
+        return DirectoryAccount(entry.dn, groups, entry_state(entry.attributes))
+
+    def _active(self, entry: _Entry, account: str) -> bool:
+        """Whether the entry may log in: not locked or disabled by the attributes OpenLDAP
+        ppolicy, 389-DS and AD lock with (the active filter was part of the search)."""
+        inactive = entry_state(entry.attributes).inactive
+        if inactive is not None:
+            self.log.info(
+                "directory: account {account} is {inactive}; refused",
+                account=printable(account),
+                inactive=inactive,
+            )
+        return inactive is None
 
     async def _find(self, connection: _Connection, account: str) -> tuple[_Entry, str] | None:
         """The one entry the filter finds for ``account`` under the base, or None."""
         config = self._config
-        text = _fill(config.filter, "account", escape_filter_value(account))
-        attributes = _NO_ATTRIBUTES if config.group_base else [config.group_attribute]
+        text = self._account_filter(escape_filter_value(account))
+        attributes = list(STATE_ATTRIBUTES)
+        if config.group_base is None:
+            attributes.append(config.group_attribute)
         # Two is enough to tell "one" from "several", and spares the directory a long answer.
         try:
             entries, code, message = await self._search(
@@ -496,15 +561,30 @@ class Directory:
                 )
         return frozenset(groups)
 
+    def _account_filter(self, value: str) -> str:
+        """The search for an account: the filter with ``value``, and the active filter."""
+        text = _fill(self._config.filter, "account", value)
+        active = self._config.active_filter
+        return text if active is None else f"(&{text}{active})"
+
+    async def _count(self, connection: _Connection, base: str, text: str) -> tuple[int, bool]:
+        """How many entries (up to the check's bound) a search finds, and whether more."""
+        entries, code, message = await self._search(
+            connection, base, text, _NO_ATTRIBUTES, _CHECK_SIZE_LIMIT
+        )
+        if code != _SIZE_LIMIT_EXCEEDED:
+            self._require_success(code, message, connection, base)
+        return len(entries), code == _SIZE_LIMIT_EXCEEDED
+
     async def _check(self, connection: _Connection) -> DirectoryReport:
         config = self._config
         await self._require_entry(connection, config.base)
-        text = _fill(config.filter, "account", "*")
-        entries, code, message = await self._search(
-            connection, config.base, text, _NO_ATTRIBUTES, _CHECK_SIZE_LIMIT
+        accounts, more = await self._count(
+            connection, config.base, _fill(config.filter, "account", "*")
         )
-        if code != _SIZE_LIMIT_EXCEEDED:
-            self._require_success(code, message, connection, config.base)
+        active = None
+        if config.active_filter is not None:
+            active, _ = await self._count(connection, config.base, self._account_filter("*"))
         groups = None
         if config.group_base is not None:
             await self._require_entry(connection, config.group_base)
@@ -522,11 +602,43 @@ class Directory:
             url=connection.url,
             bind_dn=config.bind_dn,
             base=config.base,
-            accounts=len(entries),
-            more_accounts=code == _SIZE_LIMIT_EXCEEDED,
+            accounts=accounts,
+            more_accounts=more,
             group_base=config.group_base,
             groups=groups,
+            active_filter=config.active_filter,
+            active=active,
+            policies=await self._lockout_policies(connection),
         )
+
+    async def _lockout_policies(self, connection: _Connection) -> tuple[LockoutPolicy, ...]:
+        """The password policies under the base's naming context that lock accounts, as far
+        as the service account may read them (none found is no finding: they may be hidden)."""
+        base = await self._naming_context(connection)
+        entries, code, _ = await self._search(
+            connection, base, POLICY_FILTER, list(POLICY_ATTRIBUTES), _CHECK_SIZE_LIMIT
+        )
+        if code not in (_SUCCESS, _SIZE_LIMIT_EXCEEDED):
+            return ()
+        found = (lockout_policy(entry.dn, entry.attributes) for entry in entries)
+        return tuple(policy for policy in found if policy is not None)
+
+    async def _naming_context(self, connection: _Connection) -> str:
+        """The naming context (from the root DSE) holding the search base, else the base."""
+        config = self._config
+        entries, code, _ = await self._search(
+            connection, "", "(objectClass=*)", ["namingContexts"], 1, scope="base"
+        )
+        contexts = entries[0].attributes.get("namingcontexts", []) if entries else []
+        base = normalise_dn(config.base)
+        for context in contexts if code == _SUCCESS else []:
+            try:
+                normalised = normalise_dn(context)
+            except ValueError:
+                continue
+            if base == normalised or base.endswith("," + normalised):
+                return context
+        return config.base
 
     async def _require_entry(self, connection: _Connection, base: str) -> None:
         _, code, message = await self._search(
@@ -707,7 +819,7 @@ class Directory:
         def handle(message: Any) -> bool:
             if isinstance(message, pureldap.LDAPSearchResultEntry):
                 values = {
-                    _text(kind).lower(): [_text(value) for value in found]
+                    _text(kind).lower(): [_attribute_text(kind, value) for value in found]
                     for kind, found in message.attributes
                 }
                 entries.append(_Entry(_text(message.objectName), values))

@@ -2,9 +2,11 @@
 
 The credential cache remembers a directory login (its DN and groups) as it remembers a bcrypt
 success, so a busy CI logging in again and again makes no directory round trip; group
-membership and a removed account take effect within the cache's ttl. Refresh tokens of
-directory accounts are bound to the account's DN: the account gone from the directory (or moved)
-revokes them; each refresh looks it up again (also remembered for the cache's ttl).
+membership, a removed and a locked account take effect within the cache's ttl. Refresh tokens
+of directory accounts are bound to the entry's DN, its stable id (entryUUID, objectGUID) and
+its password-changed time: the account gone, moved, locked or disabled, deleted and added
+again under its DN, or given a new password, revokes them; each refresh looks it up again
+(also remembered for the cache's ttl).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from tokend.dn import normalise_dn
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.directory import Directory, DirectoryAccount, DirectoryUnavailable
 from tokend.login.identity import (
@@ -94,6 +95,7 @@ def _identity(account: str, found: DirectoryAccount) -> Identity:
         account,
         DIRECTORY,
         frozenset(found.groups),
-        binding=normalise_dn(found.dn).encode("utf-8"),
+        binding=found.state.binding(found.dn),
         entry=found.dn,
+        dn_tokens_after=found.state.dn_tokens_after(),
     )

@@ -29,9 +29,13 @@ class Identity:
     directory_groups: frozenset[str] = frozenset()
     binding: bytes = b""
     """What a refresh token issued to this identity is bound to: the users.json hash the
-    password was checked against, or the account's DN in the directory. A change revokes."""
+    password was checked against, or the directory entry's DN, stable id and password-changed
+    time. A change revokes."""
     entry: str = ""
     """A directory account's entry (its DN), which the throttle counts failures by too."""
+    dn_tokens_after: float | None = None
+    """A directory account's refresh tokens bound to its DN alone (issued before the binding
+    above) are honoured when issued after this moment; None: refused."""
 
     def member(self, policy: Policy) -> UserPolicy | None:
         """This identity's rights in ``policy``: its users.json entry, or, for a directory

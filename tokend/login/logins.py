@@ -261,7 +261,7 @@ class Logins:
         if found is None:
             raise self._refused(token, client, claims.account, "account not in the directory")
         try:
-            tokens.admit(claims, found.binding, None)
+            tokens.admit_directory(claims, found)
         except InvalidRefreshToken as e:
             raise self._refused(token, client, claims.account, e.reason) from None
         self._throttle.address_ended(client, self._now(), failed=False)

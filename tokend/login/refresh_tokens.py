@@ -45,7 +45,8 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
-from tokend.login.identity import USERS
+from tokend.login.directory_entries import legacy_binding
+from tokend.login.identity import USERS, Identity
 from tokend.policy.model import Policy
 from tokend.signing.keys import SigningKey
 
@@ -324,6 +325,23 @@ class RefreshTokens:
         return RefreshIdentity(
             claims.account, claims.source, claims.jti, claims.issued_at, claims.expires_at
         )
+
+    def admit_directory(self, claims: RefreshClaims, identity: Identity) -> RefreshIdentity:
+        """:meth:`admit` for a directory account as its lookup found it now. A token bound to
+        the DN alone (issued before tokend bound tokens to the entry's id and password time)
+        is honoured while it would have been under the new binding: issued after the entry
+        was created and after its password last changed, as far as the directory says."""
+        changed = InvalidRefreshToken("revoked: the entry or its password changed")
+        try:
+            return self.admit(claims, identity.binding, None)
+        except InvalidRefreshToken:
+            after = identity.dn_tokens_after
+            if after is None or not identity.entry or claims.issued_at <= after:
+                raise changed from None
+        try:
+            return self.admit(claims, legacy_binding(identity.entry), None)
+        except InvalidRefreshToken:
+            raise changed from None
 
     def _header_refusal(self, header_segment: bytes) -> str:
         """Why a header is not ours: another kind of token, or a refresh token under another
