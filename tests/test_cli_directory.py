@@ -199,6 +199,10 @@ def test_explain_refuses_a_users_json_name_in_another_case(config_dir: Path) -> 
         (("--ldap-url", "ldap://127.0.0.1:1"), "--ldap-url needs --ldap-base (a DN)"),
         (("--ldap-url", "http://x", "--ldap-base", SUFFIX), "must be ldap://host[:port]"),
         (("--ldap-url", "ldap://x", "--ldap-base", SUFFIX, "--ldap-timeout", "0"), "between 0"),
+        (
+            ("--ldap-url", "ldap://x", "--ldap-base", SUFFIX, "--ldap-active-filter", "(x"),
+            "the directory active filter '(x' is not an LDAP filter",
+        ),
     ],
 )
 def test_explain_refuses_options_that_do_not_go_together(

@@ -54,6 +54,10 @@ def test_environment_variables_configure_the_directory(tmp_path: Path) -> None:
     assert config.urls == ("ldaps://a.example:636", "ldaps://b.example:636")
     assert config.group_base == "ou=groups,dc=example,dc=com"
     assert config.filter == DEFAULT_FILTER and config.bind_dn is None
+    assert config.active_filter is None
+    environ["TOKEND_LDAP_ACTIVE_FILTER"] = "(!(nsAccountLock=TRUE))"
+    config = parsed_options(tmp_path, environ=environ).directory
+    assert config.active_filter == "(!(nsAccountLock=TRUE))"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +71,21 @@ def test_environment_variables_configure_the_directory(tmp_path: Path) -> None:
         (["--ldap-url", "ldap://x", "--ldap-base", BASE, "--ldap-timeout", "0"], "between"),
         (["--ldap-url", "ldap://x", "--ldap-base", BASE, "--ldap-ca-cert", "/nope"], "cannot read"),
         (["--ldap-url", "ldaps://x", "--ldap-base", BASE, "--ldap-starttls"], "StartTLS"),
+        (
+            ["--ldap-url", "ldap://x", "--ldap-base", BASE, "--ldap-active-filter", "(!(x=*)"],
+            "is not an LDAP filter",
+        ),
+        (
+            [
+                "--ldap-url",
+                "ldap://x",
+                "--ldap-base",
+                BASE,
+                "--ldap-active-filter",
+                "(uid={account})",
+            ],
+            "takes no placeholder",
+        ),
     ],
 )
 def test_unusable_directory_options_are_refused(
