@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tokend.cli.common import CommandError
-from tokend.signing.devcert import DEFAULT_CN, DEFAULT_DAYS, DanglingLinkError, write_dev_cert
+from tokend.signing.devcert import DEFAULT_CN, DEFAULT_DAYS, LinkRefusedError, write_dev_cert
 from tokend.signing.keys import KeyConfigError, key_ids
 
 
@@ -30,7 +30,7 @@ def dev_cert(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         write_dev_cert(key_path, cert_path, cn=args.cn, days=args.days, overwrite=args.force)
     except FileExistsError as e:
         raise CommandError(f"{e}; pass --force to replace it") from None
-    except DanglingLinkError as e:
+    except LinkRefusedError as e:
         raise CommandError(str(e)) from None
     except OSError as e:
         raise CommandError(f"cannot write the key pair: {e}") from None
@@ -58,5 +58,9 @@ def register(commands: Any) -> None:
     dev.add_argument("--cert", default="certs/RootCA.crt", help="default %(default)s")
     dev.add_argument("--cn", default=DEFAULT_CN, help="certificate common name")
     dev.add_argument("--days", type=_days, default=DEFAULT_DAYS, help="default %(default)s")
-    dev.add_argument("--force", action="store_true", help="replace existing files")
+    dev.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing files (a symbolic link is replaced itself, never its target)",
+    )
     dev.set_defaults(run=dev_cert)
