@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from support import new_private_key, write_private_key
+from support import PrivateKey, new_private_key, write_private_key
 
 from tokend.cli import main
 from tokend.login.refresh_tokens import RefreshTokens
@@ -166,16 +166,16 @@ def test_an_x5c_chain_is_followed_to_the_bundles_certificate(tmp_path: Path) -> 
     ca_key, leaf_key = new_private_key("p256"), new_private_key("p256")
     now = datetime.now(UTC)
 
-    def certificate(cn: str, key: object, issuer: str, signer: object) -> x509.Certificate:
+    def certificate(cn: str, key: PrivateKey, issuer: str, signer: PrivateKey) -> x509.Certificate:
         return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key())  # type: ignore[attr-defined]
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(days=1))
             .not_valid_after(now + timedelta(days=30))
-            .sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+            .sign(signer, hashes.SHA256())
         )
 
     ca = certificate("unit CA", ca_key, "unit CA", ca_key)
