@@ -116,6 +116,7 @@ def test_what_the_tool_does_not_touch_is_kept(config: Path) -> None:
     inode = path.stat().st_ino
     assert run("add", "bob", "--config-dir", str(config), "--stdin", "--cost", "4",
                "--pull", "*", stdin="pw\n")[0] == 0  # fmt: skip
+    assert path.stat().st_ino != inode  # replaced by rename (then the old inode is free again)
     assert run("passwd", "ann", "--config-dir", str(config), "--stdin", "--cost", "4",
                stdin="pw2\n")[0] == 0  # fmt: skip
     after = users_json(config)
@@ -131,7 +132,6 @@ def test_what_the_tool_does_not_touch_is_kept(config: Path) -> None:
     status = path.stat()
     assert stat.S_IMODE(status.st_mode) == 0o640
     assert (status.st_uid, status.st_gid) == owner
-    assert status.st_ino != inode  # replaced by rename, not rewritten in place
     assert sorted(p.name for p in config.iterdir()) == [
         "groups.json", "repositories.json", "users.json"
     ]  # fmt: skip
