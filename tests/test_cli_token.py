@@ -261,3 +261,20 @@ def test_a_missing_certificate_is_one_sentence(
         f"tokend token: certificate {tmp_path / 'none.crt'} does not exist; give the registry's "
         "bundle with --cert\n"
     )
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_token_on_a_terminal_is_one_sentence_not_a_wait(
+    pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.StringIO()
+    assert main(["token", "--cert", str(pair[1])], stdin=Terminal(), stdout=out) == 1
+    assert out.getvalue() == ""
+    assert capsys.readouterr().err == (
+        "tokend token: give a TOKEN, or pipe a token or the realm's answer into standard input "
+        "('-' reads it from the terminal)\n"
+    )

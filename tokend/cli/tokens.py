@@ -353,6 +353,11 @@ def _claim_refusals(
 
 
 def token(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    if args.token is None and stdin.isatty():
+        raise CommandError(
+            "give a TOKEN, or pipe a token or the realm's answer into standard input ('-' reads "
+            "it from the terminal)"
+        )
     text = args.token if args.token not in (None, "-") else stdin.read(MAX_INPUT_CHARS + 1)
     if len(text) > MAX_INPUT_CHARS:
         raise CommandError(f"the input is longer than {MAX_INPUT_CHARS} characters")
