@@ -249,10 +249,15 @@ def test_a_running_daemon_takes_up_tokend_user_add(tmp_path: Path, config: Path)
         )  # fmt: skip
         assert added.returncode == 0, added.stderr
 
+        # Wait for the reload itself: asking for carol's token until it works would count
+        # each refusal as a failed login, and a slow reload would end in 429 instead.
         deadline = time.monotonic() + 30
-        while (answer := token_answer(sock, "carol", "pw"))[0] != 200:
-            assert time.monotonic() < deadline, f"carol still refused: {answer}"
+        while "policy reloaded" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no reload after 30 s"
             time.sleep(0.05)
+        answer = token_answer(sock, "carol", "pw")
+        assert answer[0] == 200, answer
         _, claims = verify_jwt(answer[1]["token"], load_certificate(cert_path))
         assert claims["sub"] == "carol"
         assert claims["access"] == [
