@@ -23,12 +23,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import capturedLogs, formatEvent
 
 from tokend.dn import normalise_dn
-from tokend.login.directory import (
+from tokend.login.directory import Directory, DirectoryAccount, DirectoryUnavailable
+from tokend.login.directory_config import (
     DEFAULT_FILTER,
-    Directory,
-    DirectoryAccount,
     DirectoryConfig,
-    DirectoryUnavailable,
     escape_filter_value,
     read_bind_password,
 )

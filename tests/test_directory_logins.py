@@ -23,8 +23,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory, DirectoryConfig
+from tokend.login.directory import Directory
 from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.directory_config import DirectoryConfig
 from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused, LoginThrottled
 from tokend.login.logins import Logins
 from tokend.login.passwords import PasswordChecker

@@ -30,8 +30,9 @@ from test_directory import config_for
 from test_directory_logins import Realm
 from twisted.internet import reactor
 
-from tokend.login.directory import Directory, DirectoryReport
+from tokend.login.directory import Directory
 from tokend.login.directory_entries import legacy_binding, moment
+from tokend.login.directory_report import DirectoryReport
 from tokend.login.identity import DIRECTORY
 
 pytestmark = pytest.mark.filterwarnings("ignore:'parseString' deprecated")

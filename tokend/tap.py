@@ -35,17 +35,17 @@ from tokend.dn import DNError, normalise_dn
 from tokend.http import ConnectionLimits, limit_connections
 from tokend.json_log import LoggingRoot, event_as_json, observer_for_format
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import (
+from tokend.login.directory import Directory
+from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.directory_config import (
     DEFAULT_FILTER,
     DEFAULT_GROUP_ATTRIBUTE,
     DEFAULT_GROUP_FILTER,
     DEFAULT_TIMEOUT,
-    Directory,
     DirectoryConfig,
     read_bind_password,
     read_ca_certificates,
 )
-from tokend.login.directory_accounts import DirectoryAccounts
 from tokend.login.directory_settings import NEEDS_URL, ignored_without_url
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL

@@ -18,7 +18,8 @@ from tokend.policy.model import EVERY_DIRECTORY_ACCOUNT, PolicyError
 from tokend.policy.report import overlap_notes
 
 if TYPE_CHECKING:
-    from tokend.login.directory import Directory, DirectoryReport
+    from tokend.login.directory import Directory
+    from tokend.login.directory_report import DirectoryReport
 
 
 def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:

@@ -14,7 +14,8 @@ from tokend.login.directory_settings import NEEDS_URL, ignored_without_url
 if TYPE_CHECKING:
     # Imported when a command needs the directory: ldaptor loads and installs the global
     # reactor, which hash-password, kid and a directory-less check-config do without.
-    from tokend.login.directory import Directory, DirectoryConfig
+    from tokend.login.directory import Directory
+    from tokend.login.directory_config import DirectoryConfig
 
 MAX_LDAP_TIMEOUT = 300.0
 """The daemon's bound on --ldap-timeout."""
@@ -34,7 +35,7 @@ def directory_config(args: argparse.Namespace, stdout: TextIO) -> DirectoryConfi
         if ignored is not None:
             stdout.write(f"warning: {ignored}\n")
         return None
-    from tokend.login.directory import (
+    from tokend.login.directory_config import (
         DEFAULT_FILTER,
         DEFAULT_GROUP_ATTRIBUTE,
         DEFAULT_GROUP_FILTER,

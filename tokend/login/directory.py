@@ -10,15 +10,10 @@ answers with 503 rather than 401: an outage must not look like a wrong password.
 
 from __future__ import annotations
 
-import importlib
-import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from ldaptor.protocols import pureldap
 from ldaptor.protocols.ldap import ldaperrors
@@ -34,6 +29,15 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from tokend.dn import normalise_dn
 from tokend.log_text import printable
+from tokend.login.directory_config import (
+    DirectoryConfig,
+    InvalidLDAPFilter,
+    Server,
+    escape_filter_value,
+    fill,
+    parseFilter,
+    read_ca_certificates,
+)
 from tokend.login.directory_entries import (
     POLICY_ATTRIBUTES,
     POLICY_FILTER,
@@ -42,25 +46,10 @@ from tokend.login.directory_entries import (
     LockoutPolicy,
     entry_state,
     lockout_policy,
-    lockout_warning,
 )
+from tokend.login.directory_report import DirectoryReport
 from tokend.login.identity import OPEN_GATE, EntryGate, UnfitName, directory_name
-from tokend.signing.keys import loose_mode
 
-# ldaptor 21.2 still calls pyparsing by its pre-3.0 names: pyparsing 3.3 warns when the filter
-# grammar is built and at every filter parsed, as a UserWarning (shown by default). Only those
-# are silenced, before ldaptor's filter module is imported.
-warnings.filterwarnings("ignore", message=r"'\w+' deprecated - use '\w+'", module="ldaptor")
-_ldapfilter = importlib.import_module("ldaptor.ldapfilter")
-InvalidLDAPFilter: type[Exception] = _ldapfilter.InvalidLDAPFilter
-parseFilter: Callable[[str], Any] = _ldapfilter.parseFilter
-
-DEFAULT_FILTER = "(&(objectClass=person)(uid={account}))"
-DEFAULT_GROUP_ATTRIBUTE = "memberOf"
-DEFAULT_GROUP_FILTER = "(&(objectClass=groupOfNames)(member={dn}))"
-DEFAULT_TIMEOUT = 5.0
-
-_SCHEMES = {"ldap": 389, "ldaps": 636}
 _SUCCESS = ldaperrors.Success.resultCode
 _SIZE_LIMIT_EXCEEDED = ldaperrors.LDAPSizeLimitExceeded.resultCode
 _NO_SUCH_OBJECT = ldaperrors.LDAPNoSuchObject.resultCode
@@ -69,130 +58,7 @@ _NO_ATTRIBUTES = ["1.1"]
 """RFC 4511 4.5.1.8: ask for no attributes at all, only the entries' DNs."""
 _CHECK_SIZE_LIMIT = 1000
 
-_FILTER_ESCAPES = {"\\": r"\5c", "*": r"\2a", "(": r"\28", ")": r"\29", "\x00": r"\00"}
-
 T = TypeVar("T")
-
-
-def escape_filter_value(value: str) -> str:
-    """``value`` as a literal in an LDAP filter (RFC 4515): ``* ( ) \\ NUL`` escaped as hex
-    pairs, so a user name can only ever be compared, never add a wildcard or a clause.
-    Other characters, non-ASCII included, go to the server as their UTF-8."""
-    return "".join(_FILTER_ESCAPES.get(char, char) for char in value)
-
-
-def _fill(template: str, placeholder: str, value: str) -> str:
-    """``template`` with ``{placeholder}`` replaced; other braces in the filter left alone."""
-    return template.replace("{" + placeholder + "}", value)
-
-
-def _check_filter(template: str, placeholder: str, option: str) -> None:
-    if "{" + placeholder + "}" not in template:
-        raise ValueError(f"the {option} {template!r} does not contain {{{placeholder}}}")
-    try:
-        parseFilter(_fill(template, placeholder, "x"))
-    except InvalidLDAPFilter:
-        raise ValueError(f"the {option} {template!r} is not an LDAP filter (RFC 4515)") from None
-
-
-def _check_active_filter(text: str) -> None:
-    if "{account}" in text or "{dn}" in text:
-        raise ValueError(
-            f"the directory active filter {text!r} takes no placeholder: it is joined to the "
-            "account filter with &"
-        )
-    try:
-        parseFilter(text)
-    except InvalidLDAPFilter:
-        raise ValueError(f"the directory active filter {text!r} is not an LDAP filter") from None
-
-
-@dataclass(frozen=True, slots=True)
-class _Server:
-    url: str
-    tls: bool
-    host: str
-    port: int
-
-
-def _parse_url(url: str) -> _Server:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"directory URL {url!r} is not ldap://host:port") from None
-    if parts.scheme not in _SCHEMES or not parts.hostname:
-        raise ValueError(f"directory URL {url!r} must be ldap://host[:port] or ldaps://host[:port]")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"directory URL {url!r} must name only a host and a port")
-    return _Server(url, parts.scheme == "ldaps", parts.hostname, port or _SCHEMES[parts.scheme])
-
-
-@dataclass(frozen=True, slots=True)
-class DirectoryConfig:
-    """How to reach the directory and how to find accounts and their groups in it."""
-
-    urls: tuple[str, ...]
-    base: str
-    starttls: bool = False
-    ca_cert: str | None = None
-    bind_dn: str | None = None
-    bind_password: bytes | None = field(default=None, repr=False)
-    filter: str = DEFAULT_FILTER
-    active_filter: str | None = None
-    """A filter an account's entry must also match to log in or refresh (none: any)."""
-    group_attribute: str = DEFAULT_GROUP_ATTRIBUTE
-    group_base: str | None = None
-    group_filter: str = DEFAULT_GROUP_FILTER
-    timeout: float = DEFAULT_TIMEOUT
-
-    def __post_init__(self) -> None:
-        if not self.urls:
-            raise ValueError("give at least one directory URL (ldap://host:port)")
-        servers = [_parse_url(url) for url in self.urls]
-        if self.starttls and any(server.tls for server in servers):
-            raise ValueError("StartTLS applies to ldap:// URLs; ldaps:// is TLS already")
-        if not self.base.strip():
-            raise ValueError("the directory search base must be a DN")
-        _check_filter(self.filter, "account", "directory filter")
-        _check_filter(self.group_filter, "dn", "directory group filter")
-        if self.active_filter is not None:
-            _check_active_filter(self.active_filter)
-        if not self.group_attribute.strip():
-            raise ValueError("the directory group attribute must not be empty")
-        if not self.timeout > 0:
-            raise ValueError(f"the directory timeout must be positive, not {self.timeout}")
-        if self.bind_password is not None and not self.bind_dn:
-            raise ValueError("a directory bind password needs a bind DN")
-
-    @property
-    def servers(self) -> tuple[_Server, ...]:
-        return tuple(_parse_url(url) for url in self.urls)
-
-
-def read_bind_password(path: str, allow_loose: bool = False) -> bytes:
-    """The service account's password from its file: one trailing line break stripped (editors
-    add one), refused when empty or readable by group or others."""
-    file = Path(path)
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"bind password file {path} does not exist") from None
-    except OSError as e:
-        raise ValueError(f"cannot read bind password file {path}: {e.strerror}") from None
-    mode = loose_mode(file)
-    if mode is not None and not allow_loose:
-        raise ValueError(
-            f"bind password file {path} is readable by others (mode {mode:04o}); "
-            f"run chmod 600 {path} or pass --allow-loose-key-permissions"
-        )
-    for ending in (b"\r\n", b"\n", b"\r"):
-        if data.endswith(ending):
-            data = data[: -len(ending)]
-            break
-    if not data:
-        raise ValueError(f"bind password file {path} is empty")
-    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,59 +73,6 @@ class DirectoryAccount:
 
 class DirectoryUnavailable(Exception):
     """unreachable / timed out / service bind refused: the web answers 503 + Retry-After."""
-
-
-@dataclass(frozen=True, slots=True)
-class DirectoryReport:
-    """What ``tokend check-config`` found in the directory."""
-
-    url: str
-    bind_dn: str | None
-    base: str
-    accounts: int
-    more_accounts: bool
-    group_base: str | None = None
-    groups: int | None = None
-    active_filter: str | None = None
-    active: int | None = None
-    """Of the accounts counted, those the active filter also matches."""
-    policies: tuple[LockoutPolicy, ...] = ()
-    """Password policies the service account can read that lock accounts."""
-
-    def lines(self, max_failures: int, window: float) -> list[str]:
-        """The report; ``max_failures`` and ``window`` are tokend's own limit per account, set
-        against the directory's lockout policies."""
-        service = f"bound as {self.bind_dn}" if self.bind_dn else "searches are anonymous"
-        counted = f"at least {self.accounts}" if self.more_accounts else str(self.accounts)
-        lines = [
-            f"directory: {self.url} answered, {service}",
-            f"directory: search base {self.base} exists; the filter finds {counted} accounts",
-        ]
-        if self.active_filter is not None:
-            lines.append(
-                f"directory: {self.active} of them match the active filter {self.active_filter}"
-            )
-            if not self.active and self.accounts:
-                lines.append(
-                    f"warning: directory: the active filter {self.active_filter} matches no "
-                    "account, so nobody can log in; an attribute type the directory does not "
-                    "know makes (!(type=*)) match nothing"
-                )
-        if self.group_base is not None:
-            lines.append(
-                f"directory: group base {self.group_base} exists; {self.groups} groups under it"
-            )
-        for policy in self.policies:
-            warning = lockout_warning(policy, max_failures, window)
-            if warning is not None:
-                lines.append(f"warning: directory: {warning}")
-            else:
-                lines.append(
-                    f"directory: the password policy {policy.dn} locks an account after "
-                    f"{policy.failures} failed binds; tokend's --max-failures-per-account "
-                    f"{max_failures} refuses first"
-                )
-        return lines
 
 
 @dataclass(slots=True)
@@ -340,19 +153,6 @@ class _ClientFactory(protocol.Factory):
 class _Connection:
     client: Any
     url: str
-
-
-def read_ca_certificates(path: str) -> list[x509.Certificate]:
-    """The CA certificates of a PEM file (a bundle may hold several); ValueError with a
-    sentence that names ``path`` when it cannot be read or holds none."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read the directory CA certificate {path}: {e.strerror}") from None
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ValueError(f"directory CA certificate {path} is not a PEM certificate") from None
 
 
 def _load_trust(path: str) -> Any:
@@ -543,7 +343,7 @@ class Directory:
         if config.group_base is None:
             values = entry.attributes.get(config.group_attribute.lower(), [])
         else:
-            text = _fill(config.group_filter, "dn", escape_filter_value(entry.dn))
+            text = fill(config.group_filter, "dn", escape_filter_value(entry.dn))
             entries, code, message = await self._search(
                 connection, config.group_base, text, _NO_ATTRIBUTES, 0
             )
@@ -563,7 +363,7 @@ class Directory:
 
     def _account_filter(self, value: str) -> str:
         """The search for an account: the filter with ``value``, and the active filter."""
-        text = _fill(self._config.filter, "account", value)
+        text = fill(self._config.filter, "account", value)
         active = self._config.active_filter
         return text if active is None else f"(&{text}{active})"
 
@@ -580,7 +380,7 @@ class Directory:
         config = self._config
         await self._require_entry(connection, config.base)
         accounts, more = await self._count(
-            connection, config.base, _fill(config.filter, "account", "*")
+            connection, config.base, fill(config.filter, "account", "*")
         )
         active = None
         if config.active_filter is not None:
@@ -591,7 +391,7 @@ class Directory:
             found, group_code, group_message = await self._search(
                 connection,
                 config.group_base,
-                _fill(config.group_filter, "dn", "*"),
+                fill(config.group_filter, "dn", "*"),
                 _NO_ATTRIBUTES,
                 _CHECK_SIZE_LIMIT,
             )
@@ -749,7 +549,7 @@ class Directory:
             return _Connection(client, server.url), response.resultCode, response.errorMessage
         raise DirectoryUnavailable("; ".join(reasons))
 
-    async def _open(self, server: _Server) -> Any:
+    async def _open(self, server: Server) -> Any:
         """A connected (and, with StartTLS, encrypted) LDAP client for ``server``."""
         timeout = self._config.timeout
         endpoint: Any = HostnameEndpoint(self._reactor, server.host, server.port, timeout)
@@ -779,7 +579,7 @@ class Directory:
             client.transport.startTLS(self._tls_options(server))
         return client
 
-    def _tls_options(self, server: _Server) -> IOpenSSLClientConnectionCreator:
+    def _tls_options(self, server: Server) -> IOpenSSLClientConnectionCreator:
         return optionsForClientTLS(server.host, trustRoot=self._trust)
 
     async def _send(self, client: Any, request: Any, what: str) -> Any:
