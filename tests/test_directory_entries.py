@@ -124,11 +124,17 @@ def test_lockout_warnings_count_tokends_sliding_windows() -> None:
     assert lockout_warning(policy, 1, 300) is None
     warning = lockout_warning(policy, 2, 300)
     assert warning is not None and "lets 6 failures through" in warning
-    assert "set --max-failures-per-account to 1 or less" in warning
+    assert warning.endswith(
+        "set --max-failures-per-account to 1 or less, or --failure-window above 600 s with "
+        "--max-failures-per-account below 5 (failures at other services count there too: "
+        "leave room)"
+    )
     assert lockout_warning(policy, 4, 601) is None  # one window: 4 < 5
+    one_window = lockout_warning(policy, 5, 601)
+    assert one_window is not None and "; set --max-failures-per-account below 5 (" in one_window
     unlimited = lockout_warning(policy, 0, 300)
     assert unlimited is not None and "unlimited failures" in unlimited
     tight = lockout_warning(LockoutPolicy("cn=p", 2, 3600), 1, 300)
-    assert tight is not None and "set --failure-window above 3600 s" in tight
+    assert tight is not None and "; set --failure-window above 3600 s with" in tight
     forever = lockout_warning(LockoutPolicy("cn=p", 5, 0), 1, 300)
     assert forever is not None and "counted until a good bind" in forever

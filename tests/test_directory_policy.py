@@ -219,7 +219,8 @@ def test_check_config_warns_when_tokends_limit_lets_the_directory_lock_people(
         f"{POLICY_MAX_FAILURE} failed binds within {POLICY_INTERVAL} s, and tokend lets "
         f"{10 * windows} failures through in that time: an attacker can lock a person out of "
         "every service using the directory; set --max-failures-per-account to "
-        f"{(POLICY_MAX_FAILURE - 1) // windows} or less"
+        f"{(POLICY_MAX_FAILURE - 1) // windows} or less, or --failure-window above "
+        f"{POLICY_INTERVAL} s with --max-failures-per-account below {POLICY_MAX_FAILURE}"
     ) in out
 
 

@@ -211,12 +211,15 @@ def lockout_warning(policy: LockoutPolicy, max_failures: int, window: float) -> 
         return None
     let_through = "unlimited failures" if not max_failures else f"{max_failures * windows} failures"
     limit = (n - 1) // windows
-    fix = (
-        f"set --max-failures-per-account to {limit} or less"
-        if limit > 0
-        else f"set --failure-window above {policy.interval:g} s and --max-failures-per-account "
-        f"below {n}"
+    longer = (
+        f"--failure-window above {policy.interval:g} s with --max-failures-per-account below {n}"
     )
+    if windows == 1:
+        fix = f"set --max-failures-per-account below {n}"
+    elif limit:
+        fix = f"set --max-failures-per-account to {limit} or less, or {longer}"
+    else:
+        fix = f"set {longer}"
     return (
         f"{locks} within {policy.interval:g} s, and tokend lets {let_through} through in "
         f"that time: {harm}; {fix} (failures at other services count there too: leave room)"
