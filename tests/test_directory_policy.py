@@ -121,7 +121,7 @@ async def test_a_locked_account_neither_refreshes_nor_logs_in(realm: Realm, poli
         token = await login(realm, "haydn")
         await refreshes(realm, token, "haydn")
         replace(policed, "haydn", "pwdAccountLockedTime", "000001010000Z")  # as the root DN
-        assert "not in the directory" in await refused(realm, token)
+        assert "no active account in the directory" in await refused(realm, token)
         binds = policed.log_text().count('BIND dn="uid=haydn')
         status, _, body = await realm.get("haydn", scope="lobby/a:pull")
         assert status == 401, body

@@ -259,7 +259,7 @@ class Logins:
             self._throttle.address_ended(client, self._now(), failed=False)
             raise
         if found is None:
-            raise self._refused(token, client, claims.account, "account not in the directory")
+            raise self._refused(token, client, claims.account, "no active account in the directory")
         try:
             tokens.admit_directory(claims, found)
         except InvalidRefreshToken as e:
