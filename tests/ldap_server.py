@@ -14,6 +14,7 @@ Use the session fixture with ``pytest_plugins = ("ldap_server",)`` in a test mod
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -387,8 +388,19 @@ class Slapd:
         return next((line[len(prefix) :] for line in lines if line.startswith(prefix)), None)
 
     def connections(self) -> int:
-        """How many connections slapd has accepted so far (from its stats log)."""
+        """How many connections slapd has accepted so far (from its stats log). slapd's
+        listener thread may write an ACCEPT line after the connection's first answer went
+        out: to count the connections some requests made, use :meth:`bound_since`."""
         return self.log_text().count(" ACCEPT from ")
+
+    def mark(self) -> int:
+        """A place in the log, for :meth:`bound_since`."""
+        return len(self.log_text())
+
+    def bound_since(self, mark: int) -> int:
+        """How many connections bound since ``mark``: every connection tokend opens starts
+        with a bind, and slapd logs a BIND before it answers it (unlike the ACCEPT)."""
+        return len(set(re.findall(r"conn=(\d+) op=\d+ BIND ", self.log_text()[mark:])))
 
 
 def new_slapd(root: Path, ppolicy: bool = False) -> Slapd:

@@ -266,9 +266,9 @@ async def test_empty_password_refused_before_the_directory_is_asked(
     # ... so the refusal must come first: with nothing listening, asking would raise.
     nowhere = make(urls=(f"ldap://127.0.0.1:{free_port()}",))
     assert await nowhere.authenticate("mozart", b"") is None
-    before = slapd.connections()
+    before = slapd.mark()
     assert await make().authenticate("mozart", b"") is None
-    assert slapd.connections() == before
+    assert slapd.bound_since(before) == 0
 
 
 @pytest.mark.parametrize(
@@ -336,10 +336,10 @@ async def test_spaced_control_or_look_alike_spellings_are_refused_before_traffic
     # slapd's uid matching ignores leading and trailing spaces and reads fullwidth,
     # mathematical and circled letters as the letter: " mozart" and a fullwidth m would be
     # mozart under another name (another throttle counter, another ${account}).
-    before = slapd.connections()
+    before = slapd.mark()
     assert await make().authenticate(account, PASSWORD.encode()) is None
     assert await make().lookup(account) is None
-    assert slapd.connections() == before
+    assert slapd.bound_since(before) == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -432,23 +432,23 @@ def test_unreadable_ca_file(slapd: Slapd, tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_service_connection_is_reused(make: Any, slapd: Slapd) -> None:
     directory = make()
-    before = slapd.connections()
+    before = slapd.mark()
     for _ in range(3):
         assert await directory.lookup("mozart") is not None
-    assert slapd.connections() - before == 1
+    assert slapd.bound_since(before) == 1
     # Each login's password bind has a connection of its own; the searches still share one.
     for _ in range(2):
         assert await directory.authenticate("bach", PASSWORD.encode()) is not None
-    assert slapd.connections() - before == 3
+    assert slapd.bound_since(before) == 3
 
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_requests_share_one_connection_attempt(make: Any, slapd: Slapd) -> None:
     directory = make()
-    before = slapd.connections()
+    before = slapd.mark()
     results = await _gather(directory, ["mozart", "bach"] * 5)
     assert all(result is not None for result in results)
-    assert slapd.connections() - before == 1
+    assert slapd.bound_since(before) == 1
 
 
 async def _gather(directory: Directory, accounts: list[str]) -> list[Any]:
@@ -553,9 +553,9 @@ async def test_outage_logged_once_and_recovered(tmp_path: Path) -> None:
 async def test_a_connection_closed_under_a_request_is_replaced(make: Any, slapd: Slapd) -> None:
     directory = make()
     assert await directory.lookup("mozart") is not None
-    before = slapd.connections()
+    before = slapd.mark()
     # The socket is gone but the client has not been told yet (as when the directory closes an
     # idle connection just as a request arrives): the search fails once, then runs on a new one.
     directory._service.client.transport.abortConnection()
     assert await directory.lookup("mozart") is not None
-    assert slapd.connections() - before == 1
+    assert slapd.bound_since(before) == 1
