@@ -72,7 +72,7 @@ from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_sign
 from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.worker import AdoptedListener, WorkerSetup
-from tokend.workers import BoundedWorkers, WorkerPool
+from tokend.workers import BoundedWorkers, QueueService, WorkerPool
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024
@@ -641,6 +641,7 @@ def makeService(
     bcrypt_queue = BoundedWorkers(
         bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
     )
+    QueueService(bcrypt_queue).setServiceParent(root)  # stops before the pool
     credential_cache = CredentialCache(
         ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
     )
