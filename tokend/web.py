@@ -55,7 +55,10 @@ MAX_QUERY_BYTES = 8192
 MAX_VALUE_CHARS = 1024
 MAX_BODY_BYTES = 16384
 OVERLOAD_RETRY_AFTER = 1
-"""Seconds a client is asked to wait when the bcrypt queue is full: it drains quickly."""
+"""Seconds a client is asked to wait when the bcrypt queue (or its share) is full: it drains
+quickly."""
+REASONS = {429: b"Too Many Requests"}
+"""Status lines Twisted's table lacks (it would write "Unknown Status")."""
 CREDENTIAL_FIELDS = (b"username", b"password", b"refresh_token")
 """Never read from a POST's query string: URLs end up in proxies' access logs."""
 
@@ -585,7 +588,7 @@ def _token_body(
 
 
 def _json(request: Request, status: int, body: object) -> bytes:
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASONS.get(status))
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
