@@ -190,8 +190,8 @@ class Options(usage.Options):
                 "bcrypt-per-address",
                 None,
                 "4",
-                "Password checks one client address may have running or waiting; more get 503 "
-                "(0: no limit)",
+                "Password checks one client address may have running or waiting (its /48 or "
+                "IPv4 /24 twice as many, its /32 four times); more get 429 (0: no limit)",
             ],
             [
                 "max-failures-per-account",
@@ -673,7 +673,10 @@ def makeService(
         trusted_proxies=TrustedProxies(
             networks=options["trusted-proxy"], header=options["client-address-header"]
         ),
-        in_flight=InFlight(options["bcrypt-per-address"]),
+        in_flight=InFlight(
+            options["bcrypt-per-address"],
+            capacity=options["bcrypt-threads"] + options["bcrypt-queue"],
+        ),
         directory=_directory_accounts(options, reactor, holder, credential_cache, root),
         metrics=metrics,
     )
