@@ -528,6 +528,44 @@ def test_a_remembered_login_is_refused_while_its_entry_is_locked() -> None:
     assert logins.password("wolfgang", b"right", owner).identity.account == "wolfgang"
 
 
+class CountingWorkers:
+    """Real bcrypt, inline, counted."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._inline = InlineWorkers()
+
+    def run(self, function: Any, *args: Any) -> Any:
+        self.calls += 1
+        return self._inline.run(function, *args)
+
+
+def test_a_look_alike_is_refused_after_one_bcrypt_as_a_wrong_password_is() -> None:
+    """Its form must not answer sooner than a wrong password would; the address is charged,
+    no account (the name is none), and the directory is never asked."""
+    policy = Policy(users_from_document({}, "users.json"))
+    directory = RememberingDirectory(policy)
+    workers = CountingWorkers()
+    throttle = LoginThrottle(per_account=3, per_address=2, window=300)
+    logins = Logins(
+        current=lambda: policy,
+        password_file=directory,
+        passwords=PasswordChecker(workers),
+        clock=lambda: 1000.0,
+        throttle=throttle,
+        in_flight=InFlight(0),
+        directory=directory,
+    )
+    for name in LOOK_ALIKES[:2]:
+        with pytest.raises(LoginRefused):
+            settled(logins.password(name, b"right", "192.0.2.1"))
+    assert workers.calls == 2 and not directory.remembered
+    assert len(throttle.accounts) == 0
+    with pytest.raises(LoginThrottled) as refused:
+        logins.password("mozart", b"right", "192.0.2.1")
+    assert refused.value.by == "address"
+
+
 def test_a_failure_on_an_entry_is_told_once_with_the_address_once() -> None:
     """Other workers and daemons hear the entry's failure, the address counted once."""
     heard: list[Any] = []

@@ -201,7 +201,7 @@ class Logins:
             try:
                 spelled = directory_spelling(account, policy)
             except UnfitName:
-                raise self._unfit(account, client, now) from None
+                return self._unfit(account, client, now, policy)
             if spelled is not None:
                 backend, account = self._directory, spelled
         refusal = self._throttle.admit(account, client, now)
@@ -342,14 +342,32 @@ class Logins:
         self._throttle.address_ended(client, self._now(), failed=False)
         return Login(found, self._current())
 
-    def _unfit(self, account: str, client: str, now: float) -> LoginError:
-        """A name the directory would read as another (a fullwidth m): refused before any
-        traffic, and a failure of the address; no account is charged, for the name is none."""
+    def _unfit(self, account: str, client: str, now: float, policy: Policy) -> Deferred[Login]:
+        """A name the directory would read as another (a fullwidth m): the directory is never
+        asked. Refused as a wrong password is, after one bcrypt, and a failure of the address;
+        no account is charged, for the name is none."""
         refusal = self._throttle.admit_address(client, now)
         if refusal is not None:
-            return throttled(refusal, account)
-        self._throttle.address_ended(client, now, failed=True)
-        return LoginRefused(WRONG, account)
+            raise throttled(refusal, account)
+        full = self._in_flight.admit(client, known=False)
+        if full is not None:
+            self._throttle.address_ended(client, now, failed=True)
+            raise _overloaded(full, account)
+        return self._detached(ensureDeferred(self._refuse_unfit(account, client, policy)))
+
+    async def _refuse_unfit(self, account: str, client: str, policy: Policy) -> Login:
+        try:
+            await self._passwords.pad(policy.dummy_cost(account))
+        except Stopped:
+            raise LoginOverloaded("the service is stopping; try again shortly", account) from None
+        except Overloaded:
+            raise LoginOverloaded(
+                "too many logins are being checked; try again shortly", account
+            ) from None
+        finally:
+            self._in_flight.leave(client)
+            self._throttle.address_ended(client, self._now(), failed=True)
+        raise LoginRefused(WRONG, account)
 
     def _refused(self, token: str, client: str, account: str | None, reason: str) -> LoginRefused:
         self._throttle.address_ended(client, self._now(), failed=True)
