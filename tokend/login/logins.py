@@ -113,10 +113,14 @@ class Logins:
         now = self._now()
         policy = self._current()
         backend: Authenticator = self._file
+        typed = account
         if self._directory is not None:
             spelled = directory_spelling(account, policy)
             if spelled is not None:
                 backend, account = self._directory, spelled
+        asking = self._throttle.consult(account, client, now)
+        if asking is not None:  # first sight since this process joined Redis: ask it first
+            return asking.addCallback(lambda _: self.password(typed, password, client))
         refusal = self._throttle.admit(account, client, now)
         if refusal is not None:
             raise throttled(refusal, account)
