@@ -32,8 +32,6 @@ class DirectoryProbe(Service):
         self._option = option
         self._reactor = reactor
         self._close = close
-        self.checked: Deferred[bool] = Deferred()
-        """Fires with whether the directory answered (for tests)."""
 
     def startService(self) -> None:
         super().startService()
@@ -46,7 +44,7 @@ class DirectoryProbe(Service):
         checking.addCallbacks(self._answered, self._silent)
 
     def _answered(self, report: DirectoryReport) -> None:
-        self._done(True)
+        self._done()
 
     def _silent(self, failure: Any) -> None:
         if self.running:
@@ -56,12 +54,11 @@ class DirectoryProbe(Service):
                 option=self._option,
                 reason=failure.getErrorMessage() or failure.type.__name__,
             )
-        self._done(False)
+        self._done()
 
-    def _done(self, answered: bool) -> None:
+    def _done(self) -> None:
         if self._close:
             self._directory.close()
-        self.checked.callback(answered)
 
     def stopService(self) -> Any:
         super().stopService()

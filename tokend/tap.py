@@ -266,7 +266,7 @@ class Options(usage.Options):
                 "control-socket",
                 None,
                 None,
-                "UNIX socket (mode 0600) through which `tokend unlock` reaches the daemon; "
+                "UNIX socket (mode 0600) through which tokend unlock reaches the daemon; "
                 "default: the --listen socket's path + .control; off: none",
             ],
             *DIRECTORY_PARAMETERS,
