@@ -142,3 +142,16 @@ def test_a_client_that_leaves_while_the_store_is_asked_breaks_nothing() -> None:
 def test_without_a_shared_store_nothing_is_asked() -> None:
     throttle = LoginThrottle(per_account=3, per_address=100, window=60)
     assert throttle.consult("alice", "192.0.2.1", 10.0) is None
+
+
+def test_a_keyed_throttle_knows_where_an_account_logged_in_by_its_names() -> None:
+    """Logins asks with names (for the queue's places kept for known logins); the table holds
+    keys."""
+    throttle = LoginThrottle(
+        per_account=3, per_address=3, window=60, keys=lambda table, name: f"{table}:{name}!"
+    )
+    assert throttle.admit("alice", "2001:db8::1", 1.0) is None
+    throttle.succeeded("alice", "2001:db8::1", 1.0)
+    assert throttle.knows("alice", "2001:db8::2", 2.0), "its /64"
+    assert not throttle.knows("bob", "2001:db8::1", 2.0)
+    assert not throttle.known.knows("alice", "2001:db8::/64", 2.0), "the table holds keys"

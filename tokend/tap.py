@@ -78,7 +78,7 @@ from tokend.signing.tokens import TokenIssuer
 from tokend.startup_checks import DirectoryProbe
 from tokend.web import TokenAPI
 from tokend.worker import AdoptedListener, WorkerSetup
-from tokend.workers import BoundedWorkers, WorkerPool
+from tokend.workers import BoundedWorkers, QueueService, WorkerPool
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024
@@ -196,8 +196,8 @@ class Options(usage.Options):
                 "bcrypt-per-address",
                 None,
                 "4",
-                "Password checks one client address may have running or waiting; more get 503 "
-                "(0: no limit)",
+                "Password checks one client address may have running or waiting (its /48 or "
+                "IPv4 /24 twice as many, its /32 four times); more get 429 (0: no limit)",
             ],
             [
                 "max-failures-per-account",
@@ -696,6 +696,7 @@ def makeService(
     bcrypt_queue = BoundedWorkers(
         bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
     )
+    QueueService(bcrypt_queue).setServiceParent(root)  # stops before the pool
     credential_cache = CredentialCache(
         ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
     )
@@ -747,7 +748,10 @@ def makeService(
         trusted_proxies=TrustedProxies(
             networks=options["trusted-proxy"], header=options["client-address-header"]
         ),
-        in_flight=InFlight(options["bcrypt-per-address"]),
+        in_flight=InFlight(
+            options["bcrypt-per-address"],
+            capacity=options["bcrypt-threads"] + options["bcrypt-queue"],
+        ),
         directory=_directory_accounts(
             options, reactor, holder, credential_cache, root, probe=worker is None
         ),
