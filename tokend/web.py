@@ -388,6 +388,8 @@ class TokenAPI:
 
         def refused(failure: Failure) -> Failure:
             error = failure.value
+            if isinstance(error, LoginThrottled):
+                self._metrics.throttled(error.by)  # refused after asking Redis first
             if isinstance(error, LoginError):
                 return Failure(http_error(error, refresh=refresh))
             return failure

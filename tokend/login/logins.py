@@ -45,7 +45,7 @@ from tokend.login.refresh_tokens import (
     RefreshTokens,
     fingerprint,
 )
-from tokend.login.throttle import InFlight, LoginThrottle, Refusal, ShareFull, address_key
+from tokend.login.throttle import InFlight, LoginThrottle, Refusal, ShareFull
 from tokend.metrics import NO_METRICS, RequestMetrics
 from tokend.policy.model import Policy
 from tokend.workers import Overloaded, Stopped
@@ -197,6 +197,7 @@ class Logins:
         now = self._now()
         policy = self._current()
         backend: Authenticator = self._file
+        typed = account
         if self._directory is not None:
             try:
                 spelled = directory_spelling(account, policy)
@@ -204,6 +205,9 @@ class Logins:
                 return self._unfit(account, client, now, policy)
             if spelled is not None:
                 backend, account = self._directory, spelled
+        asking = self._throttle.consult(account, client, now)
+        if asking is not None:  # first sight since this process joined Redis: ask it first
+            return asking.addCallback(lambda _: self.password(typed, password, client))
         refusal = self._throttle.admit(account, client, now)
         if refusal is not None:
             raise throttled(refusal, account)
@@ -224,7 +228,7 @@ class Logins:
                 self._metrics.cache_lookup(True)
                 self._throttle.succeeded(account, client, now, entry=gate.entry)
                 return hit
-        known = self._throttle.known.knows(account, address_key(client), now)
+        known = self._throttle.knows(account, client, now)
         full = self._in_flight.admit(client, known=known)
         if full is not None:
             self._throttle.overloaded(account, client, now)

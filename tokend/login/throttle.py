@@ -16,6 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from twisted.internet.defer import Deferred
+
+from tokend.login.news import Ask, Failed, News, Succeeded, Unlocked
+
 DEFAULT_MAX_ENTRIES = 10_000
 """Keys kept per table (accounts, addresses); unlocked ones are forgotten first."""
 
@@ -25,6 +29,10 @@ DEFAULT_MAX_KNOWN = 100_000
 
 DEFAULT_MAX_IN_FLIGHT = 4
 """Password checks one client address may have running or waiting at once."""
+
+MAX_ASKED = 100_000
+"""Keys remembered as asked of the shared store since it was (re)joined; the oldest goes
+first (and is asked again when it comes back)."""
 
 
 @dataclass(slots=True)
@@ -128,16 +136,20 @@ class FailureWindow:
         entry.failures = tuple(sorted(fresh.union(entry.failures)))[-self.limit :]
         self._place(key, entry)
 
-    def clear(self, key: str) -> None:
-        """Forget a key's failures (its account logged in elsewhere); attempts in flight stay."""
+    def clear(self, key: str, before: float | None = None) -> int:
+        """Forget a key's failures (all, or those up to ``before``: a login elsewhere at that
+        time, which must not clear a failure seen after it); attempts in flight stay. Returns
+        how many were forgotten."""
         entry = self._get(key)
         if entry is None:
-            return
-        entry.failures = ()
-        if key in self._locked:
+            return 0
+        held = len(entry.failures)
+        entry.failures = () if before is None else tuple(t for t in entry.failures if t > before)
+        if key in self._locked and len(entry.failures) < self.limit:
             self._open[key] = self._locked.pop(key)
-        if not entry.pending:
+        if not entry.failures and not entry.pending:
             self._drop(key)
+        return held - len(entry.failures)
 
     def _place(self, key: str, entry: _Entry) -> None:
         """Move a key that just failed to where its count puts it."""
@@ -202,38 +214,6 @@ class KnownAddresses:
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
-    """A failed attempt this process saw: the account (None when none is charged) and the
-    address key, at ``at``."""
-
-    account: str | None
-    address: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Succeeded:
-    """A login that succeeded: its account's failures are forgotten, its address is known."""
-
-    account: str
-    address: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """The failure times a shared store holds for one key (Redis): merged, never added."""
-
-    table: Literal["account", "address"]
-    key: str
-    times: tuple[float, ...]
-
-
-News = Failed | Succeeded | Seen
-"""What one throttle tells the others (other workers, other daemons)."""
-
-
-@dataclass(frozen=True, slots=True)
 class Refusal:
     """Why an attempt was not admitted, and when to come back."""
 
@@ -250,9 +230,15 @@ class LoginThrottle:
     account's limit (not from its own): guessing from elsewhere cannot lock the owner out of
     the places they usually log in from.
 
+    Names become table keys through ``keys`` (table, name) -> key: a daemon passes a keyed
+    hash, so that what it shares with other processes (and Redis) never names an account or
+    carries a password typed as a name.
+
     Shared limits: every failure and success is also handed to ``publish`` (the seam to other
     workers and daemons), and what they saw arrives through :meth:`learn`. Admission never
-    waits for them: it reads the local tables only, which the news keeps up to date.
+    waits for them, except once per key through ``ask`` (:meth:`consult`): a process that
+    joined the shared store after a key's failures asks the store for them before its first
+    check of that key.
     """
 
     def __init__(
@@ -264,11 +250,21 @@ class LoginThrottle:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         known: KnownAddresses | None = None,
         publish: Callable[[News], None] | None = None,
+        keys: Callable[[str, str], str] | None = None,
+        ask: Ask | None = None,
     ) -> None:
         self.accounts = FailureWindow(per_account, window, max_entries)
         self.addresses = FailureWindow(per_address, window, max_entries)
         self.known = KnownAddresses() if known is None else known
         self.publish: Callable[[News], None] = publish or _nowhere
+        self._keys = keys or _plain
+        self._ask = ask
+        self._asked: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._asking: dict[tuple[str, str], list[Deferred[None]]] = {}
+
+    def key(self, table: Literal["account", "address"], name: str) -> str:
+        """The key ``name`` is counted under (an address by its :func:`address_key`)."""
+        return self._keys(table, address_key(name) if table == "address" else name)
 
     def learn(self, news: News, now: float) -> None:
         """Take in what another worker or daemon saw (never published again)."""
@@ -277,20 +273,73 @@ class LoginThrottle:
                 self.accounts.merge(news.account, (news.at,), now)
             self.addresses.merge(news.address, (news.at,), now)
         elif isinstance(news, Succeeded):
-            self.accounts.clear(news.account)
+            self.accounts.clear(news.account, before=news.at)
             self.known.add(news.account, news.address, news.at)
+        elif isinstance(news, Unlocked):
+            self._table(news.table).clear(news.key, before=news.at)
         else:
-            table = self.accounts if news.table == "account" else self.addresses
-            table.merge(news.key, news.times, now)
+            self._table(news.table).merge(news.key, news.times, now)
+
+    def unlock(self, table: str, key: str) -> int:
+        """End a key's lockout now (``tokend unlock``); how many failures were forgotten."""
+        return self._table(table).clear(key)
+
+    def knows(self, account: str, address: str, now: float) -> bool:
+        """Whether ``account`` logged in from ``address`` (its network key) lately."""
+        return self.known.knows(self.key("account", account), self.key("address", address), now)
+
+    def _table(self, table: str) -> FailureWindow:
+        return self.accounts if table == "account" else self.addresses
 
     @property
     def size(self) -> int:
         """Keys held across both tables; never more than twice ``max_entries``."""
         return len(self.accounts) + len(self.addresses)
 
+    def consult(self, account: str, address: str, now: float) -> Deferred[None] | None:
+        """None when :meth:`admit` may decide at once; else a Deferred that fires once the
+        shared store has answered for keys this process has not asked about since it (re)joined
+        the store (the answer merged). Attempts arriving meanwhile for the same key wait for
+        the same answer, so a burst cannot slip past it."""
+        if self._ask is None:
+            return None
+        wanted = [
+            pair
+            for pair in (("account", self.key("account", account)),
+                         ("address", self.key("address", address)))
+            if self._table(pair[0]).limit and pair not in self._asked
+        ]  # fmt: skip
+        if not wanted:
+            return None
+        waiting: Deferred[None] = Deferred()
+        fresh = [pair for pair in wanted if pair not in self._asking]
+        for pair in wanted:
+            self._asking.setdefault(pair, [])
+        self._asking[wanted[0]].append(waiting)
+        if fresh:
+            self._ask(fresh).addBoth(lambda seen: self._answered(fresh, seen, now))
+        return waiting
+
+    def _answered(self, pairs: list[tuple[str, str]], seen: object, now: float) -> None:
+        if isinstance(seen, list):
+            for news in seen:
+                self.learn(news, now)
+        for pair in pairs:
+            self._asked[pair] = None
+            while len(self._asked) > MAX_ASKED:
+                self._asked.popitem(last=False)
+            for waiter in self._asking.pop(pair, []):
+                if not waiter.called:  # else cancelled: its client went away
+                    waiter.callback(None)
+
+    def rejoined(self) -> None:
+        """The shared store was (re)joined: news may have been missed meanwhile, so every key
+        is asked about again when next seen."""
+        self._asked.clear()
+
     def admit(self, account: str, address: str, now: float) -> Refusal | None:
         """Refuse, or admit and count the attempt until ``succeeded``/``failed``/``abandoned``."""
-        address = address_key(address)
+        account, address = self.key("account", account), self.key("address", address)
         checks = [(self.addresses.retry_after(address, now), "address")]
         if not self.known.knows(account, address, now):
             checks.append((self.accounts.retry_after(account, now), "account"))
@@ -304,10 +353,10 @@ class LoginThrottle:
 
     def admit_entry(self, entry: str, address: str, now: float) -> Refusal | None:
         """Within an attempt :meth:`admit` let in: may the directory entry its name led to
-        (``entry``, a key no name can spell) try too? Counted in the accounts' table, with
+        (``entry``, a name no login can spell) try too? Counted in the accounts' table, with
         the same exemption for addresses the entry logged in from, so that every name
         reaching one entry shares one budget. The attempt's end names it again."""
-        address = address_key(address)
+        entry, address = self.key("account", entry), self.key("address", address)
         if not self.known.knows(entry, address, now):
             wait = self.accounts.retry_after(entry, now)
             if wait is not None:
@@ -316,12 +365,13 @@ class LoginThrottle:
         return None
 
     def succeeded(self, account: str, address: str, now: float, entry: str | None = None) -> None:
-        address = address_key(address)
+        account, address = self.key("account", account), self.key("address", address)
         self.accounts.end(account, now, failed=False, reset=True)
         self.addresses.end(address, now, failed=False)
         self.known.add(account, address, now)
         self.publish(Succeeded(account, address, now))
         if entry is not None:
+            entry = self.key("account", entry)
             self.accounts.end(entry, now, failed=False, reset=True)
             self.known.add(entry, address, now)
             self.publish(Succeeded(entry, address, now))
@@ -330,10 +380,11 @@ class LoginThrottle:
         """A wrong password. With an ``entry`` admitted, the failure is told to the others
         once, as the entry's (every name reaching it shares it there); the name's own count
         stays in this process, where it spares the directory a search."""
-        address = address_key(address)
+        account, address = self.key("account", account), self.key("address", address)
         self.accounts.end(account, now, failed=True)
         self.addresses.end(address, now, failed=True)
         if entry is not None:
+            entry = self.key("account", entry)
             self.accounts.end(entry, now, failed=True)
         self.publish(Failed(account if entry is None else entry, address, now))
 
@@ -343,24 +394,24 @@ class LoginThrottle:
         An address whose logins keep meeting a full queue is throttled like one whose passwords
         keep failing; the account did nothing wrong.
         """
-        address = address_key(address)
+        account, address = self.key("account", account), self.key("address", address)
         self.accounts.end(account, now, failed=False)
         if entry is not None:
-            self.accounts.end(entry, now, failed=False)
+            self.accounts.end(self.key("account", entry), now, failed=False)
         self.addresses.end(address, now, failed=True)
         self.publish(Failed(None, address, now))
 
     def abandoned(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         """The attempt ended without a verdict (the client went away): only release it."""
-        self.accounts.end(account, now, failed=False)
+        self.accounts.end(self.key("account", account), now, failed=False)
         if entry is not None:
-            self.accounts.end(entry, now, failed=False)
-        self.addresses.end(address_key(address), now, failed=False)
+            self.accounts.end(self.key("account", entry), now, failed=False)
+        self.addresses.end(self.key("address", address), now, failed=False)
 
     def admit_address(self, address: str, now: float) -> Refusal | None:
         """:meth:`admit` for an attempt that names no account it could be charged to (a
         refresh token is only trusted once checked): the address alone is counted."""
-        address = address_key(address)
+        address = self.key("address", address)
         wait = self.addresses.retry_after(address, now)
         if wait is not None:
             return Refusal(wait, "address")
@@ -369,10 +420,15 @@ class LoginThrottle:
 
     def address_ended(self, address: str, now: float, *, failed: bool) -> None:
         """Finish an attempt admitted by :meth:`admit_address`."""
-        address = address_key(address)
+        address = self.key("address", address)
         self.addresses.end(address, now, failed=failed)
         if failed:
             self.publish(Failed(None, address, now))
+
+
+def _plain(table: str, name: str) -> str:
+    """The keys of a throttle that shares nothing: the names themselves."""
+    return name
 
 
 def _nowhere(news: News) -> None:
