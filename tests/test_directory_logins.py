@@ -19,17 +19,28 @@ from ldap_server import BASE, PASSWORD, SERVICE_DN, SUFFIX, Slapd, dn, group_dn,
 from support import hash_password, load_certificate, settled, verify_jwt, write_key_pair
 from treq.testing import StubTreq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 
+from tokend.control import Unlocking, single_process
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.directory import Directory
-from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.directory_accounts import DirectoryAccounts, EntryNames
 from tokend.login.directory_config import DirectoryConfig
-from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused, LoginThrottled
+from tokend.login.identity import (
+    DIRECTORY,
+    Identity,
+    Login,
+    LoginRefused,
+    LoginThrottled,
+    entry_name,
+)
 from tokend.login.logins import Logins
+from tokend.login.news import Seen
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
+from tokend.login.shared_keys import SharedKeys
 from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
@@ -494,7 +505,7 @@ class RememberingDirectory:
         return self._login(account) if (account, password) in self.remembered else None
 
     async def authenticate(self, account: str, password: bytes, gate: Any) -> Login | None:
-        gate.admit(DN)
+        await gate.admit(DN)
         if password != b"right":
             return None
         self.remembered.add((account, password))
@@ -526,6 +537,65 @@ def test_a_remembered_login_is_refused_while_its_entry_is_locked() -> None:
     with pytest.raises(LoginThrottled):
         logins.password("wolfgang", b"right", attacker)
     assert logins.password("wolfgang", b"right", owner).identity.account == "wolfgang"
+
+
+def door(directory: RememberingDirectory, throttle: LoginThrottle) -> Logins:
+    return Logins(
+        current=lambda: directory.policy,
+        password_file=directory,
+        passwords=PasswordChecker(InlineWorkers()),
+        clock=lambda: 1000.0,
+        throttle=throttle,
+        in_flight=InFlight(0),
+        directory=directory,
+    )
+
+
+def test_an_entry_locked_in_redis_is_asked_about_before_its_first_try_here() -> None:
+    """A daemon that joined after the entry was locked (through another name, elsewhere)
+    asks the shared store about the entry, as about a name, before letting it try."""
+    entry = entry_name(DN)
+    asked: list[list[tuple[str, str]]] = []
+
+    def ask(pairs: list[tuple[str, str]]) -> Deferred[list[Seen]]:
+        asked.append(pairs)
+        held = [Seen("account", key, (990.0, 991.0, 992.0)) for table, key in pairs if key == entry]
+        return succeed(held)
+
+    directory = RememberingDirectory(Policy(users_from_document({}, "users.json")))
+    logins = door(directory, LoginThrottle(per_account=3, per_address=100, window=300, ask=ask))
+    with pytest.raises(LoginThrottled):
+        settled(logins.password("wolfgang", b"right", "192.0.2.1"))
+    assert ("account", entry) in [pair for pairs in asked for pair in pairs]
+    assert not directory.remembered, "no password was tried"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unlocking_a_name_ends_its_entrys_lockout_too(tmp_path: Path, slapd: Slapd) -> None:
+    """tokend unlock NAME looks the entry up and clears it as well: else a directory account
+    locked through its entry stayed locked after an operator unlocked it."""
+    keys = SharedKeys(b"test")  # as in the daemon: names hashed
+    made = Realm(
+        tmp_path,
+        slapd,
+        filter="(&(objectClass=person)(|(uid={account})(cn={account})))",
+        throttle=LoginThrottle(per_account=3, per_address=100, window=300, keys=keys.name),
+    )
+    try:
+        for _ in range(3):
+            assert (await made.get("mozart", password="wrong"))[0] == 401
+        assert (await made.get("Wolfgang Amadeus Mozart"))[0] == 429  # the entry is locked
+        unlocking = Unlocking(
+            keys,
+            single_process(made.throttle.unlock),
+            entries=EntryNames(made.directory),
+        )
+        answer = await unlocking.unlock("account", "mozart")
+        assert answer["cleared"] == 3  # the name's three failures (the entry's are the same)
+        status, _, body = await made.get("Wolfgang Amadeus Mozart", scope="lobby/x:pull")
+        assert status == 200, body
+    finally:
+        made.close()
 
 
 class CountingWorkers:

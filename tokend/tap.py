@@ -37,7 +37,7 @@ from tokend.http import ConnectionLimits, limit_connections
 from tokend.json_log import LoggingRoot, event_as_json, observer_for_format
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.directory import Directory
-from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.directory_accounts import DirectoryAccounts, EntryNames
 from tokend.login.directory_config import (
     DEFAULT_FILTER,
     DEFAULT_GROUP_ATTRIBUTE,
@@ -752,10 +752,14 @@ def makeService(
         publish=publish,
         ask=ask,
     )
+    directory = _directory_accounts(
+        options, reactor, holder, credential_cache, root, probe=worker is None
+    )
     if worker is not None:
         worker.attach(throttle)
     elif options["control-socket"] is not None:
-        unlocking = Unlocking(keys, single_process(throttle.unlock), redis)
+        entries = None if directory is None else directory.entry_names
+        unlocking = Unlocking(keys, single_process(throttle.unlock), redis, entries)
         ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
     api = TokenAPI(
         policy=holder,
@@ -776,9 +780,7 @@ def makeService(
             options["bcrypt-per-address"],
             capacity=options["bcrypt-threads"] + options["bcrypt-queue"],
         ),
-        directory=_directory_accounts(
-            options, reactor, holder, credential_cache, root, probe=worker is None
-        ),
+        directory=directory,
         metrics=metrics,
     )
     site = QuietSite(api.resource(), reactor=reactor)
@@ -882,13 +884,16 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
             registry.register(RedisState(redis))
         metrics_site = QuietSite(workers_metrics_resource(registry, supervisor), reactor=reactor)
         Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
-    if options["control-socket"] is not None:
-        unlocking = Unlocking(keys, supervisor.unlock, redis)
-        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
+    directory = None
     if options.directory is not None:
         directory = Directory(options.directory, reactor)
         probe = DirectoryProbe(directory, options.source("ldap-url"), reactor, close=True)
         probe.setServiceParent(root)
+        DirectoryConnection(directory).setServiceParent(root)
+    if options["control-socket"] is not None:
+        entries = None if directory is None else EntryNames(directory)
+        unlocking = Unlocking(keys, supervisor.unlock, redis, entries)
+        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
     holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
     Announcer(options, holder).setServiceParent(root)
     return root

@@ -273,7 +273,7 @@ class Directory:
         entry, url = found
         if not self._active(entry, account):
             return None
-        gate.admit(entry.dn)
+        await gate.admit(entry.dn)
         connection, code, message = await self._connect(entry.dn, password, prefer=url)
         _close(connection.client)
         if code == _INVALID_CREDENTIALS:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from twisted.logger import Logger
+
+from tokend.log_text import printable
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.directory import Directory, DirectoryAccount, DirectoryUnavailable
 from tokend.login.identity import (
@@ -23,6 +26,9 @@ from tokend.login.identity import (
     EntryGate,
     Identity,
     Login,
+    UnfitName,
+    directory_name,
+    entry_name,
 )
 from tokend.policy.model import Policy
 
@@ -48,6 +54,8 @@ class DirectoryAccounts:
         """A directory that cannot answer becomes a 503 asking the client to come back in
         ``retry_after`` s."""
         self._directory = directory
+        self.entry_names = EntryNames(directory)
+        """For ``tokend unlock``: the entry a name leads to (:class:`EntryNames`)."""
         self._current = current
         self._cache = cache
         self._now = clock
@@ -100,3 +108,31 @@ def _identity(account: str, found: DirectoryAccount) -> Identity:
         entry=found.dn,
         dn_tokens_after=found.state.dn_tokens_after(),
     )
+
+
+class EntryNames:
+    """For ``tokend unlock NAME``: the throttle name of the entry NAME leads to, looked up in
+    the directory now (none when it finds none, or cannot answer: that is logged, and the
+    entry's failures then end with the failure window)."""
+
+    log = Logger()
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    async def __call__(self, account: str) -> list[str]:
+        try:
+            spelled = directory_name(account)
+        except UnfitName:
+            return []
+        try:
+            found = await self._directory.lookup(spelled)
+        except DirectoryUnavailable as e:
+            self.log.warn(
+                "tokend unlock {account}: the directory did not answer ({reason}); failures "
+                "counted for its entry end with --failure-window",
+                account=printable(account),
+                reason=str(e),
+            )
+            return []
+        return [] if found is None else [entry_name(found.dn)]

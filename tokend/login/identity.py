@@ -11,6 +11,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
+from tokend.dn import DNError, normalise_dn
 from tokend.policy.model import Policy, UserPolicy
 
 USERS = "users"
@@ -102,13 +103,22 @@ class EntryGate(Protocol):
     the password there: every name that reaches one entry (``uid``, ``mail``) shares the
     entry's budget of failures."""
 
-    def admit(self, dn: str) -> None:
+    async def admit(self, dn: str) -> None:
         """Raises :class:`LoginThrottled` when the entry ``dn`` may not try now."""
 
 
 class _OpenGate:
-    def admit(self, dn: str) -> None:
+    async def admit(self, dn: str) -> None:
         """Every entry may try: the backend is asked outside the door (``explain``, tests)."""
+
+
+def entry_name(dn: str) -> str:
+    """The name a directory entry is throttled (and unlocked) under: its normalised DN behind
+    a NUL, which no login name can hold (a name the directory is asked about is printable)."""
+    try:
+        return "\0dn:" + normalise_dn(dn)
+    except DNError:
+        return "\0dn:" + dn.lower()
 
 
 OPEN_GATE: EntryGate = _OpenGate()

@@ -23,7 +23,6 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tokend.dn import DNError, normalise_dn
 from tokend.login.identity import (
     DIRECTORY,
     USERS,
@@ -37,6 +36,7 @@ from tokend.login.identity import (
     LoginThrottled,
     UnfitName,
     directory_spelling,
+    entry_name,
 )
 from tokend.login.passwords import MAX_PASSWORD_BYTES, PasswordChecker, check_cost
 from tokend.login.refresh_tokens import (
@@ -131,25 +131,24 @@ class _EntryGate:
         self._client = client
         self._now = clock
         self.entry: str | None = None
-        """The entry's throttle key once admitted: the attempt's end is counted for it too."""
+        """The entry's throttle name once admitted: the attempt's end is counted for it too."""
 
-    def admit(self, dn: str) -> None:
+    async def admit(self, dn: str) -> None:
+        """First sight of the entry since this process joined Redis: Redis is asked first, as
+        for a name (:meth:`LoginThrottle.consult`)."""
+        asking = self._throttle.consult(entry_name(dn), self._client, self._now())
+        if asking is not None:
+            await asking
+        self.admit_now(dn)
+
+    def admit_now(self, dn: str) -> None:
         if self.entry is not None:
             raise RuntimeError("one entry per login attempt")
-        key = entry_key(dn)
-        refusal = self._throttle.admit_entry(key, self._client, self._now())
+        name = entry_name(dn)
+        refusal = self._throttle.admit_entry(name, self._client, self._now())
         if refusal is not None:
             raise throttled(refusal, self._account)
-        self.entry = key
-
-
-def entry_key(dn: str) -> str:
-    """The throttle key of a directory entry: its normalised DN behind a NUL, which no account
-    name can hold (a name the directory would look up is printable)."""
-    try:
-        return "\0dn:" + normalise_dn(dn)
-    except DNError:
-        return "\0dn:" + dn.lower()
+        self.entry = name
 
 
 class Logins:
@@ -221,7 +220,7 @@ class Logins:
                 gate = _EntryGate(self._throttle, account, client, self._now)
                 if hit.identity.entry:
                     try:
-                        gate.admit(hit.identity.entry)
+                        gate.admit_now(hit.identity.entry)
                     except LoginThrottled:
                         self._throttle.abandoned(account, client, now)
                         raise
