@@ -169,7 +169,23 @@ class _OneAccept:
 
 
 class _FairUNIXPort(_OneAccept, unix.Port):
-    pass
+    def startListening(self) -> None:
+        """Serve the adopted socket as the parent bound it. Twisted's own ``startListening``
+        would chmod the path to its default mode 0666 (whatever ``:mode=`` said, so every
+        local user could reach tokend past nginx and name their own X-Real-IP) and call
+        ``listen()`` again with its default backlog of 50; this one leaves the socket file,
+        its mode, its group and its backlog alone."""
+        port: Any = self
+        skt = port._preexistingSocket
+        if skt is None:
+            raise RuntimeError("a worker only adopts the socket its parent bound")
+        port._preexistingSocket = None
+        tcp._reservedFD.reserve()  # as Twisted's: a descriptor kept for running out of them
+        port.factory.doStart()
+        port.connected = True
+        port.socket = skt
+        port.fileno = skt.fileno
+        port.startReading()
 
 
 class _FairTCPPort(_OneAccept, tcp.Port):
