@@ -275,8 +275,11 @@ def test_a_workers_line_is_the_line_the_parent_wrote_from_its_event() -> None:
 
 
 def test_json_lines_from_two_workers(tmp_path: Path) -> None:
+    """Each worker's line names its pid and its index, as a text line says ``pid N``; the
+    first process's own lines name neither."""
     running = start(tmp_path, "--log-format", "json")
     try:
+        workers = worker_pids(running.process.pid)
         for _ in range(10):
             assert running.request("/v2/token?service=svc")[0] == 200
         wait_for("the lines", lambda: running.log_text().count('"outcome":"issued"') == 10)
@@ -286,4 +289,10 @@ def test_json_lines_from_two_workers(tmp_path: Path) -> None:
     issued = [r for r in records if r.get("outcome") == "issued"]
     assert {r["namespace"] for r in issued} == {"tokend.web.TokenAPI"}
     assert all(r["level"] == "info" and r["time"].endswith("Z") for r in issued)
-    assert any(r["text"].startswith("2 workers serving") for r in records)
+    assert {r["pid"] for r in issued} <= workers
+    assert {r["worker"] for r in issued} <= {0, 1}
+    ready = {r["pid"]: r["worker"] for r in records if r.get("pid") in workers}
+    assert sorted(ready.values()) == [0, 1], "each worker has its own index"
+    assert all(ready[r["pid"]] == r["worker"] for r in issued)
+    (serving,) = [r for r in records if r["text"].startswith("2 workers serving")]
+    assert "pid" not in serving and "worker" not in serving

@@ -160,13 +160,14 @@ def text_line(event: LogEvent) -> str | None:
     return format_text_line(event)
 
 
-def marked(event: LogEvent, pid: int) -> LogEvent:
-    """``event`` with ``pid N`` added to its system, as a worker's line shows it."""
+def marked(event: LogEvent, pid: int, index: int | None = None) -> LogEvent:
+    """``event`` with ``pid N`` added to its system, as a worker's text line shows it, and
+    the pid and the worker's index as fields (a JSON line's ``pid`` and ``worker``)."""
     system = event.get("log_system")
     if not system or system == "-":
         level = getattr(event.get("log_level"), "name", "-")
         system = f"{event.get('log_namespace', '-')}#{level}"
-    return {**event, "log_system": f"{system} pid {pid}", "worker_pid": pid}
+    return {**event, "log_system": f"{system} pid {pid}", "worker_pid": pid, "worker_index": index}
 
 
 class ParentLog(FileLogObserver):
@@ -397,7 +398,7 @@ class Supervisor(Service):
         args = [
             sys.executable, "-m", "tokend.worker",
             "--listen-fd=3", f"--family={int(self._family)}", "--control-fd=4",
-            f"--log-lines={self._log_lines}",
+            f"--log-lines={self._log_lines}", f"--worker-index={slot}",
             "--", *self._argv,
         ]  # fmt: skip
         holder: list[_Worker] = []
@@ -494,7 +495,7 @@ class Supervisor(Service):
         except ValueError:
             self.log.warn("worker {pid} sent an unreadable log event", pid=worker.pid)
             return
-        event = marked(event, worker.pid)
+        event = marked(event, worker.pid, worker.slot)
         if not worker.ready and event.get("log_level") is not None:
             if event["log_level"].name == "critical":
                 worker.last_critical = formatEvent(event)

@@ -198,9 +198,12 @@ class _Outbox:
     observer formats it); written straight to the socket until the reactor owns it, then
     through the link."""
 
-    def __init__(self, channel: socket.socket, lines: str = "events") -> None:
+    def __init__(
+        self, channel: socket.socket, lines: str = "events", index: int | None = None
+    ) -> None:
         self._channel = channel
         self._pid = os.getpid()
+        self._index = index
         self._lines = lines
         self.link: ParentLink | None = None
 
@@ -208,12 +211,13 @@ class _Outbox:
         if self._lines == "events":
             self.send(frame(LOG_EVENT, eventAsJSON(event).encode("utf-8")))
             return
+        event = marked(event, self._pid, self._index)
         if self._lines == "json":
             from tokend.json_log import event_as_json
 
             line: str | None = event_as_json(event)
         else:
-            line = text_line(marked(event, self._pid))
+            line = text_line(event)
         if line:
             self.send(frame(LOG_LINES, line.encode("utf-8")))
         if event.get("log_level") == LogLevel.critical:
@@ -235,6 +239,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     parser.add_argument("--family", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--log-lines", choices=("text", "json", "events"), default="events")
+    parser.add_argument("--worker-index", type=int, default=None)
     parser.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     options_argv = args.options[1:] if args.options[:1] == ["--"] else args.options
@@ -244,7 +249,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
 
         reactor = global_reactor
     channel = socket.socket(fileno=args.control_fd)
-    outbox = _Outbox(channel, args.log_lines)
+    outbox = _Outbox(channel, args.log_lines, args.worker_index)
     observer: Any = FilteringLogObserver(
         cast(ILogObserver, outbox), [cast(Any, LogLevelFilterPredicate(LogLevel.info))]
     )
