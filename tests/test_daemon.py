@@ -161,7 +161,29 @@ def test_a_tcp_port_in_use_stops_start_up_with_one_sentence(
             tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", "--config-dir", str(config),
             "--key", str(key_path), "--cert", str(cert_path),
         )  # fmt: skip
-    assert f"cannot listen on TCP port {port} of 127.0.0.1: Address already in use" in output
+    assert f"--listen: cannot listen on TCP port {port} of 127.0.0.1: Address already in use" in (
+        output
+    )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_busy_metrics_port_is_named_as_the_metrics_listeners(
+    tmp_path: Path, deployment: tuple[Path, Path, Path], workers: str
+) -> None:
+    """Not to be mistaken for the token listener's: the sentence names --metrics."""
+    config, key_path, cert_path = deployment
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        output = start_failure(
+            tmp_path, "--listen", f"unix:{tmp_path}/t.sock", "--config-dir", str(config),
+            "--key", str(key_path), "--cert", str(cert_path), "--workers", workers,
+            "--metrics", f"tcp:{port}:interface=127.0.0.1",
+        )  # fmt: skip
+    assert (
+        f"--metrics: cannot listen on TCP port {port} of 127.0.0.1: Address already in use"
+    ) in output
 
 
 def test_a_socket_another_daemon_holds_stops_start_up_with_one_sentence(

@@ -15,8 +15,10 @@ from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, formatEvent
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tokend.http import ConnectionLimits, limit_connections
 from tokend.login.directory import Directory
 from tokend.policy.holder import PolicyHolder
 
@@ -63,15 +65,22 @@ class StartUpFailure:
 
 class Listener(Service):
     """The strports listener, with a failed bind (port in use, socket locked by another daemon,
-    no permission) reported as one sentence instead of twistd's traceback."""
+    no permission) reported as one sentence instead of twistd's traceback, naming the option
+    (``--listen``, ``--metrics`` or its TOKEND_ variable) that asked for it."""
 
     log = Logger()
 
     def __init__(
-        self, description: str, factory: Site, reactor: Any, failed: StartUpFailure
+        self,
+        description: str,
+        factory: Site,
+        reactor: Any,
+        failed: StartUpFailure,
+        option: str = "--listen",
     ) -> None:
         self.description = description
         self.factory = factory
+        self.option = option
         self._failed = failed
         self._listening = strports.service(description, cast(Any, factory), reactor=reactor)
         self._privileged = False
@@ -82,7 +91,12 @@ class Listener(Service):
         try:
             self._listening.privilegedStartService()
         except CannotListenError as e:
-            self._failed(self.log, "cannot listen on {address}: {reason}", **bind_failure(e))
+            self._failed(
+                self.log,
+                "{option}: cannot listen on {address}: {reason}",
+                option=self.option,
+                **bind_failure(e),
+            )
 
     def startService(self) -> None:
         if not self._privileged:
@@ -105,6 +119,24 @@ class Listener(Service):
         waiting: Any = self._listening._waitingForPort
         waiting.addCallback(keep)
         return bound[0]
+
+
+def metrics_listener(
+    options: Options, resource: Resource, reactor: Any, failed: StartUpFailure
+) -> Listener:
+    """The ``--metrics`` listener, under the token listener's HTTP limits: a request must
+    arrive whole within --request-timeout, an idle connection closes after --idle-timeout, and
+    a body above the cap is refused from its headers, never stored (it answers anyone who can
+    connect, so it must not hold a connection or spool a body for them either)."""
+    site = QuietSite(resource, reactor=reactor)
+    limit_connections(
+        site,
+        ConnectionLimits(
+            request_timeout=options["request-timeout"], idle_timeout=options["idle-timeout"]
+        ),
+    )
+    site.displayTracebacks = False
+    return Listener(options["metrics"], site, reactor, failed, option=options.source("metrics"))
 
 
 def bind_failure(error: CannotListenError) -> dict[str, str]:

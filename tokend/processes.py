@@ -96,8 +96,11 @@ LOG_LINES = ord("L")
 """Worker → parent: finished log lines (UTF-8), to be written as they are."""
 SCRAPE = ord("S")
 """Parent → worker: a request for its metrics; the payload is the request's number."""
+HEALTH = ord("H")
+"""Parent → worker: a request for its /healthz details; the payload is the request's number."""
 EXPOSITION = ord("M")
-"""Worker → parent: the request's number, a newline, the Prometheus text exposition."""
+"""Worker → parent: the request's number, a newline, the answer (the Prometheus text
+exposition, or the health details as JSON)."""
 
 _HEADER = struct.Struct("!IB")
 
@@ -290,6 +293,14 @@ class Supervisor(Service):
         """Every serving worker's metrics exposition, by worker index. A worker that does not
         answer within :data:`SCRAPE_TIMEOUT` (or ends meanwhile) is left out and counted in
         :attr:`scrape_failures`."""
+        return self._ask(SCRAPE, "a metrics scrape")
+
+    def health(self) -> Deferred[list[tuple[int, bytes]]]:
+        """Every serving worker's /healthz details (JSON), by worker index; one that does not
+        answer within :data:`SCRAPE_TIMEOUT` is left out."""
+        return self._ask(HEALTH, "a health request")
+
+    def _ask(self, kind: int, what: str) -> Deferred[list[tuple[int, bytes]]]:
         asked: list[Deferred[tuple[int, bytes] | None]] = []
         for worker in sorted(self._workers.values(), key=lambda w: w.slot):
             if not worker.ready or worker.channel is None:
@@ -299,9 +310,10 @@ class Supervisor(Service):
             answer: Deferred[bytes] = Deferred()
             worker.scrapes[number] = answer
             answer.addTimeout(SCRAPE_TIMEOUT, self._reactor)
-            answer.addCallbacks(self._answered(worker.slot), self._no_answer(worker, number))
+            left_out = self._no_answer(worker, number, what, count=kind == SCRAPE)
+            answer.addCallbacks(self._answered(worker.slot), left_out)
             asked.append(answer)  # type: ignore[arg-type]
-            worker.channel.write(frame(SCRAPE, str(number).encode()))
+            worker.channel.write(frame(kind, str(number).encode()))
         gathered: Deferred[list[tuple[int, bytes] | None]] = gatherResults(asked)
         return gathered.addCallback(lambda answers: [a for a in answers if a is not None])
 
@@ -309,14 +321,18 @@ class Supervisor(Service):
     def _answered(slot: int) -> Callable[[bytes], tuple[int, bytes]]:
         return lambda body: (slot, body)
 
-    def _no_answer(self, worker: _Worker, number: int) -> Callable[[Failure], None]:
+    def _no_answer(
+        self, worker: _Worker, number: int, what: str, count: bool
+    ) -> Callable[[Failure], None]:
         def left_out(reason: Failure) -> None:
             worker.scrapes.pop(number, None)
-            self.unreadable(worker.slot)
+            if count:
+                self.unreadable(worker.slot)
             self.log.warn(
-                "worker {slot} (pid {pid}) did not answer a metrics scrape: {reason}",
+                "worker {slot} (pid {pid}) did not answer {what}: {reason}",
                 slot=worker.slot,
                 pid=worker.pid,
+                what=what,
                 reason=reason.getErrorMessage() or getattr(reason.type, "__name__", "no answer"),
             )
 

@@ -19,7 +19,7 @@ from twisted.application.service import MultiService
 from twisted.internet import reactor as global_reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
@@ -30,8 +30,10 @@ from tokend.daemon import (
     QuietSite,
     SocketGroup,
     StartUpFailure,
+    metrics_listener,
 )
 from tokend.dn import DNError, normalise_dn
+from tokend.health import PolicyHealth, WorkersHealth
 from tokend.http import ConnectionLimits, limit_connections
 from tokend.json_log import LoggingRoot, event_as_json, observer_for_format
 from tokend.login.credential_cache import CredentialCache
@@ -690,16 +692,18 @@ def makeService(
     if worker is not None:
         AdoptedListener(worker.listen_fd, worker.family, site, reactor).setServiceParent(root)
     else:
-        Listener(options["listen"], site, reactor, failed).setServiceParent(root)
+        listener = Listener(options["listen"], site, reactor, failed, options.source("listen"))
+        listener.setServiceParent(root)
     if options.get("socket-gid") is not None and worker is None:
         socket_path = Options.socket_path(options["listen"])
         group = SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
         group.setServiceParent(root)
     if registry is not None and worker is not None:
-        worker.expose(registry)  # the parent serves every worker's metrics
+        worker.expose(registry, holder)  # the parent serves every worker's metrics and health
     elif registry is not None:
-        metrics_site = QuietSite(metrics_resource(registry), reactor=reactor)
-        Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
+        served = metrics_resource(registry)
+        served.putChild(b"healthz", cast(IResource, PolicyHealth(holder)))
+        metrics_listener(options, served, reactor, failed).setServiceParent(root)
     config_dir = Path(options["config-dir"])
     reloader = PolicyReloader(config_dir, holder, reactor, reload_pool)
     PolicyWatchService(
@@ -731,7 +735,9 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
         log if log is not None else observer_for_format(options["log-format"], options.parent)
     )
     failed = StartUpFailure(options.parent)
-    listener = Listener(options["listen"], Site(Resource()), reactor, failed)
+    listener = Listener(
+        options["listen"], Site(Resource()), reactor, failed, options.source("listen")
+    )
     listener.setServiceParent(root)
     if options.get("socket-gid") is not None:
         socket_path = Options.socket_path(options["listen"])
@@ -753,8 +759,9 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
         registry = CollectorRegistry()
         process_collectors(registry)
         registry.register(SupervisorState(supervisor))
-        metrics_site = QuietSite(workers_metrics_resource(registry, supervisor), reactor=reactor)
-        Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
+        served = workers_metrics_resource(registry, supervisor)
+        served.putChild(b"healthz", cast(IResource, WorkersHealth(supervisor)))
+        metrics_listener(options, served, reactor, failed).setServiceParent(root)
     if options["redis"]:
         redis = _redis(options, reactor, supervisor.broadcast)
         redis.setServiceParent(root)

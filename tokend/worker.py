@@ -36,6 +36,7 @@ from tokend.login.throttle import LoginThrottle, News
 from tokend.processes import (
     CONTROL,
     EXPOSITION,
+    HEALTH,
     LOG_EVENT,
     LOG_LINES,
     SCRAPE,
@@ -50,6 +51,8 @@ from tokend.processes import (
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from tokend.policy.holder import PolicyHolder
+
 
 class ParentLink(Framed):
     """The worker's end of the socketpair: log events and news out, news and metrics
@@ -59,10 +62,13 @@ class ParentLink(Framed):
         self._reactor = reactor
         self._throttle: LoginThrottle | None = None
         self._registry: CollectorRegistry | None = None
+        self._holder: PolicyHolder | None = None
 
-    def expose(self, registry: CollectorRegistry) -> None:
-        """Answer the parent's metrics requests with this registry's exposition."""
+    def expose(self, registry: CollectorRegistry, holder: PolicyHolder | None = None) -> None:
+        """Answer the parent's metrics requests with this registry's exposition, and its
+        health requests with the details of the policy ``holder`` serves."""
         self._registry = registry
+        self._holder = holder
 
     def attach(self, throttle: LoginThrottle) -> None:
         """Share this throttle's news with the other workers, and take in theirs."""
@@ -76,6 +82,8 @@ class ParentLink(Framed):
         for kind, payload in frames:
             if kind == SCRAPE:
                 self._answer_scrape(payload)
+            elif kind == HEALTH:
+                self._answer_health(payload)
             elif kind == CONTROL:
                 self._learn(payload)
 
@@ -84,6 +92,13 @@ class ParentLink(Framed):
 
         body = generate_latest(self._registry) if self._registry is not None else b""
         self.write(frame(EXPOSITION, number + b"\n" + body))
+
+    def _answer_health(self, number: bytes) -> None:
+        from tokend.health import details
+
+        body = details(self._holder.status()) if self._holder is not None else {}
+        answer = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        self.write(frame(EXPOSITION, number + b"\n" + answer))
 
     def _learn(self, payload: bytes) -> None:
         throttle = self._throttle
@@ -308,7 +323,7 @@ class WorkerSetup:
         listen_fd: int,
         family: int,
         attach: Callable[[LoginThrottle], None],
-        expose: Callable[[CollectorRegistry], None] = lambda registry: None,
+        expose: Callable[[CollectorRegistry, PolicyHolder], None] = lambda registry, holder: None,
     ):
         self.listen_fd = listen_fd
         self.family = family
