@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from tokend.http import ConnectionLimits, limit_connections
 from tokend.login.directory import Directory
 from tokend.policy.holder import PolicyHolder
+from tokend.proxy_exposure import proxy_exposure
 
 if TYPE_CHECKING:
     from tokend.tap import Options
@@ -243,6 +244,14 @@ class Announcer(Service):
                     option=self._options.source("trusted-proxy"),
                     network=str(network),
                 )
+        exposure = proxy_exposure(
+            self._options["listen"],
+            self._options["trusted-proxy"],
+            self._options.source("listen"),
+            self._options.source("trusted-proxy"),
+        )
+        if exposure is not None:
+            self.log.warn("{exposure}", exposure=exposure)
         if self._options.created_dev_cert:
             self.log.warn(
                 "created a development key {key} and certificate {cert}: give the registry "
