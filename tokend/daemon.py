@@ -20,6 +20,7 @@ from twisted.web.server import Site
 
 from tokend.http import ConnectionLimits, limit_connections
 from tokend.login.directory import Directory
+from tokend.policy.examples import example_accounts
 from tokend.policy.holder import PolicyHolder
 from tokend.proxy_exposure import proxy_exposure
 
@@ -252,6 +253,14 @@ class Announcer(Service):
         )
         if exposure is not None:
             self.log.warn("{exposure}", exposure=exposure)
+        examples = example_accounts(policy)
+        if examples:  # only a development daemon (--dev-cert) starts with them
+            self.log.warn(
+                "development daemon: {accounts} have the example passwords shipped with "
+                "tokend, which anyone can look up; never let it serve a registry others can "
+                "reach (write your own users.json with tokend hash-password)",
+                accounts=", ".join(examples),
+            )
         if self._options.created_dev_cert:
             self.log.warn(
                 "created a development key {key} and certificate {cert}: give the registry "

@@ -63,10 +63,11 @@ from tokend.metrics import (
     process_collectors,
     workers_metrics_resource,
 )
+from tokend.policy.examples import example_accounts, example_accounts_error, refusing_examples
 from tokend.policy.files import LoadedPolicy, load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
-from tokend.policy.reload import PolicyReloader, keep_out_of_gc
+from tokend.policy.reload import PolicyReloader, keep_out_of_gc, load_settled
 from tokend.policy.watcher import PolicyWatchService
 from tokend.processes import Supervisor, parent_log, worker_count
 from tokend.signing.devcert import DanglingLinkError, ensure_dev_cert
@@ -575,10 +576,20 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def _load_policy(self) -> LoadedPolicy:
+        config_dir = Path(self["config-dir"])
         try:
-            return load_policy(Path(self["config-dir"]))
+            loaded = load_policy(config_dir)
         except PolicyError as e:
             raise usage.UsageError(f"invalid policy: {e}") from None
+        examples = example_accounts(loaded.policy)
+        if examples and not self["dev-cert"]:
+            raise usage.UsageError(str(example_accounts_error(config_dir, examples)))
+        return loaded
+
+    def policy_loader(self) -> Callable[[Path], LoadedPolicy]:
+        """How a reload reads the files: as at start-up, example accounts refused unless this
+        is a development daemon (--dev-cert)."""
+        return load_settled if self["dev-cert"] else refusing_examples(load_settled)
 
 
 def _metrics(
@@ -705,7 +716,7 @@ def makeService(
         served.putChild(b"healthz", cast(IResource, PolicyHealth(holder)))
         metrics_listener(options, served, reactor, failed).setServiceParent(root)
     config_dir = Path(options["config-dir"])
-    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool)
+    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool, options.policy_loader())
     PolicyWatchService(
         config_dir, reloader.reload, reactor, poll=bool(options["poll"])
     ).setServiceParent(root)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from tokend.cli.common import CommandError, UsageError
 from tokend.cli.directory_options import add_directory_options, ask_directory, directory_config
 from tokend.client_address import parse_networks
+from tokend.policy.examples import example_accounts, example_accounts_error
 from tokend.policy.files import load_policy
 from tokend.policy.model import EVERY_DIRECTORY_ACCOUNT, PolicyError
 from tokend.policy.report import overlap_notes
@@ -31,6 +32,9 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
         raise CommandError(str(e)) from None
     for warning in loaded.warnings:
         stdout.write(f"warning: {warning}\n")
+    examples = example_accounts(loaded.policy)
+    if examples:
+        stdout.write(f"warning: {example_accounts_error(config_dir, examples)}\n")
     exposure = _proxy_exposure(args)
     if exposure is not None:
         stdout.write(f"warning: {exposure}\n")
