@@ -482,7 +482,7 @@ class Suite:
         self.table.note(f"bench/profile_web.py{status}: output below the table")
 
     def multicore(self) -> None:
-        """N daemons behind one nginx upstream, as the README's "Scaling out" sets it up."""
+        """N daemons behind one nginx upstream, as docs/scaling.md sets it up."""
         if not (self.has_wrk and harness.nginx_available()):
             self.table.note("multicore skipped: needs wrk and nginx")
             return

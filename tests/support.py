@@ -139,6 +139,26 @@ def load_certificate(path: Path) -> x509.Certificate:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def doc_pages() -> dict[str, str]:
+    """The README and every page under docs/, by path in the checkout: what the documentation
+    shows is checked wherever it moved to."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return {str(page.relative_to(REPO)): page.read_text() for page in pages}
+
+
+def doc_section(title: str) -> str:
+    """The body of the one ``## title`` section of the README or a docs/ page."""
+    found = [
+        match.group(1)
+        for text in doc_pages().values()
+        if (match := re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S))
+    ]
+    assert len(found) == 1, f"{len(found)} sections {title!r} in README.md and docs/"
+    return found[0]
+
+
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
 

@@ -27,6 +27,8 @@ from support import (
     REPO,
     TWISTD,
     UnixHTTPConnection,
+    doc_pages,
+    doc_section,
     free_port,
     get_json_over_unix,
     port_open,
@@ -206,10 +208,15 @@ LOCATION = re.compile(r"\blocation\s+(?:(=|\^~|~\*?)\s*)?(\S+)\s*\{")
 
 
 def nginx_snippets() -> dict[str, str]:
-    """Every nginx configuration we ship or show: the example, the README's, the e2e stack's."""
-    readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"^```nginx\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
-    snippets = {f"README.md nginx block {i}": block for i, block in enumerate(blocks, 1)}
+    """Every nginx configuration we ship or show: the example, the documentation's, the e2e
+    stack's."""
+    snippets = {
+        f"{page} nginx block {i}": block
+        for page, text in doc_pages().items()
+        for i, block in enumerate(
+            re.findall(r"^```nginx\n(.*?)^```", text, re.MULTILINE | re.DOTALL), 1
+        )
+    }
     snippets["config/nginx.conf.example"] = (REPO / "config" / "nginx.conf.example").read_text()
     snippets["tests/e2e/stack.py"] = _nginx_config(new_stack(Path("/e2e")), Path("k"), Path("c"))
     return snippets
@@ -218,7 +225,7 @@ def nginx_snippets() -> dict[str, str]:
 def test_every_nginx_snippet_matches_the_realm_exactly() -> None:
     """A prefix location /v2/token also catches /v2/tokenizer/...: repositories named token*."""
     snippets = nginx_snippets()
-    assert len(snippets) >= 4, "the README should show the nginx essentials and Scaling out"
+    assert len(snippets) >= 4, "the docs should show the nginx essentials and Scaling out"
     for name, text in snippets.items():
         realm = [(m, path) for m, path in LOCATION.findall(text) if path.startswith("/v2/token")]
         assert realm, f"{name} has no location for the realm"
@@ -300,19 +307,12 @@ def test_nginx_example_sends_token_named_repositories_to_the_registry(tmp_path: 
 DISTRIBUTION_PYTHON = Path("/usr/bin/python3")
 
 
-def readme_section(title: str) -> str:
-    readme = (REPO / "README.md").read_text()
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", readme, re.MULTILINE | re.DOTALL)
-    assert match, f"README.md has no section {title!r}"
-    return match.group(1)
-
-
 def sh_blocks(text: str) -> list[str]:
     return [b.strip() for b in re.findall(r"^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL)]
 
 
 def test_readme_commands_are_the_two_set_up_commands() -> None:
-    setup, test = sh_blocks(readme_section("Set up"))[:2]
+    setup, test = sh_blocks(doc_section("Set up"))[:2]
     assert "\n" not in setup, "the set-up command is one line"
     assert test == "bash tests/run"
     assert "bash tests/run " in (REPO / ".ci" / "run").read_text()
@@ -328,7 +328,7 @@ def test_readme_set_up_command_works_with_the_distributions_python(tmp_path: Pat
         ).returncode
     ):
         require(None, f"{DISTRIBUTION_PYTHON} with venv (apt-get install python3-venv)")
-    command = sh_blocks(readme_section("Set up"))[0]
+    command = sh_blocks(doc_section("Set up"))[0]
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     for name in ("pyproject.toml", "README.md", "tokend", "twisted", "config"):
@@ -529,8 +529,11 @@ def systemd_unit() -> dict[str, list[str]]:
 
 
 def test_rootcertbundle_is_the_same_path_everywhere() -> None:
-    readme = (REPO / "README.md").read_text()
-    yaml_blocks = "\n".join(re.findall(r"^```yaml\n(.*?)^```", readme, re.MULTILINE | re.DOTALL))
+    yaml_blocks = "\n".join(
+        block
+        for text in doc_pages().values()
+        for block in re.findall(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    )
     example = (REPO / "config" / "registry.yml.example").read_text()
     registry = compose_config()["services"]["registry"]
     (bundle,) = yaml_value(example, "rootcertbundle")
@@ -617,7 +620,7 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
 
 
 def test_readme_makes_the_containers_key_pair_with_the_image() -> None:
-    section = readme_section("Containers")
+    section = doc_section("Containers")
     dockerfile = (REPO / "Dockerfile").read_text()
     workdir = re.findall(r"^WORKDIR (\S+)", dockerfile, re.MULTILINE)[-1]
     user = re.findall(r"^USER (\d+)", dockerfile, re.MULTILINE)[-1]
@@ -689,11 +692,11 @@ def bearer_status(registry_socket: Path, tokend_socket: Path, repository: str) -
 def test_readme_openssl_commands_make_a_pair_the_registry_accepts(
     tmp_path: Path, block: int, key: str, cert: str
 ) -> None:
-    """Run the README's openssl commands as they are, then the real registry (its bundle
+    """Run the documented openssl commands as they are, then the real registry (its bundle
     certs/RootCA.crt) must accept tokend's tokens signed with the pair they made."""
     registry = require(shutil.which("docker-registry"), "docker-registry")
     require(shutil.which("openssl"), "openssl")
-    containers = readme_section("Containers")
+    containers = doc_section("Containers")
     production = containers.split("### Production keys and certificates", 1)[1].split("\n### ")[0]
     commands = sh_blocks(production)
     assert len(commands) == 2, "a self-signed and a CA-signed recipe"

@@ -1,4 +1,4 @@
-"""Every worked example in the README, loaded from the README itself and checked as a table
+"""Every worked example of docs/policy.md, loaded from the page itself and checked as a table
 through the token endpoint: the documentation cannot drift from what tokend does."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
 from tokend.workers import InlineWorkers
 
-README = (REPO / "README.md").read_text()
+PAGE = (REPO / "docs" / "policy.md").read_text()
 ELIDED_HASH = "$2b$12$…"
 ANONYMOUS = "(anonymous)"
 SERVICE = "registry.test"
@@ -34,14 +34,14 @@ _TABLE = re.compile(r"<!-- table (\S+) -->\n((?:\|.*\|\n)+)")
 
 def readme_examples() -> dict[str, dict[str, str]]:
     examples: dict[str, dict[str, str]] = defaultdict(dict)
-    for name, file, text in _FILE.findall(README):
+    for name, file, text in _FILE.findall(PAGE):
         examples[name][file] = text
     return dict(examples)
 
 
 def readme_tables() -> dict[str, list[tuple[str | None, str, tuple[str, ...]]]]:
     tables: dict[str, list[tuple[str | None, str, tuple[str, ...]]]] = {}
-    for name, table in _TABLE.findall(README):
+    for name, table in _TABLE.findall(PAGE):
         rows = []
         for line in table.splitlines()[2:]:
             user, scope, granted = (cell.strip() for cell in line.strip("|").split("|"))
@@ -55,14 +55,15 @@ EXAMPLES = readme_examples()
 TABLES = readme_tables()
 
 
-def test_the_readme_has_the_four_examples_each_with_a_table() -> None:
+def test_the_policy_page_has_the_four_examples_each_with_a_table() -> None:
     assert set(EXAMPLES) == {"personal", "teams", "robot", "mirror"}
     assert set(TABLES) == set(EXAMPLES)
     assert all(len(rows) >= 4 for rows in TABLES.values())
 
 
 class ExampleRealm:
-    """The token endpoint over one README example; each user's password is their name."""
+    """The token endpoint over one worked example of docs/policy.md; each user's password is
+    their name."""
 
     def __init__(self, tmp_path: Path, files: dict[str, str]) -> None:
         config = tmp_path / "config"

@@ -168,7 +168,7 @@ def normalised_dn(value: str) -> str:
 def add_directory_options(parser: argparse.ArgumentParser) -> None:
     """The daemon's --ldap-* options, with its names and defaults."""
     group = parser.add_argument_group(
-        "directory", "the daemon's --ldap-* options (defaults: the daemon's); see the README"
+        "directory", "the daemon's --ldap-* options (defaults: the daemon's); see docs/directory.md"
     )
     group.add_argument(
         "--ldap-url",
