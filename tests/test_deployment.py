@@ -565,9 +565,14 @@ def test_nginx_example_comments_say_the_socket_modes_the_deployments_use() -> No
 
 
 def test_systemd_units_steps_write_a_policy_instead_of_copying_the_example() -> None:
+    copying = re.compile(r"\bcp\b[^\n]*config/users\.json")
     text = (REPO / "deploy" / "systemd" / "tokend.service").read_text()
-    assert not re.search(r"\bcp\b[^\n]*config/users\.json", text)
+    assert not copying.search(text)
     assert "tokend hash-password" in text
+    for page, shown in doc_pages().items():
+        assert not copying.search(shown), f"{page} copies the example accounts"
+    steps = doc_section("Containers").split("### On a host with systemd", 1)[1]
+    assert "tokend user add" in steps and "--config-dir /etc/tokend" in steps
 
 
 def test_systemd_unit_is_sandboxed_and_wired_like_the_examples() -> None:
