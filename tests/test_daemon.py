@@ -102,9 +102,19 @@ def start_failure(tmp_path: Path, *args: str) -> str:
     return text
 
 
+def accepts(sock: Path) -> bool:
+    """The socket file exists a moment before listen(): whether it accepts connections yet."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        try:
+            client.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
 def wait_for_socket(process: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
     deadline = time.monotonic() + 30
-    while not sock.exists():
+    while not accepts(sock):
         assert process.poll() is None, log.read_text() if log.exists() else ""
         assert time.monotonic() < deadline, "no socket after 30 s"
         time.sleep(0.05)

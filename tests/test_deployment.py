@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import socketserver
 import ssl
 import stat
@@ -649,6 +650,16 @@ def test_readme_makes_the_containers_key_pair_with_the_image() -> None:
         assert f"`{tls_file}`" in section, f"say which TLS file names nginx expects: {tls_file}"
 
 
+def accepts(path: Path) -> bool:
+    """Whether a UNIX socket at ``path`` accepts connections yet."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        try:
+            client.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def write_test_ca(directory: Path) -> None:
     """A root CA and an intermediate CA under it, as an organisation's CA would have."""
     script = """
@@ -742,7 +753,8 @@ def test_readme_openssl_commands_make_a_pair_the_registry_accepts(
             (registry_process, registry_socket, "the registry", log),
             (tokend_process, tokend_socket, "tokend", tmp_path / "tokend.log"),
         ):
-            wait_until(lambda: socket.exists() or process.poll() is not None, name)  # noqa: B023
+            # The socket file exists a moment before listen(): wait until it accepts.
+            wait_until(lambda: accepts(socket) or process.poll() is not None, name)  # noqa: B023
             assert process.poll() is None, f"{name} exited: {output_log.read_text()[-2000:]}"
         # Accepted: the repository does not exist (404), rather than 401 for the token.
         wait_until(
