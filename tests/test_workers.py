@@ -39,7 +39,11 @@ ACCOUNT_LIMIT = 10
 
 class Daemon:
     def __init__(
-        self, process: subprocess.Popen[bytes], sock: Path, log: Path, metrics: Path | None
+        self,
+        process: subprocess.Popen[bytes],
+        sock: Path,
+        log: Path,
+        metrics: Path | None = None,
     ) -> None:
         self.process = process
         self.sock = sock
