@@ -212,6 +212,17 @@ def pids_issuing(log: Callable[[], str], sock: Path, url: str, connections: int)
     return {int(pid) for pid in lines[before:]}
 
 
+def accepts(path: Path) -> bool:
+    """Whether the UNIX socket at ``path`` accepts connections yet: its file exists a moment
+    before listen(), and a connection in between is refused."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        try:
+            client.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def get_json_over_unix(path: Path, url: str, headers: dict[str, str] | None = None) -> Any:
     connection = UnixHTTPConnection(path)
     try:

@@ -19,6 +19,7 @@ from support import (
     REPO,
     TWISTD,
     UnixHTTPConnection,
+    accepts,
     get_json_over_unix,
     load_certificate,
     start_twistd,
@@ -100,16 +101,6 @@ def start_failure(tmp_path: Path, *args: str) -> str:
     assert "Traceback" not in text
     assert "Usage:" not in text and "--help" not in text
     return text
-
-
-def accepts(sock: Path) -> bool:
-    """The socket file exists a moment before listen(): whether it accepts connections yet."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        try:
-            client.connect(str(sock))
-        except OSError:
-            return False
-    return True
 
 
 def wait_for_socket(process: subprocess.Popen[bytes], sock: Path, log: Path) -> None:

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import socketserver
 import ssl
 import stat
@@ -28,6 +27,7 @@ from support import (
     REPO,
     TWISTD,
     UnixHTTPConnection,
+    accepts,
     doc_pages,
     doc_section,
     free_port,
@@ -648,16 +648,6 @@ def test_readme_makes_the_containers_key_pair_with_the_image() -> None:
     nginx = NGINX_EXAMPLE.read_text()
     for tls_file in re.findall(r"ssl_certificate(?:_key)? /etc/nginx/(\S+);", nginx):
         assert f"`{tls_file}`" in section, f"say which TLS file names nginx expects: {tls_file}"
-
-
-def accepts(path: Path) -> bool:
-    """Whether a UNIX socket at ``path`` accepts connections yet."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        try:
-            client.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def write_test_ca(directory: Path) -> None:

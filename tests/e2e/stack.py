@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from support import (
     REPO,
     UnixHTTPConnection,
+    accepts,
     free_port,
     get_json_over_unix,
     hash_password,
@@ -633,7 +634,7 @@ def _start_tokend(stack: Stack) -> None:
     running = Running("tokend", process, log, (stack.root / "tokend.out",))
     stack.processes.append(running)
     sockets = (stack.tokend_socket, stack.metrics_socket)
-    _wait_alive(running, lambda: all(s.exists() for s in sockets), "tokend's sockets")
+    _wait_alive(running, lambda: all(accepts(s) for s in sockets), "tokend's sockets")
     wait_until(lambda: stack.generation() >= 1, "tokend's /healthz")
 
 
