@@ -1,5 +1,7 @@
-# tokend: registry token server. Mount the signing key at /srv/tokend/certs (RootCA.key, 0600,
-# owned by uid 10001) and, if you like, your own policy at /srv/tokend/config.
+# tokend: registry token server. Mount your policy at /srv/tokend/config (users.json with your
+# own hashes from `tokend hash-password`, and repositories.json): the image carries no accounts,
+# and refuses to start without that directory. Mount the signing key at /srv/tokend/certs
+# (RootCA.key, 0600, owned by uid 10001).
 
 # Build a wheel in a throwaway stage: its build/ and *.egg-info never reach the image.
 FROM python:3.11.10-slim-bookworm AS build
@@ -29,10 +31,10 @@ RUN pip install --no-cache-dir /tmp/wheels/*.whl \
     && useradd --system --uid 10001 --gid tokend --home-dir /srv/tokend --shell /usr/sbin/nologin tokend \
     && mkdir -p /srv/tokend/certs /run/tokend \
     && chown tokend:tokend /srv/tokend/certs /run/tokend
-COPY config/users.json config/repositories.json /srv/tokend/config/
 
 # The defaults --config-dir config, --key certs/RootCA.key and --cert certs/RootCA.crt resolve
-# under the working directory; only the socket moves to its own volume. (DL3064 mistakes the
+# under the working directory (config/ is the operator's mount; the repository's example
+# config/users.json never enters the image); only the socket moves to its own volume. (DL3064 mistakes the
 # TOKEND_ prefix for a secret token.)
 # hadolint ignore=DL3064
 ENV TOKEND_LISTEN=unix:/run/tokend/tokend.sock:mode=660:lockfile=1

@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -173,23 +175,52 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
-def health_from_many(path: Path, connections: int, at_once: int = 8) -> list[dict[str, Any]]:
-    """/healthz over ``connections`` connections, ``at_once`` of them open together, so that
-    with --workers the waiting workers share them (asked one after another, one idle worker may
-    take them all; too many at once overflow a small listen backlog)."""
-    bodies: list[dict[str, Any]] = []
+def answers_from_many(path: Path, url: str, connections: int, at_once: int = 8) -> list[Any]:
+    """``GET url`` (JSON answers) over ``connections`` connections, ``at_once`` of them open
+    together, so that with --workers the waiting workers share them (asked one after another,
+    one idle worker may take them all; too many at once overflow a small listen backlog)."""
+    bodies: list[Any] = []
     while len(bodies) < connections:
         opened = [UnixHTTPConnection(path) for _ in range(min(at_once, connections - len(bodies)))]
         try:
             for connection in opened:
                 connection.connect()
             for connection in opened:
-                connection.request("GET", "/healthz")
+                connection.request("GET", url)
             bodies += [json.loads(connection.getresponse().read()) for connection in opened]
         finally:
             for connection in opened:
                 connection.close()
     return bodies
+
+
+ISSUED_BY = re.compile(r" pid (\d+)\] issued ")
+"""A worker's ``issued`` log line (text format), and its pid."""
+
+
+def pids_issuing(log: Callable[[], str], sock: Path, url: str, connections: int) -> set[int]:
+    """The workers that answered ``connections`` token requests for ``url`` (anonymous,
+    opened several at once so the kernel hands them to whichever workers wait), as their
+    ``issued`` lines in the text ``log`` name them. /healthz no longer names the pid."""
+    before = len(ISSUED_BY.findall(log()))
+    answers = answers_from_many(sock, url, connections)
+    assert all("token" in answer for answer in answers), answers
+    deadline = time.monotonic() + 30
+    while len(lines := ISSUED_BY.findall(log())) < before + connections:
+        assert time.monotonic() < deadline, f"{connections} issued lines: not after 30 s"
+        time.sleep(0.05)
+    return {int(pid) for pid in lines[before:]}
+
+
+def accepts(path: Path) -> bool:
+    """Whether the UNIX socket at ``path`` accepts connections yet: its file exists a moment
+    before listen(), and a connection in between is refused."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        try:
+            client.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def get_json_over_unix(path: Path, url: str, headers: dict[str, str] | None = None) -> Any:

@@ -19,6 +19,7 @@ from support import (
     REPO,
     TWISTD,
     UnixHTTPConnection,
+    accepts,
     get_json_over_unix,
     load_certificate,
     start_twistd,
@@ -104,7 +105,7 @@ def start_failure(tmp_path: Path, *args: str) -> str:
 
 def wait_for_socket(process: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
     deadline = time.monotonic() + 30
-    while not sock.exists():
+    while not accepts(sock):
         assert process.poll() is None, log.read_text() if log.exists() else ""
         assert time.monotonic() < deadline, "no socket after 30 s"
         time.sleep(0.05)
@@ -161,7 +162,29 @@ def test_a_tcp_port_in_use_stops_start_up_with_one_sentence(
             tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", "--config-dir", str(config),
             "--key", str(key_path), "--cert", str(cert_path),
         )  # fmt: skip
-    assert f"cannot listen on TCP port {port} of 127.0.0.1: Address already in use" in output
+    assert f"--listen: cannot listen on TCP port {port} of 127.0.0.1: Address already in use" in (
+        output
+    )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_busy_metrics_port_is_named_as_the_metrics_listeners(
+    tmp_path: Path, deployment: tuple[Path, Path, Path], workers: str
+) -> None:
+    """Not to be mistaken for the token listener's: the sentence names --metrics."""
+    config, key_path, cert_path = deployment
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        output = start_failure(
+            tmp_path, "--listen", f"unix:{tmp_path}/t.sock", "--config-dir", str(config),
+            "--key", str(key_path), "--cert", str(cert_path), "--workers", workers,
+            "--metrics", f"tcp:{port}:interface=127.0.0.1",
+        )  # fmt: skip
+    assert (
+        f"--metrics: cannot listen on TCP port {port} of 127.0.0.1: Address already in use"
+    ) in output
 
 
 def test_a_socket_another_daemon_holds_stops_start_up_with_one_sentence(
@@ -279,3 +302,79 @@ def test_dev_cert_creates_a_private_key_pair_and_says_so(
         stop_process(process)
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert f"created a development key {key_path}" in log.read_text()
+
+
+def login_status(sock: Path, user: str, password: str) -> int:
+    auth = b64encode(f"{user}:{password}".encode()).decode()
+    status, _ = get_json_over_unix(
+        sock, f"/v2/token?service=svc&account={user}", {"Authorization": f"Basic {auth}"}
+    )
+    return int(status)
+
+
+EXAMPLE_SENTENCE = (
+    "config/users.json: bar, foo have the example passwords shipped with tokend, which anyone "
+    "can look up; write your own users.json with tokend hash-password, or pass --dev-cert to run "
+    "a development daemon"
+)
+
+
+def test_the_shipped_example_accounts_stop_start_up_with_one_sentence(
+    tmp_path: Path, deployment: tuple[Path, Path, Path]
+) -> None:
+    """The default --config-dir, config/, as shipped (twistd runs in the checkout)."""
+    _, key_path, cert_path = deployment
+    output = start_failure(
+        tmp_path, "--listen", f"unix:{tmp_path}/t.sock", "--key", str(key_path),
+        "--cert", str(cert_path),
+    )  # fmt: skip
+    assert output.strip() == f"twistd registry-token: {EXAMPLE_SENTENCE}"
+    assert not (tmp_path / "t.sock").exists()
+
+
+def test_a_development_daemon_starts_with_the_example_accounts_and_says_so(
+    tmp_path: Path, deployment: tuple[Path, Path, Path]
+) -> None:
+    """The README's first command: --dev-cert on the shipped config/ (a key pair of its own
+    here, instead of certs/ in the checkout)."""
+    _, key_path, cert_path = deployment
+    sock, log = tmp_path / "dev.sock", tmp_path / "dev.log"
+    process = twistd(
+        "--listen", f"unix:{sock}", "--key", str(key_path), "--cert", str(cert_path),
+        "--service", "svc", "--dev-cert",
+        log=log,
+    )  # fmt: skip
+    try:
+        wait_for_socket(process, sock, log)
+        assert login_status(sock, "bar", "bar") == 200
+    finally:
+        stop_process(process)
+    assert (
+        "development daemon: bar, foo have the example passwords shipped with tokend, which "
+        "anyone can look up; never let it serve a registry others can reach"
+    ) in log.read_text()
+
+
+def test_a_reload_that_brings_in_the_example_accounts_is_refused(
+    tmp_path: Path, deployment: tuple[Path, Path, Path]
+) -> None:
+    config, key_path, cert_path = deployment
+    sock, log = tmp_path / "t.sock", tmp_path / "t.log"
+    process = twistd(
+        "--listen", f"unix:{sock}", "--config-dir", str(config), "--key", str(key_path),
+        "--cert", str(cert_path), "--service", "svc",
+        log=log,
+    )  # fmt: skip
+    try:
+        wait_for_socket(process, sock, log)
+        shutil.copy(REPO / "config" / "users.json", config / ".users.json.tmp")
+        os.replace(config / ".users.json.tmp", config / "users.json")
+        deadline = time.monotonic() + 30
+        while "bar, foo have the example passwords" not in log.read_text():
+            assert time.monotonic() < deadline, "no refused reload after 30 s"
+            time.sleep(0.05)
+        assert get_json_over_unix(sock, "/healthz") == (200, {"status": "degraded"})
+        assert login_status(sock, "foo", "foo") == 401, "the example's foo never got in"
+    finally:
+        stop_process(process)
+    assert f"failed, keeping generation 1: {config}/users.json: bar, foo have" in log.read_text()

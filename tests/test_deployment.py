@@ -27,6 +27,7 @@ from support import (
     REPO,
     TWISTD,
     UnixHTTPConnection,
+    accepts,
     doc_pages,
     doc_section,
     free_port,
@@ -35,6 +36,7 @@ from support import (
     start_twistd,
     stop_process,
     write_key_pair,
+    write_policy,
 )
 
 from tokend.tap import Options
@@ -132,6 +134,9 @@ def test_compose_file_is_valid_and_wires_the_sockets() -> None:
         return next(v["source"] for v in service["volumes"] if v["target"] == target)
 
     assert volume(tokend, "/run/tokend") == volume(nginx, "/run/tokend")
+    policy = Path(volume(tokend, "/srv/tokend/config"))
+    assert policy != REPO / "config", "the operator's policy, never the example accounts"
+    assert policy == REPO / "policy" and dockerignore_excludes("policy/users.json")
     assert volume(registry, "/run/registry") == volume(nginx, "/run/registry")
     assert volume(nginx, "/etc/nginx/nginx.conf").endswith("config/nginx.conf.example")
 
@@ -386,19 +391,22 @@ NOT_IN_THE_BUILD = (
     ".venv/bin/python",
     "build/lib/tokend/tap.py",
     "tokend.egg-info/PKG-INFO",
+    "config/users.json",
+    "policy/users.json",
 )
 
 
-def test_gitignore_keeps_keys_tls_and_the_venv_out() -> None:
+def test_gitignore_keeps_keys_tls_the_operators_policy_and_the_venv_out() -> None:
+    kept = ("tokend/policy/examples.py", "config/users.json")
     result = subprocess.run(
         ["git", "-C", str(REPO), "check-ignore", "--no-index", "--stdin"],
-        input="\n".join((*SECRETS, ".venv/bin/python")),
+        input="\n".join((*SECRETS, ".venv/bin/python", "policy/users.json", *kept)),
         capture_output=True,
         text=True,
         check=False,
     )
     ignored = set(result.stdout.split())
-    assert ignored == {*SECRETS, ".venv/bin/python"}
+    assert ignored == {*SECRETS, ".venv/bin/python", "policy/users.json"}
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -430,11 +438,27 @@ def test_dockerignore_keeps_keys_tls_venv_and_build_output_out_of_the_context() 
         "pyproject.toml",
         "README.md",
         "tokend/tap.py",
+        "tokend/policy/files.py",
         "twisted/plugins/registry_token_plugin.py",
-        "config/users.json",
-        "config/repositories.json",
     ]
     assert not [path for path in needed if dockerignore_excludes(path)]
+
+
+def test_the_image_carries_no_accounts() -> None:
+    """config/users.json holds the example accounts (bar/bar pushes everywhere): it stays out
+    of the build context and no instruction copies it (or any policy) into the image; the
+    operator mounts their own policy at the image's config directory."""
+    assert dockerignore_excludes("config/users.json")
+    copied = [
+        arguments
+        for stage in dockerfile_stages()
+        for instruction, arguments in stage
+        if instruction in ("COPY", "ADD") and "--from=" not in arguments
+    ]
+    assert copied, "the build stage copies the sources"
+    assert not [a for a in copied if "config" in a or "users.json" in a], copied
+    text = (REPO / "Dockerfile").read_text()
+    assert "users.json" not in re.sub(r"^#.*$", "", text, flags=re.MULTILINE)
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
@@ -541,6 +565,17 @@ def test_nginx_example_comments_say_the_socket_modes_the_deployments_use() -> No
     assert nginx_user and nginx_user.group(1) == group.group(1), "the worker's group owns it"
 
 
+def test_systemd_units_steps_write_a_policy_instead_of_copying_the_example() -> None:
+    copying = re.compile(r"\bcp\b[^\n]*config/users\.json")
+    text = (REPO / "deploy" / "systemd" / "tokend.service").read_text()
+    assert not copying.search(text)
+    assert "tokend hash-password" in text
+    for page, shown in doc_pages().items():
+        assert not copying.search(shown), f"{page} copies the example accounts"
+    steps = doc_section("Containers").split("### On a host with systemd", 1)[1]
+    assert "tokend user add" in steps and "--config-dir /etc/tokend" in steps
+
+
 def test_systemd_unit_is_sandboxed_and_wired_like_the_examples() -> None:
     unit = systemd_unit()
     expected = {
@@ -630,7 +665,8 @@ def write_test_ca(directory: Path) -> None:
 
 
 def bearer_status(registry_socket: Path, tokend_socket: Path, repository: str) -> int:
-    """Fetch a pull token from tokend as foo (config/users.json) and use it at the registry."""
+    """Fetch a pull token from tokend as foo (foo/foo, as the README's example account) and
+    use it at the registry."""
     basic = base64.b64encode(b"foo:foo").decode()
     status, body = get_json_over_unix(
         tokend_socket,
@@ -694,9 +730,10 @@ def test_readme_openssl_commands_make_a_pair_the_registry_accepts(
             stdout=output,
             stderr=subprocess.STDOUT,
         )
+    write_policy(tmp_path / "policy", {"foo": ("foo", {"*": ["pull"]})})
     tokend_process = start_twistd(
         "--listen", f"unix:{tokend_socket}",
-        "--config-dir", str(REPO / "config"),
+        "--config-dir", str(tmp_path / "policy"),
         "--key", str(tmp_path / key),
         "--cert", str(tmp_path / cert),
         log=tmp_path / "tokend.log",
@@ -706,7 +743,8 @@ def test_readme_openssl_commands_make_a_pair_the_registry_accepts(
             (registry_process, registry_socket, "the registry", log),
             (tokend_process, tokend_socket, "tokend", tmp_path / "tokend.log"),
         ):
-            wait_until(lambda: socket.exists() or process.poll() is not None, name)  # noqa: B023
+            # The socket file exists a moment before listen(): wait until it accepts.
+            wait_until(lambda: accepts(socket) or process.poll() is not None, name)  # noqa: B023
             assert process.poll() is None, f"{name} exited: {output_log.read_text()[-2000:]}"
         # Accepted: the repository does not exist (404), rather than 401 for the token.
         wait_until(

@@ -206,3 +206,14 @@ def test_twistd_logger_option_takes_the_observer_factory(
     records = lines_of(output.read_text())
     assert any(r.get("outcome") == "issued" and r["account"] == "bar" for r in records)
     assert records[-1]["text"] == "Server Shut Down."
+
+
+def test_a_workers_line_names_its_pid_and_index() -> None:
+    """As ``--workers`` marks a worker's event (the text line's ``pid N``); others name none."""
+    from tokend.processes import marked
+
+    event: LogEvent = {"log_time": 1_800_000_000, "log_format": "hello", "log_namespace": "n"}
+    record = json.loads(event_as_json(marked(event, 4242, 1)))
+    assert (record["pid"], record["worker"]) == (4242, 1)
+    assert list(record)[:6] == ["time", "level", "text", "namespace", "pid", "worker"]
+    assert "pid" not in json.loads(event_as_json(event))

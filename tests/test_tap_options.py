@@ -52,7 +52,10 @@ def test_under_twistd_a_usage_error_is_one_sentence_and_no_help_text(tmp_path: P
         options.parseOptions(
             ["--listen", "tcp:0", "--config-dir", str(tmp_path / "config"), "--key", "missing.key"]
         )
-    assert exit_info.value.code == "twistd registry-token: key missing.key does not exist"
+    assert exit_info.value.code == (
+        "twistd registry-token: key missing.key does not exist; for development, start the "
+        "daemon with --dev-cert (or run tokend dev-cert) to create a key pair there"
+    )
 
 
 def test_dev_cert_refuses_to_write_through_a_dangling_key_link(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import _string  # type: ignore[import-not-found]
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -163,6 +164,41 @@ def test_a_plain_field_is_what_twisteds_formatter_reads_as_one_key(name: str) ->
     first, rest = _string.formatter_field_name_split(name) if name else ("", iter(()))
     plain = first == name and type(first) is str and not list(rest) and not name.endswith("()")
     assert _plain_field(name) == (plain and name != "")
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
+
+
+def _unescaped(text: str) -> str:
+    return _ESCAPE.sub(lambda m: "\\" if m[1] == "\\" else chr(int(m[1][1:], 16)), text)
+
+
+@settings(max_examples=2000)
+@given(st.text(alphabet=st.characters(codec=None)))
+def test_printable_escapes_everything_isprintable_rejects_and_nothing_else(value: str) -> None:
+    """A bidi override or a zero-width space must not make a name read as another on screen;
+    and the escaping is reversible, so two different names never log alike."""
+    escaped = printable(value)
+    assert escaped is not None
+    assert escaped.isprintable()
+    assert _unescaped(escaped) == value
+    kept = _ESCAPE.sub("", escaped)
+    assert kept == "".join(c for c in value if c.isprintable() and c != "\\")
+
+
+@pytest.mark.parametrize(
+    "char",
+    ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c",
+     "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\ufeff", "\u00a0",
+     "\U000e0041"],
+)  # fmt: skip
+def test_bidi_and_zero_width_characters_are_escaped(char: str) -> None:
+    code = ord(char)
+    written = f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    if code < 0x100:
+        written = f"\\x{code:02x}"
+    assert printable(f"adm{char}in") == f"adm{written}in"
+    assert printable("plain name") == "plain name", "the plain space stays"
 
 
 def test_the_realms_issued_and_refused_events_are_written_as_twisted_writes_them(

@@ -344,12 +344,9 @@ def test_post_needs_a_form(realm: Realm) -> None:
 
 
 def test_healthz(realm: Realm) -> None:
+    """Only ok or degraded: the details are the metrics listener's (tests/test_healthz.py)."""
     code, _, body = realm.call("GET", "/healthz")
-    assert code == 200
-    assert body["status"] == "ok"
-    assert body["policy_generation"] == 1
-    assert body["policy_loaded_at"] == "2027-01-15T08:00:00Z"
-    assert body["policy_failed_at"] is None
+    assert (code, body) == (200, {"status": "ok"})
 
 
 def test_one_log_event_per_request_without_secrets(realm: Realm) -> None:

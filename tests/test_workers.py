@@ -1,8 +1,9 @@
 """``--workers 2`` with the real twistd: one socket served by two worker processes.
 
-Both workers answer (two pids in /healthz), a SIGKILLed worker is replaced, a policy edit and a
-SIGHUP reach every worker, login limits hold in total across them, and SIGTERM stops them all
-and removes the socket. A worker that cannot start stops start-up with one sentence.
+Both workers answer (two pids in the issued lines), a SIGKILLed worker is replaced, a policy edit
+and a SIGHUP reach every worker (each worker's generation on the metrics listener's /healthz),
+login limits hold in total across them, and SIGTERM stops them all and removes the socket. A
+worker that cannot start stops start-up with one sentence.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import pytest
 from support import (
     UnixHTTPConnection,
-    health_from_many,
+    get_json_over_unix,
+    pids_issuing,
     start_twistd,
     stop_process,
     write_key_pair,
@@ -36,10 +38,18 @@ ACCOUNT_LIMIT = 10
 
 
 class Daemon:
-    def __init__(self, process: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        sock: Path,
+        log: Path,
+        metrics: Path | None = None,
+    ) -> None:
         self.process = process
         self.sock = sock
         self.log = log
+        self.metrics = metrics
+        """The --metrics socket: /metrics, and /healthz with every worker's details."""
 
     def request(
         self, path: str, headers: dict[str, str] | None = None
@@ -54,9 +64,11 @@ class Daemon:
             connection.close()
 
     def health(self) -> dict[str, Any]:
-        status, body = self.request("/healthz")
+        """The metrics listener's /healthz: the first process's pid, each worker's details."""
+        assert self.metrics is not None, "started with a --metrics of the test's own"
+        status, body = get_json_over_unix(self.metrics, "/healthz")
         assert status == 200, body
-        return body
+        return dict(body)
 
     def login(self, user: str, password: str, client: str = "192.0.2.1") -> int:
         auth = b64encode(f"{user}:{password}".encode()).decode()
@@ -66,9 +78,14 @@ class Daemon:
         )
         return status
 
-    def pids_seen(self, connections: int = 60) -> dict[int, dict[str, Any]]:
-        """pid → /healthz body, over several connections opened at once."""
-        return {body["pid"]: body for body in health_from_many(self.sock, connections)}
+    def pids_seen(self, connections: int = 60) -> set[int]:
+        """The workers that answered anonymous token requests over several connections opened
+        at once."""
+        return pids_issuing(self.log_text, self.sock, "/v2/token?service=svc", connections)
+
+    def generations(self) -> dict[int, int]:
+        """pid → the policy generation it serves, for every worker that answers."""
+        return {w["pid"]: w["policy_generation"] for w in self.health()["workers"]}
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -100,17 +117,18 @@ def start(tmp_path: Path, *extra: str, workers: str = "2") -> Daemon:
         )
     key, cert = write_key_pair(tmp_path)
     sock = tmp_path / "run" / "tokend.sock"
+    metrics = None if "--metrics" in extra else tmp_path / "run" / "metrics.sock"
     sock.parent.mkdir(exist_ok=True)
     log = tmp_path / "tokend.log"
     process = start_twistd(
         "--listen", f"unix:{sock}", "--config-dir", str(config), "--key", str(key),
         "--cert", str(cert), "--issuer", "iss", "--service", "svc", "--workers", workers,
         "--max-failures-per-account", str(ACCOUNT_LIMIT), "--max-failures-per-address", "1000",
-        "--bcrypt-threads", "1",
+        "--bcrypt-threads", "1", *(("--metrics", f"unix:{metrics}") if metrics else ()),
         *extra,
         log=log,
     )  # fmt: skip
-    daemon = Daemon(process, sock, log)
+    daemon = Daemon(process, sock, log, metrics)
     wait_for("socket", lambda: sock.exists() or process.poll() is not None)
     assert process.poll() is None, daemon.log_text()
     wait_for("started", lambda: "tokend listening on" in daemon.log_text())
@@ -130,7 +148,7 @@ def test_two_workers_serve_one_socket_and_share_the_login_limits(daemon: Daemon)
     parent = daemon.process.pid
     workers = worker_pids(parent)
     assert len(workers) == 2
-    wait_for("both workers to answer on the one socket", lambda: set(daemon.pids_seen()) == workers)
+    wait_for("both workers to answer on the one socket", lambda: daemon.pids_seen() == workers)
 
     # Ten wrong passwords for alice, five answered by each worker (the other one is stopped
     # meanwhile, so which worker accepts is not left to the kernel): the workers share them,
@@ -168,7 +186,7 @@ def test_a_killed_worker_is_replaced_edits_and_sighup_reach_every_worker(
     wait_for("a replacement", lambda: len(worker_pids(parent) - {victim}) == 2)
     after = worker_pids(parent)
     assert victim not in after and len(after) == 2
-    wait_for("the new worker serves", lambda: set(daemon.pids_seen(20)) == after)
+    wait_for("the new worker serves", lambda: daemon.pids_seen(20) == after)
     text = daemon.log_text()
     assert f"(pid {victim}) ended after" in text and "starting another in" in text
 
@@ -180,8 +198,7 @@ def test_a_killed_worker_is_replaced_edits_and_sighup_reach_every_worker(
     )
 
     def both_reloaded() -> bool:
-        seen = daemon.pids_seen(20)
-        return set(seen) == after and all(b["policy_generation"] == 2 for b in seen.values())
+        return daemon.generations() == dict.fromkeys(after, 2)
 
     wait_for("the edit in every worker", both_reloaded)
     assert {daemon.login("carol", "carol-pw") for _ in range(6)} == {200}
@@ -275,8 +292,11 @@ def test_a_workers_line_is_the_line_the_parent_wrote_from_its_event() -> None:
 
 
 def test_json_lines_from_two_workers(tmp_path: Path) -> None:
+    """Each worker's line names its pid and its index, as a text line says ``pid N``; the
+    first process's own lines name neither."""
     running = start(tmp_path, "--log-format", "json")
     try:
+        workers = worker_pids(running.process.pid)
         for _ in range(10):
             assert running.request("/v2/token?service=svc")[0] == 200
         wait_for("the lines", lambda: running.log_text().count('"outcome":"issued"') == 10)
@@ -286,4 +306,10 @@ def test_json_lines_from_two_workers(tmp_path: Path) -> None:
     issued = [r for r in records if r.get("outcome") == "issued"]
     assert {r["namespace"] for r in issued} == {"tokend.web.TokenAPI"}
     assert all(r["level"] == "info" and r["time"].endswith("Z") for r in issued)
-    assert any(r["text"].startswith("2 workers serving") for r in records)
+    assert {r["pid"] for r in issued} <= workers
+    assert {r["worker"] for r in issued} <= {0, 1}
+    ready = {r["pid"]: r["worker"] for r in records if r.get("pid") in workers}
+    assert sorted(ready.values()) == [0, 1], "each worker has its own index"
+    assert all(ready[r["pid"]] == r["worker"] for r in issued)
+    (serving,) = [r for r in records if r["text"].startswith("2 workers serving")]
+    assert "pid" not in serving and "worker" not in serving

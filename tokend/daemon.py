@@ -15,10 +15,14 @@ from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, formatEvent
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tokend.http import ConnectionLimits, limit_connections
 from tokend.login.directory import Directory
+from tokend.policy.examples import example_accounts
 from tokend.policy.holder import PolicyHolder
+from tokend.proxy_exposure import proxy_exposure
 
 if TYPE_CHECKING:
     from tokend.tap import Options
@@ -71,15 +75,22 @@ class StartUpFailure:
 
 class Listener(Service):
     """The strports listener, with a failed bind (port in use, socket locked by another daemon,
-    no permission) reported as one sentence instead of twistd's traceback."""
+    no permission) reported as one sentence instead of twistd's traceback, naming the option
+    (``--listen``, ``--metrics`` or its TOKEND_ variable) that asked for it."""
 
     log = Logger()
 
     def __init__(
-        self, description: str, factory: Site, reactor: Any, failed: StartUpFailure
+        self,
+        description: str,
+        factory: Site,
+        reactor: Any,
+        failed: StartUpFailure,
+        option: str = "--listen",
     ) -> None:
         self.description = description
         self.factory = factory
+        self.option = option
         self._failed = failed
         self._listening = strports.service(description, cast(Any, factory), reactor=reactor)
         self._privileged = False
@@ -90,7 +101,12 @@ class Listener(Service):
         try:
             self._listening.privilegedStartService()
         except CannotListenError as e:
-            self._failed(self.log, "cannot listen on {address}: {reason}", **bind_failure(e))
+            self._failed(
+                self.log,
+                "{option}: cannot listen on {address}: {reason}",
+                option=self.option,
+                **bind_failure(e),
+            )
 
     def startService(self) -> None:
         if not self._privileged:
@@ -113,6 +129,24 @@ class Listener(Service):
         waiting: Any = self._listening._waitingForPort
         waiting.addCallback(keep)
         return bound[0]
+
+
+def metrics_listener(
+    options: Options, resource: Resource, reactor: Any, failed: StartUpFailure
+) -> Listener:
+    """The ``--metrics`` listener, under the token listener's HTTP limits: a request must
+    arrive whole within --request-timeout, an idle connection closes after --idle-timeout, and
+    a body above the cap is refused from its headers, never stored (it answers anyone who can
+    connect, so it must not hold a connection or spool a body for them either)."""
+    site = QuietSite(resource, reactor=reactor)
+    limit_connections(
+        site,
+        ConnectionLimits(
+            request_timeout=options["request-timeout"], idle_timeout=options["idle-timeout"]
+        ),
+    )
+    site.displayTracebacks = False
+    return Listener(options["metrics"], site, reactor, failed, option=options.source("metrics"))
 
 
 def bind_failure(error: CannotListenError) -> dict[str, str]:
@@ -225,6 +259,22 @@ class Announcer(Service):
                     option=self._options.source("trusted-proxy"),
                     network=str(network),
                 )
+        exposure = proxy_exposure(
+            self._options["listen"],
+            self._options["trusted-proxy"],
+            self._options.source("listen"),
+            self._options.source("trusted-proxy"),
+        )
+        if exposure is not None:
+            self.log.warn("{exposure}", exposure=exposure)
+        examples = example_accounts(policy)
+        if examples:  # only a development daemon (--dev-cert) starts with them
+            self.log.warn(
+                "development daemon: {accounts} have the example passwords shipped with "
+                "tokend, which anyone can look up; never let it serve a registry others can "
+                "reach (write your own users.json with tokend hash-password)",
+                accounts=", ".join(examples),
+            )
         if self._options.created_dev_cert:
             self.log.warn(
                 "created a development key {key} and certificate {cert}: give the registry "

@@ -48,6 +48,11 @@ FIELDS = (
 """Structured fields copied into the line when an event carries them and they are not None (a
 refresh token's fingerprint, never a token: the realm logs nothing else under that name)."""
 
+WORKER_FIELDS = {"pid": "worker_pid", "worker": "worker_index"}
+"""With ``--workers N``, which worker wrote the line: its pid and its index (0 … N-1, stable
+across restarts, as the metrics' ``worker`` label), as the text format's ``pid N`` marks it
+(:func:`tokend.processes.marked` sets them)."""
+
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
 
 
@@ -65,6 +70,9 @@ def event_as_json(event: LogEvent) -> str:
         "text": formatEvent(event),
         "namespace": event.get("log_namespace"),
     }
+    for name, key in WORKER_FIELDS.items():
+        if event.get(key) is not None:
+            record[name] = event[key]
     for name in FIELDS:
         field = event.get(name)
         if field is not None:

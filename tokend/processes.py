@@ -103,8 +103,11 @@ LOG_LINES = ord("L")
 """Worker → parent: finished log lines (UTF-8), to be written as they are."""
 SCRAPE = ord("S")
 """Parent → worker: a request for its metrics; the payload is the request's number."""
+HEALTH = ord("H")
+"""Parent → worker: a request for its /healthz details; the payload is the request's number."""
 EXPOSITION = ord("M")
-"""Worker → parent: the request's number, a newline, the Prometheus text exposition."""
+"""Worker → parent: the request's number, a newline, the answer (the Prometheus text
+exposition, or the health details as JSON)."""
 
 _HEADER = struct.Struct("!IB")
 
@@ -167,13 +170,14 @@ def text_line(event: LogEvent) -> str | None:
     return format_text_line(event)
 
 
-def marked(event: LogEvent, pid: int) -> LogEvent:
-    """``event`` with ``pid N`` added to its system, as a worker's line shows it."""
+def marked(event: LogEvent, pid: int, index: int | None = None) -> LogEvent:
+    """``event`` with ``pid N`` added to its system, as a worker's text line shows it, and
+    the pid and the worker's index as fields (a JSON line's ``pid`` and ``worker``)."""
     system = event.get("log_system")
     if not system or system == "-":
         level = getattr(event.get("log_level"), "name", "-")
         system = f"{event.get('log_namespace', '-')}#{level}"
-    return {**event, "log_system": f"{system} pid {pid}", "worker_pid": pid}
+    return {**event, "log_system": f"{system} pid {pid}", "worker_pid": pid, "worker_index": index}
 
 
 class ParentLog(FileLogObserver):
@@ -302,6 +306,14 @@ class Supervisor(Service):
         """Every serving worker's metrics exposition, by worker index. A worker that does not
         answer within :data:`SCRAPE_TIMEOUT` (or ends meanwhile) is left out and counted in
         :attr:`scrape_failures`."""
+        return self._ask(SCRAPE, "a metrics scrape")
+
+    def health(self) -> Deferred[list[tuple[int, bytes]]]:
+        """Every serving worker's /healthz details (JSON), by worker index; one that does not
+        answer within :data:`SCRAPE_TIMEOUT` is left out."""
+        return self._ask(HEALTH, "a health request")
+
+    def _ask(self, kind: int, what: str) -> Deferred[list[tuple[int, bytes]]]:
         asked: list[Deferred[tuple[int, bytes] | None]] = []
         for worker in sorted(self._workers.values(), key=lambda w: w.slot):
             if not worker.ready or worker.channel is None:
@@ -311,9 +323,10 @@ class Supervisor(Service):
             answer: Deferred[bytes] = Deferred()
             worker.scrapes[number] = answer
             answer.addTimeout(SCRAPE_TIMEOUT, self._reactor)
-            answer.addCallbacks(self._answered(worker.slot), self._no_answer(worker, number))
+            left_out = self._no_answer(worker, number, what, count=kind == SCRAPE)
+            answer.addCallbacks(self._answered(worker.slot), left_out)
             asked.append(answer)  # type: ignore[arg-type]
-            worker.channel.write(frame(SCRAPE, str(number).encode()))
+            worker.channel.write(frame(kind, str(number).encode()))
         gathered: Deferred[list[tuple[int, bytes] | None]] = gatherResults(asked)
         return gathered.addCallback(lambda answers: [a for a in answers if a is not None])
 
@@ -321,14 +334,18 @@ class Supervisor(Service):
     def _answered(slot: int) -> Callable[[bytes], tuple[int, bytes]]:
         return lambda body: (slot, body)
 
-    def _no_answer(self, worker: _Worker, number: int) -> Callable[[Failure], None]:
+    def _no_answer(
+        self, worker: _Worker, number: int, what: str, count: bool
+    ) -> Callable[[Failure], None]:
         def left_out(reason: Failure) -> None:
             worker.scrapes.pop(number, None)
-            self.unreadable(worker.slot)
+            if count:
+                self.unreadable(worker.slot)
             self.log.warn(
-                "worker {slot} (pid {pid}) did not answer a metrics scrape: {reason}",
+                "worker {slot} (pid {pid}) did not answer {what}: {reason}",
                 slot=worker.slot,
                 pid=worker.pid,
+                what=what,
                 reason=reason.getErrorMessage() or getattr(reason.type, "__name__", "no answer"),
             )
 
@@ -459,7 +476,7 @@ class Supervisor(Service):
         args = [
             sys.executable, "-m", "tokend.worker",
             "--listen-fd=3", f"--family={int(self._family)}", "--control-fd=4",
-            f"--log-lines={self._log_lines}",
+            f"--log-lines={self._log_lines}", f"--worker-index={slot}",
             "--", *self._argv,
         ]  # fmt: skip
         holder: list[_Worker] = []
@@ -556,7 +573,7 @@ class Supervisor(Service):
         except ValueError:
             self.log.warn("worker {pid} sent an unreadable log event", pid=worker.pid)
             return
-        event = marked(event, worker.pid)
+        event = marked(event, worker.pid, worker.slot)
         if not worker.ready and event.get("log_level") is not None:
             if event["log_level"].name == "critical":
                 worker.last_critical = formatEvent(event)

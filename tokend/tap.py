@@ -19,7 +19,7 @@ from twisted.application.service import MultiService
 from twisted.internet import reactor as global_reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
@@ -31,8 +31,10 @@ from tokend.daemon import (
     QuietSite,
     SocketGroup,
     StartUpFailure,
+    metrics_listener,
 )
 from tokend.dn import DNError, normalise_dn
+from tokend.health import PolicyHealth, WorkersHealth
 from tokend.http import ConnectionLimits, limit_connections
 from tokend.json_log import LoggingRoot, event_as_json, observer_for_format
 from tokend.login.credential_cache import CredentialCache
@@ -68,10 +70,11 @@ from tokend.metrics import (
     process_collectors,
     workers_metrics_resource,
 )
+from tokend.policy.examples import example_accounts, example_accounts_error, refusing_examples
 from tokend.policy.files import LoadedPolicy, load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
-from tokend.policy.reload import PolicyReloader, keep_out_of_gc
+from tokend.policy.reload import PolicyReloader, keep_out_of_gc, load_settled
 from tokend.policy.watcher import PolicyWatchService
 from tokend.processes import Supervisor, parent_log, worker_count
 from tokend.signing.devcert import DanglingLinkError, ensure_dev_cert
@@ -648,10 +651,20 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def _load_policy(self) -> LoadedPolicy:
+        config_dir = Path(self["config-dir"])
         try:
-            return load_policy(Path(self["config-dir"]))
+            loaded = load_policy(config_dir)
         except PolicyError as e:
             raise usage.UsageError(f"invalid policy: {e}") from None
+        examples = example_accounts(loaded.policy)
+        if examples and not self["dev-cert"]:
+            raise usage.UsageError(str(example_accounts_error(config_dir, examples)))
+        return loaded
+
+    def policy_loader(self) -> Callable[[Path], LoadedPolicy]:
+        """How a reload reads the files: as at start-up, example accounts refused unless this
+        is a development daemon (--dev-cert)."""
+        return load_settled if self["dev-cert"] else refusing_examples(load_settled)
 
 
 def _metrics(
@@ -797,18 +810,20 @@ def makeService(
     if worker is not None:
         AdoptedListener(worker.listen_fd, worker.family, site, reactor).setServiceParent(root)
     else:
-        Listener(options["listen"], site, reactor, failed).setServiceParent(root)
+        listener = Listener(options["listen"], site, reactor, failed, options.source("listen"))
+        listener.setServiceParent(root)
     if options.get("socket-gid") is not None and worker is None:
         socket_path = Options.socket_path(options["listen"])
         group = SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
         group.setServiceParent(root)
     if registry is not None and worker is not None:
-        worker.expose(registry)  # the parent serves every worker's metrics
+        worker.expose(registry, holder)  # the parent serves every worker's metrics and health
     elif registry is not None:
-        metrics_site = QuietSite(metrics_resource(registry), reactor=reactor)
-        Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
+        served = metrics_resource(registry)
+        served.putChild(b"healthz", cast(IResource, PolicyHealth(holder)))
+        metrics_listener(options, served, reactor, failed).setServiceParent(root)
     config_dir = Path(options["config-dir"])
-    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool)
+    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool, options.policy_loader())
     PolicyWatchService(
         config_dir, reloader.reload, reactor, poll=bool(options["poll"])
     ).setServiceParent(root)
@@ -847,7 +862,9 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
         log if log is not None else observer_for_format(options["log-format"], options.parent)
     )
     failed = StartUpFailure(options.parent)
-    listener = Listener(options["listen"], Site(Resource()), reactor, failed)
+    listener = Listener(
+        options["listen"], Site(Resource()), reactor, failed, options.source("listen")
+    )
     listener.setServiceParent(root)
     if options.get("socket-gid") is not None:
         socket_path = Options.socket_path(options["listen"])
@@ -882,8 +899,9 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
         registry.register(SupervisorState(supervisor))
         if redis is not None:
             registry.register(RedisState(redis))
-        metrics_site = QuietSite(workers_metrics_resource(registry, supervisor), reactor=reactor)
-        Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
+        served = workers_metrics_resource(registry, supervisor)
+        served.putChild(b"healthz", cast(IResource, WorkersHealth(supervisor)))
+        metrics_listener(options, served, reactor, failed).setServiceParent(root)
     directory = None
     if options.directory is not None:
         directory = Directory(options.directory, reactor)

@@ -8,7 +8,6 @@ modules; this maps them to HTTP and turns every domain error into the spec's JSO
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from tokend.client_address import ClientAddress, TrustedProxies
+from tokend.health import StrictError, status_word, strict_asked
 from tokend.log_text import printable
 from tokend.login.basic_auth import (
     Credentials,
@@ -49,7 +49,7 @@ from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.metrics import NO_METRICS, RequestMetrics
 from tokend.policy.holder import PolicyHolder
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
-from tokend.signing.tokens import IssuedToken, TokenIssuer, rfc3339
+from tokend.signing.tokens import IssuedToken, TokenIssuer
 
 MAX_QUERY_BYTES = 8192
 MAX_VALUE_CHARS = 1024
@@ -326,27 +326,17 @@ class TokenAPI:
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: Request) -> bytes:
         """200 while a good policy serves (liveness), even when the files on disk are broken;
-        ``?strict=1`` answers 503 then, for probes that must notice a bad edit."""
-        values = (request.args or {}).get(b"strict", [b"0"])
-        if any(v not in (b"1", b"true", b"0", b"false") for v in values):
-            raise RequestError("strict must be 1 or 0")
-        strict = any(v in (b"1", b"true") for v in values)
+        ``?strict=1`` answers 503 then, for probes that must notice a bad edit. Only ``ok`` or
+        ``degraded``: the details (pid, generation, the error) are the metrics listener's."""
+        try:
+            strict = strict_asked(request.args)
+        except StrictError as e:
+            raise RequestError(str(e)) from None
         status = self._policy.status()
         return _json(
             request,
             503 if strict and not status.files_valid else 200,
-            {
-                "status": "ok" if status.files_valid else "degraded",
-                "serving": True,
-                "pid": os.getpid(),
-                "files_valid": status.files_valid,
-                "policy_generation": status.generation,
-                "policy_loaded_at": rfc3339(status.loaded_at),
-                "policy_failed_at": (
-                    rfc3339(status.failed_at) if status.failed_at is not None else None
-                ),
-                "policy_error": status.last_error,
-            },
+            {"status": status_word(status)},
         )
 
     @app.route("/", branch=True)

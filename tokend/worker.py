@@ -38,6 +38,7 @@ from tokend.login.throttle import LoginThrottle
 from tokend.processes import (
     CONTROL,
     EXPOSITION,
+    HEALTH,
     LOG_EVENT,
     LOG_LINES,
     SCRAPE,
@@ -51,6 +52,8 @@ from tokend.processes import (
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from tokend.policy.holder import PolicyHolder
 
 
 ASK_TIMEOUT = START_UP_WAIT + LOOKUP_TIMEOUT + 1
@@ -66,12 +69,15 @@ class ParentLink(Framed):
         self._reactor = reactor
         self._throttle: LoginThrottle | None = None
         self._registry: CollectorRegistry | None = None
+        self._holder: PolicyHolder | None = None
         self._asked = 0
         self._answers: dict[int, Deferred[list[Seen]]] = {}
 
-    def expose(self, registry: CollectorRegistry) -> None:
-        """Answer the parent's metrics requests with this registry's exposition."""
+    def expose(self, registry: CollectorRegistry, holder: PolicyHolder | None = None) -> None:
+        """Answer the parent's metrics requests with this registry's exposition, and its
+        health requests with the details of the policy ``holder`` serves."""
         self._registry = registry
+        self._holder = holder
 
     def attach(self, throttle: LoginThrottle) -> None:
         """Take in the other workers' news (and unlocks) into this throttle."""
@@ -105,6 +111,8 @@ class ParentLink(Framed):
         for kind, payload in frames:
             if kind == SCRAPE:
                 self._answer_scrape(payload)
+            elif kind == HEALTH:
+                self._answer_health(payload)
             elif kind == CONTROL:
                 self._learn(payload)
 
@@ -113,6 +121,13 @@ class ParentLink(Framed):
 
         body = generate_latest(self._registry) if self._registry is not None else b""
         self.write(frame(EXPOSITION, number + b"\n" + body))
+
+    def _answer_health(self, number: bytes) -> None:
+        from tokend.health import details
+
+        body = details(self._holder.status()) if self._holder is not None else {}
+        answer = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        self.write(frame(EXPOSITION, number + b"\n" + answer))
 
     def _learn(self, payload: bytes) -> None:
         throttle = self._throttle
@@ -208,7 +223,23 @@ class _OneAccept:
 
 
 class _FairUNIXPort(_OneAccept, unix.Port):
-    pass
+    def startListening(self) -> None:
+        """Serve the adopted socket as the parent bound it. Twisted's own ``startListening``
+        would chmod the path to its default mode 0666 (whatever ``:mode=`` said, so every
+        local user could reach tokend past nginx and name their own X-Real-IP) and call
+        ``listen()`` again with its default backlog of 50; this one leaves the socket file,
+        its mode, its group and its backlog alone."""
+        port: Any = self
+        skt = port._preexistingSocket
+        if skt is None:
+            raise RuntimeError("a worker only adopts the socket its parent bound")
+        port._preexistingSocket = None
+        tcp._reservedFD.reserve()  # as Twisted's: a descriptor kept for running out of them
+        port.factory.doStart()
+        port.connected = True
+        port.socket = skt
+        port.fileno = skt.fileno
+        port.startReading()
 
 
 class _FairTCPPort(_OneAccept, tcp.Port):
@@ -221,9 +252,12 @@ class _Outbox:
     observer formats it); written straight to the socket until the reactor owns it, then
     through the link."""
 
-    def __init__(self, channel: socket.socket, lines: str = "events") -> None:
+    def __init__(
+        self, channel: socket.socket, lines: str = "events", index: int | None = None
+    ) -> None:
         self._channel = channel
         self._pid = os.getpid()
+        self._index = index
         self._lines = lines
         self.link: ParentLink | None = None
 
@@ -231,12 +265,13 @@ class _Outbox:
         if self._lines == "events":
             self.send(frame(LOG_EVENT, eventAsJSON(event).encode("utf-8")))
             return
+        event = marked(event, self._pid, self._index)
         if self._lines == "json":
             from tokend.json_log import event_as_json
 
             line: str | None = event_as_json(event)
         else:
-            line = text_line(marked(event, self._pid))
+            line = text_line(event)
         if line:
             self.send(frame(LOG_LINES, line.encode("utf-8")))
         if event.get("log_level") == LogLevel.critical:
@@ -258,6 +293,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     parser.add_argument("--family", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--log-lines", choices=("text", "json", "events"), default="events")
+    parser.add_argument("--worker-index", type=int, default=None)
     parser.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     options_argv = args.options[1:] if args.options[:1] == ["--"] else args.options
@@ -267,7 +303,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
 
         reactor = global_reactor
     channel = socket.socket(fileno=args.control_fd)
-    outbox = _Outbox(channel, args.log_lines)
+    outbox = _Outbox(channel, args.log_lines, args.worker_index)
     observer: Any = FilteringLogObserver(
         cast(ILogObserver, outbox), [cast(Any, LogLevelFilterPredicate(LogLevel.info))]
     )
@@ -329,7 +365,7 @@ class WorkerSetup:
         listen_fd: int,
         family: int,
         attach: Callable[[LoginThrottle], None],
-        expose: Callable[[CollectorRegistry], None] = lambda registry: None,
+        expose: Callable[[CollectorRegistry, PolicyHolder], None] = lambda registry, holder: None,
         publish: Callable[[News], None] | None = None,
         ask: Ask | None = None,
     ):

@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from support import (
     REPO,
     UnixHTTPConnection,
+    accepts,
     free_port,
     get_json_over_unix,
     hash_password,
@@ -214,6 +215,8 @@ class Stack:
     storage: Path
     tokend_socket: Path
     registry_socket: Path
+    metrics_socket: Path
+    """tokend's --metrics listener: /metrics, and /healthz with the policy generation."""
     processes: list[Running] = field(default_factory=list)
     tokend_args: tuple[str, ...] = ()
     """More options for tokend (e.g. ``--workers 2``)."""
@@ -374,10 +377,21 @@ class Stack:
 
     # --- the policy ----------------------------------------------------------------------
 
-    def generation(self) -> int:
-        status, body = get_json_over_unix(self.tokend_socket, "/healthz")
+    def health(self) -> dict[str, Any]:
+        """tokend's metrics listener's /healthz: the policy serving, in each worker with
+        ``--workers``."""
+        status, body = get_json_over_unix(self.metrics_socket, "/healthz")
         assert status == 200, body
-        return int(body["policy_generation"])
+        return dict(body)
+
+    def generation(self) -> int:
+        """The policy generation every process serves by now (0 until every worker answers)."""
+        body = self.health()
+        if "workers" not in body:
+            return int(body["policy_generation"])
+        if body["workers_answering"] < body["workers_configured"]:
+            return 0
+        return min(int(worker["policy_generation"]) for worker in body["workers"])
 
     def rewrite(self, name: str, document: Any) -> None:
         """Replace a policy file atomically and wait until the daemon has loaded it."""
@@ -396,11 +410,12 @@ class Stack:
 
     def _wait_for_reload(self, before: int, name: str) -> None:
         wait_until(lambda: self.generation() > before, f"tokend to reload {name}", timeout=15)
-        _, health = get_json_over_unix(self.tokend_socket, "/healthz")
-        assert (
-            health["policy_error"] is None
-            or health["policy_failed_at"] < health["policy_loaded_at"]
-        ), health
+        body = self.health()
+        for health in body.get("workers", [body]):
+            assert (
+                health["policy_error"] is None
+                or health["policy_failed_at"] < health["policy_loaded_at"]
+            ), health
 
     def read(self, name: str) -> Any:
         return json.loads((self.config / name).read_text())
@@ -506,6 +521,7 @@ def new_stack(root: Path, tokend_args: tuple[str, ...] = ()) -> Stack:
         storage=root / "registry-data",
         tokend_socket=root / "sockets" / "tokend.sock",
         registry_socket=root / "sockets" / "registry.sock",
+        metrics_socket=root / "sockets" / "metrics.sock",
     )
 
 
@@ -610,13 +626,15 @@ def _start_tokend(stack: Stack) -> None:
         "--cert", str(stack.certs / "RootCA.crt"),
         "--issuer", ISSUER,
         "--service", SERVICE,
+        "--metrics", f"unix:{stack.metrics_socket}",
         *stack.tokend_args,
         log=log,
         output=stack.root / "tokend.out",
     )  # fmt: skip
     running = Running("tokend", process, log, (stack.root / "tokend.out",))
     stack.processes.append(running)
-    _wait_alive(running, stack.tokend_socket.exists, "tokend's socket")
+    sockets = (stack.tokend_socket, stack.metrics_socket)
+    _wait_alive(running, lambda: all(accepts(s) for s in sockets), "tokend's sockets")
     wait_until(lambda: stack.generation() >= 1, "tokend's /healthz")
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from e2e.conftest import _require
-from e2e.stack import Stack, launch_stack, missing_binaries, new_stack, wait_until
-from support import health_from_many
+from e2e.stack import SERVICE, Stack, launch_stack, missing_binaries, new_stack, wait_until
+from support import pids_issuing
 
 pytestmark = pytest.mark.e2e
 
@@ -39,15 +39,23 @@ def worker_pids(stack: Stack) -> set[int]:
     return {int(pid) for pid in children}
 
 
-def health_by_pid(stack: Stack, connections: int = 40) -> dict[int, Any]:
-    return {body["pid"]: body for body in health_from_many(stack.tokend_socket, connections)}
+def pids_serving(stack: Stack, connections: int = 40) -> set[int]:
+    """The workers that answered anonymous token requests on the one socket."""
+    log = stack.root / "tokend.log"
+    url = f"/v2/token?service={SERVICE}"
+    return pids_issuing(log.read_text, stack.tokend_socket, url, connections)
+
+
+def generation_by_pid(stack: Stack) -> dict[int, Any]:
+    """pid → policy generation, for each worker answering the metrics listener's /healthz."""
+    return {w["pid"]: w["policy_generation"] for w in stack.health()["workers"]}
 
 
 def test_push_and_pull_through_two_workers(workers_stack: Stack) -> None:
     stack = workers_stack
     wait_until(lambda: len(worker_pids(stack)) == 2, "two workers")
     wait_until(
-        lambda: set(health_by_pid(stack)) == worker_pids(stack),
+        lambda: pids_serving(stack) == worker_pids(stack),
         "both workers serving (the second may still be starting)",
     )
     for number in range(3):  # one token request per operation: both workers get some
@@ -70,16 +78,14 @@ def test_an_edit_reaches_both_workers_and_a_killed_one_is_replaced(workers_stack
     try:
         generation = stack.generation()
         wait_until(
-            lambda: (
-                {b["policy_generation"] for b in health_by_pid(stack, 20).values()} == {generation}
-            ),
+            lambda: set(generation_by_pid(stack).values()) == {generation},
             "the edit in both workers",
         )
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: len(worker_pids(stack) - {victim}) == 2, "a replacement worker")
         after = worker_pids(stack)
-        wait_until(lambda: set(health_by_pid(stack, 20)) == after, "the new worker serving")
+        wait_until(lambda: pids_serving(stack, 20) == after, "the new worker serving")
         pushed = stack.push(stack.new_image(), "workers/foo-app", "foo:foo")
         assert pushed.ok, pushed.stderr
     finally:

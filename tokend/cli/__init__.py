@@ -1,13 +1,15 @@
-"""The ``tokend`` tool: what an operator needs around the daemon.
+"""The tokend tool: what an operator needs around the daemon.
 
-``hash-password`` makes a users.json hash, ``check-config`` validates a config directory the way
-the daemon would and reports rules that never apply or overlap (and, with the daemon's
-``--ldap-*`` options, checks the directory), ``explain`` shows which rule decides a request (for
-a directory account too), ``kid`` prints the key ids a registry configuration needs,
-``dev-cert`` writes a development key pair, ``token`` reads a token back in plain words and
-verifies it against the certificate, ``user`` adds, changes, removes and lists users.json
-accounts in place, ``unlock`` ends a login lockout in the running daemon. Exit status 0 on
-success, 1 on a finding, 2 on a usage error, 130 when interrupted (Ctrl-C).
+hash-password makes a users.json hash, check-config validates a config directory the way the
+daemon would and reports rules that never apply or overlap (and, with the daemon's --ldap-*
+options, checks the directory), explain shows which rule decides a request (for a directory
+account too), kid prints the key ids a registry configuration needs, dev-cert writes a
+development key pair, token reads a token back in plain words and verifies it against the
+certificate, user adds, changes, removes and lists users.json accounts in place, unlock ends a
+login lockout in the running daemon. Exit status 0 on success, 1 on a finding, 2 on a usage
+error, 130 when interrupted (Ctrl-C).
+
+Plain text, no markup: the first line is what tokend --help shows.
 """
 
 from __future__ import annotations

@@ -10,12 +10,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from tokend.cli.common import CommandError
+from tokend.cli.common import CommandError, UsageError
 from tokend.cli.directory_options import add_directory_options, ask_directory, directory_config
 from tokend.cli.keys import EXPIRY_WARNING_DAYS, key_summary
+from tokend.client_address import parse_networks
+from tokend.policy.examples import example_accounts, example_accounts_error
 from tokend.policy.files import load_policy
 from tokend.policy.model import EVERY_DIRECTORY_ACCOUNT, PolicyError
 from tokend.policy.report import overlap_notes
+from tokend.proxy_exposure import proxy_exposure
 
 if TYPE_CHECKING:
     from tokend.login.directory import Directory
@@ -31,6 +34,12 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
         raise CommandError(str(e)) from None
     for warning in loaded.warnings:
         stdout.write(f"warning: {warning}\n")
+    examples = example_accounts(loaded.policy)
+    if examples:
+        stdout.write(f"warning: {example_accounts_error(config_dir, examples)}\n")
+    exposure = _proxy_exposure(args)
+    if exposure is not None:
+        stdout.write(f"warning: {exposure}\n")
     policy = loaded.policy
     for note in overlap_notes(policy):
         stdout.write(f"overlap: {note}\n")
@@ -65,6 +74,16 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
                 f"warning: directory: ldap_groups {dn} (group {users}) is no entry the service "
                 "account can read: no account will match it\n"
             )
+
+
+def _proxy_exposure(args: argparse.Namespace) -> str | None:
+    """The daemon's start-up warning for --trusted-proxy ranges on a listener bound to every
+    address, when both options are given as the daemon gets them."""
+    try:
+        trusted = parse_networks(args.trusted_proxy)
+    except ValueError as e:
+        raise UsageError(f"--trusted-proxy {e}") from None
+    return proxy_exposure(args.listen, trusted) if args.listen else None
 
 
 def _directory_groups_taken(taken: Mapping[str, frozenset[str]]) -> str:
@@ -104,6 +123,16 @@ def register(commands: Any) -> None:
         action="store_true",
         help="accept a group/other readable --key (or --ldap-bind-password-file), as the "
         "daemon's flag of that name does",
+    )
+    checking.add_argument(
+        "--listen", metavar="ENDPOINT", help="the daemon's --listen, to check with --trusted-proxy"
+    )
+    checking.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="the daemon's --trusted-proxy; repeat for several",
     )
     add_directory_options(checking)
     limits = checking.add_argument_group(

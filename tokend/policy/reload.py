@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -68,8 +69,16 @@ class PolicyReloader:
     log = Logger()
 
     def __init__(
-        self, config_dir: Path, holder: PolicyHolder, clock: Clock, workers: Workers
+        self,
+        config_dir: Path,
+        holder: PolicyHolder,
+        clock: Clock,
+        workers: Workers,
+        load: Callable[[Path], LoadedPolicy] = load_settled,
     ) -> None:
+        """``load`` reads the files (on ``workers``); a PolicyError from it keeps the policy
+        serving, as a broken file does."""
+        self._load = load
         self._config_dir = config_dir
         self._holder = holder
         self._clock = clock
@@ -107,7 +116,7 @@ class PolicyReloader:
     async def _load_once(self, reason: str) -> None:
         now = self._clock.seconds
         try:
-            loaded: LoadedPolicy = await self._workers.run(load_settled, self._config_dir)
+            loaded: LoadedPolicy = await self._workers.run(self._load, self._config_dir)
         except PolicyError as e:
             self._holder.record_failure(str(e), now())
             self.log.error(

@@ -110,6 +110,11 @@ def _check_permissions(path: Path) -> None:
 
 
 def _load_private_key(path: Path) -> PrivateKey:
+    if not path.exists() and not path.is_symlink():
+        raise KeyConfigError(
+            f"key {path} does not exist; for development, start the daemon with --dev-cert "
+            "(or run tokend dev-cert) to create a key pair there"
+        )
     data = _read(path, "key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
