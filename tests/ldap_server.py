@@ -14,6 +14,7 @@ Use the session fixture with ``pytest_plugins = ("ldap_server",)`` in a test mod
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -189,16 +190,36 @@ def directory_ldif(service_password: str) -> str:
     return "\n".join(entries)
 
 
-def _slapd_conf(root: Path, key: Path, cert: Path, ca: Path) -> str:
+POLICY = f"cn=default,ou=policies,{SUFFIX}"
+"""With ``ppolicy=True``: the default password policy, locking after POLICY_MAX_FAILURE
+failed binds within POLICY_INTERVAL seconds."""
+POLICY_MAX_FAILURE = 5
+POLICY_INTERVAL = 600
+
+
+def _policy_ldif() -> str:
+    return (
+        f"{_unit('policies')}\n"
+        f"dn: {POLICY}\nobjectClass: organizationalRole\nobjectClass: pwdPolicy\ncn: default\n"
+        f"pwdAttribute: userPassword\npwdLockout: TRUE\npwdMaxFailure: {POLICY_MAX_FAILURE}\n"
+        f"pwdFailureCountInterval: {POLICY_INTERVAL}\n"
+    )
+
+
+def _slapd_conf(root: Path, key: Path, cert: Path, ca: Path, ppolicy: bool = False) -> str:
     schemas = "".join(
         f"include {SCHEMA_DIR / name}.schema\n"
         for name in ("core", "cosine", "inetorgperson", "nis")
     )
+    # slapd 2.5's ppolicy module brings its own schema (pwdAccountLockedTime, pwdPolicy...):
+    # without it, those attribute types are unknown to this directory.
+    module = "moduleload ppolicy\n" if ppolicy else ""
+    overlay = f'overlay ppolicy\nppolicy_default "{POLICY}"\n' if ppolicy else ""
     return f"""{schemas}
 modulepath {MODULE_PATH}
 moduleload back_mdb
 moduleload memberof
-pidfile {root / "slapd.pid"}
+{module}pidfile {root / "slapd.pid"}
 argsfile {root / "slapd.args"}
 # An empty password with a DN is an unauthenticated bind: refused by default, allowed here so
 # that tokend's own refusal is what the tests see.
@@ -215,7 +236,7 @@ rootdn "{ROOT_DN}"
 rootpw {ROOT_PASSWORD}
 directory {root / "data"}
 overlay memberof
-access to attrs=userPassword by self write by anonymous auth by * none
+{overlay}access to attrs=userPassword by self write by anonymous auth by * none
 access to * by * read
 """
 
@@ -232,6 +253,7 @@ class Slapd:
     bind_password_file: Path
     process: subprocess.Popen[bytes] | None = None
     loaded: bool = False
+    ppolicy: bool = False
     _log_handle: object = field(default=None, repr=False)
 
     base = BASE
@@ -294,6 +316,8 @@ class Slapd:
             time.sleep(0.02)
         if not self.loaded:
             self.ldap_tool("ldapadd", directory_ldif(self.bind_password.decode()))
+            if self.ppolicy:
+                self.ldap_tool("ldapadd", _policy_ldif())
             self.loaded = True
 
     def stop(self, timeout: float = 15) -> None:
@@ -346,13 +370,42 @@ class Slapd:
     def remove_member(self, cn: str, member: str) -> None:
         self.modify(f"dn: {group_dn(cn)}\nchangetype: modify\ndelete: member\nmember: {member}\n")
 
+    def search(self, base: str, text: str, *attributes: str, scope: str = "sub") -> str:
+        """ldapsearch as the root DN (operational attributes only when named): LDIF text."""
+        result = subprocess.run(
+            ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", self.url, "-D", ROOT_DN,
+             "-w", ROOT_PASSWORD, "-s", scope, "-b", base, text, *attributes],
+            capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"ldapsearch failed: {result.stderr.decode(errors='replace')}")
+        return result.stdout.decode(errors="replace")
+
+    def attribute(self, entry_dn: str, name: str) -> str | None:
+        """The first value of ``name`` in the entry (operational ones too), or None."""
+        prefix = f"{name}: "
+        lines = self.search(entry_dn, "(objectClass=*)", name, scope="base").splitlines()
+        return next((line[len(prefix) :] for line in lines if line.startswith(prefix)), None)
+
     def connections(self) -> int:
-        """How many connections slapd has accepted so far (from its stats log)."""
+        """How many connections slapd has accepted so far (from its stats log). slapd's
+        listener thread may write an ACCEPT line after the connection's first answer went
+        out: to count the connections some requests made, use :meth:`bound_since`."""
         return self.log_text().count(" ACCEPT from ")
 
+    def mark(self) -> int:
+        """A place in the log, for :meth:`bound_since`."""
+        return len(self.log_text())
 
-def new_slapd(root: Path) -> Slapd:
-    """Files for a slapd in ``root`` (config, TLS, service password); not started yet."""
+    def bound_since(self, mark: int) -> int:
+        """How many connections bound since ``mark``: every connection tokend opens starts
+        with a bind, and slapd logs a BIND before it answers it (unlike the ACCEPT)."""
+        return len(set(re.findall(r"conn=(\d+) op=\d+ BIND ", self.log_text()[mark:])))
+
+
+def new_slapd(root: Path, ppolicy: bool = False) -> Slapd:
+    """Files for a slapd in ``root`` (config, TLS, service password); not started yet. With
+    ``ppolicy``, the password policy overlay and a default policy (:data:`POLICY`)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
     ca = make_ca(root, "test-ca")
@@ -361,14 +414,14 @@ def new_slapd(root: Path) -> Slapd:
     password_file = root / "bind-password"
     password_file.write_text(secrets.token_urlsafe(18) + "\n")
     password_file.chmod(0o600)
-    (root / "slapd.conf").write_text(_slapd_conf(root, key, cert, ca.path))
-    return Slapd(root, free_port(), free_port(), ca, wrong_ca, password_file)
+    (root / "slapd.conf").write_text(_slapd_conf(root, key, cert, ca.path, ppolicy))
+    return Slapd(root, free_port(), free_port(), ca, wrong_ca, password_file, ppolicy=ppolicy)
 
 
-def start_slapd(root: Path) -> Slapd:
+def start_slapd(root: Path, ppolicy: bool = False) -> Slapd:
     """A private, loaded slapd in ``root`` (the caller stops it)."""
     require_slapd()
-    server = new_slapd(root)
+    server = new_slapd(root, ppolicy)
     server.start()
     return server
 

@@ -120,9 +120,10 @@ def test_explain_looks_a_directory_account_up(slapd: Slapd, config_dir: Path) ->
         "    group everyone: 'lobby/*' allows pull",
         "    the union of every source's most specific rule",
         "identity tokens: a refresh token of 'mozart' (docker login keeps one) is bound to its "
-        "DN; every refresh looks the account up again (remembered for --credential-cache-ttl) "
-        "and gets the rights its groups give then; it is refused once the account is gone from "
-        "the search base or has another DN",
+        "entry (DN, entryUUID or objectGUID, password-changed time); every refresh looks the "
+        "account up again (remembered for --credential-cache-ttl) and gets the rights its "
+        "groups give then; it is refused once the account is gone from the search base, has "
+        "another DN, is locked or disabled, or its entry or password changed",
     ]
 
 
@@ -169,6 +170,19 @@ def test_explain_spells_a_directory_name_as_the_daemon_does(config_dir: Path) ->
     assert "repository:mozart/requiem:push  ->  'mozart' gets push (holds pull,push)" in lines
 
 
+@pytest.mark.parametrize("name", ["\uff4dozart", "\U0001d426ozart", "\u24dcozart", "mo\u00adzart"])
+def test_explain_refuses_a_look_alike_spelling_as_the_daemon_does(
+    config_dir: Path, name: str
+) -> None:
+    """A fullwidth, mathematical or circled m (or a soft hyphen): slapd would find mozart."""
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, name, SCOPES[0]
+    )
+    assert (code, out) == (1, "")
+    assert f"{name!r} is a name " in err
+    assert "a login as it is refused before the directory is asked" in err
+
+
 def test_explain_refuses_a_users_json_name_in_another_case(config_dir: Path) -> None:
     code, out, err = run(
         "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, "BACH", SCOPES[0]
@@ -183,9 +197,12 @@ def test_explain_refuses_a_users_json_name_in_another_case(config_dir: Path) -> 
         (("--ldap-group", "musicians"), "argument --ldap-group: 'musicians' is not a DN"),
         (("--ldap-group", COMPOSERS, "--ldap-url", "ldap://127.0.0.1:1"), "give one of them"),
         (("--ldap-url", "ldap://127.0.0.1:1"), "--ldap-url needs --ldap-base (a DN)"),
-        (("--ldap-base", SUFFIX), "--ldap-base needs --ldap-url"),
         (("--ldap-url", "http://x", "--ldap-base", SUFFIX), "must be ldap://host[:port]"),
         (("--ldap-url", "ldap://x", "--ldap-base", SUFFIX, "--ldap-timeout", "0"), "between 0"),
+        (
+            ("--ldap-url", "ldap://x", "--ldap-base", SUFFIX, "--ldap-active-filter", "(x"),
+            "the directory active filter '(x' is not an LDAP filter",
+        ),
     ],
 )
 def test_explain_refuses_options_that_do_not_go_together(
@@ -442,3 +459,32 @@ def test_check_config_warns_about_ldap_groups_the_directory_lacks(
         f"warning: directory: ldap_groups {typo} (group composers) is no entry the service "
         "account can read: no account will match it"
     ]
+
+
+def test_directory_options_without_a_url_are_ignored_with_the_daemons_warning(
+    config_dir: Path,
+) -> None:
+    """The daemon's rule (tests/test_directory_options.py): accepted, ignored, said once."""
+    warning = "warning: --ldap-base is ignored: no --ldap-url names a directory to ask\n"
+    code, out, err = run("check-config", "--config-dir", str(config_dir), "--ldap-base", SUFFIX)
+    assert (code, err) == (0, ""), err
+    assert out.startswith(warning) and "policy is valid" in out
+    code, out, err = run(
+        "explain", "--config-dir", str(config_dir), "--ldap-base", SUFFIX, "bach", SCOPES[0]
+    )
+    assert (code, err) == (0, ""), err
+    assert out.startswith(warning) and "bach" in out
+
+
+def test_a_ca_cert_that_is_not_pem_is_one_sentence(config_dir: Path, tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    code, out, err = run(
+        "check-config", "--config-dir", str(config_dir), "--ldap-url", "ldaps://127.0.0.1:1",
+        "--ldap-base", SUFFIX, "--ldap-ca-cert", str(not_pem),
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err == (
+        f"tokend check-config: --ldap-ca-cert: directory CA certificate {not_pem} is not a PEM "
+        "certificate\n"
+    )

@@ -23,12 +23,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import capturedLogs, formatEvent
 
 from tokend.dn import normalise_dn
-from tokend.login.directory import (
+from tokend.login.directory import Directory, DirectoryAccount, DirectoryUnavailable
+from tokend.login.directory_config import (
     DEFAULT_FILTER,
-    Directory,
-    DirectoryAccount,
     DirectoryConfig,
-    DirectoryUnavailable,
     escape_filter_value,
     read_bind_password,
 )
@@ -268,9 +266,9 @@ async def test_empty_password_refused_before_the_directory_is_asked(
     # ... so the refusal must come first: with nothing listening, asking would raise.
     nowhere = make(urls=(f"ldap://127.0.0.1:{free_port()}",))
     assert await nowhere.authenticate("mozart", b"") is None
-    before = slapd.connections()
+    before = slapd.mark()
     assert await make().authenticate("mozart", b"") is None
-    assert slapd.connections() == before
+    assert slapd.bound_since(before) == 0
 
 
 @pytest.mark.parametrize(
@@ -325,17 +323,23 @@ async def test_account_name_is_escaped_in_the_warning(make: Any, slapd: Slapd) -
     assert "tw\\\\in" in warning
 
 
-@pytest.mark.parametrize("account", [" mozart", "mozart ", "mozart\t", "mozart\n", "\tmozart"])
+@pytest.mark.parametrize(
+    "account",
+    [" mozart", "mozart ", "mozart\t", "mozart\n", "\tmozart", "\uff4dozart", "\U0001d426ozart",
+     "\u24dcozart", "\uff4d\U0001d428zart", "mo\u00adzart", "mo\u200bzart", "moz\u200dart",
+     "mozart\ufeff", "mozart\u034f", "mo\u0301zart"],
+)  # fmt: skip
 @pytest_twisted.ensureDeferred
-async def test_spaced_or_control_spellings_are_refused_before_traffic(
+async def test_spaced_control_or_look_alike_spellings_are_refused_before_traffic(
     make: Any, slapd: Slapd, account: str
 ) -> None:
-    # slapd's uid matching ignores leading and trailing spaces: " mozart" would be mozart
-    # under another name (another throttle counter, another ${account}).
-    before = slapd.connections()
+    # slapd's uid matching ignores leading and trailing spaces and reads fullwidth,
+    # mathematical and circled letters as the letter: " mozart" and a fullwidth m would be
+    # mozart under another name (another throttle counter, another ${account}).
+    before = slapd.mark()
     assert await make().authenticate(account, PASSWORD.encode()) is None
     assert await make().lookup(account) is None
-    assert slapd.connections() == before
+    assert slapd.bound_since(before) == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -398,6 +402,22 @@ async def test_certificate_from_another_ca_is_refused(
         await directory.check()
 
 
+@pytest_twisted.ensureDeferred
+async def test_ldaps_to_a_plain_ldap_port_says_so(make: Any, slapd: Slapd) -> None:
+    """slapd hangs up on a TLS hello sent to its plain port: the reason names the mistake."""
+    url = f"ldaps://127.0.0.1:{slapd.port}"
+    directory = make(urls=(url,), ca_cert=str(slapd.ca_cert_path))
+    hint = (
+        f"{url}: bind: the server did not answer TLS: is it a plain ldap:// port? use ldap:// "
+        "(with --ldap-starttls) instead"
+    )
+    with capturedLogs() as events:
+        with pytest.raises(DirectoryUnavailable) as raised:
+            await directory.authenticate("mozart", PASSWORD.encode())
+    assert str(raised.value) == hint
+    assert f"directory unavailable: {hint}" in messages(events)
+
+
 def test_unreadable_ca_file(slapd: Slapd, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read the directory CA certificate"):
         Directory(config_for(slapd, ca_cert=str(tmp_path / "none.pem")), reactor)
@@ -412,23 +432,23 @@ def test_unreadable_ca_file(slapd: Slapd, tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_service_connection_is_reused(make: Any, slapd: Slapd) -> None:
     directory = make()
-    before = slapd.connections()
+    before = slapd.mark()
     for _ in range(3):
         assert await directory.lookup("mozart") is not None
-    assert slapd.connections() - before == 1
+    assert slapd.bound_since(before) == 1
     # Each login's password bind has a connection of its own; the searches still share one.
     for _ in range(2):
         assert await directory.authenticate("bach", PASSWORD.encode()) is not None
-    assert slapd.connections() - before == 3
+    assert slapd.bound_since(before) == 3
 
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_requests_share_one_connection_attempt(make: Any, slapd: Slapd) -> None:
     directory = make()
-    before = slapd.connections()
+    before = slapd.mark()
     results = await _gather(directory, ["mozart", "bach"] * 5)
     assert all(result is not None for result in results)
-    assert slapd.connections() - before == 1
+    assert slapd.bound_since(before) == 1
 
 
 async def _gather(directory: Directory, accounts: list[str]) -> list[Any]:
@@ -477,12 +497,12 @@ async def test_check_reports_what_it_found(make: Any, slapd: Slapd) -> None:
     assert report.accounts == 4  # mozart, bach and the two twins; philosophers are outside
     assert not report.more_accounts
     assert report.groups == 3
-    text = "\n".join(report.lines())
+    text = "\n".join(report.lines(10, 300))
     assert f"bound as {slapd.bind_dn}" in text
     assert BASE in text and "finds 4 accounts" in text
     assert f"group base {GROUPS} exists; 3 groups" in text
     anonymous = await make(bind_dn=None, bind_password=None).check()
-    assert "searches are anonymous" in "\n".join(anonymous.lines())
+    assert "searches are anonymous" in "\n".join(anonymous.lines(10, 300))
 
 
 @pytest_twisted.ensureDeferred
@@ -533,9 +553,9 @@ async def test_outage_logged_once_and_recovered(tmp_path: Path) -> None:
 async def test_a_connection_closed_under_a_request_is_replaced(make: Any, slapd: Slapd) -> None:
     directory = make()
     assert await directory.lookup("mozart") is not None
-    before = slapd.connections()
+    before = slapd.mark()
     # The socket is gone but the client has not been told yet (as when the directory closes an
     # idle connection just as a request arrives): the search fails once, then runs on a new one.
     directory._service.client.transport.abortConnection()
     assert await directory.lookup("mozart") is not None
-    assert slapd.connections() - before == 1
+    assert slapd.bound_since(before) == 1

@@ -28,8 +28,9 @@ from twisted.web.server import Site
 
 from tokend.client_address import TrustedProxies, parse_networks
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory, DirectoryConfig
+from tokend.login.directory import Directory
 from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.directory_config import DirectoryConfig
 from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import LoginThrottle, address_key
 from tokend.policy.files import load_policy

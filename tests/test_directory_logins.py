@@ -16,24 +16,39 @@ from urllib.parse import urlencode
 import pytest
 import pytest_twisted
 from ldap_server import BASE, PASSWORD, SERVICE_DN, SUFFIX, Slapd, dn, group_dn, start_slapd
-from support import hash_password, load_certificate, verify_jwt, write_key_pair
+from support import hash_password, load_certificate, settled, verify_jwt, write_key_pair
 from treq.testing import StubTreq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 
+from tokend.control import Unlocking, single_process
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory, DirectoryConfig
-from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.directory import Directory
+from tokend.login.directory_accounts import DirectoryAccounts, EntryNames
+from tokend.login.directory_config import DirectoryConfig
+from tokend.login.identity import (
+    DIRECTORY,
+    Identity,
+    Login,
+    LoginRefused,
+    LoginThrottled,
+    entry_name,
+)
+from tokend.login.logins import Logins
+from tokend.login.news import Seen
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
-from tokend.login.throttle import LoginThrottle
+from tokend.login.shared_keys import SharedKeys
+from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
+from tokend.policy.model import Policy, users_from_document
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
 from tokend.web import TokenAPI
-from tokend.workers import BoundedWorkers, WorkerPool
+from tokend.workers import BoundedWorkers, InlineWorkers, WorkerPool
 
 SERVICE = "registry.test"
 GROUPS = {
@@ -73,6 +88,9 @@ class Realm:
         self.pool = WorkerPool(reactor, 2, "test-bcrypt")
         self.pool.startService()
         self.cache = CredentialCache(ttl=config.pop("cache_ttl", 60))
+        throttle = config.pop("throttle", None) or LoginThrottle(
+            per_account=3, per_address=100, window=300
+        )
         settings: dict[str, Any] = {
             "urls": (slapd.url,),
             "base": BASE,
@@ -83,7 +101,7 @@ class Realm:
         settings.update(config)
         self.directory = Directory(DirectoryConfig(**settings), reactor)
         self.refresh_tokens = RefreshTokens(key, "tokend-test", 3600)
-        self.throttle = LoginThrottle(per_account=3, per_address=100, window=300)
+        self.throttle = throttle
         self.api = TokenAPI(
             policy=self.holder,
             passwords=PasswordChecker(BoundedWorkers(self.pool, limit=2, queue=16)),
@@ -375,3 +393,263 @@ async def test_a_refresh_token_ends_once_users_json_holds_the_name_in_any_case(
     status, _, body = await realm.refresh(refresh_token, "lobby/a:pull")
     assert status == 400, body
     assert "account now in users.json" in body["error_description"]
+
+
+LOOK_ALIKES = ("\uff4dozart", "\U0001d426ozart", "\u24dcozart", "\uff4d\U0001d428zart")
+"""mozart with a fullwidth m, a mathematical bold m, a circled m, and a fullwidth m with a
+mathematical bold o: slapd finds uid=mozart for each (tests/test_directory.py)."""
+
+
+def searches(slapd: Slapd) -> int:
+    return slapd.log_text().count(" SRCH base=")
+
+
+@pytest_twisted.ensureDeferred
+async def test_look_alike_spellings_are_refused_without_traffic_and_counted(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    throttle = LoginThrottle(per_account=3, per_address=len(LOOK_ALIKES), window=300)
+    made = Realm(tmp_path, slapd, throttle=throttle)
+    try:
+        before = searches(slapd)
+        for name in LOOK_ALIKES:
+            status, _, body = await made.get(name, scope="composers/mozart/x:push")
+            assert status == 401, (name, body)
+        assert searches(slapd) == before, "the directory was never asked"
+        status, _, body = await made.get("mozart")
+        assert status == 429, body  # each refusal was a failure of the address
+        assert "address" in body["errors"][0]["message"]
+    finally:
+        made.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_look_alikes_get_no_guess_once_the_real_name_is_locked(
+    realm: Realm, slapd: Slapd
+) -> None:
+    for _ in range(3):
+        assert (await realm.get("mozart", password="wrong"))[0] == 401
+    assert (await realm.get("mozart"))[0] == 429
+    binds = slapd.log_text().count('BIND dn="uid=mozart')
+    for name in LOOK_ALIKES:
+        status, _, body = await realm.get(name, scope="composers/mozart/x:push")
+        assert status == 401, (name, body)  # the right password, and no token
+    assert slapd.log_text().count('BIND dn="uid=mozart') == binds
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_look_alike_of_a_users_json_name_never_reaches_the_directory(
+    realm: Realm, slapd: Slapd
+) -> None:
+    """users.json holds alice; the directory has an alice too (added here)."""
+    alice = dn("alice")
+    slapd.modify(
+        f"dn: {alice}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: alice\ncn: Alice\n"
+        f"sn: Alice\nuserPassword: {PASSWORD}\n"
+    )
+    try:
+        before = searches(slapd)
+        for name in ("\uff41lice", "\uff21LICE", "\U0001d41alice"):
+            status, _, body = await realm.get(name, scope="lobby/x:pull")
+            assert status == 401, (name, body)
+        assert searches(slapd) == before
+        status, _, body = await realm.get("alice", scope="lobby/x:pull")
+        assert status == 401, body  # users.json decides for alice: not her directory password
+    finally:
+        slapd.modify(f"dn: {alice}\nchangetype: delete\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_that_reach_one_entry_share_its_budget(tmp_path: Path, slapd: Slapd) -> None:
+    """A filter taking the uid or the cn: two names, one entry, one throttle budget."""
+    made = Realm(tmp_path, slapd, filter="(&(objectClass=person)(|(uid={account})(cn={account})))")
+    try:
+        for _ in range(3):
+            assert (await made.get("mozart", password="wrong"))[0] == 401
+        binds = slapd.log_text().count('BIND dn="uid=mozart')
+        status, headers, body = await made.get("Wolfgang Amadeus Mozart", scope="lobby/x:pull")
+        assert status == 429, body  # the entry is locked, whichever name reaches it
+        assert b"Retry-After" in headers
+        assert slapd.log_text().count('BIND dn="uid=mozart') == binds, "no password tried"
+    finally:
+        made.close()
+    made = Realm(
+        tmp_path / "again", slapd, filter="(&(objectClass=person)(|(uid={account})(cn={account})))"
+    )
+    try:
+        status, _, body = await made.get("Wolfgang Amadeus Mozart", scope="lobby/x:pull")
+        assert status == 200, body  # the cn reaches mozart, and is the name the token gets
+        assert made.access(body)[0] == "wolfgang amadeus mozart"
+    finally:
+        made.close()
+
+
+DN = "uid=mozart,ou=musicians,dc=example,dc=com"
+
+
+class RememberingDirectory:
+    """An in-memory directory backend: one entry, reached by two names, whose right password
+    the credential cache remembers once it was checked."""
+
+    source = DIRECTORY
+    refusals_cost_a_bcrypt = True  # none here: the door need not pay one for it
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.remembered: set[tuple[str, bytes]] = set()
+
+    def _login(self, account: str) -> Login:
+        return Login(Identity(account, DIRECTORY, entry=DN), self.policy)
+
+    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
+        return self._login(account) if (account, password) in self.remembered else None
+
+    async def authenticate(self, account: str, password: bytes, gate: Any) -> Login | None:
+        await gate.admit(DN)
+        if password != b"right":
+            return None
+        self.remembered.add((account, password))
+        return self._login(account)
+
+    async def lookup(self, account: str) -> Identity | None:
+        return None
+
+
+def test_a_remembered_login_is_refused_while_its_entry_is_locked() -> None:
+    """Else the right password (remembered) would answer 200 and a wrong one 429: a way to
+    go on guessing through a second name while the entry is locked."""
+    policy = Policy(users_from_document({}, "users.json"))
+    directory = RememberingDirectory(policy)
+    logins = Logins(
+        current=lambda: policy,
+        password_file=directory,
+        passwords=PasswordChecker(InlineWorkers()),
+        clock=lambda: 1000.0,
+        throttle=LoginThrottle(per_account=3, per_address=100, window=300),
+        in_flight=InFlight(0),
+        directory=directory,
+    )
+    owner, attacker = "192.0.2.1", "198.51.100.7"
+    assert settled(logins.password("wolfgang", b"right", owner)).identity.account == "wolfgang"
+    for _ in range(3):
+        with pytest.raises(LoginRefused):
+            settled(logins.password("mozart", b"wrong", attacker))
+    with pytest.raises(LoginThrottled):
+        logins.password("wolfgang", b"right", attacker)
+    assert logins.password("wolfgang", b"right", owner).identity.account == "wolfgang"
+
+
+def door(directory: RememberingDirectory, throttle: LoginThrottle) -> Logins:
+    return Logins(
+        current=lambda: directory.policy,
+        password_file=directory,
+        passwords=PasswordChecker(InlineWorkers()),
+        clock=lambda: 1000.0,
+        throttle=throttle,
+        in_flight=InFlight(0),
+        directory=directory,
+    )
+
+
+def test_an_entry_locked_in_redis_is_asked_about_before_its_first_try_here() -> None:
+    """A daemon that joined after the entry was locked (through another name, elsewhere)
+    asks the shared store about the entry, as about a name, before letting it try."""
+    entry = entry_name(DN)
+    asked: list[list[tuple[str, str]]] = []
+
+    def ask(pairs: list[tuple[str, str]]) -> Deferred[list[Seen]]:
+        asked.append(pairs)
+        held = [Seen("account", key, (990.0, 991.0, 992.0)) for table, key in pairs if key == entry]
+        return succeed(held)
+
+    directory = RememberingDirectory(Policy(users_from_document({}, "users.json")))
+    logins = door(directory, LoginThrottle(per_account=3, per_address=100, window=300, ask=ask))
+    with pytest.raises(LoginThrottled):
+        settled(logins.password("wolfgang", b"right", "192.0.2.1"))
+    assert ("account", entry) in [pair for pairs in asked for pair in pairs]
+    assert not directory.remembered, "no password was tried"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unlocking_a_name_ends_its_entrys_lockout_too(tmp_path: Path, slapd: Slapd) -> None:
+    """tokend unlock NAME looks the entry up and clears it as well: else a directory account
+    locked through its entry stayed locked after an operator unlocked it."""
+    keys = SharedKeys(b"test")  # as in the daemon: names hashed
+    made = Realm(
+        tmp_path,
+        slapd,
+        filter="(&(objectClass=person)(|(uid={account})(cn={account})))",
+        throttle=LoginThrottle(per_account=3, per_address=100, window=300, keys=keys.name),
+    )
+    try:
+        for _ in range(3):
+            assert (await made.get("mozart", password="wrong"))[0] == 401
+        assert (await made.get("Wolfgang Amadeus Mozart"))[0] == 429  # the entry is locked
+        unlocking = Unlocking(
+            keys,
+            single_process(made.throttle.unlock),
+            entries=EntryNames(made.directory),
+        )
+        answer = await unlocking.unlock("account", "mozart")
+        assert answer["cleared"] == 3  # the name's three failures (the entry's are the same)
+        status, _, body = await made.get("Wolfgang Amadeus Mozart", scope="lobby/x:pull")
+        assert status == 200, body
+    finally:
+        made.close()
+
+
+class CountingWorkers:
+    """Real bcrypt, inline, counted."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._inline = InlineWorkers()
+
+    def run(self, function: Any, *args: Any) -> Any:
+        self.calls += 1
+        return self._inline.run(function, *args)
+
+
+def test_a_look_alike_is_refused_after_one_bcrypt_as_a_wrong_password_is() -> None:
+    """Its form must not answer sooner than a wrong password would; the address is charged,
+    no account (the name is none), and the directory is never asked."""
+    policy = Policy(users_from_document({}, "users.json"))
+    directory = RememberingDirectory(policy)
+    workers = CountingWorkers()
+    throttle = LoginThrottle(per_account=3, per_address=2, window=300)
+    logins = Logins(
+        current=lambda: policy,
+        password_file=directory,
+        passwords=PasswordChecker(workers),
+        clock=lambda: 1000.0,
+        throttle=throttle,
+        in_flight=InFlight(0),
+        directory=directory,
+    )
+    for name in LOOK_ALIKES[:2]:
+        with pytest.raises(LoginRefused):
+            settled(logins.password(name, b"right", "192.0.2.1"))
+    assert workers.calls == 2 and not directory.remembered
+    assert len(throttle.accounts) == 0
+    with pytest.raises(LoginThrottled) as refused:
+        logins.password("mozart", b"right", "192.0.2.1")
+    assert refused.value.by == "address"
+
+
+def test_a_failure_on_an_entry_is_told_once_with_the_address_once() -> None:
+    """Other workers and daemons hear the entry's failure, the address counted once."""
+    heard: list[Any] = []
+    throttle = LoginThrottle(per_account=2, per_address=10, window=300, publish=heard.append)
+    other = LoginThrottle(per_account=2, per_address=10, window=300)
+    entry = "\0dn:uid=mozart,ou=musicians,dc=example,dc=com"
+    for name, at in (("mozart", 1.0), ("wolfgang", 2.0)):
+        assert throttle.admit(name, "192.0.2.1", at) is None
+        assert throttle.admit_entry(entry, "192.0.2.1", at) is None
+        throttle.failed(name, "192.0.2.1", at, entry=entry)
+    assert [(n.account, n.address) for n in heard] == [(entry, "192.0.2.1")] * 2
+    for news in heard:
+        other.learn(news, 3.0)
+    for table in (throttle, other):
+        refusal = table.admit_entry(entry, "192.0.2.1", 3.0)
+        assert refusal is not None and refusal.reason == "account"
+        assert table.admit_address("192.0.2.1", 3.0) is None  # 2 of 10: counted once each

@@ -3,13 +3,14 @@ refused with one sentence when they cannot work."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
-from support import parsed_options
+from support import parsed_options, start_twistd, stop_process, write_key_pair, write_policy
 from twisted.python.usage import UsageError
 
-from tokend.login.directory import DEFAULT_FILTER, DEFAULT_GROUP_FILTER
+from tokend.login.directory_config import DEFAULT_FILTER, DEFAULT_GROUP_FILTER
 
 BASE = "ou=musicians,dc=example,dc=com"
 SERVICE_DN = "uid=serviceaccount,ou=it,dc=example,dc=com"
@@ -24,7 +25,6 @@ def password_file(tmp_path: Path, mode: int = 0o600) -> Path:
 
 def test_without_ldap_url_there_is_no_directory(tmp_path: Path) -> None:
     assert parsed_options(tmp_path).directory is None
-    assert parsed_options(tmp_path, "--ldap-base", BASE).directory is None
 
 
 def test_options_make_one_directory_config(tmp_path: Path) -> None:
@@ -54,6 +54,10 @@ def test_environment_variables_configure_the_directory(tmp_path: Path) -> None:
     assert config.urls == ("ldaps://a.example:636", "ldaps://b.example:636")
     assert config.group_base == "ou=groups,dc=example,dc=com"
     assert config.filter == DEFAULT_FILTER and config.bind_dn is None
+    assert config.active_filter is None
+    environ["TOKEND_LDAP_ACTIVE_FILTER"] = "(!(nsAccountLock=TRUE))"
+    config = parsed_options(tmp_path, environ=environ).directory
+    assert config.active_filter == "(!(nsAccountLock=TRUE))"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +71,21 @@ def test_environment_variables_configure_the_directory(tmp_path: Path) -> None:
         (["--ldap-url", "ldap://x", "--ldap-base", BASE, "--ldap-timeout", "0"], "between"),
         (["--ldap-url", "ldap://x", "--ldap-base", BASE, "--ldap-ca-cert", "/nope"], "cannot read"),
         (["--ldap-url", "ldaps://x", "--ldap-base", BASE, "--ldap-starttls"], "StartTLS"),
+        (
+            ["--ldap-url", "ldap://x", "--ldap-base", BASE, "--ldap-active-filter", "(!(x=*)"],
+            "is not an LDAP filter",
+        ),
+        (
+            [
+                "--ldap-url",
+                "ldap://x",
+                "--ldap-base",
+                BASE,
+                "--ldap-active-filter",
+                "(uid={account})",
+            ],
+            "takes no placeholder",
+        ),
     ],
 )
 def test_unusable_directory_options_are_refused(
@@ -86,3 +105,77 @@ def test_a_loose_bind_password_file_is_refused_unless_allowed(tmp_path: Path) ->
     )
     assert options.directory.bind_password == b"s3cret"
     assert "s3cret" not in repr(options.directory)
+
+
+def test_a_ca_cert_that_is_not_pem_is_one_sentence(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.der"
+    not_pem.write_bytes(b"\x30\x82\x01\x0a not a certificate")
+    args = ["--ldap-url", "ldaps://x", "--ldap-base", BASE, "--ldap-ca-cert", str(not_pem)]
+    with pytest.raises(UsageError) as raised:
+        parsed_options(tmp_path, *args)
+    assert str(raised.value) == (
+        f"--ldap-ca-cert: directory CA certificate {not_pem} is not a PEM certificate"
+    )
+    environ = {"TOKEND_LDAP_URL": "ldaps://x", "TOKEND_LDAP_BASE": BASE,
+               "TOKEND_LDAP_CA_CERT": str(not_pem)}  # fmt: skip
+    with pytest.raises(UsageError, match=r"^TOKEND_LDAP_CA_CERT: directory CA certificate"):
+        parsed_options(tmp_path, environ=environ)
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "warning"),
+    [
+        (["--ldap-base", BASE], {}, "--ldap-base is ignored"),
+        ([], {"TOKEND_LDAP_BASE": BASE}, "TOKEND_LDAP_BASE is ignored"),
+        (
+            ["--ldap-starttls", "--ldap-filter", "(uid={account})"],
+            {"TOKEND_LDAP_BIND_DN": SERVICE_DN},
+            "--ldap-starttls, TOKEND_LDAP_BIND_DN, --ldap-filter are ignored",
+        ),
+    ],
+)
+def test_directory_options_without_a_url_are_ignored_with_a_warning(
+    tmp_path: Path, args: list[str], environ: dict[str, str], warning: str
+) -> None:
+    """The tool's rule too (tests/test_cli_directory.py): accepted, ignored, said once."""
+    options = parsed_options(tmp_path, *args, environ=environ)
+    assert options.directory is None
+    assert options.directory_ignored == f"{warning}: no --ldap-url names a directory to ask"
+    assert parsed_options(tmp_path).directory_ignored is None
+
+
+def test_twistd_stops_on_a_ca_cert_that_is_not_pem_and_warns_about_a_base_alone(
+    tmp_path: Path,
+) -> None:
+    """Through a real start: one sentence and no traceback (makeService used to raise)."""
+    config = tmp_path / "config"
+    write_policy(config, {"bar": ("bar", {"*": ["pull"]})}, {"repositories": []})
+    key_path, cert_path = write_key_pair(tmp_path)
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    common = ["--config-dir", str(config), "--key", str(key_path), "--cert", str(cert_path)]
+    log = tmp_path / "failed.log"
+    process = start_twistd(
+        *common, "--listen", f"unix:{tmp_path / 'a.sock'}", "--ldap-url", "ldaps://127.0.0.1:1",
+        "--ldap-base", BASE, "--ldap-ca-cert", str(not_pem), log=log,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        stop_process(process)
+    text = output.decode() + (log.read_text() if log.exists() else "")
+    assert process.returncode == 1, text
+    assert f"--ldap-ca-cert: directory CA certificate {not_pem} is not a PEM certificate" in text
+    assert "Traceback" not in text
+
+    sock, log = tmp_path / "b.sock", tmp_path / "started.log"
+    process = start_twistd(*common, "--listen", f"unix:{sock}", "--ldap-base", BASE, log=log)
+    try:
+        deadline = time.monotonic() + 30
+        while "tokend listening on" not in (log.read_text() if log.exists() else ""):
+            assert process.poll() is None, log.read_text() if log.exists() else ""
+            assert time.monotonic() < deadline, "not listening after 30 s"
+            time.sleep(0.05)
+    finally:
+        stop_process(process)
+    assert "--ldap-base is ignored: no --ldap-url names a directory to ask" in log.read_text()

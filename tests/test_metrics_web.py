@@ -42,7 +42,7 @@ class DirectoryDown:
     def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
         return None
 
-    async def authenticate(self, account: str, password: bytes) -> Login | None:
+    async def authenticate(self, account: str, password: bytes, gate: object) -> Login | None:
         raise BackendUnavailable("the directory is unavailable", account, 2)
 
     async def lookup(self, account: str) -> Identity | None:

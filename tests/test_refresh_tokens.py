@@ -10,9 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from support import hash_password, load_certificate, verify_jwt, write_key_pair
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
+from support import (
+    hash_password,
+    load_certificate,
+    self_signed,
+    verify_jwt,
+    write_key_pair,
+    write_private_key,
+)
+from twisted.logger import capturedLogs, formatEvent
 
 from tokend.login.refresh_tokens import (
     DEFAULT_TTL,
@@ -376,6 +384,77 @@ def test_fingerprint_names_a_token_without_revealing_it(tokens: RefreshTokens) -
     assert fingerprint(token) == fingerprint(token) != fingerprint(other)
     assert fingerprint(token) not in token
     assert len(fingerprint("x" * 100_000)) == 12
+
+
+CURVES = {
+    "ES256": (ec.SECP256R1(), hashes.SHA256(),
+              0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551),
+    "ES384": (ec.SECP384R1(), hashes.SHA384(), int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196A"
+        "CCC52973", 16)),
+    "ES512": (ec.SECP521R1(), hashes.SHA512(), int(
+        "1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+        "A51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409", 16)),
+}  # fmt: skip
+"""Each curve, its hash and its group order n, written out here independently of tokend."""
+
+
+def twin_signature(token: str, n: int) -> str:
+    """The token with its ECDSA signature (r, s) replaced by (r, n - s)."""
+    header, payload, signature = token.split(".")
+    raw = unb64(signature)
+    half = len(raw) // 2
+    s = int.from_bytes(raw[half:], "big")
+    return f"{header}.{payload}.{b64(raw[:half] + (n - s).to_bytes(half, 'big'))}"
+
+
+@pytest.mark.parametrize("alg", sorted(CURVES))
+def test_a_twin_ecdsa_signature_is_the_same_token(
+    tmp_path: Path, alg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(r, n - s) verifies as well as (r, s): one token, one fingerprint, one cache entry."""
+    curve, digest, n = CURVES[alg]
+    private = ec.generate_private_key(curve)
+    key_path, cert_path = tmp_path / "k.key", tmp_path / "k.crt"
+    write_private_key(key_path, private)
+    cert_path.write_bytes(self_signed(private).public_bytes(serialization.Encoding.PEM))
+    key = load_signing_key(key_path, cert_path)
+    assert key.alg == alg
+    tokens = RefreshTokens(key, ISSUER, 3600)
+    checks = CountingVerify(tokens, monkeypatch)
+    token = tokens.issue("alice", USERS, HASH.encode(), NOW)
+    twin = twin_signature(token, n)
+    header, payload, signature = twin.split(".")
+    raw = unb64(signature)
+    r, s = int.from_bytes(raw[: len(raw) // 2], "big"), int.from_bytes(raw[len(raw) // 2 :], "big")
+    # The twin is a valid signature in its own right, as cryptography (and joserfc) check it.
+    private.public_key().verify(
+        utils.encode_dss_signature(r, s), f"{header}.{payload}".encode(), ec.ECDSA(digest)
+    )
+    assert twin != token
+    for form in (token, twin, token, twin):
+        assert tokens.verify(form, alice(), NOW + 1).account == "alice"
+        assert fingerprint(form) == fingerprint(token)
+    assert checks.calls == 1, "the twin was found in the verified-signature cache"
+    assert len(tokens._verified) == 1
+    assert refusal(tokens, twin, alice(OTHER_HASH)) == "revoked: password changed"
+
+
+def test_the_log_names_a_twin_signature_by_the_issued_tokens_fingerprint(
+    tmp_path: Path,
+) -> None:
+    from test_hardening_web import Hardened
+    from test_identity_tokens_web import offline_login, refresh
+
+    realm = Hardened(tmp_path, refresh_ttl=3600)
+    assert realm.signing_key.alg == "ES256"
+    with capturedLogs() as events:
+        token = offline_login(realm)["refresh_token"]
+        twin = twin_signature(token, CURVES["ES256"][2])
+        assert refresh(realm, twin, "repository:public/hello:pull")[0] == 200
+    issued, refreshed = [formatEvent(e) for e in events if "outcome" in e]
+    named = issued.rsplit("refresh token ", 1)[1]
+    assert named == fingerprint(token) and refreshed.endswith(f"refresh token {named}")
 
 
 # users.json: tokens_valid_after

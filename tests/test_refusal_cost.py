@@ -23,8 +23,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory, DirectoryConfig
+from tokend.login.directory import Directory
 from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.directory_config import DirectoryConfig
 from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused
 from tokend.login.logins import Logins
 from tokend.login.password_file import PasswordFile
@@ -67,7 +68,7 @@ class OneAccount:
     def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
         return None
 
-    async def authenticate(self, account: str, password: bytes) -> Login | None:
+    async def authenticate(self, account: str, password: bytes, gate: object) -> Login | None:
         self.asked.append((account, password))
         if (account, password) != ("mozart", b"right"):
             return None

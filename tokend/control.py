@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from twisted.application import strports
@@ -58,11 +58,18 @@ class Unlocking:
     log = Logger()
 
     def __init__(
-        self, keys: SharedKeys, local: LocalUnlock, redis: RedisFailures | None = None
+        self,
+        keys: SharedKeys,
+        local: LocalUnlock,
+        redis: RedisFailures | None = None,
+        entries: Callable[[str], Awaitable[list[str]]] | None = None,
     ) -> None:
+        """``entries``: the throttle names of the directory entry an account name leads to
+        (its failures are counted under the entry too), looked up when it is unlocked."""
         self._keys = keys
         self._local = local
         self._redis = redis
+        self._entries = entries
 
     async def unlock(self, table: str, name: str) -> dict[str, Any]:
         if table not in TABLES:
@@ -77,11 +84,13 @@ class Unlocking:
                 raise UnlockRefused("not an account name")
             # Directory accounts are counted by their casefolded name (one person, one budget).
             names = list(dict.fromkeys((name, name.casefold())))
+        entries = [] if table == "address" or self._entries is None else await self._entries(name)
         cleared, processes, redis = 0, 0, None
-        for each in names:
+        for each in names + entries:
             key = self._keys.name(table, each)
             counts = await self._local(table, key)
-            cleared += max(counts, default=0)  # each process held the same shared failures
+            if each not in entries:  # an entry's failures are its names' failures again
+                cleared += max(counts, default=0)  # each process held the same failures
             processes = max(processes, len(counts))
             if self._redis is not None:
                 shared = await self._redis.unlock(table, key)

@@ -236,7 +236,11 @@ class Announcer(Service):
                 "{groups}, service account {bind_dn}",
                 urls=list(directory.urls),
                 base=directory.base,
-                filter=directory.filter,
+                filter=(
+                    directory.filter
+                    if directory.active_filter is None
+                    else f"(&{directory.filter}{directory.active_filter})"
+                ),
                 groups=(
                     f"search under {directory.group_base}"
                     if directory.group_base
@@ -244,6 +248,8 @@ class Announcer(Service):
                 ),
                 bind_dn=directory.bind_dn or "(anonymous)",
             )
+        if self._options.directory_ignored is not None:
+            self.log.warn("{warning}", warning=self._options.directory_ignored)
         for network in self._options["trusted-proxy"]:
             if network.prefixlen == 0:
                 self.log.warn(

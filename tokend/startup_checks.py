@@ -14,7 +14,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from tokend.login.directory import Directory, DirectoryReport
+from tokend.login.directory import Directory
+from tokend.login.directory_report import DirectoryReport
 
 
 class DirectoryProbe(Service):

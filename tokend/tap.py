@@ -38,16 +38,18 @@ from tokend.health import PolicyHealth, WorkersHealth
 from tokend.http import ConnectionLimits, limit_connections
 from tokend.json_log import LoggingRoot, event_as_json, observer_for_format
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import (
+from tokend.login.directory import Directory
+from tokend.login.directory_accounts import DirectoryAccounts, EntryNames
+from tokend.login.directory_config import (
     DEFAULT_FILTER,
     DEFAULT_GROUP_ATTRIBUTE,
     DEFAULT_GROUP_FILTER,
     DEFAULT_TIMEOUT,
-    Directory,
     DirectoryConfig,
     read_bind_password,
+    read_ca_certificates,
 )
-from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.directory_settings import NEEDS_URL, ignored_without_url
 from tokend.login.news import Ask, News
 from tokend.login.passwords import PasswordChecker
 from tokend.login.redis_address import RedisAddress, parse_redis_url, read_redis_password
@@ -133,6 +135,13 @@ DIRECTORY_PARAMETERS = [
         None,
         DEFAULT_FILTER,
         "Search filter finding an account; {account} is the name, escaped (RFC 4515)",
+    ],
+    [
+        "ldap-active-filter",
+        None,
+        None,
+        "Filter an account must also match to log in or refresh (e.g. not disabled); "
+        "locked ppolicy, nsAccountLock and userAccountControl accounts are refused anyway",
     ],
     [
         "ldap-group-attribute",
@@ -458,8 +467,13 @@ class Options(usage.Options):
         return path
 
     def _directory_config(self) -> DirectoryConfig | None:
-        """The directory to log accounts in with, when --ldap-url names one."""
+        """The directory to log accounts in with, when --ldap-url names one; without it the
+        other --ldap-* options are ignored, with the warning the tool gives too."""
+        self.directory_ignored: str | None = None
         if not self["ldap-url"]:
+            self.directory_ignored = ignored_without_url(
+                [self.source(name) for name in NEEDS_URL if self._given(name)]
+            )
             return None
         if not self["ldap-base"]:
             raise usage.UsageError(f"{self.source('ldap-url')} needs --ldap-base (a DN)")
@@ -476,8 +490,6 @@ class Options(usage.Options):
         if not 0 < timeout <= 300:
             raise usage.UsageError(f"{self.source('ldap-timeout')} must be between 0 and 300 s")
         ca_cert = self["ldap-ca-cert"]
-        if ca_cert and not os.access(ca_cert, os.R_OK):
-            raise usage.UsageError(f"{self.source('ldap-ca-cert')} {ca_cert}: cannot read it")
         try:
             password = (
                 read_bind_password(
@@ -492,6 +504,11 @@ class Options(usage.Options):
                         normalise_dn(self[dn_option])
                     except DNError as e:
                         raise ValueError(f"{self.source(dn_option)} is not a DN: {e}") from None
+            if ca_cert:
+                try:
+                    read_ca_certificates(ca_cert)
+                except ValueError as e:
+                    raise ValueError(f"{self.source('ldap-ca-cert')}: {e}") from None
             return DirectoryConfig(
                 urls=tuple(self["ldap-url"]),
                 base=self["ldap-base"],
@@ -500,6 +517,7 @@ class Options(usage.Options):
                 bind_dn=bind_dn or None,
                 bind_password=password,
                 filter=self["ldap-filter"],
+                active_filter=self["ldap-active-filter"] or None,
                 group_attribute=self["ldap-group-attribute"],
                 group_base=self["ldap-group-base"] or None,
                 group_filter=self["ldap-group-filter"],
@@ -507,6 +525,12 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _given(self, name: str) -> bool:
+        """Whether the command line or the environment set ``name`` (not its default)."""
+        if any(flag[0] == name for flag in self.optFlags):
+            return bool(self[name])
+        return name in self.from_command_line or bool(self.environ.get(_env_name(name)))
 
     def _integer(self, name: str, low: int, high: int) -> int:
         try:
@@ -741,10 +765,14 @@ def makeService(
         publish=publish,
         ask=ask,
     )
+    directory = _directory_accounts(
+        options, reactor, holder, credential_cache, root, probe=worker is None
+    )
     if worker is not None:
         worker.attach(throttle)
     elif options["control-socket"] is not None:
-        unlocking = Unlocking(keys, single_process(throttle.unlock), redis)
+        entries = None if directory is None else directory.entry_names
+        unlocking = Unlocking(keys, single_process(throttle.unlock), redis, entries)
         ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
     api = TokenAPI(
         policy=holder,
@@ -765,9 +793,7 @@ def makeService(
             options["bcrypt-per-address"],
             capacity=options["bcrypt-threads"] + options["bcrypt-queue"],
         ),
-        directory=_directory_accounts(
-            options, reactor, holder, credential_cache, root, probe=worker is None
-        ),
+        directory=directory,
         metrics=metrics,
     )
     site = QuietSite(api.resource(), reactor=reactor)
@@ -876,13 +902,16 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
         served = workers_metrics_resource(registry, supervisor)
         served.putChild(b"healthz", cast(IResource, WorkersHealth(supervisor)))
         metrics_listener(options, served, reactor, failed).setServiceParent(root)
-    if options["control-socket"] is not None:
-        unlocking = Unlocking(keys, supervisor.unlock, redis)
-        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
+    directory = None
     if options.directory is not None:
         directory = Directory(options.directory, reactor)
         probe = DirectoryProbe(directory, options.source("ldap-url"), reactor, close=True)
         probe.setServiceParent(root)
+        DirectoryConnection(directory).setServiceParent(root)
+    if options["control-socket"] is not None:
+        entries = None if directory is None else EntryNames(directory)
+        unlocking = Unlocking(keys, supervisor.unlock, redis, entries)
+        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
     holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
     Announcer(options, holder).setServiceParent(root)
     return root

@@ -21,12 +21,13 @@ from tokend.policy.report import overlap_notes
 from tokend.proxy_exposure import proxy_exposure
 
 if TYPE_CHECKING:
-    from tokend.login.directory import Directory, DirectoryReport
+    from tokend.login.directory import Directory
+    from tokend.login.directory_report import DirectoryReport
 
 
 def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     config_dir = Path(args.config_dir)
-    directory = directory_config(args)
+    directory = directory_config(args, stdout)
     try:
         loaded = load_policy(config_dir)
     except PolicyError as e:
@@ -64,7 +65,7 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
             return await d.check(), await d.missing(named)
 
         report, missing = ask_directory(directory, check_and_find)
-        for line in report.lines():
+        for line in report.lines(args.max_failures_per_account, args.failure_window):
             stdout.write(line + "\n")
         stdout.write(_directory_groups_taken(taken))
         for dn in missing:
@@ -134,4 +135,13 @@ def register(commands: Any) -> None:
         help="the daemon's --trusted-proxy; repeat for several",
     )
     add_directory_options(checking)
+    limits = checking.add_argument_group(
+        "login limits", "the daemon's, set against the directory's lockout policy"
+    )
+    limits.add_argument(
+        "--max-failures-per-account", type=int, default=10, metavar="N", help="default %(default)s"
+    )
+    limits.add_argument(
+        "--failure-window", type=int, default=300, metavar="SECONDS", help="default %(default)s"
+    )
     checking.set_defaults(run=check_config)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from tokend.cli.common import CommandError, UsageError
 from tokend.dn import DNError, normalise_dn
+from tokend.login.directory_settings import NEEDS_URL, ignored_without_url
 
 if TYPE_CHECKING:
     # Imported when a command needs the directory: ldaptor loads and installs the global
     # reactor, which hash-password, kid and a directory-less check-config do without.
-    from tokend.login.directory import Directory, DirectoryConfig
+    from tokend.login.directory import Directory
+    from tokend.login.directory_config import DirectoryConfig
 
 MAX_LDAP_TIMEOUT = 300.0
 """The daemon's bound on --ldap-timeout."""
@@ -21,37 +23,26 @@ MAX_LDAP_TIMEOUT = 300.0
 T = TypeVar("T")
 
 
-_DIRECTORY_SETTINGS = (
-    "ldap_starttls",
-    "ldap_ca_cert",
-    "ldap_bind_dn",
-    "ldap_bind_password_file",
-    "ldap_base",
-    "ldap_filter",
-    "ldap_group_attribute",
-    "ldap_group_base",
-    "ldap_group_filter",
-    "ldap_timeout",
-)
-"""Options that only mean something with --ldap-url (their defaults are None or False)."""
-
-
-def directory_config(args: argparse.Namespace) -> DirectoryConfig | None:
+def directory_config(args: argparse.Namespace, stdout: TextIO) -> DirectoryConfig | None:
     """The directory the daemon would ask, from the daemon's own --ldap-* options (the same
-    names, defaults and checks as ``tap.Options``); None without --ldap-url."""
+    names, defaults and checks as ``tap.Options``); None without --ldap-url, when the others
+    are ignored with the daemon's warning."""
     if not args.ldap_url:
-        stray = [name for name in _DIRECTORY_SETTINGS if getattr(args, name) not in (None, False)]
-        if stray:
-            option = "--" + stray[0].replace("_", "-")
-            raise UsageError(f"{option} needs --ldap-url (the directory to ask)")
+        named = [
+            f"--{name}" for name in NEEDS_URL if getattr(args, name.replace("-", "_")) is not None
+        ]
+        ignored = ignored_without_url(named)
+        if ignored is not None:
+            stdout.write(f"warning: {ignored}\n")
         return None
-    from tokend.login.directory import (
+    from tokend.login.directory_config import (
         DEFAULT_FILTER,
         DEFAULT_GROUP_ATTRIBUTE,
         DEFAULT_GROUP_FILTER,
         DEFAULT_TIMEOUT,
         DirectoryConfig,
         read_bind_password,
+        read_ca_certificates,
     )
 
     if not args.ldap_base:
@@ -61,6 +52,11 @@ def directory_config(args: argparse.Namespace) -> DirectoryConfig | None:
             "--ldap-bind-dn and --ldap-bind-password-file go together (without both, "
             "searches are anonymous)"
         )
+    if args.ldap_ca_cert:
+        try:
+            read_ca_certificates(args.ldap_ca_cert)
+        except ValueError as e:
+            raise UsageError(f"--ldap-ca-cert: {e}") from None
     password = None
     if args.ldap_bind_password_file:
         try:
@@ -77,11 +73,12 @@ def directory_config(args: argparse.Namespace) -> DirectoryConfig | None:
         return DirectoryConfig(
             urls=tuple(args.ldap_url),
             base=args.ldap_base,
-            starttls=args.ldap_starttls,
+            starttls=bool(args.ldap_starttls),
             ca_cert=args.ldap_ca_cert,
             bind_dn=args.ldap_bind_dn,
             bind_password=password,
             filter=given(args.ldap_filter, DEFAULT_FILTER),
+            active_filter=args.ldap_active_filter or None,
             group_attribute=given(args.ldap_group_attribute, DEFAULT_GROUP_ATTRIBUTE),
             group_base=args.ldap_group_base,
             group_filter=given(args.ldap_group_filter, DEFAULT_GROUP_FILTER),
@@ -177,7 +174,9 @@ def add_directory_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="ldap://host:port or ldaps://host:port; repeat for fail-over",
     )
-    group.add_argument("--ldap-starttls", action="store_true", help="StartTLS on ldap:// URLs")
+    group.add_argument(
+        "--ldap-starttls", action="store_true", default=None, help="StartTLS on ldap:// URLs"
+    )
     group.add_argument("--ldap-ca-cert", metavar="FILE", help="PEM CA certificates for TLS")
     group.add_argument("--ldap-bind-dn", type=_dn, metavar="DN", help="the service account")
     group.add_argument(
@@ -185,6 +184,9 @@ def add_directory_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--ldap-base", type=_dn, metavar="DN", help="where accounts are searched")
     group.add_argument("--ldap-filter", metavar="FILTER", help="{account} is the name")
+    group.add_argument(
+        "--ldap-active-filter", metavar="FILTER", help="an account must also match it"
+    )
     group.add_argument("--ldap-group-attribute", metavar="NAME", help="default memberOf")
     group.add_argument("--ldap-group-base", type=_dn, metavar="DN", help="search groups here")
     group.add_argument("--ldap-group-filter", metavar="FILTER", help="{dn} is the account's DN")

@@ -14,14 +14,14 @@ from tokend.cli.directory_options import (
     directory_config,
     normalised_dn,
 )
-from tokend.login.identity import directory_spelling
+from tokend.login.identity import UnfitName, directory_spelling
 from tokend.policy.files import load_policy
 from tokend.policy.model import ACTIONS, Decision, Policy, PolicyError, UserPolicy
 from tokend.scope import ScopeError, parse_scopes
 from tokend.signing.tokens import rfc3339
 
 if TYPE_CHECKING:
-    from tokend.login.directory import DirectoryConfig
+    from tokend.login.directory_config import DirectoryConfig
 
 
 def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
@@ -45,7 +45,7 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
             "--ldap-group explains without asking the directory, --ldap-url asks it: "
             "give one of them"
         )
-    directory = directory_config(args)
+    directory = directory_config(args, stdout)
     try:
         scopes = parse_scopes(texts)
     except ScopeError as e:
@@ -58,7 +58,13 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
                 "is never asked for it\n"
             )
     elif account is not None:
-        spelled = directory_spelling(account, policy)
+        try:
+            spelled = directory_spelling(account, policy)
+        except UnfitName as e:
+            raise CommandError(
+                f"{account!r} is {e}: a directory would match it to another spelling, so a "
+                "login as it is refused before the directory is asked"
+            ) from None
         if spelled is None:
             raise CommandError(
                 f"{account!r} is not in users.json, which holds the name in another case: "
@@ -155,9 +161,10 @@ def _directory_identity_tokens(account: str) -> str:
     """How refresh tokens of a directory account follow the directory."""
     return (
         f"identity tokens: a refresh token of {account!r} (docker login keeps one) is bound to "
-        "its DN; every refresh looks the account up again (remembered for "
-        "--credential-cache-ttl) and gets the rights its groups give then; it is refused once "
-        "the account is gone from the search base or has another DN\n"
+        "its entry (DN, entryUUID or objectGUID, password-changed time); every refresh looks "
+        "the account up again (remembered for --credential-cache-ttl) and gets the rights its "
+        "groups give then; it is refused once the account is gone from the search base, has "
+        "another DN, is locked or disabled, or its entry or password changed\n"
     )
 
 

@@ -10,15 +10,10 @@ answers with 503 rather than 401: an outage must not look like a wrong password.
 
 from __future__ import annotations
 
-import importlib
-import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from ldaptor.protocols import pureldap
 from ldaptor.protocols.ldap import ldaperrors
@@ -26,29 +21,35 @@ from ldaptor.protocols.ldap.ldapclient import LDAPClient, LDAPClientConnectionLo
 from OpenSSL import SSL
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from tokend.dn import normalise_dn
 from tokend.log_text import printable
-from tokend.signing.keys import loose_mode
+from tokend.login.directory_config import (
+    DirectoryConfig,
+    InvalidLDAPFilter,
+    Server,
+    escape_filter_value,
+    fill,
+    parseFilter,
+    read_ca_certificates,
+)
+from tokend.login.directory_entries import (
+    POLICY_ATTRIBUTES,
+    POLICY_FILTER,
+    STATE_ATTRIBUTES,
+    EntryState,
+    LockoutPolicy,
+    entry_state,
+    lockout_policy,
+)
+from tokend.login.directory_report import DirectoryReport
+from tokend.login.identity import OPEN_GATE, EntryGate, UnfitName, directory_name
 
-# ldaptor 21.2 still calls pyparsing by its pre-3.0 names: pyparsing 3.3 warns when the filter
-# grammar is built and at every filter parsed, as a UserWarning (shown by default). Only those
-# are silenced, before ldaptor's filter module is imported.
-warnings.filterwarnings("ignore", message=r"'\w+' deprecated - use '\w+'", module="ldaptor")
-_ldapfilter = importlib.import_module("ldaptor.ldapfilter")
-InvalidLDAPFilter: type[Exception] = _ldapfilter.InvalidLDAPFilter
-parseFilter: Callable[[str], Any] = _ldapfilter.parseFilter
-
-DEFAULT_FILTER = "(&(objectClass=person)(uid={account}))"
-DEFAULT_GROUP_ATTRIBUTE = "memberOf"
-DEFAULT_GROUP_FILTER = "(&(objectClass=groupOfNames)(member={dn}))"
-DEFAULT_TIMEOUT = 5.0
-
-_SCHEMES = {"ldap": 389, "ldaps": 636}
 _SUCCESS = ldaperrors.Success.resultCode
 _SIZE_LIMIT_EXCEEDED = ldaperrors.LDAPSizeLimitExceeded.resultCode
 _NO_SUCH_OBJECT = ldaperrors.LDAPNoSuchObject.resultCode
@@ -57,152 +58,21 @@ _NO_ATTRIBUTES = ["1.1"]
 """RFC 4511 4.5.1.8: ask for no attributes at all, only the entries' DNs."""
 _CHECK_SIZE_LIMIT = 1000
 
-_FILTER_ESCAPES = {"\\": r"\5c", "*": r"\2a", "(": r"\28", ")": r"\29", "\x00": r"\00"}
-
 T = TypeVar("T")
-
-
-def escape_filter_value(value: str) -> str:
-    """``value`` as a literal in an LDAP filter (RFC 4515): ``* ( ) \\ NUL`` escaped as hex
-    pairs, so a user name can only ever be compared, never add a wildcard or a clause.
-    Other characters, non-ASCII included, go to the server as their UTF-8."""
-    return "".join(_FILTER_ESCAPES.get(char, char) for char in value)
-
-
-def _fill(template: str, placeholder: str, value: str) -> str:
-    """``template`` with ``{placeholder}`` replaced; other braces in the filter left alone."""
-    return template.replace("{" + placeholder + "}", value)
-
-
-def _check_filter(template: str, placeholder: str, option: str) -> None:
-    if "{" + placeholder + "}" not in template:
-        raise ValueError(f"the {option} {template!r} does not contain {{{placeholder}}}")
-    try:
-        parseFilter(_fill(template, placeholder, "x"))
-    except InvalidLDAPFilter:
-        raise ValueError(f"the {option} {template!r} is not an LDAP filter (RFC 4515)") from None
-
-
-@dataclass(frozen=True, slots=True)
-class _Server:
-    url: str
-    tls: bool
-    host: str
-    port: int
-
-
-def _parse_url(url: str) -> _Server:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"directory URL {url!r} is not ldap://host:port") from None
-    if parts.scheme not in _SCHEMES or not parts.hostname:
-        raise ValueError(f"directory URL {url!r} must be ldap://host[:port] or ldaps://host[:port]")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"directory URL {url!r} must name only a host and a port")
-    return _Server(url, parts.scheme == "ldaps", parts.hostname, port or _SCHEMES[parts.scheme])
-
-
-@dataclass(frozen=True, slots=True)
-class DirectoryConfig:
-    """How to reach the directory and how to find accounts and their groups in it."""
-
-    urls: tuple[str, ...]
-    base: str
-    starttls: bool = False
-    ca_cert: str | None = None
-    bind_dn: str | None = None
-    bind_password: bytes | None = field(default=None, repr=False)
-    filter: str = DEFAULT_FILTER
-    group_attribute: str = DEFAULT_GROUP_ATTRIBUTE
-    group_base: str | None = None
-    group_filter: str = DEFAULT_GROUP_FILTER
-    timeout: float = DEFAULT_TIMEOUT
-
-    def __post_init__(self) -> None:
-        if not self.urls:
-            raise ValueError("give at least one directory URL (ldap://host:port)")
-        servers = [_parse_url(url) for url in self.urls]
-        if self.starttls and any(server.tls for server in servers):
-            raise ValueError("StartTLS applies to ldap:// URLs; ldaps:// is TLS already")
-        if not self.base.strip():
-            raise ValueError("the directory search base must be a DN")
-        _check_filter(self.filter, "account", "directory filter")
-        _check_filter(self.group_filter, "dn", "directory group filter")
-        if not self.group_attribute.strip():
-            raise ValueError("the directory group attribute must not be empty")
-        if not self.timeout > 0:
-            raise ValueError(f"the directory timeout must be positive, not {self.timeout}")
-        if self.bind_password is not None and not self.bind_dn:
-            raise ValueError("a directory bind password needs a bind DN")
-
-    @property
-    def servers(self) -> tuple[_Server, ...]:
-        return tuple(_parse_url(url) for url in self.urls)
-
-
-def read_bind_password(path: str, allow_loose: bool = False) -> bytes:
-    """The service account's password from its file: one trailing line break stripped (editors
-    add one), refused when empty or readable by group or others."""
-    file = Path(path)
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"bind password file {path} does not exist") from None
-    except OSError as e:
-        raise ValueError(f"cannot read bind password file {path}: {e.strerror}") from None
-    mode = loose_mode(file)
-    if mode is not None and not allow_loose:
-        raise ValueError(
-            f"bind password file {path} is readable by others (mode {mode:04o}); "
-            f"run chmod 600 {path} or pass --allow-loose-key-permissions"
-        )
-    for ending in (b"\r\n", b"\n", b"\r"):
-        if data.endswith(ending):
-            data = data[: -len(ending)]
-            break
-    if not data:
-        raise ValueError(f"bind password file {path} is empty")
-    return data
 
 
 @dataclass(frozen=True, slots=True)
 class DirectoryAccount:
-    """A directory entry that matched a login: its DN and the (normalised) DNs of its groups."""
+    """A directory entry that matched a login: its DN, the (normalised) DNs of its groups, and
+    what its operational attributes say (its stable id, when its password changed)."""
 
     dn: str
     groups: frozenset[str]
+    state: EntryState = field(default=EntryState(), compare=False)
 
 
 class DirectoryUnavailable(Exception):
     """unreachable / timed out / service bind refused: the web answers 503 + Retry-After."""
-
-
-@dataclass(frozen=True, slots=True)
-class DirectoryReport:
-    """What ``tokend check-config`` found in the directory."""
-
-    url: str
-    bind_dn: str | None
-    base: str
-    accounts: int
-    more_accounts: bool
-    group_base: str | None = None
-    groups: int | None = None
-
-    def lines(self) -> list[str]:
-        service = f"bound as {self.bind_dn}" if self.bind_dn else "searches are anonymous"
-        counted = f"at least {self.accounts}" if self.more_accounts else str(self.accounts)
-        lines = [
-            f"directory: {self.url} answered, {service}",
-            f"directory: search base {self.base} exists; the filter finds {counted} accounts",
-        ]
-        if self.group_base is not None:
-            lines.append(
-                f"directory: group base {self.group_base} exists; {self.groups} groups under it"
-            )
-        return lines
 
 
 @dataclass(slots=True)
@@ -215,9 +85,33 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _describe(failure: Failure) -> str:
-    """A failure as a short reason for the log and the 503, without any credential in it."""
+def _attribute_text(kind: bytes | str, value: bytes | str) -> str:
+    """An attribute value as text; AD's binary objectGUID as hex."""
+    if isinstance(value, bytes) and _text(kind).lower() == "objectguid":
+        return value.hex()
+    return _text(value)
+
+
+_PLAIN_ANSWERS = ("wrong version number", "packet length too long", "record layer failure")
+"""What OpenSSL says when the peer answers a TLS hello with something that is not TLS."""
+
+
+def _describe(failure: Failure, tls_pending: bool = False) -> str:
+    """A failure as a short reason for the log and the 503, without any credential in it.
+
+    ``tls_pending``: an ldaps:// connection whose handshake has not completed; a peer that
+    hangs up on the TLS hello, or answers it in plain text, is a plain LDAP port.
+    """
     value: Any = failure.value
+    if tls_pending:
+        lost = failure.check(
+            error.ConnectionLost, error.ConnectionDone, LDAPClientConnectionLostException
+        )
+        if lost or (failure.check(SSL.Error) and any(a in str(value) for a in _PLAIN_ANSWERS)):
+            return (
+                "the server did not answer TLS: is it a plain ldap:// port? use ldap:// "
+                "(with --ldap-starttls) instead"
+            )
     if failure.check(SSL.Error):
         details = [part[-1] for part in value.args[0] if part] if value.args else []
         reason = ", ".join(str(d) for d in details if d) or "handshake refused"
@@ -237,11 +131,22 @@ class _Lost(DirectoryUnavailable):
     """The connection dropped under an operation: on a reused connection, worth one retry."""
 
 
+@implementer(IHandshakeListener)
+class _Client(LDAPClient):  # type: ignore[misc]
+    """An LDAP client that knows whether the TLS handshake of an ldaps:// connection is
+    still to come: a connection lost before it is a plain LDAP port answering TLS."""
+
+    tls_pending = False
+
+    def handshakeCompleted(self) -> None:
+        self.tls_pending = False
+
+
 class _ClientFactory(protocol.Factory):
     """LDAP clients, without a "Starting factory" log line for every login's connection."""
 
     noisy = False
-    protocol = LDAPClient
+    protocol = _Client
 
 
 @dataclass(slots=True)
@@ -251,17 +156,12 @@ class _Connection:
 
 
 def _load_trust(path: str) -> Any:
-    """The CA certificates in a PEM file, as a Twisted trust root (a bundle may hold several)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read the directory CA certificate {path}: {e.strerror}") from None
-    try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ValueError(f"directory CA certificate {path} is not a PEM certificate") from None
+    """The CA certificates in a PEM file, as a Twisted trust root."""
     return trustRootFromCertificates(
-        [Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in certificates]
+        [
+            Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM))
+            for c in read_ca_certificates(path)
+        ]
     )
 
 
@@ -279,9 +179,14 @@ def _close(client: Any) -> None:
 
 def _plausible(account: str) -> bool:
     """Whether ``account`` may be looked up at all. The directory's matching rules ignore
-    leading and trailing spaces (``" mozart"`` finds mozart), so such spellings, and control
-    characters, are refused before any traffic: one person, one login name."""
-    return bool(account) and account == account.strip() and account.isprintable()
+    leading and trailing spaces (``" mozart"`` finds mozart) and read a fullwidth m as m,
+    so such spellings (:func:`tokend.login.identity.directory_name`) are refused before any
+    traffic: one person, one login name. Case is the directory's to ignore."""
+    try:
+        directory_name(account)
+    except UnfitName:
+        return False
+    return True
 
 
 def _result(code: int, message: bytes | str | None) -> str:
@@ -310,15 +215,18 @@ class Directory:
 
     # -- the public questions -------------------------------------------------------------
 
-    async def authenticate(self, account: str, password: bytes) -> DirectoryAccount | None:
+    async def authenticate(
+        self, account: str, password: bytes, gate: EntryGate = OPEN_GATE
+    ) -> DirectoryAccount | None:
         """The account's entry and groups when ``password`` is its password; None otherwise.
 
         An empty password is refused here, before the directory is asked: LDAP treats a bind
         with a DN and no password as an anonymous bind, which many servers let succeed.
+        ``gate`` is asked about the entry found, before the password is tried on it.
         """
         if not password or not _plausible(account):
             return None
-        return await self._tracked(self._authenticate(account, password))
+        return await self._tracked(self._authenticate(account, password, gate))
 
     async def lookup(self, account: str) -> DirectoryAccount | None:
         """The account's entry and groups, without a password (refresh tokens, ``explain``)."""
@@ -356,11 +264,16 @@ class Directory:
 
     # -- logins and searches --------------------------------------------------------------
 
-    async def _authenticate(self, account: str, password: bytes) -> DirectoryAccount | None:
+    async def _authenticate(
+        self, account: str, password: bytes, gate: EntryGate
+    ) -> DirectoryAccount | None:
         found = await self._with_service(lambda c: self._find(c, account))
         if found is None:
             return None
         entry, url = found
+        if not self._active(entry, account):
+            return None
+        await gate.admit(entry.dn)
         connection, code, message = await self._connect(entry.dn, password, prefer=url)
         _close(connection.client)
         if code == _INVALID_CREDENTIALS:
@@ -373,20 +286,37 @@ class Directory:
             )
             return None
         groups = await self._with_service(lambda c: self._groups(c, entry))
-        return DirectoryAccount(entry.dn, groups)
+        return DirectoryAccount(entry.dn, groups, entry_state(entry.attributes))
 
     async def _account(self, connection: _Connection, account: str) -> DirectoryAccount | None:
         found = await self._find(connection, account)
         if found is None:
             return None
         entry, _ = found
-        return DirectoryAccount(entry.dn, await self._groups(connection, entry))
+        if not self._active(entry, account):
+            return None
+        groups = await self._groups(connection, entry)
+        return DirectoryAccount(entry.dn, groups, entry_state(entry.attributes))
+
+    def _active(self, entry: _Entry, account: str) -> bool:
+        """Whether the entry may log in: not locked or disabled by the attributes OpenLDAP
+        ppolicy, 389-DS and AD lock with (the active filter was part of the search)."""
+        inactive = entry_state(entry.attributes).inactive
+        if inactive is not None:
+            self.log.info(
+                "directory: account {account} is {inactive}; refused",
+                account=printable(account),
+                inactive=inactive,
+            )
+        return inactive is None
 
     async def _find(self, connection: _Connection, account: str) -> tuple[_Entry, str] | None:
         """The one entry the filter finds for ``account`` under the base, or None."""
         config = self._config
-        text = _fill(config.filter, "account", escape_filter_value(account))
-        attributes = _NO_ATTRIBUTES if config.group_base else [config.group_attribute]
+        text = self._account_filter(escape_filter_value(account))
+        attributes = list(STATE_ATTRIBUTES)
+        if config.group_base is None:
+            attributes.append(config.group_attribute)
         # Two is enough to tell "one" from "several", and spares the directory a long answer.
         try:
             entries, code, message = await self._search(
@@ -413,7 +343,7 @@ class Directory:
         if config.group_base is None:
             values = entry.attributes.get(config.group_attribute.lower(), [])
         else:
-            text = _fill(config.group_filter, "dn", escape_filter_value(entry.dn))
+            text = fill(config.group_filter, "dn", escape_filter_value(entry.dn))
             entries, code, message = await self._search(
                 connection, config.group_base, text, _NO_ATTRIBUTES, 0
             )
@@ -431,22 +361,37 @@ class Directory:
                 )
         return frozenset(groups)
 
+    def _account_filter(self, value: str) -> str:
+        """The search for an account: the filter with ``value``, and the active filter."""
+        text = fill(self._config.filter, "account", value)
+        active = self._config.active_filter
+        return text if active is None else f"(&{text}{active})"
+
+    async def _count(self, connection: _Connection, base: str, text: str) -> tuple[int, bool]:
+        """How many entries (up to the check's bound) a search finds, and whether more."""
+        entries, code, message = await self._search(
+            connection, base, text, _NO_ATTRIBUTES, _CHECK_SIZE_LIMIT
+        )
+        if code != _SIZE_LIMIT_EXCEEDED:
+            self._require_success(code, message, connection, base)
+        return len(entries), code == _SIZE_LIMIT_EXCEEDED
+
     async def _check(self, connection: _Connection) -> DirectoryReport:
         config = self._config
         await self._require_entry(connection, config.base)
-        text = _fill(config.filter, "account", "*")
-        entries, code, message = await self._search(
-            connection, config.base, text, _NO_ATTRIBUTES, _CHECK_SIZE_LIMIT
+        accounts, more = await self._count(
+            connection, config.base, fill(config.filter, "account", "*")
         )
-        if code != _SIZE_LIMIT_EXCEEDED:
-            self._require_success(code, message, connection, config.base)
+        active = None
+        if config.active_filter is not None:
+            active, _ = await self._count(connection, config.base, self._account_filter("*"))
         groups = None
         if config.group_base is not None:
             await self._require_entry(connection, config.group_base)
             found, group_code, group_message = await self._search(
                 connection,
                 config.group_base,
-                _fill(config.group_filter, "dn", "*"),
+                fill(config.group_filter, "dn", "*"),
                 _NO_ATTRIBUTES,
                 _CHECK_SIZE_LIMIT,
             )
@@ -457,11 +402,43 @@ class Directory:
             url=connection.url,
             bind_dn=config.bind_dn,
             base=config.base,
-            accounts=len(entries),
-            more_accounts=code == _SIZE_LIMIT_EXCEEDED,
+            accounts=accounts,
+            more_accounts=more,
             group_base=config.group_base,
             groups=groups,
+            active_filter=config.active_filter,
+            active=active,
+            policies=await self._lockout_policies(connection),
         )
+
+    async def _lockout_policies(self, connection: _Connection) -> tuple[LockoutPolicy, ...]:
+        """The password policies under the base's naming context that lock accounts, as far
+        as the service account may read them (none found is no finding: they may be hidden)."""
+        base = await self._naming_context(connection)
+        entries, code, _ = await self._search(
+            connection, base, POLICY_FILTER, list(POLICY_ATTRIBUTES), _CHECK_SIZE_LIMIT
+        )
+        if code not in (_SUCCESS, _SIZE_LIMIT_EXCEEDED):
+            return ()
+        found = (lockout_policy(entry.dn, entry.attributes) for entry in entries)
+        return tuple(policy for policy in found if policy is not None)
+
+    async def _naming_context(self, connection: _Connection) -> str:
+        """The naming context (from the root DSE) holding the search base, else the base."""
+        config = self._config
+        entries, code, _ = await self._search(
+            connection, "", "(objectClass=*)", ["namingContexts"], 1, scope="base"
+        )
+        contexts = entries[0].attributes.get("namingcontexts", []) if entries else []
+        base = normalise_dn(config.base)
+        for context in contexts if code == _SUCCESS else []:
+            try:
+                normalised = normalise_dn(context)
+            except ValueError:
+                continue
+            if base == normalised or base.endswith("," + normalised):
+                return context
+        return config.base
 
     async def _require_entry(self, connection: _Connection, base: str) -> None:
         _, code, message = await self._search(
@@ -572,7 +549,7 @@ class Directory:
             return _Connection(client, server.url), response.resultCode, response.errorMessage
         raise DirectoryUnavailable("; ".join(reasons))
 
-    async def _open(self, server: _Server) -> Any:
+    async def _open(self, server: Server) -> Any:
         """A connected (and, with StartTLS, encrypted) LDAP client for ``server``."""
         timeout = self._config.timeout
         endpoint: Any = HostnameEndpoint(self._reactor, server.host, server.port, timeout)
@@ -582,6 +559,7 @@ class Directory:
         attempt.addTimeout(timeout, self._reactor)
         try:
             client = await attempt
+            client.tls_pending = server.tls
         except defer.TimeoutError:
             raise DirectoryUnavailable(
                 f"{server.url}: connecting timed out after {timeout:g} s"
@@ -601,7 +579,7 @@ class Directory:
             client.transport.startTLS(self._tls_options(server))
         return client
 
-    def _tls_options(self, server: _Server) -> IOpenSSLClientConnectionCreator:
+    def _tls_options(self, server: Server) -> IOpenSSLClientConnectionCreator:
         return optionsForClientTLS(server.host, trustRoot=self._trust)
 
     async def _send(self, client: Any, request: Any, what: str) -> Any:
@@ -641,7 +619,7 @@ class Directory:
         def handle(message: Any) -> bool:
             if isinstance(message, pureldap.LDAPSearchResultEntry):
                 values = {
-                    _text(kind).lower(): [_text(value) for value in found]
+                    _text(kind).lower(): [_attribute_text(kind, value) for value in found]
                     for kind, found in message.attributes
                 }
                 entries.append(_Entry(_text(message.objectName), values))
@@ -689,7 +667,7 @@ class Directory:
         except Exception:
             failure = Failure()
             _drop(client)
-            reason = f"{what}: {_describe(failure)}"
+            reason = f"{what}: {_describe(failure, client.tls_pending)}"
             if failure.check(
                 error.ConnectionLost, error.ConnectionDone, LDAPClientConnectionLostException
             ):

@@ -2,9 +2,11 @@
 
 The credential cache remembers a directory login (its DN and groups) as it remembers a bcrypt
 success, so a busy CI logging in again and again makes no directory round trip; group
-membership and a removed account take effect within the cache's ttl. Refresh tokens of
-directory accounts are bound to the account's DN: the account gone from the directory (or moved)
-revokes them; each refresh looks it up again (also remembered for the cache's ttl).
+membership, a removed and a locked account take effect within the cache's ttl. Refresh tokens
+of directory accounts are bound to the entry's DN, its stable id (entryUUID, objectGUID) and
+its password-changed time: the account gone, moved, locked or disabled, deleted and added
+again under its DN, or given a new password, revokes them; each refresh looks it up again
+(also remembered for the cache's ttl).
 """
 
 from __future__ import annotations
@@ -12,10 +14,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from tokend.dn import normalise_dn
+from twisted.logger import Logger
+
+from tokend.log_text import printable
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.directory import Directory, DirectoryAccount, DirectoryUnavailable
-from tokend.login.identity import DIRECTORY, BackendUnavailable, Identity, Login
+from tokend.login.identity import (
+    DIRECTORY,
+    OPEN_GATE,
+    BackendUnavailable,
+    EntryGate,
+    Identity,
+    Login,
+    UnfitName,
+    directory_name,
+    entry_name,
+)
 from tokend.policy.model import Policy
 
 _LOGIN_STAMP = b"\0directory login"
@@ -40,6 +54,8 @@ class DirectoryAccounts:
         """A directory that cannot answer becomes a 503 asking the client to come back in
         ``retry_after`` s."""
         self._directory = directory
+        self.entry_names = EntryNames(directory)
+        """For ``tokend unlock``: the entry a name leads to (:class:`EntryNames`)."""
         self._current = current
         self._cache = cache
         self._now = clock
@@ -49,10 +65,12 @@ class DirectoryAccounts:
         found = self._cache.remembered(account, password, _LOGIN_STAMP, now)
         return Login(found, policy) if isinstance(found, Identity) else None
 
-    async def authenticate(self, account: str, password: bytes) -> Login | None:
+    async def authenticate(
+        self, account: str, password: bytes, gate: EntryGate = OPEN_GATE
+    ) -> Login | None:
         """Logins refuses an empty password before it gets here, and the client again."""
         try:
-            found = await self._directory.authenticate(account, password)
+            found = await self._directory.authenticate(account, password, gate)
         except DirectoryUnavailable:
             raise self._down(account) from None
         if found is None:
@@ -86,5 +104,35 @@ def _identity(account: str, found: DirectoryAccount) -> Identity:
         account,
         DIRECTORY,
         frozenset(found.groups),
-        binding=normalise_dn(found.dn).encode("utf-8"),
+        binding=found.state.binding(found.dn),
+        entry=found.dn,
+        dn_tokens_after=found.state.dn_tokens_after(),
     )
+
+
+class EntryNames:
+    """For ``tokend unlock NAME``: the throttle name of the entry NAME leads to, looked up in
+    the directory now (none when it finds none, or cannot answer: that is logged, and the
+    entry's failures then end with the failure window)."""
+
+    log = Logger()
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    async def __call__(self, account: str) -> list[str]:
+        try:
+            spelled = directory_name(account)
+        except UnfitName:
+            return []
+        try:
+            found = await self._directory.lookup(spelled)
+        except DirectoryUnavailable as e:
+            self.log.warn(
+                "tokend unlock {account}: the directory did not answer ({reason}); failures "
+                "counted for its entry end with --failure-window",
+                account=printable(account),
+                reason=str(e),
+            )
+            return []
+        return [] if found is None else [entry_name(found.dn)]

@@ -7,8 +7,11 @@ knowing which backend answered, and the policy decides what the identity may do.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
+from typing import Protocol
 
+from tokend.dn import DNError, normalise_dn
 from tokend.policy.model import Policy, UserPolicy
 
 USERS = "users"
@@ -27,7 +30,13 @@ class Identity:
     directory_groups: frozenset[str] = frozenset()
     binding: bytes = b""
     """What a refresh token issued to this identity is bound to: the users.json hash the
-    password was checked against, or the account's DN in the directory. A change revokes."""
+    password was checked against, or the directory entry's DN, stable id and password-changed
+    time. A change revokes."""
+    entry: str = ""
+    """A directory account's entry (its DN), which the throttle counts failures by too."""
+    dn_tokens_after: float | None = None
+    """A directory account's refresh tokens bound to its DN alone (issued before the binding
+    above) are honoured when issued after this moment; None: refused."""
 
     def member(self, policy: Policy) -> UserPolicy | None:
         """This identity's rights in ``policy``: its users.json entry, or, for a directory
@@ -37,14 +46,82 @@ class Identity:
         return policy.users.get(self.account)
 
 
-def directory_spelling(account: str, policy: Policy) -> str | None:
-    """The name a directory login of ``account`` goes by: casefolded, since directories match
-    names without regard to case (one person, one throttle budget, one ``${account}``); None
-    when users.json holds the name in any case, for then users.json decides and the directory
-    is never asked (``BACH`` must not log in as the directory's bach when users.json holds
-    bach)."""
+_MAPPED_TO_NOTHING = frozenset(
+    (0x034F, 0x1806, 0x180B, 0x180C, 0x180D, 0x180F, 0xFFFC, 0xFFFD)
+).union(range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0))
+"""Printable characters that RFC 4518 string preparation maps to nothing (the combining
+grapheme joiner, Mongolian soft hyphen, variation selectors, the object replacement
+character) or prohibits (U+FFFD). The other characters it maps to nothing or to a space
+(soft hyphen, zero-width space and joiners, the BOM, no-break spaces) are not printable."""
+
+
+class UnfitName(ValueError):
+    """A name the directory would match to another spelling: no directory login may use it."""
+
+
+def directory_name(account: str) -> str:
+    """The one spelling of a directory account: ``account`` casefolded, when the directory's
+    own matching (RFC 4518 string preparation, then caseIgnoreMatch) would leave it as it is
+    but for case. Raises :class:`UnfitName` otherwise: OpenLDAP matches mozart spelled with
+    a fullwidth, mathematical bold or circled m to ``uid=mozart``, so such spellings are
+    refused rather than mapped, and what one person may be called stays one string for the
+    throttle, the users.json shadowing, ``${account}`` and ``sub``.
+    """
+    if not account:
+        raise UnfitName("an empty name")
+    if not account.isprintable():
+        raise UnfitName("a name with invisible, control or separator characters")
+    if account != account.strip(" ") or "  " in account:
+        raise UnfitName("a name with spaces at its ends or several in a row")
+    if any(ord(char) in _MAPPED_TO_NOTHING for char in account):
+        raise UnfitName("a name with characters the directory ignores")
+    if unicodedata.normalize("NFKC", account) != account:
+        raise UnfitName("a name the directory reads as another (Unicode NFKC)")
+    # One character for one: full foldings (ß to ss, İ to i̇) and foldings other than the
+    # lowercase (ς, Cherokee) are where directories' simple case mappings differ.
+    if any(len(char.casefold()) != 1 or char.casefold() != char.lower() for char in account):
+        raise UnfitName("a name whose case folding directories disagree on")
     folded = account.casefold()
+    if unicodedata.normalize("NFKC", folded) != folded:
+        raise UnfitName("a name the directory reads as another (Unicode NFKC)")
+    return folded
+
+
+def directory_spelling(account: str, policy: Policy) -> str | None:
+    """The name a directory login of ``account`` goes by (:func:`directory_name`, which
+    raises :class:`UnfitName`), or None when users.json decides: it holds the name as typed,
+    or in any case (``BACH`` must not log in as the directory's bach when users.json holds
+    bach), and the directory is never asked."""
+    if account in policy.users:
+        return None
+    folded = directory_name(account)
     return None if folded in policy.folded_users else folded
+
+
+class EntryGate(Protocol):
+    """Asked by a backend that found the directory entry a name leads to, before it checks
+    the password there: every name that reaches one entry (``uid``, ``mail``) shares the
+    entry's budget of failures."""
+
+    async def admit(self, dn: str) -> None:
+        """Raises :class:`LoginThrottled` when the entry ``dn`` may not try now."""
+
+
+class _OpenGate:
+    async def admit(self, dn: str) -> None:
+        """Every entry may try: the backend is asked outside the door (``explain``, tests)."""
+
+
+def entry_name(dn: str) -> str:
+    """The name a directory entry is throttled (and unlocked) under: its normalised DN behind
+    a NUL, which no login name can hold (a name the directory is asked about is printable)."""
+    try:
+        return "\0dn:" + normalise_dn(dn)
+    except DNError:
+        return "\0dn:" + dn.lower()
+
+
+OPEN_GATE: EntryGate = _OpenGate()
 
 
 @dataclass(frozen=True, slots=True)

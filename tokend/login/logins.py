@@ -27,13 +27,16 @@ from tokend.login.identity import (
     DIRECTORY,
     USERS,
     BackendUnavailable,
+    EntryGate,
     Identity,
     Login,
     LoginError,
     LoginOverloaded,
     LoginRefused,
     LoginThrottled,
+    UnfitName,
     directory_spelling,
+    entry_name,
 )
 from tokend.login.passwords import MAX_PASSWORD_BYTES, PasswordChecker, check_cost
 from tokend.login.refresh_tokens import (
@@ -64,8 +67,9 @@ class Authenticator(Protocol):
     def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
         """A login the credential cache answers, with no backend round trip."""
 
-    async def authenticate(self, account: str, password: bytes) -> Login | None:
-        """Raises :class:`BackendUnavailable` when it cannot tell, or ``Overloaded``."""
+    async def authenticate(self, account: str, password: bytes, gate: EntryGate) -> Login | None:
+        """Raises :class:`BackendUnavailable` when it cannot tell, or ``Overloaded``; asks
+        ``gate`` about the directory entry the name leads to, if any, before the password."""
 
 
 class AccountDirectory(Authenticator, Protocol):
@@ -90,7 +94,7 @@ class _Nobody:
     def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
         return None
 
-    async def authenticate(self, account: str, password: bytes) -> Login | None:
+    async def authenticate(self, account: str, password: bytes, gate: EntryGate) -> Login | None:
         return None
 
 
@@ -113,6 +117,38 @@ def throttled(refusal: Refusal, account: str | None) -> LoginThrottled:
         wait,
         by=refusal.reason,
     )
+
+
+class _EntryGate:
+    """The door's answer to a backend that found the directory entry a name leads to: may
+    that entry try now? (:class:`tokend.login.identity.EntryGate`)"""
+
+    def __init__(
+        self, throttle: LoginThrottle, account: str, client: str, clock: Callable[[], float]
+    ) -> None:
+        self._throttle = throttle
+        self._account = account
+        self._client = client
+        self._now = clock
+        self.entry: str | None = None
+        """The entry's throttle name once admitted: the attempt's end is counted for it too."""
+
+    async def admit(self, dn: str) -> None:
+        """First sight of the entry since this process joined Redis: Redis is asked first, as
+        for a name (:meth:`LoginThrottle.consult`)."""
+        asking = self._throttle.consult(entry_name(dn), self._client, self._now())
+        if asking is not None:
+            await asking
+        self.admit_now(dn)
+
+    def admit_now(self, dn: str) -> None:
+        if self.entry is not None:
+            raise RuntimeError("one entry per login attempt")
+        name = entry_name(dn)
+        refusal = self._throttle.admit_entry(name, self._client, self._now())
+        if refusal is not None:
+            raise throttled(refusal, self._account)
+        self.entry = name
 
 
 class Logins:
@@ -162,7 +198,10 @@ class Logins:
         backend: Authenticator = self._file
         typed = account
         if self._directory is not None:
-            spelled = directory_spelling(account, policy)
+            try:
+                spelled = directory_spelling(account, policy)
+            except UnfitName:
+                return self._unfit(account, client, now, policy)
             if spelled is not None:
                 backend, account = self._directory, spelled
         asking = self._throttle.consult(account, client, now)
@@ -176,8 +215,17 @@ class Logins:
         else:
             hit = backend.cached(account, password, policy, now)
             if hit is not None:
+                # The entry a remembered directory login found may be locked through another
+                # name meanwhile: answering the right password then would tell it from wrong.
+                gate = _EntryGate(self._throttle, account, client, self._now)
+                if hit.identity.entry:
+                    try:
+                        gate.admit_now(hit.identity.entry)
+                    except LoginThrottled:
+                        self._throttle.abandoned(account, client, now)
+                        raise
                 self._metrics.cache_lookup(True)
-                self._throttle.succeeded(account, client, now)
+                self._throttle.succeeded(account, client, now, entry=gate.entry)
                 return hit
         known = self._throttle.knows(account, client, now)
         full = self._in_flight.admit(client, known=known)
@@ -198,8 +246,9 @@ class Logins:
         login: Login | None = None
         answered = overloaded = False
         started = self._metrics.now()
+        gate = _EntryGate(self._throttle, account, client, self._now)
         try:
-            login = await backend.authenticate(account, password)
+            login = await backend.authenticate(account, password, gate)
             answered = True
             if backend is not _NOBODY:
                 self._metrics.password_checked(login is not None, started)
@@ -218,7 +267,7 @@ class Logins:
                 ended = self._throttle.failed if login is None else self._throttle.succeeded
             else:
                 ended = self._throttle.overloaded if overloaded else self._throttle.abandoned
-            ended(account, client, self._now())
+            ended(account, client, self._now(), entry=gate.entry)
         if login is None:
             raise LoginRefused(WRONG, account)
         return login
@@ -259,7 +308,11 @@ class Logins:
             raise self._refused(token, client, None, e.reason) from None
         policy = self._current()
         if claims.source == DIRECTORY and self._directory is not None:
-            if directory_spelling(claims.account, policy) is None:
+            try:
+                spelled = directory_spelling(claims.account, policy)
+            except UnfitName:
+                raise self._refused(token, client, claims.account, "not a directory name") from None
+            if spelled is None:
                 raise self._refused(token, client, claims.account, "account now in users.json")
             return self._detached(
                 ensureDeferred(self._directory_refresh(tokens, claims, token, client))
@@ -284,13 +337,40 @@ class Logins:
             self._throttle.address_ended(client, self._now(), failed=False)
             raise
         if found is None:
-            raise self._refused(token, client, claims.account, "account not in the directory")
+            raise self._refused(token, client, claims.account, "no active account in the directory")
         try:
-            tokens.admit(claims, found.binding, None)
+            tokens.admit_directory(claims, found)
         except InvalidRefreshToken as e:
             raise self._refused(token, client, claims.account, e.reason) from None
         self._throttle.address_ended(client, self._now(), failed=False)
         return Login(found, self._current())
+
+    def _unfit(self, account: str, client: str, now: float, policy: Policy) -> Deferred[Login]:
+        """A name the directory would read as another (a fullwidth m): the directory is never
+        asked. Refused as a wrong password is, after one bcrypt, and a failure of the address;
+        no account is charged, for the name is none."""
+        refusal = self._throttle.admit_address(client, now)
+        if refusal is not None:
+            raise throttled(refusal, account)
+        full = self._in_flight.admit(client, known=False)
+        if full is not None:
+            self._throttle.address_ended(client, now, failed=True)
+            raise _overloaded(full, account)
+        return self._detached(ensureDeferred(self._refuse_unfit(account, client, policy)))
+
+    async def _refuse_unfit(self, account: str, client: str, policy: Policy) -> Login:
+        try:
+            await self._passwords.pad(policy.dummy_cost(account))
+        except Stopped:
+            raise LoginOverloaded("the service is stopping; try again shortly", account) from None
+        except Overloaded:
+            raise LoginOverloaded(
+                "too many logins are being checked; try again shortly", account
+            ) from None
+        finally:
+            self._in_flight.leave(client)
+            self._throttle.address_ended(client, self._now(), failed=True)
+        raise LoginRefused(WRONG, account)
 
     def _refused(self, token: str, client: str, account: str | None, reason: str) -> LoginRefused:
         self._throttle.address_ended(client, self._now(), failed=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.identity import USERS, Identity, Login
+from tokend.login.identity import OPEN_GATE, USERS, EntryGate, Identity, Login
 from tokend.login.passwords import PasswordChecker
 from tokend.policy.model import Policy
 
@@ -43,8 +43,11 @@ class PasswordFile:
             return Login(Identity(account, USERS, binding=user.pass_hash), policy)
         return None
 
-    async def authenticate(self, account: str, password: bytes) -> Login | None:
-        """The login whose stored hash this password matched, or None.
+    async def authenticate(
+        self, account: str, password: bytes, gate: EntryGate = OPEN_GATE
+    ) -> Login | None:
+        """The login whose stored hash this password matched, or None (``gate``: users.json
+        names no entry a second name could reach).
 
         A reload may land while bcrypt runs. Rights come only from a policy whose stored hash
         the password was checked against, so an old password never earns a new policy's

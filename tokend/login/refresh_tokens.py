@@ -45,7 +45,8 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
-from tokend.login.identity import USERS
+from tokend.login.directory_entries import legacy_binding
+from tokend.login.identity import USERS, Identity
 from tokend.policy.model import Policy
 from tokend.signing.keys import SigningKey
 
@@ -107,9 +108,57 @@ class RefreshClaims:
     expires_at: int
 
 
+_EC_ORDERS = {
+    "ES256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "ES384": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196A"
+        "CCC52973",
+        16,
+    ),
+    "ES512": int(
+        "1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+        "A51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        16,
+    ),
+}
+"""The group order n of each ECDSA curve: (r, s) and (r, n - s) are both valid signatures."""
+
+
+def _canonical_signature(alg: object, signature: bytes) -> bytes:
+    """One of the signatures that are equally valid for the same signed part: ECDSA's low s."""
+    order = _EC_ORDERS.get(alg) if isinstance(alg, str) else None
+    if order is None or len(signature) % 2:
+        return signature
+    half = len(signature) // 2
+    s = int.from_bytes(signature[half:], "big")
+    if order // 2 < s < order:
+        return signature[:half] + (order - s).to_bytes(half, "big")
+    return signature
+
+
+def canonical(token: str, alg: str | None = None) -> str:
+    """The one spelling of a token whatever form of its signature was sent: ECDSA's ``s``
+    taken as the lower of ``s`` and ``n - s`` (both verify, so both are one token: one
+    fingerprint in the logs, one entry in the verified-signature cache), the signature
+    encoded again as base64url without padding. ``alg`` is read from the header when not
+    given; text that is no JWS is returned as it is."""
+    if len(token) > MAX_TOKEN_CHARS or not token.isascii() or token.count(".") != 2:
+        return token
+    header, payload, signature = token.split(".")
+    try:
+        raw = urlsafe_b64decode(signature.encode("ascii"))
+        if alg is None:
+            alg = json.loads(urlsafe_b64decode(header.encode("ascii"))).get("alg")
+    except (binascii.Error, ValueError, AttributeError, RecursionError):
+        return token
+    spelled = urlsafe_b64encode(_canonical_signature(alg, raw)).decode("ascii")
+    return f"{header}.{payload}.{spelled}"
+
+
 def fingerprint(token: str) -> str:
-    """A short name for a token in logs (the same at issue and at use); never log the token."""
-    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:12]
+    """A short name for a token in logs (the same at issue and at use, and for every form of
+    its signature: :func:`canonical`); never log the token."""
+    return hashlib.sha256(canonical(token).encode("utf-8", "replace")).hexdigest()[:12]
 
 
 def _key_secret(private_key: Any) -> bytes:
@@ -227,13 +276,16 @@ class RefreshTokens:
         issuer, lifetime. Other sources (a directory) look the account up, then :meth:`admit`."""
         if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
             raise InvalidRefreshToken("malformed")
-        claims = self._verified.get(token)
+        # Remembered by its canonical form: a twin signature ((r, n - s), another base64
+        # spelling) is valid exactly when the one checked was, so it is the same token.
+        known = canonical(token, self._signer.alg)
+        claims = self._verified.get(known)
         if claims is None:
             claims = self._signed_claims(token)
             if len(self._verified) >= self._cache_size > 0:
                 del self._verified[next(iter(self._verified))]
             if self._cache_size > 0:
-                self._verified[token] = claims
+                self._verified[known] = claims
         if now >= claims.expires_at or now >= claims.issued_at + self.ttl:
             raise InvalidRefreshToken("expired")
         return claims
@@ -273,6 +325,23 @@ class RefreshTokens:
         return RefreshIdentity(
             claims.account, claims.source, claims.jti, claims.issued_at, claims.expires_at
         )
+
+    def admit_directory(self, claims: RefreshClaims, identity: Identity) -> RefreshIdentity:
+        """:meth:`admit` for a directory account as its lookup found it now. A token bound to
+        the DN alone (issued before tokend bound tokens to the entry's id and password time)
+        is honoured while it would have been under the new binding: issued after the entry
+        was created and after its password last changed, as far as the directory says."""
+        changed = InvalidRefreshToken("revoked: the entry or its password changed")
+        try:
+            return self.admit(claims, identity.binding, None)
+        except InvalidRefreshToken:
+            after = identity.dn_tokens_after
+            if after is None or not identity.entry or claims.issued_at <= after:
+                raise changed from None
+        try:
+            return self.admit(claims, legacy_binding(identity.entry), None)
+        except InvalidRefreshToken:
+            raise changed from None
 
     def _header_refusal(self, header_segment: bytes) -> str:
         """Why a header is not ours: another kind of token, or a refresh token under another

@@ -351,20 +351,44 @@ class LoginThrottle:
         self.addresses.begin(address)
         return None
 
-    def succeeded(self, account: str, address: str, now: float) -> None:
+    def admit_entry(self, entry: str, address: str, now: float) -> Refusal | None:
+        """Within an attempt :meth:`admit` let in: may the directory entry its name led to
+        (``entry``, a name no login can spell) try too? Counted in the accounts' table, with
+        the same exemption for addresses the entry logged in from, so that every name
+        reaching one entry shares one budget. The attempt's end names it again."""
+        entry, address = self.key("account", entry), self.key("address", address)
+        if not self.known.knows(entry, address, now):
+            wait = self.accounts.retry_after(entry, now)
+            if wait is not None:
+                return Refusal(wait, "account")
+        self.accounts.begin(entry)
+        return None
+
+    def succeeded(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         account, address = self.key("account", account), self.key("address", address)
         self.accounts.end(account, now, failed=False, reset=True)
         self.addresses.end(address, now, failed=False)
         self.known.add(account, address, now)
         self.publish(Succeeded(account, address, now))
+        if entry is not None:
+            entry = self.key("account", entry)
+            self.accounts.end(entry, now, failed=False, reset=True)
+            self.known.add(entry, address, now)
+            self.publish(Succeeded(entry, address, now))
 
-    def failed(self, account: str, address: str, now: float) -> None:
+    def failed(self, account: str, address: str, now: float, entry: str | None = None) -> None:
+        """A wrong password. With an ``entry`` admitted, the failure is told to the others
+        once, as the entry's (every name reaching it shares it there); the name's own count
+        stays in this process, where it spares the directory a search."""
         account, address = self.key("account", account), self.key("address", address)
         self.accounts.end(account, now, failed=True)
         self.addresses.end(address, now, failed=True)
-        self.publish(Failed(account, address, now))
+        if entry is not None:
+            entry = self.key("account", entry)
+            self.accounts.end(entry, now, failed=True)
+        self.publish(Failed(account if entry is None else entry, address, now))
 
-    def overloaded(self, account: str, address: str, now: float) -> None:
+    def overloaded(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         """Refused for lack of capacity: a failure of the address, not of the account.
 
         An address whose logins keep meeting a full queue is throttled like one whose passwords
@@ -372,12 +396,16 @@ class LoginThrottle:
         """
         account, address = self.key("account", account), self.key("address", address)
         self.accounts.end(account, now, failed=False)
+        if entry is not None:
+            self.accounts.end(self.key("account", entry), now, failed=False)
         self.addresses.end(address, now, failed=True)
         self.publish(Failed(None, address, now))
 
-    def abandoned(self, account: str, address: str, now: float) -> None:
+    def abandoned(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         """The attempt ended without a verdict (the client went away): only release it."""
         self.accounts.end(self.key("account", account), now, failed=False)
+        if entry is not None:
+            self.accounts.end(self.key("account", entry), now, failed=False)
         self.addresses.end(self.key("address", address), now, failed=False)
 
     def admit_address(self, address: str, now: float) -> Refusal | None:
