@@ -8,7 +8,6 @@ the end, so revoking its tokens leaves every other scenario's accounts as they w
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +19,12 @@ from e2e.engines import Engine
 from e2e.stack import BCRYPT_COST, SERVICE, Stack
 from support import hash_password
 
+from tokend.login.refresh_tokens import fingerprint
+
 pytestmark = pytest.mark.e2e
 
 USER, PASSWORD = "ident", "ident-secret-pw"
 REALM = "/v2/token"
-
-
-def fingerprint(token: str) -> str:
-    """How tokend names a refresh token in its log (never the token itself)."""
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 def log_lines(log: str, *parts: str) -> list[str]:
