@@ -77,7 +77,7 @@ from tokend.policy.model import PolicyError
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc, load_settled
 from tokend.policy.watcher import PolicyWatchService
 from tokend.processes import Supervisor, parent_log, worker_count
-from tokend.signing.devcert import DanglingLinkError, ensure_dev_cert
+from tokend.signing.devcert import LinkRefusedError, ensure_dev_cert
 from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
 from tokend.signing.tokens import TokenIssuer
 from tokend.startup_checks import DirectoryProbe
@@ -630,7 +630,7 @@ class Options(usage.Options):
         if self["dev-cert"]:
             try:
                 self.created_dev_cert = ensure_dev_cert(key_path, cert_path)
-            except DanglingLinkError as e:
+            except LinkRefusedError as e:
                 raise usage.UsageError(f"--dev-cert: {e}") from None
             except OSError as e:
                 raise usage.UsageError(

@@ -23,10 +23,6 @@ class LinkRefusedError(Exception):
     """A path to write is a symbolic link: writing would change whatever it points at."""
 
 
-DanglingLinkError = LinkRefusedError
-"""The name tap.py imports (its ``--dev-cert`` path catches it)."""
-
-
 def _refuse_link(path: Path) -> None:
     """Writing through a link writes wherever it points (as root, anywhere; a dangling one
     creates its target): nobody asking for a key at ``path`` means that."""
