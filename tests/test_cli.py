@@ -10,10 +10,19 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from support import load_certificate, write_key_pair, write_policy
+from cryptography.hazmat.primitives import serialization
+from support import (
+    load_certificate,
+    new_private_key,
+    self_signed,
+    write_key_pair,
+    write_policy,
+    write_private_key,
+)
 
 from tokend.cli import main
 from tokend.signing.keys import key_ids, load_signing_key
+from tokend.signing.tokens import rfc3339
 
 
 def run(*argv: str, stdin: str = "") -> tuple[int, str]:
@@ -285,14 +294,14 @@ def test_check_config_accepts_the_flag_its_loose_key_message_names(
     assert "policy is valid" in out
 
 
-@pytest.mark.parametrize("force", [(), ("--force",)])
 def test_dev_cert_refuses_to_write_through_a_dangling_link(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], force: tuple[str, ...]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Without --force (which replaces the link itself: tests/test_devcert.py)."""
     target = tmp_path / "elsewhere.key"
     link = tmp_path / "k.key"
     link.symlink_to(target)
-    code, out = run("dev-cert", "--key", str(link), "--cert", str(tmp_path / "c.crt"), *force)
+    code, out = run("dev-cert", "--key", str(link), "--cert", str(tmp_path / "c.crt"))
     assert (code, out) == (1, "")
     assert capsys.readouterr().err == (
         f"tokend dev-cert: {link} is a symbolic link to {target}, which does not exist; "
@@ -300,3 +309,77 @@ def test_dev_cert_refuses_to_write_through_a_dangling_link(
     )
     assert not target.exists()
     assert not (tmp_path / "c.crt").exists()
+
+
+def write_pair(directory: Path, kind: str, days: int) -> tuple[Path, Path]:
+    """A key and a certificate valid from yesterday until ``days`` from now."""
+    key = new_private_key(kind)
+    key_path, cert_path = directory / f"{kind}.key", directory / f"{kind}.crt"
+    write_private_key(key_path, key)
+    cert_path.write_bytes(self_signed(key, days=days).public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@pytest.mark.parametrize(
+    ("kind", "described"), [("p256", "P-256 (ES256)"), ("rsa", "RSA 2048 bits (RS256)")]
+)
+def test_check_config_summarises_the_key_and_certificate(
+    tmp_path: Path, kind: str, described: str
+) -> None:
+    write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
+    key_path, cert_path = write_pair(tmp_path, kind, days=100)
+    code, out = run(
+        "check-config",
+        "--config-dir",
+        str(tmp_path),
+        "--key",
+        str(key_path),
+        "--cert",
+        str(cert_path),
+    )
+    assert code == 0
+    ids = key_ids(key_path)
+    not_after = rfc3339(load_certificate(cert_path).not_valid_after_utc.timestamp())
+    assert out.splitlines()[-3:] == [
+        f"key {key_path}: {described}",
+        f"key {key_path}: kid libtrust {ids['libtrust']} (--kid libtrust, distribution 2.x), "
+        f"thumbprint {ids['thumbprint']} (--kid thumbprint, 3.x)",
+        f"certificate {cert_path}: subject CN=tokend test, self-signed, not after {not_after} "
+        "(in 99 days)",
+    ]
+    assert "warning" not in out
+
+
+def test_check_config_warns_within_30_days_of_the_certificates_expiry(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
+    key_path, cert_path = write_pair(tmp_path, "p256", days=10)
+    for args in (("--key", str(key_path), "--cert", str(cert_path)), ("--cert", str(cert_path))):
+        code, out = run("check-config", "--config-dir", str(tmp_path), *args)
+        assert code == 0
+        not_after = rfc3339(load_certificate(cert_path).not_valid_after_utc.timestamp())
+        assert out.splitlines()[-1] == (
+            f"warning: certificate {cert_path}: CN=tokend test expires in 9 days ({not_after}): "
+            "renew it before then; the daemon refuses to start with an expired certificate, and "
+            "registries refuse tokens it signed"
+        )
+
+
+def test_check_config_fails_on_an_expired_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
+    key = new_private_key("p256")
+    key_path, cert_path = tmp_path / "k.key", tmp_path / "c.crt"
+    write_private_key(key_path, key)
+    expired = self_signed(key, days=-2, start_days_ago=30)
+    cert_path.write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    args = ("check-config", "--config-dir", str(tmp_path), "--cert", str(cert_path))
+    assert run(*args, "--key", str(key_path))[0] == 1
+    assert capsys.readouterr().err.startswith(
+        f"tokend check-config: certificate {cert_path} expired"
+    )
+    assert run(*args)[0] == 1
+    assert capsys.readouterr().err == (
+        f"tokend check-config: certificate {cert_path} expired 2 days ago, on "
+        f"{rfc3339(expired.not_valid_after_utc.timestamp())}; the daemon refuses it\n"
+    )

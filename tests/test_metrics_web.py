@@ -234,3 +234,33 @@ def test_no_account_address_or_repository_becomes_a_label(tmp_path: Path) -> Non
 def test_every_grant_has_a_duration_series(tmp_path: Path, grant: str) -> None:
     realm = Realm(tmp_path)
     assert realm.value("tokend_request_duration_seconds_count", grant=grant) == 0
+
+
+def test_a_login_refused_after_asking_redis_first_counts_as_throttled(tmp_path: Path) -> None:
+    """A process that has not seen alice since it joined Redis asks first; Redis says she is
+    locked: 429 (the password is never checked), counted like any throttled login."""
+    from tokend.login.news import Seen
+
+    asked: list[list[tuple[str, str]]] = []
+
+    def ask(pairs: list[tuple[str, str]]) -> Deferred[list[Seen]]:
+        asked.append(pairs)
+        locked = Seen("account", "alice", tuple(NOW - 10.0 - t for t in range(10)))
+        answer: Deferred[list[Seen]] = Deferred()
+        realm.clock.callLater(0.5, answer.callback, [locked])
+        return answer
+
+    throttle = LoginThrottle(per_account=10, per_address=100, window=300, ask=ask)
+    realm = Realm(tmp_path, throttle=throttle)
+    request = realm.http.get(
+        f"http://tokend/v2/token?service={SERVICE}",
+        headers={b"Authorization": [b"Basic " + base64.b64encode(b"alice:alice-pw")]},
+    )
+    realm.clock.advance(0.5)
+    code, body = realm.answer(request)
+    assert code == 429 and body["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert asked == [[("account", "alice"), ("address", "127.0.0.1")]]
+    assert realm.value("tokend_throttled_total", by="account") == 1
+    assert realm.value("tokend_password_checks_total", result="accepted") == 0
+    assert realm.get("alice", "alice-pw")[0] == 429, "asked once: the answer is kept"
+    assert len(asked) == 1

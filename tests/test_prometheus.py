@@ -36,6 +36,7 @@ from support import (
 from tokend.login.credential_cache import CredentialCache
 from tokend.metrics import (
     Metrics,
+    RedisState,
     ServiceState,
     SupervisorState,
     certificate_expiry,
@@ -126,13 +127,27 @@ def supervisor_exposition() -> str:
     return generate_latest(registry).decode()
 
 
+class _Redis:
+    """What RedisState reads of the Redis store."""
+
+    available = True
+    rejected = {"unauthenticated": 0, "stale": 0, "unreadable": 0}
+
+
+def redis_exposition() -> str:
+    """What a daemon with --redis adds (the parent's, with --workers N)."""
+    registry = CollectorRegistry()
+    registry.register(RedisState(_Redis()))
+    return generate_latest(registry).decode()
+
+
 def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
     promtool = need("promtool")
     checked = subprocess.run(
         [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 10 rules found" in checked.stdout
+    assert "SUCCESS: 12 rules found" in checked.stdout
     tested = subprocess.run(
         [promtool, "test", "rules", str(RULE_TESTS)],
         capture_output=True,
@@ -147,14 +162,14 @@ def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
 def test_every_alert_has_a_unit_test() -> None:
     alerts = set(re.findall(r"^\s+- alert: (\w+)$", RULES.read_text(), re.MULTILINE))
     tested = set(re.findall(r"alertname: (\w+)", RULE_TESTS.read_text()))
-    assert len(alerts) == 10
+    assert len(alerts) == 12
     assert alerts == tested
 
 
 def test_rules_and_dashboard_name_only_series_tokend_exports(tmp_path: Path) -> None:
     exported = exported_names(service_exposition(tmp_path))
     assert set(EXPECTED) <= exported
-    exported |= exported_names(supervisor_exposition())
+    exported |= exported_names(supervisor_exposition()) | exported_names(redis_exposition())
     dashboard = json.loads(DASHBOARD.read_text())
     expressions = [
         target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
@@ -317,7 +332,7 @@ def test_prometheus_scrapes_the_daemon_and_counts_the_tokens_it_issued(
                 query(prometheus_port, promql)  # valid PromQL, or the query fails
         rules = json.loads(get(f"http://127.0.0.1:{prometheus_port}/api/v1/rules"))
         loaded = [rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]]
-        assert len(loaded) == 10
+        assert len(loaded) == 12
         if workers == "2":
             running = query(prometheus_port, "tokend_workers_running")
             assert [r["value"][1] for r in running] == ["2"]

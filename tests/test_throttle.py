@@ -237,12 +237,12 @@ def test_an_overloaded_attempt_is_a_failure_of_the_address_only() -> None:
 
 def test_one_address_holds_a_bounded_share_of_the_checks_in_flight() -> None:
     in_flight = InFlight(limit=2)
-    assert in_flight.enter("2001:db8::1") and in_flight.enter("2001:db8::2")
-    assert not in_flight.enter("2001:db8::3"), "one /64, one share"
-    assert in_flight.enter("192.0.2.1")
+    assert in_flight.admit("2001:db8::1") is None and in_flight.admit("2001:db8::2") is None
+    assert in_flight.admit("2001:db8::3") == "address", "one /64, one share"
+    assert in_flight.admit("192.0.2.1") is None
     in_flight.leave("2001:db8::1")
-    assert in_flight.enter("2001:db8::3")
+    assert in_flight.admit("2001:db8::3") is None
     for address in ("2001:db8::2", "2001:db8::3", "192.0.2.1"):
         in_flight.leave(address)
-    assert len(in_flight) == 0
-    assert all(InFlight(limit=0).enter("a") for _ in range(100))
+    assert len(in_flight) == 0 and in_flight.total == 0
+    assert all(InFlight(limit=0).admit("a") is None for _ in range(100))

@@ -1,7 +1,7 @@
-"""The realm's own dispatch (TokenAPI.serve_realm, past Klein's URL mapping) keeps Klein's
-semantics: a login whose client goes away is cancelled and frees its share of the bcrypt
-queue, an unexpected error is a logged 500 and never a hung connection, and the answer is
-framed with a Content-Length."""
+"""The realm's own dispatch (TokenAPI.serve_realm, past Klein's URL mapping): a login whose
+client goes away is no longer waited for, but its check runs on and keeps its share of the
+bcrypt queue until it ends (Hardening III); an unexpected error is a logged 500 and never a
+hung connection, and the answer is framed with a Content-Length."""
 
 from __future__ import annotations
 
@@ -74,17 +74,19 @@ def edge(tmp_path: Path) -> Edge:
     return Edge(tmp_path)
 
 
-def test_a_login_whose_client_left_is_cancelled_and_frees_its_slot(edge: Edge) -> None:
+def test_a_login_whose_client_left_keeps_its_share_until_its_check_ends(edge: Edge) -> None:
+    """It used to be cancelled: its share came back while bcrypt still ran, and it counted
+    neither as a failure nor as a success."""
     protocol, transport = edge.connect(get("alice"))
-    assert len(edge.workers.pending) == 1 and len(edge.in_flight) == 1
-    waiting = edge.workers.pending[0][0]
+    assert len(edge.workers.pending) == 1 and edge.in_flight.total == 1
+    check, function, args = edge.workers.pending[0]
     protocol.connectionLost(Failure(ConnectionDone()))
-    assert waiting.called  # cancelled: the coroutine saw CancelledError
-    assert len(edge.in_flight) == 0
+    assert not check.called, "the check itself is never cancelled"
+    assert edge.in_flight.total == 1, "its share is held while bcrypt runs"
+    check.callback(function(*args))
+    assert edge.in_flight.total == 0
     assert transport.value() == b""
-    # Abandoned, not failed: the next login from the account is not throttled.
-    protocol, transport = edge.connect(get("alice"))
-    assert len(edge.workers.pending) == 2
+    assert edge.throttle.known.knows("alice", "127.0.0.1", 0), "it counted as a success"
 
 
 def test_a_deferred_answer_is_written_with_its_length(edge: Edge) -> None:

@@ -23,14 +23,22 @@ from tokend.policy.holder import PolicyHolder
 if TYPE_CHECKING:
     from tokend.tap import Options
 
+SERVER = b"tokend"
+"""The ``Server`` header of every listener: which hop answered, not which version to attack."""
+
 
 class QuietSite(Site):
     """A Site without Twisted's access-log line: every request already logs one structured
     event (issued or refused, with account, client and scopes), and the second line cost a
-    sixth of a request's CPU time."""
+    sixth of a request's CPU time. Nor does it tell the Twisted version in ``Server``."""
 
     def log(self, request: Any) -> None:
         pass
+
+    def getResourceFor(self, request: Any) -> Any:
+        # Request.process has just set "Server: TwistedWeb/<version>"; nothing is written yet.
+        request.setHeader(b"Server", SERVER)
+        return super().getResourceFor(request)
 
 
 class StartUpFailure:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol, cast
@@ -258,6 +258,42 @@ class ServiceState:
                 "When the signing certificate (the x5c leaf) expires, Unix time.",
                 self.certificate_expiry,
             )
+
+
+class SharedLimits(Protocol):
+    """The Redis store (:class:`tokend.login.shared_failures.RedisFailures`) as metrics see it."""
+
+    @property
+    def available(self) -> bool: ...
+
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RedisState:
+    """Whether login limits are shared through Redis (``--redis``), read at scrape time; with
+    ``--workers N`` the parent's, which talks to Redis for every worker."""
+
+    store: SharedLimits
+
+    def collect(self) -> Iterator[Metric]:
+        yield _gauge(
+            "tokend_redis_shared_limits",
+            "1 while the login limits are shared through Redis (--redis, both connections "
+            "up); 0 while each process falls back to its own limits.",
+            1 if self.store.available else 0,
+        )
+        rejected = CounterMetricFamily(
+            "tokend_redis_news_rejected",
+            "News from Redis (messages on the channel, failures stored) dropped, by reason: "
+            "unauthenticated (its MAC does not verify: another signing key, or someone else "
+            "writing), stale (its time a minute or more away from ours), unreadable.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.store.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -18,6 +18,11 @@ the payload) so that bytes (an exposition, a log line) travel as they are:
 - parent → worker: ``{"news": ...}`` that another worker (or another daemon, through Redis)
   saw; a request for its metrics (``--metrics``: the parent serves the union, see
   :mod:`tokend.metrics`).
+- with ``--redis``, worker → parent ``{"ask": n, "keys": [...]}`` before its first check of a
+  key, answered ``{"answer": n, "seen": [...]}`` with what Redis holds; parent → worker
+  ``{"rejoined": true}`` when Redis is back (keys are to be asked about again);
+- ``tokend unlock`` (the control socket is the parent's): parent → worker ``{"unlock": [table,
+  key], "n": n}``, answered ``{"unlocked": n, "cleared": count}``.
 
 So the login throttle counts every worker's failures in each worker, and the limits hold in
 total for the daemon, not N times over (modulo messages in flight, a millisecond).
@@ -57,14 +62,16 @@ from twisted.logger import (
 from twisted.python.compat import ioType
 from twisted.python.failure import Failure
 
+from tokend.login.news import Ask, News
 from tokend.login.shared_failures import news_from_wire, news_to_wire
-from tokend.login.throttle import News
 from tokend.text_log import format_text_line, log_file_for
 
 MAX_FRAME = 16 * 1024 * 1024
 """One message at most (a log event with a long policy error, an exposition, fit)."""
 SCRAPE_TIMEOUT = 2.0
 """Seconds a worker has to answer a metrics scrape; one that does not is left out of it."""
+UNLOCK_TIMEOUT = 2.0
+"""Seconds a worker has to answer an unlock; one that does not is left out of the count."""
 START_TIMEOUT = 120.0
 """Seconds a worker may take to load its key and policy at start-up."""
 STOP_TIMEOUT = 10.0
@@ -221,6 +228,8 @@ class _Worker:
     ended: Deferred[None] = field(default_factory=Deferred)
     scrapes: dict[int, Deferred[bytes]] = field(default_factory=dict)
     """Metrics requests sent and not answered yet, by number."""
+    unlocks: dict[int, Deferred[int]] = field(default_factory=dict)
+    """Unlocks sent and not answered yet, by number."""
 
 
 class _Ended(ProcessProtocol):
@@ -245,18 +254,22 @@ class Supervisor(Service):
         reactor: Any,
         failed: StartUpFailure,
         relay: Callable[[News], None] | None = None,
+        lookup: Ask | None = None,
         log: ParentLog | None = None,
         log_format: str = "text",
     ) -> None:
         """``port`` gives the bound listening port once the listener has started; ``relay``
-        also gets every worker's news (the Redis store); ``log``, when given, takes the
-        workers' finished lines (in ``log_format``), else their events are relayed."""
+        also gets every worker's news and ``lookup`` answers their questions (the Redis
+        store); ``log``, when given, takes the workers' finished lines (in ``log_format``),
+        else their events are relayed."""
         self._count = count
         self._argv = list(argv)
         self._port = port
         self._reactor = reactor
         self._failed = failed
         self._relay = relay
+        self._lookup = lookup
+        self._unlock_number = 0
         self._log = log
         self._log_lines = log_format if log is not None else "events"
         self._workers: dict[int, _Worker] = {}
@@ -391,6 +404,55 @@ class Supervisor(Service):
             if worker.slot != but and worker.channel is not None:
                 worker.channel.write(message)
 
+    def rejoined(self) -> None:
+        """Redis is back: every worker asks about each key again when it next sees it."""
+        for worker in self._workers.values():
+            if worker.channel is not None:
+                worker.channel.write(control({"rejoined": True}))
+
+    def unlock(self, table: str, key: str) -> Deferred[list[int]]:
+        """Clear one throttle key in every serving worker (``tokend unlock``): the failures
+        each cleared; a worker that does not answer in time is left out."""
+        asked: list[Deferred[int | None]] = []
+        for worker in sorted(self._workers.values(), key=lambda w: w.slot):
+            if not worker.ready or worker.channel is None:
+                continue
+            self._unlock_number += 1
+            number = self._unlock_number
+            answer: Deferred[int] = Deferred()
+            worker.unlocks[number] = answer
+            answer.addTimeout(UNLOCK_TIMEOUT, self._reactor)
+            answer.addErrback(self._no_unlock(worker, number))
+            asked.append(answer)  # type: ignore[arg-type]
+            worker.channel.write(control({"unlock": [table, key], "n": number}))
+        gathered: Deferred[list[int | None]] = gatherResults(asked)
+        return gathered.addCallback(lambda counts: [c for c in counts if c is not None])
+
+    @staticmethod
+    def _no_unlock(worker: _Worker, number: int) -> Callable[[Failure], None]:
+        def left_out(reason: Failure) -> None:
+            worker.unlocks.pop(number, None)
+
+        return left_out
+
+    def _answer(self, worker: _Worker, number: Any, keys: Any) -> None:
+        """A worker's question to Redis, answered (empty without Redis or on bad input)."""
+        try:
+            pairs = [(str(table), str(key)) for table, key in keys]
+        except (TypeError, ValueError):
+            pairs = []
+        asking = self._lookup(pairs) if self._lookup is not None and pairs else None
+
+        def reply(seen: Any) -> None:
+            wire = [news_to_wire(news) for news in seen] if isinstance(seen, list) else []
+            if worker.channel is not None:
+                worker.channel.write(control({"answer": number, "seen": wire}))
+
+        if asking is None:
+            reply([])
+        else:
+            asking.addBoth(reply)
+
     def _spawn(self, slot: int) -> tuple[_Worker, socket.socket]:
         self._restarts.pop(slot, None)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -517,6 +579,14 @@ class Supervisor(Service):
             self.broadcast(news, but=worker.slot)
             if self._relay is not None:
                 self._relay(news)
+        elif "ask" in message:
+            self._answer(worker, message["ask"], message.get("keys"))
+        elif "unlocked" in message:
+            number = message["unlocked"]
+            answer = worker.unlocks.pop(number, None) if isinstance(number, int) else None
+            cleared = message.get("cleared")
+            if answer is not None and not answer.called:
+                answer.callback(cleared if isinstance(cleared, int) else 0)
         elif "ready" in message:
             worker.ready = True
             if self.running:
@@ -528,6 +598,8 @@ class Supervisor(Service):
             del self._workers[worker.slot]
         for answer in list(worker.scrapes.values()):
             answer.cancel()
+        for unlocked in list(worker.unlocks.values()):
+            unlocked.cancel()
         transport: Any = worker.channel.transport if worker.channel is not None else None
         if transport is not None:
             transport.loseConnection()

@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
+from tokend.control import CONTROL_SUFFIX, ControlSocket, Unlocking, single_process
 from tokend.daemon import (
     Announcer,
     DirectoryConnection,
@@ -45,14 +46,18 @@ from tokend.login.directory import (
     read_bind_password,
 )
 from tokend.login.directory_accounts import DirectoryAccounts
+from tokend.login.news import Ask, News
 from tokend.login.passwords import PasswordChecker
+from tokend.login.redis_address import RedisAddress, parse_redis_url, read_redis_password
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
-from tokend.login.shared_failures import RedisFailures, parse_redis_url
-from tokend.login.throttle import InFlight, LoginThrottle, News
+from tokend.login.shared_failures import RedisFailures
+from tokend.login.shared_keys import SharedKeys
+from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.metrics import (
     NO_METRICS,
     Metrics,
+    RedisState,
     RequestMetrics,
     ServiceState,
     SupervisorState,
@@ -70,9 +75,10 @@ from tokend.processes import Supervisor, parent_log, worker_count
 from tokend.signing.devcert import DanglingLinkError, ensure_dev_cert
 from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
 from tokend.signing.tokens import TokenIssuer
+from tokend.startup_checks import DirectoryProbe
 from tokend.web import TokenAPI
 from tokend.worker import AdoptedListener, WorkerSetup
-from tokend.workers import BoundedWorkers, WorkerPool
+from tokend.workers import BoundedWorkers, QueueService, WorkerPool
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024
@@ -190,8 +196,8 @@ class Options(usage.Options):
                 "bcrypt-per-address",
                 None,
                 "4",
-                "Password checks one client address may have running or waiting; more get 503 "
-                "(0: no limit)",
+                "Password checks one client address may have running or waiting (its /48 or "
+                "IPv4 /24 twice as many, its /32 four times); more get 429 (0: no limit)",
             ],
             [
                 "max-failures-per-account",
@@ -246,8 +252,22 @@ class Options(usage.Options):
                 "redis",
                 None,
                 None,
-                "Redis shared by every daemon's login throttle: redis://[:password@]host:port/db, "
-                "rediss://… (TLS) or unix:///path/to/redis.sock (off when not given)",
+                "Redis shared by every daemon's login throttle: redis://[user@]host:port/db, "
+                "rediss://… (TLS) or unix:///path/to/redis.sock (off when not given); daemons "
+                "on one Redis must share the signing key",
+            ],
+            [
+                "redis-password-file",
+                None,
+                None,
+                "File holding Redis's password (mode 0600; one trailing newline ignored)",
+            ],
+            [
+                "control-socket",
+                None,
+                None,
+                "UNIX socket (mode 0600) through which tokend unlock reaches the daemon; "
+                "default: the --listen socket's path + .control; off: none",
             ],
             *DIRECTORY_PARAMETERS,
             [
@@ -277,7 +297,8 @@ class Options(usage.Options):
             [
                 "allow-loose-key-permissions",
                 None,
-                "Start even if the key (or --ldap-bind-password-file) is group/other readable",
+                "Start even if the key (or --ldap-bind-password-file, --redis-password-file) is "
+                "group/other readable",
             ],
             ["ldap-starttls", None, "Upgrade ldap:// directory connections with StartTLS"],
         ]
@@ -380,11 +401,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"{self.source('workers')} must be auto or a whole number from 1 to 256"
             ) from None
-        if self["redis"]:
-            try:
-                self["redis"] = parse_redis_url(self["redis"])
-            except ValueError as e:
-                raise usage.UsageError(f"{self.source('redis')} {e}") from None
+        self["redis"] = self._redis_address()
         try:
             self["trusted-proxy"] = parse_networks(self["trusted-proxy"])
         except ValueError as e:
@@ -397,11 +414,45 @@ class Options(usage.Options):
                 f"{self.source('realm-path')} must be an absolute URL path other than /healthz"
             )
         self["listen"] = self._checked_listen(self["listen"])
+        self["control-socket"] = self._checked_control(self["control-socket"])
         self["metrics"] = self._checked_metrics(self["metrics"])
         self._check_log_format()
         self.signing_key: SigningKey = self._load_key()
         self.directory: DirectoryConfig | None = self._directory_config()
         self.loaded_policy: LoadedPolicy = self._load_policy()
+
+    def _redis_address(self) -> RedisAddress | None:
+        """--redis, with the password --redis-password-file holds (it wins over the URL's)."""
+        password_file = self["redis-password-file"]
+        if not self["redis"]:
+            if password_file:
+                raise usage.UsageError(f"{self.source('redis-password-file')} needs --redis")
+            return None
+        try:
+            address = parse_redis_url(self["redis"])
+        except ValueError as e:
+            raise usage.UsageError(f"{self.source('redis')} {e}") from None
+        if not password_file:
+            return address
+        try:
+            allow_loose = bool(self["allow-loose-key-permissions"])
+            return address.with_password(read_redis_password(password_file, allow_loose))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _checked_control(self, path: str | None) -> str | None:
+        """The control socket's path: by default next to a UNIX token socket, none beside a
+        TCP one unless given; ``off`` for none."""
+        if path is None or not path.strip():
+            listen = self["listen"]
+            return self.socket_path(listen) + CONTROL_SUFFIX if listen.startswith("unix:") else None
+        if path.strip().lower() == "off":
+            return None
+        if not Path(path).parent.is_dir():
+            raise usage.UsageError(
+                f"{self.source('control-socket')} {path}: its directory does not exist"
+            )
+        return path
 
     def _directory_config(self) -> DirectoryConfig | None:
         """The directory to log accounts in with, when --ldap-url names one."""
@@ -609,13 +660,17 @@ def _directory_accounts(
     holder: PolicyHolder,
     cache: CredentialCache,
     root: MultiService,
+    probe: bool,
 ) -> DirectoryAccounts | None:
-    """Directory logins for names users.json does not hold, when --ldap-url is given."""
+    """Directory logins for names users.json does not hold, when --ldap-url is given; with
+    ``probe``, the directory is asked once at start-up too."""
     config = options.directory
     if config is None:
         return None
     directory = Directory(config, reactor)
     DirectoryConnection(directory).setServiceParent(root)
+    if probe:
+        DirectoryProbe(directory, options.source("ldap-url"), reactor).setServiceParent(root)
     return DirectoryAccounts(
         directory,
         lambda: holder.current,
@@ -641,22 +696,43 @@ def makeService(
     bcrypt_queue = BoundedWorkers(
         bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
     )
+    QueueService(bcrypt_queue).setServiceParent(root)  # stops before the pool
     credential_cache = CredentialCache(
         ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
     )
     registry = CollectorRegistry() if options["metrics"] is not None else None
     metrics = _metrics(registry, options, holder, credential_cache, bcrypt_queue)
+    keys = SharedKeys.from_signing_key(options.signing_key)
+    redis = None
+    publish: Callable[[News], None] | None = None
+    ask: Ask | None = None
+    if worker is not None:  # news and questions for Redis go through the parent
+        publish, ask = worker.publish, worker.ask if options["redis"] is not None else None
+    elif options["redis"] is not None:
+        redis = _redis(
+            options,
+            reactor,
+            keys,
+            sink=lambda news: throttle.learn(news, reactor.seconds()),
+            rejoined=lambda: throttle.rejoined(),
+        )
+        redis.setServiceParent(root)
+        publish, ask = redis.record, redis.lookup
+        if registry is not None:
+            registry.register(RedisState(redis))
     throttle = LoginThrottle(
         per_account=options["max-failures-per-account"],
         per_address=options["max-failures-per-address"],
         window=options["failure-window"],
+        keys=keys.name,
+        publish=publish,
+        ask=ask,
     )
     if worker is not None:
         worker.attach(throttle)
-    elif options["redis"]:
-        _redis(options, reactor, lambda news: throttle.learn(news, reactor.seconds())).attach(
-            throttle, root
-        )
+    elif options["control-socket"] is not None:
+        unlocking = Unlocking(keys, single_process(throttle.unlock), redis)
+        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
     api = TokenAPI(
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
@@ -672,8 +748,13 @@ def makeService(
         trusted_proxies=TrustedProxies(
             networks=options["trusted-proxy"], header=options["client-address-header"]
         ),
-        in_flight=InFlight(options["bcrypt-per-address"]),
-        directory=_directory_accounts(options, reactor, holder, credential_cache, root),
+        in_flight=InFlight(
+            options["bcrypt-per-address"],
+            capacity=options["bcrypt-threads"] + options["bcrypt-queue"],
+        ),
+        directory=_directory_accounts(
+            options, reactor, holder, credential_cache, root, probe=worker is None
+        ),
         metrics=metrics,
     )
     site = QuietSite(api.resource(), reactor=reactor)
@@ -711,14 +792,23 @@ def makeService(
     return root
 
 
-def _redis(options: Options, reactor: Any, sink: Callable[[News], None]) -> RedisFailures:
+def _redis(
+    options: Options,
+    reactor: Any,
+    keys: SharedKeys,
+    sink: Callable[[News], None],
+    rejoined: Callable[[], None],
+) -> RedisFailures:
     return RedisFailures(
         options["redis"],
+        keys=keys,
         sink=sink,
+        rejoined=rejoined,
         per_account=options["max-failures-per-account"],
         per_address=options["max-failures-per-address"],
         window=options["failure-window"],
         reactor=reactor,
+        option=options.source("redis"),
     )
 
 
@@ -737,14 +827,25 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
         socket_path = Options.socket_path(options["listen"])
         group = SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
         group.setServiceParent(root)
-    store: list[RedisFailures] = []
+    keys = SharedKeys.from_signing_key(options.signing_key)
+    redis = None
+    if options["redis"] is not None:
+        redis = _redis(
+            options,
+            reactor,
+            keys,
+            sink=lambda news: supervisor.broadcast(news),
+            rejoined=lambda: supervisor.rejoined(),
+        )
+        redis.setServiceParent(root)
     supervisor = Supervisor(
         count=options["workers"],
         argv=options.argv,
         port=listener.port,
         reactor=reactor,
         failed=failed,
-        relay=lambda news: store[0].record(news) if store else None,
+        relay=redis.record if redis is not None else None,
+        lookup=redis.lookup if redis is not None else None,
         log=log,
         log_format=options["log-format"],
     )
@@ -753,12 +854,17 @@ def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
         registry = CollectorRegistry()
         process_collectors(registry)
         registry.register(SupervisorState(supervisor))
+        if redis is not None:
+            registry.register(RedisState(redis))
         metrics_site = QuietSite(workers_metrics_resource(registry, supervisor), reactor=reactor)
         Listener(options["metrics"], metrics_site, reactor, failed).setServiceParent(root)
-    if options["redis"]:
-        redis = _redis(options, reactor, supervisor.broadcast)
-        redis.setServiceParent(root)
-        store.append(redis)
+    if options["control-socket"] is not None:
+        unlocking = Unlocking(keys, supervisor.unlock, redis)
+        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
+    if options.directory is not None:
+        directory = Directory(options.directory, reactor)
+        probe = DirectoryProbe(directory, options.source("ldap-url"), reactor, close=True)
+        probe.setServiceParent(root)
     holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
     Announcer(options, holder).setServiceParent(root)
     return root

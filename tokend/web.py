@@ -41,7 +41,7 @@ from tokend.login.identity import (
     LoginRefused,
     LoginThrottled,
 )
-from tokend.login.logins import AccountDirectory, Logins
+from tokend.login.logins import AccountDirectory, Logins, ShareExceeded
 from tokend.login.password_file import PasswordFile
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import MAX_TOKEN_CHARS, RefreshTokens, fingerprint
@@ -55,7 +55,10 @@ MAX_QUERY_BYTES = 8192
 MAX_VALUE_CHARS = 1024
 MAX_BODY_BYTES = 16384
 OVERLOAD_RETRY_AFTER = 1
-"""Seconds a client is asked to wait when the bcrypt queue is full: it drains quickly."""
+"""Seconds a client is asked to wait when the bcrypt queue (or its share) is full: it drains
+quickly."""
+REASONS = {429: b"Too Many Requests"}
+"""Status lines Twisted's table lacks (it would write "Unknown Status")."""
 CREDENTIAL_FIELDS = (b"username", b"password", b"refresh_token")
 """Never read from a POST's query string: URLs end up in proxies' access logs."""
 
@@ -118,7 +121,8 @@ class InvalidGrant(RequestError):
 
 
 class TooManyRequests(RequestError):
-    """Too many failed logins for the account or from the address: no bcrypt until later."""
+    """Too many failed logins for the account or from the address (no bcrypt until later), or
+    too many of the client's logins being checked at once."""
 
     status = 429
     code = "TOOMANYREQUESTS"
@@ -149,6 +153,10 @@ def http_error(error: LoginError, *, refresh: bool) -> RequestError:
     """The HTTP answer to a login that ended without an identity."""
     if isinstance(error, LoginThrottled):
         return TooManyRequests(error.message, account=error.account, retry_after=error.retry_after)
+    if isinstance(error, ShareExceeded):  # the client's own doing: a 429 pages nobody
+        return TooManyRequests(
+            error.message, account=error.account, retry_after=OVERLOAD_RETRY_AFTER
+        )
     if isinstance(error, LoginOverloaded):
         return ServiceOverloaded(
             error.message, account=error.account, retry_after=OVERLOAD_RETRY_AFTER
@@ -222,6 +230,7 @@ class TokenAPI:
         self._logins = Logins(
             current=lambda: policy.current,
             password_file=PasswordFile(lambda: policy.current, passwords, cache, clock.seconds),
+            passwords=passwords,
             clock=clock.seconds,
             throttle=throttle,
             in_flight=InFlight(0) if in_flight is None else in_flight,
@@ -239,7 +248,11 @@ class TokenAPI:
         anonymous request's CPU: werkzeug binds a map adapter, matches, and Klein chains three
         Deferreds) but with Klein's semantics: refusals through :meth:`request_error`, a
         Deferred answer written when it fires and cancelled when the client goes away, anything
-        unexpected a logged 500. Every other path goes through Klein."""
+        unexpected a logged 500. Every other path goes through Klein.
+
+        A client that goes away stops only the waiting for its answer (the login check runs
+        on, see :class:`tokend.login.logins.Logins`); that is logged at info, never as an
+        error: it is the client's doing."""
         try:
             result = self.realm(request)
         except RequestError:
@@ -265,9 +278,10 @@ class TokenAPI:
                 request.finish()
 
         def failed(failure: Failure) -> None:
-            if gone:
-                if not failure.check(CancelledError):
-                    self.log.failure("error after the client left", failure)
+            if gone and failure.check(CancelledError):
+                self._left_early(request)
+            elif gone:
+                self.log.failure("error after the client left", failure)
             elif failure.check(RequestError):
                 answer(self.request_error(request, failure))
             else:
@@ -275,6 +289,18 @@ class TokenAPI:
 
         result.addCallbacks(answer, failed)
         return NOT_DONE_YET
+
+    def _left_early(self, request: Request) -> None:
+        who = getattr(request, "_tokend_who", _Who())
+        self.log.info(
+            "{method} {path} from {client}: the client left before its answer "
+            "(account '{account}', client_id {client_id})",
+            method=printable(request.method.decode("latin-1")),
+            path=printable(request.path.decode("utf-8", "replace")[:200]),
+            client=self._client_address(request),
+            account=printable(who.account or ""),
+            client_id=printable(who.client_id),
+        )
 
     def _client_address(self, request: Request) -> str:
         """The proxy's view of the client when the peer is a trusted proxy, else the peer.
@@ -362,6 +388,8 @@ class TokenAPI:
 
         def refused(failure: Failure) -> Failure:
             error = failure.value
+            if isinstance(error, LoginThrottled):
+                self._metrics.throttled(error.by)  # refused after asking Redis first
             if isinstance(error, LoginError):
                 return Failure(http_error(error, refresh=refresh))
             return failure
@@ -585,7 +613,7 @@ def _token_body(
 
 
 def _json(request: Request, status: int, body: object) -> bytes:
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASONS.get(status))
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 

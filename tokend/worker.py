@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp, unix
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import (
     FilteringLogObserver,
@@ -31,8 +32,9 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-from tokend.login.shared_failures import news_from_wire, news_to_wire
-from tokend.login.throttle import LoginThrottle, News
+from tokend.login.news import Ask, News, Seen
+from tokend.login.shared_failures import LOOKUP_TIMEOUT, START_UP_WAIT, news_from_wire, news_to_wire
+from tokend.login.throttle import LoginThrottle
 from tokend.processes import (
     CONTROL,
     EXPOSITION,
@@ -51,26 +53,53 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 
+ASK_TIMEOUT = START_UP_WAIT + LOOKUP_TIMEOUT + 1
+"""Seconds a worker waits for the parent's answer from Redis at most (the parent bounds its
+own wait; this only covers a parent that never answers)."""
+
+
 class ParentLink(Framed):
-    """The worker's end of the socketpair: log events and news out, news and metrics
-    requests in."""
+    """The worker's end of the socketpair: log events, news and questions for Redis out; news,
+    answers, unlocks and metrics requests in."""
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._throttle: LoginThrottle | None = None
         self._registry: CollectorRegistry | None = None
+        self._asked = 0
+        self._answers: dict[int, Deferred[list[Seen]]] = {}
 
     def expose(self, registry: CollectorRegistry) -> None:
         """Answer the parent's metrics requests with this registry's exposition."""
         self._registry = registry
 
     def attach(self, throttle: LoginThrottle) -> None:
-        """Share this throttle's news with the other workers, and take in theirs."""
+        """Take in the other workers' news (and unlocks) into this throttle."""
         self._throttle = throttle
-        throttle.publish = self.publish
 
     def publish(self, news: News) -> None:
         self.write(control({"news": news_to_wire(news)}))
+
+    def ask(self, pairs: list[tuple[str, str]]) -> Deferred[list[Seen]]:
+        """What Redis holds for these keys, through the parent (see LoginThrottle.consult)."""
+        self._asked += 1
+        number = self._asked
+        answer: Deferred[list[Seen]] = Deferred()
+        self._answers[number] = answer
+        timer = self._reactor.callLater(ASK_TIMEOUT, self._answered, number, [])
+
+        def settled(seen: list[Seen]) -> list[Seen]:
+            if timer.active():
+                timer.cancel()
+            return seen
+
+        self.write(control({"ask": number, "keys": pairs}))
+        return answer.addCallback(settled)
+
+    def _answered(self, number: Any, seen: list[Seen]) -> None:
+        answer = self._answers.pop(number, None) if isinstance(number, int) else None
+        if answer is not None and not answer.called:
+            answer.callback(seen)
 
     def framesReceived(self, frames: list[tuple[int, bytes]]) -> None:
         for kind, payload in frames:
@@ -90,10 +119,20 @@ class ParentLink(Framed):
         if throttle is None:
             return
         try:
-            news = news_from_wire(json.loads(payload)["news"])
+            message = json.loads(payload)
+            if "news" in message:
+                throttle.learn(news_from_wire(message["news"]), self._reactor.seconds())
+            elif "answer" in message:
+                seen = [news_from_wire(wire) for wire in message["seen"]]
+                self._answered(message["answer"], [s for s in seen if isinstance(s, Seen)])
+            elif "rejoined" in message:
+                throttle.rejoined()
+            elif "unlock" in message:
+                table, key = message["unlock"]
+                cleared = throttle.unlock(table, str(key))
+                self.write(control({"unlocked": message["n"], "cleared": cleared}))
         except (ValueError, KeyError, TypeError):
             return
-        throttle.learn(news, self._reactor.seconds())
 
     def connectionLost(self, reason: Any = None) -> None:
         """The parent is gone: so is this worker."""
@@ -249,7 +288,9 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     root: MultiService = makeService(
         options,
         reactor,
-        worker=WorkerSetup(args.listen_fd, args.family, link.attach, link.expose),
+        worker=WorkerSetup(
+            args.listen_fd, args.family, link.attach, link.expose, link.publish, link.ask
+        ),
     )
     try:
         root.privilegedStartService()
@@ -279,8 +320,9 @@ def _critical(sentence: str) -> dict[str, Any]:
 
 class WorkerSetup:
     """What makeService needs to build a worker's tree: the inherited socket, how to join
-    the throttle to the other workers, and how to hand its metrics to the parent (which
-    serves --metrics for all workers)."""
+    the throttle to the other workers (its news out, theirs in, questions for Redis through
+    the parent), and how to hand its metrics to the parent (which serves --metrics for all
+    workers)."""
 
     def __init__(
         self,
@@ -288,11 +330,15 @@ class WorkerSetup:
         family: int,
         attach: Callable[[LoginThrottle], None],
         expose: Callable[[CollectorRegistry], None] = lambda registry: None,
+        publish: Callable[[News], None] | None = None,
+        ask: Ask | None = None,
     ):
         self.listen_fd = listen_fd
         self.family = family
         self.attach = attach
         self.expose = expose
+        self.publish = publish
+        self.ask = ask
 
 
 if __name__ == "__main__":

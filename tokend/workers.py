@@ -7,13 +7,16 @@ queue in front of it, so a flood of logins is refused at once instead of waiting
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet import threads
-from twisted.internet.defer import Deferred, DeferredSemaphore, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
@@ -57,29 +60,95 @@ class Overloaded(Exception):
     """More work is already waiting than the queue allows; try again shortly."""
 
 
+class Stopped(Overloaded):
+    """The service is stopping: work still waiting is refused rather than run."""
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    result: Deferred[Any] = field(init=False)
+
+
 class BoundedWorkers:
     """At most ``limit`` calls run at once and at most ``queue`` wait; the rest fail at once.
 
     Waiting here rather than in the thread pool's own unbounded queue is what makes the bound
-    possible. A waiting call that is cancelled (the client went away) leaves the queue.
+    possible, so the pool is never handed more than ``limit`` calls. Cancelling a call that
+    still waits takes it out of the queue (it never started). Cancelling one that started
+    only stops the waiting for it: its thread runs on, and it keeps its slot until the thread
+    returns, else every hang-up would let one more bcrypt into the pool. :meth:`stop` fails
+    the calls still waiting at once, so a shutdown never works off a backlog.
     """
 
     def __init__(self, workers: Workers, *, limit: int, queue: int) -> None:
         if limit < 1 or queue < 0:
             raise ValueError("limit must be >= 1 and queue >= 0")
         self._workers = workers
-        self._semaphore = DeferredSemaphore(limit)
+        self.limit = limit
         self.queue = queue
+        self._running = 0
+        self._waiting: deque[_Call] = deque()
+        self._stopped = False
 
     @property
     def running(self) -> int:
-        return self._semaphore.limit - self._semaphore.tokens
+        return self._running
 
     @property
     def waiting(self) -> int:
-        return len(self._semaphore.waiting)
+        return len(self._waiting)
 
     def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        if not self._semaphore.tokens and self.waiting >= self.queue:
-            return fail(Overloaded(f"{self.running} running and {self.waiting} waiting"))
-        return self._semaphore.run(self._workers.run, function, *args)
+        if self._stopped:
+            return fail(Stopped("the service is stopping"))
+        if self._running >= self.limit and len(self._waiting) >= self.queue:
+            return fail(Overloaded(f"{self._running} running and {self.waiting} waiting"))
+        call = _Call(function, args)
+        call.result = Deferred(lambda _: self._leave(call))
+        if self._running < self.limit:
+            self._start(call)
+        else:
+            self._waiting.append(call)
+        return call.result
+
+    def stop(self) -> None:
+        """Refuse new calls and fail the waiting ones; running ones end in their threads."""
+        self._stopped = True
+        waiting, self._waiting = self._waiting, deque()
+        for call in waiting:
+            call.result.errback(Stopped("the service stopped before this call ran"))
+
+    def _leave(self, call: _Call) -> None:
+        """The canceller: a waiting call leaves the queue; a started one is left alone."""
+        if call in self._waiting:
+            self._waiting.remove(call)
+
+    def _start(self, call: _Call) -> None:
+        self._running += 1
+        maybeDeferred(self._workers.run, call.function, *call.args).addBoth(self._ended, call)
+
+    def _ended(self, result: object, call: _Call) -> None:
+        self._running -= 1
+        if not call.result.called:
+            if isinstance(result, Failure):
+                call.result.errback(result)
+            else:
+                call.result.callback(result)
+        # else: its waiter was cancelled; the result (or failure) has nobody to go to.
+        while self._waiting and self._running < self.limit:
+            self._start(self._waiting.popleft())
+
+
+class QueueService(Service):
+    """Stops a :class:`BoundedWorkers` queue with the daemon. Set under the same parent after
+    its pool: services stop in reverse order, so the queue is emptied before the pool joins
+    its threads, which then have at most one call each to finish."""
+
+    def __init__(self, queue: BoundedWorkers) -> None:
+        self._queue = queue
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._queue.stop()

@@ -4,8 +4,10 @@
 the daemon would and reports rules that never apply or overlap (and, with the daemon's
 ``--ldap-*`` options, checks the directory), ``explain`` shows which rule decides a request (for
 a directory account too), ``kid`` prints the key ids a registry configuration needs,
-``dev-cert`` writes a development key pair. Exit status 0 on success, 1 on a finding, 2 on a
-usage error, 130 when interrupted (Ctrl-C).
+``dev-cert`` writes a development key pair, ``token`` reads a token back in plain words and
+verifies it against the certificate, ``user`` adds, changes, removes and lists users.json
+accounts in place, ``unlock`` ends a login lockout in the running daemon. Exit status 0 on
+success, 1 on a finding, 2 on a usage error, 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from tokend.cli import checking, explaining, keys, passwords
+from tokend.cli import checking, explaining, keys, passwords, tokens, unlock, users
 from tokend.cli.common import CommandError, UsageError
 
-COMMAND_FAMILIES = (passwords, checking, explaining, keys)
+COMMAND_FAMILIES = (passwords, checking, explaining, keys, tokens, users, unlock)
 """Each module registers its commands; a new family is one module and one entry here."""
 
 

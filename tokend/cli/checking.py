@@ -5,16 +5,17 @@ checked."""
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tokend.cli.common import CommandError
 from tokend.cli.directory_options import add_directory_options, ask_directory, directory_config
+from tokend.cli.keys import EXPIRY_WARNING_DAYS, key_summary
 from tokend.policy.files import load_policy
 from tokend.policy.model import EVERY_DIRECTORY_ACCOUNT, PolicyError
 from tokend.policy.report import overlap_notes
-from tokend.signing.keys import KeyConfigError, load_signing_key
 
 if TYPE_CHECKING:
     from tokend.login.directory import Directory, DirectoryReport
@@ -29,15 +30,6 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
         raise CommandError(str(e)) from None
     for warning in loaded.warnings:
         stdout.write(f"warning: {warning}\n")
-    if args.key:
-        try:
-            load_signing_key(
-                Path(args.key),
-                Path(args.cert) if args.cert else None,
-                allow_loose_permissions=args.allow_loose_key_permissions,
-            )
-        except KeyConfigError as e:
-            raise CommandError(str(e)) from None
     policy = loaded.policy
     for note in overlap_notes(policy):
         stdout.write(f"overlap: {note}\n")
@@ -48,6 +40,13 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
         f"{len(anonymous.repositories)} names and patterns, anonymous catalog "
         f"{'on' if anonymous.catalog else 'off'}\n"
     )
+    key_lines = key_summary(
+        Path(args.key) if args.key else None,
+        Path(args.cert) if args.cert else None,
+        args.allow_loose_key_permissions,
+        time.time(),
+    )
+    stdout.writelines(line + "\n" for line in key_lines)
     if directory is not None:
         taken = policy.directory_groups
         named = sorted({dn for dns in taken.values() for dn in dns} - {EVERY_DIRECTORY_ACCOUNT})
@@ -91,8 +90,14 @@ def register(commands: Any) -> None:
         "check-config", help="validate the policy files; report unused and overlapping rules"
     )
     checking.add_argument("--config-dir", default="config", help="default %(default)s")
-    checking.add_argument("--key", help="also check this signing key (and --cert)")
-    checking.add_argument("--cert", help="certificate chain to check against --key")
+    checking.add_argument(
+        "--key", help="also check this signing key (and --cert); print its type and key ids"
+    )
+    checking.add_argument(
+        "--cert",
+        help="certificate chain to check (against --key when given); print each certificate's "
+        f"subject, issuer and expiry, warn {EXPIRY_WARNING_DAYS} days before it",
+    )
     checking.add_argument(
         "--allow-loose-key-permissions",
         action="store_true",

@@ -14,14 +14,19 @@ from tokend.policy.model import DEFAULT_BCRYPT_COST
 MIN_COST, MAX_COST = 4, 31
 
 
-def hash_password(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
-    password = read_password(args.stdin, stdin).encode("utf-8")
+def new_hash(from_stdin: bool, stdin: TextIO, cost: int) -> str:
+    """A bcrypt hash of a password prompted for twice (or read from stdin's first line),
+    refusing one that could never log in."""
+    password = read_password(from_stdin, stdin).encode("utf-8")
     if not password:
         raise CommandError("refusing an empty password")
     if len(password) > MAX_PASSWORD_BYTES:
         raise CommandError(f"bcrypt checks at most {MAX_PASSWORD_BYTES} bytes; use a shorter one")
-    hashed = bcrypt.hashpw(password, bcrypt.gensalt(args.cost)).decode("ascii")
-    stdout.write(hashed + "\n")
+    return bcrypt.hashpw(password, bcrypt.gensalt(cost)).decode("ascii")
+
+
+def hash_password(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    stdout.write(new_hash(args.stdin, stdin, args.cost) + "\n")
 
 
 def _cost(value: str) -> int:
@@ -31,12 +36,17 @@ def _cost(value: str) -> int:
     return cost
 
 
-def register(commands: Any) -> None:
-    hashing = commands.add_parser("hash-password", help="print a bcrypt hash for users.json")
-    hashing.add_argument(
+def add_password_options(parser: argparse.ArgumentParser) -> None:
+    """--cost and --stdin, for every command that asks for a password."""
+    parser.add_argument(
         "--cost", type=_cost, default=DEFAULT_BCRYPT_COST, help="bcrypt cost (default %(default)s)"
     )
-    hashing.add_argument(
+    parser.add_argument(
         "--stdin", action="store_true", help="read the password from the first line of stdin"
     )
+
+
+def register(commands: Any) -> None:
+    hashing = commands.add_parser("hash-password", help="print a bcrypt hash for users.json")
+    add_password_options(hashing)
     hashing.set_defaults(run=hash_password)

@@ -27,6 +27,7 @@ class DirectoryAccounts:
     """Names users.json does not hold, checked by binding to the directory as them."""
 
     source = DIRECTORY
+    refusals_cost_a_bcrypt = False
 
     def __init__(
         self,

@@ -7,6 +7,10 @@ share of checks wrap the authenticators once (STYLE rule 14), whichever one answ
   (which checks it against a dummy hash so that unknown names cost what known ones do).
 - A refresh token names its account and where it came from; that source must still vouch for
   the account (its hash unchanged, or the directory still finding it).
+
+Every refused password costs one bcrypt, whichever backend refused it (or none: an empty one),
+so response time does not tell where a name lives. A client that hangs up stops only its own
+waiting: the check runs to its end, holds its places until then and counts as if it stayed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from tokend.login.identity import (
     DIRECTORY,
@@ -23,22 +29,23 @@ from tokend.login.identity import (
     BackendUnavailable,
     Identity,
     Login,
+    LoginError,
     LoginOverloaded,
     LoginRefused,
     LoginThrottled,
     directory_spelling,
 )
-from tokend.login.passwords import MAX_PASSWORD_BYTES
+from tokend.login.passwords import MAX_PASSWORD_BYTES, PasswordChecker, check_cost
 from tokend.login.refresh_tokens import (
     InvalidRefreshToken,
     RefreshClaims,
     RefreshTokens,
     fingerprint,
 )
-from tokend.login.throttle import InFlight, LoginThrottle, Refusal
+from tokend.login.throttle import InFlight, LoginThrottle, Refusal, ShareFull
 from tokend.metrics import NO_METRICS, RequestMetrics
 from tokend.policy.model import Policy
-from tokend.workers import Overloaded
+from tokend.workers import Overloaded, Stopped
 
 WRONG = "invalid user name or password"
 
@@ -48,6 +55,11 @@ class Authenticator(Protocol):
 
     @property
     def source(self) -> str: ...
+
+    @property
+    def refusals_cost_a_bcrypt(self) -> bool:
+        """True when a refusal already cost one bcrypt (the password file's do, for known and
+        unknown names alike); the door pays one for the others."""
 
     def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
         """A login the credential cache answers, with no backend round trip."""
@@ -61,6 +73,36 @@ class AccountDirectory(Authenticator, Protocol):
     password: a refresh token's account is re-checked that way."""
 
     async def lookup(self, account: str) -> Identity | None: ...
+
+
+class ShareExceeded(LoginOverloaded):
+    """This client's own share of the checks in flight (its address's or its network's) is
+    full: a limit of the client's making, answered 429 rather than 503."""
+
+
+class _Nobody:
+    """The authenticator of passwords no backend is asked about (empty, or longer than the
+    password file can check): it refuses them, after the bcrypt the door pays for it."""
+
+    source = "none"
+    refusals_cost_a_bcrypt = False
+
+    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
+        return None
+
+    async def authenticate(self, account: str, password: bytes) -> Login | None:
+        return None
+
+
+_NOBODY = _Nobody()
+
+
+def _overloaded(full: ShareFull, account: str) -> LoginOverloaded:
+    if full == "queue":
+        return LoginOverloaded("too many logins are being checked; try again shortly", account)
+    return ShareExceeded(
+        f"too many logins from this {full} are being checked; try again shortly", account
+    )
 
 
 def throttled(refusal: Refusal, account: str | None) -> LoginThrottled:
@@ -78,11 +120,14 @@ class Logins:
     asked (a throttle refusal, a cache hit, a refresh of a users.json account), else through
     a Deferred. Refusals are :class:`tokend.login.identity.LoginError` subclasses."""
 
+    log = Logger()
+
     def __init__(
         self,
         *,
         current: Callable[[], Policy],
         password_file: Authenticator,
+        passwords: PasswordChecker,
         clock: Callable[[], float],
         throttle: LoginThrottle,
         in_flight: InFlight,
@@ -90,11 +135,13 @@ class Logins:
         refresh_tokens: RefreshTokens | None = None,
         metrics: RequestMetrics = NO_METRICS,
     ) -> None:
-        """``metrics`` counts cache hits and misses and the checks backends run, here where
-        they happen."""
+        """``passwords`` pays the bcrypt of refusals that cost none (through the same bounded
+        queue as every check); ``metrics`` counts cache hits and misses and the checks
+        backends run, here where they happen."""
         self._metrics = metrics
         self._current = current
         self._file = password_file
+        self._passwords = passwords
         self._directory = directory
         self._now = clock
         self._throttle = throttle
@@ -104,65 +151,96 @@ class Logins:
     def password(self, account: str, password: bytes, client: str) -> Login | Deferred[Login]:
         """Throttling comes first (once the name is spelled as its backend knows it), before
         the cache: a throttled guess must not learn anything, not even from a cheap cache
-        lookup. Then what needs no backend: a password bcrypt cannot check, or an empty one
-        for the directory (an LDAP bind with an empty password is an unauthenticated bind,
-        which "succeeds"), fails at once and counts. A cache hit is answered at once; only a
-        real check goes through a Deferred, and one address holds only a small share of the
-        checks running. Failures count; a success clears its account.
+        lookup. A password no backend is asked about (an empty one: for the directory an
+        unauthenticated bind, which "succeeds"; or one longer than bcrypt reads) is refused
+        like a wrong one. A cache hit is answered at once; only a real check goes through a
+        Deferred, and one client network holds only a small share of the checks in flight.
+        Failures count; a success clears its account.
         """
         now = self._now()
         policy = self._current()
         backend: Authenticator = self._file
+        typed = account
         if self._directory is not None:
             spelled = directory_spelling(account, policy)
             if spelled is not None:
                 backend, account = self._directory, spelled
+        asking = self._throttle.consult(account, client, now)
+        if asking is not None:  # first sight since this process joined Redis: ask it first
+            return asking.addCallback(lambda _: self.password(typed, password, client))
         refusal = self._throttle.admit(account, client, now)
         if refusal is not None:
             raise throttled(refusal, account)
-        if backend is self._file and len(password) > MAX_PASSWORD_BYTES:
-            self._throttle.failed(account, client, now)
-            raise LoginRefused(f"passwords are limited to {MAX_PASSWORD_BYTES} bytes", account)
-        if not password and backend is self._directory:
-            self._throttle.failed(account, client, now)
-            raise LoginRefused(WRONG, account)
-        hit = backend.cached(account, password, policy, now)
-        if hit is not None:
-            self._metrics.cache_lookup(True)
-            self._throttle.succeeded(account, client, now)
-            return hit
-        if not self._in_flight.enter(client):
+        if not password or (backend is self._file and len(password) > MAX_PASSWORD_BYTES):
+            backend = _NOBODY
+        else:
+            hit = backend.cached(account, password, policy, now)
+            if hit is not None:
+                self._metrics.cache_lookup(True)
+                self._throttle.succeeded(account, client, now)
+                return hit
+        known = self._throttle.knows(account, client, now)
+        full = self._in_flight.admit(client, known=known)
+        if full is not None:
             self._throttle.overloaded(account, client, now)
-            raise LoginOverloaded(
-                "too many logins from this address are being checked; try again shortly",
-                account,
-            )
-        self._metrics.cache_lookup(False)
-        return ensureDeferred(self._checked(backend, account, password, client))
+            raise _overloaded(full, account)
+        if backend is not _NOBODY:
+            self._metrics.cache_lookup(False)
+        check = ensureDeferred(self._checked(backend, account, password, client, policy))
+        return self._detached(check)
 
     async def _checked(
-        self, backend: Authenticator, account: str, password: bytes, client: str
+        self, backend: Authenticator, account: str, password: bytes, client: str, policy: Policy
     ) -> Login:
-        """:meth:`password` past the cache: the backend asked, the throttle told how it went.
-        A backend that could not answer (the directory down) counts as neither."""
+        """:meth:`password` past the cache: the backend asked, a refusal that cost no bcrypt
+        padded with one, the throttle told how it went, and only then the client's place
+        given back. A backend that could not answer (the directory down) counts as neither."""
         login: Login | None = None
-        ended = self._throttle.abandoned
+        answered = overloaded = False
         started = self._metrics.now()
         try:
             login = await backend.authenticate(account, password)
-            self._metrics.password_checked(login is not None, started)
-            ended = self._throttle.failed if login is None else self._throttle.succeeded
+            answered = True
+            if backend is not _NOBODY:
+                self._metrics.password_checked(login is not None, started)
+            if login is None and not backend.refusals_cost_a_bcrypt:
+                await self._passwords.pad(check_cost(policy, account))
+        except Stopped:
+            raise LoginOverloaded("the service is stopping; try again shortly", account) from None
         except Overloaded:
-            ended = self._throttle.overloaded
+            overloaded = not answered
             raise LoginOverloaded(
                 "too many logins are being checked; try again shortly", account
             ) from None
         finally:
             self._in_flight.leave(client)
+            if answered:
+                ended = self._throttle.failed if login is None else self._throttle.succeeded
+            else:
+                ended = self._throttle.overloaded if overloaded else self._throttle.abandoned
             ended(account, client, self._now())
         if login is None:
             raise LoginRefused(WRONG, account)
         return login
+
+    def _detached(self, check: Deferred[Login]) -> Deferred[Login]:
+        """What the web waits on for ``check``. Cancelling it (the client hung up) stops only
+        the waiting: the check is never cancelled, so no backend sees a cancellation (an LDAP
+        operation cut short would drop the shared connection) and the check's places and its
+        verdict are kept and counted as if the client had stayed."""
+        waiting: Deferred[Login] = Deferred(lambda _: None)
+
+        def settle(result: Login | Failure) -> None:
+            if not waiting.called:
+                if isinstance(result, Failure):
+                    waiting.errback(result)
+                else:
+                    waiting.callback(result)
+            elif isinstance(result, Failure) and not result.check(LoginError):
+                self.log.failure("a login check failed after its client left", result)
+
+        check.addBoth(settle)
+        return waiting
 
     def refresh(self, token: str, client: str) -> Login | Deferred[Login]:
         """The refresh_token grant: no bcrypt, one signature check at most, and the token's
@@ -183,7 +261,9 @@ class Logins:
         if claims.source == DIRECTORY and self._directory is not None:
             if directory_spelling(claims.account, policy) is None:
                 raise self._refused(token, client, claims.account, "account now in users.json")
-            return ensureDeferred(self._directory_refresh(tokens, claims, token, client))
+            return self._detached(
+                ensureDeferred(self._directory_refresh(tokens, claims, token, client))
+            )
         if claims.source != USERS:
             raise self._refused(token, client, claims.account, "unknown source")
         try:

@@ -22,6 +22,7 @@ class PasswordFile:
     """
 
     source = USERS
+    refusals_cost_a_bcrypt = True
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bcrypt
 from twisted.logger import Logger
 
-from tokend.policy.model import MAX_BCRYPT_COST, MIN_BCRYPT_COST
+from tokend.policy.model import MAX_BCRYPT_COST, MIN_BCRYPT_COST, Policy
 from tokend.workers import Workers
 
 MAX_PASSWORD_BYTES = 72
@@ -26,6 +26,13 @@ def dummy_hash(cost: int) -> bytes:
     if not MIN_BCRYPT_COST <= cost <= MAX_BCRYPT_COST:
         raise ValueError(f"bcrypt cost {cost} out of range ({MIN_BCRYPT_COST}-{MAX_BCRYPT_COST})")
     return f"$2b${cost:02d}${_DUMMY_SALT_AND_HASH}".encode("ascii")
+
+
+def check_cost(policy: Policy, account: str) -> int:
+    """The bcrypt cost a wrong password for ``account`` costs: its users.json hash's, else the
+    dummy cost the policy draws for the name."""
+    user = policy.users.get(account)
+    return int(user.pass_hash[4:6]) if user is not None else policy.dummy_cost(account)
 
 
 def _checkpw(password: bytes, pass_hash: bytes) -> bool:
@@ -59,3 +66,9 @@ class PasswordChecker:
             )
             return False
         return matches and pass_hash is not None
+
+    async def pad(self, cost: int) -> None:
+        """One bcrypt at ``cost`` against a hash nothing matches, through the same workers: a
+        refusal that cost no bcrypt of its own takes as long as one that did.
+        :class:`tokend.workers.Overloaded` passes through."""
+        await self._workers.run(_checkpw, b"", dummy_hash(cost))

@@ -5,71 +5,97 @@ anonymous and cached requests never wait for anyone. What it saw goes out throug
 ``publish`` seam; what others saw comes in through ``learn``. Workers of one daemon exchange
 news through their parent (:mod:`tokend.processes`); daemons exchange it through Redis.
 
-Redis: every failure runs one short Lua script (one round trip, atomic) that adds the failure
-to a sorted set per account and per address (``tokend:throttle:account:<sha256>``,
-``tokend:throttle:address:<sha256>``), drops the times older than the window, keeps at most the
-limit's worth, sets the key's TTL to the window (so a flood of names costs bounded memory, and
-nothing outlives its window), and publishes the key's failure times on
-``tokend:throttle:news``. Every daemon subscribes and merges those times into its local tables
-(merging is idempotent, so its own failures echoed back do not count twice). A success deletes
-its account's key and is published likewise. Client: txredisapi, Twisted-native, so the
-default reactor stays as it is.
+Redis holds throttle keys, never names: accounts and addresses are keyed hashes
+(:mod:`tokend.login.shared_keys`). Every failure runs one short Lua script (one round trip,
+atomic) that adds it to a sorted set per account and per address
+(``tokend:throttle:account:<hash>``, ``tokend:throttle:address:<hash>``), each member carrying
+a MAC; drops the times older than the window; keeps at most the limit's worth; sets the key's TTL
+to the window (a flood of names costs bounded memory, nothing outlives its window); and
+publishes the failure, sealed (a MAC over the news, its sender and its time), on
+``tokend:throttle:news``. A success clears its account's failures up to its time, an operator's
+unlock clears the key; both are published likewise. Every daemon subscribes and takes in what
+verifies; anything else is dropped and counted. A process that has not asked about a key since
+it (re)joined asks Redis for that key's failures before its first check of it
+(:meth:`RedisFailures.lookup`), so a daemon that starts after an account was locked refuses it
+too. Client: txredisapi, Twisted-native, so the default reactor stays as it is.
 
-Redis unreachable: nothing waits and nothing fails; each daemon falls back to its own limits
-(fail open, for availability), says so once per outage, and reconnects by itself.
+Redis unreachable: nothing waits (beyond the first seconds after start-up, and a short bound
+per lookup) and nothing fails; each daemon falls back to its own limits (fail open, for
+availability), says so once per outage, and reconnects by itself.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
-from tokend.login.throttle import Failed, LoginThrottle, News, Seen, Succeeded
+from tokend.login.news import Failed, News, Seen, Succeeded, Unlocked
+from tokend.login.redis_address import RedisAddress
+from tokend.login.shared_keys import REJECTED_REASONS, NewsRejected, SharedKeys
 
 NAMESPACE = "tokend:throttle:"
 CHANNEL = NAMESPACE + "news"
 REPLY_TIMEOUT = 2
 """Seconds a Redis command may take before the store counts Redis as unavailable."""
+LOOKUP_TIMEOUT = 1.0
+"""Seconds a first check of a key waits for Redis's answer at most; then it goes on without."""
+START_UP_WAIT = 3.0
+"""Seconds after start-up during which first checks wait for Redis to answer at all; a Redis
+that has not answered by then is reported (naming the option) and not waited for again."""
 MAX_RECONNECT_DELAY = 5
 """Seconds between reconnection attempts at most: shared limits return soon after Redis."""
+REJECTED_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about messages dropped (each says how many since the last)."""
 
 FAILED_SCRIPT = """
-local now, window, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local news = {origin = ARGV[4], seen = {}}
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[4 + 3 * i - 2])
-  redis.call('ZADD', key, ARGV[1], member)
+  local limit = tonumber(ARGV[4 + 2 * i])
+  redis.call('ZADD', key, ARGV[1], ARGV[3 + 2 * i])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   redis.call('ZREMRANGEBYRANK', key, 0, -limit - 1)
   redis.call('PEXPIRE', key, math.ceil(window * 1000))
-  local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-  local times = {}
-  for j = 2, #flat, 2 do times[#times + 1] = flat[j] end
-  news.seen[i] = {ARGV[4 + 3 * i - 1], ARGV[4 + 3 * i], times}
 end
-redis.call('PUBLISH', ARGV[5 + 3 * #KEYS], cjson.encode(news))
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return #KEYS
 """
-"""KEYS: the sorted sets; ARGV: now, window, unique member, origin, then per key its limit,
-table and plain name, then the channel. Times travel as Redis's own score strings (exact
-doubles; cjson would round numbers to 14 digits and a failure echoed back would no longer
-match itself)."""
+"""KEYS: the sorted sets; ARGV: now, window, channel, sealed message, then per key its member
+(the failure's exact time, a nonce, a MAC) and its limit."""
 
 SUCCEEDED_SCRIPT = """
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
+"""KEYS: the account's set; ARGV: the success's time, channel, sealed message."""
+
+UNLOCK_SCRIPT = """
+local cleared = redis.call('ZCARD', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {cleared, redis.call('PUBLISH', ARGV[1], ARGV[2])}
+"""
+"""KEYS: the set; ARGV: channel, sealed message. Answers the failures dropped and how many
+subscribers (this daemon's own included) heard of it."""
+
+LOOKUP_SCRIPT = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  found[i] = redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')
+end
+return found
+"""
+
+
+def redis_key(table: str, key: str) -> str:
+    """The sorted set of a throttle key (itself a keyed hash: bounded length, no name)."""
+    return f"{NAMESPACE}{table}:{key}"
 
 
 def news_to_wire(news: News) -> dict[str, Any]:
@@ -78,6 +104,8 @@ def news_to_wire(news: News) -> dict[str, Any]:
         return {"failed": [news.account, news.address, news.at]}
     if isinstance(news, Succeeded):
         return {"succeeded": [news.account, news.address, news.at]}
+    if isinstance(news, Unlocked):
+        return {"unlocked": [news.table, news.key, news.at]}
     return {"seen": [news.table, news.key, list(news.times)]}
 
 
@@ -88,88 +116,37 @@ def news_from_wire(wire: Any) -> News:
             account, address, at = wire["failed"]
             if account is not None and not isinstance(account, str):
                 raise ValueError("account")
-            return Failed(account, str(address), float(at))
+            return Failed(account, _text(address), float(at))
         if "succeeded" in wire:
             account, address, at = wire["succeeded"]
-            return Succeeded(str(account), str(address), float(at))
+            return Succeeded(_text(account), _text(address), float(at))
+        if "unlocked" in wire:
+            table, key, at = wire["unlocked"]
+            return Unlocked(_table(table), _text(key), float(at))
         table, key, times = wire["seen"]
-        if table not in ("account", "address"):
-            raise ValueError("table")
-        return Seen(table, str(key), tuple(float(t) for t in times))
+        return Seen(_table(table), _text(key), tuple(float(t) for t in times))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not throttle news: {e}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class RedisAddress:
-    """Where Redis is: a UNIX socket path, or host and port (with TLS for ``rediss``)."""
-
-    url: str
-    path: str | None = None
-    host: str = "localhost"
-    port: int = 6379
-    tls: bool = False
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-
-    @property
-    def shown(self) -> str:
-        """The URL without its password, for logs."""
-        if self.path is not None:
-            return f"unix://{self.path}" + (f"?db={self.db}" if self.db else "")
-        scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{self.host}:{self.port}/{self.db}"
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a key")
+    return value
 
 
-def parse_redis_url(url: str) -> RedisAddress:
-    """``redis://[user:password@]host[:port][/db]``, ``rediss://…`` (TLS) or
-    ``unix:///path/to/redis.sock[?db=N]``; ValueError with a sentence otherwise."""
-    parts = urlsplit(url)
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    if parts.scheme == "unix":
-        if not parts.path.startswith("/"):
-            raise ValueError("a unix:// Redis URL needs an absolute socket path (unix:///path)")
-        db_values = parse_qs(parts.query).get("db", ["0"])
-        return RedisAddress(
-            url, path=parts.path, db=_db(db_values[0]), username=username, password=password
-        )
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    if not parts.hostname:
-        raise ValueError("names no host")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError("has a bad port") from None
-    db = parts.path.strip("/") or "0"
-    return RedisAddress(
-        url,
-        host=parts.hostname,
-        port=port,
-        tls=parts.scheme == "rediss",
-        db=_db(db),
-        username=username,
-        password=password,
-    )
-
-
-def _db(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"has a bad database number {text!r}")
-    return int(text)
-
-
-def key_of(table: str, name: str) -> str:
-    """A Redis key of bounded length for any account name or address."""
-    return (
-        NAMESPACE + table + ":" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
-    )
+def _table(value: Any) -> Any:
+    if value not in ("account", "address"):
+        raise ValueError("table")
+    return value
 
 
 class RedisFailures(Service):
-    """Throttle news to and from Redis; unreachable Redis only means local limits meanwhile."""
+    """Throttle news to and from Redis; unreachable Redis only means local limits meanwhile.
+
+    ``sink`` gets what other daemons saw; ``rejoined`` is told each time both connections are
+    up again (news may have been missed: keys are to be asked about again).
+    """
 
     log = Logger()
 
@@ -177,30 +154,38 @@ class RedisFailures(Service):
         self,
         address: RedisAddress,
         *,
+        keys: SharedKeys,
         sink: Callable[[News], None],
+        rejoined: Callable[[], None],
         per_account: int,
         per_address: int,
         window: float,
         reactor: Any,
+        option: str = "--redis",
     ) -> None:
-        """``sink`` gets what any daemon saw (this one's own failures included, harmlessly:
-        merging is idempotent)."""
         self._address = address
+        self._keys = keys
         self._sink = sink
+        self._rejoined = rejoined
         self._limits = {"account": per_account, "address": per_address}
         self._window = window
         self._reactor = reactor
+        self._option = option
         self._origin = os.urandom(8).hex()
         self._commands: Any = None
         self._subscriber: Any = None
         self._subscribed = False
-        self.available = False
         self._outage_logged = False
-
-    def attach(self, throttle: LoginThrottle, parent: MultiService) -> None:
-        """Share ``throttle``'s news through Redis (a single-process daemon)."""
-        throttle.publish = self.record
-        self.setServiceParent(parent)
+        self._last_error: str | None = None
+        self._starting: list[Deferred[None]] | None = []
+        """Lookups waiting for Redis during the first seconds; None once that is over."""
+        self._start_timer: Any = None
+        self.available = False
+        """Both connections up: limits are shared (the metric reads it)."""
+        self.rejected = dict.fromkeys(REJECTED_REASONS, 0)
+        """Messages and stored failures dropped, by reason (the metric reads it)."""
+        self._unlogged = dict.fromkeys(REJECTED_REASONS, 0)
+        self._rejected_logged_at: float | None = None
 
     def _endpoint(self) -> Any:
         address = self._address
@@ -231,50 +216,75 @@ class RedisFailures(Service):
                 super().delConnection(conn)
                 store._unreachable(ConnectionError("connection lost"))
 
+            def connectionError(self, why: str) -> None:
+                super().connectionError(why)
+                store._last_error = why
+
         class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
             def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
                 store._message(message)
 
-        class Subscriptions(txredisapi.RedisFactory):  # type: ignore[misc]
+        class Subscriptions(Commands):
             protocol = Subscriber
-            maxDelay = MAX_RECONNECT_DELAY
-            initialDelay = 0.2
 
             def addConnection(self, conn: Any) -> None:
-                super().addConnection(conn)
+                txredisapi.RedisFactory.addConnection(self, conn)
                 if conn.connected:
                     conn.subscribe(CHANNEL).addCallbacks(
                         lambda _: store._subscription(True), lambda f: store._unreachable(f.value)
                     )
 
             def delConnection(self, conn: Any) -> None:
-                super().delConnection(conn)
+                txredisapi.RedisFactory.delConnection(self, conn)
                 store._subscription(False)
                 store._unreachable(ConnectionError("connection lost"))
 
         address = self._address
+        if address.password_in_url:
+            self.log.warn(
+                "the Redis password is part of {option}: anyone who can list the daemon's "
+                "command line or read its environment sees it; use --redis-password-file",
+                option=self._option,
+            )
+        login = {"password": address.password, "username": address.username}
         self._commands = Commands(
-            address.shown,
-            address.db,
-            1,
-            isLazy=True,
-            password=address.password,
-            username=address.username,
-            replyTimeout=REPLY_TIMEOUT,
+            address.shown, address.db, 1, isLazy=True, replyTimeout=REPLY_TIMEOUT, **login
         )
         self._commands.startConnecting(self._endpoint())
-        self._subscriber = Subscriptions(
-            address.shown, None, 1, isLazy=True, password=address.password,
-            username=address.username,
-        )  # fmt: skip
+        self._subscriber = Subscriptions(address.shown, None, 1, isLazy=True, **login)
         self._subscriber.startConnecting(self._endpoint())
-        self.log.info("login throttle shared through Redis at {redis}", redis=address.shown)
+        self._reactor.callWhenRunning(self._start_clock)
+
+    def _start_clock(self) -> None:
+        if self.running and self._starting is not None:
+            self._start_timer = self._reactor.callLater(START_UP_WAIT, self._started)
+
+    def _started(self) -> None:
+        """The first seconds are over: a Redis that has not answered yet is reported, naming
+        the option, and nothing waits for it any more."""
+        if self._starting is None:
+            return
+        waiting, self._starting = self._starting, None
+        if not self.available and self.running:
+            self._outage_logged = True
+            self.log.warn(
+                "redis at {redis} ({option}) does not answer {seconds:.0f} s after start-up"
+                "{reason}: login limits are per process until it does (it is tried again every "
+                "few seconds)",
+                redis=self._address.shown,
+                option=self._option,
+                seconds=START_UP_WAIT,
+                reason=f" ({self._last_error})" if self._last_error else "",
+            )
+        for waiter in waiting:
+            waiter.callback(None)
 
     def stopService(self) -> Any:
         super().stopService()
+        if self._start_timer is not None and self._start_timer.active():
+            self._start_timer.cancel()
+        self._started()
         stopping = [f.disconnect() for f in (self._commands, self._subscriber) if f is not None]
-        from twisted.internet.defer import DeferredList
-
         return DeferredList(stopping, consumeErrors=True)
 
     def record(self, news: News) -> None:
@@ -286,41 +296,90 @@ class RedisFailures(Service):
             return
         if isinstance(news, Failed):
             self._record_failure(news)
-        elif isinstance(news, Succeeded):
-            self._record_success(news)
+        elif isinstance(news, Succeeded) and self._limits["account"]:
+            keys = [redis_key("account", news.account)]
+            args = [repr(news.at), CHANNEL, self._sealed(news)]
+            self._run(self._commands.handler.eval(SUCCEEDED_SCRIPT, keys, args))
+
+    def _sealed(self, news: News) -> str:
+        return self._keys.seal(self._origin, news_to_wire(news), self._reactor.seconds())
 
     def _record_failure(self, news: Failed) -> None:
         keys: list[str] = []
-        # repr: txredisapi sends a float with six decimals, and the times echoed back must
-        # equal the ones the workers hold, to the last bit.
-        args: list[Any] = [
-            repr(news.at),
-            repr(float(self._window)),
-            f"{news.at!r}:{os.urandom(6).hex()}",
-            self._origin,
-        ]
-        for table, name in (("account", news.account), ("address", news.address)):
+        # repr: txredisapi sends a float with six decimals, and the times must stay exact.
+        args: list[Any] = [repr(news.at), repr(float(self._window)), CHANNEL, self._sealed(news)]
+        for table, key in (("account", news.account), ("address", news.address)):
             limit = self._limits[table]
-            if name is None or not limit:
+            if key is None or not limit:
                 continue
-            keys.append(key_of(table, name))
-            args += [limit, table, name]
-        if not keys:
-            return
-        args.append(CHANNEL)
-        self._run(self._commands.handler.eval(FAILED_SCRIPT, keys, args))
-
-    def _record_success(self, news: Succeeded) -> None:
-        if not self._limits["account"]:
-            return
-        message = json.dumps({"origin": self._origin, "succeeded": news_to_wire(news)["succeeded"]})
-        keys = [key_of("account", news.account)]
-        self._run(self._commands.handler.eval(SUCCEEDED_SCRIPT, keys, [CHANNEL, message]))
+            keys.append(redis_key(table, key))
+            args += [self._keys.member(keys[-1], news.at), limit]
+        if keys:
+            self._run(self._commands.handler.eval(FAILED_SCRIPT, keys, args))
 
     def _run(self, running: Any) -> None:
         running.addCallbacks(
             lambda _: self._connections_changed(), lambda f: self._unreachable(f.value)
         )
+
+    def lookup(self, pairs: list[tuple[str, str]]) -> Deferred[list[Seen]]:
+        """The failures Redis holds for these (table, key) pairs, verified; an empty answer
+        when Redis is away or slower than :data:`LOOKUP_TIMEOUT` (fail open)."""
+        if self._starting is not None and self.running and not self.available:
+            ready: Deferred[None] = Deferred()
+            self._starting.append(ready)
+            return ready.addCallback(lambda _: self.lookup(pairs))
+        if not self.available or self._commands is None:
+            return succeed([])
+        answer: Deferred[list[Seen]] = Deferred()
+        timer = self._reactor.callLater(LOOKUP_TIMEOUT, _settle, answer, [])
+        keys = [redis_key(table, key) for table, key in pairs]
+        since = repr(self._reactor.seconds() - self._window)
+
+        def found(stored: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            _settle(answer, self._verified(pairs, keys, stored))
+
+        def failed(reason: Any) -> None:
+            self._unreachable(reason.value)
+            found(None)
+
+        # Never cancelled on timeout: a cancelled reply would shift txredisapi's replies.
+        self._commands.handler.eval(LOOKUP_SCRIPT, keys, [since]).addCallbacks(found, failed)
+        return answer
+
+    def _verified(self, pairs: list[tuple[str, str]], keys: list[str], stored: Any) -> list[Seen]:
+        if not isinstance(stored, list) or len(stored) != len(pairs):
+            return []
+        seen = []
+        for (table, key), name, members in zip(pairs, keys, stored, strict=True):
+            times = [self._keys.member_time(name, m) for m in members or []]
+            for _ in range(times.count(None)):
+                self._reject("unauthenticated")
+            valid = tuple(t for t in times if t is not None)
+            if valid:
+                seen.append(Seen(table, key, valid))  # type: ignore[arg-type]
+        return seen
+
+    def unlock(self, table: str, key: str) -> Deferred[tuple[int, int] | None]:
+        """Clear ``key`` in Redis and tell every other daemon: (failures cleared there, daemons
+        told), or None while Redis is away."""
+        if not self.available or self._commands is None:
+            return succeed(None)
+        sealed = self._sealed(Unlocked(_table(table), key, self._reactor.seconds()))
+        running = self._commands.handler.eval(
+            UNLOCK_SCRIPT, [redis_key(table, key)], [CHANNEL, sealed]
+        )
+
+        def counted(answer: Any) -> tuple[int, int]:
+            cleared, told = answer
+            return int(cleared), max(0, int(told) - (1 if self._subscribed else 0))
+
+        def failed(reason: Any) -> None:
+            self._unreachable(reason.value)
+
+        return running.addCallbacks(counted, failed)  # type: ignore[no-any-return]
 
     def _subscription(self, subscribed: bool) -> None:
         self._subscribed = subscribed
@@ -335,22 +394,53 @@ class RedisFailures(Service):
 
     def _message(self, message: Any) -> None:
         try:
-            body = json.loads(message)
-            if "succeeded" in body:
-                if body.get("origin") == self._origin:
-                    return  # already applied here, and a later failure must not be cleared
-                self._sink(news_from_wire({"succeeded": body["succeeded"]}))
-                return
-            for table, name, times in body["seen"]:
-                self._sink(news_from_wire({"seen": [table, name, times or []]}))
-        except (ValueError, KeyError, TypeError):
-            self.log.warn("ignored an unreadable message on {channel}", channel=CHANNEL)
+            origin, wire = self._keys.open(message, self._reactor.seconds())
+            if origin == self._origin:
+                return  # already applied here
+            news = news_from_wire(wire)
+            if isinstance(news, Seen):
+                raise NewsRejected("unreadable")
+        except NewsRejected as e:
+            self._reject(e.reason)
+            return
+        except ValueError:
+            self._reject("unreadable")
+            return
+        self._sink(news)
+
+    def _reject(self, reason: str) -> None:
+        """Count a dropped message (or stored failure); log now and then, never per message."""
+        self.rejected[reason] += 1
+        self._unlogged[reason] += 1
+        now = self._reactor.seconds()
+        logged = self._rejected_logged_at
+        if logged is not None and 0 <= now - logged < REJECTED_LOG_INTERVAL:
+            return
+        self._rejected_logged_at = now
+        counts = ", ".join(f"{n} {why}" for why, n in self._unlogged.items() if n)
+        self._unlogged = dict.fromkeys(REJECTED_REASONS, 0)
+        self.log.warn(
+            "dropped news from Redis at {redis} ({counts}): daemons sharing a Redis must share "
+            "the signing key (--key), or their limits are not shared; and nobody else may write "
+            "to {channel}",
+            redis=self._address.shown,
+            counts=counts,
+            channel=CHANNEL,
+        )
 
     def _reachable(self) -> None:
         if self.available:
             return
         self.available = True
-        if self._outage_logged:
+        self._rejoined()
+        if self._start_timer is not None and self._start_timer.active():
+            self._start_timer.cancel()
+        if self._starting is not None:
+            self._started()
+            self.log.info(
+                "login throttle shared through Redis at {redis}", redis=self._address.shown
+            )
+        elif self._outage_logged:
             self._outage_logged = False
             self.log.info(
                 "redis reachable again at {redis}: login limits are shared again",
@@ -359,7 +449,7 @@ class RedisFailures(Service):
 
     def _unreachable(self, reason: BaseException) -> None:
         self.available = False
-        if self._outage_logged or not self.running:
+        if self._outage_logged or not self.running or self._starting is not None:
             return
         self._outage_logged = True
         self.log.warn(
@@ -368,3 +458,8 @@ class RedisFailures(Service):
             redis=self._address.shown,
             reason=str(reason) or type(reason).__name__,
         )
+
+
+def _settle(answer: Deferred[list[Seen]], seen: list[Seen]) -> None:
+    if not answer.called:
+        answer.callback(seen)

@@ -16,6 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from twisted.internet.defer import Deferred
+
+from tokend.login.news import Ask, Failed, News, Succeeded, Unlocked
+
 DEFAULT_MAX_ENTRIES = 10_000
 """Keys kept per table (accounts, addresses); unlocked ones are forgotten first."""
 
@@ -25,6 +29,10 @@ DEFAULT_MAX_KNOWN = 100_000
 
 DEFAULT_MAX_IN_FLIGHT = 4
 """Password checks one client address may have running or waiting at once."""
+
+MAX_ASKED = 100_000
+"""Keys remembered as asked of the shared store since it was (re)joined; the oldest goes
+first (and is asked again when it comes back)."""
 
 
 @dataclass(slots=True)
@@ -128,16 +136,20 @@ class FailureWindow:
         entry.failures = tuple(sorted(fresh.union(entry.failures)))[-self.limit :]
         self._place(key, entry)
 
-    def clear(self, key: str) -> None:
-        """Forget a key's failures (its account logged in elsewhere); attempts in flight stay."""
+    def clear(self, key: str, before: float | None = None) -> int:
+        """Forget a key's failures (all, or those up to ``before``: a login elsewhere at that
+        time, which must not clear a failure seen after it); attempts in flight stay. Returns
+        how many were forgotten."""
         entry = self._get(key)
         if entry is None:
-            return
-        entry.failures = ()
-        if key in self._locked:
+            return 0
+        held = len(entry.failures)
+        entry.failures = () if before is None else tuple(t for t in entry.failures if t > before)
+        if key in self._locked and len(entry.failures) < self.limit:
             self._open[key] = self._locked.pop(key)
-        if not entry.pending:
+        if not entry.failures and not entry.pending:
             self._drop(key)
+        return held - len(entry.failures)
 
     def _place(self, key: str, entry: _Entry) -> None:
         """Move a key that just failed to where its count puts it."""
@@ -202,38 +214,6 @@ class KnownAddresses:
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
-    """A failed attempt this process saw: the account (None when none is charged) and the
-    address key, at ``at``."""
-
-    account: str | None
-    address: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Succeeded:
-    """A login that succeeded: its account's failures are forgotten, its address is known."""
-
-    account: str
-    address: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """The failure times a shared store holds for one key (Redis): merged, never added."""
-
-    table: Literal["account", "address"]
-    key: str
-    times: tuple[float, ...]
-
-
-News = Failed | Succeeded | Seen
-"""What one throttle tells the others (other workers, other daemons)."""
-
-
-@dataclass(frozen=True, slots=True)
 class Refusal:
     """Why an attempt was not admitted, and when to come back."""
 
@@ -250,9 +230,15 @@ class LoginThrottle:
     account's limit (not from its own): guessing from elsewhere cannot lock the owner out of
     the places they usually log in from.
 
+    Names become table keys through ``keys`` (table, name) -> key: a daemon passes a keyed
+    hash, so that what it shares with other processes (and Redis) never names an account or
+    carries a password typed as a name.
+
     Shared limits: every failure and success is also handed to ``publish`` (the seam to other
     workers and daemons), and what they saw arrives through :meth:`learn`. Admission never
-    waits for them: it reads the local tables only, which the news keeps up to date.
+    waits for them, except once per key through ``ask`` (:meth:`consult`): a process that
+    joined the shared store after a key's failures asks the store for them before its first
+    check of that key.
     """
 
     def __init__(
@@ -264,11 +250,21 @@ class LoginThrottle:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         known: KnownAddresses | None = None,
         publish: Callable[[News], None] | None = None,
+        keys: Callable[[str, str], str] | None = None,
+        ask: Ask | None = None,
     ) -> None:
         self.accounts = FailureWindow(per_account, window, max_entries)
         self.addresses = FailureWindow(per_address, window, max_entries)
         self.known = KnownAddresses() if known is None else known
         self.publish: Callable[[News], None] = publish or _nowhere
+        self._keys = keys or _plain
+        self._ask = ask
+        self._asked: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._asking: dict[tuple[str, str], list[Deferred[None]]] = {}
+
+    def key(self, table: Literal["account", "address"], name: str) -> str:
+        """The key ``name`` is counted under (an address by its :func:`address_key`)."""
+        return self._keys(table, address_key(name) if table == "address" else name)
 
     def learn(self, news: News, now: float) -> None:
         """Take in what another worker or daemon saw (never published again)."""
@@ -277,20 +273,73 @@ class LoginThrottle:
                 self.accounts.merge(news.account, (news.at,), now)
             self.addresses.merge(news.address, (news.at,), now)
         elif isinstance(news, Succeeded):
-            self.accounts.clear(news.account)
+            self.accounts.clear(news.account, before=news.at)
             self.known.add(news.account, news.address, news.at)
+        elif isinstance(news, Unlocked):
+            self._table(news.table).clear(news.key, before=news.at)
         else:
-            table = self.accounts if news.table == "account" else self.addresses
-            table.merge(news.key, news.times, now)
+            self._table(news.table).merge(news.key, news.times, now)
+
+    def unlock(self, table: str, key: str) -> int:
+        """End a key's lockout now (``tokend unlock``); how many failures were forgotten."""
+        return self._table(table).clear(key)
+
+    def knows(self, account: str, address: str, now: float) -> bool:
+        """Whether ``account`` logged in from ``address`` (its network key) lately."""
+        return self.known.knows(self.key("account", account), self.key("address", address), now)
+
+    def _table(self, table: str) -> FailureWindow:
+        return self.accounts if table == "account" else self.addresses
 
     @property
     def size(self) -> int:
         """Keys held across both tables; never more than twice ``max_entries``."""
         return len(self.accounts) + len(self.addresses)
 
+    def consult(self, account: str, address: str, now: float) -> Deferred[None] | None:
+        """None when :meth:`admit` may decide at once; else a Deferred that fires once the
+        shared store has answered for keys this process has not asked about since it (re)joined
+        the store (the answer merged). Attempts arriving meanwhile for the same key wait for
+        the same answer, so a burst cannot slip past it."""
+        if self._ask is None:
+            return None
+        wanted = [
+            pair
+            for pair in (("account", self.key("account", account)),
+                         ("address", self.key("address", address)))
+            if self._table(pair[0]).limit and pair not in self._asked
+        ]  # fmt: skip
+        if not wanted:
+            return None
+        waiting: Deferred[None] = Deferred()
+        fresh = [pair for pair in wanted if pair not in self._asking]
+        for pair in wanted:
+            self._asking.setdefault(pair, [])
+        self._asking[wanted[0]].append(waiting)
+        if fresh:
+            self._ask(fresh).addBoth(lambda seen: self._answered(fresh, seen, now))
+        return waiting
+
+    def _answered(self, pairs: list[tuple[str, str]], seen: object, now: float) -> None:
+        if isinstance(seen, list):
+            for news in seen:
+                self.learn(news, now)
+        for pair in pairs:
+            self._asked[pair] = None
+            while len(self._asked) > MAX_ASKED:
+                self._asked.popitem(last=False)
+            for waiter in self._asking.pop(pair, []):
+                if not waiter.called:  # else cancelled: its client went away
+                    waiter.callback(None)
+
+    def rejoined(self) -> None:
+        """The shared store was (re)joined: news may have been missed meanwhile, so every key
+        is asked about again when next seen."""
+        self._asked.clear()
+
     def admit(self, account: str, address: str, now: float) -> Refusal | None:
         """Refuse, or admit and count the attempt until ``succeeded``/``failed``/``abandoned``."""
-        address = address_key(address)
+        account, address = self.key("account", account), self.key("address", address)
         checks = [(self.addresses.retry_after(address, now), "address")]
         if not self.known.knows(account, address, now):
             checks.append((self.accounts.retry_after(account, now), "account"))
@@ -303,14 +352,14 @@ class LoginThrottle:
         return None
 
     def succeeded(self, account: str, address: str, now: float) -> None:
-        address = address_key(address)
+        account, address = self.key("account", account), self.key("address", address)
         self.accounts.end(account, now, failed=False, reset=True)
         self.addresses.end(address, now, failed=False)
         self.known.add(account, address, now)
         self.publish(Succeeded(account, address, now))
 
     def failed(self, account: str, address: str, now: float) -> None:
-        address = address_key(address)
+        account, address = self.key("account", account), self.key("address", address)
         self.accounts.end(account, now, failed=True)
         self.addresses.end(address, now, failed=True)
         self.publish(Failed(account, address, now))
@@ -321,20 +370,20 @@ class LoginThrottle:
         An address whose logins keep meeting a full queue is throttled like one whose passwords
         keep failing; the account did nothing wrong.
         """
-        address = address_key(address)
+        account, address = self.key("account", account), self.key("address", address)
         self.accounts.end(account, now, failed=False)
         self.addresses.end(address, now, failed=True)
         self.publish(Failed(None, address, now))
 
     def abandoned(self, account: str, address: str, now: float) -> None:
         """The attempt ended without a verdict (the client went away): only release it."""
-        self.accounts.end(account, now, failed=False)
-        self.addresses.end(address_key(address), now, failed=False)
+        self.accounts.end(self.key("account", account), now, failed=False)
+        self.addresses.end(self.key("address", address), now, failed=False)
 
     def admit_address(self, address: str, now: float) -> Refusal | None:
         """:meth:`admit` for an attempt that names no account it could be charged to (a
         refresh token is only trusted once checked): the address alone is counted."""
-        address = address_key(address)
+        address = self.key("address", address)
         wait = self.addresses.retry_after(address, now)
         if wait is not None:
             return Refusal(wait, "address")
@@ -343,52 +392,94 @@ class LoginThrottle:
 
     def address_ended(self, address: str, now: float, *, failed: bool) -> None:
         """Finish an attempt admitted by :meth:`admit_address`."""
-        address = address_key(address)
+        address = self.key("address", address)
         self.addresses.end(address, now, failed=failed)
         if failed:
             self.publish(Failed(None, address, now))
+
+
+def _plain(table: str, name: str) -> str:
+    """The keys of a throttle that shares nothing: the names themselves."""
+    return name
 
 
 def _nowhere(news: News) -> None:
     """The publisher of a throttle that shares nothing."""
 
 
-class InFlight:
-    """Password checks per client address that are running or waiting for a thread.
+SHARES_V6 = ((64, 1), (48, 2), (32, 4))
+"""(IPv6 prefix length, multiple of the per-address limit) one network may hold: a /64 is one
+host or one LAN, a /48 one site (the usual end-site assignment), a /32 one provider's block."""
+SHARES_V4 = ((32, 1), (24, 2))
+"""(IPv4 prefix length, multiple of the per-address limit): one address, one /24."""
+RESERVED_FRACTION = 4
+"""One check place in this many is kept for logins from where their account succeeded before."""
 
-    One address may hold at most ``limit`` of them, so a handful of addresses cannot fill the
-    bcrypt queue and starve every other login. ``limit`` 0 turns it off.
+ShareFull = Literal["address", "network", "queue"]
+"""Why :meth:`InFlight.admit` refused: the address's own share, a wider network's, or the
+places left to strangers in the whole queue."""
+
+
+class InFlight:
+    """Password checks in flight (running or waiting for a thread), per client network.
+
+    One address may hold at most ``limit`` of them, its /48 (IPv6) or /24 (IPv4) twice that
+    and its /32 (IPv6) four times that, so neither a handful of addresses nor one network's
+    many addresses can fill the bcrypt queue and starve every other login. ``limit`` 0 turns
+    the shares off. With ``capacity`` (the checks the queue holds, running and waiting), one
+    place in ``RESERVED_FRACTION`` is kept for known logins (an account logging in from an
+    address it succeeded from before): a flood from strangers cannot take the last places.
     """
 
-    def __init__(self, limit: int = DEFAULT_MAX_IN_FLIGHT) -> None:
-        if limit < 0:
-            raise ValueError("limit must be >= 0")
+    def __init__(self, limit: int = DEFAULT_MAX_IN_FLIGHT, capacity: int = 0) -> None:
+        if limit < 0 or capacity < 0:
+            raise ValueError("limit and capacity must be >= 0")
         self.limit = limit
+        self.capacity = capacity
+        self.reserved = capacity // RESERVED_FRACTION
+        self.total = 0
         self._counts: dict[str, int] = {}
 
     def __len__(self) -> int:
+        """Networks holding checks (each address counts with each prefix it falls in)."""
         return len(self._counts)
 
-    def enter(self, address: str) -> bool:
-        """Take a slot for ``address``; False (and nothing taken) when it holds ``limit``."""
-        if not self.limit:
-            return True
-        key = address_key(address)
-        count = self._counts.get(key, 0)
-        if count >= self.limit:
-            return False
-        self._counts[key] = count + 1
-        return True
+    def admit(self, address: str, *, known: bool = False) -> ShareFull | None:
+        """Take a place for ``address``, or say (taking nothing) which share is full."""
+        keys = share_keys(address) if self.limit else ()
+        for key, multiple in keys:
+            if self._counts.get(key, 0) >= self.limit * multiple:
+                return "address" if multiple == 1 else "network"
+        if self.capacity and not known and self.total >= self.capacity - self.reserved:
+            return "queue"
+        for key, _ in keys:
+            self._counts[key] = self._counts.get(key, 0) + 1
+        self.total += 1
+        return None
 
     def leave(self, address: str) -> None:
-        if not self.limit:
-            return
-        key = address_key(address)
-        count = self._counts.get(key, 0) - 1
-        if count > 0:
-            self._counts[key] = count
-        else:
-            self._counts.pop(key, None)
+        """Give back the place :meth:`admit` took for ``address``."""
+        self.total = max(0, self.total - 1)
+        for key, _ in share_keys(address) if self.limit else ():
+            count = self._counts.get(key, 0) - 1
+            if count > 0:
+                self._counts[key] = count
+            else:
+                self._counts.pop(key, None)
+
+
+def share_keys(address: str) -> tuple[tuple[str, int], ...]:
+    """The networks ``address`` is counted in, each with its multiple of the per-address share:
+    the address itself first (for IPv6 its /64, as :func:`address_key`), then the wider ones."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return ((address, 1),)
+    shares = SHARES_V6 if isinstance(ip, ipaddress.IPv6Address) else SHARES_V4
+    return tuple(
+        (str(ipaddress.ip_network((ip, length), strict=False)), multiple)
+        for length, multiple in shares
+    )
 
 
 def address_key(address: str) -> str:

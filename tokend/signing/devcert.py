@@ -6,6 +6,7 @@ For trying tokend out and for tests; production keys come from the operator's ow
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,45 +19,69 @@ DEFAULT_CN = "tokend development token signer"
 DEFAULT_DAYS = 3650
 
 
-class DanglingLinkError(Exception):
-    """A path to write is a symbolic link to nothing: writing would create a file elsewhere."""
+class LinkRefusedError(Exception):
+    """A path to write is a symbolic link: writing would change whatever it points at."""
 
 
-def _refuse_dangling_link(path: Path) -> None:
-    """Opening a dangling link with O_CREAT creates its target, wherever that points (as root,
-    anywhere); nobody asking for a key at ``path`` means that."""
-    if path.is_symlink() and not path.exists():
-        raise DanglingLinkError(
-            f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; "
-            "refusing to create a file through it"
+DanglingLinkError = LinkRefusedError
+"""The name tap.py imports (its ``--dev-cert`` path catches it)."""
+
+
+def _refuse_link(path: Path) -> None:
+    """Writing through a link writes wherever it points (as root, anywhere; a dangling one
+    creates its target): nobody asking for a key at ``path`` means that."""
+    if not path.is_symlink():
+        return
+    target = os.readlink(path)
+    if path.exists():
+        raise LinkRefusedError(
+            f"{path} is a symbolic link to {target}; refusing to write through it"
         )
+    raise LinkRefusedError(
+        f"{path} is a symbolic link to {target}, which does not exist; "
+        "refusing to create a file through it"
+    )
 
 
-def _write_private(path: Path, data: bytes, overwrite: bool) -> None:
-    """Create the key file 0600 from the start: it is never readable by others, not even briefly."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    fd = os.open(path, flags, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(data)
+def _create(path: Path, data: bytes, mode: int) -> None:
+    """A new file, never an existing one nor a link's target (O_EXCL, O_NOFOLLOW), with
+    ``mode`` from the start whatever the umask: the key is never readable by others, not even
+    briefly."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode & 0o600)
+    except FileExistsError:
+        _refuse_link(path)  # raced with a link planted since the check: say so
+        raise FileExistsError(f"{path} already exists") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
-def write_dev_cert(
-    key_path: Path,
-    cert_path: Path,
-    cn: str = DEFAULT_CN,
-    days: int = DEFAULT_DAYS,
-    overwrite: bool = False,
-) -> None:
-    """Write a P-256 key (0600) and a self-signed CA certificate for it (0644)."""
-    for path in (key_path, cert_path):
-        _refuse_dangling_link(path)
-    if not overwrite:
-        for path in (key_path, cert_path):
-            if path.exists():
-                raise FileExistsError(f"{path} already exists")
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Write a temporary file beside ``path`` and rename it over ``path``: an existing link is
+    replaced itself, its target never touched, and a reader sees the old file or the new."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _new_pair(cn: str, days: int) -> tuple[bytes, bytes]:
+    """A P-256 key (PKCS#8 PEM) and a self-signed CA certificate for it (PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     start = datetime.now(UTC) - timedelta(minutes=5)
@@ -86,21 +111,63 @@ def write_dev_cert(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        overwrite,
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def write_dev_cert(
+    key_path: Path,
+    cert_path: Path,
+    cn: str = DEFAULT_CN,
+    days: int = DEFAULT_DAYS,
+    overwrite: bool = False,
+) -> None:
+    """Write a P-256 key (0600) and a self-signed CA certificate for it (0644).
+
+    Without ``overwrite`` both files are created, never over anything (a link included); with
+    it, each is replaced by rename, a link by a file.
+    """
+    if not overwrite:
+        for path in (key_path, cert_path):
+            _refuse_link(path)
+            if path.exists():
+                raise FileExistsError(f"{path} already exists")
+    key_pem, cert_pem = _new_pair(cn, days)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        _replace(key_path, key_pem, 0o600)
+        _replace(cert_path, cert_pem, 0o644)
+        return
+    _create(key_path, key_pem, 0o600)
+    try:
+        _create(cert_path, cert_pem, 0o644)
+    except BaseException:
+        key_path.unlink()  # a pair or nothing: a lone key would stop the next try
+        raise
 
 
 def ensure_dev_cert(key_path: Path, cert_path: Path) -> bool:
-    """Create a development pair when no key exists; True if one was made."""
+    """Create a development pair when no key exists; True if one was made.
+
+    The key is created, never written over; a certificate already there belongs to no key and
+    is replaced by rename; a link at either path is refused, never followed or replaced.
+    """
     if key_path.exists():
         return False
-    write_dev_cert(key_path, cert_path, overwrite=True)
+    _refuse_link(key_path)
+    _refuse_link(cert_path)
+    key_pem, cert_pem = _new_pair(DEFAULT_CN, DEFAULT_DAYS)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    _create(key_path, key_pem, 0o600)
+    try:
+        _replace(cert_path, cert_pem, 0o644)
+    except BaseException:
+        key_path.unlink()
+        raise
     return True
