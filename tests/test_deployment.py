@@ -15,6 +15,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
 import urllib.request
 import zipfile
@@ -213,6 +214,7 @@ def nginx_snippets() -> dict[str, str]:
             re.findall(r"^```nginx\n(.*?)^```", text, re.MULTILINE | re.DOTALL), 1
         )
     }
+    snippets.update({f"the file {path}": text for path, text in heredocs("/etc/nginx/").items()})
     snippets["config/nginx.conf.example"] = (REPO / "config" / "nginx.conf.example").read_text()
     snippets["tests/e2e/stack.py"] = _nginx_config(new_stack(Path("/e2e")), Path("k"), Path("c"))
     return snippets
@@ -305,6 +307,27 @@ DISTRIBUTION_PYTHON = Path("/usr/bin/python3")
 
 def sh_blocks(text: str) -> list[str]:
     return [b.strip() for b in re.findall(r"^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL)]
+
+
+def shell_blocks(text: str) -> list[str]:
+    """Every ```sh block, those indented in a list item too, as a shell gets it when pasted."""
+    found = re.findall(r"^( *)```sh\n(.*?)^\1```", text, re.MULTILINE | re.DOTALL)
+    return [textwrap.dedent(body) for _, body in found]
+
+
+HEREDOC = re.compile(r"tee (\S+) >/dev/null <<'?EOF'?\n(.*?)^EOF$", re.MULTILINE | re.DOTALL)
+
+
+def heredocs(prefix: str) -> dict[str, str]:
+    """The files the documentation's commands write with ``tee PATH <<EOF``, by path, for paths
+    under ``prefix``: checked like the configuration blocks it shows."""
+    return {
+        path: text
+        for page in doc_pages().values()
+        for block in shell_blocks(page)
+        for path, text in HEREDOC.findall(block)
+        if path.startswith(prefix)
+    }
 
 
 def test_readme_commands_are_the_two_set_up_commands() -> None:
@@ -507,9 +530,12 @@ def systemd_unit() -> dict[str, list[str]]:
 
 def test_rootcertbundle_is_the_same_path_everywhere() -> None:
     yaml_blocks = "\n".join(
-        block
-        for text in doc_pages().values()
-        for block in re.findall(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+        [
+            block
+            for text in doc_pages().values()
+            for block in re.findall(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+        ]
+        + list(heredocs("/etc/docker/registry/").values())
     )
     example = (REPO / "config" / "registry.yml.example").read_text()
     registry = compose_config()["services"]["registry"]
