@@ -32,12 +32,15 @@ from support import (
     doc_section,
     free_port,
     get_json_over_unix,
+    parsed_options,
     port_open,
     start_twistd,
     stop_process,
     write_key_pair,
+    write_policy,
 )
 
+from tokend.login.redis_address import parse_redis_url
 from tokend.tap import Options
 
 TOKEND_SOCKET = "/run/tokend/tokend.sock"
@@ -747,3 +750,68 @@ def test_readme_openssl_commands_make_a_pair_the_registry_accepts(
     finally:
         stop_process(tokend_process)
         stop_process(registry_process)
+
+
+def option_row(option: str) -> str:
+    """The row of docs/options.md's table that documents ``option``."""
+    rows = [line for line in doc_pages()["docs/options.md"].splitlines()
+            if line.startswith(f"| `{option}` |")]  # fmt: skip
+    assert len(rows) == 1, option
+    return rows[0]
+
+
+def test_metrics_with_workers_is_documented_as_it_works(tmp_path: Path) -> None:
+    """`--metrics` with `--workers 2` is accepted (and test_workers_metrics scrapes it): the
+    options table must not say otherwise, and should say how the workers' series look."""
+    options = parsed_options(tmp_path, "--metrics", "tcp:0:interface=127.0.0.1", "--workers", "2")
+    assert options["workers"] == 2 and options["metrics"]
+    row = option_row("--metrics")
+    assert "not with" not in row
+    assert 'worker="<index>"' in row and "--workers" in row
+
+
+REDIS_URL = re.compile(r"(?:rediss?|unix)://[^\s`,;]+")
+
+
+def test_redis_url_forms_are_the_same_in_help_and_docs() -> None:
+    """`--help`, the options table and Scaling out's table name the same URL forms, and each
+    form parses, with its optional parts and without them."""
+    (help_text,) = [o[-1] for o in Options(environ={}).optParameters if o[0] == "redis"]
+    scaling = doc_pages()["docs/scaling.md"].split("`--redis URL`", 1)[1]
+    table = re.search(r"^\| URL \|.*?\n\n", scaling, re.MULTILINE | re.DOTALL)
+    assert table, "Scaling out has a table of --redis URL forms"
+    forms = {
+        "--help": set(REDIS_URL.findall(help_text)),
+        "docs/options.md": set(REDIS_URL.findall(option_row("--redis"))),
+        "docs/scaling.md": set(REDIS_URL.findall(table.group(0))),
+    }
+    assert forms["--help"] == forms["docs/options.md"] == forms["docs/scaling.md"], forms
+    filled = {"[user@]": "user@", "[:port]": ":6380", "[/db]": "/2", "[?db=N]": "?db=2"}
+    for form in forms["--help"] - {"rediss://…"}:
+        for brackets in (filled, dict.fromkeys(filled, "")):
+            url = form.replace("host", "localhost")
+            for optional, value in brackets.items():
+                url = url.replace(optional, value)
+            assert "[" not in url, form
+            parse_redis_url(url)
+
+
+def test_policy_page_says_what_a_missing_repositories_json_does(tmp_path: Path) -> None:
+    """The worked examples are loaded with an empty repositories.json; the daemon refuses to
+    start without one, and the page says both."""
+    write_policy(tmp_path, {"alice": ("pw", {"*": ["pull"]})})
+    (tmp_path / "repositories.json").unlink()
+    check = subprocess.run(
+        [sys.executable, "-m", "tokend", "check-config", "--config-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert check.returncode == 1
+    assert "repositories.json" in check.stdout + check.stderr
+    examples = doc_section("Policy files").split("### Worked examples", 1)[1].split("**", 1)[0]
+    assert "allowing nothing" not in examples
+    assert '`{"repositories": []}`' in examples and "refuses to start without" in examples
+
+
+def test_readme_says_a_bare_checkout_needs_the_dependencies() -> None:
+    (paragraph,) = [p for p in doc_section("Set up").split("\n\n") if "PYTHONPATH=." in p]
+    assert "dependencies" in paragraph.split("PYTHONPATH=.", 1)[1], paragraph
