@@ -416,6 +416,22 @@ def test_check_config_over_ldaps_with_the_test_ca(slapd: Slapd, config_dir: Path
     )
 
 
+def with_default_sigint(command: list[str]) -> list[str]:
+    """``command`` (a Python one) run with SIGINT's default disposition, as from a terminal.
+
+    A shell starts a background job (``pytest … &``) with SIGINT ignored, and an ignored
+    signal stays ignored through fork and exec: neither Python nor Twisted's reactor installs
+    a handler for it, so the Ctrl-C would never arrive. ``Popen``'s ``restore_signals`` resets
+    only SIGPIPE, SIGXFZ and SIGXFSZ, and a ``preexec_fn`` is unsafe with threads in the test
+    process: a small Python resets SIGINT and execs the command in the same process instead.
+    """
+    reset = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", reset, *command]
+
+
 def test_ctrl_c_while_the_directory_keeps_silent(config_dir: Path) -> None:
     """A directory that accepts the connection and never answers: Ctrl-C (SIGINT) ends the
     wait with one sentence and status 130, not a traceback."""
@@ -429,7 +445,7 @@ def test_ctrl_c_while_the_directory_keeps_silent(config_dir: Path) -> None:
             "--ldap-timeout", "60",
         ]  # fmt: skip
         process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            with_default_sigint(command), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         try:
             connection, _ = silent.accept()  # the reactor is running: the bind is on its way

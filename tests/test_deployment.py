@@ -15,6 +15,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
 import urllib.request
 import zipfile
@@ -32,6 +33,7 @@ from support import (
     doc_section,
     free_port,
     get_json_over_unix,
+    parsed_options,
     port_open,
     start_twistd,
     stop_process,
@@ -39,6 +41,7 @@ from support import (
     write_policy,
 )
 
+from tokend.login.redis_address import parse_redis_url
 from tokend.tap import Options
 
 TOKEND_SOCKET = "/run/tokend/tokend.sock"
@@ -218,6 +221,7 @@ def nginx_snippets() -> dict[str, str]:
             re.findall(r"^```nginx\n(.*?)^```", text, re.MULTILINE | re.DOTALL), 1
         )
     }
+    snippets.update({f"the file {path}": text for path, text in heredocs("/etc/nginx/").items()})
     snippets["config/nginx.conf.example"] = (REPO / "config" / "nginx.conf.example").read_text()
     snippets["tests/e2e/stack.py"] = _nginx_config(new_stack(Path("/e2e")), Path("k"), Path("c"))
     return snippets
@@ -310,6 +314,27 @@ DISTRIBUTION_PYTHON = Path("/usr/bin/python3")
 
 def sh_blocks(text: str) -> list[str]:
     return [b.strip() for b in re.findall(r"^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL)]
+
+
+def shell_blocks(text: str) -> list[str]:
+    """Every ```sh block, those indented in a list item too, as a shell gets it when pasted."""
+    found = re.findall(r"^( *)```sh\n(.*?)^\1```", text, re.MULTILINE | re.DOTALL)
+    return [textwrap.dedent(body) for _, body in found]
+
+
+HEREDOC = re.compile(r"tee (\S+) >/dev/null <<'?EOF'?\n(.*?)^EOF$", re.MULTILINE | re.DOTALL)
+
+
+def heredocs(prefix: str) -> dict[str, str]:
+    """The files the documentation's commands write with ``tee PATH <<EOF``, by path, for paths
+    under ``prefix``: checked like the configuration blocks it shows."""
+    return {
+        path: text
+        for page in doc_pages().values()
+        for block in shell_blocks(page)
+        for path, text in HEREDOC.findall(block)
+        if path.startswith(prefix)
+    }
 
 
 def test_readme_commands_are_the_two_set_up_commands() -> None:
@@ -531,9 +556,12 @@ def systemd_unit() -> dict[str, list[str]]:
 
 def test_rootcertbundle_is_the_same_path_everywhere() -> None:
     yaml_blocks = "\n".join(
-        block
-        for text in doc_pages().values()
-        for block in re.findall(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+        [
+            block
+            for text in doc_pages().values()
+            for block in re.findall(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+        ]
+        + list(heredocs("/etc/docker/registry/").values())
     )
     example = (REPO / "config" / "registry.yml.example").read_text()
     registry = compose_config()["services"]["registry"]
@@ -759,3 +787,68 @@ def test_readme_openssl_commands_make_a_pair_the_registry_accepts(
     finally:
         stop_process(tokend_process)
         stop_process(registry_process)
+
+
+def option_row(option: str) -> str:
+    """The row of docs/options.md's table that documents ``option``."""
+    rows = [line for line in doc_pages()["docs/options.md"].splitlines()
+            if line.startswith(f"| `{option}` |")]  # fmt: skip
+    assert len(rows) == 1, option
+    return rows[0]
+
+
+def test_metrics_with_workers_is_documented_as_it_works(tmp_path: Path) -> None:
+    """`--metrics` with `--workers 2` is accepted (and test_workers_metrics scrapes it): the
+    options table must not say otherwise, and should say how the workers' series look."""
+    options = parsed_options(tmp_path, "--metrics", "tcp:0:interface=127.0.0.1", "--workers", "2")
+    assert options["workers"] == 2 and options["metrics"]
+    row = option_row("--metrics")
+    assert "not with" not in row
+    assert 'worker="<index>"' in row and "--workers" in row
+
+
+REDIS_URL = re.compile(r"(?:rediss?|unix)://[^\s`,;]+")
+
+
+def test_redis_url_forms_are_the_same_in_help_and_docs() -> None:
+    """`--help`, the options table and Scaling out's table name the same URL forms, and each
+    form parses, with its optional parts and without them."""
+    (help_text,) = [o[-1] for o in Options(environ={}).optParameters if o[0] == "redis"]
+    scaling = doc_pages()["docs/scaling.md"].split("`--redis URL`", 1)[1]
+    table = re.search(r"^\| URL \|.*?\n\n", scaling, re.MULTILINE | re.DOTALL)
+    assert table, "Scaling out has a table of --redis URL forms"
+    forms = {
+        "--help": set(REDIS_URL.findall(help_text)),
+        "docs/options.md": set(REDIS_URL.findall(option_row("--redis"))),
+        "docs/scaling.md": set(REDIS_URL.findall(table.group(0))),
+    }
+    assert forms["--help"] == forms["docs/options.md"] == forms["docs/scaling.md"], forms
+    filled = {"[user@]": "user@", "[:port]": ":6380", "[/db]": "/2", "[?db=N]": "?db=2"}
+    for form in forms["--help"] - {"rediss://…"}:
+        for brackets in (filled, dict.fromkeys(filled, "")):
+            url = form.replace("host", "localhost")
+            for optional, value in brackets.items():
+                url = url.replace(optional, value)
+            assert "[" not in url, form
+            parse_redis_url(url)
+
+
+def test_policy_page_says_what_a_missing_repositories_json_does(tmp_path: Path) -> None:
+    """The worked examples are loaded with an empty repositories.json; the daemon refuses to
+    start without one, and the page says both."""
+    write_policy(tmp_path, {"alice": ("pw", {"*": ["pull"]})})
+    (tmp_path / "repositories.json").unlink()
+    check = subprocess.run(
+        [sys.executable, "-m", "tokend", "check-config", "--config-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert check.returncode == 1
+    assert "repositories.json" in check.stdout + check.stderr
+    examples = doc_section("Policy files").split("### Worked examples", 1)[1].split("**", 1)[0]
+    assert "allowing nothing" not in examples
+    assert '`{"repositories": []}`' in examples and "refuses to start without" in examples
+
+
+def test_readme_says_a_bare_checkout_needs_the_dependencies() -> None:
+    (paragraph,) = [p for p in doc_section("Set up").split("\n\n") if "PYTHONPATH=." in p]
+    assert "dependencies" in paragraph.split("PYTHONPATH=.", 1)[1], paragraph

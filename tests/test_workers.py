@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from base64 import b64encode
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -144,32 +145,63 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         stop_process(running.process)
 
 
-def test_two_workers_serve_one_socket_and_share_the_login_limits(daemon: Daemon) -> None:
-    parent = daemon.process.pid
-    workers = worker_pids(parent)
+def scraped_workers(metrics: Path) -> set[str]:
+    """The worker indexes whose series the parent's /metrics holds: those that answered it."""
+    connection = UnixHTTPConnection(metrics)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return set(re.findall(r'^tokend_policy_generation\{worker="(\d+)"\}', text, re.MULTILINE))
+
+
+def test_two_workers_serve_one_socket_and_share_the_login_limits(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.sock"
+    daemon = start(tmp_path, "--metrics", f"unix:{metrics}")
+    try:
+        share_the_login_limits(daemon, metrics)
+    finally:
+        stop_process(daemon.process)
+
+
+def share_the_login_limits(daemon: Daemon, metrics: Path) -> None:
+    """Ten wrong passwords for alice, five answered by each worker (the other one is stopped
+    meanwhile, so which worker accepts is not left to the kernel): the workers share them,
+    so the eleventh attempt is refused by either worker, with the right password too.
+
+    Nothing here waits on time. A worker counts a failure and sends its news to the parent
+    before the log line of the answer, on the same stream, so a refusal in the log means the
+    parent has its news and has passed it on. The parent sends each worker the news and its
+    scrape requests on one stream too, so a scrape both workers answered means both have taken
+    in every failure before it."""
+    workers = worker_pids(daemon.process.pid)
     assert len(workers) == 2
     wait_for("both workers to answer on the one socket", lambda: daemon.pids_seen() == workers)
-
-    # Ten wrong passwords for alice, five answered by each worker (the other one is stopped
-    # meanwhile, so which worker accepts is not left to the kernel): the workers share them,
-    # so the eleventh attempt is refused by either worker, with the right password too.
     first, second = sorted(workers)
+    answered: dict[str, int] = {}
 
-    def only(serving: int, stopped: int) -> None:
-        os.kill(serving, signal.SIGCONT)
-        os.kill(stopped, signal.SIGSTOP)
-        time.sleep(0.3)  # news in flight while the other was stopped is read now
+    def refusals() -> dict[str, int]:
+        """pid -> wrong passwords for alice it answered, as the log says."""
+        return dict(Counter(re.findall(r"pid (\d+)\].*401 .*'alice'", daemon.log_text())))
+
+    def both_caught_up() -> None:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        wait_for("a scrape both workers answer", lambda: scraped_workers(metrics) == {"0", "1"})
 
     try:
         for serving, stopped in ((first, second), (second, first)):
-            only(serving, stopped)
+            os.kill(stopped, signal.SIGSTOP)  # pending when kill returns: it accepts no more
             for _ in range(ACCOUNT_LIMIT // 2):
                 assert daemon.login("alice", "wrong") == 401
-        refusals = re.findall(r"pid (\d+)\].*401 .*'alice'", daemon.log_text())
-        assert sorted(refusals) == sorted([str(first)] * 5 + [str(second)] * 5)
+            answered[str(serving)] = ACCOUNT_LIMIT // 2
+            wait_for(f"worker {serving}'s refusals in the log", lambda: refusals() == answered)
+            both_caught_up()
         for serving, stopped in ((first, second), (second, first)):
-            only(serving, stopped)
+            os.kill(stopped, signal.SIGSTOP)
             assert daemon.login("alice", "alice-pw") == 429, f"worker {serving}"
+            os.kill(stopped, signal.SIGCONT)
     finally:
         for pid in workers:
             os.kill(pid, signal.SIGCONT)

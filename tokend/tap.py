@@ -264,9 +264,9 @@ class Options(usage.Options):
                 "redis",
                 None,
                 None,
-                "Redis shared by every daemon's login throttle: redis://[user@]host:port/db, "
-                "rediss://… (TLS) or unix:///path/to/redis.sock (off when not given); daemons "
-                "on one Redis must share the signing key",
+                "Redis shared by every daemon's login throttle: redis://[user@]host[:port][/db], "
+                "rediss://… (TLS) or unix:///path/to/redis.sock[?db=N] (off when not given); "
+                "daemons on one Redis must share the signing key",
             ],
             [
                 "redis-password-file",

@@ -1,6 +1,9 @@
-"""A docker engine (and its containerd) started by the suite under its temp dir, as E2E.md says.
+"""A docker engine and its containerd, started by the suite under its temp dir, as E2E.md says.
 
-No networking privileges are needed: no bridge, no iptables, vfs storage. Stopped by its PID.
+No networking privileges are needed: no bridge, no iptables, vfs storage. Each is stopped by its
+PID. The suite starts the containerd itself and names it to dockerd: left to choose, dockerd uses
+the machine's own containerd whenever /run/containerd/containerd.sock exists (a workstation
+running docker), and the suite must touch nothing it did not start.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from e2e.stack import CLEAN_PATH, CommandResult, OciImage, Running, Stack, wait_
 
 DOCKER = "/usr/bin/docker"
 """Debian's docker.io client, matching its daemon (another docker may come first on PATH)."""
-ENGINE_BINARIES = {"dockerd": "dockerd", "docker": DOCKER, "ctr": "ctr"}
+ENGINE_BINARIES = {"dockerd": "dockerd", "docker": DOCKER, "ctr": "ctr", "containerd": "containerd"}
 
 
 def missing_engine_binaries() -> list[str]:
@@ -26,6 +29,7 @@ class Engine:
     root: Path
     running: Running
     stack: Stack
+    containerd: Running
 
     @property
     def socket(self) -> Path:
@@ -33,7 +37,7 @@ class Engine:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.root / "exec" / "containerd" / "containerd.sock"
+        return self.root / "containerd" / "containerd.sock"
 
     def _run(self, command: list[str], env: dict[str, str], stdin: str | None) -> CommandResult:
         result = subprocess.run(
@@ -88,34 +92,76 @@ class Engine:
         return self._run(command, {"HOME": str(self.root)}, None)
 
     def stop(self) -> None:
-        self.running.stop()
+        try:
+            self.running.stop()
+        finally:
+            self.containerd.stop()
 
 
-def start_engine(root: Path, stack: Stack) -> Engine:
+def _start_containerd(root: Path) -> Running:
+    """A containerd of the suite's own: its socket, state and root under ``root``, and a config
+    file of its own (not the machine's /etc/containerd/config.toml)."""
     root.mkdir(parents=True, exist_ok=True)
-    log = root / "dockerd.log"
+    config = root / "config.toml"
+    config.write_text('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+    socket = root / "containerd.sock"
+    log = root / "containerd.log"
     with log.open("ab") as output:
         process = subprocess.Popen(
             [
-                "dockerd",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-                "--storage-driver=vfs",
-                "--data-root",
-                str(root / "data"),
-                "--exec-root",
-                str(root / "exec"),
-                "-H",
-                f"unix://{root / 'docker.sock'}",
-                "--pidfile",
-                str(root / "dockerd.pid"),
+                "containerd", "--config", str(config), "--address", str(socket),
+                "--root", str(root / "root"), "--state", str(root / "state"),
             ],
             env={"PATH": CLEAN_PATH, "HOME": str(root)},
             stdout=output,
             stderr=subprocess.STDOUT,
-        )
-    engine = Engine(root, Running("dockerd", process, log), stack)
+        )  # fmt: skip
+    running = Running("containerd", process, log)
+    try:
+        wait_until(lambda: socket.exists() or process.poll() is not None, "containerd's socket")
+        assert process.poll() is None, running.tail()
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def start_engine(root: Path, stack: Stack) -> Engine:
+    root.mkdir(parents=True, exist_ok=True)
+    containerd = _start_containerd(root / "containerd")  # Engine.containerd_socket
+    config = root / "daemon.json"
+    config.write_text("{}\n")  # not the machine's /etc/docker/daemon.json
+    log = root / "dockerd.log"
+    try:
+        with log.open("ab") as output:
+            process = subprocess.Popen(
+                [
+                    "dockerd",
+                    "--config-file",
+                    str(config),
+                    "--containerd",
+                    str(root / "containerd" / "containerd.sock"),
+                    "--iptables=false",
+                    "--ip6tables=false",
+                    "--bridge=none",
+                    "--storage-driver=vfs",
+                    "--data-root",
+                    str(root / "data"),
+                    "--exec-root",
+                    str(root / "exec"),
+                    "-H",
+                    f"unix://{root / 'docker.sock'}",
+                    "--pidfile",
+                    str(root / "dockerd.pid"),
+                ],
+                env={"PATH": CLEAN_PATH, "HOME": str(root)},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+    except BaseException:
+        containerd.stop()
+        raise
+    engine = Engine(root, Running("dockerd", process, log), stack, containerd)
     try:
         wait_until(
             lambda: (
