@@ -443,6 +443,27 @@ async def test_service_connection_is_reused(make: Any, slapd: Slapd) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_cancelled_lookup_leaves_the_service_connection_alone(
+    make: Any, slapd: Slapd
+) -> None:
+    """A caller that stops waiting (the door no longer cancels, but a later caller might) must
+    not cost every other login the shared connection: the search's late answer is ignored and
+    the next lookup goes out on the same connection."""
+    from twisted.internet.defer import CancelledError, Deferred
+
+    directory = make()
+    before = slapd.mark()
+    assert await directory.lookup("mozart") is not None
+    waiting = Deferred.fromCoroutine(directory.lookup("bach"))
+    waiting.cancel()
+    with pytest.raises(CancelledError):
+        await waiting
+    for _ in range(2):
+        assert await directory.lookup("mozart") is not None
+    assert slapd.bound_since(before) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_concurrent_requests_share_one_connection_attempt(make: Any, slapd: Slapd) -> None:
     directory = make()
     before = slapd.mark()

@@ -664,6 +664,8 @@ class Directory:
         except defer.TimeoutError:
             _drop(client)
             raise DirectoryUnavailable(f"{what} timed out after {timeout:g} s") from None
+        except defer.CancelledError:
+            raise  # the caller stopped waiting: the connection is fine, its late answer ignored
         except Exception:
             failure = Failure()
             _drop(client)
