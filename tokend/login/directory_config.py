@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from tokend.signing.keys import loose_mode
+from tokend.secret_files import read_secret
 
 # ldaptor 21.2 still calls pyparsing by its pre-3.0 names: pyparsing 3.3 warns when the filter
 # grammar is built and at every filter parsed, as a UserWarning (shown by default). Only those
@@ -132,28 +132,8 @@ class DirectoryConfig:
 
 
 def read_bind_password(path: str, allow_loose: bool = False) -> bytes:
-    """The service account's password from its file: one trailing line break stripped (editors
-    add one), refused when empty or readable by group or others."""
-    file = Path(path)
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"bind password file {path} does not exist") from None
-    except OSError as e:
-        raise ValueError(f"cannot read bind password file {path}: {e.strerror}") from None
-    mode = loose_mode(file)
-    if mode is not None and not allow_loose:
-        raise ValueError(
-            f"bind password file {path} is readable by others (mode {mode:04o}); "
-            f"run chmod 600 {path} or pass --allow-loose-key-permissions"
-        )
-    for ending in (b"\r\n", b"\n", b"\r"):
-        if data.endswith(ending):
-            data = data[: -len(ending)]
-            break
-    if not data:
-        raise ValueError(f"bind password file {path} is empty")
-    return data
+    """The service account's password from its file (:func:`tokend.secret_files.read_secret`)."""
+    return read_secret(path, "bind password file", allow_loose)
 
 
 def read_ca_certificates(path: str) -> list[x509.Certificate]:

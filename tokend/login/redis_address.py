@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tokend.signing.keys import loose_mode
+from tokend.secret_files import read_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,28 +82,8 @@ def _db(text: str) -> int:
 
 
 def read_redis_password(path: str, allow_loose: bool = False) -> str:
-    """The Redis password from its file: one trailing line break stripped (editors add one),
-    refused when empty or readable by group or others (the same rule as the signing key and the
-    directory's bind password)."""
-    file = Path(path)
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"Redis password file {path} does not exist") from None
-    except OSError as e:
-        raise ValueError(f"cannot read Redis password file {path}: {e.strerror}") from None
-    mode = loose_mode(file)
-    if mode is not None and not allow_loose:
-        raise ValueError(
-            f"Redis password file {path} is readable by others (mode {mode:04o}); "
-            f"run chmod 600 {path} or pass --allow-loose-key-permissions"
-        )
-    for ending in (b"\r\n", b"\n", b"\r"):
-        if data.endswith(ending):
-            data = data[: -len(ending)]
-            break
-    if not data:
-        raise ValueError(f"Redis password file {path} is empty")
+    """The Redis password from its file (:func:`tokend.secret_files.read_secret`), as text."""
+    data = read_secret(path, "Redis password file", allow_loose)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import stat
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,6 +25,8 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64encode
+
+from tokend.secret_files import loose_mode
 
 MIN_RSA_BITS = 2048
 KID_FORMS = ("libtrust", "thumbprint")
@@ -92,12 +93,6 @@ def _read(path: Path, what: str) -> bytes:
         raise KeyConfigError(f"{what} {path} does not exist") from None
     except OSError as e:
         raise KeyConfigError(f"cannot read {what} {path}: {e.strerror}") from None
-
-
-def loose_mode(path: Path) -> int | None:
-    """The file's mode when group or others may touch it (a secret must be 0600), else None."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    return mode if mode & 0o077 else None
 
 
 def _check_permissions(path: Path) -> None:
