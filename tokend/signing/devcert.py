@@ -50,14 +50,19 @@ def _create(path: Path, data: bytes, mode: int) -> None:
         _refuse_link(path)  # raced with a link planted since the check: say so
         raise FileExistsError(f"{path} already exists") from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _fill(fd, data, mode)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def _fill(fd: int, data: bytes, mode: int) -> None:
+    """Give a new file its mode (whatever the umask), its bytes, and the disk; closes ``fd``."""
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _replace(path: Path, data: bytes, mode: int) -> None:
@@ -65,11 +70,7 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
     replaced itself, its target never touched, and a reader sees the old file or the new."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _fill(fd, data, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
