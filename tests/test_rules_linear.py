@@ -79,7 +79,11 @@ def test_names_built_from_the_key_are_matched_as_the_regular_expression_did(
 ) -> None:
     pattern, expected = compile_pattern(key), reference(key)
     name = _name_for(key, data)
-    assert pattern.matches(name) == (expected.fullmatch(name) is not None), name
+    # Near misses too: one character taken out of the name or put into it.
+    at = data.draw(st.integers(0, len(name)))
+    put = data.draw(st.sampled_from("a-/"))
+    for near in (name, name[:at] + name[at + 1 :], name[:at] + put + name[at:]):
+        assert pattern.matches(near) == (expected.fullmatch(near) is not None), near
 
 
 _ACCOUNT_KEYS = st.lists(

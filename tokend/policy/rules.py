@@ -55,24 +55,29 @@ def _component_matches(pieces: tuple[str, ...], text: str) -> bool:
     less room, so if any placement works the leftmost one does, and the text is scanned once,
     left to right.
     """
-    first, *middle, last = pieces
+    first, last = pieces[0], pieces[-1]
     end = len(text) - len(last)
     if end < len(first) or not text.startswith(first) or not text.endswith(last):
         return False
     position = len(first)
-    for piece in middle:
-        found = text.find(piece, position, end)
+    for index in range(1, len(pieces) - 1):
+        found = text.find(pieces[index], position, end)
         if found < 0:
             return False
-        position = found + len(piece)
+        position = found + len(pieces[index])
     return True
 
 
 def _components_match(globs: tuple[tuple[str, ...], ...], parts: list[str], start: int) -> bool:
-    return all(
-        part == glob[0] if len(glob) == 1 else _component_matches(glob, part)
-        for glob, part in zip(globs, parts[start : start + len(globs)], strict=False)
-    )
+    """Whether ``parts[start:]`` begins with components matching ``globs`` (it has as many)."""
+    for pieces in globs:
+        if len(pieces) == 1:
+            if parts[start] != pieces[0]:
+                return False
+        elif not _component_matches(pieces, parts[start]):
+            return False
+        start += 1
+    return True
 
 
 @dataclass(frozen=True, slots=True)
