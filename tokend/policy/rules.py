@@ -13,7 +13,6 @@ a handful of dictionary lookups however many rules there are.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,17 +47,106 @@ def is_valid_component(text: str) -> bool:
     return "/" not in text and is_valid_name(text)
 
 
+def _component_matches(pieces: tuple[str, ...], text: str) -> bool:
+    """Whether ``text`` (no ``/``) is ``pieces`` joined by runs of any characters.
+
+    The first piece anchors at the start and the last at the end; each one between is taken
+    where it first occurs after the one before. Taking it later only leaves the pieces after it
+    less room, so if any placement works the leftmost one does, and the text is scanned once,
+    left to right.
+    """
+    first, last = pieces[0], pieces[-1]
+    end = len(text) - len(last)
+    if end < len(first) or not text.startswith(first) or not text.endswith(last):
+        return False
+    position = len(first)
+    for index in range(1, len(pieces) - 1):
+        found = text.find(pieces[index], position, end)
+        if found < 0:
+            return False
+        position = found + len(pieces[index])
+    return True
+
+
+def _components_match(globs: tuple[tuple[str, ...], ...], parts: list[str], start: int) -> bool:
+    """Whether ``parts[start:]`` begins with components matching ``globs`` (it has as many)."""
+    for pieces in globs:
+        if len(pieces) == 1:
+            if parts[start] != pieces[0]:
+                return False
+        elif not _component_matches(pieces, parts[start]):
+            return False
+        start += 1
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Glob:
+    """A key that no fast path covers, as component globs around its ``**`` components.
+
+    A component glob is the literal pieces between its ``*`` (one piece: a literal component).
+    ``head`` are the components before the first ``**``, ``tail`` those after the last and
+    each of ``middles`` those between two; ``deep`` says whether there is a ``**`` at all.
+    """
+
+    head: tuple[tuple[str, ...], ...]
+    middles: tuple[tuple[tuple[str, ...], ...], ...] = ()
+    tail: tuple[tuple[str, ...], ...] = ()
+    deep: bool = False
+
+    @classmethod
+    def of(cls, key: str) -> Glob:
+        runs: list[tuple[tuple[str, ...], ...]] = [()]
+        for part in key.split("/"):
+            if part == DOUBLE_STAR:
+                runs.append(())
+            else:
+                runs[-1] += (tuple(part.split("*")),)
+        if len(runs) == 1:
+            return cls(runs[0])
+        return cls(runs[0], tuple(runs[1:-1]), runs[-1], deep=True)
+
+    def matches(self, name: str) -> bool:
+        """Linear in ``name`` for a given key: every component is tried against a bounded
+        number of component globs.
+
+        A ``**`` covers one or more whole components (any non-empty text between two ``/``
+        of the key). Every run of components between two ``**`` is placed where it first
+        fits after the one before: the ``**`` after it takes any text, so an earlier place
+        never leaves the later runs less room than a later one would.
+        """
+        parts = name.split("/")
+        if not self.deep:
+            return len(parts) == len(self.head) and _components_match(self.head, parts, 0)
+        end = len(parts) - len(self.tail)  # the first component of the tail
+        start = len(self.head)  # the first component the next ** covers
+        if end <= start or not (
+            _components_match(self.head, parts, 0) and _components_match(self.tail, parts, end)
+        ):
+            return False
+        for run in self.middles:
+            # The ** covers parts[start:place]: at least one component, and not one empty one.
+            place = start + 1 if parts[start] else start + 2
+            while place + len(run) < end and not _components_match(run, parts, place):
+                place += 1
+            start = place + len(run)
+            if start >= end:
+                return False
+        return end - start > 1 or (end - start == 1 and parts[start] != "")
+
+
 @dataclass(frozen=True, slots=True)
 class Pattern:
-    """One compiled rule key: an exact name, ``prefix/**``, ``prefix*`` or a regex.
+    """One compiled rule key: an exact name, ``prefix/**``, ``prefix*`` or a :class:`Glob`.
 
-    The common shapes are tested with string operations; a regex is compiled only for the
-    rest, which keeps loading thousands of per-user patterns fast.
+    The common shapes are tested with string operations; a glob is built only for the rest,
+    which keeps loading thousands of per-user patterns fast. Matching never backtracks: it
+    takes time linear in the name whatever the key (a request may ask for 64 names).
     """
 
     key: str
     prefix: str
-    regex: re.Pattern[str] | None
+    glob: Glob | None
     uses_account: bool
     exact: bool
     one_level: bool = False
@@ -66,8 +154,8 @@ class Pattern:
     def matches(self, name: str) -> bool:
         if self.exact:
             return name == self.key
-        if self.regex is not None:
-            return self.regex.fullmatch(name) is not None
+        if self.glob is not None:
+            return self.glob.matches(name)
         if not name.startswith(self.prefix):
             return False
         if self.one_level:
@@ -104,15 +192,7 @@ def compile_pattern(key: str) -> Pattern:
         return Pattern(key, prefix, None, uses_account, exact=False)
     if len(prefix) == len(key) - 1:
         return Pattern(key, prefix, None, uses_account, exact=False, one_level=True)
-    regex = []
-    for index, part in enumerate(key.split("/")):
-        if index:
-            regex.append("/")
-        if part == DOUBLE_STAR:
-            regex.append(".+")
-        else:
-            regex.append("[^/]*".join(re.escape(piece) for piece in part.split("*")))
-    return Pattern(key, prefix, re.compile("".join(regex)), uses_account, exact=False)
+    return Pattern(key, prefix, Glob.of(key), uses_account, exact=False)
 
 
 def bind_account(key: str, account: str) -> Pattern | None:
@@ -126,12 +206,11 @@ def bind_account(key: str, account: str) -> Pattern | None:
     template = compile_pattern(key)
     bound_key = key.replace(ACCOUNT, account)
     prefix = template.prefix.replace(ACCOUNT, account)
-    if template.regex is None:
+    if template.glob is None:
         return Pattern(
             bound_key, prefix, None, False, exact=template.exact, one_level=template.one_level
         )
-    regex = template.regex.pattern.replace(re.escape(ACCOUNT), re.escape(account))
-    return Pattern(bound_key, prefix, re.compile(regex), uses_account=False, exact=False)
+    return Pattern(bound_key, prefix, Glob.of(bound_key), uses_account=False, exact=False)
 
 
 @dataclass(frozen=True, slots=True)
