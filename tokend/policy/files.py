@@ -178,20 +178,21 @@ def _not_regular(path: Path) -> str | None:
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-WALKED_LEVELS = 2
-"""How deep :class:`PolicyDecoder` walks itself: to one user's entry in users.json and one
-anonymous rule in repositories.json (``{"repositories": [...]}``)."""
+WALKED_LEVELS = 3
+"""How deep :class:`PolicyDecoder` walks itself: through the users (or groups), an entry, and
+its rules map in users.json and groups.json, and through the rules of repositories.json."""
 
 
 class PolicyDecoder:
     """``json.loads`` (duplicate keys refused) that lets other threads run while it works.
 
-    json's C decoder holds the GIL from the first byte to the last: 7 s of a frozen reactor for
-    a 150 MB file. Here the top two levels of the document are walked in Python, and the C
-    decoder is handed one value below them at a time (``scan``), so the interpreter can switch
-    to the reactor thread between two of them, and ``stop`` is checked there too. The
-    result, or the error and its position, is json.loads's; tests/test_policy_files.py
-    compares the two on generated and mangled texts.
+    json's C decoder holds the GIL until it calls back into Python (here at the end of each
+    object): a long stretch without one, such as a list of 2 million anonymous rules or one
+    user with 2 million rules, froze the reactor for seconds. Here the top three levels are
+    walked in Python and the C decoder is handed one value below them at a time (``scan``):
+    one rule's actions, one hash. Between two of them the interpreter may switch to the
+    reactor thread, and ``stop`` is checked. The result, or the error and its position, is
+    json.loads's; tests/test_policy_files.py compares the two on generated and mangled texts.
     """
 
     def __init__(self, stop: Event | None = None) -> None:
@@ -219,11 +220,14 @@ class PolicyDecoder:
         return self.scan(text, start)
 
     def _object(self, text: str, at: int, level: int) -> tuple[object, int]:
-        """As _json.c's _parse_object_unicode, from just after the ``{``."""
-        pairs: list[tuple[str, object]] = []
+        """As _json.c's _parse_object_unicode, from just after the ``{``. The dict grows entry
+        by entry (``dict(pairs)`` of 100,000 users would be one more long C call), and a key
+        written twice is refused at the ``}``, as json.loads refuses it."""
+        members: dict[str, object] = {}
+        twice: list[str] = []
         at = _skip(text, at)
         if text[at : at + 1] == "}":
-            return _reject_duplicates(pairs), at + 1
+            return members, at + 1
         while True:
             if text[at : at + 1] != '"':
                 raise json.JSONDecodeError(
@@ -234,10 +238,14 @@ class PolicyDecoder:
             if text[at : at + 1] != ":":
                 raise json.JSONDecodeError("Expecting ':' delimiter", text, at)
             value, at = self._value(text, _skip(text, at + 1), level)
-            pairs.append((key, value))
+            if key in members:
+                twice.append(key)
+            members[key] = value
             at = _skip(text, at)
             if text[at : at + 1] == "}":
-                return _reject_duplicates(pairs), at + 1
+                if twice:
+                    raise _DuplicateKey(twice[0])
+                return members, at + 1
             if text[at : at + 1] != ",":
                 raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
             at = _skip(text, at + 1)
