@@ -18,14 +18,17 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from tokend.policy.files import (
+    GROUPS_FILE,
     POLICY_FILES,
+    REPOSITORIES_FILE,
+    USERS_FILE,
     LoadedPolicy,
     Loader,
     LoadStopped,
     load_policy,
 )
 from tokend.policy.holder import PolicyHolder
-from tokend.policy.model import PolicyError, policy_change
+from tokend.policy.model import PolicyChange, PolicyError, policy_change
 from tokend.workers import Workers
 
 MAX_LOAD_ATTEMPTS = 5
@@ -169,15 +172,37 @@ class PolicyReloader(Service):
         keep_out_of_gc()
         for warning in loaded.warnings:
             self.log.warn("policy warning: {warning}", warning=warning)
+        files = changed_files(change)
         self.log.info(
-            "policy reloaded ({reason}): generation {generation}, {users} users; "
-            "added {added}, removed {removed}, changed {changed}, anonymous rules "
-            "{anonymous}",
+            "policy reloaded ({reason}): generation {generation}, {users} users; {summary}",
             reason=reason,
             generation=generation,
             users=len(loaded.policy.users),
+            summary="; ".join(
+                f"{name}: {what}" if what else f"{name} unchanged" for name, what in files.items()
+            ),
+            files=[name for name, what in files.items() if what],
             added=list(change.added),
             removed=list(change.removed),
             changed=list(change.changed),
+            edited=list(change.edited),
+            groups_added=list(change.groups_added),
+            groups_removed=list(change.groups_removed),
+            groups_changed=list(change.groups_changed),
             anonymous="changed" if change.anonymous_changed else "unchanged",
         )
+
+
+def changed_files(change: PolicyChange) -> dict[str, str]:
+    """Each policy file, and what changed in it ("" when nothing did)."""
+
+    def names(**lists: tuple[str, ...]) -> str:
+        return ", ".join(f"{what} {list(listed)}" for what, listed in lists.items() if listed)
+
+    return {
+        USERS_FILE: names(added=change.added, removed=change.removed, changed=change.edited),
+        GROUPS_FILE: names(
+            added=change.groups_added, removed=change.groups_removed, changed=change.groups_changed
+        ),
+        REPOSITORIES_FILE: "anonymous rules changed" if change.anonymous_changed else "",
+    }
