@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from support import write_policy
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from watchdog.events import (
     DirDeletedEvent,
     DirModifiedEvent,
@@ -32,6 +34,7 @@ from tokend.policy.watcher import (
     touches,
     watch_plan,
 )
+from tokend.workers import InlineWorkers
 
 
 def test_only_policy_files_and_the_configmap_link_matter() -> None:
@@ -208,3 +211,48 @@ def test_a_good_reload_clears_the_failure_a_bad_one_left(tmp_path: Path) -> None
     assert (status.files_valid, status.failed_at, status.last_error) == (True, None, None)
     assert (status.generation, status.loaded_at, holder.last_success_at) == (2, 7, 7)
     assert (status.reloads_ok, status.reloads_failed) == (1, 1)
+
+
+def reload_line(tmp_path: Path, edit: Any) -> str:
+    """The "policy reloaded" line of one reload after ``edit`` (run inline, no thread)."""
+    holder = PolicyHolder(load_policy(tmp_path).policy, 0)
+    reloader = PolicyReloader(tmp_path, holder, Clock(), InlineWorkers())
+    edit()
+    with capturedLogs() as events:
+        reloader.reload("SIGHUP")
+    [line] = [formatEvent(e) for e in events if e["log_format"].startswith("policy reloaded (")]
+    return line
+
+
+def test_the_reload_line_names_each_file_that_changed(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"a": ("pw", {}), "b": ("pw", {"*": ["pull"]})}, {"repositories": []})
+    users = json.loads((tmp_path / "users.json").read_text())
+    users["a"]["groups"] = ["devs"]
+    (tmp_path / "users.json").write_text(json.dumps(users))
+    groups = {"devs": {"repositories": {"x": ["pull"]}}, "ops": {"repositories": {}}}
+    (tmp_path / "groups.json").write_text(json.dumps(groups))
+
+    def change_groups() -> None:
+        groups["devs"]["repositories"]["x"] = ["pull", "push"]
+        groups["qa"] = groups.pop("ops")
+        (tmp_path / "groups.json").write_text(json.dumps(groups))
+
+    assert reload_line(tmp_path, change_groups) == (
+        "policy reloaded (SIGHUP): generation 2, 2 users; users.json unchanged; groups.json: "
+        "added ['qa'], removed ['ops'], changed ['devs']; repositories.json unchanged"
+    )
+
+    def change_users_and_anonymous() -> None:
+        users["c"] = users.pop("b")
+        users["a"]["repositories"] = {"a/*": ["pull"]}
+        (tmp_path / "users.json").write_text(json.dumps(users))
+        (tmp_path / "repositories.json").write_text(json.dumps({"repositories": ["pub"]}))
+
+    assert reload_line(tmp_path, change_users_and_anonymous) == (
+        "policy reloaded (SIGHUP): generation 2, 2 users; users.json: added ['c'], removed "
+        "['b'], changed ['a']; groups.json unchanged; repositories.json: anonymous rules changed"
+    )
+    assert reload_line(tmp_path, lambda: None) == (
+        "policy reloaded (SIGHUP): generation 2, 2 users; users.json unchanged; groups.json "
+        "unchanged; repositories.json unchanged"
+    )

@@ -71,7 +71,7 @@ from tokend.metrics import (
     workers_metrics_resource,
 )
 from tokend.policy.examples import example_accounts, example_accounts_error, refusing_examples
-from tokend.policy.files import LoadedPolicy, load_policy
+from tokend.policy.files import LoadedPolicy, Loader, load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc, load_settled
@@ -661,7 +661,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(example_accounts_error(config_dir, examples)))
         return loaded
 
-    def policy_loader(self) -> Callable[[Path], LoadedPolicy]:
+    def policy_loader(self) -> Loader:
         """How a reload reads the files: as at start-up, example accounts refused unless this
         is a development daemon (--dev-cert)."""
         return load_settled if self["dev-cert"] else refusing_examples(load_settled)
@@ -824,6 +824,7 @@ def makeService(
         metrics_listener(options, served, reactor, failed).setServiceParent(root)
     config_dir = Path(options["config-dir"])
     reloader = PolicyReloader(config_dir, holder, reactor, reload_pool, options.policy_loader())
+    reloader.setServiceParent(root)  # stops, giving up a load, before reload_pool joins
     PolicyWatchService(
         config_dir, reloader.reload, reactor, poll=bool(options["poll"])
     ).setServiceParent(root)

@@ -8,10 +8,10 @@ development daemon (``--dev-cert``), and then it says so loudly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from threading import Event
 
-from tokend.policy.files import USERS_FILE, LoadedPolicy
+from tokend.policy.files import USERS_FILE, LoadedPolicy, Loader
 from tokend.policy.model import Policy, PolicyError
 
 EXAMPLE_HASHES = {
@@ -39,13 +39,11 @@ def example_accounts_error(config_dir: Path, names: tuple[str, ...]) -> PolicyEr
     )
 
 
-def refusing_examples(
-    load: Callable[[Path], LoadedPolicy],
-) -> Callable[[Path], LoadedPolicy]:
+def refusing_examples(load: Loader) -> Loader:
     """``load``, refusing (as a broken file is refused) a policy with example accounts."""
 
-    def checked(config_dir: Path) -> LoadedPolicy:
-        loaded = load(config_dir)
+    def checked(config_dir: Path, stop: Event | None = None) -> LoadedPolicy:
+        loaded = load(config_dir, stop)
         names = example_accounts(loaded.policy)
         if names:
             raise example_accounts_error(config_dir, names)

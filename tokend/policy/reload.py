@@ -2,22 +2,33 @@
 
 A reload that fails keeps the policy in force and logs where the files are wrong; /healthz shows
 the failure until a good edit arrives. Requests during a reload coalesce into one more run.
+Stopping the service gives up the load in progress, so the daemon's stop need not wait for it.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Callable
 from pathlib import Path
+from threading import Event
 from typing import Protocol
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
-from tokend.policy.files import POLICY_FILES, LoadedPolicy, load_policy
+from tokend.policy.files import (
+    GROUPS_FILE,
+    POLICY_FILES,
+    REPOSITORIES_FILE,
+    USERS_FILE,
+    LoadedPolicy,
+    Loader,
+    LoadStopped,
+    load_policy,
+)
 from tokend.policy.holder import PolicyHolder
-from tokend.policy.model import PolicyError, policy_change
+from tokend.policy.model import PolicyChange, PolicyError, policy_change
 from tokend.workers import Workers
 
 MAX_LOAD_ATTEMPTS = 5
@@ -38,7 +49,7 @@ def _targets(config_dir: Path) -> tuple[str, ...]:
     return tuple(os.path.realpath(config_dir / name) for name in POLICY_FILES)
 
 
-def load_settled(config_dir: Path) -> LoadedPolicy:
+def load_settled(config_dir: Path, stop: Event | None = None) -> LoadedPolicy:
     """:func:`load_policy`, again if a symlink swap moved the files between the two reads.
 
     The files are read one after the other; a Kubernetes ``..data`` swap landing in between
@@ -47,7 +58,7 @@ def load_settled(config_dir: Path) -> LoadedPolicy:
     for _ in range(MAX_LOAD_ATTEMPTS):
         before = _targets(config_dir)
         try:
-            loaded = load_policy(config_dir)
+            loaded = load_policy(config_dir, stop)
         except PolicyError:
             if _targets(config_dir) == before:
                 raise
@@ -63,8 +74,12 @@ class Clock(Protocol):
     def seconds(self) -> float: ...
 
 
-class PolicyReloader:
-    """Runs at most one load at a time; a trigger during a load schedules exactly one more."""
+class PolicyReloader(Service):
+    """Runs at most one load at a time; a trigger during a load schedules exactly one more.
+
+    A service so that its stop, before the thread pool's (which joins the thread), can end a
+    load in progress: a large file is given up between two entries.
+    """
 
     log = Logger()
 
@@ -74,7 +89,7 @@ class PolicyReloader:
         holder: PolicyHolder,
         clock: Clock,
         workers: Workers,
-        load: Callable[[Path], LoadedPolicy] = load_settled,
+        load: Loader = load_settled,
     ) -> None:
         """``load`` reads the files (on ``workers``); a PolicyError from it keeps the policy
         serving, as a broken file does."""
@@ -86,6 +101,11 @@ class PolicyReloader:
         self._busy = False
         self._again: str | None = None
         self._waiting: list[Deferred[None]] = []
+        self._stopping = Event()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._stopping.set()
 
     def reload(self, reason: str) -> Deferred[None]:
         """Load the files now (or right after the load in progress); fires when applied."""
@@ -116,7 +136,14 @@ class PolicyReloader:
     async def _load_once(self, reason: str) -> None:
         now = self._clock.seconds
         try:
-            loaded: LoadedPolicy = await self._workers.run(self._load, self._config_dir)
+            loaded: LoadedPolicy = await self._workers.run(
+                self._load, self._config_dir, self._stopping
+            )
+        except LoadStopped:
+            self.log.info(
+                "policy reload ({reason}) abandoned: the service is stopping", reason=reason
+            )
+            return
         except PolicyError as e:
             self._holder.record_failure(str(e), now())
             self.log.error(
@@ -145,15 +172,37 @@ class PolicyReloader:
         keep_out_of_gc()
         for warning in loaded.warnings:
             self.log.warn("policy warning: {warning}", warning=warning)
+        files = changed_files(change)
         self.log.info(
-            "policy reloaded ({reason}): generation {generation}, {users} users; "
-            "added {added}, removed {removed}, changed {changed}, anonymous rules "
-            "{anonymous}",
+            "policy reloaded ({reason}): generation {generation}, {users} users; {summary}",
             reason=reason,
             generation=generation,
             users=len(loaded.policy.users),
+            summary="; ".join(
+                f"{name}: {what}" if what else f"{name} unchanged" for name, what in files.items()
+            ),
+            files=[name for name, what in files.items() if what],
             added=list(change.added),
             removed=list(change.removed),
             changed=list(change.changed),
+            edited=list(change.edited),
+            groups_added=list(change.groups_added),
+            groups_removed=list(change.groups_removed),
+            groups_changed=list(change.groups_changed),
             anonymous="changed" if change.anonymous_changed else "unchanged",
         )
+
+
+def changed_files(change: PolicyChange) -> dict[str, str]:
+    """Each policy file, and what changed in it ("" when nothing did)."""
+
+    def names(**lists: tuple[str, ...]) -> str:
+        return ", ".join(f"{what} {list(listed)}" for what, listed in lists.items() if listed)
+
+    return {
+        USERS_FILE: names(added=change.added, removed=change.removed, changed=change.edited),
+        GROUPS_FILE: names(
+            added=change.groups_added, removed=change.groups_removed, changed=change.groups_changed
+        ),
+        REPOSITORIES_FILE: "anonymous rules changed" if change.anonymous_changed else "",
+    }
