@@ -25,7 +25,7 @@ from tokend.policy.model import (
     users_from_document,
 )
 from tokend.policy.reload import PolicyReloader
-from tokend.policy.report import group_override_warnings
+from tokend.policy.report import MAX_OVERRIDE_WARNINGS, group_override_warnings
 
 T = TypeVar("T")
 
@@ -224,3 +224,12 @@ def test_check_config_and_the_reload_log_warn_about_it(tmp_path: Path) -> None:
 class InlineWorkers:
     def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
         return succeed(function(*args))
+
+
+def test_one_mistake_repeated_for_many_users_is_reported_a_bounded_number_of_times() -> None:
+    users = {f"u{i}": {"repositories": {"secret/*": []}, "groups": ["all"]} for i in range(80)}
+    warnings = group_override_warnings(build(users, {"all": {"repositories": {"*": ["pull"]}}}))
+    assert len(warnings) == MAX_OVERRIDE_WARNINGS + 1
+    assert warnings[-1] == (
+        f"… more group grants over users' denies not shown (limit {MAX_OVERRIDE_WARNINGS})"
+    )
