@@ -25,7 +25,11 @@ from tokend.policy.model import (
     groups_from_document,
     users_from_document,
 )
-from tokend.policy.report import hash_cost_warnings, unused_rule_warnings
+from tokend.policy.report import (
+    group_override_warnings,
+    hash_cost_warnings,
+    unused_rule_warnings,
+)
 
 USERS_FILE = "users.json"
 REPOSITORIES_FILE = "repositories.json"
@@ -93,7 +97,10 @@ def _load_policy(config_dir: Path, stop: Event | None) -> LoadedPolicy:
     policy = Policy(users, anonymous, groups) if groups is not None else Policy(users, anonymous)
     return LoadedPolicy(
         policy,
-        tuple(warnings) + hash_cost_warnings(policy, USERS_FILE) + unused_rule_warnings(policy),
+        tuple(warnings)
+        + hash_cost_warnings(policy, USERS_FILE)
+        + unused_rule_warnings(policy)
+        + group_override_warnings(policy),
     )
 
 

@@ -6,6 +6,7 @@ requested resource scope, so it can be tested without files, a reactor or the we
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import hmac
 import json
@@ -39,6 +40,8 @@ ALL_ACTIONS = "*"
 CATALOG = ("registry", "catalog")
 USER_KEYS = ("pass_hash", "repositories", "groups", "catalog", "tokens_valid_after")
 GROUP_KEYS = ("repositories", "catalog", "ldap_groups")
+REPOSITORIES_KEYS = ("blacklist", "repositories", "catalog")
+"""repositories.json's keys; its old misspelling "backlist" is read too, never suggested."""
 EVERY_DIRECTORY_ACCOUNT = "*"
 """``"ldap_groups": ["*"]``: the group holds every account the directory vouches for."""
 DEFAULT_BCRYPT_COST = 12
@@ -385,6 +388,15 @@ NOTHING: frozenset[str] = frozenset()
 _DIRECTORY_MEMBERS_REMEMBERED = 4096
 
 
+def unknown_key(key: str, known: tuple[str, ...]) -> str:
+    """Why a key is refused, with the known key it most looks like (a typo is the usual cause),
+    or every known key when none is close."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {shown(key)} (did you mean {shown(close[0])}?)"
+    return f"unknown key {shown(key)} (known keys: {', '.join(map(shown, known))})"
+
+
 def _check_name(name: str, file: str, what: str) -> None:
     if not name or len(name) > 255 or ":" in name or not name.isprintable():
         raise PolicyError(
@@ -428,7 +440,7 @@ def groups_from_document(document: object, file: str) -> Mapping[str, GroupPolic
             raise PolicyError(file, json_path(name), "expected an object")
         for key in entry:
             if key not in GROUP_KEYS:
-                raise PolicyError(file, json_path(name, key), "unknown key")
+                raise PolicyError(file, json_path(name, key), unknown_key(key, GROUP_KEYS))
         written = _written_rules(entry.get("repositories", {}), file, (name, "repositories"))
         catalog = _optional_bool(entry, "catalog", file, (name,))
         rules = _rule_set(_compiled(written), file, (name, "repositories"))
@@ -485,7 +497,7 @@ def _user_from_entry(
         raise PolicyError(file, json_path(user), "expected an object")
     for key in entry:
         if key not in USER_KEYS:
-            raise PolicyError(file, json_path(user, key), "unknown key")
+            raise PolicyError(file, json_path(user, key), unknown_key(key, USER_KEYS))
     pass_hash = _checked_hash(entry.get("pass_hash"), file, user)
     written, own = _own_rules(entry.get("repositories", {}), file, user, shared)
     sources = [own]
@@ -666,8 +678,8 @@ def anonymous_from_document(document: object, file: str) -> tuple[AnonymousPolic
         raise PolicyError(file, "", "expected an object")
     warnings: list[str] = []
     for key in document:
-        if key not in ("blacklist", "backlist", "repositories", "catalog"):
-            raise PolicyError(file, json_path(key), "unknown key")
+        if key not in REPOSITORIES_KEYS and key != "backlist":
+            raise PolicyError(file, json_path(key), unknown_key(key, REPOSITORIES_KEYS))
     if "blacklist" in document and "backlist" in document:
         raise PolicyError(file, "backlist", 'both "blacklist" and its old spelling "backlist"')
     key = "blacklist"

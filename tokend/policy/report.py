@@ -2,17 +2,35 @@
 
 Ambiguous rules (a tie between two patterns) never get this far: loading refuses them. What is
 left is worth a look but legal: a group no one belongs to, ``${account}`` rules for a user whose
-name cannot be a path component, and a more specific rule taking precedence over a broader one.
+name cannot be a path component, a more specific rule taking precedence over a broader one, and
+a deny in a user's own rules that one of the user's groups grants anyway.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 
-from tokend.policy.model import Policy, UserPolicy
-from tokend.policy.rules import ACCOUNT, Rule, RuleSet, common_match, is_valid_component
+from tokend.policy.model import Policy, Source, UserPolicy
+from tokend.policy.rules import (
+    ACCOUNT,
+    Pattern,
+    Rule,
+    RuleSet,
+    _closure,
+    _step,
+    _tokens,
+    common_match,
+    is_valid_component,
+)
+from tokend.scope import is_valid_name
 
 MAX_OVERLAP_NOTES = 200
+MAX_OVERRIDE_WARNINGS = 50
+"""They are logged at every reload: a users.json that repeats one mistake for thousands of
+users says so in a bounded number of lines."""
+MAX_SEARCH_STATES = 20_000
+"""Bounds the search for one example name; beyond it the pair is not reported."""
 
 
 def unused_rule_warnings(policy: Policy) -> tuple[str, ...]:
@@ -113,3 +131,147 @@ def _actions(rule: Rule) -> str:
     if not rule.actions:
         return "(denies)"
     return "[" + ", ".join(sorted(rule.actions)) + "]"
+
+
+def group_override_warnings(policy: Policy) -> tuple[str, ...]:
+    """Denies in a user's own rules that one of the user's groups grants anyway: a user holds
+    the union of every source's most specific rule, so a deny in users.json only overrides the
+    user's own broader rules and never takes away what a group grants."""
+    warnings: list[str] = []
+    denies_of: dict[int, list[Rule]] = {}
+    grants_of: dict[int, list[tuple[Pattern, Rule]]] = {}
+    found_for: dict[tuple[int, int], list[tuple[Rule, Rule, str]]] = {}
+    for account, user in policy.users.items():
+        if not user.groups or not user.sources:
+            continue
+        own = user.sources[0].rules
+        denies = denies_of.get(id(own))
+        if denies is None:
+            denies = denies_of[id(own)] = [rule for rule in own.rules() if not rule.actions]
+        if not denies:
+            continue
+        for group_name, group in zip(user.groups, user.sources[1:], strict=True):
+            grants = grants_of.get(id(group.rules))
+            if grants is None:
+                grants = grants_of[id(group.rules)] = [
+                    (rule.pattern, rule)
+                    for rule in group.rules.rules()
+                    if rule.actions and not rule.pattern.uses_account
+                ]
+            key = (id(own), id(group.rules))
+            found = None if group.bound else found_for.get(key)
+            if found is None:
+                bound = [(b.pattern, b.rule) for b in group.bound if b.rule.actions]
+                found = list(_overrides(own, denies, group, grants + bound))
+                if not group.bound:
+                    found_for[key] = found
+            for deny, grant, example in found:
+                if len(warnings) >= MAX_OVERRIDE_WARNINGS:
+                    warnings.append(
+                        f"… more group grants over users' denies not shown "
+                        f"(limit {MAX_OVERRIDE_WARNINGS})"
+                    )
+                    return tuple(warnings)
+                warnings.append(
+                    f"users.json {account}: own rule {deny.key!r} (denies) does not take away "
+                    f"group {group_name}'s {grant.key!r} {_actions(grant)} for names like "
+                    f"{example!r}: a user holds the union of the user's own rules and every "
+                    "group's, so a deny in users.json only overrides the user's own broader "
+                    f"rules; deny it in group {group_name} (for every member), or take {account} "
+                    f"out of {group_name} and copy to {account} the rules of {group_name} that "
+                    f"{account} should keep"
+                )
+    return tuple(warnings)
+
+
+def _overrides(
+    own: RuleSet, denies: list[Rule], group: Source, grants: list[tuple[Pattern, Rule]]
+) -> Iterator[tuple[Rule, Rule, str]]:
+    """(own deny, group rule, example) for each deny one of ``grants`` (the group's rules that
+    allow something) overrides: the example is a name the deny decides among the user's rules
+    and the grant among the group's, checked with the lookup a token request makes."""
+    for deny in denies:
+        for pattern, grant in grants:
+            if not _prefixes_meet(deny.pattern, pattern):
+                continue  # the common case, and cheap: the search below is not
+            own_patterns = [rule.pattern for rule in own.rules()]
+            group_patterns = [
+                rule.pattern for rule in group.rules.rules() if not rule.pattern.uses_account
+            ] + [bound.pattern for bound in group.bound]
+            example = _example(
+                (deny.pattern, pattern),
+                _more_specific(own_patterns, deny.pattern, pattern)
+                + _more_specific(group_patterns, pattern, deny.pattern),
+            )
+            if (
+                example is not None
+                and own.match(example) is deny
+                and group.rules.match(example, group.bound) is grant
+            ):
+                yield deny, grant, example
+                break
+
+
+def _prefixes_meet(first: Pattern, second: Pattern) -> bool:
+    """Whether two patterns could match one name, as far as their literal prefixes tell."""
+    return first.prefix.startswith(second.prefix) or second.prefix.startswith(first.prefix)
+
+
+def _more_specific(patterns: list[Pattern], rule: Pattern, other: Pattern) -> list[Pattern]:
+    """The patterns of ``rule``'s set that would decide instead of it for some name that both
+    ``rule`` and ``other`` match: an exact name, or a pattern with a longer literal prefix."""
+    if rule.exact:
+        return []
+    found: list[Pattern] = []
+    for pattern in patterns:
+        if pattern.exact:
+            if rule.matches(pattern.key) and other.matches(pattern.key):
+                found.append(pattern)
+        elif (
+            len(pattern.prefix) > len(rule.prefix)
+            and pattern.prefix.startswith(rule.prefix)
+            and _prefixes_meet(pattern, other)
+        ):
+            found.append(pattern)
+    return found
+
+
+def _example(matching: Sequence[Pattern], avoiding: Sequence[Pattern]) -> str | None:
+    """A shortest repository name every pattern of ``matching`` matches and none of
+    ``avoiding`` does, or None.
+
+    The search of :func:`tokend.policy.rules.common_match` over more automata: its state sets
+    are deterministic, so "matches none of" is a plain test on the final states. Letters and
+    digits come first in the alphabet, so wildcards take them rather than a separator.
+    """
+    automata = [_tokens(pattern) for pattern in (*matching, *avoiding)]
+    wanted = len(matching)
+    literals = {token for tokens in automata for token in tokens if isinstance(token, str)}
+    other = next((c for c in "abcdefghijklmnopqrstuvwxyz0123456789" if c not in literals), None)
+    characters = literals - {"/"} | ({other} if other else set())
+    alphabet = [*sorted(characters, key=lambda c: (not c.isalnum(), c)), "/"]
+    start = tuple(_closure(tokens, [0]) for tokens in automata)
+    seen = {(start, True)}
+    queue: deque[tuple[tuple[frozenset[int], ...], bool, str]] = deque([(start, True, "")])
+    while queue:
+        states, at_boundary, text = queue.popleft()
+        if (
+            not at_boundary
+            and all(len(automata[i]) in states[i] for i in range(wanted))
+            and not any(len(automata[i]) in states[i] for i in range(wanted, len(automata)))
+            and is_valid_name(text)
+        ):
+            return text
+        for char in alphabet:
+            if char == "/" and at_boundary:
+                continue
+            following = tuple(
+                _step(tokens, state, char) for tokens, state in zip(automata, states, strict=True)
+            )
+            key = (following, char == "/")
+            if all(following[:wanted]) and key not in seen:
+                if len(seen) >= MAX_SEARCH_STATES:
+                    return None
+                seen.add(key)
+                queue.append((*key, text + char))
+    return None
