@@ -90,8 +90,12 @@ def test_a_large_body_is_refused_from_its_headers(metrics: Metrics) -> None:
 
 def test_a_trickling_request_is_cut_off_at_the_request_timeout(metrics: Metrics) -> None:
     """One header line every 0.2 s: Twisted's own timeout restarts with every byte; the
-    request deadline does not (closed at 1 s; the test gives up after 30 s)."""
+    request deadline does not (closed at 1 s; the test gives up after 30 s).
+
+    A trickled line that arrives after the server's last read is unread when it closes, and
+    the kernel then resets the connection: the 408 may be lost, but the cut is what counts."""
     answer = b""
+    reset = False
     with raw(metrics.sock) as client:
         client.sendall(b"GET /metrics HTTP/1.1\r\nHost: tokend\r\n")
         deadline = time.monotonic() + 30
@@ -99,7 +103,11 @@ def test_a_trickling_request_is_cut_off_at_the_request_timeout(metrics: Metrics)
         while not closed and time.monotonic() < deadline:
             readable, _, _ = select.select([client], [], [], 0.2)
             if readable:
-                chunk = client.recv(65536)
+                try:
+                    chunk = client.recv(65536)
+                except ConnectionResetError:
+                    reset = closed = True
+                    break
                 answer += chunk
                 closed = not chunk
             else:
@@ -108,7 +116,7 @@ def test_a_trickling_request_is_cut_off_at_the_request_timeout(metrics: Metrics)
                 except OSError:
                     closed = True
     assert closed, "the connection was still open after 30 s"
-    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert answer.startswith(b"HTTP/1.1 408 ") or (reset and not answer), answer
 
 
 def test_the_metrics_listener_serves_the_health_details(metrics: Metrics) -> None:
