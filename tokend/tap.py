@@ -806,6 +806,13 @@ def makeService(
         ),
     )
     site.displayTracebacks = False
+    # The watch starts before the listener: once the socket accepts, an edit is seen.
+    config_dir = Path(options["config-dir"])
+    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool, options.policy_loader())
+    reloader.setServiceParent(root)  # stops, giving up a load, before reload_pool joins
+    PolicyWatchService(
+        config_dir, reloader.reload, reactor, poll=bool(options["poll"])
+    ).setServiceParent(root)
     failed = StartUpFailure(options.parent)
     if worker is not None:
         AdoptedListener(worker.listen_fd, worker.family, site, reactor).setServiceParent(root)
@@ -822,12 +829,6 @@ def makeService(
         served = metrics_resource(registry)
         served.putChild(b"healthz", cast(IResource, PolicyHealth(holder)))
         metrics_listener(options, served, reactor, failed).setServiceParent(root)
-    config_dir = Path(options["config-dir"])
-    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool, options.policy_loader())
-    reloader.setServiceParent(root)  # stops, giving up a load, before reload_pool joins
-    PolicyWatchService(
-        config_dir, reloader.reload, reactor, poll=bool(options["poll"])
-    ).setServiceParent(root)
     if worker is None:
         Announcer(options, holder).setServiceParent(root)
     keep_out_of_gc()
