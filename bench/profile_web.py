@@ -6,7 +6,7 @@ Builds the daemon's real ``Site`` with ``tokend.tap.makeService`` (the same opti
 key as a daemon) and feeds it requests through an in-memory transport: no sockets, no reactor
 and no load generator compete, so the figure is the CPU cost of one request on the reactor
 thread. Logging goes to a text file as under ``twistd --logfile``, written by the daemon's
-text observer (``tokend.text_log``).
+text observer (``tokend.logs.text_lines``).
 
 Then it measures "what if" variants by switching parts off at run time, interleaved in rounds
 (the minimum per variant is kept, which filters out other processes' noise):
@@ -16,13 +16,13 @@ Then it measures "what if" variants by switching parts off at run time, interlea
   no-issued-log   the ``issued …`` event of ``TokenAPI`` not emitted;
   no-log-file     events still emitted, but the file observer does nothing;
   twisted-text    Twisted's own ``textFileLogObserver`` (what twistd installed before
-                  ``tokend.text_log``; the same bytes);
+                  ``tokend.logs.text_lines``; the same bytes);
   json-log        a ``jsonFileLogObserver`` instead of the text one;
   no-klein        the route coroutine called from a plain ``Resource`` (no Klein/werkzeug
                   routing, no Klein response handling);
   and combinations.
 
-These patch tokend.web's objects from outside and are measurements, not proposals of code.
+These patch tokend.web.realm's objects from outside and are measurements, not proposals of code.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ from twisted.logger import (
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from tokend import text_log, web
+from tokend.logs import text_lines
 from tokend.tap import Options, makeService
+from tokend.web import realm
 
 REQUEST = (
     b"GET /v2/token?service=registry&scope=repository:public/hello:pull HTTP/1.1\r\n"
@@ -87,7 +88,7 @@ class Bench:
         key_path, cert_path = write_key_pair(root)
         self.text_log = (root / "tokend.log").open("w")
         self.json_log = (root / "tokend.json").open("w")
-        self.observer: Callable[[Any], None] = text_log.observer_to(self.text_log)
+        self.observer: Callable[[Any], None] = text_lines.observer_to(self.text_log)
         globalLogBeginner.beginLoggingTo([lambda event: self.observer(event)], False, False)
         options = Options(environ={})
         options.parseOptions(
@@ -128,7 +129,7 @@ class Bench:
     def use(self, variant: str) -> None:
         parts = set(variant.split("+"))
         self.site.log = self.access_log if "access-log" in parts else self.no_access_log
-        web.TokenAPI.log = self.quiet if "no-issued-log" in parts else Logger()
+        realm.TokenAPI.log = self.quiet if "no-issued-log" in parts else Logger()
         self.site.resource = self.direct if "no-klein" in parts else self.resource
         if "no-log-file" in parts:
             self.observer = lambda event: None
@@ -137,7 +138,7 @@ class Bench:
         elif "twisted-text" in parts:
             self.observer = textFileLogObserver(self.text_log)
         else:
-            self.observer = text_log.observer_to(self.text_log)
+            self.observer = text_lines.observer_to(self.text_log)
 
     def one(self) -> None:
         self.protocol.dataReceived(REQUEST)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokend.login.basic_auth import (
+from tokend.web.basic_auth import (
     Credentials,
     MalformedCredentials,
     UnsupportedScheme,

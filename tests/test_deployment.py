@@ -41,7 +41,7 @@ from support import (
     write_policy,
 )
 
-from tokend.login.redis_address import parse_redis_url
+from tokend.login.shared_limits.redis_address import parse_redis_url
 from tokend.tap import Options
 
 TOKEND_SOCKET = "/run/tokend/tokend.sock"

@@ -23,8 +23,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import capturedLogs, formatEvent
 
 from tokend.dn import normalise_dn
-from tokend.login.directory import Directory, DirectoryAccount, DirectoryUnavailable
-from tokend.login.directory_config import (
+from tokend.login.ldap.client import Directory, DirectoryAccount, DirectoryUnavailable
+from tokend.login.ldap.config import (
     DEFAULT_FILTER,
     DirectoryConfig,
     escape_filter_value,

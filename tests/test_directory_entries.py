@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tokend.login.directory_entries import (
+from tokend.login.ldap.entries import (
     EntryState,
     LockoutPolicy,
     entry_state,

@@ -28,17 +28,17 @@ from twisted.web.server import Site
 
 from tokend.client_address import TrustedProxies, parse_networks
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory
-from tokend.login.directory_accounts import DirectoryAccounts
-from tokend.login.directory_config import DirectoryConfig
+from tokend.login.ldap.accounts import DirectoryAccounts
+from tokend.login.ldap.client import Directory
+from tokend.login.ldap.config import DirectoryConfig
 from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import LoginThrottle, address_key
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import BoundedWorkers, WorkerPool
+from tokend.threads import BoundedWorkers, WorkerPool
+from tokend.web.realm import TokenAPI
 
 SERVICE = "registry.test"
 GUESSER = "203.0.113.66"

@@ -23,11 +23,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 
-from tokend.control import Unlocking, single_process
+from tokend.daemon.control import Unlocking, single_process
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory
-from tokend.login.directory_accounts import DirectoryAccounts, EntryNames
-from tokend.login.directory_config import DirectoryConfig
 from tokend.login.identity import (
     DIRECTORY,
     Identity,
@@ -36,19 +33,22 @@ from tokend.login.identity import (
     LoginThrottled,
     entry_name,
 )
+from tokend.login.ldap.accounts import DirectoryAccounts, EntryNames
+from tokend.login.ldap.client import Directory
+from tokend.login.ldap.config import DirectoryConfig
 from tokend.login.logins import Logins
-from tokend.login.news import Seen
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
-from tokend.login.shared_keys import SharedKeys
+from tokend.login.shared_limits.keys import SharedKeys
+from tokend.login.shared_limits.news import Seen
 from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy, users_from_document
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import BoundedWorkers, InlineWorkers, WorkerPool
+from tokend.threads import BoundedWorkers, InlineWorkers, WorkerPool
+from tokend.web.realm import TokenAPI
 
 SERVICE = "registry.test"
 GROUPS = {

@@ -10,7 +10,7 @@ import pytest
 from support import parsed_options, start_twistd, stop_process, write_key_pair, write_policy
 from twisted.python.usage import UsageError
 
-from tokend.login.directory_config import DEFAULT_FILTER, DEFAULT_GROUP_FILTER
+from tokend.login.ldap.config import DEFAULT_FILTER, DEFAULT_GROUP_FILTER
 
 BASE = "ou=musicians,dc=example,dc=com"
 SERVICE_DN = "uid=serviceaccount,ou=it,dc=example,dc=com"

@@ -30,10 +30,10 @@ from test_directory import config_for
 from test_directory_logins import Realm
 from twisted.internet import reactor
 
-from tokend.login.directory import Directory
-from tokend.login.directory_entries import legacy_binding, moment
-from tokend.login.directory_report import DirectoryReport
 from tokend.login.identity import DIRECTORY
+from tokend.login.ldap.client import Directory
+from tokend.login.ldap.entries import legacy_binding, moment
+from tokend.login.ldap.report import DirectoryReport
 
 pytestmark = pytest.mark.filterwarnings("ignore:'parseString' deprecated")
 

@@ -21,7 +21,7 @@ from tokend.policy.examples import EXAMPLE_HASHES, example_accounts, refusing_ex
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader, load_settled
-from tokend.workers import InlineWorkers
+from tokend.threads import InlineWorkers
 
 SHIPPED = REPO / "config" / "users.json"
 

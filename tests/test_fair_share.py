@@ -15,7 +15,7 @@ from test_hardening_web import HandFiredWorkers, Hardened, throttle
 
 from tokend.client_address import TrustedProxies, parse_networks
 from tokend.login.throttle import InFlight
-from tokend.workers import BoundedWorkers
+from tokend.threads import BoundedWorkers
 
 
 def one_site(count: int) -> list[str]:

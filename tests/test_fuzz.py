@@ -25,13 +25,6 @@ from support import settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from tokend.login.basic_auth import (
-    MAX_AUTHORIZATION_BYTES,
-    Credentials,
-    MalformedCredentials,
-    UnsupportedScheme,
-    parse_authorization,
-)
 from tokend.login.passwords import PasswordChecker
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
@@ -51,8 +44,15 @@ from tokend.scope import (
 )
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import FormlessRequest, TokenAPI
-from tokend.workers import InlineWorkers
+from tokend.threads import InlineWorkers
+from tokend.web.basic_auth import (
+    MAX_AUTHORIZATION_BYTES,
+    Credentials,
+    MalformedCredentials,
+    UnsupportedScheme,
+    parse_authorization,
+)
+from tokend.web.realm import FormlessRequest, TokenAPI
 
 FUZZ = settings(
     database=None,

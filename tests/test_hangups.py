@@ -28,7 +28,7 @@ from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
-from tokend.workers import BoundedWorkers, Overloaded, Stopped
+from tokend.threads import BoundedWorkers, Overloaded, Stopped
 
 HERE = "192.0.2.10"
 ELSEWHERE = "198.51.100.5"

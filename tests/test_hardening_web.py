@@ -39,8 +39,8 @@ from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
 from tokend.tap import Options
-from tokend.web import TokenAPI
-from tokend.workers import BoundedWorkers, InlineWorkers, Workers
+from tokend.threads import BoundedWorkers, InlineWorkers, Workers
+from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
 SERVICE = "registry.test"

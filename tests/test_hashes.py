@@ -22,7 +22,7 @@ from twisted.logger import LogEvent, capturedLogs
 from tokend.login.passwords import PasswordChecker, dummy_hash
 from tokend.policy.files import load_policy
 from tokend.policy.model import Policy, PolicyError, UserPolicy, users_from_document
-from tokend.workers import InlineWorkers
+from tokend.threads import InlineWorkers
 
 ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 BASE = "$2b$04$abcdefghijklmnopqrstuu" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ01234"

@@ -15,15 +15,15 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from tokend.health import PolicyHealth, WorkersHealth, workers_details
 from tokend.login.passwords import PasswordChecker
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import InlineWorkers
+from tokend.threads import InlineWorkers
+from tokend.web.health import PolicyHealth, WorkersHealth, workers_details
+from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
 

@@ -1,4 +1,5 @@
-"""The transport's limits (tokend.http): slow clients are cut off, oversized bodies refused unread.
+"""The transport's limits (tokend.web.transport): slow clients are cut off, oversized bodies
+refused unread.
 
 In memory: the real Site and channel over a StringTransport, time on a Clock. One test drives
 the real daemon over 127.0.0.1.
@@ -35,20 +36,20 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 import tokend.tap
-from tokend.http import (
-    MAX_REQUEST_BODY_BYTES,
-    BoundedChannel,
-    ConnectionLimits,
-    limit_connections,
-)
 from tokend.login.passwords import PasswordChecker
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
 from tokend.tap import Options, makeService
-from tokend.web import TokenAPI
-from tokend.workers import InlineWorkers
+from tokend.threads import InlineWorkers
+from tokend.web.realm import TokenAPI
+from tokend.web.transport import (
+    MAX_REQUEST_BODY_BYTES,
+    BoundedChannel,
+    ConnectionLimits,
+    limit_connections,
+)
 
 LIMITS = ConnectionLimits(request_timeout=10, idle_timeout=30)
 GET = b"GET /echo HTTP/1.1\r\nHost: tokend\r\n\r\n"

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.metrics import (
+from tokend.metrics.instruments import (
     GRANTS,
     NO_METRICS,
     OUTCOMES,
@@ -28,7 +28,7 @@ from tokend.metrics import (
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
-from tokend.workers import BoundedWorkers
+from tokend.threads import BoundedWorkers
 
 
 class Timer:

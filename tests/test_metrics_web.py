@@ -21,14 +21,14 @@ from tokend.login.identity import BackendUnavailable, Identity, Login
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.throttle import LoginThrottle
-from tokend.metrics import GRANTS, OUTCOMES, Metrics
+from tokend.metrics.instruments import GRANTS, OUTCOMES, Metrics
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import BoundedWorkers, InlineWorkers, Workers
+from tokend.threads import BoundedWorkers, InlineWorkers, Workers
+from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
 SERVICE = "registry.test"
@@ -239,7 +239,7 @@ def test_every_grant_has_a_duration_series(tmp_path: Path, grant: str) -> None:
 def test_a_login_refused_after_asking_redis_first_counts_as_throttled(tmp_path: Path) -> None:
     """A process that has not seen alice since it joined Redis asks first; Redis says she is
     locked: 429 (the password is never checked), counted like any throttled login."""
-    from tokend.login.news import Seen
+    from tokend.login.shared_limits.news import Seen
 
     asked: list[list[tuple[str, str]]] = []
 

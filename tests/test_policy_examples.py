@@ -20,8 +20,8 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import InlineWorkers
+from tokend.threads import InlineWorkers
+from tokend.web.realm import TokenAPI
 
 PAGE = (REPO / "docs" / "policy.md").read_text()
 ELIDED_HASH = "$2b$12$…"

@@ -34,7 +34,7 @@ from support import (
 )
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.metrics import (
+from tokend.metrics.instruments import (
     Metrics,
     RedisState,
     ServiceState,
@@ -45,7 +45,7 @@ from tokend.metrics import (
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
-from tokend.workers import BoundedWorkers, InlineWorkers
+from tokend.threads import BoundedWorkers, InlineWorkers
 
 RULES = REPO / "deploy" / "prometheus" / "tokend-rules.yml"
 RULE_TESTS = REPO / "deploy" / "prometheus" / "tokend-rules.test.yml"

@@ -23,10 +23,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory
-from tokend.login.directory_accounts import DirectoryAccounts
-from tokend.login.directory_config import DirectoryConfig
 from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused
+from tokend.login.ldap.accounts import DirectoryAccounts
+from tokend.login.ldap.client import Directory
+from tokend.login.ldap.config import DirectoryConfig
 from tokend.login.logins import Logins
 from tokend.login.password_file import PasswordFile
 from tokend.login.passwords import PasswordChecker
@@ -36,8 +36,8 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import InlineWorkers
+from tokend.threads import InlineWorkers
+from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
 CLIENT = "192.0.2.10"

@@ -34,8 +34,8 @@ from tokend.policy.reload import PolicyReloader
 from tokend.policy.watcher import DEFAULT_DEBOUNCE_SECONDS, PolicyWatchService
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import WorkerPool
+from tokend.threads import WorkerPool
+from tokend.web.realm import TokenAPI
 
 PULL = {"*": ["pull"]}
 PUSH = {"*": ["pull", "push"]}

@@ -34,7 +34,7 @@ from tokend.policy.watcher import (
     touches,
     watch_plan,
 )
-from tokend.workers import InlineWorkers
+from tokend.threads import InlineWorkers
 
 
 def test_only_policy_files_and_the_configmap_link_matter() -> None:

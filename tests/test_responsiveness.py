@@ -19,8 +19,8 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import WorkerPool
+from tokend.threads import WorkerPool
+from tokend.web.realm import TokenAPI
 
 REAL_COST = 12
 

@@ -16,16 +16,16 @@ from support import write_key_pair, write_policy
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 
-from tokend.daemon import QuietSite
+from tokend.daemon.services import QuietSite
 from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import LoginThrottle
-from tokend.metrics import metrics_resource
+from tokend.metrics.instruments import metrics_resource
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import InlineWorkers
+from tokend.threads import InlineWorkers
+from tokend.web.realm import TokenAPI
 
 
 @pytest_twisted.ensureDeferred

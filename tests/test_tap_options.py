@@ -12,7 +12,7 @@ from support import parsed_options, write_key_pair, write_policy
 from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 
-from tokend.daemon import Announcer
+from tokend.daemon.services import Announcer
 from tokend.policy.holder import PolicyHolder
 from tokend.tap import Options
 

@@ -1,4 +1,4 @@
-"""``--log-format text``: tokend.text_log writes byte for byte what twistd's
+"""``--log-format text``: tokend.logs.text_lines writes byte for byte what twistd's
 ``textFileLogObserver`` writes, for generated events, the realm's real events and the real
 twistd."""
 
@@ -32,10 +32,10 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 
-from tokend import text_log
-from tokend.json_log import LoggingRoot, observer_for_format
-from tokend.log_text import printable
-from tokend.text_log import _plain_field, format_text_line, observer_for, observer_to
+from tokend.logs import text_lines
+from tokend.logs.escaping import printable
+from tokend.logs.json_lines import LoggingRoot, observer_for_format
+from tokend.logs.text_lines import _plain_field, format_text_line, observer_for, observer_to
 
 
 def written(make: Callable[[Any], Callable[[LogEvent], None]], event: LogEvent) -> Any:
@@ -319,10 +319,10 @@ def test_bytes_files_get_utf8_as_from_twisted() -> None:
 
 
 def test_the_caches_stay_bounded() -> None:
-    for n in range(text_log._PLANS_MAX * 2 + 3):
+    for n in range(text_lines._PLANS_MAX * 2 + 3):
         assert_same({"log_format": f"format {n} {{a}}", "a": n, "log_namespace": f"n{n}"})
-    assert len(text_log._plans) <= text_log._PLANS_MAX
-    assert len(text_log._systems) <= text_log._PLANS_MAX
+    assert len(text_lines._plans) <= text_lines._PLANS_MAX
+    assert len(text_lines._systems) <= text_lines._PLANS_MAX
 
 
 def test_observer_for_writes_where_twistd_would(

@@ -26,8 +26,8 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web import TokenAPI
-from tokend.workers import WorkerPool
+from tokend.threads import WorkerPool
+from tokend.web.realm import TokenAPI
 
 COST = 8
 """About 20 ms per check: large against the HTTP round trip, small enough for many trials."""

@@ -30,8 +30,8 @@ from twisted.python.usage import UsageError as OptionsError
 from tokend.cli import main
 from tokend.cli.common import UsageError
 from tokend.cli.unlock import control_path, described
-from tokend.control import Unlocking, _ControlFactory, single_process
-from tokend.login.shared_keys import SharedKeys
+from tokend.daemon.control import Unlocking, _ControlFactory, single_process
+from tokend.login.shared_limits.keys import SharedKeys
 from tokend.login.throttle import LoginThrottle
 
 NOW = 1_800_000_000.0

@@ -33,7 +33,7 @@ from support import (
 )
 from twisted.logger import Logger
 
-from tokend.processes import Supervisor
+from tokend.daemon.supervisor import Supervisor
 
 ACCOUNT_LIMIT = 10
 
@@ -299,8 +299,8 @@ def test_a_workers_line_is_the_line_the_parent_wrote_from_its_event() -> None:
     and formatted it with twistd's text observer or --log-format json. Same lines."""
     from twisted.logger import LogLevel, eventAsJSON, eventFromJSON
 
-    from tokend.json_log import event_as_json
-    from tokend.processes import marked, text_line
+    from tokend.daemon.supervisor import marked, text_line
+    from tokend.logs.json_lines import event_as_json
 
     event = {
         "log_format": "issued {flow} token to {account!r} from {client}: granted {granted}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, Deferred
 
-from tokend.login.news import Failed, News, Seen, Succeeded, Unlocked
+from tokend.login.shared_limits.news import Failed, News, Seen, Succeeded, Unlocked
 from tokend.login.throttle import LoginThrottle
 
 

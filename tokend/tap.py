@@ -23,8 +23,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
-from tokend.control import CONTROL_SUFFIX, ControlSocket, Unlocking, single_process
-from tokend.daemon import (
+from tokend.daemon.control import CONTROL_SUFFIX, ControlSocket, Unlocking, single_process
+from tokend.daemon.services import (
     Announcer,
     DirectoryConnection,
     Listener,
@@ -33,14 +33,14 @@ from tokend.daemon import (
     StartUpFailure,
     metrics_listener,
 )
+from tokend.daemon.startup_checks import DirectoryProbe
+from tokend.daemon.supervisor import Supervisor, parent_log, worker_count
+from tokend.daemon.worker_process import AdoptedListener, WorkerSetup
 from tokend.dn import DNError, normalise_dn
-from tokend.health import PolicyHealth, WorkersHealth
-from tokend.http import ConnectionLimits, limit_connections
-from tokend.json_log import LoggingRoot, event_as_json, observer_for_format
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory
-from tokend.login.directory_accounts import DirectoryAccounts, EntryNames
-from tokend.login.directory_config import (
+from tokend.login.ldap.accounts import DirectoryAccounts, EntryNames
+from tokend.login.ldap.client import Directory
+from tokend.login.ldap.config import (
     DEFAULT_FILTER,
     DEFAULT_GROUP_ATTRIBUTE,
     DEFAULT_GROUP_FILTER,
@@ -49,16 +49,21 @@ from tokend.login.directory_config import (
     read_bind_password,
     read_ca_certificates,
 )
-from tokend.login.directory_settings import NEEDS_URL, ignored_without_url
-from tokend.login.news import Ask, News
+from tokend.login.ldap.options import NEEDS_URL, ignored_without_url
 from tokend.login.passwords import PasswordChecker
-from tokend.login.redis_address import RedisAddress, parse_redis_url, read_redis_password
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
-from tokend.login.shared_failures import RedisFailures
-from tokend.login.shared_keys import SharedKeys
+from tokend.login.shared_limits.keys import SharedKeys
+from tokend.login.shared_limits.news import Ask, News
+from tokend.login.shared_limits.redis_address import (
+    RedisAddress,
+    parse_redis_url,
+    read_redis_password,
+)
+from tokend.login.shared_limits.redis_store import RedisFailures
 from tokend.login.throttle import InFlight, LoginThrottle
-from tokend.metrics import (
+from tokend.logs.json_lines import LoggingRoot, event_as_json, observer_for_format
+from tokend.metrics.instruments import (
     NO_METRICS,
     Metrics,
     RedisState,
@@ -76,14 +81,13 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc, load_settled
 from tokend.policy.watcher import PolicyWatchService
-from tokend.processes import Supervisor, parent_log, worker_count
 from tokend.signing.devcert import LinkRefusedError, ensure_dev_cert
 from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.startup_checks import DirectoryProbe
-from tokend.web import TokenAPI
-from tokend.worker import AdoptedListener, WorkerSetup
-from tokend.workers import BoundedWorkers, QueueService, WorkerPool
+from tokend.threads import BoundedWorkers, QueueService, WorkerPool
+from tokend.web.health import PolicyHealth, WorkersHealth
+from tokend.web.realm import TokenAPI
+from tokend.web.transport import ConnectionLimits, limit_connections
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024

@@ -21,8 +21,8 @@ from tokend.policy.report import overlap_notes
 from tokend.proxy_exposure import proxy_exposure
 
 if TYPE_CHECKING:
-    from tokend.login.directory import Directory
-    from tokend.login.directory_report import DirectoryReport
+    from tokend.login.ldap.client import Directory
+    from tokend.login.ldap.report import DirectoryReport
 
 
 def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:

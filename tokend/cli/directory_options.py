@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from tokend.cli.common import CommandError, UsageError
 from tokend.dn import DNError, normalise_dn
-from tokend.login.directory_settings import NEEDS_URL, ignored_without_url
+from tokend.login.ldap.options import NEEDS_URL, ignored_without_url
 
 if TYPE_CHECKING:
     # Imported when a command needs the directory: ldaptor loads and installs the global
     # reactor, which hash-password, kid and a directory-less check-config do without.
-    from tokend.login.directory import Directory
-    from tokend.login.directory_config import DirectoryConfig
+    from tokend.login.ldap.client import Directory
+    from tokend.login.ldap.config import DirectoryConfig
 
 MAX_LDAP_TIMEOUT = 300.0
 """The daemon's bound on --ldap-timeout."""
@@ -35,7 +35,7 @@ def directory_config(args: argparse.Namespace, stdout: TextIO) -> DirectoryConfi
         if ignored is not None:
             stdout.write(f"warning: {ignored}\n")
         return None
-    from tokend.login.directory_config import (
+    from tokend.login.ldap.config import (
         DEFAULT_FILTER,
         DEFAULT_GROUP_ATTRIBUTE,
         DEFAULT_GROUP_FILTER,
@@ -100,7 +100,7 @@ def ask_directory(config: DirectoryConfig, question: Callable[[Directory], Await
     from twisted.internet.defer import Deferred
     from twisted.python.failure import Failure
 
-    from tokend.login.directory import Directory, DirectoryUnavailable
+    from tokend.login.ldap.client import Directory, DirectoryUnavailable
 
     reactor: Any = global_reactor
     try:

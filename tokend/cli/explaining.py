@@ -21,7 +21,7 @@ from tokend.scope import ScopeError, parse_scopes
 from tokend.signing.tokens import rfc3339
 
 if TYPE_CHECKING:
-    from tokend.login.directory_config import DirectoryConfig
+    from tokend.login.ldap.config import DirectoryConfig
 
 
 def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:

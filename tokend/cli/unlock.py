@@ -1,6 +1,6 @@
 """``tokend unlock``: end a lockout now instead of waiting for the failure window.
 
-The tool talks to the running daemon through its control socket (:mod:`tokend.control`): by
+The tool talks to the running daemon through its control socket (:mod:`tokend.daemon.control`): by
 default the token socket's path plus ``.control`` (``--listen`` or ``TOKEND_LISTEN`` name the
 token socket, ``--control`` or ``TOKEND_CONTROL_SOCKET`` the control socket itself). The daemon
 clears the failures in every worker and, with ``--redis``, in Redis and in every other daemon.
@@ -37,7 +37,7 @@ def control_path(args: argparse.Namespace, environ: Any = os.environ) -> str:
             f"--listen {listen} is not a UNIX socket: name the daemon's --control-socket "
             "with --control PATH"
         )
-    from tokend.control import CONTROL_SUFFIX
+    from tokend.daemon.control import CONTROL_SUFFIX
     from tokend.tap import Options
 
     return Options.socket_path(listen) + CONTROL_SUFFIX

@@ -46,9 +46,9 @@ from tokend.login.refresh_tokens import (
     fingerprint,
 )
 from tokend.login.throttle import InFlight, LoginThrottle, Refusal, ShareFull
-from tokend.metrics import NO_METRICS, RequestMetrics
+from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.model import Policy
-from tokend.workers import Overloaded, Stopped
+from tokend.threads import Overloaded, Stopped
 
 WRONG = "invalid user name or password"
 

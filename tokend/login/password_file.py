@@ -17,7 +17,7 @@ class PasswordFile:
     """Checks a password against the live policy's users.json hash.
 
     An unknown name costs a bcrypt at a cost drawn from the policy's own mix, so response
-    time does not tell which names exist. :class:`tokend.workers.Overloaded` passes through
+    time does not tell which names exist. :class:`tokend.threads.Overloaded` passes through
     when the bcrypt queue is full.
     """
 

@@ -11,7 +11,7 @@ import bcrypt
 from twisted.logger import Logger
 
 from tokend.policy.model import MAX_BCRYPT_COST, MIN_BCRYPT_COST, Policy
-from tokend.workers import Workers
+from tokend.threads import Workers
 
 MAX_PASSWORD_BYTES = 72
 """bcrypt only reads 72 bytes; bcrypt 5 raises on longer input instead of truncating."""
@@ -70,5 +70,5 @@ class PasswordChecker:
     async def pad(self, cost: int) -> None:
         """One bcrypt at ``cost`` against a hash nothing matches, through the same workers: a
         refusal that cost no bcrypt of its own takes as long as one that did.
-        :class:`tokend.workers.Overloaded` passes through."""
+        :class:`tokend.threads.Overloaded` passes through."""
         await self._workers.run(_checkpw, b"", dummy_hash(cost))

@@ -45,8 +45,8 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
-from tokend.login.directory_entries import legacy_binding
 from tokend.login.identity import USERS, Identity
+from tokend.login.ldap.entries import legacy_binding
 from tokend.policy.model import Policy
 from tokend.signing.keys import SigningKey
 

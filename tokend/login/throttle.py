@@ -18,7 +18,7 @@ from typing import Literal
 
 from twisted.internet.defer import Deferred
 
-from tokend.login.news import Ask, Failed, News, Succeeded, Unlocked
+from tokend.login.shared_limits.news import Ask, Failed, News, Succeeded, Unlocked
 
 DEFAULT_MAX_ENTRIES = 10_000
 """Keys kept per table (accounts, addresses); unlocked ones are forgotten first."""

@@ -29,7 +29,7 @@ from tokend.policy.files import (
 )
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyChange, PolicyError, policy_change
-from tokend.workers import Workers
+from tokend.threads import Workers
 
 MAX_LOAD_ATTEMPTS = 5
 

@@ -3,7 +3,7 @@
 A directory that does not answer when the daemon starts is worth a warning that names the
 option to look at; the daemon serves anyway (users.json accounts and anonymous pulls need no
 directory, and the directory is asked again at every login). Redis checks itself the same way
-(:class:`tokend.login.shared_failures.RedisFailures`).
+(:class:`tokend.login.shared_limits.redis_store.RedisFailures`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
-from tokend.login.directory import Directory
-from tokend.login.directory_report import DirectoryReport
+from tokend.login.ldap.client import Directory
+from tokend.login.ldap.report import DirectoryReport
+from tokend.logs.namespaces import NamedLogger
 
 
 class DirectoryProbe(Service):
@@ -24,7 +24,7 @@ class DirectoryProbe(Service):
     when it does not answer. ``close`` drops the connection after (a parent of workers,
     which serves no directory logins itself)."""
 
-    log = Logger()
+    log = NamedLogger("tokend.startup_checks.DirectoryProbe")
 
     def __init__(
         self, directory: Directory, option: str, reactor: Any, *, close: bool = False

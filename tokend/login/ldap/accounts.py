@@ -14,11 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from twisted.logger import Logger
-
-from tokend.log_text import printable
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.directory import Directory, DirectoryAccount, DirectoryUnavailable
 from tokend.login.identity import (
     DIRECTORY,
     OPEN_GATE,
@@ -30,6 +26,9 @@ from tokend.login.identity import (
     directory_name,
     entry_name,
 )
+from tokend.login.ldap.client import Directory, DirectoryAccount, DirectoryUnavailable
+from tokend.logs.escaping import printable
+from tokend.logs.namespaces import NamedLogger
 from tokend.policy.model import Policy
 
 _LOGIN_STAMP = b"\0directory login"
@@ -115,7 +114,7 @@ class EntryNames:
     the directory now (none when it finds none, or cannot answer: that is logged, and the
     entry's failures then end with the failure window)."""
 
-    log = Logger()
+    log = NamedLogger("tokend.login.directory_accounts.EntryNames")
 
     def __init__(self, directory: Directory) -> None:
         self._directory = directory

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokend.login.directory_entries import LockoutPolicy, lockout_warning
+from tokend.login.ldap.entries import LockoutPolicy, lockout_warning
 
 
 @dataclass(frozen=True, slots=True)

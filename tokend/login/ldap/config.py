@@ -1,6 +1,6 @@
 """How to reach the directory and find accounts in it: the ``--ldap-*`` settings as one
 checked value, and the file readers and filter helpers they need. The client is
-:mod:`tokend.login.directory`.
+:mod:`tokend.login.ldap.client`.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 The throttle itself stays local and synchronous (:class:`tokend.login.throttle.LoginThrottle`):
 anonymous and cached requests never wait for anyone. What it saw goes out through its
 ``publish`` seam; what others saw comes in through ``learn``. Workers of one daemon exchange
-news through their parent (:mod:`tokend.processes`); daemons exchange it through Redis.
+news through their parent (:mod:`tokend.daemon.supervisor`); daemons exchange it through Redis.
 
 Redis holds throttle keys, never names: accounts and addresses are keyed hashes
-(:mod:`tokend.login.shared_keys`). Every failure runs one short Lua script (one round trip,
+(:mod:`tokend.login.shared_limits.keys`). Every failure runs one short Lua script (one round trip,
 atomic) that adds it to a sorted set per account and per address
 (``tokend:throttle:account:<hash>``, ``tokend:throttle:address:<hash>``), each member carrying
 a MAC; drops the times older than the window; keeps at most the limit's worth; sets the key's TTL
@@ -34,11 +34,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.logger import Logger
 
-from tokend.login.news import Failed, News, Seen, Succeeded, Unlocked
-from tokend.login.redis_address import RedisAddress
-from tokend.login.shared_keys import REJECTED_REASONS, NewsRejected, SharedKeys
+from tokend.login.shared_limits.keys import REJECTED_REASONS, NewsRejected, SharedKeys
+from tokend.login.shared_limits.news import Failed, News, Seen, Succeeded, Unlocked
+from tokend.login.shared_limits.redis_address import RedisAddress
+from tokend.logs.namespaces import NamedLogger
 
 NAMESPACE = "tokend:throttle:"
 CHANNEL = NAMESPACE + "news"
@@ -148,7 +148,7 @@ class RedisFailures(Service):
     up again (news may have been missed: keys are to be asked about again).
     """
 
-    log = Logger()
+    log = NamedLogger("tokend.login.shared_failures.RedisFailures")
 
     def __init__(
         self,

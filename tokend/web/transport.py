@@ -18,12 +18,12 @@ from typing import Any, cast
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
-from tokend.web import FormlessRequest, RequestError, error_body
+from tokend.logs.namespaces import NamedLogger
+from tokend.web.realm import FormlessRequest, RequestError, error_body
 
 MAX_REQUEST_BODY_BYTES = 65536
 """Above the realm's form limit (``web.MAX_BODY_BYTES``), so the realm still answers its own
@@ -63,7 +63,7 @@ class BoundedChannel(HTTPChannel):
     idle timeout) still closes a connection on which nothing arrives between requests.
     """
 
-    log = Logger()
+    log = NamedLogger("tokend.http.BoundedChannel")
 
     def __init__(self, limits: ConnectionLimits) -> None:
         super().__init__()

@@ -176,7 +176,7 @@ class Metrics:
 
 
 class Queue(Protocol):
-    """The bcrypt queue as :class:`tokend.workers.BoundedWorkers` shows it."""
+    """The bcrypt queue as :class:`tokend.threads.BoundedWorkers` shows it."""
 
     @property
     def waiting(self) -> int: ...
@@ -261,7 +261,8 @@ class ServiceState:
 
 
 class SharedLimits(Protocol):
-    """The Redis store (:class:`tokend.login.shared_failures.RedisFailures`) as metrics see it."""
+    """The Redis store (:class:`tokend.login.shared_limits.redis_store.RedisFailures`) as
+    metrics see it."""
 
     @property
     def available(self) -> bool: ...

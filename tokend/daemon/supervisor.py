@@ -14,10 +14,10 @@ the payload) so that bytes (an exposition, a log line) travel as they are:
   the parent only writes to its log (:class:`ParentLog`: one log file, rotated by one process);
   or, where twistd logs elsewhere (``--syslog``, ``--logger``), every log event for the
   parent's observer; ``{"news": ...}`` for each failed or successful login
-  (:mod:`tokend.login.shared_failures` spells it); its metrics exposition when asked;
+  (:mod:`tokend.login.shared_limits.redis_store` spells it); its metrics exposition when asked;
 - parent → worker: ``{"news": ...}`` that another worker (or another daemon, through Redis)
   saw; a request for its metrics (``--metrics``: the parent serves the union, see
-  :mod:`tokend.metrics`).
+  :mod:`tokend.metrics.instruments`).
 - with ``--redis``, worker → parent ``{"ask": n, "keys": [...]}`` before its first check of a
   key, answered ``{"answer": n, "seen": [...]}`` with what Redis holds; parent → worker
   ``{"rejoined": true}`` when Redis is back (keys are to be asked about again);
@@ -62,9 +62,10 @@ from twisted.logger import (
 from twisted.python.compat import ioType
 from twisted.python.failure import Failure
 
-from tokend.login.news import Ask, News
-from tokend.login.shared_failures import news_from_wire, news_to_wire
-from tokend.text_log import format_text_line, log_file_for
+from tokend.login.shared_limits.news import Ask, News
+from tokend.login.shared_limits.redis_store import news_from_wire, news_to_wire
+from tokend.logs.namespaces import NamedLogger
+from tokend.logs.text_lines import format_text_line, log_file_for
 
 MAX_FRAME = 16 * 1024 * 1024
 """One message at most (a log event with a long policy error, an exposition, fit)."""
@@ -166,7 +167,7 @@ class Framed(TwistedProtocol):
 
 def text_line(event: LogEvent) -> str | None:
     """The line twistd's own text observer (``textFileLogObserver``) writes for ``event``,
-    by :func:`tokend.text_log.format_text_line` (the same bytes, computed faster)."""
+    by :func:`tokend.logs.text_lines.format_text_line` (the same bytes, computed faster)."""
     return format_text_line(event)
 
 
@@ -247,7 +248,7 @@ class _Ended(ProcessProtocol):
 class Supervisor(Service):
     """Starts, relays between, restarts and stops the workers."""
 
-    log = Logger()
+    log = NamedLogger("tokend.processes.Supervisor")
 
     def __init__(
         self,

@@ -17,21 +17,12 @@ import werkzeug.exceptions
 from klein import Klein
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from tokend.client_address import ClientAddress, TrustedProxies
-from tokend.health import StrictError, status_word, strict_asked
-from tokend.log_text import printable
-from tokend.login.basic_auth import (
-    Credentials,
-    MalformedCredentials,
-    UnsupportedScheme,
-    parse_authorization,
-)
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.identity import (
     BackendUnavailable,
@@ -46,10 +37,19 @@ from tokend.login.password_file import PasswordFile
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import MAX_TOKEN_CHARS, RefreshTokens, fingerprint
 from tokend.login.throttle import InFlight, LoginThrottle
-from tokend.metrics import NO_METRICS, RequestMetrics
+from tokend.logs.escaping import printable
+from tokend.logs.namespaces import NamedLogger
+from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.holder import PolicyHolder
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
 from tokend.signing.tokens import IssuedToken, TokenIssuer
+from tokend.web.basic_auth import (
+    Credentials,
+    MalformedCredentials,
+    UnsupportedScheme,
+    parse_authorization,
+)
+from tokend.web.health import StrictError, status_word, strict_asked
 
 MAX_QUERY_BYTES = 8192
 MAX_VALUE_CHARS = 1024
@@ -194,7 +194,7 @@ class TokenRequest:
 
 class TokenAPI:
     app = Klein()
-    log = Logger()
+    log = NamedLogger("tokend.web.TokenAPI")
 
     def __init__(
         self,

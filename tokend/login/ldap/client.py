@@ -23,13 +23,12 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from tokend.dn import normalise_dn
-from tokend.log_text import printable
-from tokend.login.directory_config import (
+from tokend.login.identity import OPEN_GATE, EntryGate, UnfitName, directory_name
+from tokend.login.ldap.config import (
     DirectoryConfig,
     InvalidLDAPFilter,
     Server,
@@ -38,7 +37,7 @@ from tokend.login.directory_config import (
     parseFilter,
     read_ca_certificates,
 )
-from tokend.login.directory_entries import (
+from tokend.login.ldap.entries import (
     POLICY_ATTRIBUTES,
     POLICY_FILTER,
     STATE_ATTRIBUTES,
@@ -47,8 +46,9 @@ from tokend.login.directory_entries import (
     entry_state,
     lockout_policy,
 )
-from tokend.login.directory_report import DirectoryReport
-from tokend.login.identity import OPEN_GATE, EntryGate, UnfitName, directory_name
+from tokend.login.ldap.report import DirectoryReport
+from tokend.logs.escaping import printable
+from tokend.logs.namespaces import NamedLogger
 
 _SUCCESS = ldaperrors.Success.resultCode
 _SIZE_LIMIT_EXCEEDED = ldaperrors.LDAPSizeLimitExceeded.resultCode
@@ -202,7 +202,7 @@ class Directory:
     it ends, not once per request.
     """
 
-    log = Logger()
+    log = NamedLogger("tokend.login.directory.Directory")
 
     def __init__(self, config: DirectoryConfig, reactor: Any) -> None:
         self._config = config

@@ -18,11 +18,12 @@ from twisted.logger import Logger, formatEvent
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tokend.http import ConnectionLimits, limit_connections
-from tokend.login.directory import Directory
+from tokend.login.ldap.client import Directory
+from tokend.logs.namespaces import NamedLogger
 from tokend.policy.examples import example_accounts
 from tokend.policy.holder import PolicyHolder
 from tokend.proxy_exposure import proxy_exposure
+from tokend.web.transport import ConnectionLimits, limit_connections
 
 if TYPE_CHECKING:
     from tokend.tap import Options
@@ -78,7 +79,7 @@ class Listener(Service):
     no permission) reported as one sentence instead of twistd's traceback, naming the option
     (``--listen``, ``--metrics`` or its TOKEND_ variable) that asked for it."""
 
-    log = Logger()
+    log = NamedLogger("tokend.daemon.Listener")
 
     def __init__(
         self,
@@ -171,7 +172,7 @@ class SocketGroup(Service):
     """Hands the listening UNIX socket to a group (e.g. www-data) once it exists: in
     privilegedStartService, before twistd gives up root (--uid) and before any thread starts."""
 
-    log = Logger()
+    log = NamedLogger("tokend.daemon.SocketGroup")
 
     def __init__(self, path: str, group: str, gid: int, failed: StartUpFailure) -> None:
         self._path = path
@@ -198,7 +199,7 @@ class Announcer(Service):
     """Logs where the daemon listens, and what policy it serves, once everything before it has
     started."""
 
-    log = Logger()
+    log = NamedLogger("tokend.daemon.Announcer")
 
     def __init__(self, options: Options, holder: PolicyHolder) -> None:
         self._options = options

@@ -24,13 +24,13 @@ from twisted.application import strports
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
 
-from tokend.login.shared_failures import RedisFailures
-from tokend.login.shared_keys import SharedKeys
+from tokend.login.shared_limits.keys import SharedKeys
+from tokend.login.shared_limits.redis_store import RedisFailures
 from tokend.login.throttle import address_key
+from tokend.logs.namespaces import NamedLogger
 
 CONTROL_SUFFIX = ".control"
 IDLE_TIMEOUT = 10
@@ -55,7 +55,7 @@ class UnlockRefused(ValueError):
 class Unlocking:
     """What ``tokend unlock`` asks for: the name's throttle keys cleared here and in Redis."""
 
-    log = Logger()
+    log = NamedLogger("tokend.control.Unlocking")
 
     def __init__(
         self,
@@ -186,7 +186,7 @@ class ControlSocket(Service):
     """Listens on the control socket from startService on: after twistd has given up root
     (``--uid``), so the daemon's user owns it."""
 
-    log = Logger()
+    log = NamedLogger("tokend.control.ControlSocket")
 
     def __init__(self, path: str, unlocking: Unlocking, reactor: Any) -> None:
         self.path = path

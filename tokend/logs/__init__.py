@@ -1,0 +1,2 @@
+"""Log output: escaping of client-supplied text, the text line format and the JSON
+line format."""
