@@ -34,7 +34,8 @@ import loadgen
 from prometheus_client import CollectorRegistry, generate_latest
 from support import free_port  # tests/support.py, on the path since harness
 
-from tokend.metrics.instruments import NO_METRICS, Metrics, process_collectors
+from tokend.metrics.collectors import process_collectors
+from tokend.metrics.instruments import NO_METRICS, Metrics
 
 GOAL = 0.95
 MODES = ("off", "on")

@@ -14,17 +14,9 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.metrics.instruments import (
-    GRANTS,
-    NO_METRICS,
-    OUTCOMES,
-    Metrics,
-    ServiceState,
-    certificate_expiry,
-    metrics_resource,
-    process_collectors,
-    tokend_version,
-)
+from tokend.metrics.collectors import ServiceState, certificate_expiry, process_collectors
+from tokend.metrics.exposition import metrics_resource
+from tokend.metrics.instruments import GRANTS, NO_METRICS, OUTCOMES, Metrics, tokend_version
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key

@@ -34,14 +34,14 @@ from support import (
 )
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.metrics.instruments import (
-    Metrics,
+from tokend.metrics.collectors import (
     RedisState,
     ServiceState,
     SupervisorState,
     certificate_expiry,
     process_collectors,
 )
+from tokend.metrics.instruments import Metrics
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key

@@ -19,7 +19,7 @@ from twisted.internet.endpoints import serverFromString
 from tokend.daemon.services import QuietSite
 from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import LoginThrottle
-from tokend.metrics.instruments import metrics_resource
+from tokend.metrics.exposition import metrics_resource
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import free_port, stop_process
 from test_workers import Daemon, start, wait_for, worker_pids
 
-from tokend.metrics.instruments import union_of
+from tokend.metrics.exposition import union_of
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

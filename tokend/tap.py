@@ -63,18 +63,15 @@ from tokend.login.shared_limits.redis_address import (
 from tokend.login.shared_limits.redis_store import RedisFailures
 from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.logs.json_lines import LoggingRoot, event_as_json, observer_for_format
-from tokend.metrics.instruments import (
-    NO_METRICS,
-    Metrics,
+from tokend.metrics.collectors import (
     RedisState,
-    RequestMetrics,
     ServiceState,
     SupervisorState,
     certificate_expiry,
-    metrics_resource,
     process_collectors,
-    workers_metrics_resource,
 )
+from tokend.metrics.exposition import metrics_resource, workers_metrics_resource
+from tokend.metrics.instruments import NO_METRICS, Metrics, RequestMetrics
 from tokend.policy.examples import example_accounts, example_accounts_error, refusing_examples
 from tokend.policy.files import LoadedPolicy, Loader, load_policy
 from tokend.policy.holder import PolicyHolder

@@ -17,7 +17,7 @@ the payload) so that bytes (an exposition, a log line) travel as they are:
   (:mod:`tokend.login.shared_limits.redis_store` spells it); its metrics exposition when asked;
 - parent → worker: ``{"news": ...}`` that another worker (or another daemon, through Redis)
   saw; a request for its metrics (``--metrics``: the parent serves the union, see
-  :mod:`tokend.metrics.instruments`).
+  :mod:`tokend.metrics.exposition`).
 - with ``--redis``, worker → parent ``{"ask": n, "keys": [...]}`` before its first check of a
   key, answered ``{"answer": n, "seen": [...]}`` with what Redis holds; parent → worker
   ``{"rejoined": true}`` when Redis is back (keys are to be asked about again);
