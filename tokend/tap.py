@@ -1,4 +1,4 @@
-"""``twistd registry-token``: command-line options and the service tree.
+"""``twistd registry-token``: command-line options, and which service tree they ask for.
 
 Everything is validated in ``postOptions`` (the key, the certificate, the policy files, the
 socket path) so a bad configuration stops start-up with one sentence instead of a traceback.
@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet import reactor as global_reactor
@@ -48,9 +48,6 @@ from tokend.policy.model import PolicyError
 from tokend.policy.reload import load_settled
 from tokend.signing.devcert import LinkRefusedError, ensure_dev_cert
 from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
-
-if TYPE_CHECKING:
-    from tokend.daemon.worker_process import WorkerSetup
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024
@@ -634,11 +631,9 @@ class Options(usage.Options):
         return load_settled if self["dev-cert"] else refusing_examples(load_settled)
 
 
-def makeService(
-    options: Options, reactor: Any = global_reactor, worker: WorkerSetup | None = None
-) -> MultiService:
-    """The daemon's tree; with --workers N > 1 the parent's (the socket, the supervisor), and
-    with ``worker`` one worker's (the same tree, serving the socket the parent bound)."""
-    if worker is None and options["workers"] > 1:
+def makeService(options: Options, reactor: Any = global_reactor) -> MultiService:
+    """The daemon's tree; with --workers N > 1 the parent's (the socket, the supervisor).
+    Each worker builds its own with :func:`tokend.daemon.serving.serving_tree`."""
+    if options["workers"] > 1:
         return supervisor_tree(options, reactor)
-    return serving_tree(options, reactor, worker)
+    return serving_tree(options, reactor)

@@ -23,7 +23,6 @@ from tokend.daemon.services import (
     metrics_listener,
 )
 from tokend.daemon.startup_checks import DirectoryProbe
-from tokend.daemon.worker_process import AdoptedListener
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
@@ -131,7 +130,7 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
     if worker is not None:  # news and questions for Redis go through the parent
         publish, ask = worker.publish, worker.ask if options["redis"] is not None else None
     elif options["redis"] is not None:
-        redis = _redis(
+        redis = redis_failures(
             options,
             reactor,
             keys,
@@ -200,7 +199,7 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
     ).setServiceParent(root)
     failed = StartUpFailure(options.parent)
     if worker is not None:
-        AdoptedListener(worker.listen_fd, worker.family, site, reactor).setServiceParent(root)
+        worker.listener(site, reactor).setServiceParent(root)
     else:
         listener = Listener(options["listen"], site, reactor, failed, options.source("listen"))
         listener.setServiceParent(root)
@@ -220,13 +219,14 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
     return root
 
 
-def _redis(
+def redis_failures(
     options: Options,
     reactor: Any,
     keys: SharedKeys,
     sink: Callable[[News], None],
     rejoined: Callable[[], None],
 ) -> RedisFailures:
+    """The login throttle's shared failures (--redis), for either tree."""
     return RedisFailures(
         options["redis"],
         keys=keys,

@@ -19,7 +19,7 @@ from tokend.daemon.services import (
     StartUpFailure,
     metrics_listener,
 )
-from tokend.daemon.serving import _redis
+from tokend.daemon.serving import redis_failures
 from tokend.daemon.startup_checks import DirectoryProbe
 from tokend.daemon.supervisor import Supervisor, parent_log
 from tokend.login.ldap.accounts import EntryNames
@@ -55,7 +55,7 @@ def supervisor_tree(options: Options, reactor: Any) -> MultiService:
     keys = SharedKeys.from_signing_key(options.signing_key)
     redis = None
     if options["redis"] is not None:
-        redis = _redis(
+        redis = redis_failures(
             options,
             reactor,
             keys,
