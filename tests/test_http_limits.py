@@ -35,7 +35,7 @@ from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-import tokend.tap
+import tokend.daemon.serving
 from tokend.login.passwords import PasswordChecker
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
@@ -380,7 +380,7 @@ def test_timeout_options(tmp_path: Path) -> None:
 def test_the_daemon_site_applies_the_options(
     tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tokend.tap, "keep_out_of_gc", lambda: None)
+    monkeypatch.setattr(tokend.daemon.serving, "keep_out_of_gc", lambda: None)
     options = parsed(tmp_path, "--request-timeout", "3", "--idle-timeout", "7")
     root = makeService(options, reactor=clock)
     [site] = [s.factory for s in root if isinstance(getattr(s, "factory", None), Site)]

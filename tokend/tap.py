@@ -1,4 +1,4 @@
-"""``twistd registry-token``: command-line options and the service tree.
+"""``twistd registry-token``: command-line options, and which service tree they ask for.
 
 Everything is validated in ``postOptions`` (the key, the certificate, the policy files, the
 socket path) so a bad configuration stops start-up with one sentence instead of a traceback.
@@ -10,36 +10,21 @@ from __future__ import annotations
 import grp
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet import reactor as global_reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
 
-from tokend.client_address import CLIENT_HEADERS, TrustedProxies, parse_networks
-from tokend.daemon.control import CONTROL_SUFFIX, ControlSocket, Unlocking, single_process
-from tokend.daemon.services import (
-    Announcer,
-    DirectoryConnection,
-    Listener,
-    QuietSite,
-    SocketGroup,
-    StartUpFailure,
-    metrics_listener,
-)
-from tokend.daemon.startup_checks import DirectoryProbe
-from tokend.daemon.supervisor import Supervisor, parent_log, worker_count
-from tokend.daemon.worker_process import AdoptedListener, WorkerSetup
+from tokend.client_address import CLIENT_HEADERS, parse_networks
+from tokend.daemon.control import CONTROL_SUFFIX
+from tokend.daemon.serving import serving_tree
+from tokend.daemon.supervising import supervisor_tree
+from tokend.daemon.supervisor import worker_count
 from tokend.dn import DNError, normalise_dn
-from tokend.login.credential_cache import CredentialCache
-from tokend.login.ldap.accounts import DirectoryAccounts, EntryNames
-from tokend.login.ldap.client import Directory
 from tokend.login.ldap.config import (
     DEFAULT_FILTER,
     DEFAULT_GROUP_ATTRIBUTE,
@@ -50,41 +35,19 @@ from tokend.login.ldap.config import (
     read_ca_certificates,
 )
 from tokend.login.ldap.options import NEEDS_URL, ignored_without_url
-from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
-from tokend.login.refresh_tokens import REFRESH_AUDIENCE, RefreshTokens
-from tokend.login.shared_limits.keys import SharedKeys
-from tokend.login.shared_limits.news import Ask, News
+from tokend.login.refresh_tokens import REFRESH_AUDIENCE
 from tokend.login.shared_limits.redis_address import (
     RedisAddress,
     parse_redis_url,
     read_redis_password,
 )
-from tokend.login.shared_limits.redis_store import RedisFailures
-from tokend.login.throttle import InFlight, LoginThrottle
-from tokend.logs.json_lines import LoggingRoot, event_as_json, observer_for_format
-from tokend.metrics.collectors import (
-    RedisState,
-    ServiceState,
-    SupervisorState,
-    certificate_expiry,
-    process_collectors,
-)
-from tokend.metrics.exposition import metrics_resource, workers_metrics_resource
-from tokend.metrics.instruments import NO_METRICS, Metrics, RequestMetrics
 from tokend.policy.examples import example_accounts, example_accounts_error, refusing_examples
 from tokend.policy.files import LoadedPolicy, Loader, load_policy
-from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
-from tokend.policy.reload import PolicyReloader, keep_out_of_gc, load_settled
-from tokend.policy.watcher import PolicyWatchService
+from tokend.policy.reload import load_settled
 from tokend.signing.devcert import LinkRefusedError, ensure_dev_cert
 from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
-from tokend.signing.tokens import TokenIssuer
-from tokend.threads import BoundedWorkers, QueueService, WorkerPool
-from tokend.web.health import PolicyHealth, WorkersHealth
-from tokend.web.realm import TokenAPI
-from tokend.web.transport import ConnectionLimits, limit_connections
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 LISTEN_BACKLOG = 1024
@@ -668,253 +631,9 @@ class Options(usage.Options):
         return load_settled if self["dev-cert"] else refusing_examples(load_settled)
 
 
-def _metrics(
-    registry: CollectorRegistry | None,
-    options: Options,
-    holder: PolicyHolder,
-    credential_cache: CredentialCache,
-    bcrypt_queue: BoundedWorkers,
-) -> RequestMetrics:
-    """The realm's instruments and the state read at scrape time, on ``registry``; with no
-    registry (no --metrics) nothing is counted, and requests pay nothing for it."""
-    if registry is None:
-        return NO_METRICS
-    metrics = Metrics(registry)
-    process_collectors(registry)
-    registry.register(
-        ServiceState(
-            holder,
-            credential_cache=credential_cache,
-            queue=bcrypt_queue,
-            certificate_expiry=certificate_expiry(options.signing_key),
-        )
-    )
-    return metrics
-
-
-def _directory_accounts(
-    options: Options,
-    reactor: Any,
-    holder: PolicyHolder,
-    cache: CredentialCache,
-    root: MultiService,
-    probe: bool,
-) -> DirectoryAccounts | None:
-    """Directory logins for names users.json does not hold, when --ldap-url is given; with
-    ``probe``, the directory is asked once at start-up too."""
-    config = options.directory
-    if config is None:
-        return None
-    directory = Directory(config, reactor)
-    DirectoryConnection(directory).setServiceParent(root)
-    if probe:
-        DirectoryProbe(directory, options.source("ldap-url"), reactor).setServiceParent(root)
-    return DirectoryAccounts(
-        directory,
-        lambda: holder.current,
-        cache,
-        reactor.seconds,
-        retry_after=config.timeout,
-    )
-
-
-def makeService(
-    options: Options, reactor: Any = global_reactor, worker: WorkerSetup | None = None
-) -> MultiService:
-    """The daemon's tree; with --workers N > 1 the parent's (the socket, the supervisor), and
-    with ``worker`` one worker's (the same tree, serving the socket the parent bound)."""
-    if worker is None and options["workers"] > 1:
-        return _supervisor_tree(options, reactor)
-    root = LoggingRoot(observer_for_format(options["log-format"], options.parent))
-    bcrypt_pool = WorkerPool(reactor, options["bcrypt-threads"], "tokend-bcrypt")
-    bcrypt_pool.setServiceParent(root)
-    reload_pool = WorkerPool(reactor, 1, "tokend-reload")
-    reload_pool.setServiceParent(root)
-    holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
-    bcrypt_queue = BoundedWorkers(
-        bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
-    )
-    QueueService(bcrypt_queue).setServiceParent(root)  # stops before the pool
-    credential_cache = CredentialCache(
-        ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
-    )
-    registry = CollectorRegistry() if options["metrics"] is not None else None
-    metrics = _metrics(registry, options, holder, credential_cache, bcrypt_queue)
-    keys = SharedKeys.from_signing_key(options.signing_key)
-    redis = None
-    publish: Callable[[News], None] | None = None
-    ask: Ask | None = None
-    if worker is not None:  # news and questions for Redis go through the parent
-        publish, ask = worker.publish, worker.ask if options["redis"] is not None else None
-    elif options["redis"] is not None:
-        redis = _redis(
-            options,
-            reactor,
-            keys,
-            sink=lambda news: throttle.learn(news, reactor.seconds()),
-            rejoined=lambda: throttle.rejoined(),
-        )
-        redis.setServiceParent(root)
-        publish, ask = redis.record, redis.lookup
-        if registry is not None:
-            registry.register(RedisState(redis))
-    throttle = LoginThrottle(
-        per_account=options["max-failures-per-account"],
-        per_address=options["max-failures-per-address"],
-        window=options["failure-window"],
-        keys=keys.name,
-        publish=publish,
-        ask=ask,
-    )
-    directory = _directory_accounts(
-        options, reactor, holder, credential_cache, root, probe=worker is None
-    )
-    if worker is not None:
-        worker.attach(throttle)
-    elif options["control-socket"] is not None:
-        entries = None if directory is None else directory.entry_names
-        unlocking = Unlocking(keys, single_process(throttle.unlock), redis, entries)
-        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
-    api = TokenAPI(
-        policy=holder,
-        passwords=PasswordChecker(bcrypt_queue),
-        tokens=TokenIssuer(options.signing_key, options["issuer"], options["token-ttl"]),
-        refresh_tokens=RefreshTokens(
-            options.signing_key, options["issuer"], options["refresh-token-ttl"]
-        ),
-        services=options["service"],
-        clock=reactor,
-        realm_path=options["realm-path"],
-        throttle=throttle,
-        credential_cache=credential_cache,
-        trusted_proxies=TrustedProxies(
-            networks=options["trusted-proxy"], header=options["client-address-header"]
-        ),
-        in_flight=InFlight(
-            options["bcrypt-per-address"],
-            capacity=options["bcrypt-threads"] + options["bcrypt-queue"],
-        ),
-        directory=directory,
-        metrics=metrics,
-    )
-    site = QuietSite(api.resource(), reactor=reactor)
-    limit_connections(
-        site,
-        ConnectionLimits(
-            request_timeout=options["request-timeout"],
-            idle_timeout=options["idle-timeout"],
-            realm_path=options["realm-path"].encode("utf-8"),
-        ),
-    )
-    site.displayTracebacks = False
-    # The watch starts before the listener: once the socket accepts, an edit is seen.
-    config_dir = Path(options["config-dir"])
-    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool, options.policy_loader())
-    reloader.setServiceParent(root)  # stops, giving up a load, before reload_pool joins
-    PolicyWatchService(
-        config_dir, reloader.reload, reactor, poll=bool(options["poll"])
-    ).setServiceParent(root)
-    failed = StartUpFailure(options.parent)
-    if worker is not None:
-        AdoptedListener(worker.listen_fd, worker.family, site, reactor).setServiceParent(root)
-    else:
-        listener = Listener(options["listen"], site, reactor, failed, options.source("listen"))
-        listener.setServiceParent(root)
-    if options.get("socket-gid") is not None and worker is None:
-        socket_path = Options.socket_path(options["listen"])
-        group = SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
-        group.setServiceParent(root)
-    if registry is not None and worker is not None:
-        worker.expose(registry, holder)  # the parent serves every worker's metrics and health
-    elif registry is not None:
-        served = metrics_resource(registry)
-        served.putChild(b"healthz", cast(IResource, PolicyHealth(holder)))
-        metrics_listener(options, served, reactor, failed).setServiceParent(root)
-    if worker is None:
-        Announcer(options, holder).setServiceParent(root)
-    keep_out_of_gc()
-    return root
-
-
-def _redis(
-    options: Options,
-    reactor: Any,
-    keys: SharedKeys,
-    sink: Callable[[News], None],
-    rejoined: Callable[[], None],
-) -> RedisFailures:
-    return RedisFailures(
-        options["redis"],
-        keys=keys,
-        sink=sink,
-        rejoined=rejoined,
-        per_account=options["max-failures-per-account"],
-        per_address=options["max-failures-per-address"],
-        window=options["failure-window"],
-        reactor=reactor,
-        option=options.source("redis"),
-    )
-
-
-def _supervisor_tree(options: Options, reactor: Any) -> MultiService:
-    """--workers N: the parent binds the socket (one sentence if it cannot), gives it its
-    group, and runs the workers; it serves nothing itself and loads no thread pool. The
-    workers' log lines come finished, for it to write (or as events under --syslog/--logger)."""
-    log = parent_log(options["log-format"], options.parent, event_as_json)
-    root = LoggingRoot(
-        log if log is not None else observer_for_format(options["log-format"], options.parent)
-    )
-    failed = StartUpFailure(options.parent)
-    listener = Listener(
-        options["listen"], Site(Resource()), reactor, failed, options.source("listen")
-    )
-    listener.setServiceParent(root)
-    if options.get("socket-gid") is not None:
-        socket_path = Options.socket_path(options["listen"])
-        group = SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
-        group.setServiceParent(root)
-    keys = SharedKeys.from_signing_key(options.signing_key)
-    redis = None
-    if options["redis"] is not None:
-        redis = _redis(
-            options,
-            reactor,
-            keys,
-            sink=lambda news: supervisor.broadcast(news),
-            rejoined=lambda: supervisor.rejoined(),
-        )
-        redis.setServiceParent(root)
-    supervisor = Supervisor(
-        count=options["workers"],
-        argv=options.argv,
-        port=listener.port,
-        reactor=reactor,
-        failed=failed,
-        relay=redis.record if redis is not None else None,
-        lookup=redis.lookup if redis is not None else None,
-        log=log,
-        log_format=options["log-format"],
-    )
-    supervisor.setServiceParent(root)
-    if options["metrics"] is not None:
-        registry = CollectorRegistry()
-        process_collectors(registry)
-        registry.register(SupervisorState(supervisor))
-        if redis is not None:
-            registry.register(RedisState(redis))
-        served = workers_metrics_resource(registry, supervisor)
-        served.putChild(b"healthz", cast(IResource, WorkersHealth(supervisor)))
-        metrics_listener(options, served, reactor, failed).setServiceParent(root)
-    directory = None
-    if options.directory is not None:
-        directory = Directory(options.directory, reactor)
-        probe = DirectoryProbe(directory, options.source("ldap-url"), reactor, close=True)
-        probe.setServiceParent(root)
-        DirectoryConnection(directory).setServiceParent(root)
-    if options["control-socket"] is not None:
-        entries = None if directory is None else EntryNames(directory)
-        unlocking = Unlocking(keys, supervisor.unlock, redis, entries)
-        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
-    holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
-    Announcer(options, holder).setServiceParent(root)
-    return root
+def makeService(options: Options, reactor: Any = global_reactor) -> MultiService:
+    """The daemon's tree; with --workers N > 1 the parent's (the socket, the supervisor).
+    Each worker builds its own with :func:`tokend.daemon.serving.serving_tree`."""
+    if options["workers"] > 1:
+        return supervisor_tree(options, reactor)
+    return serving_tree(options, reactor)

@@ -314,7 +314,8 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
-    from tokend.tap import Options, makeService
+    from tokend.daemon.serving import serving_tree
+    from tokend.tap import Options
 
     def refuse(sentence: str) -> int:
         outbox(_critical(sentence))
@@ -326,7 +327,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     except usage.UsageError as e:
         return refuse(str(e))
     link = ParentLink(reactor)
-    root: MultiService = makeService(
+    root: MultiService = serving_tree(
         options,
         reactor,
         worker=WorkerSetup(
@@ -360,7 +361,7 @@ def _critical(sentence: str) -> dict[str, Any]:
 
 
 class WorkerSetup:
-    """What makeService needs to build a worker's tree: the inherited socket, how to join
+    """What serving_tree needs to build a worker's tree: the inherited socket, how to join
     the throttle to the other workers (its news out, theirs in, questions for Redis through
     the parent), and how to hand its metrics to the parent (which serves --metrics for all
     workers)."""
@@ -380,3 +381,7 @@ class WorkerSetup:
         self.expose = expose
         self.publish = publish
         self.ask = ask
+
+    def listener(self, site: Any, reactor: Any) -> AdoptedListener:
+        """The service serving ``site`` on the socket the parent bound."""
+        return AdoptedListener(self.listen_fd, self.family, site, reactor)

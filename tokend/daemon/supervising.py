@@ -1,0 +1,99 @@
+"""The parent's tree under ``--workers N``, built by :func:`tokend.tap.makeService`: it binds
+the socket, runs the workers and serves their metrics, and serves no token itself."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from prometheus_client import CollectorRegistry
+from twisted.application.service import MultiService
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+
+from tokend.daemon.control import ControlSocket, Unlocking
+from tokend.daemon.services import (
+    Announcer,
+    DirectoryConnection,
+    Listener,
+    SocketGroup,
+    StartUpFailure,
+    metrics_listener,
+)
+from tokend.daemon.serving import redis_failures
+from tokend.daemon.startup_checks import DirectoryProbe
+from tokend.daemon.supervisor import Supervisor, parent_log
+from tokend.login.ldap.accounts import EntryNames
+from tokend.login.ldap.client import Directory
+from tokend.login.shared_limits.keys import SharedKeys
+from tokend.logs.json_lines import LoggingRoot, event_as_json, observer_for_format
+from tokend.metrics.collectors import RedisState, SupervisorState, process_collectors
+from tokend.metrics.exposition import workers_metrics_resource
+from tokend.policy.holder import PolicyHolder
+from tokend.web.health import WorkersHealth
+
+if TYPE_CHECKING:
+    from tokend.tap import Options
+
+
+def supervisor_tree(options: Options, reactor: Any) -> MultiService:
+    """--workers N: the parent binds the socket (one sentence if it cannot), gives it its
+    group, and runs the workers; it serves nothing itself and loads no thread pool. The
+    workers' log lines come finished, for it to write (or as events under --syslog/--logger)."""
+    log = parent_log(options["log-format"], options.parent, event_as_json)
+    root = LoggingRoot(
+        log if log is not None else observer_for_format(options["log-format"], options.parent)
+    )
+    failed = StartUpFailure(options.parent)
+    listener = Listener(
+        options["listen"], Site(Resource()), reactor, failed, options.source("listen")
+    )
+    listener.setServiceParent(root)
+    if options.get("socket-gid") is not None:
+        socket_path = options.socket_path(options["listen"])
+        group = SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
+        group.setServiceParent(root)
+    keys = SharedKeys.from_signing_key(options.signing_key)
+    redis = None
+    if options["redis"] is not None:
+        redis = redis_failures(
+            options,
+            reactor,
+            keys,
+            sink=lambda news: supervisor.broadcast(news),
+            rejoined=lambda: supervisor.rejoined(),
+        )
+        redis.setServiceParent(root)
+    supervisor = Supervisor(
+        count=options["workers"],
+        argv=options.argv,
+        port=listener.port,
+        reactor=reactor,
+        failed=failed,
+        relay=redis.record if redis is not None else None,
+        lookup=redis.lookup if redis is not None else None,
+        log=log,
+        log_format=options["log-format"],
+    )
+    supervisor.setServiceParent(root)
+    if options["metrics"] is not None:
+        registry = CollectorRegistry()
+        process_collectors(registry)
+        registry.register(SupervisorState(supervisor))
+        if redis is not None:
+            registry.register(RedisState(redis))
+        served = workers_metrics_resource(registry, supervisor)
+        served.putChild(b"healthz", cast(IResource, WorkersHealth(supervisor)))
+        metrics_listener(options, served, reactor, failed).setServiceParent(root)
+    directory = None
+    if options.directory is not None:
+        directory = Directory(options.directory, reactor)
+        probe = DirectoryProbe(directory, options.source("ldap-url"), reactor, close=True)
+        probe.setServiceParent(root)
+        DirectoryConnection(directory).setServiceParent(root)
+    if options["control-socket"] is not None:
+        entries = None if directory is None else EntryNames(directory)
+        unlocking = Unlocking(keys, supervisor.unlock, redis, entries)
+        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
+    holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
+    Announcer(options, holder).setServiceParent(root)
+    return root
