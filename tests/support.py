@@ -301,3 +301,19 @@ def parsed_options(tmp_path: Path, *args: str, environ: dict[str, str] | None = 
         ]
     )  # fmt: skip
     return options
+
+
+def with_default_sigint(command: list[str]) -> list[str]:
+    """``command`` run with SIGINT's default disposition, as from a terminal.
+
+    A shell starts a background job (``pytest … &``) with SIGINT ignored, and an ignored
+    signal stays ignored through fork and exec: neither Python nor Twisted's reactor installs
+    a handler for it, so the Ctrl-C would never arrive. ``Popen``'s ``restore_signals`` resets
+    only SIGPIPE, SIGXFZ and SIGXFSZ, and a ``preexec_fn`` is unsafe with threads in the test
+    process: a small Python resets SIGINT and execs the command in the same process instead.
+    """
+    reset = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execvp(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", reset, *command]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from ldap_server import GROUPS, SUFFIX, Slapd, dn, group_dn
-from support import free_port, write_policy
+from support import free_port, with_default_sigint, write_policy
 
 from tokend.cli import main
 
@@ -414,22 +414,6 @@ def test_check_config_over_ldaps_with_the_test_ca(slapd: Slapd, config_dir: Path
         f"tokend check-config: directory unavailable: {slapd.ldaps_url}: bind: TLS failed: "
         "certificate verify failed\n"
     )
-
-
-def with_default_sigint(command: list[str]) -> list[str]:
-    """``command`` (a Python one) run with SIGINT's default disposition, as from a terminal.
-
-    A shell starts a background job (``pytest … &``) with SIGINT ignored, and an ignored
-    signal stays ignored through fork and exec: neither Python nor Twisted's reactor installs
-    a handler for it, so the Ctrl-C would never arrive. ``Popen``'s ``restore_signals`` resets
-    only SIGPIPE, SIGXFZ and SIGXFSZ, and a ``preexec_fn`` is unsafe with threads in the test
-    process: a small Python resets SIGINT and execs the command in the same process instead.
-    """
-    reset = (
-        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-        "os.execv(sys.argv[1], sys.argv[1:])"
-    )
-    return [sys.executable, "-c", reset, *command]
 
 
 def test_ctrl_c_while_the_directory_keeps_silent(config_dir: Path) -> None:

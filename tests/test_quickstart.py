@@ -37,6 +37,7 @@ from support import (
     port_open,
     stop_process,
     verify_jwt,
+    with_default_sigint,
 )
 from test_deployment import heredocs, require, shell_blocks
 
@@ -80,7 +81,11 @@ def start_daemon(checkout: Path, command: str, log: Path) -> subprocess.Popen[by
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEND_")}
     with log.open("ab") as output:
         return subprocess.Popen(
-            shlex.split(command), cwd=checkout, env=env, stdout=output, stderr=subprocess.STDOUT
+            with_default_sigint(shlex.split(command)),  # Ctrl-C, as from a terminal
+            cwd=checkout,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
 
 
