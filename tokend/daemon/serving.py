@@ -190,7 +190,7 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
         ),
     )
     site.displayTracebacks = False
-    # The watch starts before the listener: once the socket accepts, an edit is seen.
+    # Before the listener: the watch is armed before the socket is bound (privileged start).
     config_dir = Path(options["config-dir"])
     reloader = PolicyReloader(config_dir, holder, reactor, reload_pool, options.policy_loader())
     reloader.setServiceParent(root)  # stops, giving up a load, before reload_pool joins

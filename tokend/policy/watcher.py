@@ -177,20 +177,30 @@ class PolicyWatchService(Service):
         self._previous_sighup: SignalHandler = None
         self._stopped = False
 
+    def privilegedStartService(self) -> None:
+        """Watch from here, before the listener's own privileged start binds the socket: once
+        a client can connect, an edit is seen (startService runs after every listen)."""
+        super().privilegedStartService()
+        self._watch()
+
     def startService(self) -> None:
         super().startService()
-        self._stopped = False
-        observer = PollingObserver(timeout=POLL_INTERVAL_SECONDS) if self._poll else Observer()
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
-        self._arm()
+        if self._observer is None:
+            self._watch()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         self.log.info(
             "watching {directories} for policy changes ({how}); SIGHUP reloads too",
             directories=self.watched(),
             how="polling" if self._poll else "inotify",
         )
+
+    def _watch(self) -> None:
+        self._stopped = False
+        observer = PollingObserver(timeout=POLL_INTERVAL_SECONDS) if self._poll else Observer()
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        self._arm()
 
     def stopService(self) -> None:
         super().stopService()
