@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from tokend.client_address import ClientAddress, TrustedProxies
+from tokend.login.assembly import logins_for
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.identity import (
     BackendUnavailable,
@@ -32,8 +33,7 @@ from tokend.login.identity import (
     LoginRefused,
     LoginThrottled,
 )
-from tokend.login.logins import AccountDirectory, Logins, ShareExceeded
-from tokend.login.password_file import PasswordFile
+from tokend.login.logins import AccountDirectory, ShareExceeded
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import MAX_TOKEN_CHARS, RefreshTokens, fingerprint
 from tokend.login.throttle import InFlight, LoginThrottle
@@ -223,22 +223,18 @@ class TokenAPI:
         self._clock = clock
         self._realm_path = realm_path.encode("utf-8")
         self._challenge = f'Basic realm="{tokens.issuer}"'.encode()
-        if throttle is None:
-            throttle = LoginThrottle(per_account=0, per_address=0, window=1)
-        cache = CredentialCache(ttl=0) if credential_cache is None else credential_cache
         self._proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
-        self._logins = Logins(
-            current=lambda: policy.current,
-            password_file=PasswordFile(lambda: policy.current, passwords, cache, clock.seconds),
+        self._logins = logins_for(
+            policy=policy,
             passwords=passwords,
             clock=clock.seconds,
             throttle=throttle,
-            in_flight=InFlight(0) if in_flight is None else in_flight,
+            credential_cache=credential_cache,
+            in_flight=in_flight,
             directory=directory,
             refresh_tokens=refresh_tokens,
             metrics=metrics,
         )
-        policy.on_replace(lambda old, new: cache.policy_replaced(old.users, new.users))
 
     def resource(self) -> Resource:
         return _Edge(self.app.resource(), self._realm_path, self.serve_realm)
