@@ -317,3 +317,51 @@ def with_default_sigint(command: list[str]) -> list[str]:
         "os.execvp(sys.argv[1], sys.argv[1:])"
     )
     return [sys.executable, "-c", reset, *command]
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], object],
+    timeout: float = 30,
+    *,
+    process: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
+    """Polls ``check`` until it holds. With ``process``, fails at once (showing ``log``) when
+    the process ends first, instead of waiting out the timeout."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if process is not None and process.poll() is not None:
+            shown = log.read_text() if log is not None and log.exists() else ""
+            raise AssertionError(f"{what}: the process ended ({process.returncode})\n{shown}")
+        assert time.monotonic() < deadline, f"{what}: not after {timeout:g} s"
+        time.sleep(0.05)
+
+
+class HandFiredWorkers:
+    """A thread pool stand-in that holds every call until the test fires it, so checks and
+    loads stay in flight (``calls`` counts what was asked)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        self.calls += 1
+        deferred: Deferred[Any] = Deferred()
+        self.pending.append((deferred, function, args))
+        return deferred
+
+    def fire_one(self) -> None:
+        """Runs the oldest held call; its exception fails its Deferred."""
+        deferred, function, args = self.pending.pop(0)
+        try:
+            result = function(*args)
+        except Exception:
+            deferred.errback(Failure())
+        else:
+            deferred.callback(result)
+
+    def fire_all(self) -> None:
+        while self.pending:
+            self.fire_one()

@@ -24,6 +24,7 @@ from support import (
     start_twistd,
     stop_process,
     verify_jwt,
+    wait_for,
     write_key_pair,
 )
 
@@ -234,11 +235,7 @@ def test_a_running_daemon_takes_up_tokend_user_add(tmp_path: Path, config: Path)
         "--cert", str(cert_path), "--service", "svc", log=log,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert process.poll() is None, log.read_text() if log.exists() else "no log"
-            assert time.monotonic() < deadline, "no socket after 30 s"
-            time.sleep(0.05)
+        wait_for("the socket", sock.exists, process=process, log=log)
         assert token_answer(sock, "carol", "pw")[0] == 401
 
         tool = [sys.executable, "-m", "tokend"]

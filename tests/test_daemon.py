@@ -25,6 +25,7 @@ from support import (
     start_twistd,
     stop_process,
     verify_jwt,
+    wait_for,
     write_key_pair,
     write_policy,
 )
@@ -55,11 +56,7 @@ def test_twistd_serves_tokens_on_a_unix_socket(
         log=log,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert process.poll() is None, log.read_text() if log.exists() else process.stdout
-            assert time.monotonic() < deadline, "no socket after 30 s"
-            time.sleep(0.05)
+        wait_for("the socket", sock.exists, process=process, log=log)
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
 
         connection = UnixHTTPConnection(sock)
@@ -104,11 +101,7 @@ def start_failure(tmp_path: Path, *args: str) -> str:
 
 
 def wait_for_socket(process: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not accepts(sock):
-        assert process.poll() is None, log.read_text() if log.exists() else ""
-        assert time.monotonic() < deadline, "no socket after 30 s"
-        time.sleep(0.05)
+    wait_for("the socket", lambda: accepts(sock), process=process, log=log)
 
 
 @pytest.mark.parametrize(
@@ -290,11 +283,7 @@ def test_dev_cert_creates_a_private_key_pair_and_says_so(
         log=log,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert process.poll() is None, log.read_text() if log.exists() else ""
-            assert time.monotonic() < deadline, "no socket after 30 s"
-            time.sleep(0.05)
+        wait_for("the socket", sock.exists, process=process, log=log)
         status, body = get_json_over_unix(sock, "/v2/token?service=svc&scope=repository:pub/x:pull")
         assert status == 200, body
         verify_jwt(body["token"], load_certificate(cert_path))

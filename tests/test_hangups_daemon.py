@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from support import (
     start_twistd,
     stop_process,
     verify_jwt,
+    wait_for,
     write_key_pair,
     write_policy,
 )
@@ -91,13 +92,6 @@ def sample(text: str, name: str) -> float:
     return float(found.group(1))
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not after {timeout} s"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int, Path, Path]]:
     config = tmp_path / "config"
@@ -128,6 +122,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int,
                 process.poll() is not None
                 or (log.exists() and "tokend listening on" in log.read_text())
             ),
+            timeout=60,
         )
         assert process.poll() is None, log.read_text()
         yield process, sock, metrics, log, cert
@@ -161,7 +156,7 @@ def test_hang_ups_hold_their_places_count_and_leave_sigterm_prompt(
         running = sample(text, "tokend_password_checks_running")
         return running + sample(text, "tokend_password_check_queue_depth") == 0
 
-    wait_for("the flood's checks ended", settled)
+    wait_for("the flood's checks ended", settled, timeout=60)
     scraped, text = scrape(metrics)
     assert scraped.getheader("Server") == "tokend"
     rejected = sample(text, 'tokend_password_checks_total{result="rejected"}')
@@ -177,6 +172,7 @@ def test_hang_ups_hold_their_places_count_and_leave_sigterm_prompt(
     wait_for(
         "a full queue",
         lambda: sample(scrape(metrics)[1], "tokend_password_check_queue_depth") >= 20,
+        timeout=60,
     )
     started = time.monotonic()
     assert stop_process(process, timeout=15) == -signal.SIGTERM

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from base64 import b64encode
 from datetime import datetime
 from io import StringIO
@@ -20,6 +19,7 @@ from support import (
     UnixHTTPConnection,
     start_twistd,
     stop_process,
+    wait_for,
     write_key_pair,
     write_policy,
 )
@@ -142,11 +142,7 @@ def deployment(tmp_path: Path) -> list[str]:
 
 
 def ask_tokens(sock: Path, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        assert process.poll() is None
-        assert time.monotonic() < deadline, "no socket after 30 s"
-        time.sleep(0.05)
+    wait_for("the socket", sock.exists, process=process)
     for password in ("bar", "wrong\n"):
         connection = UnixHTTPConnection(sock)
         auth = b64encode(f"bar:{password}".encode()).decode()

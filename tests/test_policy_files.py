@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import time
 from base64 import b64encode
 from pathlib import Path
 from threading import Event
@@ -21,14 +19,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import (
+    HandFiredWorkers,
     accepts,
     get_json_over_unix,
     start_twistd,
     stop_process,
+    wait_for,
     write_key_pair,
     write_policy,
 )
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
@@ -247,36 +246,17 @@ def test_the_decoder_and_json_loads_agree_on_garbage(text: str) -> None:
     _same_as_json_loads(text)
 
 
-class HeldWorkers:
-    """Runs a load only when the test says, to stop the service while it is in flight."""
-
-    def __init__(self) -> None:
-        self.held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def run(self, function: Any, *args: Any) -> Deferred[Any]:
-        done: Deferred[Any] = Deferred()
-        self.held.append((done, function, args))
-        return done
-
-    def finish(self) -> None:
-        done, function, args = self.held.pop()
-        try:
-            done.callback(function(*args))
-        except Exception as e:
-            done.errback(e)
-
-
 def test_stopping_the_reloader_ends_the_load_in_flight(tmp_path: Path) -> None:
     """twistd stops the reloader before the thread pool, whose stop waits for the thread."""
     write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
     holder = PolicyHolder(files.load_policy(tmp_path).policy, 0)
-    workers = HeldWorkers()
+    workers = HandFiredWorkers()
     reloader = PolicyReloader(tmp_path, holder, Clock(), workers)
     reloader.startService()
     done = reloader.reload("modified")
     reloader.stopService()
     with capturedLogs() as events:
-        workers.finish()
+        workers.fire_one()
     assert done.called
     assert (holder.generation, holder.failed_at) == (1, None), "nothing loaded, nothing failed"
     assert [e["log_format"] for e in events] == [
@@ -290,14 +270,6 @@ def token_status(sock: Path, user: str, password: str) -> int:
         sock, f"/v2/token?service=svc&account={user}", {"Authorization": f"Basic {auth}"}
     )
     return int(status)
-
-
-def wait_for(process: subprocess.Popen[bytes], log: Path, done: Any, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not done():
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"{what}: not after 30 s\n{log.read_text()}"
-        time.sleep(0.05)
 
 
 def test_a_fifo_as_users_json_fails_the_reload_and_the_daemon_still_reloads_and_stops(
@@ -315,21 +287,23 @@ def test_a_fifo_as_users_json_fails_the_reload_and_the_daemon_still_reloads_and_
         log=log,
     )  # fmt: skip
     try:
-        wait_for(process, log, lambda: accepts(sock), "the socket")
+        wait_for("the socket", lambda: accepts(sock), process=process, log=log)
         good = (config / "users.json").read_text()
         os.mkfifo(config / ".fifo")
         os.replace(config / ".fifo", config / "users.json")
         wait_for(
-            process,
-            log,
-            lambda: "users.json: not a regular file (a FIFO)" in log.read_text(),
             "the FIFO refused",
+            lambda: "users.json: not a regular file (a FIFO)" in log.read_text(),
+            process=process,
+            log=log,
         )
         carol = json.loads(good)
         carol["carol"] = carol.pop("alice")
         (config / ".users.json.tmp").write_text(json.dumps(carol))
         os.replace(config / ".users.json.tmp", config / "users.json")
-        wait_for(process, log, lambda: "policy reloaded (" in log.read_text(), "a good edit")
+        wait_for(
+            "a good edit", lambda: "policy reloaded (" in log.read_text(), process=process, log=log
+        )
         assert token_status(sock, "carol", "alice") == 200
         assert token_status(sock, "alice", "alice") == 401
     finally:

@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from support import write_policy
-from twisted.internet.defer import Deferred
+from support import HandFiredWorkers, write_policy
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from watchdog.events import (
@@ -151,22 +150,6 @@ def test_edits_that_never_pause_still_reload_within_the_maximum_delay() -> None:
     assert elapsed <= MAX_DELAY_SECONDS + 0.1
 
 
-class HandFiredWorkers:
-    """Runs nothing until the test says so, to hold a load 'in flight'."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def run(self, function: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.pending.append((d, function, args))
-        return d
-
-    def finish_one(self) -> None:
-        d, function, args = self.pending.pop(0)
-        d.callback(function(*args))
-
-
 def test_triggers_during_a_load_coalesce_into_one_more_load(tmp_path: Path) -> None:
     write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
     holder = PolicyHolder(load_policy(tmp_path).policy, 0)
@@ -182,11 +165,11 @@ def test_triggers_during_a_load_coalesce_into_one_more_load(tmp_path: Path) -> N
     second.addCallback(lambda _: fired.append("second"))
     third.addCallback(lambda _: fired.append("third"))
 
-    workers.finish_one()
+    workers.fire_one()
     assert fired == ["first"]
     assert holder.generation == 2
     assert len(workers.pending) == 1, "one more load for the triggers that came meanwhile"
-    workers.finish_one()
+    workers.fire_one()
     assert fired == ["first", "second", "third"]
     assert holder.generation == 3
     assert workers.pending == []

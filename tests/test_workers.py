@@ -14,10 +14,9 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from base64 import b64encode
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from support import (
     pids_issuing,
     start_twistd,
     stop_process,
+    wait_for,
     write_key_pair,
     write_policy,
 )
@@ -95,13 +95,6 @@ class Daemon:
 def worker_pids(parent: int) -> set[int]:
     children = Path(f"/proc/{parent}/task/{parent}/children")
     return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not after {timeout} s"
-        time.sleep(0.05)
 
 
 def start(tmp_path: Path, *extra: str, workers: str = "2") -> Daemon:

@@ -43,6 +43,7 @@ from support import (
     port_open,
     start_twistd,
     stop_process,
+    wait_for,
 )
 
 ISSUER = "tokend-e2e"
@@ -60,11 +61,7 @@ ANONYMOUS = {"blacklist": False, "repositories": ["public/hello"], "catalog": Fa
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+    wait_for(what, condition, timeout)
 
 
 def write_tls_pair(directory: Path) -> tuple[Path, Path]:
