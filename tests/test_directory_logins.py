@@ -25,12 +25,14 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from tokend.daemon.control import Unlocking, single_process
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import (
     DIRECTORY,
     Identity,
     Login,
     LoginRefused,
     LoginThrottled,
+    directory_spelling,
     entry_name,
 )
 from tokend.login.ldap.accounts import DirectoryAccounts, EntryNames
@@ -491,6 +493,7 @@ class RememberingDirectory:
     """An in-memory directory backend: one entry, reached by two names, whose right password
     the credential cache remembers once it was checked."""
 
+    credential_types = (UsernamePassword,)
     source = DIRECTORY
     refusals_cost_a_bcrypt = True  # none here: the door need not pay one for it
 
@@ -501,10 +504,19 @@ class RememberingDirectory:
     def _login(self, account: str) -> Login:
         return Login(Identity(account, DIRECTORY, entry=DN), self.policy)
 
-    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
+    def answers(self, credentials: object, policy: Policy) -> object | None:
+        assert isinstance(credentials, UsernamePassword)
+        spelled = directory_spelling(credentials.account, policy)
+        return None if spelled is None else UsernamePassword(spelled, credentials.password)
+
+    def at_once(self, credentials: object, policy: Policy, now: float) -> Login | None:
+        assert isinstance(credentials, UsernamePassword)
+        account, password = credentials.account, credentials.password
         return self._login(account) if (account, password) in self.remembered else None
 
-    async def authenticate(self, account: str, password: bytes, gate: Any) -> Login | None:
+    async def authenticate(self, credentials: object, gate: Any) -> Login | None:
+        assert isinstance(credentials, UsernamePassword)
+        account, password = credentials.account, credentials.password
         await gate.admit(DN)
         if password != b"right":
             return None
@@ -522,32 +534,35 @@ def test_a_remembered_login_is_refused_while_its_entry_is_locked() -> None:
     directory = RememberingDirectory(policy)
     logins = Logins(
         current=lambda: policy,
-        password_file=directory,
+        authenticators=[directory],
         passwords=PasswordChecker(InlineWorkers()),
         clock=lambda: 1000.0,
         throttle=LoginThrottle(per_account=3, per_address=100, window=300),
         in_flight=InFlight(0),
-        directory=directory,
     )
     owner, attacker = "192.0.2.1", "198.51.100.7"
-    assert settled(logins.password("wolfgang", b"right", owner)).identity.account == "wolfgang"
+    assert (
+        settled(logins.login(UsernamePassword("wolfgang", b"right"), owner)).identity.account
+        == "wolfgang"
+    )
     for _ in range(3):
         with pytest.raises(LoginRefused):
-            settled(logins.password("mozart", b"wrong", attacker))
+            settled(logins.login(UsernamePassword("mozart", b"wrong"), attacker))
     with pytest.raises(LoginThrottled):
-        logins.password("wolfgang", b"right", attacker)
-    assert logins.password("wolfgang", b"right", owner).identity.account == "wolfgang"
+        logins.login(UsernamePassword("wolfgang", b"right"), attacker)
+    assert (
+        logins.login(UsernamePassword("wolfgang", b"right"), owner).identity.account == "wolfgang"
+    )
 
 
 def door(directory: RememberingDirectory, throttle: LoginThrottle) -> Logins:
     return Logins(
         current=lambda: directory.policy,
-        password_file=directory,
+        authenticators=[directory],
         passwords=PasswordChecker(InlineWorkers()),
         clock=lambda: 1000.0,
         throttle=throttle,
         in_flight=InFlight(0),
-        directory=directory,
     )
 
 
@@ -565,7 +580,7 @@ def test_an_entry_locked_in_redis_is_asked_about_before_its_first_try_here() -> 
     directory = RememberingDirectory(Policy(users_from_document({}, "users.json")))
     logins = door(directory, LoginThrottle(per_account=3, per_address=100, window=300, ask=ask))
     with pytest.raises(LoginThrottled):
-        settled(logins.password("wolfgang", b"right", "192.0.2.1"))
+        settled(logins.login(UsernamePassword("wolfgang", b"right"), "192.0.2.1"))
     assert ("account", entry) in [pair for pairs in asked for pair in pairs]
     assert not directory.remembered, "no password was tried"
 
@@ -619,20 +634,19 @@ def test_a_look_alike_is_refused_after_one_bcrypt_as_a_wrong_password_is() -> No
     throttle = LoginThrottle(per_account=3, per_address=2, window=300)
     logins = Logins(
         current=lambda: policy,
-        password_file=directory,
+        authenticators=[directory],
         passwords=PasswordChecker(workers),
         clock=lambda: 1000.0,
         throttle=throttle,
         in_flight=InFlight(0),
-        directory=directory,
     )
     for name in LOOK_ALIKES[:2]:
         with pytest.raises(LoginRefused):
-            settled(logins.password(name, b"right", "192.0.2.1"))
+            settled(logins.login(UsernamePassword(name, b"right"), "192.0.2.1"))
     assert workers.calls == 2 and not directory.remembered
     assert len(throttle.accounts) == 0
     with pytest.raises(LoginThrottled) as refused:
-        logins.password("mozart", b"right", "192.0.2.1")
+        logins.login(UsernamePassword("mozart", b"right"), "192.0.2.1")
     assert refused.value.by == "address"
 
 

@@ -21,9 +21,10 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import Login, LoginError, LoginOverloaded, LoginThrottled
 from tokend.login.logins import Logins
-from tokend.login.password_file import PasswordFile
+from tokend.login.password_file import PasswordFile, UnknownNames
 from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.policy.files import load_policy
@@ -121,11 +122,10 @@ class Door:
         passwords = PasswordChecker(self.queue)
         self.throttle = LoginThrottle(per_account=per_account, per_address=30, window=300)
         current: Callable[[], Any] = lambda: self.holder.current  # noqa: E731
+        password_file = PasswordFile(current, passwords, CredentialCache(ttl=0), self.clock.seconds)
         self.logins = Logins(
             current=current,
-            password_file=PasswordFile(
-                current, passwords, CredentialCache(ttl=0), self.clock.seconds
-            ),
+            authenticators=[password_file, UnknownNames(password_file)],
             passwords=passwords,
             clock=self.clock.seconds,
             throttle=self.throttle,
@@ -134,7 +134,7 @@ class Door:
 
     def abandoned(self, account: str, password: str, client: str = HERE) -> None:
         """A login whose client hangs up while its check waits for bcrypt."""
-        waiting = self.logins.password(account, password.encode(), client)
+        waiting = self.logins.login(UsernamePassword(account, password.encode()), client)
         assert isinstance(waiting, Deferred)
         waiting.cancel()
         assert isinstance(failure_of(waiting), CancelledError)
@@ -142,7 +142,7 @@ class Door:
     def login(self, account: str, password: str, client: str = HERE) -> object:
         """A login whose client waits: its Login, or the refusal."""
         try:
-            answer = self.logins.password(account, password.encode(), client)
+            answer = self.logins.login(UsernamePassword(account, password.encode()), client)
         except LoginError as e:
             return e
         if not isinstance(answer, Deferred):
@@ -188,7 +188,7 @@ def test_the_address_share_is_held_until_the_check_ends(tmp_path: Path) -> None:
     door = Door(tmp_path, in_flight=1)
     door.abandoned("bar", "guess")
     with pytest.raises(LoginOverloaded, match="from this address"):
-        door.logins.password("foo", b"foo", HERE)
+        door.logins.login(UsernamePassword("foo", b"foo"), HERE)
     assert isinstance(door.login("foo", "foo", ELSEWHERE), Login), "another address gets in"
     door.pool.fire_all()
     assert isinstance(door.login("foo", "foo", HERE), Login), "the place came back"

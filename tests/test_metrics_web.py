@@ -17,7 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.identity import BackendUnavailable, Identity, Login
+from tokend.login.credentials import UsernamePassword
+from tokend.login.identity import BackendUnavailable, Login, directory_spelling
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.throttle import LoginThrottle
@@ -37,16 +38,27 @@ SERVICE = "registry.test"
 class DirectoryDown:
     """A directory that cannot answer: every login it would decide is unavailable."""
 
+    credential_types = (UsernamePassword,)
     source = "ldap"
+    refusals_cost_a_bcrypt = False
 
-    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
+    def answers(self, credentials: object, policy: Policy) -> object | None:
+        assert isinstance(credentials, UsernamePassword)
+        spelled = directory_spelling(credentials.account, policy)
+        return None if spelled is None else UsernamePassword(spelled, credentials.password)
+
+    def at_once(self, credentials: object, policy: Policy, now: float) -> Login | None:
         return None
 
-    async def authenticate(self, account: str, password: bytes, gate: object) -> Login | None:
-        raise BackendUnavailable("the directory is unavailable", account, 2)
+    async def authenticate(self, credentials: object, gate: object) -> Login | None:
+        assert isinstance(credentials, UsernamePassword)
+        raise BackendUnavailable("the directory is unavailable", credentials.account, 2)
 
-    async def lookup(self, account: str) -> Identity | None:
-        raise BackendUnavailable("the directory is unavailable", account, 2)
+    def vouch_at_once(self, claims: Any, tokens: Any, policy: Policy) -> Login | None:
+        return None
+
+    async def vouch(self, claims: Any, tokens: Any, policy: Policy) -> Login:
+        raise BackendUnavailable("the directory is unavailable", claims.account, 2)
 
 
 class Stuck:

@@ -23,12 +23,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused
+from tokend.login.credentials import UsernamePassword
+from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused, directory_spelling
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
 from tokend.login.ldap.config import DirectoryConfig
 from tokend.login.logins import Logins
-from tokend.login.password_file import PasswordFile
+from tokend.login.password_file import PasswordFile, UnknownNames
 from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.policy.files import load_policy
@@ -58,6 +59,7 @@ class CountingWorkers:
 class OneAccount:
     """A directory that knows one account and its password: the door's view of one, in memory."""
 
+    credential_types = (UsernamePassword,)
     source = DIRECTORY
     refusals_cost_a_bcrypt = False
 
@@ -65,10 +67,17 @@ class OneAccount:
         self.asked: list[tuple[str, bytes]] = []
         self._current = current
 
-    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
+    def answers(self, credentials: object, policy: Policy) -> object | None:
+        assert isinstance(credentials, UsernamePassword)
+        spelled = directory_spelling(credentials.account, policy)
+        return None if spelled is None else UsernamePassword(spelled, credentials.password)
+
+    def at_once(self, credentials: object, policy: Policy, now: float) -> Login | None:
         return None
 
-    async def authenticate(self, account: str, password: bytes, gate: object) -> Login | None:
+    async def authenticate(self, credentials: object, gate: object) -> Login | None:
+        assert isinstance(credentials, UsernamePassword)
+        account, password = credentials.account, credentials.password
         self.asked.append((account, password))
         if (account, password) != ("mozart", b"right"):
             return None
@@ -98,20 +107,20 @@ def door(tmp_path: Path) -> Door:
     passwords = PasswordChecker(workers)
     current = lambda: holder.current  # noqa: E731
     directory = OneAccount(current)
+    password_file = PasswordFile(current, passwords, CredentialCache(ttl=0), clock.seconds)
     logins = Logins(
         current=current,
-        password_file=PasswordFile(current, passwords, CredentialCache(ttl=0), clock.seconds),
+        authenticators=[password_file, directory, UnknownNames(password_file)],
         passwords=passwords,
         clock=clock.seconds,
         throttle=LoginThrottle(per_account=0, per_address=0, window=1),
         in_flight=InFlight(0),
-        directory=directory,
     )
     return logins, workers, directory, holder
 
 
 def refused(logins: Logins, account: str, password: bytes) -> None:
-    answer = logins.password(account, password, CLIENT)
+    answer = logins.login(UsernamePassword(account, password), CLIENT)
     assert isinstance(answer, Deferred)
     with pytest.raises(LoginRefused, match="invalid user name or password"):
         settled(answer)
@@ -148,7 +157,7 @@ def test_a_directory_login_that_succeeds_costs_no_bcrypt(
     door: Door,
 ) -> None:
     logins, workers, _, _ = door
-    login = settled(logins.password("mozart", b"right", CLIENT))
+    login = settled(logins.login(UsernamePassword("mozart", b"right"), CLIENT))
     assert login.identity == Identity("mozart", DIRECTORY)
     assert workers.costs == []
 

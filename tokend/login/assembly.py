@@ -4,16 +4,25 @@ here, from ready collaborators."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.logins import AccountDirectory, Logins
-from tokend.login.password_file import PasswordFile
+from tokend.login.credentials import Authenticator
+from tokend.login.logins import Logins
+from tokend.login.password_file import PasswordFile, UnknownNames
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
+from tokend.login.refreshing import RefreshTokenLogins, Vouching
 from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.holder import PolicyHolder
+
+
+class AccountDirectory(Authenticator, Vouching, Protocol):
+    """A directory of accounts (:class:`tokend.login.ldap.accounts.DirectoryAccounts`): it
+    answers the names users.json does not hold, and vouches for its accounts' refresh
+    tokens."""
 
 
 def logins_for(
@@ -27,22 +36,42 @@ def logins_for(
     directory: AccountDirectory | None = None,
     refresh_tokens: RefreshTokens | None = None,
     metrics: RequestMetrics = NO_METRICS,
+    more: Sequence[Authenticator] = (),
 ) -> Logins:
     """Without ``throttle``, ``credential_cache`` or ``in_flight`` there is no throttling,
     caching or per-address share of the bcrypt queue; without ``directory``, names not in
-    users.json are unknown; without ``metrics``, nothing is counted."""
+    users.json are unknown; without ``refresh_tokens``, no refresh token is accepted or
+    issued; without ``metrics``, nothing is counted. ``more`` are further ways in, asked
+    after these.
+
+    The order: users.json decides the names it holds; the directory, when there is one, the
+    others; the password file refuses what is left against a dummy hash; then refresh
+    tokens, vouched for by the authenticator that issued their account's identity.
+    """
     if throttle is None:
         throttle = LoginThrottle(per_account=0, per_address=0, window=1)
     cache = CredentialCache(ttl=0) if credential_cache is None else credential_cache
     policy.on_replace(lambda old, new: cache.policy_replaced(old.users, new.users))
+    current = lambda: policy.current  # noqa: E731
+    password_file = PasswordFile(current, passwords, cache, clock)
+    vouching: list[Vouching] = [password_file]
+    authenticators: list[Authenticator] = [password_file]
+    if directory is not None:
+        authenticators.append(directory)
+        vouching.append(directory)
+    authenticators.append(UnknownNames(password_file))
+    renewal = None
+    if refresh_tokens is not None:
+        renewal = RefreshTokenLogins(refresh_tokens, vouching, current, clock)
+        authenticators.append(renewal)
+    authenticators.extend(more)
     return Logins(
-        current=lambda: policy.current,
-        password_file=PasswordFile(lambda: policy.current, passwords, cache, clock),
+        current=current,
+        authenticators=authenticators,
         passwords=passwords,
         clock=clock,
         throttle=throttle,
         in_flight=InFlight(0) if in_flight is None else in_flight,
-        directory=directory,
-        refresh_tokens=refresh_tokens,
+        renewal=renewal,
         metrics=metrics,
     )

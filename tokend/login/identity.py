@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tokend.dn import DNError, normalise_dn
-from tokend.policy.model import Policy, UserPolicy
+from tokend.policy.model import OWN_ENTRY, Policy
 
 USERS = "users"
 """Accounts whose password hash is in users.json."""
@@ -22,8 +22,9 @@ DIRECTORY = "ldap"
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An account that proved who it is, where it came from, and (for a directory account)
-    the normalised DNs of the directory groups it belongs to."""
+    """An account that proved who it is, where it came from, and what the policy reads its
+    rights by (:meth:`tokend.policy.model.Policy.rights`): its own users.json entry, or the
+    groups.json groups its directory groups (normalised DNs) put it in."""
 
     account: str
     source: str
@@ -37,13 +38,12 @@ class Identity:
     dn_tokens_after: float | None = None
     """A directory account's refresh tokens bound to its DN alone (issued before the binding
     above) are honoured when issued after this moment; None: refused."""
-
-    def member(self, policy: Policy) -> UserPolicy | None:
-        """This identity's rights in ``policy``: its users.json entry, or, for a directory
-        account, the groups.json groups its directory groups put it in."""
-        if self.source == DIRECTORY:
-            return policy.directory_member(self.account, self.directory_groups)
-        return policy.users.get(self.account)
+    rights_from: str = OWN_ENTRY
+    """Where the policy finds this identity's rights (``tokend.policy.model.OWN_ENTRY`` or
+    ``DIRECTORY_GROUPS``)."""
+    tokens_valid_after: float | None = None
+    """Refresh tokens issued to this identity before this moment are revoked: none is issued
+    while it lies ahead."""
 
 
 _MAPPED_TO_NOTHING = frozenset(

@@ -1,12 +1,7 @@
 """Every way of logging in, behind one door: throttle, credential cache and the per-address
-share of checks wrap the authenticators once (STYLE rule 14), whichever one answers.
-
-- A name in users.json is checked against its hash, always: it is never looked up in the
-  directory.
-- Any other name goes to the directory when one is configured, else to the password file
-  (which checks it against a dummy hash so that unknown names cost what known ones do).
-- A refresh token names its account and where it came from; that source must still vouch for
-  the account (its hash unchanged, or the directory still finding it).
+share of checks wrap the authenticators once (STYLE rule 14), whichever one answers. Which
+authenticators there are, and in which order they are asked, is :mod:`tokend.login.assembly`'s
+business; nothing here names one.
 
 Every refused password costs one bcrypt, whichever backend refused it (or none: an empty one),
 so response time does not tell where a name lives. A client that hangs up stops only its own
@@ -16,35 +11,27 @@ waiting: the check runs to its end, holds its places until then and counts as if
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tokend.login.credentials import Authenticator, UsernamePassword
 from tokend.login.identity import (
-    DIRECTORY,
-    USERS,
+    OPEN_GATE,
     BackendUnavailable,
     EntryGate,
-    Identity,
     Login,
     LoginError,
     LoginOverloaded,
     LoginRefused,
     LoginThrottled,
     UnfitName,
-    directory_spelling,
     entry_name,
 )
 from tokend.login.passwords import MAX_PASSWORD_BYTES, PasswordChecker, check_cost
-from tokend.login.refresh_tokens import (
-    InvalidRefreshToken,
-    RefreshClaims,
-    RefreshTokens,
-    fingerprint,
-)
 from tokend.login.throttle import InFlight, LoginThrottle, Refusal, ShareFull
 from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.model import Policy
@@ -53,48 +40,34 @@ from tokend.threads import Overloaded, Stopped
 WRONG = "invalid user name or password"
 
 
-class Authenticator(Protocol):
-    """One backend that turns a name and a password into a :class:`Login` (or None: wrong)."""
-
-    @property
-    def source(self) -> str: ...
-
-    @property
-    def refusals_cost_a_bcrypt(self) -> bool:
-        """True when a refusal already cost one bcrypt (the password file's do, for known and
-        unknown names alike); the door pays one for the others."""
-
-    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
-        """A login the credential cache answers, with no backend round trip."""
-
-    async def authenticate(self, account: str, password: bytes, gate: EntryGate) -> Login | None:
-        """Raises :class:`BackendUnavailable` when it cannot tell, or ``Overloaded``; asks
-        ``gate`` about the directory entry the name leads to, if any, before the password."""
-
-
-class AccountDirectory(Authenticator, Protocol):
-    """An authenticator that can also say whether an account still exists, without its
-    password: a refresh token's account is re-checked that way."""
-
-    async def lookup(self, account: str) -> Identity | None: ...
-
-
 class ShareExceeded(LoginOverloaded):
     """This client's own share of the checks in flight (its address's or its network's) is
     full: a limit of the client's making, answered 429 rather than 503."""
 
 
-class _Nobody:
-    """The authenticator of passwords no backend is asked about (empty, or longer than the
-    password file can check): it refuses them, after the bcrypt the door pays for it."""
+class Renewal(Protocol):
+    """What issues a refresh token after a login
+    (:class:`tokend.login.refreshing.RefreshTokenLogins`)."""
 
+    def refresh_token_for(self, login: Login, now: float) -> str | None: ...
+
+
+class _Nobody:
+    """The authenticator of passwords no backend is asked about (empty, longer than bcrypt
+    reads for one that checks with bcrypt, or a name none answers): it refuses them, after
+    the bcrypt the door pays for it."""
+
+    credential_types: tuple[type, ...] = (UsernamePassword,)
     source = "none"
     refusals_cost_a_bcrypt = False
 
-    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
+    def answers(self, credentials: object, policy: Policy) -> object | None:
+        return credentials
+
+    def at_once(self, credentials: object, policy: Policy, now: float) -> Login | None:
         return None
 
-    async def authenticate(self, account: str, password: bytes, gate: EntryGate) -> Login | None:
+    async def authenticate(self, credentials: object, gate: EntryGate) -> Login | None:
         return None
 
 
@@ -152,9 +125,12 @@ class _EntryGate:
 
 
 class Logins:
-    """Password logins and refresh-token logins, answered at once when no backend needs to be
-    asked (a throttle refusal, a cache hit, a refresh of a users.json account), else through
-    a Deferred. Refusals are :class:`tokend.login.identity.LoginError` subclasses."""
+    """One door: ``login(credentials, client)`` asks the authenticators in order, the first
+    that answers the credentials decides, and the door applies the throttle, the credential
+    cache's bookkeeping, the per-address share of checks and the metrics around it, whichever
+    one it is. Answered at once when no backend needs to be asked (a throttle refusal, a cache
+    hit, a refresh of a users.json account), else through a Deferred. Refusals are
+    :class:`tokend.login.identity.LoginError` subclasses."""
 
     log = Logger()
 
@@ -162,58 +138,76 @@ class Logins:
         self,
         *,
         current: Callable[[], Policy],
-        password_file: Authenticator,
+        authenticators: Sequence[Authenticator],
         passwords: PasswordChecker,
         clock: Callable[[], float],
         throttle: LoginThrottle,
         in_flight: InFlight,
-        directory: AccountDirectory | None = None,
-        refresh_tokens: RefreshTokens | None = None,
+        renewal: Renewal | None = None,
         metrics: RequestMetrics = NO_METRICS,
     ) -> None:
-        """``passwords`` pays the bcrypt of refusals that cost none (through the same bounded
-        queue as every check); ``metrics`` counts cache hits and misses and the checks
+        """``authenticators`` in the order they are asked; ``passwords`` pays the bcrypt of
+        refusals that cost none (through the same bounded queue as every check); ``renewal``
+        issues refresh tokens; ``metrics`` counts cache hits and misses and the checks
         backends run, here where they happen."""
         self._metrics = metrics
         self._current = current
-        self._file = password_file
+        self._authenticators = tuple(authenticators)
         self._passwords = passwords
-        self._directory = directory
         self._now = clock
         self._throttle = throttle
         self._in_flight = in_flight
-        self.refresh_tokens = refresh_tokens
+        self._renewal = renewal
 
-    def password(self, account: str, password: bytes, client: str) -> Login | Deferred[Login]:
-        """Throttling comes first (once the name is spelled as its backend knows it), before
-        the cache: a throttled guess must not learn anything, not even from a cheap cache
-        lookup. A password no backend is asked about (an empty one: for the directory an
-        unauthenticated bind, which "succeeds"; or one longer than bcrypt reads) is refused
+    def accepts(self, kind: type) -> bool:
+        """Whether some authenticator takes credentials of this type."""
+        return any(kind in a.credential_types for a in self._authenticators)
+
+    def login(self, credentials: object, client: str) -> Login | Deferred[Login]:
+        """The login ``credentials`` prove, from ``client`` (its address)."""
+        if isinstance(credentials, UsernamePassword):
+            return self._password(credentials, client)
+        return self._bearer(credentials, client)
+
+    def _first(self, credentials: object, policy: Policy) -> tuple[Authenticator, object] | None:
+        """The authenticator that decides ``credentials``, and the credentials as it reads
+        them; None when none does. :class:`UnfitName` passes through."""
+        for authenticator in self._authenticators:
+            if isinstance(credentials, authenticator.credential_types):
+                answered = authenticator.answers(credentials, policy)
+                if answered is not None:
+                    return authenticator, answered
+        return None
+
+    def _password(self, typed: UsernamePassword, client: str) -> Login | Deferred[Login]:
+        """Throttling comes first (once the name is spelled as its authenticator knows it),
+        before the cache: a throttled guess must not learn anything, not even from a cheap
+        cache lookup. A password no backend is asked about (an empty one: for the directory an
+        unauthenticated bind, which "succeeds"; one longer than bcrypt reads, for an
+        authenticator that checks with bcrypt; or a name no authenticator answers) is refused
         like a wrong one. A cache hit is answered at once; only a real check goes through a
         Deferred, and one client network holds only a small share of the checks in flight.
         Failures count; a success clears its account.
         """
         now = self._now()
         policy = self._current()
-        backend: Authenticator = self._file
-        typed = account
-        if self._directory is not None:
-            try:
-                spelled = directory_spelling(account, policy)
-            except UnfitName:
-                return self._unfit(account, client, now, policy)
-            if spelled is not None:
-                backend, account = self._directory, spelled
+        try:
+            first = self._first(typed, policy)
+        except UnfitName:
+            return self._unfit(typed.account, client, now, policy)
+        backend, credentials = first if first is not None else (_NOBODY, typed)
+        assert isinstance(credentials, UsernamePassword)
+        account, password = credentials.account, credentials.password
         asking = self._throttle.consult(account, client, now)
         if asking is not None:  # first sight since this process joined Redis: ask it first
-            return asking.addCallback(lambda _: self.password(typed, password, client))
+            return asking.addCallback(lambda _: self._password(typed, client))
         refusal = self._throttle.admit(account, client, now)
         if refusal is not None:
             raise throttled(refusal, account)
-        if not password or (backend is self._file and len(password) > MAX_PASSWORD_BYTES):
+        if not password or (backend.refusals_cost_a_bcrypt and len(password) > MAX_PASSWORD_BYTES):
             backend = _NOBODY
         else:
-            hit = backend.cached(account, password, policy, now)
+            hit = backend.at_once(credentials, policy, now)
             if hit is not None:
                 # The entry a remembered directory login found may be locked through another
                 # name meanwhile: answering the right password then would tell it from wrong.
@@ -234,21 +228,22 @@ class Logins:
             raise _overloaded(full, account)
         if backend is not _NOBODY:
             self._metrics.cache_lookup(False)
-        check = ensureDeferred(self._checked(backend, account, password, client, policy))
+        check = ensureDeferred(self._checked(backend, credentials, client, policy))
         return self._detached(check)
 
     async def _checked(
-        self, backend: Authenticator, account: str, password: bytes, client: str, policy: Policy
+        self, backend: Authenticator, credentials: UsernamePassword, client: str, policy: Policy
     ) -> Login:
-        """:meth:`password` past the cache: the backend asked, a refusal that cost no bcrypt
+        """:meth:`_password` past the cache: the backend asked, a refusal that cost no bcrypt
         padded with one, the throttle told how it went, and only then the client's place
         given back. A backend that could not answer (the directory down) counts as neither."""
+        account = credentials.account
         login: Login | None = None
         answered = overloaded = False
         started = self._metrics.now()
         gate = _EntryGate(self._throttle, account, client, self._now)
         try:
-            login = await backend.authenticate(account, password, gate)
+            login = await backend.authenticate(credentials, gate)
             answered = True
             if backend is not _NOBODY:
                 self._metrics.password_checked(login is not None, started)
@@ -291,59 +286,45 @@ class Logins:
         check.addBoth(settle)
         return waiting
 
-    def refresh(self, token: str, client: str) -> Login | Deferred[Login]:
-        """The refresh_token grant: no bcrypt, one signature check at most, and the token's
-        account held against its source now. A bad token counts against the address: it
-        names no account that could be trusted before it was checked."""
-        tokens = self.refresh_tokens
-        if tokens is None:
-            raise ValueError("no refresh tokens configured")
+    def _bearer(self, credentials: object, client: str) -> Login | Deferred[Login]:
+        """Credentials that name no account before they are checked (a refresh token): no
+        bcrypt, and they count against the client's address alone, a refusal as a failure."""
         now = self._now()
         refusal = self._throttle.admit_address(client, now)
         if refusal is not None:
             raise throttled(refusal, None)
-        try:
-            claims = tokens.read(token, now)
-        except InvalidRefreshToken as e:
-            raise self._refused(token, client, None, e.reason) from None
         policy = self._current()
-        if claims.source == DIRECTORY and self._directory is not None:
-            try:
-                spelled = directory_spelling(claims.account, policy)
-            except UnfitName:
-                raise self._refused(token, client, claims.account, "not a directory name") from None
-            if spelled is None:
-                raise self._refused(token, client, claims.account, "account now in users.json")
-            return self._detached(
-                ensureDeferred(self._directory_refresh(tokens, claims, token, client))
-            )
-        if claims.source != USERS:
-            raise self._refused(token, client, claims.account, "unknown source")
+        first = self._first(credentials, policy)
+        if first is None:
+            raise self._refused(client, LoginRefused("these credentials are not accepted here"))
+        backend, answered = first
         try:
-            identity = tokens.identity(claims, policy)
-        except InvalidRefreshToken as e:
-            raise self._refused(token, client, claims.account, e.reason) from None
-        user = policy.users[identity.account]
-        self._throttle.address_ended(client, now, failed=False)
-        return Login(Identity(identity.account, USERS, binding=user.pass_hash), policy)
+            login = backend.at_once(answered, policy, now)
+        except LoginRefused as e:
+            raise self._refused(client, e) from None
+        if login is not None:
+            self._throttle.address_ended(client, now, failed=False)
+            return login
+        return self._detached(ensureDeferred(self._bearer_checked(backend, answered, client)))
 
-    async def _directory_refresh(
-        self, tokens: RefreshTokens, claims: RefreshClaims, token: str, client: str
+    async def _bearer_checked(
+        self, backend: Authenticator, credentials: object, client: str
     ) -> Login:
-        assert self._directory is not None
         try:
-            found = await self._directory.lookup(claims.account)
+            login = await backend.authenticate(credentials, OPEN_GATE)
+        except LoginRefused as e:
+            raise self._refused(client, e) from None
         except BackendUnavailable:
             self._throttle.address_ended(client, self._now(), failed=False)
             raise
-        if found is None:
-            raise self._refused(token, client, claims.account, "no active account in the directory")
-        try:
-            tokens.admit_directory(claims, found)
-        except InvalidRefreshToken as e:
-            raise self._refused(token, client, claims.account, e.reason) from None
+        if login is None:
+            raise self._refused(client, LoginRefused("these credentials are not accepted here"))
         self._throttle.address_ended(client, self._now(), failed=False)
-        return Login(found, self._current())
+        return login
+
+    def _refused(self, client: str, refusal: LoginRefused) -> LoginRefused:
+        self._throttle.address_ended(client, self._now(), failed=True)
+        return refusal
 
     def _unfit(self, account: str, client: str, now: float, policy: Policy) -> Deferred[Login]:
         """A name the directory would read as another (a fullwidth m): the directory is never
@@ -372,23 +353,8 @@ class Logins:
             self._throttle.address_ended(client, self._now(), failed=True)
         raise LoginRefused(WRONG, account)
 
-    def _refused(self, token: str, client: str, account: str | None, reason: str) -> LoginRefused:
-        self._throttle.address_ended(client, self._now(), failed=True)
-        return LoginRefused(
-            f"refresh token refused ({reason}); log in again with a password",
-            account,
-            token=fingerprint(token),
-        )
-
     def refresh_token_for(self, login: Login, now: float) -> str | None:
         """A new refresh token for a login that just proved its password, or None when
-        issuing is off or the account's tokens would be born revoked."""
-        tokens = self.refresh_tokens
-        if tokens is None or not tokens.issuing:
-            return None
-        identity = login.identity
-        if identity.source == USERS:
-            user = login.policy.users.get(identity.account)
-            if user is None or (user.tokens_valid_after or 0) > now:
-                return None  # a token issued now could never be used
-        return tokens.issue(identity.account, identity.source, identity.binding, now)
+        issuing is off (or none is configured) or the account's tokens would be born
+        revoked."""
+        return None if self._renewal is None else self._renewal.refresh_token_for(login, now)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
+from typing import Protocol
 
 from tokend.dn import DNError, normalise_dn
 from tokend.policy.rules import (
@@ -209,6 +210,23 @@ class Decision:
     note: str
 
 
+OWN_ENTRY = "users.json"
+"""An identity whose rights are its own entry in users.json, found by its name."""
+DIRECTORY_GROUPS = "groups.json"
+"""An identity whose rights are those of the groups.json groups its directory groups hold."""
+
+
+class Principal(Protocol):
+    """What the policy reads of an identity (:class:`tokend.login.identity.Identity`)."""
+
+    @property
+    def account(self) -> str: ...
+    @property
+    def rights_from(self) -> str: ...
+    @property
+    def directory_groups(self) -> frozenset[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Everything the service needs to decide what a token may hold."""
@@ -319,6 +337,14 @@ class Policy:
         if ALL_ACTIONS in scope.actions and ALL_ACTIONS not in allowed:
             return tuple(a for a in ACTIONS if a in allowed)
         return tuple(a for a in scope.actions if a in allowed)
+
+    def rights(self, who: Principal) -> UserPolicy | None:
+        """What an identity may do here, read from where its kind of rights are written (None:
+        nothing, as for a name users.json does not hold). Which backend vouched for it does
+        not matter."""
+        if who.rights_from == DIRECTORY_GROUPS:
+            return self.directory_member(who.account, who.directory_groups)
+        return self.users.get(who.account)
 
     def directory_member(self, account: str, directory_groups: frozenset[str]) -> UserPolicy:
         """The rights of a directory account: the rules of every group whose ``ldap_groups``

@@ -23,8 +23,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from tokend.client_address import ClientAddress, TrustedProxies
-from tokend.login.assembly import logins_for
+from tokend.login.assembly import AccountDirectory, logins_for
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.credentials import RefreshToken, UsernamePassword
 from tokend.login.identity import (
     BackendUnavailable,
     Login,
@@ -33,7 +34,7 @@ from tokend.login.identity import (
     LoginRefused,
     LoginThrottled,
 )
-from tokend.login.logins import AccountDirectory, ShareExceeded
+from tokend.login.logins import ShareExceeded
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import MAX_TOKEN_CHARS, RefreshTokens, fingerprint
 from tokend.login.throttle import InFlight, LoginThrottle
@@ -358,13 +359,15 @@ class TokenAPI:
         refresh = asked.refresh_token is not None
         try:
             if asked.refresh_token is not None:
-                if self._logins.refresh_tokens is None:
+                if not self._logins.accepts(RefreshToken):
                     raise UnsupportedGrant("this realm issues no refresh tokens; use password")
-                login = self._logins.refresh(asked.refresh_token, client)
+                login = self._logins.login(RefreshToken(asked.refresh_token), client)
             else:
                 assert asked.credentials is not None
                 credentials = asked.credentials
-                login = self._logins.password(credentials.username, credentials.password, client)
+                login = self._logins.login(
+                    UsernamePassword(credentials.username, credentials.password), client
+                )
         except LoginError as e:
             if isinstance(e, LoginThrottled):
                 self._metrics.throttled(e.by)
@@ -470,7 +473,7 @@ class TokenAPI:
         """The token for ``login`` (None: anonymous): asked ∩ allowed by its policy."""
         policy = self._policy.current if login is None else login.policy
         account = None if login is None else login.identity.account
-        member = None if login is None else login.identity.member(policy)
+        member = None if login is None else policy.rights(login.identity)
         granted = tuple(
             ResourceScope(scope.type, scope.name, policy.grant(account, scope, member))
             for scope in asked.scopes

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import (
     DIRECTORY,
     OPEN_GATE,
@@ -24,12 +25,14 @@ from tokend.login.identity import (
     Login,
     UnfitName,
     directory_name,
+    directory_spelling,
     entry_name,
 )
 from tokend.login.ldap.client import Directory, DirectoryAccount, DirectoryUnavailable
+from tokend.login.refresh_tokens import InvalidRefreshToken, RefreshClaims, RefreshTokens
 from tokend.logs.escaping import printable
 from tokend.logs.namespaces import NamedLogger
-from tokend.policy.model import Policy
+from tokend.policy.model import DIRECTORY_GROUPS, Policy
 
 _LOGIN_STAMP = b"\0directory login"
 _LOOKUP_STAMP = b"\0directory lookup"
@@ -39,6 +42,7 @@ _LOOKUP_STAMP = b"\0directory lookup"
 class DirectoryAccounts:
     """Names users.json does not hold, checked by binding to the directory as them."""
 
+    credential_types: tuple[type, ...] = (UsernamePassword,)
     source = DIRECTORY
     refusals_cost_a_bcrypt = False
 
@@ -60,14 +64,23 @@ class DirectoryAccounts:
         self._now = clock
         self._retry_after = max(1, math.ceil(retry_after))
 
-    def cached(self, account: str, password: bytes, policy: Policy, now: float) -> Login | None:
-        found = self._cache.remembered(account, password, _LOGIN_STAMP, now)
+    def answers(self, credentials: object, policy: Policy) -> object | None:
+        """Every name users.json does not decide, spelled as the directory's one spelling
+        (:func:`tokend.login.identity.directory_spelling`, which raises
+        :class:`UnfitName`)."""
+        assert isinstance(credentials, UsernamePassword)
+        spelled = directory_spelling(credentials.account, policy)
+        return None if spelled is None else UsernamePassword(spelled, credentials.password)
+
+    def at_once(self, credentials: object, policy: Policy, now: float) -> Login | None:
+        assert isinstance(credentials, UsernamePassword)
+        found = self._cache.remembered(credentials.account, credentials.password, _LOGIN_STAMP, now)
         return Login(found, policy) if isinstance(found, Identity) else None
 
-    async def authenticate(
-        self, account: str, password: bytes, gate: EntryGate = OPEN_GATE
-    ) -> Login | None:
+    async def authenticate(self, credentials: object, gate: EntryGate = OPEN_GATE) -> Login | None:
         """Logins refuses an empty password before it gets here, and the client again."""
+        assert isinstance(credentials, UsernamePassword)
+        account, password = credentials.account, credentials.password
         try:
             found = await self._directory.authenticate(account, password, gate)
         except DirectoryUnavailable:
@@ -92,6 +105,28 @@ class DirectoryAccounts:
         self._cache.remember(account, b"", _LOOKUP_STAMP, identity, self._now())
         return identity
 
+    def vouch_at_once(
+        self, claims: RefreshClaims, tokens: RefreshTokens, policy: Policy
+    ) -> Login | None:
+        """A directory account's refresh token is held against the directory (:meth:`vouch`),
+        for a name that is still the directory's to answer."""
+        try:
+            spelled = directory_spelling(claims.account, policy)
+        except UnfitName:
+            raise InvalidRefreshToken("not a directory name") from None
+        if spelled is None:
+            raise InvalidRefreshToken("account now in users.json")
+        return None
+
+    async def vouch(self, claims: RefreshClaims, tokens: RefreshTokens, policy: Policy) -> Login:
+        """The entry looked up again (remembered for the cache's ttl): still there, with the
+        id and password-changed time the token is bound to."""
+        found = await self.lookup(claims.account)
+        if found is None:
+            raise InvalidRefreshToken("no active account in the directory")
+        tokens.admit_directory(claims, found)
+        return Login(found, self._current())
+
     def _down(self, account: str) -> BackendUnavailable:
         return BackendUnavailable(
             "the account directory is unavailable; try again shortly", account, self._retry_after
@@ -106,6 +141,7 @@ def _identity(account: str, found: DirectoryAccount) -> Identity:
         binding=found.state.binding(found.dn),
         entry=found.dn,
         dn_tokens_after=found.state.dn_tokens_after(),
+        rights_from=DIRECTORY_GROUPS,
     )
 
 
