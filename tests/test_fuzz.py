@@ -52,7 +52,8 @@ from tokend.web.basic_auth import (
     UnsupportedScheme,
     parse_authorization,
 )
-from tokend.web.realm import FormlessRequest, TokenAPI
+from tokend.web.realm import TokenAPI
+from tokend.web.requests import FormlessRequest
 
 FUZZ = settings(
     database=None,

@@ -26,7 +26,8 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.web.realm import FormlessRequest, TokenAPI
+from tokend.web.realm import TokenAPI
+from tokend.web.requests import FormlessRequest
 
 SERVICE = "registry.test"
 
