@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
+from weakref import WeakKeyDictionary
 
 import werkzeug.exceptions
 from klein import Klein
@@ -20,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from tokend.client_address import ClientAddress, TrustedProxies
+from tokend.client_address import TrustedProxies
 from tokend.login.assembly import logins_for
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.identity import Login, LoginError, LoginThrottled
@@ -45,7 +46,7 @@ from tokend.web.errors import (
     http_error,
 )
 from tokend.web.health import StrictError, status_word, strict_asked
-from tokend.web.requests import TokenRequest, Who, read_get, read_post
+from tokend.web.requests import RequestState, TokenRequest, read_get, read_post
 
 REASONS = {429: b"Too Many Requests"}
 """Status lines Twisted's table lacks (it would write "Unknown Status")."""
@@ -87,6 +88,7 @@ class TokenAPI:
         self._realm_path = realm_path.encode("utf-8")
         self._challenge = f'Basic realm="{tokens.issuer}"'.encode()
         self._proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
+        self._states: WeakKeyDictionary[Request, RequestState] = WeakKeyDictionary()
         self._logins = logins_for(
             policy=policy,
             passwords=passwords,
@@ -98,6 +100,15 @@ class TokenAPI:
             refresh_tokens=refresh_tokens,
             metrics=metrics,
         )
+
+    def state(self, request: Request) -> RequestState:
+        """The request's one record, made the first time it is asked for. Kept here, by the
+        request, in a weak map: nothing is pasted on the request, and the record goes when the
+        request does."""
+        state = self._states.get(request)
+        if state is None:
+            state = self._states[request] = RequestState()
+        return state
 
     def resource(self) -> Resource:
         return _Edge(self.app.resource(), self._realm_path, self.serve_realm)
@@ -150,30 +161,29 @@ class TokenAPI:
         return NOT_DONE_YET
 
     def _left_early(self, request: Request) -> None:
-        who = getattr(request, "_tokend_who", Who())
+        state = self.state(request)
         self.log.info(
             "{method} {path} from {client}: the client left before its answer "
             "(account '{account}', client_id {client_id})",
             method=printable(request.method.decode("latin-1")),
             path=printable(request.path.decode("utf-8", "replace")[:200]),
-            client=self._client_address(request),
-            account=printable(who.account or ""),
-            client_id=printable(who.client_id),
+            client=self._client_address(request, state),
+            account=printable(state.account or ""),
+            client_id=printable(state.client_id),
         )
 
-    def _client_address(self, request: Request) -> str:
+    def _client_address(self, request: Request, state: RequestState) -> str:
         """The proxy's view of the client when the peer is a trusted proxy, else the peer.
 
         Worked out once per request: the error handler asks again.
         """
-        known = getattr(request, "_tokend_client", None)
-        if isinstance(known, ClientAddress):
-            return known.address
+        if state.client is not None:
+            return state.client.address
         peer = request.getClientAddress()
         host = None if isinstance(peer, UNIXAddress) else str(getattr(peer, "host", "unknown"))
         lines = request.requestHeaders.getRawHeaders(self._proxies.header.encode("ascii"), [])
         client = self._proxies.client(host, [line.decode("latin-1") for line in lines])
-        request._tokend_client = client  # type: ignore[attr-defined]
+        state.client = client
         if client.ignored is not None:
             self.log.warn(
                 "ignored the client address header from {peer}: {reason}",
@@ -205,19 +215,20 @@ class TokenAPI:
         Only a password check waits (on the bcrypt pool), and only it goes through a Deferred.
         Every answer is counted once, by grant and outcome (in ``_issue`` or ``request_error``).
         """
-        request._tokend_started = self._metrics.now()  # type: ignore[attr-defined]
+        state = self.state(request)
+        state.started = started = self._metrics.now()
         if request.path != self._realm_path:
             raise NotFound(f"no such path; the token endpoint is {self._realm_path.decode()}")
         if request.method in (b"GET", b"HEAD"):
-            asked = read_get(request, self._services)
+            asked = read_get(request, state, self._services)
         elif request.method == b"POST":
-            asked = read_post(request, self._services)
+            asked = read_post(request, state, self._services)
         else:
             request.setHeader(b"Allow", b"GET, HEAD, POST")
             raise MethodNotAllowed("the token endpoint answers GET and POST")
-        client = self._client_address(request)
+        client = self._client_address(request, state)
         if asked.credentials is None and asked.refresh_token is None:
-            return self._issue(request, asked, client, None)
+            return self._issue(request, started, asked, client, None)
         refresh = asked.refresh_token is not None
         try:
             if asked.refresh_token is not None:
@@ -233,7 +244,7 @@ class TokenAPI:
                 self._metrics.throttled(e.by)
             raise http_error(e, refresh=refresh) from None
         if isinstance(login, Login):
-            return self._issue(request, asked, client, login)
+            return self._issue(request, started, asked, client, login)
 
         def refused(failure: Failure) -> Failure:
             error = failure.value
@@ -243,11 +254,14 @@ class TokenAPI:
                 return Failure(http_error(error, refresh=refresh))
             return failure
 
-        return login.addCallbacks(lambda login: self._issue(request, asked, client, login), refused)
+        return login.addCallbacks(
+            lambda login: self._issue(request, started, asked, client, login), refused
+        )
 
     def _issue(
         self,
         request: Request,
+        started: float,
         asked: TokenRequest,
         client: str,
         login: Login | None,
@@ -284,7 +298,6 @@ class TokenAPI:
             outcome="issued",
         )
         request.setHeader(b"Cache-Control", b"no-store")
-        started: float = request._tokend_started  # type: ignore[attr-defined]
         self._metrics.answered(asked.grant, "issued", started)
         return _json(request, 200, _token_body(asked.flow, issued, granted, refresh_token))
 
@@ -310,8 +323,8 @@ class TokenAPI:
             request.setHeader(b"WWW-Authenticate", self._challenge)
         if error.retry_after is not None:
             request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
-        who = getattr(request, "_tokend_who", Who())
-        account = error.account if error.account is not None else who.account
+        state = self.state(request)
+        account = error.account if error.account is not None else state.account
         text = (
             "{outcome} {method} {path} from {client}: {status} {reason} "
             "(account '{account}', client_id {client_id})"
@@ -323,27 +336,27 @@ class TokenAPI:
             refresh_token=error.token,
             method=printable(request.method.decode("latin-1")),
             path=printable(request.path.decode("utf-8", "replace")[:200]),
-            client=self._client_address(request),
+            client=self._client_address(request, state),
             account=printable(account or ""),
-            client_id=printable(who.client_id),
+            client_id=printable(state.client_id),
             status=error.status,
             reason=printable(error.message),
             outcome=error.outcome,
         )
-        started = getattr(request, "_tokend_started", None)
-        if started is not None:
-            self._metrics.answered(_asked_grant(request), _metric_outcome(error), started)
+        if state.started is not None:
+            self._metrics.answered(
+                _asked_grant(request, state), _metric_outcome(error), state.started
+            )
         oauth = request.method == b"POST" and request.path == self._realm_path
         return _json(request, error.status, error_body(error, oauth=oauth))
 
 
-def _asked_grant(request: Request) -> str:
+def _asked_grant(request: Request, state: RequestState) -> str:
     """The grant a refused request asked for, as far as it was read: a POST is the password
     grant unless it named the refresh_token grant; a GET with credentials is a password login.
     Only a request that sent no credentials is anonymous."""
-    noted: str | None = getattr(request, "_tokend_grant", None)
-    if noted is not None:
-        return noted
+    if state.grant is not None:
+        return state.grant
     if request.method == b"POST" or request.getHeader(b"authorization") is not None:
         return "password"
     return "anonymous"

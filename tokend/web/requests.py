@@ -10,6 +10,7 @@ from typing import Any
 from twisted.web.http import parse_qs
 from twisted.web.server import Request
 
+from tokend.client_address import ClientAddress
 from tokend.login.refresh_tokens import MAX_TOKEN_CHARS
 from tokend.scope import ResourceScope, ScopeError, parse_scopes
 from tokend.web.basic_auth import (
@@ -25,6 +26,23 @@ MAX_VALUE_CHARS = 1024
 MAX_BODY_BYTES = 16384
 CREDENTIAL_FIELDS = (b"username", b"password", b"refresh_token")
 """Never read from a POST's query string: URLs end up in proxies' access logs."""
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What the realm learned about one request as it went, for the answer's log line and
+    metric: kept in one record per request (see :meth:`tokend.web.realm.TokenAPI.state`),
+    never as attributes on the request."""
+
+    started: float | None = None
+    """When the realm began on it (the latency metric); None when it never reached the realm."""
+    client: ClientAddress | None = None
+    """Worked out once: the error handler asks again."""
+    grant: str | None = None
+    """Set when a POST named the refresh_token grant, before anything else was read."""
+    account: str | None = None
+    """Who the request said it was, as far as it was read."""
+    client_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +66,11 @@ class TokenRequest:
         return "anonymous" if self.credentials is None else "password"
 
 
-def read_get(request: Request, services: tuple[str, ...]) -> TokenRequest:
+def read_get(request: Request, state: RequestState, services: tuple[str, ...]) -> TokenRequest:
     if len(request.uri) > MAX_QUERY_BYTES:
         raise RequestError(f"query longer than {MAX_QUERY_BYTES} bytes")
     args = _decoded_args(request.args)
-    _note(request, Who(_first(args, "account"), _first(args, "client_id")))
+    state.account, state.client_id = _first(args, "account"), _first(args, "client_id")
     try:
         credentials = parse_authorization(request.getHeader(b"authorization"))
     except UnsupportedScheme as e:
@@ -60,7 +78,7 @@ def read_get(request: Request, services: tuple[str, ...]) -> TokenRequest:
     except MalformedCredentials as e:
         raise RequestError(str(e)) from None
     if credentials is not None:
-        _note(request, Who(credentials.username, _first(args, "client_id")))
+        state.account = credentials.username
     account = _single(args, "account")
     if credentials is not None and account is not None and account != credentials.username:
         raise RequestError("account does not match the authenticated user")
@@ -74,7 +92,7 @@ def read_get(request: Request, services: tuple[str, ...]) -> TokenRequest:
     )
 
 
-def read_post(request: Request, services: tuple[str, ...]) -> TokenRequest:
+def read_post(request: Request, state: RequestState, services: tuple[str, ...]) -> TokenRequest:
     content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
     if content_type.lower() != b"application/x-www-form-urlencoded":
         raise RequestError("expected an application/x-www-form-urlencoded form")
@@ -82,10 +100,10 @@ def read_post(request: Request, services: tuple[str, ...]) -> TokenRequest:
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise RequestError(f"form longer than {MAX_BODY_BYTES} bytes")
     args = _decoded_args(_form_arguments(request))
-    _note(request, Who(_first(args, "username"), _first(args, "client_id")))
+    state.account, state.client_id = _first(args, "username"), _first(args, "client_id")
     grant_type = _single(args, "grant_type")
     if grant_type == "refresh_token":
-        request._tokend_grant = grant_type  # type: ignore[attr-defined]
+        state.grant = grant_type
     client_id = _single(args, "client_id")
     if grant_type == "password":
         username = _single(args, "username")
@@ -179,18 +197,6 @@ class FormlessRequest(Request):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, parsePOSTFormSubmission=False, **kwargs)
-
-
-@dataclass(frozen=True, slots=True)
-class Who:
-    """Who a request said it was, as far as it was read: for the refusal's log line."""
-
-    account: str | None = None
-    client_id: str | None = None
-
-
-def _note(request: Request, who: Who) -> None:
-    request._tokend_who = who  # type: ignore[attr-defined]
 
 
 def _first(args: dict[str, list[str]], name: str) -> str | None:
