@@ -1,15 +1,15 @@
 """The HTTP edge: the realm (GET and OAuth2 POST) and /healthz, as a Klein app.
 
-Thin on purpose: parsing, policy, signing, throttling and the credential cache live in pure
-modules; this maps them to HTTP and turns every domain error into the spec's JSON error body
-(never a 500 for bad input).
+Thin on purpose: it reads the request (web.requests), asks the ready logins who it is and
+issuing what it gets, and maps answers and refusals (web.errors) to HTTP: the spec's JSON
+error body for every domain error, never a 500 for bad input.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote_to_bytes
 from weakref import WeakKeyDictionary
 
@@ -22,19 +22,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from tokend.client_address import TrustedProxies
-from tokend.login.assembly import logins_for
-from tokend.login.credential_cache import CredentialCache
+from tokend.issuing import Issuing
 from tokend.login.identity import Login, LoginError, LoginThrottled
-from tokend.login.logins import AccountDirectory
-from tokend.login.passwords import PasswordChecker
-from tokend.login.refresh_tokens import RefreshTokens, fingerprint
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.logins import Logins
+from tokend.login.refresh_tokens import fingerprint
 from tokend.logs.escaping import printable
 from tokend.logs.namespaces import NamedLogger
 from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.holder import PolicyHolder
 from tokend.scope import ResourceScope
-from tokend.signing.tokens import IssuedToken, TokenIssuer
+from tokend.signing.tokens import IssuedToken
 from tokend.web.errors import (
     AuthenticationFailed,
     InvalidGrant,
@@ -52,10 +49,6 @@ REASONS = {429: b"Too Many Requests"}
 """Status lines Twisted's table lacks (it would write "Unknown Status")."""
 
 
-class Clock(Protocol):
-    def seconds(self) -> float: ...
-
-
 class TokenAPI:
     app = Klein()
     log = NamedLogger("tokend.web.TokenAPI")
@@ -64,42 +57,24 @@ class TokenAPI:
         self,
         *,
         policy: PolicyHolder,
-        passwords: PasswordChecker,
-        tokens: TokenIssuer,
+        logins: Logins,
+        issuing: Issuing,
         services: Sequence[str],
-        clock: Clock,
         realm_path: str = "/v2/token",
-        throttle: LoginThrottle | None = None,
-        credential_cache: CredentialCache | None = None,
         trusted_proxies: TrustedProxies | None = None,
-        in_flight: InFlight | None = None,
-        refresh_tokens: RefreshTokens | None = None,
-        directory: AccountDirectory | None = None,
         metrics: RequestMetrics = NO_METRICS,
     ) -> None:
-        """Without ``throttle``, ``credential_cache`` or ``in_flight`` there is no throttling,
-        caching or per-address share of the bcrypt queue; without ``directory``, names not
-        in users.json are unknown; without ``metrics``, nothing is counted."""
+        """Everything arrives ready: ``logins`` says who a request is, ``issuing`` what it gets,
+        ``policy`` answers /healthz; without ``metrics``, nothing is counted."""
         self._policy = policy
+        self._logins = logins
+        self._issuing = issuing
         self._metrics = metrics
-        self._tokens = tokens
         self._services = tuple(services)
-        self._clock = clock
         self._realm_path = realm_path.encode("utf-8")
-        self._challenge = f'Basic realm="{tokens.issuer}"'.encode()
+        self._challenge = f'Basic realm="{issuing.issuer}"'.encode()
         self._proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
         self._states: WeakKeyDictionary[Request, RequestState] = WeakKeyDictionary()
-        self._logins = logins_for(
-            policy=policy,
-            passwords=passwords,
-            clock=clock.seconds,
-            throttle=throttle,
-            credential_cache=credential_cache,
-            in_flight=in_flight,
-            directory=directory,
-            refresh_tokens=refresh_tokens,
-            metrics=metrics,
-        )
 
     def state(self, request: Request) -> RequestState:
         """The request's one record, made the first time it is asked for. Kept here, by the
@@ -266,19 +241,16 @@ class TokenAPI:
         client: str,
         login: Login | None,
     ) -> bytes:
-        """The token for ``login`` (None: anonymous): asked ∩ allowed by its policy."""
-        policy = self._policy.current if login is None else login.policy
-        account = None if login is None else login.identity.account
-        member = None if login is None else login.identity.member(policy)
-        granted = tuple(
-            ResourceScope(scope.type, scope.name, policy.grant(account, scope, member))
-            for scope in asked.scopes
+        """The token for ``login`` (None: anonymous), written and logged."""
+        issued = self._issuing.issue(
+            login,
+            asked.service,
+            asked.scopes,
+            offline=asked.offline,
+            presented=asked.refresh_token,
         )
-        now = self._clock.seconds()
-        issued = self._tokens.issue(account or "", asked.service, granted, now)
-        refresh_token = asked.refresh_token
-        if refresh_token is None and asked.offline and login is not None:
-            refresh_token = self._logins.refresh_token_for(login, now)
+        account = None if login is None else login.identity.account
+        granted, refresh_token = issued.granted, issued.refresh_token
         text = (
             "issued {flow} token to '{account}' from {client} (client_id {client_id}) by "
             "{grant}: asked {asked}, granted {granted}"
@@ -299,7 +271,7 @@ class TokenAPI:
         )
         request.setHeader(b"Cache-Control", b"no-store")
         self._metrics.answered(asked.grant, "issued", started)
-        return _json(request, 200, _token_body(asked.flow, issued, granted, refresh_token))
+        return _json(request, 200, _token_body(asked.flow, issued.token, granted, refresh_token))
 
     @app.handle_errors(werkzeug.exceptions.HTTPException)
     def routing_error(self, request: Request, failure: Failure) -> bytes:
