@@ -16,7 +16,7 @@ from typing import Any
 import pytest_twisted
 import treq
 from ldap_server import BASE, PASSWORD, SERVICE_DN, Slapd
-from support import hash_password, load_certificate, verify_jwt, write_key_pair
+from support import hash_password, load_certificate, realm_api, verify_jwt, write_key_pair
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
@@ -31,14 +31,11 @@ from tokend.login.credential_cache import CredentialCache
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
 from tokend.login.ldap.config import DirectoryConfig
-from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import LoginThrottle, address_key
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
 from tokend.threads import BoundedWorkers, WorkerPool
-from tokend.web.realm import TokenAPI
 
 SERVICE = "registry.test"
 GUESSER = "203.0.113.66"
@@ -89,12 +86,12 @@ async def test_hang_ups_leave_the_directory_connection_alone_and_count(
         reactor,
     )
     throttle = LoginThrottle(per_account=HANG_UPS, per_address=HANG_UPS, window=300)
-    api = TokenAPI(
-        policy=holder,
-        passwords=PasswordChecker(BoundedWorkers(pool, limit=2, queue=4 * HANG_UPS)),
-        tokens=TokenIssuer(key, "tokend-test", 300),
-        services=[SERVICE],
+    api = realm_api(
+        holder,
+        key,
         clock=reactor,
+        workers=BoundedWorkers(pool, limit=2, queue=4 * HANG_UPS),
+        services=[SERVICE],
         throttle=throttle,
         credential_cache=cache,
         trusted_proxies=TrustedProxies(networks=parse_networks(["127.0.0.0/8"])),

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import pytest
 import pytest_twisted
 from ldap_server import BASE, PASSWORD, SERVICE_DN, SUFFIX, Slapd, dn, group_dn, start_slapd
-from support import hash_password, load_certificate, settled, verify_jwt, write_key_pair
+from support import hash_password, load_certificate, realm_api, settled, verify_jwt, write_key_pair
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
@@ -48,9 +48,7 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy, users_from_document
 from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
 from tokend.threads import BoundedWorkers, InlineWorkers, WorkerPool
-from tokend.web.realm import TokenAPI
 
 SERVICE = "registry.test"
 GROUPS = {
@@ -104,10 +102,10 @@ class Realm:
         self.directory = Directory(DirectoryConfig(**settings), reactor)
         self.refresh_tokens = RefreshTokens(key, "tokend-test", 3600)
         self.throttle = throttle
-        self.api = TokenAPI(
-            policy=self.holder,
-            passwords=PasswordChecker(BoundedWorkers(self.pool, limit=2, queue=16)),
-            tokens=TokenIssuer(key, "tokend-test", 300),
+        self.api = realm_api(
+            self.holder,
+            key,
+            workers=BoundedWorkers(self.pool, limit=2, queue=16),
             services=[SERVICE],
             clock=reactor,
             throttle=self.throttle,
@@ -120,7 +118,7 @@ class Realm:
                 reactor.seconds,
                 retry_after=2.0,
             ),
-        )
+        ).api
         self.http = StubTreq(self.api.resource())
 
     def close(self) -> None:

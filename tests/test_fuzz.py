@@ -21,13 +21,11 @@ import pytest
 from hyperlink import EncodedURL
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from support import settled, write_key_pair, write_policy
+from support import realm_api, settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from tokend.login.passwords import PasswordChecker
 from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import (
     PolicyError,
     anonymous_from_document,
@@ -42,9 +40,6 @@ from tokend.scope import (
     parse_scope,
     parse_scopes,
 )
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
 from tokend.web.basic_auth import (
     MAX_AUTHORIZATION_BYTES,
     Credentials,
@@ -52,7 +47,7 @@ from tokend.web.basic_auth import (
     UnsupportedScheme,
     parse_authorization,
 )
-from tokend.web.realm import FormlessRequest, TokenAPI
+from tokend.web.requests import FormlessRequest
 
 FUZZ = settings(
     database=None,
@@ -546,12 +541,12 @@ class Server:
         key_path, cert_path = write_key_pair(directory)
         clock = Clock()
         clock.advance(1_800_000_000)
-        api = TokenAPI(
-            policy=PolicyHolder(load_policy(config).policy, clock.seconds()),
-            passwords=PasswordChecker(InlineWorkers()),
-            tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-fuzz", 300),
-            services=[SERVICE, "other.test"],
+        api = realm_api(
+            config,
+            (key_path, cert_path),
             clock=clock,
+            issuer="tokend-fuzz",
+            services=[SERVICE, "other.test"],
         )
         self.http = StubTreq(api.resource())
         # The daemon's Site makes FormlessRequests (tokend.tap); StubTreq builds its own Site.

@@ -18,6 +18,7 @@ import pytest
 from support import (
     load_certificate,
     parsed_options,
+    realm_api,
     settled,
     verify_jwt,
     write_key_pair,
@@ -31,16 +32,13 @@ from twisted.python.usage import UsageError
 
 from tokend.client_address import TrustedProxies, parse_networks
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
 from tokend.tap import Options
 from tokend.threads import BoundedWorkers, InlineWorkers, Workers
-from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
 SERVICE = "registry.test"
@@ -110,18 +108,18 @@ class Hardened:
             if refresh_ttl is None
             else RefreshTokens(self.signing_key, "tokend-test", refresh_ttl)
         )
-        self.api = TokenAPI(
-            policy=self.holder,
-            passwords=PasswordChecker(workers or self.counting),
-            tokens=TokenIssuer(self.signing_key, "tokend-test", 300),
-            services=[SERVICE],
+        self.api = realm_api(
+            self.holder,
+            self.signing_key,
             clock=self.clock,
+            workers=workers or self.counting,
+            services=[SERVICE],
             throttle=throttle,
             credential_cache=cache,
             trusted_proxies=proxies,
             in_flight=in_flight,
             refresh_tokens=self.refresh_tokens,
-        )
+        ).api
         self.http = StubTreq(self.api.resource())
 
     @property

@@ -10,20 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import settled, write_key_pair, write_policy
+from support import realm_api, settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from tokend.login.passwords import PasswordChecker
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
 from tokend.threads import InlineWorkers
 from tokend.web.health import PolicyHealth, WorkersHealth, workers_details
-from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
 
@@ -39,13 +35,7 @@ class Probe:
         self.clock.advance(NOW)
         self.holder = PolicyHolder(load_policy(self.config).policy, NOW)
         self.reloader = PolicyReloader(self.config, self.holder, self.clock, InlineWorkers())
-        api = TokenAPI(
-            policy=self.holder,
-            passwords=PasswordChecker(InlineWorkers()),
-            tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
-            services=["registry.test"],
-            clock=self.clock,
-        )
+        api = realm_api(self.holder, (key_path, cert_path), clock=self.clock)
         self.http = StubTreq(api.resource())
         self.metrics = StubTreq(PolicyHealth(self.holder))
         self.good = (self.config / "users.json").read_text()

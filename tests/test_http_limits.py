@@ -21,6 +21,7 @@ from support import (
     load_certificate,
     parsed_options,
     port_open,
+    realm_api,
     start_twistd,
     stop_process,
     verify_jwt,
@@ -36,14 +37,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 import tokend.daemon.serving
-from tokend.login.passwords import PasswordChecker
-from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
 from tokend.tap import Options, makeService
-from tokend.threads import InlineWorkers
-from tokend.web.realm import TokenAPI
 from tokend.web.transport import (
     MAX_REQUEST_BODY_BYTES,
     BoundedChannel,
@@ -294,13 +288,7 @@ class Realm:
         write_policy(config, {"bar": ("bar", {"*": ["pull", "push"]})})
         key_path, cert_path = write_key_pair(tmp_path)
         self.certificate = load_certificate(cert_path)
-        api = TokenAPI(
-            policy=PolicyHolder(load_policy(config).policy, 0),
-            passwords=PasswordChecker(InlineWorkers()),
-            tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
-            services=["registry.test"],
-            clock=clock,
-        )
+        api = realm_api(config, (key_path, cert_path), clock=clock)
         self.site = bounded_site(api.resource(), clock)
 
     def post(self, body: bytes, headers: bytes = b"") -> tuple[int, dict[bytes, bytes], Any]:

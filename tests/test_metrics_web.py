@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from support import settled, write_key_pair, write_policy
+from support import realm_api, settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -19,17 +19,12 @@ from twisted.internet.task import Clock
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import BackendUnavailable, Login, directory_spelling
-from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.throttle import LoginThrottle
 from tokend.metrics.instruments import GRANTS, OUTCOMES, Metrics
-from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
-from tokend.threads import BoundedWorkers, InlineWorkers, Workers
-from tokend.web.realm import TokenAPI
+from tokend.threads import BoundedWorkers, Workers
 
 NOW = 1_800_000_000
 SERVICE = "registry.test"
@@ -86,18 +81,18 @@ class Realm:
         self.clock = Clock()
         self.clock.advance(NOW)
         self.registry = CollectorRegistry()
-        self.api = TokenAPI(
-            policy=PolicyHolder(load_policy(config).policy, NOW),
-            passwords=PasswordChecker(workers or InlineWorkers()),
-            tokens=TokenIssuer(key, "tokend-test", 300),
-            services=[SERVICE],
+        self.api = realm_api(
+            config,
+            key,
             clock=self.clock,
+            workers=workers,
+            services=[SERVICE],
             throttle=throttle,
             credential_cache=CredentialCache(ttl=60),
             refresh_tokens=RefreshTokens(key, "tokend-test", 3600),
             directory=directory,
             metrics=Metrics(self.registry),
-        )
+        ).api
         self.http = StubTreq(self.api.resource())
 
     def answer(self, request: Deferred[Any]) -> tuple[int, Any]:

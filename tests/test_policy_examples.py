@@ -11,17 +11,17 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from support import REPO, hash_password, load_certificate, settled, verify_jwt, write_key_pair
+from support import (
+    REPO,
+    hash_password,
+    load_certificate,
+    realm_api,
+    settled,
+    verify_jwt,
+    write_key_pair,
+)
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
-
-from tokend.login.passwords import PasswordChecker
-from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
-from tokend.web.realm import TokenAPI
 
 PAGE = (REPO / "docs" / "policy.md").read_text()
 ELIDED_HASH = "$2b$12$…"
@@ -76,13 +76,7 @@ class ExampleRealm:
         clock = Clock()
         clock.advance(1_800_000_000)
         self.http = StubTreq(
-            TokenAPI(
-                policy=PolicyHolder(load_policy(config).policy, clock.seconds()),
-                passwords=PasswordChecker(InlineWorkers()),
-                tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
-                services=[SERVICE],
-                clock=clock,
-            ).resource()
+            realm_api(config, (key_path, cert_path), clock=clock, services=[SERVICE]).resource()
         )
 
     @staticmethod

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from ldap_server import BASE, PASSWORD, SERVICE_DN, Slapd
-from support import hash_password, settled, write_key_pair
+from support import hash_password, realm_api, settled, write_key_pair
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -35,10 +35,7 @@ from tokend.login.throttle import InFlight, LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
 from tokend.threads import InlineWorkers
-from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
 CLIENT = "192.0.2.10"
@@ -196,12 +193,12 @@ async def test_refusals_through_the_realm_each_cost_one_bcrypt(
         reactor,
     )
     counting = CountingWorkers()
-    api = TokenAPI(
-        policy=holder,
-        passwords=PasswordChecker(counting),
-        tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
-        services=["svc"],
+    api = realm_api(
+        holder,
+        (key_path, cert_path),
         clock=reactor,
+        workers=counting,
+        services=["svc"],
         credential_cache=cache,
         directory=DirectoryAccounts(directory, lambda: holder.current, cache, reactor.seconds, 5),
     )

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from support import load_certificate, verify_jwt, write_key_pair, write_policy
+from support import load_certificate, realm_api, verify_jwt, write_key_pair, write_policy
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.endpoints import serverFromString
@@ -27,15 +27,11 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogEvent, capturedLogs
 from twisted.web.server import Site
 
-from tokend.login.passwords import PasswordChecker
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader
 from tokend.policy.watcher import DEFAULT_DEBOUNCE_SECONDS, PolicyWatchService
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
 from tokend.threads import WorkerPool
-from tokend.web.realm import TokenAPI
 
 PULL = {"*": ["pull"]}
 PUSH = {"*": ["pull", "push"]}
@@ -66,13 +62,14 @@ class Live:
         self.watcher = PolicyWatchService(
             self.config, self.reloader.reload, reactor, poll=poll, debounce=debounce
         )
-        self.api = TokenAPI(
-            policy=self.holder,
-            passwords=PasswordChecker(self.bcrypt),
-            tokens=TokenIssuer(load_signing_key(key_path, cert_path), "iss", 300),
-            services=["svc"],
+        self.api = realm_api(
+            self.holder,
+            (key_path, cert_path),
             clock=reactor,
-        )
+            workers=self.bcrypt,
+            issuer="iss",
+            services=["svc"],
+        ).api
         self.base = ""
         self._port: Any = None
 

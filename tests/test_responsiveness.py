@@ -8,19 +8,14 @@ from pathlib import Path
 import bcrypt
 import pytest_twisted
 import treq
-from support import load_certificate, verify_jwt, write_key_pair, write_policy
+from support import load_certificate, realm_api, verify_jwt, write_key_pair, write_policy
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.web.server import Site
 
-from tokend.login.passwords import PasswordChecker
 from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
 from tokend.threads import WorkerPool
-from tokend.web.realm import TokenAPI
 
 REAL_COST = 12
 
@@ -36,12 +31,8 @@ async def test_anonymous_answered_while_four_slow_logins_are_in_flight(tmp_path:
 
     pool = WorkerPool(reactor, 4, "test-bcrypt")
     pool.startService()
-    api = TokenAPI(
-        policy=PolicyHolder(load_policy(config).policy, reactor.seconds()),
-        passwords=PasswordChecker(pool),
-        tokens=TokenIssuer(load_signing_key(key_path, cert_path), "iss", 300),
-        services=["svc"],
-        clock=reactor,
+    api = realm_api(
+        config, (key_path, cert_path), clock=reactor, workers=pool, issuer="iss", services=["svc"]
     )
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(api.resource()))
     base = f"http://127.0.0.1:{port.getHost().port}/v2/token?service=svc"

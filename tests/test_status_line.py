@@ -12,20 +12,13 @@ from pathlib import Path
 import pytest_twisted
 import treq
 from prometheus_client import CollectorRegistry
-from support import write_key_pair, write_policy
+from support import realm_api, write_key_pair, write_policy
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 
 from tokend.daemon.services import QuietSite
-from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import LoginThrottle
 from tokend.metrics.exposition import metrics_resource
-from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
-from tokend.web.realm import TokenAPI
 
 
 @pytest_twisted.ensureDeferred
@@ -33,12 +26,12 @@ async def test_429_says_too_many_requests_and_no_listener_names_twisted(tmp_path
     config = tmp_path / "config"
     write_policy(config, {"bar": ("bar", {"*": ["pull"]})})
     key_path, cert_path = write_key_pair(tmp_path)
-    api = TokenAPI(
-        policy=PolicyHolder(load_policy(config).policy, reactor.seconds()),
-        passwords=PasswordChecker(InlineWorkers()),
-        tokens=TokenIssuer(load_signing_key(key_path, cert_path), "iss", 300),
-        services=["svc"],
+    api = realm_api(
+        config,
+        (key_path, cert_path),
         clock=reactor,
+        issuer="iss",
+        services=["svc"],
         throttle=LoginThrottle(per_account=1, per_address=100, window=300),
     )
     realm = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(

@@ -15,19 +15,15 @@ from pathlib import Path
 import bcrypt
 import pytest_twisted
 import treq
-from support import hash_password, write_key_pair
+from support import hash_password, realm_api, write_key_pair
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
-from tokend.login.passwords import PasswordChecker
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
 from tokend.threads import WorkerPool
-from tokend.web.realm import TokenAPI
 
 COST = 8
 """About 20 ms per check: large against the HTTP round trip, small enough for many trials."""
@@ -63,12 +59,13 @@ async def test_unknown_users_take_as_long_as_wrong_passwords(tmp_path: Path) -> 
     key_path, cert_path = write_key_pair(tmp_path)
     workers = WorkerPool(reactor, 2, "timing-bcrypt")
     workers.startService()
-    api = TokenAPI(
-        policy=PolicyHolder(policy, reactor.seconds()),
-        passwords=PasswordChecker(workers),
-        tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-timing", 300),
-        services=["svc"],
+    api = realm_api(
+        PolicyHolder(policy, reactor.seconds()),
+        (key_path, cert_path),
         clock=reactor,
+        workers=workers,
+        issuer="tokend-timing",
+        services=["svc"],
     )
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(api.resource()))
     url = f"http://127.0.0.1:{port.getHost().port}/v2/token?service=svc"

@@ -10,18 +10,10 @@ from urllib.parse import urlencode
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from support import load_certificate, settled, verify_jwt, write_key_pair, write_policy
+from support import load_certificate, realm_api, settled, verify_jwt, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs
-
-from tokend.login.passwords import PasswordChecker
-from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
-from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
 SERVICE = "registry.test"
@@ -42,13 +34,9 @@ class Realm:
         self.certificate = load_certificate(cert_path)
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.api = TokenAPI(
-            policy=PolicyHolder(load_policy(config).policy, NOW),
-            passwords=PasswordChecker(InlineWorkers()),
-            tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
-            services=[SERVICE, "other.test"],
-            clock=self.clock,
-        )
+        self.api = realm_api(
+            config, (key_path, cert_path), clock=self.clock, services=[SERVICE, "other.test"]
+        ).api
         self.http = StubTreq(self.api.resource())
 
     def call(

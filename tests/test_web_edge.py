@@ -10,23 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import write_key_pair, write_policy
+from support import realm_api, write_key_pair, write_policy
 from test_hardening_web import HandFiredWorkers
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import InFlight, LoginThrottle
-from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
-from tokend.signing.keys import load_signing_key
-from tokend.signing.tokens import TokenIssuer
-from tokend.web.realm import FormlessRequest, TokenAPI
+from tokend.web.requests import FormlessRequest
 
 SERVICE = "registry.test"
 
@@ -39,17 +33,16 @@ class Edge:
         self.workers = HandFiredWorkers()
         self.in_flight = InFlight(4)
         self.throttle = LoginThrottle(per_account=1, per_address=100, window=300)
-        key = load_signing_key(key_path, cert_path)
-        self.tokens = TokenIssuer(key, "tokend-test", 300)
-        self.api = TokenAPI(
-            policy=PolicyHolder(load_policy(config).policy, 0),
-            passwords=PasswordChecker(self.workers),
-            tokens=self.tokens,
+        realm = realm_api(
+            config,
+            (key_path, cert_path),
+            workers=self.workers,
             services=[SERVICE],
-            clock=Clock(),
             throttle=self.throttle,
             in_flight=self.in_flight,
         )
+        self.tokens = realm.tokens
+        self.api = realm.api
         self.site = Site(self.api.resource())
         self.site.requestFactory = FormlessRequest
 

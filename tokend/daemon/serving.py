@@ -23,6 +23,8 @@ from tokend.daemon.services import (
     metrics_listener,
 )
 from tokend.daemon.startup_checks import DirectoryProbe
+from tokend.issuing import Issuing
+from tokend.login.assembly import logins_for
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
@@ -158,26 +160,36 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
         entries = None if directory is None else directory.entry_names
         unlocking = Unlocking(keys, single_process(throttle.unlock), redis, entries)
         ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
-    api = TokenAPI(
+    logins = logins_for(
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
-        tokens=TokenIssuer(options.signing_key, options["issuer"], options["token-ttl"]),
-        refresh_tokens=RefreshTokens(
-            options.signing_key, options["issuer"], options["refresh-token-ttl"]
-        ),
-        services=options["service"],
-        clock=reactor,
-        realm_path=options["realm-path"],
+        clock=reactor.seconds,
         throttle=throttle,
         credential_cache=credential_cache,
-        trusted_proxies=TrustedProxies(
-            networks=options["trusted-proxy"], header=options["client-address-header"]
-        ),
         in_flight=InFlight(
             options["bcrypt-per-address"],
             capacity=options["bcrypt-threads"] + options["bcrypt-queue"],
         ),
         directory=directory,
+        refresh_tokens=RefreshTokens(
+            options.signing_key, options["issuer"], options["refresh-token-ttl"]
+        ),
+        metrics=metrics,
+    )
+    api = TokenAPI(
+        policy=holder,
+        logins=logins,
+        issuing=Issuing(
+            policy=holder,
+            tokens=TokenIssuer(options.signing_key, options["issuer"], options["token-ttl"]),
+            logins=logins,
+            clock=reactor.seconds,
+        ),
+        services=options["service"],
+        realm_path=options["realm-path"],
+        trusted_proxies=TrustedProxies(
+            networks=options["trusted-proxy"], header=options["client-address-header"]
+        ),
         metrics=metrics,
     )
     site = QuietSite(api.resource(), reactor=reactor)

@@ -23,7 +23,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
 from tokend.logs.namespaces import NamedLogger
-from tokend.web.realm import FormlessRequest, RequestError, error_body
+from tokend.web.errors import RequestError, error_body
+from tokend.web.requests import FormlessRequest
 
 MAX_REQUEST_BODY_BYTES = 65536
 """Above the realm's form limit (``web.MAX_BODY_BYTES``), so the realm still answers its own

@@ -1,0 +1,107 @@
+"""Issuing, alone and in memory: what is asked ∩ what the identity's policy allows, signed,
+plus a refresh token only when asked for by a login (never anonymously), or the one presented
+when the refresh_token grant was used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support import load_certificate, settled, verify_jwt, write_key_pair, write_policy
+
+from tokend.issuing import Issuing
+from tokend.login.assembly import logins_for
+from tokend.login.credentials import UsernamePassword
+from tokend.login.identity import Login
+from tokend.login.logins import Logins
+from tokend.login.passwords import PasswordChecker
+from tokend.login.refresh_tokens import RefreshTokens
+from tokend.policy.files import load_policy
+from tokend.policy.holder import PolicyHolder
+from tokend.scope import parse_scopes
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
+from tokend.threads import InlineWorkers
+
+NOW = 1_800_000_000.0
+ASKED = parse_scopes(["repository:public/hello:pull,push", "repository:private/x:pull"])
+
+
+class Desk:
+    def __init__(self, tmp_path: Path, *, refresh_ttl: int | None = 3600) -> None:
+        config = tmp_path / "config"
+        write_policy(
+            config,
+            {"bar": ("bar", {"public/*": ["pull", "push"]})},
+            {"repositories": ["public/hello"]},
+        )
+        key_path, cert_path = write_key_pair(tmp_path)
+        self.certificate = load_certificate(cert_path)
+        key = load_signing_key(key_path, cert_path)
+        holder = PolicyHolder(load_policy(config).policy, NOW)
+        self.refresh_tokens = (
+            None if refresh_ttl is None else RefreshTokens(key, "tokend-test", refresh_ttl)
+        )
+        self.logins: Logins = logins_for(
+            policy=holder,
+            passwords=PasswordChecker(InlineWorkers()),
+            clock=lambda: NOW,
+            refresh_tokens=self.refresh_tokens,
+        )
+        self.issuing = Issuing(
+            policy=holder,
+            tokens=TokenIssuer(key, "tokend-test", 300),
+            logins=self.logins,
+            clock=lambda: NOW,
+        )
+
+    def login(self, user: str) -> Login:
+        login = settled(self.logins.login(UsernamePassword(user, user.encode()), "127.0.0.1"))
+        assert isinstance(login, Login)
+        return login
+
+    def claims(self, token: str) -> dict[str, object]:
+        return verify_jwt(token, self.certificate)[1]
+
+
+def test_anonymous_gets_what_anonymous_may_pull_and_never_a_refresh_token(
+    tmp_path: Path,
+) -> None:
+    desk = Desk(tmp_path)
+    issued = desk.issuing.issue(None, "registry.test", ASKED, offline=True)
+    assert [str(scope) for scope in issued.granted] == [
+        "repository:public/hello:pull",
+        "repository:private/x:",
+    ]
+    assert issued.refresh_token is None
+    claims = desk.claims(issued.token.token)
+    assert (claims["sub"], claims["aud"], claims["iat"]) == ("", "registry.test", NOW - 10)
+    assert claims["access"] == [{"type": "repository", "name": "public/hello", "actions": ["pull"]}]
+
+
+def test_a_login_gets_its_rights_and_a_refresh_token_only_when_asked(tmp_path: Path) -> None:
+    desk = Desk(tmp_path)
+    login = desk.login("bar")
+    issued = desk.issuing.issue(login, "registry.test", ASKED)
+    assert [str(scope) for scope in issued.granted] == [
+        "repository:public/hello:pull,push",
+        "repository:private/x:",
+    ]
+    assert issued.refresh_token is None
+    assert desk.claims(issued.token.token)["sub"] == "bar"
+    offline = desk.issuing.issue(login, "registry.test", ASKED, offline=True)
+    assert offline.refresh_token is not None
+    assert desk.refresh_tokens is not None
+    assert desk.refresh_tokens.read(offline.refresh_token, NOW).account == "bar"
+
+
+def test_a_presented_refresh_token_is_answered_back_not_replaced(tmp_path: Path) -> None:
+    desk = Desk(tmp_path)
+    login = desk.login("bar")
+    issued = desk.issuing.issue(login, "registry.test", ASKED, offline=True, presented="the-one")
+    assert issued.refresh_token == "the-one"
+
+
+def test_without_refresh_tokens_an_offline_login_gets_none(tmp_path: Path) -> None:
+    desk = Desk(tmp_path, refresh_ttl=None)
+    issued = desk.issuing.issue(desk.login("bar"), "registry.test", ASKED, offline=True)
+    assert issued.refresh_token is None

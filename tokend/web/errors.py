@@ -1,0 +1,131 @@
+"""The realm's refusals: the RequestError family (status, registry code, OAuth2 error, log
+outcome), how a login that ended without an identity maps to one, and the spec's JSON error body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokend.login.identity import (
+    BackendUnavailable,
+    LoginError,
+    LoginOverloaded,
+    LoginRefused,
+    LoginThrottled,
+)
+from tokend.login.logins import ShareExceeded
+
+OVERLOAD_RETRY_AFTER = 1
+"""Seconds a client is asked to wait when the bcrypt queue (or its share) is full: it drains
+quickly."""
+
+
+class RequestError(Exception):
+    """Answered with ``status`` and the registry error body; ``oauth`` picks RFC 6749's.
+
+    ``outcome`` names the refusal in the log; ``account`` is logged when known, and ``token``
+    (a refresh token's fingerprint, never the token) when one was refused.
+    """
+
+    status = 400
+    code = "BAD_REQUEST"
+    oauth_error = "invalid_request"
+    outcome = "refused"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        account: str | None = None,
+        retry_after: int | None = None,
+        token: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.account = account
+        self.retry_after = retry_after
+        self.token = token
+
+
+class AuthenticationFailed(RequestError):
+    status = 401
+    code = "UNAUTHORIZED"
+    oauth_error = "invalid_grant"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "UNSUPPORTED"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class UnsupportedGrant(RequestError):
+    oauth_error = "unsupported_grant_type"
+
+
+class InvalidGrant(RequestError):
+    """RFC 6749 §5.2: the refresh token is invalid, expired or revoked."""
+
+    oauth_error = "invalid_grant"
+
+
+class TooManyRequests(RequestError):
+    """Too many failed logins for the account or from the address (no bcrypt until later), or
+    too many of the client's logins being checked at once."""
+
+    status = 429
+    code = "TOOMANYREQUESTS"
+    oauth_error = "temporarily_unavailable"
+    outcome = "throttled"
+
+
+class ServiceOverloaded(RequestError):
+    """The bcrypt queue is full: refusing now beats answering after the client gave up."""
+
+    status = 503
+    code = "UNAVAILABLE"
+    oauth_error = "temporarily_unavailable"
+    outcome = "overloaded"
+
+
+class ServiceUnavailable(RequestError):
+    """A backend that must answer (the directory) cannot now: a 401 would send the user
+    looking for a password mistake they did not make."""
+
+    status = 503
+    code = "UNAVAILABLE"
+    oauth_error = "temporarily_unavailable"
+    outcome = "unavailable"
+
+
+def http_error(error: LoginError, *, refresh: bool) -> RequestError:
+    """The HTTP answer to a login that ended without an identity."""
+    if isinstance(error, LoginThrottled):
+        return TooManyRequests(error.message, account=error.account, retry_after=error.retry_after)
+    if isinstance(error, ShareExceeded):  # the client's own doing: a 429 pages nobody
+        return TooManyRequests(
+            error.message, account=error.account, retry_after=OVERLOAD_RETRY_AFTER
+        )
+    if isinstance(error, LoginOverloaded):
+        return ServiceOverloaded(
+            error.message, account=error.account, retry_after=OVERLOAD_RETRY_AFTER
+        )
+    if isinstance(error, BackendUnavailable):
+        return ServiceUnavailable(
+            error.message, account=error.account, retry_after=error.retry_after
+        )
+    token = error.token if isinstance(error, LoginRefused) else None
+    if refresh:
+        return InvalidGrant(error.message, account=error.account, token=token)
+    return AuthenticationFailed(error.message, account=error.account, token=token)
+
+
+def error_body(error: RequestError, *, oauth: bool) -> dict[str, Any]:
+    """The spec's JSON error body: RFC 6749's on the POST endpoint, the registry's elsewhere."""
+    if oauth:
+        return {"error": error.oauth_error, "error_description": error.message}
+    return {"errors": [{"code": error.code, "message": error.message, "detail": None}]}
