@@ -42,9 +42,10 @@ from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.shared_limits.keys import SharedKeys
 from tokend.login.shared_limits.news import Seen
 from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.policy.documents import users_from_document
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
-from tokend.policy.model import Policy, users_from_document
+from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
 from tokend.threads import BoundedWorkers, InlineWorkers, WorkerPool
@@ -340,7 +341,8 @@ async def test_directory_outage_is_a_503_and_recovers(tmp_path: Path) -> None:
 
 
 def test_policy_refuses_malformed_ldap_groups(tmp_path: Path) -> None:
-    from tokend.policy.model import PolicyError, groups_from_document
+    from tokend.policy.documents import groups_from_document
+    from tokend.policy.model import PolicyError
 
     with pytest.raises(PolicyError, match="not a DN"):
         groups_from_document({"g": {"ldap_groups": ["musicians"]}}, "groups.json")

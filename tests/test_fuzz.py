@@ -26,13 +26,10 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
 from tokend.login.passwords import PasswordChecker
+from tokend.policy.documents import anonymous_from_document, users_from_document
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
-from tokend.policy.model import (
-    PolicyError,
-    anonymous_from_document,
-    users_from_document,
-)
+from tokend.policy.model import PolicyError
 from tokend.scope import (
     MAX_NAME_LENGTH,
     MAX_SCOPES,

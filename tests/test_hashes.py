@@ -20,8 +20,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogEvent, capturedLogs
 
 from tokend.login.passwords import PasswordChecker, dummy_hash
+from tokend.policy.documents import users_from_document
 from tokend.policy.files import load_policy
-from tokend.policy.model import Policy, PolicyError, UserPolicy, users_from_document
+from tokend.policy.model import Policy, PolicyError, UserPolicy
 from tokend.threads import InlineWorkers
 
 ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"

@@ -16,14 +16,13 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from tokend.cli import main
-from tokend.policy.holder import PolicyHolder
-from tokend.policy.model import (
-    Policy,
-    PolicyError,
+from tokend.policy.documents import (
     anonymous_from_document,
     groups_from_document,
     users_from_document,
 )
+from tokend.policy.holder import PolicyHolder
+from tokend.policy.model import Policy, PolicyError
 from tokend.policy.reload import PolicyReloader
 from tokend.policy.report import MAX_OVERRIDE_WARNINGS, group_override_warnings
 
