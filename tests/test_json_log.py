@@ -210,7 +210,7 @@ def test_twistd_logger_option_takes_the_observer_factory(
 
 def test_a_workers_line_names_its_pid_and_index() -> None:
     """As ``--workers`` marks a worker's event (the text line's ``pid N``); others name none."""
-    from tokend.daemon.supervisor import marked
+    from tokend.daemon.worker_logs import marked
 
     event: LogEvent = {"log_time": 1_800_000_000, "log_format": "hello", "log_namespace": "n"}
     record = json.loads(event_as_json(marked(event, 4242, 1)))

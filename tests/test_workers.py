@@ -299,7 +299,7 @@ def test_a_workers_line_is_the_line_the_parent_wrote_from_its_event() -> None:
     and formatted it with twistd's text observer or --log-format json. Same lines."""
     from twisted.logger import LogLevel, eventAsJSON, eventFromJSON
 
-    from tokend.daemon.supervisor import marked, text_line
+    from tokend.daemon.worker_logs import marked, text_line
     from tokend.logs.json_lines import event_as_json
 
     event = {

@@ -21,7 +21,8 @@ from tokend.daemon.services import (
 )
 from tokend.daemon.serving import redis_failures
 from tokend.daemon.startup_checks import DirectoryProbe
-from tokend.daemon.supervisor import Supervisor, parent_log
+from tokend.daemon.supervisor import Supervisor
+from tokend.daemon.worker_logs import parent_log
 from tokend.login.ldap.accounts import EntryNames
 from tokend.login.ldap.client import Directory
 from tokend.login.shared_limits.keys import SharedKeys

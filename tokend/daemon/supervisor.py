@@ -4,28 +4,8 @@ The daemon's first process (the one twistd runs) binds the socket, as a single-p
 does, then never accepts on it: it spawns N workers (``python -m tokend.worker``) that inherit
 the socket and adopt it (``reactor.adoptStreamPort``), so nginx keeps one upstream and the
 kernel spreads connections over whichever workers are waiting. Each worker loads and watches
-the policy itself.
-
-The parent keeps one socketpair per worker, carrying frames (:func:`frame`: a length, a kind,
-the payload) so that bytes (an exposition, a log line) travel as they are:
-
-- worker → parent: ``{"ready": pid}`` once it serves; every log line, formatted by the worker
-  as twistd's text observer (marked ``pid N``) or ``--log-format json`` would write it, which
-  the parent only writes to its log (:class:`ParentLog`: one log file, rotated by one process);
-  or, where twistd logs elsewhere (``--syslog``, ``--logger``), every log event for the
-  parent's observer; ``{"news": ...}`` for each failed or successful login
-  (:mod:`tokend.login.shared_limits.redis_store` spells it); its metrics exposition when asked;
-- parent → worker: ``{"news": ...}`` that another worker (or another daemon, through Redis)
-  saw; a request for its metrics (``--metrics``: the parent serves the union, see
-  :mod:`tokend.metrics.exposition`).
-- with ``--redis``, worker → parent ``{"ask": n, "keys": [...]}`` before its first check of a
-  key, answered ``{"answer": n, "seen": [...]}`` with what Redis holds; parent → worker
-  ``{"rejoined": true}`` when Redis is back (keys are to be asked about again);
-- ``tokend unlock`` (the control socket is the parent's): parent → worker ``{"unlock": [table,
-  key], "n": n}``, answered ``{"unlocked": n, "cleared": count}``.
-
-So the login throttle counts every worker's failures in each worker, and the limits hold in
-total for the daemon, not N times over (modulo messages in flight, a millisecond).
+the policy itself. The parent keeps one socketpair per worker (:mod:`tokend.daemon.wire`
+says what travels on it).
 
 Lifecycle: SIGHUP to the parent is passed to every worker (each reloads its policy); SIGTERM
 stops every worker, then the parent closes and removes the socket; a worker that ends is
@@ -39,36 +19,42 @@ import json
 import os
 import signal
 import socket
-import struct
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import (
-    FileLogObserver,
-    LogEvent,
     Logger,
     eventFromJSON,
     formatEvent,
     globalLogPublisher,
 )
-from twisted.python.compat import ioType
 from twisted.python.failure import Failure
 
+from tokend.daemon.wire import (
+    CONTROL,
+    EXPOSITION,
+    HEALTH,
+    LOG_EVENT,
+    LOG_LINES,
+    SCRAPE,
+    Framed,
+    OneProtocol,
+    control,
+    frame,
+    split_frames,
+)
+from tokend.daemon.worker_logs import ParentLog, marked
 from tokend.login.shared_limits.news import Ask, News
 from tokend.login.shared_limits.redis_store import news_from_wire, news_to_wire
 from tokend.logs.namespaces import NamedLogger
-from tokend.logs.text_lines import format_text_line, log_file_for
 
-MAX_FRAME = 16 * 1024 * 1024
-"""One message at most (a log event with a long policy error, an exposition, fit)."""
 SCRAPE_TIMEOUT = 2.0
 """Seconds a worker has to answer a metrics scrape; one that does not is left out of it."""
 UNLOCK_TIMEOUT = 2.0
@@ -94,122 +80,6 @@ def worker_count(value: str) -> int:
     if not 1 <= count <= 256:
         raise ValueError("must be auto or between 1 and 256")
     return count
-
-
-CONTROL = ord("J")
-"""Both ways: one JSON object (ready, news)."""
-LOG_EVENT = ord("E")
-"""Worker → parent: one log event, as twisted.logger's eventAsJSON."""
-LOG_LINES = ord("L")
-"""Worker → parent: finished log lines (UTF-8), to be written as they are."""
-SCRAPE = ord("S")
-"""Parent → worker: a request for its metrics; the payload is the request's number."""
-HEALTH = ord("H")
-"""Parent → worker: a request for its /healthz details; the payload is the request's number."""
-EXPOSITION = ord("M")
-"""Worker → parent: the request's number, a newline, the answer (the Prometheus text
-exposition, or the health details as JSON)."""
-
-_HEADER = struct.Struct("!IB")
-
-
-def frame(kind: int, payload: bytes) -> bytes:
-    """One message: the payload's length, its kind, the payload."""
-    return _HEADER.pack(len(payload), kind) + payload
-
-
-def control(message: Mapping[str, Any]) -> bytes:
-    return frame(CONTROL, json.dumps(message, separators=(",", ":")).encode())
-
-
-def split_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
-    """The whole frames at the start of ``buffer``, and what is left of it. A frame longer
-    than :data:`MAX_FRAME` is a broken peer: ``ValueError``."""
-    frames: list[tuple[int, bytes]] = []
-    offset, size = 0, len(buffer)
-    while size - offset >= _HEADER.size:
-        length, kind = _HEADER.unpack_from(buffer, offset)
-        if length > MAX_FRAME:
-            raise ValueError(f"a {length}-byte message")
-        end = offset + _HEADER.size + length
-        if end > size:
-            break
-        frames.append((kind, buffer[offset + _HEADER.size : end]))
-        offset = end
-    return frames, buffer[offset:]
-
-
-class Framed(TwistedProtocol):
-    """Either end of a socketpair: frames in, frames out."""
-
-    _buffer = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            frames, self._buffer = split_frames(self._buffer + data)
-        except ValueError:
-            transport: Any = self.transport
-            if transport is not None:
-                transport.loseConnection()
-            return
-        if frames:
-            self.framesReceived(frames)
-
-    def framesReceived(self, frames: list[tuple[int, bytes]]) -> None:
-        raise NotImplementedError
-
-    def write(self, data: bytes) -> None:
-        """Send one or more ready-made frames."""
-        transport: Any = self.transport
-        if transport is not None:
-            transport.write(data)
-
-
-def text_line(event: LogEvent) -> str | None:
-    """The line twistd's own text observer (``textFileLogObserver``) writes for ``event``,
-    by :func:`tokend.logs.text_lines.format_text_line` (the same bytes, computed faster)."""
-    return format_text_line(event)
-
-
-def marked(event: LogEvent, pid: int, index: int | None = None) -> LogEvent:
-    """``event`` with ``pid N`` added to its system, as a worker's text line shows it, and
-    the pid and the worker's index as fields (a JSON line's ``pid`` and ``worker``)."""
-    system = event.get("log_system")
-    if not system or system == "-":
-        level = getattr(event.get("log_level"), "name", "-")
-        system = f"{event.get('log_namespace', '-')}#{level}"
-    return {**event, "log_system": f"{system} pid {pid}", "worker_pid": pid, "worker_index": index}
-
-
-class ParentLog(FileLogObserver):
-    """The parent's log observer with ``--workers N``: its own events formatted as twistd (or
-    ``--log-format json``) would, and the workers' finished lines written as they come."""
-
-    def __init__(self, out: IO[Any], format_event: Callable[[LogEvent], str | None]) -> None:
-        super().__init__(out, format_event)
-        self._out = out
-        self._binary = ioType(out) is not str
-
-    def write_lines(self, lines: bytes) -> None:
-        self._out.write(lines if self._binary else lines.decode("utf-8", "replace"))
-        self._out.flush()
-
-
-def parent_log(
-    log_format: str,
-    twistd_config: Mapping[str, Any] | None,
-    format_json: Callable[[LogEvent], str | None],
-) -> ParentLog | None:
-    """Where workers' lines can go straight to the log: twistd writes a file or stdout (its
-    ``--logfile`` rules, rotation on SIGUSR1 as twistd arranges). None under ``--syslog`` or
-    ``--logger`` (or without twistd): then workers send events to the parent's observer."""
-    config = twistd_config
-    if not config or config.get("logger") or config.get("syslog"):
-        return None
-    if config.get("logfile") == "-" and not config.get("nodaemon"):
-        return None  # twistd refuses this with its own sentence
-    out: IO[Any] = log_file_for(config)
-    return ParentLog(out, format_json if log_format == "json" else text_line)
 
 
 class _Channel(Framed):
@@ -645,14 +515,3 @@ def with_status(pid: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
-
-
-class OneProtocol(Factory):
-    """A factory for adoptStreamConnection that hands out one protocol made beforehand."""
-
-    def __init__(self, protocol: Any) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Any:
-        self._protocol.factory = self
-        return self._protocol

@@ -32,7 +32,7 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-from tokend.daemon.supervisor import (
+from tokend.daemon.wire import (
     CONTROL,
     EXPOSITION,
     HEALTH,
@@ -43,9 +43,8 @@ from tokend.daemon.supervisor import (
     OneProtocol,
     control,
     frame,
-    marked,
-    text_line,
 )
+from tokend.daemon.worker_logs import marked, text_line
 from tokend.login.shared_limits.news import Ask, News, Seen
 from tokend.login.shared_limits.redis_store import (
     LOOKUP_TIMEOUT,

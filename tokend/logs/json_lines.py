@@ -51,7 +51,7 @@ refresh token's fingerprint, never a token: the realm logs nothing else under th
 WORKER_FIELDS = {"pid": "worker_pid", "worker": "worker_index"}
 """With ``--workers N``, which worker wrote the line: its pid and its index (0 … N-1, stable
 across restarts, as the metrics' ``worker`` label), as the text format's ``pid N`` marks it
-(:func:`tokend.daemon.supervisor.marked` sets them)."""
+(:func:`tokend.daemon.worker_logs.marked` sets them)."""
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
 
