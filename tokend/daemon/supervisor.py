@@ -15,50 +15,33 @@ start during start-up stops start-up with one sentence.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import (
     Logger,
-    eventFromJSON,
-    formatEvent,
-    globalLogPublisher,
 )
 from twisted.python.failure import Failure
 
 from tokend.daemon.wire import (
-    CONTROL,
-    EXPOSITION,
-    HEALTH,
-    LOG_EVENT,
-    LOG_LINES,
-    SCRAPE,
-    Framed,
     OneProtocol,
-    control,
     frame,
     split_frames,
 )
-from tokend.daemon.worker_logs import ParentLog, marked
+from tokend.daemon.worker_logs import ParentLog
+from tokend.daemon.worker_messages import WorkerChannel, WorkerMessages, WorkerRecord
 from tokend.login.shared_limits.news import Ask, News
-from tokend.login.shared_limits.redis_store import news_from_wire, news_to_wire
 from tokend.logs.namespaces import NamedLogger
 
-SCRAPE_TIMEOUT = 2.0
-"""Seconds a worker has to answer a metrics scrape; one that does not is left out of it."""
-UNLOCK_TIMEOUT = 2.0
-"""Seconds a worker has to answer an unlock; one that does not is left out of the count."""
 START_TIMEOUT = 120.0
 """Seconds a worker may take to load its key and policy at start-up."""
 STOP_TIMEOUT = 10.0
@@ -82,31 +65,6 @@ def worker_count(value: str) -> int:
     return count
 
 
-class _Channel(Framed):
-    """The parent's end of one worker's socketpair."""
-
-    def __init__(self, on_frames: Callable[[list[tuple[int, bytes]]], None]) -> None:
-        self._on_frames = on_frames
-
-    def framesReceived(self, frames: list[tuple[int, bytes]]) -> None:
-        self._on_frames(frames)
-
-
-@dataclass
-class _Worker:
-    slot: int
-    pid: int
-    started: float
-    channel: _Channel | None = None
-    ready: bool = False
-    last_critical: str | None = None
-    ended: Deferred[None] = field(default_factory=Deferred)
-    scrapes: dict[int, Deferred[bytes]] = field(default_factory=dict)
-    """Metrics requests sent and not answered yet, by number."""
-    unlocks: dict[int, Deferred[int]] = field(default_factory=dict)
-    """Unlocks sent and not answered yet, by number."""
-
-
 class _Ended(ProcessProtocol):
     def __init__(self, on_end: Callable[[Failure], None]) -> None:
         self._on_end = on_end
@@ -116,7 +74,7 @@ class _Ended(ProcessProtocol):
 
 
 class Supervisor(Service):
-    """Starts, relays between, restarts and stops the workers."""
+    """Starts, restarts and stops the workers; :attr:`messages` talks with them."""
 
     log = NamedLogger("tokend.processes.Supervisor")
 
@@ -142,22 +100,19 @@ class Supervisor(Service):
         self._port = port
         self._reactor = reactor
         self._failed = failed
-        self._relay = relay
-        self._lookup = lookup
-        self._unlock_number = 0
-        self._log = log
         self._log_lines = log_format if log is not None else "events"
-        self._workers: dict[int, _Worker] = {}
+        self._workers: dict[int, WorkerRecord] = {}
+        self.messages = WorkerMessages(
+            self._workers, count, reactor, lambda: bool(self.running), relay, lookup, log
+        )
+        """Metrics, health and unlocks asked of the workers; news passed between them."""
         self._quick_deaths: dict[int, int] = {}
         self._restarts: dict[int, Any] = {}
         self._listen_fd = -1
         self._family = 0
         self._previous_sighup: Any = None
-        self._scrape_number = 0
         self.restarts = dict.fromkeys(range(count), 0)
         """Workers started again after one ended, by index (0 … N-1)."""
-        self.scrape_failures = dict.fromkeys(range(count), 0)
-        """Metrics requests a worker did not answer in time (or answered unreadably)."""
 
     @property
     def pids(self) -> list[int]:
@@ -173,58 +128,30 @@ class Supervisor(Service):
         """Workers started and serving now."""
         return sum(1 for w in self._workers.values() if w.ready)
 
+    @property
+    def scrape_failures(self) -> dict[int, int]:
+        """Metrics requests a worker did not answer in time (or answered unreadably)."""
+        return self.messages.scrape_failures
+
     def scrape(self) -> Deferred[list[tuple[int, bytes]]]:
-        """Every serving worker's metrics exposition, by worker index. A worker that does not
-        answer within :data:`SCRAPE_TIMEOUT` (or ends meanwhile) is left out and counted in
-        :attr:`scrape_failures`."""
-        return self._ask(SCRAPE, "a metrics scrape")
+        """Every serving worker's metrics exposition, by worker index."""
+        return self.messages.scrape()
 
     def health(self) -> Deferred[list[tuple[int, bytes]]]:
-        """Every serving worker's /healthz details (JSON), by worker index; one that does not
-        answer within :data:`SCRAPE_TIMEOUT` is left out."""
-        return self._ask(HEALTH, "a health request")
-
-    def _ask(self, kind: int, what: str) -> Deferred[list[tuple[int, bytes]]]:
-        asked: list[Deferred[tuple[int, bytes] | None]] = []
-        for worker in sorted(self._workers.values(), key=lambda w: w.slot):
-            if not worker.ready or worker.channel is None:
-                continue
-            self._scrape_number += 1
-            number = self._scrape_number
-            answer: Deferred[bytes] = Deferred()
-            worker.scrapes[number] = answer
-            answer.addTimeout(SCRAPE_TIMEOUT, self._reactor)
-            left_out = self._no_answer(worker, number, what, count=kind == SCRAPE)
-            answer.addCallbacks(self._answered(worker.slot), left_out)
-            asked.append(answer)  # type: ignore[arg-type]
-            worker.channel.write(frame(kind, str(number).encode()))
-        gathered: Deferred[list[tuple[int, bytes] | None]] = gatherResults(asked)
-        return gathered.addCallback(lambda answers: [a for a in answers if a is not None])
-
-    @staticmethod
-    def _answered(slot: int) -> Callable[[bytes], tuple[int, bytes]]:
-        return lambda body: (slot, body)
-
-    def _no_answer(
-        self, worker: _Worker, number: int, what: str, count: bool
-    ) -> Callable[[Failure], None]:
-        def left_out(reason: Failure) -> None:
-            worker.scrapes.pop(number, None)
-            if count:
-                self.unreadable(worker.slot)
-            self.log.warn(
-                "worker {slot} (pid {pid}) did not answer {what}: {reason}",
-                slot=worker.slot,
-                pid=worker.pid,
-                what=what,
-                reason=reason.getErrorMessage() or getattr(reason.type, "__name__", "no answer"),
-            )
-
-        return left_out
+        """Every serving worker's /healthz details (JSON), by worker index."""
+        return self.messages.health()
 
     def unreadable(self, slot: int) -> None:
-        """Count a worker's scrape as failed."""
-        self.scrape_failures[slot] = self.scrape_failures.get(slot, 0) + 1
+        self.messages.unreadable(slot)
+
+    def broadcast(self, news: News, *, but: int | None = None) -> None:
+        self.messages.broadcast(news, but=but)
+
+    def rejoined(self) -> None:
+        self.messages.rejoined()
+
+    def unlock(self, table: str, key: str) -> Deferred[list[int]]:
+        return self.messages.unlock(table, key)
 
     def startService(self) -> None:
         super().startService()
@@ -263,7 +190,7 @@ class Supervisor(Service):
 
         return done.addBoth(stopped)
 
-    def _kill(self, workers: list[_Worker]) -> None:
+    def _kill(self, workers: list[WorkerRecord]) -> None:
         for worker in workers:
             if not worker.ended.called:
                 self.log.warn("worker {pid} did not stop in time: SIGKILL", pid=worker.pid)
@@ -285,63 +212,7 @@ class Supervisor(Service):
         for worker in self._workers.values():
             self._signal(worker.pid, signal.SIGHUP)
 
-    def broadcast(self, news: News, *, but: int | None = None) -> None:
-        """Tell every worker (except the slot ``but``) what another one or another daemon saw."""
-        message = control({"news": news_to_wire(news)})
-        for worker in self._workers.values():
-            if worker.slot != but and worker.channel is not None:
-                worker.channel.write(message)
-
-    def rejoined(self) -> None:
-        """Redis is back: every worker asks about each key again when it next sees it."""
-        for worker in self._workers.values():
-            if worker.channel is not None:
-                worker.channel.write(control({"rejoined": True}))
-
-    def unlock(self, table: str, key: str) -> Deferred[list[int]]:
-        """Clear one throttle key in every serving worker (``tokend unlock``): the failures
-        each cleared; a worker that does not answer in time is left out."""
-        asked: list[Deferred[int | None]] = []
-        for worker in sorted(self._workers.values(), key=lambda w: w.slot):
-            if not worker.ready or worker.channel is None:
-                continue
-            self._unlock_number += 1
-            number = self._unlock_number
-            answer: Deferred[int] = Deferred()
-            worker.unlocks[number] = answer
-            answer.addTimeout(UNLOCK_TIMEOUT, self._reactor)
-            answer.addErrback(self._no_unlock(worker, number))
-            asked.append(answer)  # type: ignore[arg-type]
-            worker.channel.write(control({"unlock": [table, key], "n": number}))
-        gathered: Deferred[list[int | None]] = gatherResults(asked)
-        return gathered.addCallback(lambda counts: [c for c in counts if c is not None])
-
-    @staticmethod
-    def _no_unlock(worker: _Worker, number: int) -> Callable[[Failure], None]:
-        def left_out(reason: Failure) -> None:
-            worker.unlocks.pop(number, None)
-
-        return left_out
-
-    def _answer(self, worker: _Worker, number: Any, keys: Any) -> None:
-        """A worker's question to Redis, answered (empty without Redis or on bad input)."""
-        try:
-            pairs = [(str(table), str(key)) for table, key in keys]
-        except (TypeError, ValueError):
-            pairs = []
-        asking = self._lookup(pairs) if self._lookup is not None and pairs else None
-
-        def reply(seen: Any) -> None:
-            wire = [news_to_wire(news) for news in seen] if isinstance(seen, list) else []
-            if worker.channel is not None:
-                worker.channel.write(control({"answer": number, "seen": wire}))
-
-        if asking is None:
-            reply([])
-        else:
-            asking.addBoth(reply)
-
-    def _spawn(self, slot: int) -> tuple[_Worker, socket.socket]:
+    def _spawn(self, slot: int) -> tuple[WorkerRecord, socket.socket]:
         self._restarts.pop(slot, None)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         args = [
@@ -350,7 +221,7 @@ class Supervisor(Service):
             f"--log-lines={self._log_lines}", f"--worker-index={slot}",
             "--", *self._argv,
         ]  # fmt: skip
-        holder: list[_Worker] = []
+        holder: list[WorkerRecord] = []
         transport = self._reactor.spawnProcess(
             _Ended(lambda reason: self._ended(holder[0], reason)),
             sys.executable,
@@ -359,7 +230,7 @@ class Supervisor(Service):
             childFDs={1: 1, 2: 2, 3: self._listen_fd, 4: theirs.fileno()},
         )
         theirs.close()
-        worker = _Worker(slot, transport.pid, time.monotonic())
+        worker = WorkerRecord(slot, transport.pid, time.monotonic())
         holder.append(worker)
         self._workers[slot] = worker
         return worker, ours
@@ -369,16 +240,16 @@ class Supervisor(Service):
         worker, ours = self._spawn(slot)
         self._connect(worker, ours, b"")
 
-    def _connect(self, worker: _Worker, ours: socket.socket, leftover: bytes) -> None:
+    def _connect(self, worker: WorkerRecord, ours: socket.socket, leftover: bytes) -> None:
         """Hand the worker's socketpair to the reactor (with what was read of it already)."""
-        channel = _Channel(lambda frames: self._received(worker, frames))
+        channel = WorkerChannel(lambda frames: self.messages.received(worker, frames))
         self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, OneProtocol(channel))
         ours.close()
         worker.channel = channel
         if leftover:
             channel.dataReceived(leftover)
 
-    def _await_ready(self, worker: _Worker, ours: socket.socket) -> bytes:
+    def _await_ready(self, worker: WorkerRecord, ours: socket.socket) -> bytes:
         """Start-up only (the reactor does not run yet): block until the worker says it serves,
         relaying its log meanwhile; stop start-up with one sentence if it cannot."""
         deadline = time.monotonic() + START_TIMEOUT
@@ -389,7 +260,7 @@ class Supervisor(Service):
             except ValueError:
                 frames, rest = [], b""
             for index, one in enumerate(frames):
-                self._received(worker, [one])
+                self.messages.received(worker, [one])
                 if worker.ready:
                     return b"".join(frame(*later) for later in frames[index + 1 :]) + rest
             buffer = rest
@@ -421,73 +292,11 @@ class Supervisor(Service):
             self._signal(worker.pid, signal.SIGKILL)
             with_status(worker.pid)
 
-    def _received(self, worker: _Worker, frames: list[tuple[int, bytes]]) -> None:
-        lines = [payload for kind, payload in frames if kind == LOG_LINES]
-        if lines and self._log is not None:
-            self._log.write_lines(b"".join(lines))
-        for kind, payload in frames:
-            if kind == LOG_LINES:
-                continue
-            elif kind == LOG_EVENT:
-                self._relay_event(worker, payload)
-            elif kind == EXPOSITION:
-                number, _, body = payload.partition(b"\n")
-                answer = worker.scrapes.pop(int(number), None) if number.isdigit() else None
-                if answer is not None and not answer.called:
-                    answer.callback(body)
-            elif kind == CONTROL:
-                self._control(worker, payload)
-
-    def _relay_event(self, worker: _Worker, payload: bytes) -> None:
-        try:
-            event = eventFromJSON(payload.decode("utf-8"))
-        except ValueError:
-            self.log.warn("worker {pid} sent an unreadable log event", pid=worker.pid)
-            return
-        event = marked(event, worker.pid, worker.slot)
-        if not worker.ready and event.get("log_level") is not None:
-            if event["log_level"].name == "critical":
-                worker.last_critical = formatEvent(event)
-        globalLogPublisher(event)
-
-    def _control(self, worker: _Worker, payload: bytes) -> None:
-        try:
-            message = json.loads(payload)
-        except ValueError:
-            self.log.warn("worker {pid} sent an unreadable message", pid=worker.pid)
-            return
-        if "critical" in message:
-            if not worker.ready:
-                worker.last_critical = str(message["critical"])
-        elif "news" in message:
-            try:
-                news = news_from_wire(message["news"])
-            except ValueError:
-                return
-            self.broadcast(news, but=worker.slot)
-            if self._relay is not None:
-                self._relay(news)
-        elif "ask" in message:
-            self._answer(worker, message["ask"], message.get("keys"))
-        elif "unlocked" in message:
-            number = message["unlocked"]
-            answer = worker.unlocks.pop(number, None) if isinstance(number, int) else None
-            cleared = message.get("cleared")
-            if answer is not None and not answer.called:
-                answer.callback(cleared if isinstance(cleared, int) else 0)
-        elif "ready" in message:
-            worker.ready = True
-            if self.running:
-                self.log.info("worker {slot} ready, pid {pid}", slot=worker.slot, pid=worker.pid)
-
-    def _ended(self, worker: _Worker, reason: Failure) -> None:
+    def _ended(self, worker: WorkerRecord, reason: Failure) -> None:
         worker.ended.callback(None)
         if self._workers.get(worker.slot) is worker:
             del self._workers[worker.slot]
-        for answer in list(worker.scrapes.values()):
-            answer.cancel()
-        for unlocked in list(worker.unlocks.values()):
-            unlocked.cancel()
+        self.messages.forget(worker)
         transport: Any = worker.channel.transport if worker.channel is not None else None
         if transport is not None:
             transport.loseConnection()
