@@ -26,7 +26,8 @@ from tokend.login.identity import (
     directory_name,
     entry_name,
 )
-from tokend.login.ldap.client import Directory, DirectoryAccount, DirectoryUnavailable
+from tokend.login.ldap.client import Directory, DirectoryAccount
+from tokend.login.ldap.connections import DirectoryUnavailable
 from tokend.logs.escaping import printable
 from tokend.logs.namespaces import NamedLogger
 from tokend.policy.model import Policy
