@@ -33,6 +33,7 @@ from tokend.login.identity import (
     LoginThrottled,
     entry_name,
 )
+from tokend.login.in_flight import InFlight
 from tokend.login.ldap.accounts import DirectoryAccounts, EntryNames
 from tokend.login.ldap.client import Directory
 from tokend.login.ldap.config import DirectoryConfig
@@ -41,7 +42,7 @@ from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.shared_limits.keys import SharedKeys
 from tokend.login.shared_limits.news import Seen
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.documents import users_from_document
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder

@@ -14,7 +14,7 @@ from pathlib import Path
 from test_hardening_web import HandFiredWorkers, Hardened, throttle
 
 from tokend.client_address import TrustedProxies, parse_networks
-from tokend.login.throttle import InFlight
+from tokend.login.in_flight import InFlight
 from tokend.threads import BoundedWorkers
 
 

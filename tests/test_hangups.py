@@ -22,10 +22,11 @@ from twisted.python.failure import Failure
 
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.identity import Login, LoginError, LoginOverloaded, LoginThrottled
+from tokend.login.in_flight import InFlight
 from tokend.login.logins import Logins
 from tokend.login.password_file import PasswordFile
 from tokend.login.passwords import PasswordChecker
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.threads import BoundedWorkers, Overloaded, Stopped

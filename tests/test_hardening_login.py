@@ -27,7 +27,7 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 
 from tokend.client_address import FORWARDED_FOR, TrustedProxies, parse_networks
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.throttle import InFlight
+from tokend.login.in_flight import InFlight
 from tokend.threads import BoundedWorkers
 
 LOCAL_PROXY = parse_networks(["127.0.0.0/8"])

@@ -31,9 +31,10 @@ from twisted.python.usage import UsageError
 
 from tokend.client_address import TrustedProxies, parse_networks
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.in_flight import InFlight
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key

@@ -24,13 +24,14 @@ from twisted.internet.task import Clock, deferLater
 
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused
+from tokend.login.in_flight import InFlight
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
 from tokend.login.ldap.config import DirectoryConfig
 from tokend.login.logins import Logins
 from tokend.login.password_file import PasswordFile
 from tokend.login.passwords import PasswordChecker
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy

@@ -20,8 +20,9 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from tokend.login.in_flight import InFlight
 from tokend.login.passwords import PasswordChecker
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key

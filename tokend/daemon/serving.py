@@ -24,6 +24,7 @@ from tokend.daemon.services import (
 )
 from tokend.daemon.startup_checks import DirectoryProbe
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.in_flight import InFlight
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
 from tokend.login.passwords import PasswordChecker
@@ -31,7 +32,7 @@ from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.shared_limits.keys import SharedKeys
 from tokend.login.shared_limits.news import Ask, News
 from tokend.login.shared_limits.redis_store import RedisFailures
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.logs.json_lines import LoggingRoot, observer_for_format
 from tokend.metrics.collectors import (
     RedisState,

@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.in_flight import InFlight
 from tokend.login.logins import AccountDirectory, Logins
 from tokend.login.password_file import PasswordFile
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.holder import PolicyHolder
 

@@ -38,6 +38,7 @@ from tokend.login.identity import (
     directory_spelling,
     entry_name,
 )
+from tokend.login.in_flight import InFlight, ShareFull
 from tokend.login.passwords import MAX_PASSWORD_BYTES, PasswordChecker, check_cost
 from tokend.login.refresh_tokens import (
     InvalidRefreshToken,
@@ -45,7 +46,7 @@ from tokend.login.refresh_tokens import (
     RefreshTokens,
     fingerprint,
 )
-from tokend.login.throttle import InFlight, LoginThrottle, Refusal, ShareFull
+from tokend.login.throttle import LoginThrottle, Refusal
 from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.model import Policy
 from tokend.threads import Overloaded, Stopped

@@ -33,10 +33,11 @@ from tokend.login.identity import (
     LoginRefused,
     LoginThrottled,
 )
+from tokend.login.in_flight import InFlight
 from tokend.login.logins import AccountDirectory, ShareExceeded
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import MAX_TOKEN_CHARS, RefreshTokens, fingerprint
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.logs.escaping import printable
 from tokend.logs.namespaces import NamedLogger
 from tokend.metrics.instruments import NO_METRICS, RequestMetrics
