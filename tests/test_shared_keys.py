@@ -12,9 +12,9 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from tokend.login.shared_limits.keys import MAX_SKEW, NewsRejected, SharedKeys
-from tokend.login.shared_limits.news import Failed, News, Succeeded
+from tokend.login.shared_limits.news import Failed, News, Succeeded, news_to_wire
 from tokend.login.shared_limits.redis_address import parse_redis_url
-from tokend.login.shared_limits.redis_store import RedisFailures, news_to_wire
+from tokend.login.shared_limits.redis_store import RedisFailures
 from tokend.signing.keys import load_signing_key
 
 NOW = 1_800_000_000.0

@@ -26,8 +26,7 @@ from tokend.daemon.wire import (
     frame,
 )
 from tokend.daemon.worker_logs import ParentLog, marked
-from tokend.login.shared_limits.news import Ask, News
-from tokend.login.shared_limits.redis_store import news_from_wire, news_to_wire
+from tokend.login.shared_limits.news import Ask, News, news_from_wire, news_to_wire
 from tokend.logs.namespaces import NamedLogger
 
 SCRAPE_TIMEOUT = 2.0

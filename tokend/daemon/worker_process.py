@@ -45,13 +45,8 @@ from tokend.daemon.wire import (
     frame,
 )
 from tokend.daemon.worker_logs import marked, text_line
-from tokend.login.shared_limits.news import Ask, News, Seen
-from tokend.login.shared_limits.redis_store import (
-    LOOKUP_TIMEOUT,
-    START_UP_WAIT,
-    news_from_wire,
-    news_to_wire,
-)
+from tokend.login.shared_limits.news import Ask, News, Seen, news_from_wire, news_to_wire
+from tokend.login.shared_limits.redis_store import LOOKUP_TIMEOUT, START_UP_WAIT
 from tokend.login.throttle import LoginThrottle
 
 if TYPE_CHECKING:

@@ -1,9 +1,9 @@
-"""Login-throttle news shared beyond one process: its wire form, and the Redis store.
+"""Login-throttle news shared between daemons through Redis: the store and its connections.
 
 The throttle itself stays local and synchronous (:class:`tokend.login.throttle.LoginThrottle`):
 anonymous and cached requests never wait for anyone. What it saw goes out through its
 ``publish`` seam; what others saw comes in through ``learn``. Workers of one daemon exchange
-news through their parent (:mod:`tokend.daemon.supervisor`); daemons exchange it through Redis.
+news through their parent (:mod:`tokend.daemon.worker_messages`); daemons exchange it through Redis.
 
 Redis holds throttle keys, never names: accounts and addresses are keyed hashes
 (:mod:`tokend.login.shared_limits.keys`). Every failure runs one short Lua script (one round trip,
@@ -36,12 +36,27 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, w
 from twisted.internet.ssl import optionsForClientTLS
 
 from tokend.login.shared_limits.keys import REJECTED_REASONS, NewsRejected, SharedKeys
-from tokend.login.shared_limits.news import Failed, News, Seen, Succeeded, Unlocked
+from tokend.login.shared_limits.news import (
+    Failed,
+    News,
+    Seen,
+    Succeeded,
+    Unlocked,
+    news_from_wire,
+    news_to_wire,
+    throttle_table,
+)
 from tokend.login.shared_limits.redis_address import RedisAddress
+from tokend.login.shared_limits.redis_scripts import (
+    CHANNEL,
+    FAILED_SCRIPT,
+    LOOKUP_SCRIPT,
+    SUCCEEDED_SCRIPT,
+    UNLOCK_SCRIPT,
+    redis_key,
+)
 from tokend.logs.namespaces import NamedLogger
 
-NAMESPACE = "tokend:throttle:"
-CHANNEL = NAMESPACE + "news"
 REPLY_TIMEOUT = 2
 """Seconds a Redis command may take before the store counts Redis as unavailable."""
 LOOKUP_TIMEOUT = 1.0
@@ -53,92 +68,6 @@ MAX_RECONNECT_DELAY = 5
 """Seconds between reconnection attempts at most: shared limits return soon after Redis."""
 REJECTED_LOG_INTERVAL = 60.0
 """Seconds between two log lines about messages dropped (each says how many since the last)."""
-
-FAILED_SCRIPT = """
-local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[4 + 2 * i])
-  redis.call('ZADD', key, ARGV[1], ARGV[3 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  redis.call('ZREMRANGEBYRANK', key, 0, -limit - 1)
-  redis.call('PEXPIRE', key, math.ceil(window * 1000))
-end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return #KEYS
-"""
-"""KEYS: the sorted sets; ARGV: now, window, channel, sealed message, then per key its member
-(the failure's exact time, a nonce, a MAC) and its limit."""
-
-SUCCEEDED_SCRIPT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"""
-"""KEYS: the account's set; ARGV: the success's time, channel, sealed message."""
-
-UNLOCK_SCRIPT = """
-local cleared = redis.call('ZCARD', KEYS[1])
-redis.call('DEL', KEYS[1])
-return {cleared, redis.call('PUBLISH', ARGV[1], ARGV[2])}
-"""
-"""KEYS: the set; ARGV: channel, sealed message. Answers the failures dropped and how many
-subscribers (this daemon's own included) heard of it."""
-
-LOOKUP_SCRIPT = """
-local found = {}
-for i, key in ipairs(KEYS) do
-  found[i] = redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')
-end
-return found
-"""
-
-
-def redis_key(table: str, key: str) -> str:
-    """The sorted set of a throttle key (itself a keyed hash: bounded length, no name)."""
-    return f"{NAMESPACE}{table}:{key}"
-
-
-def news_to_wire(news: News) -> dict[str, Any]:
-    """A JSON-able form of one piece of throttle news."""
-    if isinstance(news, Failed):
-        return {"failed": [news.account, news.address, news.at]}
-    if isinstance(news, Succeeded):
-        return {"succeeded": [news.account, news.address, news.at]}
-    if isinstance(news, Unlocked):
-        return {"unlocked": [news.table, news.key, news.at]}
-    return {"seen": [news.table, news.key, list(news.times)]}
-
-
-def news_from_wire(wire: Any) -> News:
-    """The news a wire form stands for; ValueError for anything else."""
-    try:
-        if "failed" in wire:
-            account, address, at = wire["failed"]
-            if account is not None and not isinstance(account, str):
-                raise ValueError("account")
-            return Failed(account, _text(address), float(at))
-        if "succeeded" in wire:
-            account, address, at = wire["succeeded"]
-            return Succeeded(_text(account), _text(address), float(at))
-        if "unlocked" in wire:
-            table, key, at = wire["unlocked"]
-            return Unlocked(_table(table), _text(key), float(at))
-        table, key, times = wire["seen"]
-        return Seen(_table(table), _text(key), tuple(float(t) for t in times))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"not throttle news: {e}") from None
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("not a key")
-    return value
-
-
-def _table(value: Any) -> Any:
-    if value not in ("account", "address"):
-        raise ValueError("table")
-    return value
 
 
 class RedisFailures(Service):
@@ -367,7 +296,7 @@ class RedisFailures(Service):
         told), or None while Redis is away."""
         if not self.available or self._commands is None:
             return succeed(None)
-        sealed = self._sealed(Unlocked(_table(table), key, self._reactor.seconds()))
+        sealed = self._sealed(Unlocked(throttle_table(table), key, self._reactor.seconds()))
         running = self._commands.handler.eval(
             UNLOCK_SCRIPT, [redis_key(table, key)], [CHANNEL, sealed]
         )
