@@ -40,6 +40,7 @@ from tokend.login.ldap.config import DirectoryConfig
 from tokend.login.logins import Logins
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.keys import SharedKeys
 from tokend.login.shared_limits.news import Seen
 from tokend.login.throttle import LoginThrottle
@@ -566,7 +567,10 @@ def test_an_entry_locked_in_redis_is_asked_about_before_its_first_try_here() -> 
         return succeed(held)
 
     directory = RememberingDirectory(Policy(users_from_document({}, "users.json")))
-    logins = door(directory, LoginThrottle(per_account=3, per_address=100, window=300, ask=ask))
+    logins = door(
+        directory,
+        LoginThrottle(per_account=3, per_address=100, window=300, news=NewsBus(lookup=ask)),
+    )
     with pytest.raises(LoginThrottled):
         settled(logins.password("wolfgang", b"right", "192.0.2.1"))
     assert ("account", entry) in [pair for pairs in asked for pair in pairs]
@@ -642,7 +646,7 @@ def test_a_look_alike_is_refused_after_one_bcrypt_as_a_wrong_password_is() -> No
 def test_a_failure_on_an_entry_is_told_once_with_the_address_once() -> None:
     """Other workers and daemons hear the entry's failure, the address counted once."""
     heard: list[Any] = []
-    throttle = LoginThrottle(per_account=2, per_address=10, window=300, publish=heard.append)
+    throttle = LoginThrottle(per_account=2, per_address=10, window=300, news=NewsBus(heard.append))
     other = LoginThrottle(per_account=2, per_address=10, window=300)
     entry = "\0dn:uid=mozart,ou=musicians,dc=example,dc=com"
     for name, at in (("mozart", 1.0), ("wolfgang", 2.0)):

@@ -20,6 +20,7 @@ from tokend.login.credential_cache import CredentialCache
 from tokend.login.identity import BackendUnavailable, Identity, Login
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.throttle import LoginThrottle
 from tokend.metrics.instruments import GRANTS, OUTCOMES, Metrics
 from tokend.policy.files import load_policy
@@ -250,7 +251,7 @@ def test_a_login_refused_after_asking_redis_first_counts_as_throttled(tmp_path: 
         realm.clock.callLater(0.5, answer.callback, [locked])
         return answer
 
-    throttle = LoginThrottle(per_account=10, per_address=100, window=300, ask=ask)
+    throttle = LoginThrottle(per_account=10, per_address=100, window=300, news=NewsBus(lookup=ask))
     realm = Realm(tmp_path, throttle=throttle)
     request = realm.http.get(
         f"http://tokend/v2/token?service={SERVICE}",

@@ -39,7 +39,8 @@ from tokend.daemon.wire import (
 )
 from tokend.daemon.worker_logs import ParentLog
 from tokend.daemon.worker_messages import WorkerChannel, WorkerMessages, WorkerRecord
-from tokend.login.shared_limits.news import Ask, News
+from tokend.login.shared_limits.bus import NewsBus
+from tokend.login.shared_limits.news import News
 from tokend.logs.namespaces import NamedLogger
 
 START_TIMEOUT = 120.0
@@ -86,15 +87,14 @@ class Supervisor(Service):
         port: Callable[[], IListeningPort],
         reactor: Any,
         failed: StartUpFailure,
-        relay: Callable[[News], None] | None = None,
-        lookup: Ask | None = None,
+        news: NewsBus | None = None,
         log: ParentLog | None = None,
         log_format: str = "text",
     ) -> None:
-        """``port`` gives the bound listening port once the listener has started; ``relay``
-        also gets every worker's news and ``lookup`` answers their questions (the Redis
-        store); ``log``, when given, takes the workers' finished lines (in ``log_format``),
-        else their events are relayed."""
+        """``port`` gives the bound listening port once the listener has started; ``news``
+        (shared by the Redis store, if any) gets every worker's news and answers their
+        questions, and what it hears goes to every worker; ``log``, when given, takes the
+        workers' finished lines (in ``log_format``), else their events are relayed."""
         self._count = count
         self._argv = list(argv)
         self._port = port
@@ -103,7 +103,12 @@ class Supervisor(Service):
         self._log_lines = log_format if log is not None else "events"
         self._workers: dict[int, WorkerRecord] = {}
         self.messages = WorkerMessages(
-            self._workers, count, reactor, lambda: bool(self.running), relay, lookup, log
+            self._workers,
+            count,
+            reactor,
+            lambda: bool(self.running),
+            NewsBus() if news is None else news,
+            log,
         )
         """Metrics, health and unlocks asked of the workers; news passed between them."""
         self._quick_deaths: dict[int, int] = {}

@@ -26,7 +26,8 @@ from tokend.daemon.wire import (
     frame,
 )
 from tokend.daemon.worker_logs import ParentLog, marked
-from tokend.login.shared_limits.news import Ask, News, news_from_wire, news_to_wire
+from tokend.login.shared_limits.bus import NewsBus
+from tokend.login.shared_limits.news import News, news_from_wire, news_to_wire
 from tokend.logs.namespaces import NamedLogger
 
 SCRAPE_TIMEOUT = 2.0
@@ -75,22 +76,23 @@ class WorkerMessages:
         count: int,
         reactor: Any,
         running: Callable[[], bool],
-        relay: Callable[[News], None] | None = None,
-        lookup: Ask | None = None,
+        news: NewsBus,
         log: ParentLog | None = None,
     ) -> None:
         """``workers``: the supervisor's live workers by slot (``count`` of them configured);
-        ``running``: whether it still runs (a worker ready after the stop goes unannounced)."""
+        ``running``: whether it still runs (a worker ready after the stop goes unannounced);
+        ``news``: the bus it listens on (what Redis hears goes to every worker) and publishes
+        the workers' news to."""
         self._workers = workers
         self._reactor = reactor
         self._running = running
-        self._relay = relay
-        self._lookup = lookup
+        self._news = news
         self._log = log
         self._unlock_number = 0
         self._scrape_number = 0
         self.scrape_failures = dict.fromkeys(range(count), 0)
         """Metrics requests a worker did not answer in time (or answered unreadably)."""
+        news.hear(lambda heard, now: self.broadcast(heard), self.rejoined)
 
     def scrape(self) -> Deferred[list[tuple[int, bytes]]]:
         """Every serving worker's metrics exposition, by worker index. A worker that does not
@@ -189,7 +191,8 @@ class WorkerMessages:
             pairs = [(str(table), str(key)) for table, key in keys]
         except (TypeError, ValueError):
             pairs = []
-        asking = self._lookup(pairs) if self._lookup is not None and pairs else None
+        lookup = self._news.lookup
+        asking = lookup(pairs) if lookup is not None and pairs else None
 
         def reply(seen: Any) -> None:
             wire = [news_to_wire(news) for news in seen] if isinstance(seen, list) else []
@@ -245,8 +248,7 @@ class WorkerMessages:
             except ValueError:
                 return
             self.broadcast(news, but=worker.slot)
-            if self._relay is not None:
-                self._relay(news)
+            self._news.publish(news)
         elif "ask" in message:
             self._answer(worker, message["ask"], message.get("keys"))
         elif "unlocked" in message:

@@ -19,7 +19,8 @@ from typing import Literal
 from twisted.internet.defer import Deferred
 
 from tokend.login.failure_windows import DEFAULT_MAX_ENTRIES, FailureWindow, KnownAddresses
-from tokend.login.shared_limits.news import Ask, Failed, News, Succeeded, Unlocked
+from tokend.login.shared_limits.bus import NewsBus
+from tokend.login.shared_limits.news import Failed, News, Succeeded, Unlocked
 
 MAX_ASKED = 100_000
 """Keys remembered as asked of the shared store since it was (re)joined; the oldest goes
@@ -47,11 +48,11 @@ class LoginThrottle:
     hash, so that what it shares with other processes (and Redis) never names an account or
     carries a password typed as a name.
 
-    Shared limits: every failure and success is also handed to ``publish`` (the seam to other
-    workers and daemons), and what they saw arrives through :meth:`learn`. Admission never
-    waits for them, except once per key through ``ask`` (:meth:`consult`): a process that
-    joined the shared store after a key's failures asks the store for them before its first
-    check of that key.
+    Shared limits: the throttle joins the ``news`` bus it is made with. Every failure and
+    success is published on it (to other workers and daemons), and what they saw arrives
+    through :meth:`learn`. Admission never waits for them, except once per key through the
+    bus's lookup (:meth:`consult`): a process that joined the shared store after a key's
+    failures asks the store for them before its first check of that key.
     """
 
     def __init__(
@@ -62,16 +63,15 @@ class LoginThrottle:
         window: float,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         known: KnownAddresses | None = None,
-        publish: Callable[[News], None] | None = None,
         keys: Callable[[str, str], str] | None = None,
-        ask: Ask | None = None,
+        news: NewsBus | None = None,
     ) -> None:
         self.accounts = FailureWindow(per_account, window, max_entries)
         self.addresses = FailureWindow(per_address, window, max_entries)
         self.known = KnownAddresses() if known is None else known
-        self.publish: Callable[[News], None] = publish or _nowhere
         self._keys = keys or _plain
-        self._ask = ask
+        self._news = NewsBus() if news is None else news
+        self._news.hear(self.learn, self.rejoined, self.unlock)
         self._asked: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._asking: dict[tuple[str, str], list[Deferred[None]]] = {}
 
@@ -114,7 +114,8 @@ class LoginThrottle:
         shared store has answered for keys this process has not asked about since it (re)joined
         the store (the answer merged). Attempts arriving meanwhile for the same key wait for
         the same answer, so a burst cannot slip past it."""
-        if self._ask is None:
+        ask = self._news.lookup
+        if ask is None:
             return None
         wanted = [
             pair
@@ -130,7 +131,7 @@ class LoginThrottle:
             self._asking.setdefault(pair, [])
         self._asking[wanted[0]].append(waiting)
         if fresh:
-            self._ask(fresh).addBoth(lambda seen: self._answered(fresh, seen, now))
+            ask(fresh).addBoth(lambda seen: self._answered(fresh, seen, now))
         return waiting
 
     def _answered(self, pairs: list[tuple[str, str]], seen: object, now: float) -> None:
@@ -182,12 +183,12 @@ class LoginThrottle:
         self.accounts.end(account, now, failed=False, reset=True)
         self.addresses.end(address, now, failed=False)
         self.known.add(account, address, now)
-        self.publish(Succeeded(account, address, now))
+        self._news.publish(Succeeded(account, address, now))
         if entry is not None:
             entry = self.key("account", entry)
             self.accounts.end(entry, now, failed=False, reset=True)
             self.known.add(entry, address, now)
-            self.publish(Succeeded(entry, address, now))
+            self._news.publish(Succeeded(entry, address, now))
 
     def failed(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         """A wrong password. With an ``entry`` admitted, the failure is told to the others
@@ -199,7 +200,7 @@ class LoginThrottle:
         if entry is not None:
             entry = self.key("account", entry)
             self.accounts.end(entry, now, failed=True)
-        self.publish(Failed(account if entry is None else entry, address, now))
+        self._news.publish(Failed(account if entry is None else entry, address, now))
 
     def overloaded(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         """Refused for lack of capacity: a failure of the address, not of the account.
@@ -212,7 +213,7 @@ class LoginThrottle:
         if entry is not None:
             self.accounts.end(self.key("account", entry), now, failed=False)
         self.addresses.end(address, now, failed=True)
-        self.publish(Failed(None, address, now))
+        self._news.publish(Failed(None, address, now))
 
     def abandoned(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         """The attempt ended without a verdict (the client went away): only release it."""
@@ -236,16 +237,12 @@ class LoginThrottle:
         address = self.key("address", address)
         self.addresses.end(address, now, failed=failed)
         if failed:
-            self.publish(Failed(None, address, now))
+            self._news.publish(Failed(None, address, now))
 
 
 def _plain(table: str, name: str) -> str:
     """The keys of a throttle that shares nothing: the names themselves."""
     return name
-
-
-def _nowhere(news: News) -> None:
-    """The publisher of a throttle that shares nothing."""
 
 
 def address_key(address: str) -> str:

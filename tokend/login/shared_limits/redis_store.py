@@ -27,7 +27,6 @@ availability), says so once per outage, and reconnects by itself.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -35,6 +34,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.keys import REJECTED_REASONS, NewsRejected, SharedKeys
 from tokend.login.shared_limits.news import (
     Failed,
@@ -73,8 +73,9 @@ REJECTED_LOG_INTERVAL = 60.0
 class RedisFailures(Service):
     """Throttle news to and from Redis; unreachable Redis only means local limits meanwhile.
 
-    ``sink`` gets what other daemons saw; ``rejoined`` is told each time both connections are
-    up again (news may have been missed: keys are to be asked about again).
+    It joins the ``news`` bus as the shared side: the bus's listener learns what other daemons
+    saw, and is told each time both connections are up again (news may have been missed: keys
+    are to be asked about again).
     """
 
     log = NamedLogger("tokend.login.shared_failures.RedisFailures")
@@ -84,8 +85,7 @@ class RedisFailures(Service):
         address: RedisAddress,
         *,
         keys: SharedKeys,
-        sink: Callable[[News], None],
-        rejoined: Callable[[], None],
+        news: NewsBus,
         per_account: int,
         per_address: int,
         window: float,
@@ -94,8 +94,7 @@ class RedisFailures(Service):
     ) -> None:
         self._address = address
         self._keys = keys
-        self._sink = sink
-        self._rejoined = rejoined
+        self._news = news
         self._limits = {"account": per_account, "address": per_address}
         self._window = window
         self._reactor = reactor
@@ -115,6 +114,7 @@ class RedisFailures(Service):
         """Messages and stored failures dropped, by reason (the metric reads it)."""
         self._unlogged = dict.fromkeys(REJECTED_REASONS, 0)
         self._rejected_logged_at: float | None = None
+        news.share(self.record, self.lookup)
 
     def _endpoint(self) -> Any:
         address = self._address
@@ -335,7 +335,7 @@ class RedisFailures(Service):
         except ValueError:
             self._reject("unreadable")
             return
-        self._sink(news)
+        self._news.learn(news, self._reactor.seconds())
 
     def _reject(self, reason: str) -> None:
         """Count a dropped message (or stored failure); log now and then, never per message."""
@@ -361,7 +361,7 @@ class RedisFailures(Service):
         if self.available:
             return
         self.available = True
-        self._rejoined()
+        self._news.rejoined()
         if self._start_timer is not None and self._start_timer.active():
             self._start_timer.cancel()
         if self._starting is not None:
