@@ -13,12 +13,6 @@ from twisted.python.compat import ioType
 from tokend.logs.text_lines import format_text_line, log_file_for
 
 
-def text_line(event: LogEvent) -> str | None:
-    """The line twistd's own text observer (``textFileLogObserver``) writes for ``event``,
-    by :func:`tokend.logs.text_lines.format_text_line` (the same bytes, computed faster)."""
-    return format_text_line(event)
-
-
 def marked(event: LogEvent, pid: int, index: int | None = None) -> LogEvent:
     """``event`` with ``pid N`` added to its system, as a worker's text line shows it, and
     the pid and the worker's index as fields (a JSON line's ``pid`` and ``worker``)."""
@@ -57,4 +51,4 @@ def parent_log(
     if config.get("logfile") == "-" and not config.get("nodaemon"):
         return None  # twistd refuses this with its own sentence
     out: IO[Any] = log_file_for(config)
-    return ParentLog(out, format_json if log_format == "json" else text_line)
+    return ParentLog(out, format_json if log_format == "json" else format_text_line)

@@ -44,10 +44,11 @@ from tokend.daemon.wire import (
     control,
     frame,
 )
-from tokend.daemon.worker_logs import marked, text_line
+from tokend.daemon.worker_logs import marked
 from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.news import News, Seen, news_from_wire, news_to_wire
 from tokend.login.shared_limits.redis_store import LOOKUP_TIMEOUT, START_UP_WAIT
+from tokend.logs.text_lines import format_text_line
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -268,7 +269,7 @@ class _Outbox:
 
             line: str | None = event_as_json(event)
         else:
-            line = text_line(event)
+            line = format_text_line(event)
         if line:
             self.send(frame(LOG_LINES, line.encode("utf-8")))
         if event.get("log_level") == LogLevel.critical:

@@ -26,13 +26,13 @@ from support import (
 from twisted.application.service import Application
 from twisted.logger import ILogObserver, LogEvent, Logger, LogPublisher
 
-from tokend.logs.json_lines import LoggingRoot, event_as_json, observer_for, observer_to
+from tokend.logs.json_lines import LoggingRoot, event_as_json, json_observer_for, json_observer_to
 
 
 def logged(emit: Any) -> list[dict[str, Any]]:
     """The JSON lines that ``emit(log)`` produces, parsed, after checking each is one line."""
     out = StringIO()
-    publisher = LogPublisher(observer_to(out))
+    publisher = LogPublisher(json_observer_to(out))
     emit(Logger(namespace="tokend.test", observer=publisher))
     text = out.getvalue()
     assert text.endswith("\n")
@@ -109,11 +109,11 @@ def test_observer_for_writes_where_twistd_would(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log_file = tmp_path / "tokend.log"
-    observer = observer_for({"logfile": str(log_file), "nodaemon": True})
+    observer = json_observer_for({"logfile": str(log_file), "nodaemon": True})
     Logger(namespace="n", observer=observer).info("hello {x}", x=1)
     assert json.loads(log_file.read_text())["text"] == "hello 1"
     for config in ({"logfile": "-", "nodaemon": True}, {"logfile": None, "nodaemon": True}):
-        Logger(namespace="n", observer=observer_for(config)).info("to stdout")
+        Logger(namespace="n", observer=json_observer_for(config)).info("to stdout")
         assert json.loads(capsys.readouterr().out)["text"] == "to stdout"
 
 
