@@ -37,7 +37,7 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import BoundedWorkers, WorkerPool
+from tokend.threads import BoundedThreadQueue, ThreadPoolService
 from tokend.web.realm import TokenAPI
 
 SERVICE = "registry.test"
@@ -75,7 +75,7 @@ async def test_hang_ups_leave_the_directory_connection_alone_and_count(
     key_path, cert_path = write_key_pair(tmp_path)
     key = load_signing_key(key_path, cert_path)
     holder = PolicyHolder(load_policy(config).policy, reactor.seconds())
-    pool = WorkerPool(reactor, 2, "test-bcrypt")
+    pool = ThreadPoolService(reactor, 2, "test-bcrypt")
     pool.startService()
     cache = CredentialCache(ttl=0)  # every login asks the directory
     directory = Directory(
@@ -91,7 +91,7 @@ async def test_hang_ups_leave_the_directory_connection_alone_and_count(
     throttle = LoginThrottle(per_account=HANG_UPS, per_address=HANG_UPS, window=300)
     api = TokenAPI(
         policy=holder,
-        passwords=PasswordChecker(BoundedWorkers(pool, limit=2, queue=4 * HANG_UPS)),
+        passwords=PasswordChecker(BoundedThreadQueue(pool, limit=2, queue=4 * HANG_UPS)),
         tokens=TokenIssuer(key, "tokend-test", 300),
         services=[SERVICE],
         clock=reactor,

@@ -50,7 +50,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import BoundedWorkers, InlineWorkers, WorkerPool
+from tokend.threads import BoundedThreadQueue, InlineRunner, ThreadPoolService
 from tokend.web.realm import TokenAPI
 
 SERVICE = "registry.test"
@@ -88,7 +88,7 @@ class Realm:
         self.certificate = load_certificate(cert_path)
         key = load_signing_key(key_path, cert_path)
         self.holder = PolicyHolder(load_policy(self.config_dir).policy, reactor.seconds())
-        self.pool = WorkerPool(reactor, 2, "test-bcrypt")
+        self.pool = ThreadPoolService(reactor, 2, "test-bcrypt")
         self.pool.startService()
         self.cache = CredentialCache(ttl=config.pop("cache_ttl", 60))
         throttle = config.pop("throttle", None) or LoginThrottle(
@@ -107,7 +107,7 @@ class Realm:
         self.throttle = throttle
         self.api = TokenAPI(
             policy=self.holder,
-            passwords=PasswordChecker(BoundedWorkers(self.pool, limit=2, queue=16)),
+            passwords=PasswordChecker(BoundedThreadQueue(self.pool, limit=2, queue=16)),
             tokens=TokenIssuer(key, "tokend-test", 300),
             services=[SERVICE],
             clock=reactor,
@@ -527,7 +527,7 @@ def test_a_remembered_login_is_refused_while_its_entry_is_locked() -> None:
     logins = Logins(
         current=lambda: policy,
         password_file=directory,
-        passwords=PasswordChecker(InlineWorkers()),
+        passwords=PasswordChecker(InlineRunner()),
         clock=lambda: 1000.0,
         throttle=LoginThrottle(per_account=3, per_address=100, window=300),
         in_flight=InFlight(0),
@@ -547,7 +547,7 @@ def door(directory: RememberingDirectory, throttle: LoginThrottle) -> Logins:
     return Logins(
         current=lambda: directory.policy,
         password_file=directory,
-        passwords=PasswordChecker(InlineWorkers()),
+        passwords=PasswordChecker(InlineRunner()),
         clock=lambda: 1000.0,
         throttle=throttle,
         in_flight=InFlight(0),
@@ -610,7 +610,7 @@ class CountingWorkers:
 
     def __init__(self) -> None:
         self.calls = 0
-        self._inline = InlineWorkers()
+        self._inline = InlineRunner()
 
     def run(self, function: Any, *args: Any) -> Any:
         self.calls += 1

@@ -41,7 +41,7 @@ from tokend.scope import (
 )
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 from tokend.web.basic_auth import (
     MAX_AUTHORIZATION_BYTES,
     Credentials,
@@ -545,7 +545,7 @@ class Server:
         clock.advance(1_800_000_000)
         api = TokenAPI(
             policy=PolicyHolder(load_policy(config).policy, clock.seconds()),
-            passwords=PasswordChecker(InlineWorkers()),
+            passwords=PasswordChecker(InlineRunner()),
             tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-fuzz", 300),
             services=[SERVICE, "other.test"],
             clock=clock,

@@ -40,7 +40,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
 from tokend.tap import Options
-from tokend.threads import BoundedWorkers, InlineWorkers, Workers
+from tokend.threads import BoundedThreadQueue, InlineRunner, ThreadRunner
 from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
@@ -57,7 +57,7 @@ class CountingWorkers:
 
     def __init__(self) -> None:
         self.calls = 0
-        self._inline = InlineWorkers()
+        self._inline = InlineRunner()
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         self.calls += 1
@@ -90,7 +90,7 @@ class Hardened:
         self,
         tmp_path: Path,
         *,
-        workers: Workers | None = None,
+        workers: ThreadRunner | None = None,
         throttle: LoginThrottle | None = None,
         cache: CredentialCache | None = None,
         proxies: TrustedProxies | None = None,
@@ -418,7 +418,7 @@ def queued(tmp_path: Path) -> tuple[Hardened, HandFiredWorkers]:
     workers = HandFiredWorkers()
     realm = Hardened(
         tmp_path,
-        workers=BoundedWorkers(workers, limit=2, queue=1),
+        workers=BoundedThreadQueue(workers, limit=2, queue=1),
         cache=CredentialCache(ttl=60),
     )
     return realm, workers

@@ -21,7 +21,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 from tokend.web.health import PolicyHealth, WorkersHealth, workers_details
 from tokend.web.realm import TokenAPI
 
@@ -38,10 +38,10 @@ class Probe:
         self.clock = Clock()
         self.clock.advance(NOW)
         self.holder = PolicyHolder(load_policy(self.config).policy, NOW)
-        self.reloader = PolicyReloader(self.config, self.holder, self.clock, InlineWorkers())
+        self.reloader = PolicyReloader(self.config, self.holder, self.clock, InlineRunner())
         api = TokenAPI(
             policy=self.holder,
-            passwords=PasswordChecker(InlineWorkers()),
+            passwords=PasswordChecker(InlineRunner()),
             tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
             services=["registry.test"],
             clock=self.clock,

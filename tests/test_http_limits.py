@@ -42,7 +42,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
 from tokend.tap import Options, makeService
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 from tokend.web.realm import TokenAPI
 from tokend.web.transport import (
     MAX_REQUEST_BODY_BYTES,
@@ -296,7 +296,7 @@ class Realm:
         self.certificate = load_certificate(cert_path)
         api = TokenAPI(
             policy=PolicyHolder(load_policy(config).policy, 0),
-            passwords=PasswordChecker(InlineWorkers()),
+            passwords=PasswordChecker(InlineRunner()),
             tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
             services=["registry.test"],
             clock=clock,

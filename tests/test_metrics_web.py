@@ -28,7 +28,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import BoundedWorkers, InlineWorkers, Workers
+from tokend.threads import BoundedThreadQueue, InlineRunner, ThreadRunner
 from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
@@ -60,7 +60,7 @@ class Realm:
         self,
         tmp_path: Path,
         *,
-        workers: Workers | None = None,
+        workers: ThreadRunner | None = None,
         throttle: LoginThrottle | None = None,
         directory: DirectoryDown | None = None,
     ) -> None:
@@ -77,7 +77,7 @@ class Realm:
         self.registry = CollectorRegistry()
         self.api = TokenAPI(
             policy=PolicyHolder(load_policy(config).policy, NOW),
-            passwords=PasswordChecker(workers or InlineWorkers()),
+            passwords=PasswordChecker(workers or InlineRunner()),
             tokens=TokenIssuer(key, "tokend-test", 300),
             services=[SERVICE],
             clock=self.clock,
@@ -204,7 +204,7 @@ def test_throttled_logins_count_by_what_reached_its_limit(tmp_path: Path) -> Non
 
 
 def test_a_full_queue_is_overloaded_and_runs_no_check(tmp_path: Path) -> None:
-    realm = Realm(tmp_path, workers=BoundedWorkers(Stuck(), limit=1, queue=0))
+    realm = Realm(tmp_path, workers=BoundedThreadQueue(Stuck(), limit=1, queue=0))
     realm.http.get(  # takes the one thread, and never finishes
         f"http://tokend/v2/token?service={SERVICE}",
         headers={b"Authorization": [b"Basic " + base64.b64encode(b"alice:alice-pw")]},

@@ -20,7 +20,7 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 from tokend.web.realm import TokenAPI
 
 PAGE = (REPO / "docs" / "policy.md").read_text()
@@ -78,7 +78,7 @@ class ExampleRealm:
         self.http = StubTreq(
             TokenAPI(
                 policy=PolicyHolder(load_policy(config).policy, clock.seconds()),
-                passwords=PasswordChecker(InlineWorkers()),
+                passwords=PasswordChecker(InlineRunner()),
                 tokens=TokenIssuer(load_signing_key(key_path, cert_path), "tokend-test", 300),
                 services=[SERVICE],
                 clock=clock,

@@ -214,13 +214,13 @@ def test_check_config_and_the_reload_log_warn_about_it(tmp_path: Path) -> None:
 
     holder = PolicyHolder(Policy(), 0)
     with capturedLogs() as events:
-        PolicyReloader(tmp_path, holder, Clock(), InlineWorkers()).reload("SIGHUP")
+        PolicyReloader(tmp_path, holder, Clock(), InlineRunner()).reload("SIGHUP")
     assert holder.generation == 2
     warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
     assert warnings == [f"policy warning: {expected}"]
 
 
-class InlineWorkers:
+class InlineRunner:
     def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
         return succeed(function(*args))
 

@@ -37,7 +37,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
@@ -49,7 +49,7 @@ class CountingWorkers:
 
     def __init__(self) -> None:
         self.costs: list[int] = []
-        self._inline = InlineWorkers()
+        self._inline = InlineRunner()
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         self.costs.append(int(args[1][4:6]))

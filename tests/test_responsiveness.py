@@ -19,7 +19,7 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import WorkerPool
+from tokend.threads import ThreadPoolService
 from tokend.web.realm import TokenAPI
 
 REAL_COST = 12
@@ -34,7 +34,7 @@ async def test_anonymous_answered_while_four_slow_logins_are_in_flight(tmp_path:
     bcrypt.checkpw(b"wrong", load_policy(config).policy.users["slow"].pass_hash)
     one_bcrypt = time.perf_counter() - started
 
-    pool = WorkerPool(reactor, 4, "test-bcrypt")
+    pool = ThreadPoolService(reactor, 4, "test-bcrypt")
     pool.startService()
     api = TokenAPI(
         policy=PolicyHolder(load_policy(config).policy, reactor.seconds()),

@@ -24,7 +24,7 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 from tokend.web.realm import TokenAPI
 
 
@@ -35,7 +35,7 @@ async def test_429_says_too_many_requests_and_no_listener_names_twisted(tmp_path
     key_path, cert_path = write_key_pair(tmp_path)
     api = TokenAPI(
         policy=PolicyHolder(load_policy(config).policy, reactor.seconds()),
-        passwords=PasswordChecker(InlineWorkers()),
+        passwords=PasswordChecker(InlineRunner()),
         tokens=TokenIssuer(load_signing_key(key_path, cert_path), "iss", 300),
         services=["svc"],
         clock=reactor,

@@ -26,7 +26,7 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import WorkerPool
+from tokend.threads import ThreadPoolService
 from tokend.web.realm import TokenAPI
 
 COST = 8
@@ -61,7 +61,7 @@ async def test_unknown_users_take_as_long_as_wrong_passwords(tmp_path: Path) -> 
     one_check = min(one_bcrypt_check(policy.users["alice"].pass_hash) for _ in range(3))
 
     key_path, cert_path = write_key_pair(tmp_path)
-    workers = WorkerPool(reactor, 2, "timing-bcrypt")
+    workers = ThreadPoolService(reactor, 2, "timing-bcrypt")
     workers.startService()
     api = TokenAPI(
         policy=PolicyHolder(policy, reactor.seconds()),

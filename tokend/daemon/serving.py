@@ -45,7 +45,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc
 from tokend.policy.watcher import PolicyWatchService
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import BoundedWorkers, QueueService, WorkerPool
+from tokend.threads import BoundedThreadQueue, QueueService, ThreadPoolService
 from tokend.web.health import PolicyHealth
 from tokend.web.realm import TokenAPI
 from tokend.web.transport import ConnectionLimits, limit_connections
@@ -60,7 +60,7 @@ def _metrics(
     options: Options,
     holder: PolicyHolder,
     credential_cache: CredentialCache,
-    bcrypt_queue: BoundedWorkers,
+    bcrypt_queue: BoundedThreadQueue,
 ) -> RequestMetrics:
     """The realm's instruments and the state read at scrape time, on ``registry``; with no
     registry (no --metrics) nothing is counted, and requests pay nothing for it."""
@@ -109,12 +109,12 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
     """The tree that serves tokens: a single-process daemon's, or with ``worker`` one
     worker's (the same tree, serving the socket the parent bound)."""
     root = LoggingRoot(observer_for_format(options["log-format"], options.parent))
-    bcrypt_pool = WorkerPool(reactor, options["bcrypt-threads"], "tokend-bcrypt")
+    bcrypt_pool = ThreadPoolService(reactor, options["bcrypt-threads"], "tokend-bcrypt")
     bcrypt_pool.setServiceParent(root)
-    reload_pool = WorkerPool(reactor, 1, "tokend-reload")
+    reload_pool = ThreadPoolService(reactor, 1, "tokend-reload")
     reload_pool.setServiceParent(root)
     holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
-    bcrypt_queue = BoundedWorkers(
+    bcrypt_queue = BoundedThreadQueue(
         bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
     )
     QueueService(bcrypt_queue).setServiceParent(root)  # stops before the pool
