@@ -133,7 +133,8 @@ class AnonymousPolicy:
     rules: RuleSet = field(init=False, default=EMPTY_RULES, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        """Compile the names once; they were validated by :func:`anonymous_from_document`."""
+        """Compile the names once; they were validated by
+        :func:`tokend.policy.documents.anonymous_from_document`."""
         if self.repositories:
             rules = (Rule(compile_pattern(name), PULL) for name in self.repositories)
             object.__setattr__(self, "rules", build_rule_set(rules, ambiguity_is_error=False))
