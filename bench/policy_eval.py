@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bcrypt
 
-from tokend.policy.model import (
-    Policy,
+from tokend.policy.documents import (
     anonymous_from_document,
     groups_from_document,
     users_from_document,
 )
+from tokend.policy.model import Policy
 from tokend.policy.report import unused_rule_warnings
 from tokend.scope import ResourceScope
 

@@ -88,7 +88,7 @@ class Bench:
         key_path, cert_path = write_key_pair(root)
         self.text_log = (root / "tokend.log").open("w")
         self.json_log = (root / "tokend.json").open("w")
-        self.observer: Callable[[Any], None] = text_lines.observer_to(self.text_log)
+        self.observer: Callable[[Any], None] = text_lines.text_observer_to(self.text_log)
         globalLogBeginner.beginLoggingTo([lambda event: self.observer(event)], False, False)
         options = Options(environ={})
         options.parseOptions(
@@ -138,7 +138,7 @@ class Bench:
         elif "twisted-text" in parts:
             self.observer = textFileLogObserver(self.text_log)
         else:
-            self.observer = text_lines.observer_to(self.text_log)
+            self.observer = text_lines.text_observer_to(self.text_log)
 
     def one(self) -> None:
         self.protocol.dataReceived(REQUEST)

@@ -37,14 +37,15 @@ if TYPE_CHECKING:
     from tokend.client_address import TrustedProxies
     from tokend.issuing import Issuing
     from tokend.login.credential_cache import CredentialCache
+    from tokend.login.in_flight import InFlight
     from tokend.login.logins import AccountDirectory, Logins
     from tokend.login.refresh_tokens import RefreshTokens
-    from tokend.login.throttle import InFlight, LoginThrottle
+    from tokend.login.throttle import LoginThrottle
     from tokend.metrics.instruments import RequestMetrics
     from tokend.policy.holder import PolicyHolder
     from tokend.signing.keys import SigningKey
     from tokend.signing.tokens import TokenIssuer
-    from tokend.threads import Workers
+    from tokend.threads import ThreadRunner
     from tokend.web.realm import TokenAPI
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -406,7 +407,7 @@ def realm_api(
     key: SigningKey | tuple[Path, Path],
     *,
     clock: Any = None,
-    workers: Workers | None = None,
+    workers: ThreadRunner | None = None,
     issuer: str = "tokend-test",
     services: Sequence[str] = ("registry.test",),
     throttle: LoginThrottle | None = None,
@@ -433,7 +434,7 @@ def realm_api(
     from tokend.policy.holder import PolicyHolder
     from tokend.signing.keys import load_signing_key
     from tokend.signing.tokens import TokenIssuer
-    from tokend.threads import InlineWorkers
+    from tokend.threads import InlineRunner
     from tokend.web.realm import TokenAPI
 
     clock = Clock() if clock is None else clock
@@ -444,7 +445,7 @@ def realm_api(
         key = load_signing_key(*key)
     logins = logins_for(
         policy=policy,
-        passwords=PasswordChecker(InlineWorkers() if workers is None else workers),
+        passwords=PasswordChecker(InlineRunner() if workers is None else workers),
         clock=clock.seconds,
         throttle=throttle,
         credential_cache=credential_cache,

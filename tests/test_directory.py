@@ -23,13 +23,14 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import capturedLogs, formatEvent
 
 from tokend.dn import normalise_dn
-from tokend.login.ldap.client import Directory, DirectoryAccount, DirectoryUnavailable
+from tokend.login.ldap.client import Directory, DirectoryAccount
 from tokend.login.ldap.config import (
     DEFAULT_FILTER,
     DirectoryConfig,
     escape_filter_value,
     read_bind_password,
 )
+from tokend.login.ldap.connections import DirectoryUnavailable
 
 # ldaptor's filter parser calls pyparsing by its pre-3.0 names (tokend silences that warning at
 # import, but pytest resets the warning filters around each test).
@@ -577,6 +578,6 @@ async def test_a_connection_closed_under_a_request_is_replaced(make: Any, slapd:
     before = slapd.mark()
     # The socket is gone but the client has not been told yet (as when the directory closes an
     # idle connection just as a request arrives): the search fails once, then runs on a new one.
-    directory._service.client.transport.abortConnection()
+    directory._connections._service.client.transport.abortConnection()
     assert await directory.lookup("mozart") is not None
     assert slapd.bound_since(before) == 1

@@ -35,7 +35,7 @@ from tokend.login.throttle import LoginThrottle, address_key
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
-from tokend.threads import BoundedWorkers, WorkerPool
+from tokend.threads import BoundedThreadQueue, ThreadPoolService
 
 SERVICE = "registry.test"
 GUESSER = "203.0.113.66"
@@ -72,7 +72,7 @@ async def test_hang_ups_leave_the_directory_connection_alone_and_count(
     key_path, cert_path = write_key_pair(tmp_path)
     key = load_signing_key(key_path, cert_path)
     holder = PolicyHolder(load_policy(config).policy, reactor.seconds())
-    pool = WorkerPool(reactor, 2, "test-bcrypt")
+    pool = ThreadPoolService(reactor, 2, "test-bcrypt")
     pool.startService()
     cache = CredentialCache(ttl=0)  # every login asks the directory
     directory = Directory(
@@ -90,7 +90,7 @@ async def test_hang_ups_leave_the_directory_connection_alone_and_count(
         holder,
         key,
         clock=reactor,
-        workers=BoundedWorkers(pool, limit=2, queue=4 * HANG_UPS),
+        workers=BoundedThreadQueue(pool, limit=2, queue=4 * HANG_UPS),
         services=[SERVICE],
         throttle=throttle,
         credential_cache=cache,

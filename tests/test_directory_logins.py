@@ -35,20 +35,23 @@ from tokend.login.identity import (
     directory_spelling,
     entry_name,
 )
+from tokend.login.in_flight import InFlight
 from tokend.login.ldap.accounts import DirectoryAccounts, EntryNames
 from tokend.login.ldap.client import Directory
 from tokend.login.ldap.config import DirectoryConfig
 from tokend.login.logins import Logins
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.keys import SharedKeys
 from tokend.login.shared_limits.news import Seen
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
+from tokend.policy.documents import users_from_document
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
-from tokend.policy.model import Policy, users_from_document
+from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
-from tokend.threads import BoundedWorkers, InlineWorkers, WorkerPool
+from tokend.threads import BoundedThreadQueue, InlineRunner, ThreadPoolService
 
 SERVICE = "registry.test"
 GROUPS = {
@@ -85,7 +88,7 @@ class Realm:
         self.certificate = load_certificate(cert_path)
         key = load_signing_key(key_path, cert_path)
         self.holder = PolicyHolder(load_policy(self.config_dir).policy, reactor.seconds())
-        self.pool = WorkerPool(reactor, 2, "test-bcrypt")
+        self.pool = ThreadPoolService(reactor, 2, "test-bcrypt")
         self.pool.startService()
         self.cache = CredentialCache(ttl=config.pop("cache_ttl", 60))
         throttle = config.pop("throttle", None) or LoginThrottle(
@@ -105,7 +108,7 @@ class Realm:
         self.api = realm_api(
             self.holder,
             key,
-            workers=BoundedWorkers(self.pool, limit=2, queue=16),
+            workers=BoundedThreadQueue(self.pool, limit=2, queue=16),
             services=[SERVICE],
             clock=reactor,
             throttle=self.throttle,
@@ -340,7 +343,8 @@ async def test_directory_outage_is_a_503_and_recovers(tmp_path: Path) -> None:
 
 
 def test_policy_refuses_malformed_ldap_groups(tmp_path: Path) -> None:
-    from tokend.policy.model import PolicyError, groups_from_document
+    from tokend.policy.documents import groups_from_document
+    from tokend.policy.model import PolicyError
 
     with pytest.raises(PolicyError, match="not a DN"):
         groups_from_document({"g": {"ldap_groups": ["musicians"]}}, "groups.json")
@@ -533,7 +537,7 @@ def test_a_remembered_login_is_refused_while_its_entry_is_locked() -> None:
     logins = Logins(
         current=lambda: policy,
         authenticators=[directory],
-        passwords=PasswordChecker(InlineWorkers()),
+        passwords=PasswordChecker(InlineRunner()),
         clock=lambda: 1000.0,
         throttle=LoginThrottle(per_account=3, per_address=100, window=300),
         in_flight=InFlight(0),
@@ -557,7 +561,7 @@ def door(directory: RememberingDirectory, throttle: LoginThrottle) -> Logins:
     return Logins(
         current=lambda: directory.policy,
         authenticators=[directory],
-        passwords=PasswordChecker(InlineWorkers()),
+        passwords=PasswordChecker(InlineRunner()),
         clock=lambda: 1000.0,
         throttle=throttle,
         in_flight=InFlight(0),
@@ -576,7 +580,10 @@ def test_an_entry_locked_in_redis_is_asked_about_before_its_first_try_here() -> 
         return succeed(held)
 
     directory = RememberingDirectory(Policy(users_from_document({}, "users.json")))
-    logins = door(directory, LoginThrottle(per_account=3, per_address=100, window=300, ask=ask))
+    logins = door(
+        directory,
+        LoginThrottle(per_account=3, per_address=100, window=300, news=NewsBus(lookup=ask)),
+    )
     with pytest.raises(LoginThrottled):
         settled(logins.login(UsernamePassword("wolfgang", b"right"), "192.0.2.1"))
     assert ("account", entry) in [pair for pairs in asked for pair in pairs]
@@ -616,7 +623,7 @@ class CountingWorkers:
 
     def __init__(self) -> None:
         self.calls = 0
-        self._inline = InlineWorkers()
+        self._inline = InlineRunner()
 
     def run(self, function: Any, *args: Any) -> Any:
         self.calls += 1
@@ -651,7 +658,7 @@ def test_a_look_alike_is_refused_after_one_bcrypt_as_a_wrong_password_is() -> No
 def test_a_failure_on_an_entry_is_told_once_with_the_address_once() -> None:
     """Other workers and daemons hear the entry's failure, the address counted once."""
     heard: list[Any] = []
-    throttle = LoginThrottle(per_account=2, per_address=10, window=300, publish=heard.append)
+    throttle = LoginThrottle(per_account=2, per_address=10, window=300, news=NewsBus(heard.append))
     other = LoginThrottle(per_account=2, per_address=10, window=300)
     entry = "\0dn:uid=mozart,ou=musicians,dc=example,dc=com"
     for name, at in (("mozart", 1.0), ("wolfgang", 2.0)):

@@ -21,7 +21,7 @@ from tokend.policy.examples import EXAMPLE_HASHES, example_accounts, refusing_ex
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader, load_settled
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 
 SHIPPED = REPO / "config" / "users.json"
 
@@ -74,7 +74,7 @@ def test_a_reload_that_brings_them_in_is_refused_like_a_broken_edit(tmp_path: Pa
     clock = Clock()
     holder = PolicyHolder(load_policy(config).policy, clock.seconds())
     reloader = PolicyReloader(
-        config, holder, clock, InlineWorkers(), refusing_examples(load_settled)
+        config, holder, clock, InlineRunner(), refusing_examples(load_settled)
     )
     shutil.copy(SHIPPED, config / "users.json")
     settled(reloader.reload("test"))
@@ -86,7 +86,7 @@ def test_a_reload_that_brings_them_in_is_refused_like_a_broken_edit(tmp_path: Pa
     settled(reloader.reload("test"))
     assert (holder.generation, holder.last_error) == (2, None)
 
-    development = PolicyReloader(config, holder, clock, InlineWorkers(), load_settled)
+    development = PolicyReloader(config, holder, clock, InlineRunner(), load_settled)
     shutil.copy(SHIPPED, config / "users.json")
     settled(development.reload("test"))
     assert (holder.generation, sorted(holder.current.users)) == (3, ["bar", "foo"])

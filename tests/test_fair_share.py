@@ -14,8 +14,8 @@ from pathlib import Path
 from test_hardening_web import HandFiredWorkers, Hardened, throttle
 
 from tokend.client_address import TrustedProxies, parse_networks
-from tokend.login.throttle import InFlight
-from tokend.threads import BoundedWorkers
+from tokend.login.in_flight import InFlight
+from tokend.threads import BoundedThreadQueue
 
 
 def one_site(count: int) -> list[str]:
@@ -65,7 +65,7 @@ def test_through_the_realm_one_48_cannot_fill_the_queue(tmp_path: Path) -> None:
     pool = HandFiredWorkers()
     realm = Hardened(
         tmp_path,
-        workers=BoundedWorkers(pool, limit=2, queue=14),
+        workers=BoundedThreadQueue(pool, limit=2, queue=14),
         throttle=throttle(per_account=1000, per_address=1000),
         proxies=TrustedProxies(networks=parse_networks(["127.0.0.0/8"])),
         in_flight=InFlight(2, capacity=16),

@@ -25,12 +25,9 @@ from support import realm_api, settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
+from tokend.policy.documents import anonymous_from_document, users_from_document
 from tokend.policy.files import load_policy
-from tokend.policy.model import (
-    PolicyError,
-    anonymous_from_document,
-    users_from_document,
-)
+from tokend.policy.model import PolicyError
 from tokend.scope import (
     MAX_NAME_LENGTH,
     MAX_SCOPES,

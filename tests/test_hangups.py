@@ -23,13 +23,14 @@ from twisted.python.failure import Failure
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import Login, LoginError, LoginOverloaded, LoginThrottled
+from tokend.login.in_flight import InFlight
 from tokend.login.logins import Logins
 from tokend.login.password_file import PasswordFile, UnknownNames
 from tokend.login.passwords import PasswordChecker
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
-from tokend.threads import BoundedWorkers, Overloaded, Stopped
+from tokend.threads import BoundedThreadQueue, Overloaded, Stopped
 
 HERE = "192.0.2.10"
 ELSEWHERE = "198.51.100.5"
@@ -53,7 +54,7 @@ def test_a_started_call_keeps_its_slot_after_its_waiter_is_cancelled() -> None:
     """The old queue let the thread's slot go at the cancel: the next call started while the
     first still ran, so every hang-up put one more bcrypt into the pool's unbounded queue."""
     pool = HandFiredWorkers()
-    queue = BoundedWorkers(pool, limit=1, queue=1)
+    queue = BoundedThreadQueue(pool, limit=1, queue=1)
     first = queue.run(square, 3)
     first.cancel()
     assert isinstance(failure_of(first), CancelledError)
@@ -68,7 +69,7 @@ def test_a_started_call_keeps_its_slot_after_its_waiter_is_cancelled() -> None:
 
 def test_the_pool_never_holds_more_calls_than_the_limit_whoever_hangs_up() -> None:
     pool = HandFiredWorkers()
-    queue = BoundedWorkers(pool, limit=2, queue=8)
+    queue = BoundedThreadQueue(pool, limit=2, queue=8)
     for n in range(200):
         call = queue.run(square, n)
         call.addErrback(lambda _: None)
@@ -79,7 +80,7 @@ def test_the_pool_never_holds_more_calls_than_the_limit_whoever_hangs_up() -> No
 
 def test_a_waiting_call_that_is_cancelled_leaves_the_queue() -> None:
     pool = HandFiredWorkers()
-    queue = BoundedWorkers(pool, limit=1, queue=2)
+    queue = BoundedThreadQueue(pool, limit=1, queue=2)
     running = queue.run(square, 2)
     waiting = queue.run(square, 3)
     assert queue.waiting == 1
@@ -93,7 +94,7 @@ def test_a_waiting_call_that_is_cancelled_leaves_the_queue() -> None:
 
 def test_stopping_fails_the_waiting_calls_at_once_and_lets_the_running_end() -> None:
     pool = HandFiredWorkers()
-    queue = BoundedWorkers(pool, limit=1, queue=4)
+    queue = BoundedThreadQueue(pool, limit=1, queue=4)
     running = queue.run(square, 2)
     waiting = [queue.run(square, n) for n in range(3)]
     queue.stop()
@@ -118,7 +119,7 @@ class Door:
         self.clock = Clock()
         self.clock.advance(NOW)
         self.pool = HandFiredWorkers()
-        self.queue = BoundedWorkers(self.pool, limit=limit, queue=16)
+        self.queue = BoundedThreadQueue(self.pool, limit=limit, queue=16)
         passwords = PasswordChecker(self.queue)
         self.throttle = LoginThrottle(per_account=per_account, per_address=30, window=300)
         current: Callable[[], Any] = lambda: self.holder.current  # noqa: E731
@@ -201,7 +202,7 @@ def test_a_hang_up_is_logged_at_info_and_the_check_counts(tmp_path: Path) -> Non
     pool = HandFiredWorkers()
     realm = Hardened(
         tmp_path,
-        workers=BoundedWorkers(pool, limit=1, queue=4),
+        workers=BoundedThreadQueue(pool, limit=1, queue=4),
         throttle=throttle(per_account=1),
     )
     events: list[LogEvent]

@@ -27,8 +27,8 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 
 from tokend.client_address import FORWARDED_FOR, TrustedProxies, parse_networks
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.throttle import InFlight
-from tokend.threads import BoundedWorkers
+from tokend.login.in_flight import InFlight
+from tokend.threads import BoundedThreadQueue
 
 LOCAL_PROXY = parse_networks(["127.0.0.0/8"])
 TOO_LONG = "p" * 73
@@ -83,7 +83,7 @@ def test_an_address_whose_logins_keep_meeting_a_full_queue_is_throttled(tmp_path
     workers = HandFiredWorkers()
     realm = Hardened(
         tmp_path,
-        workers=BoundedWorkers(workers, limit=1, queue=0),
+        workers=BoundedThreadQueue(workers, limit=1, queue=0),
         throttle=throttle(per_address=3),
         proxies=behind_proxy(),
     )
@@ -103,7 +103,7 @@ def test_one_address_holds_only_its_share_of_the_bcrypt_queue(tmp_path: Path) ->
     workers = HandFiredWorkers()
     realm = Hardened(
         tmp_path,
-        workers=BoundedWorkers(workers, limit=2, queue=8),
+        workers=BoundedThreadQueue(workers, limit=2, queue=8),
         proxies=behind_proxy(),
         in_flight=InFlight(2),
     )
@@ -198,7 +198,7 @@ def test_refusals_name_the_account_and_the_client_id(
     workers = HandFiredWorkers()
     realm = Hardened(
         tmp_path,
-        workers=BoundedWorkers(workers, limit=1, queue=0) if setup == "overloaded" else None,
+        workers=BoundedThreadQueue(workers, limit=1, queue=0) if setup == "overloaded" else None,
         throttle=throttle(per_account=1),
     )
     if setup == "throttled":

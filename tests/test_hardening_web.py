@@ -32,13 +32,14 @@ from twisted.python.usage import UsageError
 
 from tokend.client_address import TrustedProxies, parse_networks
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.in_flight import InFlight
 from tokend.login.refresh_tokens import RefreshTokens
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
 from tokend.tap import Options
-from tokend.threads import BoundedWorkers, InlineWorkers, Workers
+from tokend.threads import BoundedThreadQueue, InlineRunner, ThreadRunner
 
 NOW = 1_800_000_000
 SERVICE = "registry.test"
@@ -54,7 +55,7 @@ class CountingWorkers:
 
     def __init__(self) -> None:
         self.calls = 0
-        self._inline = InlineWorkers()
+        self._inline = InlineRunner()
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         self.calls += 1
@@ -87,7 +88,7 @@ class Hardened:
         self,
         tmp_path: Path,
         *,
-        workers: Workers | None = None,
+        workers: ThreadRunner | None = None,
         throttle: LoginThrottle | None = None,
         cache: CredentialCache | None = None,
         proxies: TrustedProxies | None = None,
@@ -415,7 +416,7 @@ def queued(tmp_path: Path) -> tuple[Hardened, HandFiredWorkers]:
     workers = HandFiredWorkers()
     realm = Hardened(
         tmp_path,
-        workers=BoundedWorkers(workers, limit=2, queue=1),
+        workers=BoundedThreadQueue(workers, limit=2, queue=1),
         cache=CredentialCache(ttl=60),
     )
     return realm, workers

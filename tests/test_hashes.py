@@ -20,9 +20,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogEvent, capturedLogs
 
 from tokend.login.passwords import PasswordChecker, dummy_hash
+from tokend.policy.documents import users_from_document
 from tokend.policy.files import load_policy
-from tokend.policy.model import Policy, PolicyError, UserPolicy, users_from_document
-from tokend.threads import InlineWorkers
+from tokend.policy.model import Policy, PolicyError, UserPolicy
+from tokend.threads import InlineRunner
 
 ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 BASE = "$2b$04$abcdefghijklmnopqrstuu" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ01234"
@@ -227,7 +228,7 @@ def test_a_dummy_hash_can_be_made_at_every_cost_bcrypt_takes() -> None:
 
 
 def test_a_stored_hash_bcrypt_refuses_is_a_wrong_password_not_a_crash() -> None:
-    checker = PasswordChecker(InlineWorkers())
+    checker = PasswordChecker(InlineRunner())
     events: list[LogEvent]
     with capturedLogs() as events:
         verified = settled(

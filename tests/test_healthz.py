@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 from tokend.web.health import PolicyHealth, WorkersHealth, workers_details
 
 NOW = 1_800_000_000
@@ -34,7 +34,7 @@ class Probe:
         self.clock = Clock()
         self.clock.advance(NOW)
         self.holder = PolicyHolder(load_policy(self.config).policy, NOW)
-        self.reloader = PolicyReloader(self.config, self.holder, self.clock, InlineWorkers())
+        self.reloader = PolicyReloader(self.config, self.holder, self.clock, InlineRunner())
         api = realm_api(self.holder, (key_path, cert_path), clock=self.clock)
         self.http = StubTreq(api.resource())
         self.metrics = StubTreq(PolicyHealth(self.holder))

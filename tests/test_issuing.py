@@ -20,7 +20,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.scope import parse_scopes
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 
 NOW = 1_800_000_000.0
 ASKED = parse_scopes(["repository:public/hello:pull,push", "repository:private/x:pull"])
@@ -43,7 +43,7 @@ class Desk:
         )
         self.logins: Logins = logins_for(
             policy=holder,
-            passwords=PasswordChecker(InlineWorkers()),
+            passwords=PasswordChecker(InlineRunner()),
             clock=lambda: NOW,
             refresh_tokens=self.refresh_tokens,
         )

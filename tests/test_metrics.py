@@ -20,7 +20,7 @@ from tokend.metrics.instruments import GRANTS, NO_METRICS, OUTCOMES, Metrics, to
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
-from tokend.threads import BoundedWorkers
+from tokend.threads import BoundedThreadQueue
 
 
 class Timer:
@@ -138,7 +138,7 @@ def test_service_state_is_read_from_the_holder_cache_and_queue_at_scrape_time(
     write_groups(config)
     holder = PolicyHolder(load_policy(config).policy, 1000.0)
     cache = CredentialCache(ttl=60)
-    queue = BoundedWorkers(Stuck(), limit=1, queue=3)
+    queue = BoundedThreadQueue(Stuck(), limit=1, queue=3)
     registry = CollectorRegistry()
     registry.register(ServiceState(holder, credential_cache=cache, queue=queue))
 

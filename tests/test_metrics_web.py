@@ -20,11 +20,12 @@ from tokend.login.credential_cache import CredentialCache
 from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import BackendUnavailable, Login, directory_spelling
 from tokend.login.refresh_tokens import RefreshTokens
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.throttle import LoginThrottle
 from tokend.metrics.instruments import GRANTS, OUTCOMES, Metrics
 from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
-from tokend.threads import BoundedWorkers, Workers
+from tokend.threads import BoundedThreadQueue, ThreadRunner
 
 NOW = 1_800_000_000
 SERVICE = "registry.test"
@@ -66,7 +67,7 @@ class Realm:
         self,
         tmp_path: Path,
         *,
-        workers: Workers | None = None,
+        workers: ThreadRunner | None = None,
         throttle: LoginThrottle | None = None,
         directory: DirectoryDown | None = None,
     ) -> None:
@@ -210,7 +211,7 @@ def test_throttled_logins_count_by_what_reached_its_limit(tmp_path: Path) -> Non
 
 
 def test_a_full_queue_is_overloaded_and_runs_no_check(tmp_path: Path) -> None:
-    realm = Realm(tmp_path, workers=BoundedWorkers(Stuck(), limit=1, queue=0))
+    realm = Realm(tmp_path, workers=BoundedThreadQueue(Stuck(), limit=1, queue=0))
     realm.http.get(  # takes the one thread, and never finishes
         f"http://tokend/v2/token?service={SERVICE}",
         headers={b"Authorization": [b"Basic " + base64.b64encode(b"alice:alice-pw")]},
@@ -257,7 +258,7 @@ def test_a_login_refused_after_asking_redis_first_counts_as_throttled(tmp_path: 
         realm.clock.callLater(0.5, answer.callback, [locked])
         return answer
 
-    throttle = LoginThrottle(per_account=10, per_address=100, window=300, ask=ask)
+    throttle = LoginThrottle(per_account=10, per_address=100, window=300, news=NewsBus(lookup=ask))
     realm = Realm(tmp_path, throttle=throttle)
     request = realm.http.get(
         f"http://tokend/v2/token?service={SERVICE}",

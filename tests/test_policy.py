@@ -10,14 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tokend.policy.documents import anonymous_from_document, users_from_document
 from tokend.policy.files import load_policy
-from tokend.policy.model import (
-    AnonymousPolicy,
-    Policy,
-    PolicyError,
-    anonymous_from_document,
-    users_from_document,
-)
+from tokend.policy.model import AnonymousPolicy, Policy, PolicyError
 from tokend.scope import ResourceScope
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()

@@ -16,14 +16,13 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from tokend.cli import main
-from tokend.policy.holder import PolicyHolder
-from tokend.policy.model import (
-    Policy,
-    PolicyError,
+from tokend.policy.documents import (
     anonymous_from_document,
     groups_from_document,
     users_from_document,
 )
+from tokend.policy.holder import PolicyHolder
+from tokend.policy.model import Policy, PolicyError
 from tokend.policy.reload import PolicyReloader
 from tokend.policy.report import MAX_OVERRIDE_WARNINGS, group_override_warnings
 
@@ -215,13 +214,13 @@ def test_check_config_and_the_reload_log_warn_about_it(tmp_path: Path) -> None:
 
     holder = PolicyHolder(Policy(), 0)
     with capturedLogs() as events:
-        PolicyReloader(tmp_path, holder, Clock(), InlineWorkers()).reload("SIGHUP")
+        PolicyReloader(tmp_path, holder, Clock(), InlineRunner()).reload("SIGHUP")
     assert holder.generation == 2
     warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
     assert warnings == [f"policy warning: {expected}"]
 
 
-class InlineWorkers:
+class InlineRunner:
     def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
         return succeed(function(*args))
 

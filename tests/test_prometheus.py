@@ -45,7 +45,7 @@ from tokend.metrics.instruments import Metrics
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
-from tokend.threads import BoundedWorkers, InlineWorkers
+from tokend.threads import BoundedThreadQueue, InlineRunner
 
 RULES = REPO / "deploy" / "prometheus" / "tokend-rules.yml"
 RULE_TESTS = REPO / "deploy" / "prometheus" / "tokend-rules.test.yml"
@@ -100,7 +100,7 @@ def service_exposition(tmp_path: Path) -> str:
         ServiceState(
             PolicyHolder(load_policy(config).policy, 0.0),
             credential_cache=CredentialCache(),
-            queue=BoundedWorkers(InlineWorkers(), limit=1, queue=4),
+            queue=BoundedThreadQueue(InlineRunner(), limit=1, queue=4),
             certificate_expiry=certificate_expiry(load_signing_key(key_path, cert_path)),
         )
     )

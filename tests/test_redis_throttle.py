@@ -25,9 +25,16 @@ from redis_server import RedisServer
 from support import REPO, free_port, start_twistd, stop_process, write_key_pair, write_policy
 from test_workers import ACCOUNT_LIMIT, Daemon, start, wait_for, worker_pids
 
-from tokend.login.shared_limits.news import Failed, Seen, Succeeded, Unlocked
+from tokend.login.shared_limits.news import (
+    Failed,
+    Seen,
+    Succeeded,
+    Unlocked,
+    news_from_wire,
+    news_to_wire,
+)
 from tokend.login.shared_limits.redis_address import RedisAddress, parse_redis_url
-from tokend.login.shared_limits.redis_store import CHANNEL, news_from_wire, news_to_wire
+from tokend.login.shared_limits.redis_scripts import CHANNEL
 
 SHARED = "login throttle shared through Redis"
 

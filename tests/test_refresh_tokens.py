@@ -33,12 +33,8 @@ from tokend.login.refresh_tokens import (
     RefreshTokens,
     fingerprint,
 )
-from tokend.policy.model import (
-    Policy,
-    PolicyError,
-    policy_change,
-    users_from_document,
-)
+from tokend.policy.documents import users_from_document
+from tokend.policy.model import Policy, PolicyError, policy_change
 from tokend.scope import ResourceScope
 from tokend.signing.keys import SigningKey, load_signing_key
 from tokend.signing.tokens import TokenIssuer

@@ -25,17 +25,18 @@ from twisted.internet.task import Clock, deferLater
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused, directory_spelling
+from tokend.login.in_flight import InFlight
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
 from tokend.login.ldap.config import DirectoryConfig
 from tokend.login.logins import Logins
 from tokend.login.password_file import PasswordFile, UnknownNames
 from tokend.login.passwords import PasswordChecker
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 
 NOW = 1_800_000_000
 CLIENT = "192.0.2.10"
@@ -46,7 +47,7 @@ class CountingWorkers:
 
     def __init__(self) -> None:
         self.costs: list[int] = []
-        self._inline = InlineWorkers()
+        self._inline = InlineRunner()
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         self.costs.append(int(args[1][4:6]))

@@ -31,7 +31,7 @@ from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader
 from tokend.policy.watcher import DEFAULT_DEBOUNCE_SECONDS, PolicyWatchService
-from tokend.threads import WorkerPool
+from tokend.threads import ThreadPoolService
 
 PULL = {"*": ["pull"]}
 PUSH = {"*": ["pull", "push"]}
@@ -56,8 +56,8 @@ class Live:
         key_path, cert_path = write_key_pair(tmp_path)
         self.certificate = load_certificate(cert_path)
         self.holder = PolicyHolder(load_policy(self.config).policy, reactor.seconds())
-        self.bcrypt = WorkerPool(reactor, 2, "test-bcrypt")
-        self.reload_pool = WorkerPool(reactor, 1, "test-reload")
+        self.bcrypt = ThreadPoolService(reactor, 2, "test-bcrypt")
+        self.reload_pool = ThreadPoolService(reactor, 1, "test-reload")
         self.reloader = PolicyReloader(self.config, self.holder, reactor, self.reload_pool)
         self.watcher = PolicyWatchService(
             self.config, self.reloader.reload, reactor, poll=poll, debounce=debounce

@@ -33,7 +33,7 @@ from tokend.policy.watcher import (
     touches,
     watch_plan,
 )
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 
 
 def test_only_policy_files_and_the_configmap_link_matter() -> None:
@@ -199,7 +199,7 @@ def test_a_good_reload_clears_the_failure_a_bad_one_left(tmp_path: Path) -> None
 def reload_line(tmp_path: Path, edit: Any) -> str:
     """The "policy reloaded" line of one reload after ``edit`` (run inline, no thread)."""
     holder = PolicyHolder(load_policy(tmp_path).policy, 0)
-    reloader = PolicyReloader(tmp_path, holder, Clock(), InlineWorkers())
+    reloader = PolicyReloader(tmp_path, holder, Clock(), InlineRunner())
     edit()
     with capturedLogs() as events:
         reloader.reload("SIGHUP")

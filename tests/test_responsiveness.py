@@ -15,7 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.web.server import Site
 
 from tokend.policy.files import load_policy
-from tokend.threads import WorkerPool
+from tokend.threads import ThreadPoolService
 
 REAL_COST = 12
 
@@ -29,7 +29,7 @@ async def test_anonymous_answered_while_four_slow_logins_are_in_flight(tmp_path:
     bcrypt.checkpw(b"wrong", load_policy(config).policy.users["slow"].pass_hash)
     one_bcrypt = time.perf_counter() - started
 
-    pool = WorkerPool(reactor, 4, "test-bcrypt")
+    pool = ThreadPoolService(reactor, 4, "test-bcrypt")
     pool.startService()
     api = realm_api(
         config, (key_path, cert_path), clock=reactor, workers=pool, issuer="iss", services=["svc"]

@@ -11,10 +11,11 @@ from support import write_key_pair
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.keys import MAX_SKEW, NewsRejected, SharedKeys
-from tokend.login.shared_limits.news import Failed, News, Succeeded
+from tokend.login.shared_limits.news import Failed, News, Succeeded, news_to_wire
 from tokend.login.shared_limits.redis_address import parse_redis_url
-from tokend.login.shared_limits.redis_store import RedisFailures, news_to_wire
+from tokend.login.shared_limits.redis_store import RedisFailures
 from tokend.signing.keys import load_signing_key
 
 NOW = 1_800_000_000.0
@@ -81,11 +82,12 @@ def test_a_stored_failure_counts_only_in_its_own_set() -> None:
 
 
 def store(keys: SharedKeys, heard: list[News], clock: Clock) -> RedisFailures:
+    news = NewsBus()
+    news.hear(lambda what, now: heard.append(what), lambda: None)
     return RedisFailures(
         parse_redis_url("unix:///nowhere.sock"),
         keys=keys,
-        sink=heard.append,
-        rejoined=lambda: None,
+        news=news,
         per_account=10,
         per_address=30,
         window=300,

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tokend.login.throttle import (
-    FailureWindow,
-    InFlight,
-    KnownAddresses,
-    LoginThrottle,
-    Refusal,
-    address_key,
-)
+from tokend.login.failure_windows import FailureWindow, KnownAddresses
+from tokend.login.in_flight import InFlight
+from tokend.login.throttle import LoginThrottle, Refusal, address_key
 
 NOW = 1_800_000_000.0
 

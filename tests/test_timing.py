@@ -23,7 +23,7 @@ from twisted.web.server import Site
 
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
-from tokend.threads import WorkerPool
+from tokend.threads import ThreadPoolService
 
 COST = 8
 """About 20 ms per check: large against the HTTP round trip, small enough for many trials."""
@@ -57,7 +57,7 @@ async def test_unknown_users_take_as_long_as_wrong_passwords(tmp_path: Path) -> 
     one_check = min(one_bcrypt_check(policy.users["alice"].pass_hash) for _ in range(3))
 
     key_path, cert_path = write_key_pair(tmp_path)
-    workers = WorkerPool(reactor, 2, "timing-bcrypt")
+    workers = ThreadPoolService(reactor, 2, "timing-bcrypt")
     workers.startService()
     api = realm_api(
         PolicyHolder(policy, reactor.seconds()),

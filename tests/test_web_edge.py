@@ -19,7 +19,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.in_flight import InFlight
+from tokend.login.throttle import LoginThrottle
 from tokend.web.requests import FormlessRequest
 
 SERVICE = "registry.test"

@@ -292,8 +292,9 @@ def test_a_workers_line_is_the_line_the_parent_wrote_from_its_event() -> None:
     and formatted it with twistd's text observer or --log-format json. Same lines."""
     from twisted.logger import LogLevel, eventAsJSON, eventFromJSON
 
-    from tokend.daemon.supervisor import marked, text_line
+    from tokend.daemon.worker_logs import marked
     from tokend.logs.json_lines import event_as_json
+    from tokend.logs.text_lines import format_text_line
 
     event = {
         "log_format": "issued {flow} token to {account!r} from {client}: granted {granted}",
@@ -308,8 +309,8 @@ def test_a_workers_line_is_the_line_the_parent_wrote_from_its_event() -> None:
         "log_source": None,
     }
     relayed = eventFromJSON(eventAsJSON(event))  # what the parent read before
-    assert text_line(marked(event, 4242)) == text_line(marked(relayed, 4242))
-    assert text_line(marked(event, 4242)).endswith(  # type: ignore[union-attr]
+    assert format_text_line(marked(event, 4242)) == format_text_line(marked(relayed, 4242))
+    assert format_text_line(marked(event, 4242)).endswith(  # type: ignore[union-attr]
         " [tokend.web.TokenAPI#info pid 4242] issued GET token to 'bar\\\\x1b' from 127.0.0.1: "
         "granted ['repository:pub/x:pull']\n"
     )

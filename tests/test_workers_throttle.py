@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, Deferred
 
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.news import Failed, News, Seen, Succeeded, Unlocked
 from tokend.login.throttle import LoginThrottle
 
@@ -13,7 +14,7 @@ def pair() -> tuple[LoginThrottle, LoginThrottle, list[News]]:
     """Two throttles of one daemon, the first's news relayed to the second as the parent does."""
     sent: list[News] = []
     second = LoginThrottle(per_account=3, per_address=100, window=60)
-    first = LoginThrottle(per_account=3, per_address=100, window=60, publish=sent.append)
+    first = LoginThrottle(per_account=3, per_address=100, window=60, news=NewsBus(sent.append))
     return first, second, sent
 
 
@@ -60,7 +61,7 @@ def test_a_success_elsewhere_clears_the_account_and_knows_the_address() -> None:
 
 def test_an_address_failure_names_no_account() -> None:
     sent: list[News] = []
-    throttle = LoginThrottle(per_account=3, per_address=3, window=60, publish=sent.append)
+    throttle = LoginThrottle(per_account=3, per_address=3, window=60, news=NewsBus(sent.append))
     assert throttle.admit_address("2001:db8::1", 1.0) is None
     throttle.address_ended("2001:db8::1", 1.0, failed=True)
     assert sent == [Failed(None, "2001:db8::/64", 1.0)]
@@ -80,7 +81,7 @@ def test_a_success_elsewhere_clears_only_the_failures_before_it() -> None:
 def test_names_are_counted_under_their_keys() -> None:
     sent: list[News] = []
     throttle = LoginThrottle(
-        per_account=3, per_address=3, window=60, publish=sent.append,
+        per_account=3, per_address=3, window=60, news=NewsBus(sent.append),
         keys=lambda table, name: f"{table[:2]}-{len(name)}",
     )  # fmt: skip
     assert throttle.admit("alice", "2001:db8::1", 1.0) is None
@@ -104,7 +105,9 @@ class Store:
 
 def test_a_key_is_asked_about_once_before_its_first_check_and_again_after_a_rejoin() -> None:
     store = Store()
-    throttle = LoginThrottle(per_account=3, per_address=100, window=60, ask=store.ask)
+    throttle = LoginThrottle(
+        per_account=3, per_address=100, window=60, news=NewsBus(lookup=store.ask)
+    )
     first = throttle.consult("alice", "192.0.2.1", 10.0)
     burst = throttle.consult("alice", "192.0.2.1", 10.0)
     assert first is not None and burst is not None, "a burst waits for the same answer"
@@ -128,7 +131,9 @@ def test_a_key_is_asked_about_once_before_its_first_check_and_again_after_a_rejo
 
 def test_a_client_that_leaves_while_the_store_is_asked_breaks_nothing() -> None:
     store = Store()
-    throttle = LoginThrottle(per_account=3, per_address=100, window=60, ask=store.ask)
+    throttle = LoginThrottle(
+        per_account=3, per_address=100, window=60, news=NewsBus(lookup=store.ask)
+    )
     leaving = throttle.consult("alice", "192.0.2.1", 10.0)
     staying = throttle.consult("alice", "192.0.2.1", 10.0)
     assert leaving is not None and staying is not None

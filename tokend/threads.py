@@ -1,7 +1,7 @@
 """The one way CPU-bound work (bcrypt, parsing big policy files) leaves the reactor thread.
 
 A dedicated, bounded pool: bcrypt must not starve the reactor's shared pool (DNS, other users).
-Threads start in ``startService``, after twistd has forked. ``BoundedWorkers`` also bounds the
+Threads start in ``startService``, after twistd has forked. ``BoundedThreadQueue`` also bounds the
 queue in front of it, so a flood of logins is refused at once instead of waiting for minutes.
 """
 
@@ -22,11 +22,11 @@ from twisted.python.threadpool import ThreadPool
 T = TypeVar("T")
 
 
-class Workers(Protocol):
+class ThreadRunner(Protocol):
     def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]: ...
 
 
-class WorkerPool(Service):
+class ThreadPoolService(Service):
     """A bounded thread pool that lives as long as the service."""
 
     def __init__(self, reactor: IReactorFromThreads, size: int, name: str) -> None:
@@ -49,7 +49,7 @@ class WorkerPool(Service):
         return threads.deferToThreadPool(self._reactor, self._pool, function, *args)
 
 
-class InlineWorkers:
+class InlineRunner:
     """Runs the work synchronously: for unit tests and tools without a reactor."""
 
     def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
@@ -71,7 +71,7 @@ class _Call:
     result: Deferred[Any] = field(init=False)
 
 
-class BoundedWorkers:
+class BoundedThreadQueue:
     """At most ``limit`` calls run at once and at most ``queue`` wait; the rest fail at once.
 
     Waiting here rather than in the thread pool's own unbounded queue is what makes the bound
@@ -82,10 +82,10 @@ class BoundedWorkers:
     the calls still waiting at once, so a shutdown never works off a backlog.
     """
 
-    def __init__(self, workers: Workers, *, limit: int, queue: int) -> None:
+    def __init__(self, threads: ThreadRunner, *, limit: int, queue: int) -> None:
         if limit < 1 or queue < 0:
             raise ValueError("limit must be >= 1 and queue >= 0")
-        self._workers = workers
+        self._threads = threads
         self.limit = limit
         self.queue = queue
         self._running = 0
@@ -127,7 +127,7 @@ class BoundedWorkers:
 
     def _start(self, call: _Call) -> None:
         self._running += 1
-        maybeDeferred(self._workers.run, call.function, *call.args).addBoth(self._ended, call)
+        maybeDeferred(self._threads.run, call.function, *call.args).addBoth(self._ended, call)
 
     def _ended(self, result: object, call: _Call) -> None:
         self._running -= 1
@@ -142,11 +142,11 @@ class BoundedWorkers:
 
 
 class QueueService(Service):
-    """Stops a :class:`BoundedWorkers` queue with the daemon. Set under the same parent after
+    """Stops a :class:`BoundedThreadQueue` queue with the daemon. Set under the same parent after
     its pool: services stop in reverse order, so the queue is emptied before the pool joins
     its threads, which then have at most one call each to finish."""
 
-    def __init__(self, queue: BoundedWorkers) -> None:
+    def __init__(self, queue: BoundedThreadQueue) -> None:
         self._queue = queue
 
     def stopService(self) -> None:

@@ -23,7 +23,8 @@ from tokend.login.identity import (
     UnfitName,
 )
 from tokend.login.ldap.accounts import DirectoryAccounts
-from tokend.login.ldap.client import DirectoryAccount, DirectoryUnavailable
+from tokend.login.ldap.client import DirectoryAccount
+from tokend.login.ldap.connections import DirectoryUnavailable
 from tokend.login.ldap.entries import EntryState
 from tokend.login.refresh_tokens import InvalidRefreshToken, RefreshTokens
 from tokend.policy.holder import PolicyHolder

@@ -21,11 +21,12 @@ from tokend.login.identity import (
     LoginThrottled,
     UnfitName,
 )
+from tokend.login.in_flight import InFlight
 from tokend.login.logins import Logins, ShareExceeded
 from tokend.login.passwords import PasswordChecker
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.model import Policy
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 
 HERE = "192.0.2.10"
 ELSEWHERE = "198.51.100.5"
@@ -36,7 +37,7 @@ class CountingWorkers:
 
     def __init__(self) -> None:
         self.costs: list[int] = []
-        self._inline = InlineWorkers()
+        self._inline = InlineRunner()
 
     def run(self, function: Any, *args: Any) -> Deferred[Any]:
         self.costs.append(int(args[1][4:6]))
@@ -135,7 +136,7 @@ def door(
     return Logins(
         current=lambda: policy,
         authenticators=authenticators,
-        passwords=PasswordChecker(workers or InlineWorkers()),
+        passwords=PasswordChecker(workers or InlineRunner()),
         clock=lambda: NOW,
         throttle=throttle or LoginThrottle(per_account=0, per_address=0, window=1),
         in_flight=InFlight(in_flight),

@@ -22,7 +22,7 @@ from tokend.login.refresh_tokens import InvalidRefreshToken, RefreshTokens
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.keys import load_signing_key
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 
 USERS_JSON = {"alice": ("alice-pw", {"alice/*": ["pull"]})}
 
@@ -32,7 +32,7 @@ class CountingWorkers:
 
     def __init__(self) -> None:
         self.calls = 0
-        self._inline = InlineWorkers()
+        self._inline = InlineRunner()
 
     def run(self, function: Any, *args: Any) -> Deferred[Any]:
         self.calls += 1
@@ -40,7 +40,7 @@ class CountingWorkers:
 
 
 def password_file(holder: PolicyHolder, workers: Any = None) -> PasswordFile:
-    passwords = PasswordChecker(workers or InlineWorkers())
+    passwords = PasswordChecker(workers or InlineRunner())
     return PasswordFile(lambda: holder.current, passwords, CredentialCache(ttl=60), lambda: NOW)
 
 

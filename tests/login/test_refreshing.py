@@ -12,14 +12,15 @@ from twisted.internet.defer import Deferred
 
 from tokend.login.credentials import RefreshToken
 from tokend.login.identity import Identity, Login, LoginRefused, LoginThrottled
+from tokend.login.in_flight import InFlight
 from tokend.login.logins import Logins
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import InvalidRefreshToken, RefreshClaims, RefreshTokens
 from tokend.login.refreshing import RefreshTokenLogins
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.policy.model import Policy
 from tokend.signing.keys import load_signing_key
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 
 HERE = "192.0.2.10"
 
@@ -60,7 +61,7 @@ def door(tmp_path: Path, *sources: Source, per_address: int = 100) -> tuple[Logi
     logins = Logins(
         current=lambda: policy,
         authenticators=[refreshing],
-        passwords=PasswordChecker(InlineWorkers()),
+        passwords=PasswordChecker(InlineRunner()),
         clock=lambda: NOW,
         throttle=LoginThrottle(per_account=100, per_address=per_address, window=300),
         in_flight=InFlight(0),

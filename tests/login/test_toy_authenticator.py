@@ -15,7 +15,7 @@ from tokend.login.identity import LoginRefused, LoginThrottled
 from tokend.login.passwords import PasswordChecker
 from tokend.login.throttle import LoginThrottle
 from tokend.scope import ResourceScope
-from tokend.threads import InlineWorkers
+from tokend.threads import InlineRunner
 
 CLIENT = "192.0.2.7"
 
@@ -25,7 +25,7 @@ def test_an_api_key_logs_in_and_gets_its_accounts_rights(tmp_path: Path) -> None
     keys = ApiKeys({"k-123": "ci"}, lambda: holder.current)
     logins = logins_for(
         policy=holder,
-        passwords=PasswordChecker(InlineWorkers()),
+        passwords=PasswordChecker(InlineRunner()),
         clock=lambda: NOW,
         more=[keys],
     )
@@ -43,7 +43,7 @@ def test_the_throttle_counts_wrong_api_keys_against_the_address(tmp_path: Path) 
     throttle = LoginThrottle(per_account=5, per_address=2, window=300)
     logins = logins_for(
         policy=holder,
-        passwords=PasswordChecker(InlineWorkers()),
+        passwords=PasswordChecker(InlineRunner()),
         clock=lambda: NOW,
         throttle=throttle,
         more=[keys],

@@ -100,7 +100,8 @@ def ask_directory(config: DirectoryConfig, question: Callable[[Directory], Await
     from twisted.internet.defer import Deferred
     from twisted.python.failure import Failure
 
-    from tokend.login.ldap.client import Directory, DirectoryUnavailable
+    from tokend.login.ldap.client import Directory
+    from tokend.login.ldap.connections import DirectoryUnavailable
 
     reactor: Any = global_reactor
     try:

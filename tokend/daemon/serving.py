@@ -3,7 +3,6 @@ daemon and by each ``--workers`` worker: policy, logins, the realm, its listener
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,14 +25,15 @@ from tokend.daemon.startup_checks import DirectoryProbe
 from tokend.issuing import Issuing
 from tokend.login.assembly import logins_for
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.in_flight import InFlight
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.keys import SharedKeys
-from tokend.login.shared_limits.news import Ask, News
 from tokend.login.shared_limits.redis_store import RedisFailures
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.logs.json_lines import LoggingRoot, observer_for_format
 from tokend.metrics.collectors import (
     RedisState,
@@ -47,7 +47,7 @@ from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc
 from tokend.policy.watcher import PolicyWatchService
 from tokend.signing.tokens import TokenIssuer
-from tokend.threads import BoundedWorkers, QueueService, WorkerPool
+from tokend.threads import BoundedThreadQueue, QueueService, ThreadPoolService
 from tokend.web.health import PolicyHealth
 from tokend.web.realm import TokenAPI
 from tokend.web.transport import ConnectionLimits, limit_connections
@@ -62,7 +62,7 @@ def _metrics(
     options: Options,
     holder: PolicyHolder,
     credential_cache: CredentialCache,
-    bcrypt_queue: BoundedWorkers,
+    bcrypt_queue: BoundedThreadQueue,
 ) -> RequestMetrics:
     """The realm's instruments and the state read at scrape time, on ``registry``; with no
     registry (no --metrics) nothing is counted, and requests pay nothing for it."""
@@ -111,12 +111,12 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
     """The tree that serves tokens: a single-process daemon's, or with ``worker`` one
     worker's (the same tree, serving the socket the parent bound)."""
     root = LoggingRoot(observer_for_format(options["log-format"], options.parent))
-    bcrypt_pool = WorkerPool(reactor, options["bcrypt-threads"], "tokend-bcrypt")
+    bcrypt_pool = ThreadPoolService(reactor, options["bcrypt-threads"], "tokend-bcrypt")
     bcrypt_pool.setServiceParent(root)
-    reload_pool = WorkerPool(reactor, 1, "tokend-reload")
+    reload_pool = ThreadPoolService(reactor, 1, "tokend-reload")
     reload_pool.setServiceParent(root)
     holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
-    bcrypt_queue = BoundedWorkers(
+    bcrypt_queue = BoundedThreadQueue(
         bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
     )
     QueueService(bcrypt_queue).setServiceParent(root)  # stops before the pool
@@ -127,20 +127,11 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
     metrics = _metrics(registry, options, holder, credential_cache, bcrypt_queue)
     keys = SharedKeys.from_signing_key(options.signing_key)
     redis = None
-    publish: Callable[[News], None] | None = None
-    ask: Ask | None = None
-    if worker is not None:  # news and questions for Redis go through the parent
-        publish, ask = worker.publish, worker.ask if options["redis"] is not None else None
-    elif options["redis"] is not None:
-        redis = redis_failures(
-            options,
-            reactor,
-            keys,
-            sink=lambda news: throttle.learn(news, reactor.seconds()),
-            rejoined=lambda: throttle.rejoined(),
-        )
+    # A worker's news and questions for Redis go through the parent, which shares its bus.
+    news = worker.news if worker is not None else NewsBus()
+    if worker is None and options["redis"] is not None:
+        redis = redis_failures(options, reactor, keys, news)
         redis.setServiceParent(root)
-        publish, ask = redis.record, redis.lookup
         if registry is not None:
             registry.register(RedisState(redis))
     throttle = LoginThrottle(
@@ -148,15 +139,12 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
         per_address=options["max-failures-per-address"],
         window=options["failure-window"],
         keys=keys.name,
-        publish=publish,
-        ask=ask,
+        news=news,
     )
     directory = _directory_accounts(
         options, reactor, holder, credential_cache, root, probe=worker is None
     )
-    if worker is not None:
-        worker.attach(throttle)
-    elif options["control-socket"] is not None:
+    if worker is None and options["control-socket"] is not None:
         entries = None if directory is None else directory.entry_names
         unlocking = Unlocking(keys, single_process(throttle.unlock), redis, entries)
         ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
@@ -235,15 +223,14 @@ def redis_failures(
     options: Options,
     reactor: Any,
     keys: SharedKeys,
-    sink: Callable[[News], None],
-    rejoined: Callable[[], None],
+    news: NewsBus,
 ) -> RedisFailures:
-    """The login throttle's shared failures (--redis), for either tree."""
+    """The login throttle's shared failures (--redis), for either tree: the shared side of
+    ``news``."""
     return RedisFailures(
         options["redis"],
         keys=keys,
-        sink=sink,
-        rejoined=rejoined,
+        news=news,
         per_account=options["max-failures-per-account"],
         per_address=options["max-failures-per-address"],
         window=options["failure-window"],

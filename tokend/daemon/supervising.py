@@ -21,9 +21,11 @@ from tokend.daemon.services import (
 )
 from tokend.daemon.serving import redis_failures
 from tokend.daemon.startup_checks import DirectoryProbe
-from tokend.daemon.supervisor import Supervisor, parent_log
+from tokend.daemon.supervisor import Supervisor
+from tokend.daemon.worker_logs import parent_log
 from tokend.login.ldap.accounts import EntryNames
 from tokend.login.ldap.client import Directory
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.keys import SharedKeys
 from tokend.logs.json_lines import LoggingRoot, event_as_json, observer_for_format
 from tokend.metrics.collectors import RedisState, SupervisorState, process_collectors
@@ -54,14 +56,9 @@ def supervisor_tree(options: Options, reactor: Any) -> MultiService:
         group.setServiceParent(root)
     keys = SharedKeys.from_signing_key(options.signing_key)
     redis = None
+    news = NewsBus()  # Redis shares it; the supervisor passes what it hears to the workers
     if options["redis"] is not None:
-        redis = redis_failures(
-            options,
-            reactor,
-            keys,
-            sink=lambda news: supervisor.broadcast(news),
-            rejoined=lambda: supervisor.rejoined(),
-        )
+        redis = redis_failures(options, reactor, keys, news)
         redis.setServiceParent(root)
     supervisor = Supervisor(
         count=options["workers"],
@@ -69,8 +66,7 @@ def supervisor_tree(options: Options, reactor: Any) -> MultiService:
         port=listener.port,
         reactor=reactor,
         failed=failed,
-        relay=redis.record if redis is not None else None,
-        lookup=redis.lookup if redis is not None else None,
+        news=news,
         log=log,
         log_format=options["log-format"],
     )

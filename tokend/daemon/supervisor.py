@@ -4,28 +4,8 @@ The daemon's first process (the one twistd runs) binds the socket, as a single-p
 does, then never accepts on it: it spawns N workers (``python -m tokend.worker``) that inherit
 the socket and adopt it (``reactor.adoptStreamPort``), so nginx keeps one upstream and the
 kernel spreads connections over whichever workers are waiting. Each worker loads and watches
-the policy itself.
-
-The parent keeps one socketpair per worker, carrying frames (:func:`frame`: a length, a kind,
-the payload) so that bytes (an exposition, a log line) travel as they are:
-
-- worker → parent: ``{"ready": pid}`` once it serves; every log line, formatted by the worker
-  as twistd's text observer (marked ``pid N``) or ``--log-format json`` would write it, which
-  the parent only writes to its log (:class:`ParentLog`: one log file, rotated by one process);
-  or, where twistd logs elsewhere (``--syslog``, ``--logger``), every log event for the
-  parent's observer; ``{"news": ...}`` for each failed or successful login
-  (:mod:`tokend.login.shared_limits.redis_store` spells it); its metrics exposition when asked;
-- parent → worker: ``{"news": ...}`` that another worker (or another daemon, through Redis)
-  saw; a request for its metrics (``--metrics``: the parent serves the union, see
-  :mod:`tokend.metrics.exposition`).
-- with ``--redis``, worker → parent ``{"ask": n, "keys": [...]}`` before its first check of a
-  key, answered ``{"answer": n, "seen": [...]}`` with what Redis holds; parent → worker
-  ``{"rejoined": true}`` when Redis is back (keys are to be asked about again);
-- ``tokend unlock`` (the control socket is the parent's): parent → worker ``{"unlock": [table,
-  key], "n": n}``, answered ``{"unlocked": n, "cleared": count}``.
-
-So the login throttle counts every worker's failures in each worker, and the limits hold in
-total for the daemon, not N times over (modulo messages in flight, a millisecond).
+the policy itself. The parent keeps one socketpair per worker (:mod:`tokend.daemon.wire`
+says what travels on it).
 
 Lifecycle: SIGHUP to the parent is passed to every worker (each reloads its policy); SIGTERM
 stops every worker, then the parent closes and removes the socket; a worker that ends is
@@ -35,44 +15,34 @@ start during start-up stops start-up with one sentence.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import struct
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import IO, Any, NoReturn, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import (
-    FileLogObserver,
-    LogEvent,
     Logger,
-    eventFromJSON,
-    formatEvent,
-    globalLogPublisher,
 )
-from twisted.python.compat import ioType
 from twisted.python.failure import Failure
 
-from tokend.login.shared_limits.news import Ask, News
-from tokend.login.shared_limits.redis_store import news_from_wire, news_to_wire
+from tokend.daemon.wire import (
+    OneProtocol,
+    frame,
+    split_frames,
+)
+from tokend.daemon.worker_logs import ParentLog
+from tokend.daemon.worker_messages import WorkerChannel, WorkerMessages, WorkerRecord
+from tokend.login.shared_limits.bus import NewsBus
+from tokend.login.shared_limits.news import News
 from tokend.logs.namespaces import NamedLogger
-from tokend.logs.text_lines import format_text_line, log_file_for
 
-MAX_FRAME = 16 * 1024 * 1024
-"""One message at most (a log event with a long policy error, an exposition, fit)."""
-SCRAPE_TIMEOUT = 2.0
-"""Seconds a worker has to answer a metrics scrape; one that does not is left out of it."""
-UNLOCK_TIMEOUT = 2.0
-"""Seconds a worker has to answer an unlock; one that does not is left out of the count."""
 START_TIMEOUT = 120.0
 """Seconds a worker may take to load its key and policy at start-up."""
 STOP_TIMEOUT = 10.0
@@ -96,147 +66,6 @@ def worker_count(value: str) -> int:
     return count
 
 
-CONTROL = ord("J")
-"""Both ways: one JSON object (ready, news)."""
-LOG_EVENT = ord("E")
-"""Worker → parent: one log event, as twisted.logger's eventAsJSON."""
-LOG_LINES = ord("L")
-"""Worker → parent: finished log lines (UTF-8), to be written as they are."""
-SCRAPE = ord("S")
-"""Parent → worker: a request for its metrics; the payload is the request's number."""
-HEALTH = ord("H")
-"""Parent → worker: a request for its /healthz details; the payload is the request's number."""
-EXPOSITION = ord("M")
-"""Worker → parent: the request's number, a newline, the answer (the Prometheus text
-exposition, or the health details as JSON)."""
-
-_HEADER = struct.Struct("!IB")
-
-
-def frame(kind: int, payload: bytes) -> bytes:
-    """One message: the payload's length, its kind, the payload."""
-    return _HEADER.pack(len(payload), kind) + payload
-
-
-def control(message: Mapping[str, Any]) -> bytes:
-    return frame(CONTROL, json.dumps(message, separators=(",", ":")).encode())
-
-
-def split_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
-    """The whole frames at the start of ``buffer``, and what is left of it. A frame longer
-    than :data:`MAX_FRAME` is a broken peer: ``ValueError``."""
-    frames: list[tuple[int, bytes]] = []
-    offset, size = 0, len(buffer)
-    while size - offset >= _HEADER.size:
-        length, kind = _HEADER.unpack_from(buffer, offset)
-        if length > MAX_FRAME:
-            raise ValueError(f"a {length}-byte message")
-        end = offset + _HEADER.size + length
-        if end > size:
-            break
-        frames.append((kind, buffer[offset + _HEADER.size : end]))
-        offset = end
-    return frames, buffer[offset:]
-
-
-class Framed(TwistedProtocol):
-    """Either end of a socketpair: frames in, frames out."""
-
-    _buffer = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            frames, self._buffer = split_frames(self._buffer + data)
-        except ValueError:
-            transport: Any = self.transport
-            if transport is not None:
-                transport.loseConnection()
-            return
-        if frames:
-            self.framesReceived(frames)
-
-    def framesReceived(self, frames: list[tuple[int, bytes]]) -> None:
-        raise NotImplementedError
-
-    def write(self, data: bytes) -> None:
-        """Send one or more ready-made frames."""
-        transport: Any = self.transport
-        if transport is not None:
-            transport.write(data)
-
-
-def text_line(event: LogEvent) -> str | None:
-    """The line twistd's own text observer (``textFileLogObserver``) writes for ``event``,
-    by :func:`tokend.logs.text_lines.format_text_line` (the same bytes, computed faster)."""
-    return format_text_line(event)
-
-
-def marked(event: LogEvent, pid: int, index: int | None = None) -> LogEvent:
-    """``event`` with ``pid N`` added to its system, as a worker's text line shows it, and
-    the pid and the worker's index as fields (a JSON line's ``pid`` and ``worker``)."""
-    system = event.get("log_system")
-    if not system or system == "-":
-        level = getattr(event.get("log_level"), "name", "-")
-        system = f"{event.get('log_namespace', '-')}#{level}"
-    return {**event, "log_system": f"{system} pid {pid}", "worker_pid": pid, "worker_index": index}
-
-
-class ParentLog(FileLogObserver):
-    """The parent's log observer with ``--workers N``: its own events formatted as twistd (or
-    ``--log-format json``) would, and the workers' finished lines written as they come."""
-
-    def __init__(self, out: IO[Any], format_event: Callable[[LogEvent], str | None]) -> None:
-        super().__init__(out, format_event)
-        self._out = out
-        self._binary = ioType(out) is not str
-
-    def write_lines(self, lines: bytes) -> None:
-        self._out.write(lines if self._binary else lines.decode("utf-8", "replace"))
-        self._out.flush()
-
-
-def parent_log(
-    log_format: str,
-    twistd_config: Mapping[str, Any] | None,
-    format_json: Callable[[LogEvent], str | None],
-) -> ParentLog | None:
-    """Where workers' lines can go straight to the log: twistd writes a file or stdout (its
-    ``--logfile`` rules, rotation on SIGUSR1 as twistd arranges). None under ``--syslog`` or
-    ``--logger`` (or without twistd): then workers send events to the parent's observer."""
-    config = twistd_config
-    if not config or config.get("logger") or config.get("syslog"):
-        return None
-    if config.get("logfile") == "-" and not config.get("nodaemon"):
-        return None  # twistd refuses this with its own sentence
-    out: IO[Any] = log_file_for(config)
-    return ParentLog(out, format_json if log_format == "json" else text_line)
-
-
-class _Channel(Framed):
-    """The parent's end of one worker's socketpair."""
-
-    def __init__(self, on_frames: Callable[[list[tuple[int, bytes]]], None]) -> None:
-        self._on_frames = on_frames
-
-    def framesReceived(self, frames: list[tuple[int, bytes]]) -> None:
-        self._on_frames(frames)
-
-
-@dataclass
-class _Worker:
-    slot: int
-    pid: int
-    started: float
-    channel: _Channel | None = None
-    ready: bool = False
-    last_critical: str | None = None
-    ended: Deferred[None] = field(default_factory=Deferred)
-    scrapes: dict[int, Deferred[bytes]] = field(default_factory=dict)
-    """Metrics requests sent and not answered yet, by number."""
-    unlocks: dict[int, Deferred[int]] = field(default_factory=dict)
-    """Unlocks sent and not answered yet, by number."""
-
-
 class _Ended(ProcessProtocol):
     def __init__(self, on_end: Callable[[Failure], None]) -> None:
         self._on_end = on_end
@@ -246,7 +75,7 @@ class _Ended(ProcessProtocol):
 
 
 class Supervisor(Service):
-    """Starts, relays between, restarts and stops the workers."""
+    """Starts, restarts and stops the workers; :attr:`messages` talks with them."""
 
     log = NamedLogger("tokend.processes.Supervisor")
 
@@ -258,36 +87,37 @@ class Supervisor(Service):
         port: Callable[[], IListeningPort],
         reactor: Any,
         failed: StartUpFailure,
-        relay: Callable[[News], None] | None = None,
-        lookup: Ask | None = None,
+        news: NewsBus | None = None,
         log: ParentLog | None = None,
         log_format: str = "text",
     ) -> None:
-        """``port`` gives the bound listening port once the listener has started; ``relay``
-        also gets every worker's news and ``lookup`` answers their questions (the Redis
-        store); ``log``, when given, takes the workers' finished lines (in ``log_format``),
-        else their events are relayed."""
+        """``port`` gives the bound listening port once the listener has started; ``news``
+        (shared by the Redis store, if any) gets every worker's news and answers their
+        questions, and what it hears goes to every worker; ``log``, when given, takes the
+        workers' finished lines (in ``log_format``), else their events are relayed."""
         self._count = count
         self._argv = list(argv)
         self._port = port
         self._reactor = reactor
         self._failed = failed
-        self._relay = relay
-        self._lookup = lookup
-        self._unlock_number = 0
-        self._log = log
         self._log_lines = log_format if log is not None else "events"
-        self._workers: dict[int, _Worker] = {}
+        self._workers: dict[int, WorkerRecord] = {}
+        self.messages = WorkerMessages(
+            self._workers,
+            count,
+            reactor,
+            lambda: bool(self.running),
+            NewsBus() if news is None else news,
+            log,
+        )
+        """Metrics, health and unlocks asked of the workers; news passed between them."""
         self._quick_deaths: dict[int, int] = {}
         self._restarts: dict[int, Any] = {}
         self._listen_fd = -1
         self._family = 0
         self._previous_sighup: Any = None
-        self._scrape_number = 0
         self.restarts = dict.fromkeys(range(count), 0)
         """Workers started again after one ended, by index (0 … N-1)."""
-        self.scrape_failures = dict.fromkeys(range(count), 0)
-        """Metrics requests a worker did not answer in time (or answered unreadably)."""
 
     @property
     def pids(self) -> list[int]:
@@ -303,58 +133,30 @@ class Supervisor(Service):
         """Workers started and serving now."""
         return sum(1 for w in self._workers.values() if w.ready)
 
+    @property
+    def scrape_failures(self) -> dict[int, int]:
+        """Metrics requests a worker did not answer in time (or answered unreadably)."""
+        return self.messages.scrape_failures
+
     def scrape(self) -> Deferred[list[tuple[int, bytes]]]:
-        """Every serving worker's metrics exposition, by worker index. A worker that does not
-        answer within :data:`SCRAPE_TIMEOUT` (or ends meanwhile) is left out and counted in
-        :attr:`scrape_failures`."""
-        return self._ask(SCRAPE, "a metrics scrape")
+        """Every serving worker's metrics exposition, by worker index."""
+        return self.messages.scrape()
 
     def health(self) -> Deferred[list[tuple[int, bytes]]]:
-        """Every serving worker's /healthz details (JSON), by worker index; one that does not
-        answer within :data:`SCRAPE_TIMEOUT` is left out."""
-        return self._ask(HEALTH, "a health request")
-
-    def _ask(self, kind: int, what: str) -> Deferred[list[tuple[int, bytes]]]:
-        asked: list[Deferred[tuple[int, bytes] | None]] = []
-        for worker in sorted(self._workers.values(), key=lambda w: w.slot):
-            if not worker.ready or worker.channel is None:
-                continue
-            self._scrape_number += 1
-            number = self._scrape_number
-            answer: Deferred[bytes] = Deferred()
-            worker.scrapes[number] = answer
-            answer.addTimeout(SCRAPE_TIMEOUT, self._reactor)
-            left_out = self._no_answer(worker, number, what, count=kind == SCRAPE)
-            answer.addCallbacks(self._answered(worker.slot), left_out)
-            asked.append(answer)  # type: ignore[arg-type]
-            worker.channel.write(frame(kind, str(number).encode()))
-        gathered: Deferred[list[tuple[int, bytes] | None]] = gatherResults(asked)
-        return gathered.addCallback(lambda answers: [a for a in answers if a is not None])
-
-    @staticmethod
-    def _answered(slot: int) -> Callable[[bytes], tuple[int, bytes]]:
-        return lambda body: (slot, body)
-
-    def _no_answer(
-        self, worker: _Worker, number: int, what: str, count: bool
-    ) -> Callable[[Failure], None]:
-        def left_out(reason: Failure) -> None:
-            worker.scrapes.pop(number, None)
-            if count:
-                self.unreadable(worker.slot)
-            self.log.warn(
-                "worker {slot} (pid {pid}) did not answer {what}: {reason}",
-                slot=worker.slot,
-                pid=worker.pid,
-                what=what,
-                reason=reason.getErrorMessage() or getattr(reason.type, "__name__", "no answer"),
-            )
-
-        return left_out
+        """Every serving worker's /healthz details (JSON), by worker index."""
+        return self.messages.health()
 
     def unreadable(self, slot: int) -> None:
-        """Count a worker's scrape as failed."""
-        self.scrape_failures[slot] = self.scrape_failures.get(slot, 0) + 1
+        self.messages.unreadable(slot)
+
+    def broadcast(self, news: News, *, but: int | None = None) -> None:
+        self.messages.broadcast(news, but=but)
+
+    def rejoined(self) -> None:
+        self.messages.rejoined()
+
+    def unlock(self, table: str, key: str) -> Deferred[list[int]]:
+        return self.messages.unlock(table, key)
 
     def startService(self) -> None:
         super().startService()
@@ -393,7 +195,7 @@ class Supervisor(Service):
 
         return done.addBoth(stopped)
 
-    def _kill(self, workers: list[_Worker]) -> None:
+    def _kill(self, workers: list[WorkerRecord]) -> None:
         for worker in workers:
             if not worker.ended.called:
                 self.log.warn("worker {pid} did not stop in time: SIGKILL", pid=worker.pid)
@@ -415,63 +217,7 @@ class Supervisor(Service):
         for worker in self._workers.values():
             self._signal(worker.pid, signal.SIGHUP)
 
-    def broadcast(self, news: News, *, but: int | None = None) -> None:
-        """Tell every worker (except the slot ``but``) what another one or another daemon saw."""
-        message = control({"news": news_to_wire(news)})
-        for worker in self._workers.values():
-            if worker.slot != but and worker.channel is not None:
-                worker.channel.write(message)
-
-    def rejoined(self) -> None:
-        """Redis is back: every worker asks about each key again when it next sees it."""
-        for worker in self._workers.values():
-            if worker.channel is not None:
-                worker.channel.write(control({"rejoined": True}))
-
-    def unlock(self, table: str, key: str) -> Deferred[list[int]]:
-        """Clear one throttle key in every serving worker (``tokend unlock``): the failures
-        each cleared; a worker that does not answer in time is left out."""
-        asked: list[Deferred[int | None]] = []
-        for worker in sorted(self._workers.values(), key=lambda w: w.slot):
-            if not worker.ready or worker.channel is None:
-                continue
-            self._unlock_number += 1
-            number = self._unlock_number
-            answer: Deferred[int] = Deferred()
-            worker.unlocks[number] = answer
-            answer.addTimeout(UNLOCK_TIMEOUT, self._reactor)
-            answer.addErrback(self._no_unlock(worker, number))
-            asked.append(answer)  # type: ignore[arg-type]
-            worker.channel.write(control({"unlock": [table, key], "n": number}))
-        gathered: Deferred[list[int | None]] = gatherResults(asked)
-        return gathered.addCallback(lambda counts: [c for c in counts if c is not None])
-
-    @staticmethod
-    def _no_unlock(worker: _Worker, number: int) -> Callable[[Failure], None]:
-        def left_out(reason: Failure) -> None:
-            worker.unlocks.pop(number, None)
-
-        return left_out
-
-    def _answer(self, worker: _Worker, number: Any, keys: Any) -> None:
-        """A worker's question to Redis, answered (empty without Redis or on bad input)."""
-        try:
-            pairs = [(str(table), str(key)) for table, key in keys]
-        except (TypeError, ValueError):
-            pairs = []
-        asking = self._lookup(pairs) if self._lookup is not None and pairs else None
-
-        def reply(seen: Any) -> None:
-            wire = [news_to_wire(news) for news in seen] if isinstance(seen, list) else []
-            if worker.channel is not None:
-                worker.channel.write(control({"answer": number, "seen": wire}))
-
-        if asking is None:
-            reply([])
-        else:
-            asking.addBoth(reply)
-
-    def _spawn(self, slot: int) -> tuple[_Worker, socket.socket]:
+    def _spawn(self, slot: int) -> tuple[WorkerRecord, socket.socket]:
         self._restarts.pop(slot, None)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         args = [
@@ -480,7 +226,7 @@ class Supervisor(Service):
             f"--log-lines={self._log_lines}", f"--worker-index={slot}",
             "--", *self._argv,
         ]  # fmt: skip
-        holder: list[_Worker] = []
+        holder: list[WorkerRecord] = []
         transport = self._reactor.spawnProcess(
             _Ended(lambda reason: self._ended(holder[0], reason)),
             sys.executable,
@@ -489,7 +235,7 @@ class Supervisor(Service):
             childFDs={1: 1, 2: 2, 3: self._listen_fd, 4: theirs.fileno()},
         )
         theirs.close()
-        worker = _Worker(slot, transport.pid, time.monotonic())
+        worker = WorkerRecord(slot, transport.pid, time.monotonic())
         holder.append(worker)
         self._workers[slot] = worker
         return worker, ours
@@ -499,16 +245,16 @@ class Supervisor(Service):
         worker, ours = self._spawn(slot)
         self._connect(worker, ours, b"")
 
-    def _connect(self, worker: _Worker, ours: socket.socket, leftover: bytes) -> None:
+    def _connect(self, worker: WorkerRecord, ours: socket.socket, leftover: bytes) -> None:
         """Hand the worker's socketpair to the reactor (with what was read of it already)."""
-        channel = _Channel(lambda frames: self._received(worker, frames))
+        channel = WorkerChannel(lambda frames: self.messages.received(worker, frames))
         self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, OneProtocol(channel))
         ours.close()
         worker.channel = channel
         if leftover:
             channel.dataReceived(leftover)
 
-    def _await_ready(self, worker: _Worker, ours: socket.socket) -> bytes:
+    def _await_ready(self, worker: WorkerRecord, ours: socket.socket) -> bytes:
         """Start-up only (the reactor does not run yet): block until the worker says it serves,
         relaying its log meanwhile; stop start-up with one sentence if it cannot."""
         deadline = time.monotonic() + START_TIMEOUT
@@ -519,7 +265,7 @@ class Supervisor(Service):
             except ValueError:
                 frames, rest = [], b""
             for index, one in enumerate(frames):
-                self._received(worker, [one])
+                self.messages.received(worker, [one])
                 if worker.ready:
                     return b"".join(frame(*later) for later in frames[index + 1 :]) + rest
             buffer = rest
@@ -551,73 +297,11 @@ class Supervisor(Service):
             self._signal(worker.pid, signal.SIGKILL)
             with_status(worker.pid)
 
-    def _received(self, worker: _Worker, frames: list[tuple[int, bytes]]) -> None:
-        lines = [payload for kind, payload in frames if kind == LOG_LINES]
-        if lines and self._log is not None:
-            self._log.write_lines(b"".join(lines))
-        for kind, payload in frames:
-            if kind == LOG_LINES:
-                continue
-            elif kind == LOG_EVENT:
-                self._relay_event(worker, payload)
-            elif kind == EXPOSITION:
-                number, _, body = payload.partition(b"\n")
-                answer = worker.scrapes.pop(int(number), None) if number.isdigit() else None
-                if answer is not None and not answer.called:
-                    answer.callback(body)
-            elif kind == CONTROL:
-                self._control(worker, payload)
-
-    def _relay_event(self, worker: _Worker, payload: bytes) -> None:
-        try:
-            event = eventFromJSON(payload.decode("utf-8"))
-        except ValueError:
-            self.log.warn("worker {pid} sent an unreadable log event", pid=worker.pid)
-            return
-        event = marked(event, worker.pid, worker.slot)
-        if not worker.ready and event.get("log_level") is not None:
-            if event["log_level"].name == "critical":
-                worker.last_critical = formatEvent(event)
-        globalLogPublisher(event)
-
-    def _control(self, worker: _Worker, payload: bytes) -> None:
-        try:
-            message = json.loads(payload)
-        except ValueError:
-            self.log.warn("worker {pid} sent an unreadable message", pid=worker.pid)
-            return
-        if "critical" in message:
-            if not worker.ready:
-                worker.last_critical = str(message["critical"])
-        elif "news" in message:
-            try:
-                news = news_from_wire(message["news"])
-            except ValueError:
-                return
-            self.broadcast(news, but=worker.slot)
-            if self._relay is not None:
-                self._relay(news)
-        elif "ask" in message:
-            self._answer(worker, message["ask"], message.get("keys"))
-        elif "unlocked" in message:
-            number = message["unlocked"]
-            answer = worker.unlocks.pop(number, None) if isinstance(number, int) else None
-            cleared = message.get("cleared")
-            if answer is not None and not answer.called:
-                answer.callback(cleared if isinstance(cleared, int) else 0)
-        elif "ready" in message:
-            worker.ready = True
-            if self.running:
-                self.log.info("worker {slot} ready, pid {pid}", slot=worker.slot, pid=worker.pid)
-
-    def _ended(self, worker: _Worker, reason: Failure) -> None:
+    def _ended(self, worker: WorkerRecord, reason: Failure) -> None:
         worker.ended.callback(None)
         if self._workers.get(worker.slot) is worker:
             del self._workers[worker.slot]
-        for answer in list(worker.scrapes.values()):
-            answer.cancel()
-        for unlocked in list(worker.unlocks.values()):
-            unlocked.cancel()
+        self.messages.forget(worker)
         transport: Any = worker.channel.transport if worker.channel is not None else None
         if transport is not None:
             transport.loseConnection()
@@ -645,14 +329,3 @@ def with_status(pid: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
-
-
-class OneProtocol(Factory):
-    """A factory for adoptStreamConnection that hands out one protocol made beforehand."""
-
-    def __init__(self, protocol: Any) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Any:
-        self._protocol.factory = self
-        return self._protocol

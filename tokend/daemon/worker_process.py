@@ -32,7 +32,7 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-from tokend.daemon.supervisor import (
+from tokend.daemon.wire import (
     CONTROL,
     EXPOSITION,
     HEALTH,
@@ -43,17 +43,12 @@ from tokend.daemon.supervisor import (
     OneProtocol,
     control,
     frame,
-    marked,
-    text_line,
 )
-from tokend.login.shared_limits.news import Ask, News, Seen
-from tokend.login.shared_limits.redis_store import (
-    LOOKUP_TIMEOUT,
-    START_UP_WAIT,
-    news_from_wire,
-    news_to_wire,
-)
-from tokend.login.throttle import LoginThrottle
+from tokend.daemon.worker_logs import marked
+from tokend.login.shared_limits.bus import NewsBus
+from tokend.login.shared_limits.news import News, Seen, news_from_wire, news_to_wire
+from tokend.login.shared_limits.redis_store import LOOKUP_TIMEOUT, START_UP_WAIT
+from tokend.logs.text_lines import format_text_line
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -70,23 +65,22 @@ class ParentLink(Framed):
     """The worker's end of the socketpair: log events, news and questions for Redis out; news,
     answers, unlocks and metrics requests in."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, news: NewsBus, *, asks: bool) -> None:
+        """Joins ``news`` as its shared side: the throttle's news goes to the parent, and
+        (``asks``: with --redis) its questions for Redis too."""
         self._reactor = reactor
-        self._throttle: LoginThrottle | None = None
+        self._news = news
         self._registry: CollectorRegistry | None = None
         self._holder: PolicyHolder | None = None
         self._asked = 0
         self._answers: dict[int, Deferred[list[Seen]]] = {}
+        news.share(self.publish, self.ask if asks else None)
 
     def expose(self, registry: CollectorRegistry, holder: PolicyHolder | None = None) -> None:
         """Answer the parent's metrics requests with this registry's exposition, and its
         health requests with the details of the policy ``holder`` serves."""
         self._registry = registry
         self._holder = holder
-
-    def attach(self, throttle: LoginThrottle) -> None:
-        """Take in the other workers' news (and unlocks) into this throttle."""
-        self._throttle = throttle
 
     def publish(self, news: News) -> None:
         self.write(control({"news": news_to_wire(news)}))
@@ -135,22 +129,21 @@ class ParentLink(Framed):
         self.write(frame(EXPOSITION, number + b"\n" + answer))
 
     def _learn(self, payload: bytes) -> None:
-        throttle = self._throttle
-        if throttle is None:
-            return
+        """The other workers' news (and unlocks) for this worker's throttle, on the bus."""
         try:
             message = json.loads(payload)
             if "news" in message:
-                throttle.learn(news_from_wire(message["news"]), self._reactor.seconds())
+                self._news.learn(news_from_wire(message["news"]), self._reactor.seconds())
             elif "answer" in message:
                 seen = [news_from_wire(wire) for wire in message["seen"]]
                 self._answered(message["answer"], [s for s in seen if isinstance(s, Seen)])
             elif "rejoined" in message:
-                throttle.rejoined()
+                self._news.rejoined()
             elif "unlock" in message:
                 table, key = message["unlock"]
-                cleared = throttle.unlock(table, str(key))
-                self.write(control({"unlocked": message["n"], "cleared": cleared}))
+                cleared = self._news.unlock(table, str(key))
+                if cleared is not None:
+                    self.write(control({"unlocked": message["n"], "cleared": cleared}))
         except (ValueError, KeyError, TypeError):
             return
 
@@ -276,7 +269,7 @@ class _Outbox:
 
             line: str | None = event_as_json(event)
         else:
-            line = text_line(event)
+            line = format_text_line(event)
         if line:
             self.send(frame(LOG_LINES, line.encode("utf-8")))
         if event.get("log_level") == LogLevel.critical:
@@ -326,13 +319,10 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
         options.parseOptions(options_argv)
     except usage.UsageError as e:
         return refuse(str(e))
-    link = ParentLink(reactor)
+    news = NewsBus()
+    link = ParentLink(reactor, news, asks=options["redis"] is not None)
     root: MultiService = serving_tree(
-        options,
-        reactor,
-        worker=WorkerSetup(
-            args.listen_fd, args.family, link.attach, link.expose, link.publish, link.ask
-        ),
+        options, reactor, worker=WorkerSetup(args.listen_fd, args.family, news, link.expose)
     )
     try:
         root.privilegedStartService()
@@ -361,26 +351,22 @@ def _critical(sentence: str) -> dict[str, Any]:
 
 
 class WorkerSetup:
-    """What serving_tree needs to build a worker's tree: the inherited socket, how to join
-    the throttle to the other workers (its news out, theirs in, questions for Redis through
-    the parent), and how to hand its metrics to the parent (which serves --metrics for all
-    workers)."""
+    """What serving_tree needs to build a worker's tree: the inherited socket, the news bus
+    the parent link shares (the throttle's news out, the other workers' in, questions for
+    Redis through the parent), and how to hand its metrics to the parent (which serves
+    --metrics for all workers)."""
 
     def __init__(
         self,
         listen_fd: int,
         family: int,
-        attach: Callable[[LoginThrottle], None],
+        news: NewsBus,
         expose: Callable[[CollectorRegistry, PolicyHolder], None] = lambda registry, holder: None,
-        publish: Callable[[News], None] | None = None,
-        ask: Ask | None = None,
     ):
         self.listen_fd = listen_fd
         self.family = family
-        self.attach = attach
+        self.news = news
         self.expose = expose
-        self.publish = publish
-        self.ask = ask
 
     def listener(self, site: Any, reactor: Any) -> AdoptedListener:
         """The service serving ``site`` on the socket the parent bound."""

@@ -9,12 +9,13 @@ from typing import Protocol
 
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.credentials import Authenticator
+from tokend.login.in_flight import InFlight
 from tokend.login.logins import Logins
 from tokend.login.password_file import PasswordFile, UnknownNames
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.refreshing import RefreshTokenLogins, Vouching
-from tokend.login.throttle import InFlight, LoginThrottle
+from tokend.login.throttle import LoginThrottle
 from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.holder import PolicyHolder
 

@@ -31,8 +31,9 @@ from tokend.login.identity import (
     UnfitName,
     entry_name,
 )
+from tokend.login.in_flight import InFlight, ShareFull
 from tokend.login.passwords import MAX_PASSWORD_BYTES, PasswordChecker, check_cost
-from tokend.login.throttle import InFlight, LoginThrottle, Refusal, ShareFull
+from tokend.login.throttle import LoginThrottle, Refusal
 from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.model import Policy
 from tokend.threads import Overloaded, Stopped

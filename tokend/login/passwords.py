@@ -11,7 +11,7 @@ import bcrypt
 from twisted.logger import Logger
 
 from tokend.policy.model import MAX_BCRYPT_COST, MIN_BCRYPT_COST, Policy
-from tokend.threads import Workers
+from tokend.threads import ThreadRunner
 
 MAX_PASSWORD_BYTES = 72
 """bcrypt only reads 72 bytes; bcrypt 5 raises on longer input instead of truncating."""
@@ -42,8 +42,8 @@ def _checkpw(password: bytes, pass_hash: bytes) -> bool:
 class PasswordChecker:
     log = Logger()
 
-    def __init__(self, workers: Workers) -> None:
-        self._workers = workers
+    def __init__(self, threads: ThreadRunner) -> None:
+        self._threads = threads
 
     async def verify(self, pass_hash: bytes | None, password: bytes, dummy_cost: int) -> bool:
         """True only when ``pass_hash`` is a real hash and ``password`` matches it.
@@ -56,7 +56,7 @@ class PasswordChecker:
             return False
         try:
             checked = pass_hash if pass_hash is not None else dummy_hash(dummy_cost)
-            matches = await self._workers.run(_checkpw, password, checked)
+            matches = await self._threads.run(_checkpw, password, checked)
         except ValueError as e:
             self.log.error(
                 "bcrypt refused a {kind} hash ({reason}); the login is refused as a wrong "
@@ -68,7 +68,7 @@ class PasswordChecker:
         return matches and pass_hash is not None
 
     async def pad(self, cost: int) -> None:
-        """One bcrypt at ``cost`` against a hash nothing matches, through the same workers: a
+        """One bcrypt at ``cost`` against a hash nothing matches, through the same threads: a
         refusal that cost no bcrypt of its own takes as long as one that did.
         :class:`tokend.threads.Overloaded` passes through."""
-        await self._workers.run(_checkpw, b"", dummy_hash(cost))
+        await self._threads.run(_checkpw, b"", dummy_hash(cost))

@@ -1,216 +1,30 @@
-"""Throttling of failed logins, per account and per client address.
+"""Throttling of failed logins, per account and per client address: the facade a login asks
+before any password is checked, over the failure windows of :mod:`tokend.login.failure_windows`,
+sharing what it sees with other workers and daemons.
 
 Pure: time is a ``now`` float passed in. bcrypt makes one guess expensive for us as much as
 for an attacker, so a throttled attempt is refused before any password is checked. Attempts
 still being checked count against the limit, so a burst of concurrent guesses cannot overshoot
-it. Memory is bounded: each table keeps at most ``max_entries`` keys and, when full, forgets
-the least recently failed key that is not locked out, so rotating user names or addresses can
-neither grow it nor unlock an account.
+it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from twisted.internet.defer import Deferred
 
-from tokend.login.shared_limits.news import Ask, Failed, News, Succeeded, Unlocked
-
-DEFAULT_MAX_ENTRIES = 10_000
-"""Keys kept per table (accounts, addresses); unlocked ones are forgotten first."""
-
-KNOWN_ADDRESS_DAYS = 30
-DEFAULT_MAX_KNOWN = 100_000
-"""(account, address) pairs remembered as where an account logs in; the oldest goes first."""
-
-DEFAULT_MAX_IN_FLIGHT = 4
-"""Password checks one client address may have running or waiting at once."""
+from tokend.login.failure_windows import DEFAULT_MAX_ENTRIES, FailureWindow, KnownAddresses
+from tokend.login.shared_limits.bus import NewsBus
+from tokend.login.shared_limits.news import Failed, News, Succeeded, Unlocked
 
 MAX_ASKED = 100_000
 """Keys remembered as asked of the shared store since it was (re)joined; the oldest goes
 first (and is asked again when it comes back)."""
-
-
-@dataclass(slots=True)
-class _Entry:
-    failures: tuple[float, ...] = ()
-    """The most recent failure times, oldest first, at most ``limit`` of them."""
-    pending: int = 0
-    """Attempts admitted and not finished yet."""
-
-
-class FailureWindow:
-    """At most ``limit`` failures (finished or in flight) per key in any ``window`` seconds.
-
-    ``limit`` 0 turns the table off: everything is admitted and nothing is stored. Keys that
-    reached the limit live in a table of their own, so evicting to make room never picks a
-    locked key while an unlocked one is left: a flood of failures on fresh names cannot push
-    a locked account out and let it guess again.
-    """
-
-    def __init__(self, limit: int, window: float, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
-        if limit < 0 or window <= 0 or max_entries < 1:
-            raise ValueError("limit must be >= 0, window > 0 and max_entries >= 1")
-        self.limit = limit
-        self.window = window
-        self.max_entries = max_entries
-        self._open: OrderedDict[str, _Entry] = OrderedDict()
-        """Keys under the limit, the least recently failed first."""
-        self._locked: OrderedDict[str, _Entry] = OrderedDict()
-        """Keys at the limit, the earliest locked first."""
-
-    def __len__(self) -> int:
-        return len(self._open) + len(self._locked)
-
-    @property
-    def locked(self) -> int:
-        return len(self._locked)
-
-    def _get(self, key: str) -> _Entry | None:
-        entry = self._open.get(key)
-        return self._locked.get(key) if entry is None else entry
-
-    def _drop(self, key: str) -> None:
-        if self._open.pop(key, None) is None:
-            self._locked.pop(key, None)
-
-    def retry_after(self, key: str, now: float) -> float | None:
-        """Seconds until ``key`` may try again, or None when it may try now."""
-        if not self.limit:
-            return None
-        self._expire(now)
-        entry = self._get(key)
-        if entry is None:
-            return None
-        recent = tuple(t for t in entry.failures if t > now - self.window)
-        entry.failures = recent
-        if not recent and not entry.pending:
-            self._drop(key)
-            return None
-        if len(recent) < self.limit and key in self._locked:
-            self._open[key] = self._locked.pop(key)
-        if len(recent) + entry.pending < self.limit:
-            return None
-        if len(recent) >= self.limit:
-            return min(recent[-self.limit] + self.window - now, self.window)
-        return 1.0
-
-    def begin(self, key: str) -> None:
-        """Count an admitted attempt until ``end`` says how it went."""
-        if self.limit:
-            self._entry(key).pending += 1
-
-    def end(self, key: str, now: float, *, failed: bool, reset: bool = False) -> None:
-        """Finish an attempt: record a failure, or forget the key's failures on ``reset``."""
-        if not self.limit:
-            return
-        entry = self._get(key)
-        if entry is None:
-            if not failed:
-                return
-            entry = self._entry(key)
-        entry.pending = max(0, entry.pending - 1)
-        if reset:
-            entry.failures = ()
-            if key in self._locked:
-                self._open[key] = self._locked.pop(key)
-        if failed:
-            entry.failures = (*entry.failures, now)[-self.limit :]
-            self._place(key, entry)
-        if not entry.failures and not entry.pending:
-            self._drop(key)
-
-    def merge(self, key: str, times: Iterable[float], now: float) -> None:
-        """Count failures another process saw. Idempotent: a time already held counts once, so
-        the same failure heard twice (relayed, then echoed by Redis) is not counted twice."""
-        if not self.limit:
-            return
-        fresh = {t for t in times if t > now - self.window}
-        if not fresh:
-            return
-        entry = self._entry(key)
-        entry.failures = tuple(sorted(fresh.union(entry.failures)))[-self.limit :]
-        self._place(key, entry)
-
-    def clear(self, key: str, before: float | None = None) -> int:
-        """Forget a key's failures (all, or those up to ``before``: a login elsewhere at that
-        time, which must not clear a failure seen after it); attempts in flight stay. Returns
-        how many were forgotten."""
-        entry = self._get(key)
-        if entry is None:
-            return 0
-        held = len(entry.failures)
-        entry.failures = () if before is None else tuple(t for t in entry.failures if t > before)
-        if key in self._locked and len(entry.failures) < self.limit:
-            self._open[key] = self._locked.pop(key)
-        if not entry.failures and not entry.pending:
-            self._drop(key)
-        return held - len(entry.failures)
-
-    def _place(self, key: str, entry: _Entry) -> None:
-        """Move a key that just failed to where its count puts it."""
-        if len(entry.failures) >= self.limit:
-            self._open.pop(key, None)
-            self._locked.pop(key, None)
-            self._locked[key] = entry
-        else:
-            self._open.move_to_end(key)
-
-    def _entry(self, key: str) -> _Entry:
-        entry = self._get(key)
-        if entry is None:
-            while len(self) >= self.max_entries:
-                (self._open or self._locked).popitem(last=False)
-            entry = self._open[key] = _Entry()
-        return entry
-
-    def _expire(self, now: float) -> None:
-        """Drop keys from the least recently failed end whose failures have all expired."""
-        for table in (self._open, self._locked):
-            while table:
-                key, entry = next(iter(table.items()))
-                if entry.pending or (entry.failures and entry.failures[-1] > now - self.window):
-                    break
-                del table[key]
-
-
-class KnownAddresses:
-    """Where each account logged in successfully lately: (account, address key) pairs.
-
-    Bounded: at most ``max_entries`` pairs, the least recently used forgotten first, each for
-    ``ttl`` seconds after its last success.
-    """
-
-    def __init__(
-        self,
-        ttl: float = KNOWN_ADDRESS_DAYS * 86_400,
-        max_entries: int = DEFAULT_MAX_KNOWN,
-    ) -> None:
-        if ttl < 0 or max_entries < 1:
-            raise ValueError("ttl must be >= 0 and max_entries >= 1")
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def add(self, account: str, address: str, now: float) -> None:
-        if not self.ttl:
-            return
-        pair = (account, address)
-        self._seen.pop(pair, None)
-        self._seen[pair] = now
-        while len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
-
-    def knows(self, account: str, address: str, now: float) -> bool:
-        seen = self._seen.get((account, address))
-        return seen is not None and seen <= now < seen + self.ttl
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,11 +48,11 @@ class LoginThrottle:
     hash, so that what it shares with other processes (and Redis) never names an account or
     carries a password typed as a name.
 
-    Shared limits: every failure and success is also handed to ``publish`` (the seam to other
-    workers and daemons), and what they saw arrives through :meth:`learn`. Admission never
-    waits for them, except once per key through ``ask`` (:meth:`consult`): a process that
-    joined the shared store after a key's failures asks the store for them before its first
-    check of that key.
+    Shared limits: the throttle joins the ``news`` bus it is made with. Every failure and
+    success is published on it (to other workers and daemons), and what they saw arrives
+    through :meth:`learn`. Admission never waits for them, except once per key through the
+    bus's lookup (:meth:`consult`): a process that joined the shared store after a key's
+    failures asks the store for them before its first check of that key.
     """
 
     def __init__(
@@ -249,16 +63,15 @@ class LoginThrottle:
         window: float,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         known: KnownAddresses | None = None,
-        publish: Callable[[News], None] | None = None,
         keys: Callable[[str, str], str] | None = None,
-        ask: Ask | None = None,
+        news: NewsBus | None = None,
     ) -> None:
         self.accounts = FailureWindow(per_account, window, max_entries)
         self.addresses = FailureWindow(per_address, window, max_entries)
         self.known = KnownAddresses() if known is None else known
-        self.publish: Callable[[News], None] = publish or _nowhere
         self._keys = keys or _plain
-        self._ask = ask
+        self._news = NewsBus() if news is None else news
+        self._news.hear(self.learn, self.rejoined, self.unlock)
         self._asked: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._asking: dict[tuple[str, str], list[Deferred[None]]] = {}
 
@@ -301,7 +114,8 @@ class LoginThrottle:
         shared store has answered for keys this process has not asked about since it (re)joined
         the store (the answer merged). Attempts arriving meanwhile for the same key wait for
         the same answer, so a burst cannot slip past it."""
-        if self._ask is None:
+        ask = self._news.lookup
+        if ask is None:
             return None
         wanted = [
             pair
@@ -317,7 +131,7 @@ class LoginThrottle:
             self._asking.setdefault(pair, [])
         self._asking[wanted[0]].append(waiting)
         if fresh:
-            self._ask(fresh).addBoth(lambda seen: self._answered(fresh, seen, now))
+            ask(fresh).addBoth(lambda seen: self._answered(fresh, seen, now))
         return waiting
 
     def _answered(self, pairs: list[tuple[str, str]], seen: object, now: float) -> None:
@@ -369,12 +183,12 @@ class LoginThrottle:
         self.accounts.end(account, now, failed=False, reset=True)
         self.addresses.end(address, now, failed=False)
         self.known.add(account, address, now)
-        self.publish(Succeeded(account, address, now))
+        self._news.publish(Succeeded(account, address, now))
         if entry is not None:
             entry = self.key("account", entry)
             self.accounts.end(entry, now, failed=False, reset=True)
             self.known.add(entry, address, now)
-            self.publish(Succeeded(entry, address, now))
+            self._news.publish(Succeeded(entry, address, now))
 
     def failed(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         """A wrong password. With an ``entry`` admitted, the failure is told to the others
@@ -386,7 +200,7 @@ class LoginThrottle:
         if entry is not None:
             entry = self.key("account", entry)
             self.accounts.end(entry, now, failed=True)
-        self.publish(Failed(account if entry is None else entry, address, now))
+        self._news.publish(Failed(account if entry is None else entry, address, now))
 
     def overloaded(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         """Refused for lack of capacity: a failure of the address, not of the account.
@@ -399,7 +213,7 @@ class LoginThrottle:
         if entry is not None:
             self.accounts.end(self.key("account", entry), now, failed=False)
         self.addresses.end(address, now, failed=True)
-        self.publish(Failed(None, address, now))
+        self._news.publish(Failed(None, address, now))
 
     def abandoned(self, account: str, address: str, now: float, entry: str | None = None) -> None:
         """The attempt ended without a verdict (the client went away): only release it."""
@@ -423,91 +237,12 @@ class LoginThrottle:
         address = self.key("address", address)
         self.addresses.end(address, now, failed=failed)
         if failed:
-            self.publish(Failed(None, address, now))
+            self._news.publish(Failed(None, address, now))
 
 
 def _plain(table: str, name: str) -> str:
     """The keys of a throttle that shares nothing: the names themselves."""
     return name
-
-
-def _nowhere(news: News) -> None:
-    """The publisher of a throttle that shares nothing."""
-
-
-SHARES_V6 = ((64, 1), (48, 2), (32, 4))
-"""(IPv6 prefix length, multiple of the per-address limit) one network may hold: a /64 is one
-host or one LAN, a /48 one site (the usual end-site assignment), a /32 one provider's block."""
-SHARES_V4 = ((32, 1), (24, 2))
-"""(IPv4 prefix length, multiple of the per-address limit): one address, one /24."""
-RESERVED_FRACTION = 4
-"""One check place in this many is kept for logins from where their account succeeded before."""
-
-ShareFull = Literal["address", "network", "queue"]
-"""Why :meth:`InFlight.admit` refused: the address's own share, a wider network's, or the
-places left to strangers in the whole queue."""
-
-
-class InFlight:
-    """Password checks in flight (running or waiting for a thread), per client network.
-
-    One address may hold at most ``limit`` of them, its /48 (IPv6) or /24 (IPv4) twice that
-    and its /32 (IPv6) four times that, so neither a handful of addresses nor one network's
-    many addresses can fill the bcrypt queue and starve every other login. ``limit`` 0 turns
-    the shares off. With ``capacity`` (the checks the queue holds, running and waiting), one
-    place in ``RESERVED_FRACTION`` is kept for known logins (an account logging in from an
-    address it succeeded from before): a flood from strangers cannot take the last places.
-    """
-
-    def __init__(self, limit: int = DEFAULT_MAX_IN_FLIGHT, capacity: int = 0) -> None:
-        if limit < 0 or capacity < 0:
-            raise ValueError("limit and capacity must be >= 0")
-        self.limit = limit
-        self.capacity = capacity
-        self.reserved = capacity // RESERVED_FRACTION
-        self.total = 0
-        self._counts: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        """Networks holding checks (each address counts with each prefix it falls in)."""
-        return len(self._counts)
-
-    def admit(self, address: str, *, known: bool = False) -> ShareFull | None:
-        """Take a place for ``address``, or say (taking nothing) which share is full."""
-        keys = share_keys(address) if self.limit else ()
-        for key, multiple in keys:
-            if self._counts.get(key, 0) >= self.limit * multiple:
-                return "address" if multiple == 1 else "network"
-        if self.capacity and not known and self.total >= self.capacity - self.reserved:
-            return "queue"
-        for key, _ in keys:
-            self._counts[key] = self._counts.get(key, 0) + 1
-        self.total += 1
-        return None
-
-    def leave(self, address: str) -> None:
-        """Give back the place :meth:`admit` took for ``address``."""
-        self.total = max(0, self.total - 1)
-        for key, _ in share_keys(address) if self.limit else ():
-            count = self._counts.get(key, 0) - 1
-            if count > 0:
-                self._counts[key] = count
-            else:
-                self._counts.pop(key, None)
-
-
-def share_keys(address: str) -> tuple[tuple[str, int], ...]:
-    """The networks ``address`` is counted in, each with its multiple of the per-address share:
-    the address itself first (for IPv6 its /64, as :func:`address_key`), then the wider ones."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return ((address, 1),)
-    shares = SHARES_V6 if isinstance(ip, ipaddress.IPv6Address) else SHARES_V4
-    return tuple(
-        (str(ipaddress.ip_network((ip, length), strict=False)), multiple)
-        for length, multiple in shares
-    )
 
 
 def address_key(address: str) -> str:

@@ -9,7 +9,7 @@ escaping (ASCII only) does the rest, so a line break or U+2028 in a user name ca
 twistd picks its log observer before the service starts, from ``--logger`` or from an
 ``ILogObserver`` component of the application. :func:`observer` is for ``twistd --logger
 tokend.json_log.observer`` (stdout); ``--log-format json`` instead builds one with
-:func:`observer_for` that writes where ``--logfile`` says, and :class:`LoggingRoot` hands it to
+:func:`json_observer_for` that writes where ``--logfile`` says, and :class:`LoggingRoot` hands it to
 twistd's application as that component.
 """
 
@@ -51,7 +51,7 @@ refresh token's fingerprint, never a token: the realm logs nothing else under th
 WORKER_FIELDS = {"pid": "worker_pid", "worker": "worker_index"}
 """With ``--workers N``, which worker wrote the line: its pid and its index (0 … N-1, stable
 across restarts, as the metrics' ``worker`` label), as the text format's ``pid N`` marks it
-(:func:`tokend.daemon.supervisor.marked` sets them)."""
+(:func:`tokend.daemon.worker_logs.marked` sets them)."""
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
 
@@ -83,7 +83,7 @@ def event_as_json(event: LogEvent) -> str:
     return _ENCODER.encode(record) + "\n"
 
 
-def observer_to(out: IO[str]) -> FileLogObserver:
+def json_observer_to(out: IO[str]) -> FileLogObserver:
     """A log observer writing JSON lines to ``out``, flushed after each."""
     return FileLogObserver(out, event_as_json)
 
@@ -91,14 +91,14 @@ def observer_to(out: IO[str]) -> FileLogObserver:
 def observer() -> FileLogObserver:
     """For ``twistd --logger tokend.json_log.observer``: JSON lines on standard output
     (``twistd -n`` under systemd or in a container)."""
-    return observer_to(sys.stdout)
+    return json_observer_to(sys.stdout)
 
 
-def observer_for(twistd_config: Mapping[str, Any] | None) -> FileLogObserver:
+def json_observer_for(twistd_config: Mapping[str, Any] | None) -> FileLogObserver:
     """JSON lines where twistd would have written text: ``--logfile``, stdout for ``-`` or
     for ``-n`` without a log file, else ``twistd.log``. A log file is reopened on SIGUSR1,
     as twistd's own is, unless something else handles that signal."""
-    return observer_to(log_file_for(twistd_config or {}))
+    return json_observer_to(log_file_for(twistd_config or {}))
 
 
 def observer_for_format(
@@ -108,8 +108,8 @@ def observer_for_format(
     lines, or twistd's own text lines written by :mod:`tokend.logs.text_lines` (None: twistd's
     choice stands, e.g. ``--syslog``)."""
     if log_format == "json":
-        return observer_for(twistd_config)
-    return text_lines.observer_for(twistd_config)
+        return json_observer_for(twistd_config)
+    return text_lines.text_observer_for(twistd_config)
 
 
 class LoggingRoot(MultiService):

@@ -165,13 +165,13 @@ def _twisted_time(when: float | None) -> str:
     return formatTime(when, timeFormatRFC3339)
 
 
-def observer_to(out: IO[Any]) -> FileLogObserver:
+def text_observer_to(out: IO[Any]) -> FileLogObserver:
     """A log observer writing twistd's text lines to ``out``, flushed after each, as
     ``textFileLogObserver(out)`` does."""
     return FileLogObserver(out, format_text_line)
 
 
-def observer_for(twistd_config: Mapping[str, Any] | None) -> FileLogObserver | None:
+def text_observer_for(twistd_config: Mapping[str, Any] | None) -> FileLogObserver | None:
     """The observer twistd would build for text (``--logfile`` with its rotation and SIGUSR1
     reopening, stdout for ``-`` or ``-n``, else ``twistd.log``), or None where twistd must
     choose itself: ``--logger``, ``--syslog``, or ``--logfile -`` without ``-n`` (which twistd
@@ -182,7 +182,7 @@ def observer_for(twistd_config: Mapping[str, Any] | None) -> FileLogObserver | N
     name = config.get("logfile") or ""
     if name == "-" and config and not config.get("nodaemon"):
         return None
-    return observer_to(log_file_for(config))
+    return text_observer_to(log_file_for(config))
 
 
 def log_file_for(twistd_config: Mapping[str, Any]) -> IO[str]:

@@ -23,7 +23,7 @@ from tokend.signing.keys import SigningKey
 
 
 class Queue(Protocol):
-    """The bcrypt queue as :class:`tokend.threads.BoundedWorkers` shows it."""
+    """The bcrypt queue as :class:`tokend.threads.BoundedThreadQueue` shows it."""
 
     @property
     def waiting(self) -> int: ...

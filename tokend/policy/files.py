@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 
-from tokend.policy.model import (
-    Policy,
-    PolicyError,
+from tokend.policy.documents import (
     anonymous_from_document,
     groups_from_document,
     users_from_document,
 )
+from tokend.policy.model import Policy, PolicyError
 from tokend.policy.report import (
     group_override_warnings,
     hash_cost_warnings,

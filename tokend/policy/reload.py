@@ -29,7 +29,7 @@ from tokend.policy.files import (
 )
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyChange, PolicyError, policy_change
-from tokend.threads import Workers
+from tokend.threads import ThreadRunner
 
 MAX_LOAD_ATTEMPTS = 5
 
@@ -88,16 +88,16 @@ class PolicyReloader(Service):
         config_dir: Path,
         holder: PolicyHolder,
         clock: Clock,
-        workers: Workers,
+        threads: ThreadRunner,
         load: Loader = load_settled,
     ) -> None:
-        """``load`` reads the files (on ``workers``); a PolicyError from it keeps the policy
+        """``load`` reads the files (on ``threads``); a PolicyError from it keeps the policy
         serving, as a broken file does."""
         self._load = load
         self._config_dir = config_dir
         self._holder = holder
         self._clock = clock
-        self._workers = workers
+        self._threads = threads
         self._busy = False
         self._again: str | None = None
         self._waiting: list[Deferred[None]] = []
@@ -136,7 +136,7 @@ class PolicyReloader(Service):
     async def _load_once(self, reason: str) -> None:
         now = self._clock.seconds
         try:
-            loaded: LoadedPolicy = await self._workers.run(
+            loaded: LoadedPolicy = await self._threads.run(
                 self._load, self._config_dir, self._stopping
             )
         except LoadStopped:

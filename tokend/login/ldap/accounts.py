@@ -28,7 +28,8 @@ from tokend.login.identity import (
     directory_spelling,
     entry_name,
 )
-from tokend.login.ldap.client import Directory, DirectoryAccount, DirectoryUnavailable
+from tokend.login.ldap.client import Directory, DirectoryAccount
+from tokend.login.ldap.connections import DirectoryUnavailable
 from tokend.login.refresh_tokens import InvalidRefreshToken, RefreshClaims, RefreshTokens
 from tokend.logs.escaping import printable
 from tokend.logs.namespaces import NamedLogger

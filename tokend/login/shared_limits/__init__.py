@@ -1,2 +1,2 @@
-"""The login throttle shared between workers and daemons: the news they exchange,
-the keys, the Redis store and its address."""
+"""The login throttle shared between workers and daemons: the news they exchange (and its wire
+form), the keys, the Redis store, what it keeps in Redis (redis_scripts) and its address."""

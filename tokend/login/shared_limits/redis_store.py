@@ -1,9 +1,9 @@
-"""Login-throttle news shared beyond one process: its wire form, and the Redis store.
+"""Login-throttle news shared between daemons through Redis: the store and its connections.
 
 The throttle itself stays local and synchronous (:class:`tokend.login.throttle.LoginThrottle`):
 anonymous and cached requests never wait for anyone. What it saw goes out through its
 ``publish`` seam; what others saw comes in through ``learn``. Workers of one daemon exchange
-news through their parent (:mod:`tokend.daemon.supervisor`); daemons exchange it through Redis.
+news through their parent (:mod:`tokend.daemon.worker_messages`); daemons exchange it through Redis.
 
 Redis holds throttle keys, never names: accounts and addresses are keyed hashes
 (:mod:`tokend.login.shared_limits.keys`). Every failure runs one short Lua script (one round trip,
@@ -27,7 +27,6 @@ availability), says so once per outage, and reconnects by itself.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -35,13 +34,29 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 
+from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.keys import REJECTED_REASONS, NewsRejected, SharedKeys
-from tokend.login.shared_limits.news import Failed, News, Seen, Succeeded, Unlocked
+from tokend.login.shared_limits.news import (
+    Failed,
+    News,
+    Seen,
+    Succeeded,
+    Unlocked,
+    news_from_wire,
+    news_to_wire,
+    throttle_table,
+)
 from tokend.login.shared_limits.redis_address import RedisAddress
+from tokend.login.shared_limits.redis_scripts import (
+    CHANNEL,
+    FAILED_SCRIPT,
+    LOOKUP_SCRIPT,
+    SUCCEEDED_SCRIPT,
+    UNLOCK_SCRIPT,
+    redis_key,
+)
 from tokend.logs.namespaces import NamedLogger
 
-NAMESPACE = "tokend:throttle:"
-CHANNEL = NAMESPACE + "news"
 REPLY_TIMEOUT = 2
 """Seconds a Redis command may take before the store counts Redis as unavailable."""
 LOOKUP_TIMEOUT = 1.0
@@ -54,98 +69,13 @@ MAX_RECONNECT_DELAY = 5
 REJECTED_LOG_INTERVAL = 60.0
 """Seconds between two log lines about messages dropped (each says how many since the last)."""
 
-FAILED_SCRIPT = """
-local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[4 + 2 * i])
-  redis.call('ZADD', key, ARGV[1], ARGV[3 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  redis.call('ZREMRANGEBYRANK', key, 0, -limit - 1)
-  redis.call('PEXPIRE', key, math.ceil(window * 1000))
-end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return #KEYS
-"""
-"""KEYS: the sorted sets; ARGV: now, window, channel, sealed message, then per key its member
-(the failure's exact time, a nonce, a MAC) and its limit."""
-
-SUCCEEDED_SCRIPT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"""
-"""KEYS: the account's set; ARGV: the success's time, channel, sealed message."""
-
-UNLOCK_SCRIPT = """
-local cleared = redis.call('ZCARD', KEYS[1])
-redis.call('DEL', KEYS[1])
-return {cleared, redis.call('PUBLISH', ARGV[1], ARGV[2])}
-"""
-"""KEYS: the set; ARGV: channel, sealed message. Answers the failures dropped and how many
-subscribers (this daemon's own included) heard of it."""
-
-LOOKUP_SCRIPT = """
-local found = {}
-for i, key in ipairs(KEYS) do
-  found[i] = redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')
-end
-return found
-"""
-
-
-def redis_key(table: str, key: str) -> str:
-    """The sorted set of a throttle key (itself a keyed hash: bounded length, no name)."""
-    return f"{NAMESPACE}{table}:{key}"
-
-
-def news_to_wire(news: News) -> dict[str, Any]:
-    """A JSON-able form of one piece of throttle news."""
-    if isinstance(news, Failed):
-        return {"failed": [news.account, news.address, news.at]}
-    if isinstance(news, Succeeded):
-        return {"succeeded": [news.account, news.address, news.at]}
-    if isinstance(news, Unlocked):
-        return {"unlocked": [news.table, news.key, news.at]}
-    return {"seen": [news.table, news.key, list(news.times)]}
-
-
-def news_from_wire(wire: Any) -> News:
-    """The news a wire form stands for; ValueError for anything else."""
-    try:
-        if "failed" in wire:
-            account, address, at = wire["failed"]
-            if account is not None and not isinstance(account, str):
-                raise ValueError("account")
-            return Failed(account, _text(address), float(at))
-        if "succeeded" in wire:
-            account, address, at = wire["succeeded"]
-            return Succeeded(_text(account), _text(address), float(at))
-        if "unlocked" in wire:
-            table, key, at = wire["unlocked"]
-            return Unlocked(_table(table), _text(key), float(at))
-        table, key, times = wire["seen"]
-        return Seen(_table(table), _text(key), tuple(float(t) for t in times))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"not throttle news: {e}") from None
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("not a key")
-    return value
-
-
-def _table(value: Any) -> Any:
-    if value not in ("account", "address"):
-        raise ValueError("table")
-    return value
-
 
 class RedisFailures(Service):
     """Throttle news to and from Redis; unreachable Redis only means local limits meanwhile.
 
-    ``sink`` gets what other daemons saw; ``rejoined`` is told each time both connections are
-    up again (news may have been missed: keys are to be asked about again).
+    It joins the ``news`` bus as the shared side: the bus's listener learns what other daemons
+    saw, and is told each time both connections are up again (news may have been missed: keys
+    are to be asked about again).
     """
 
     log = NamedLogger("tokend.login.shared_failures.RedisFailures")
@@ -155,8 +85,7 @@ class RedisFailures(Service):
         address: RedisAddress,
         *,
         keys: SharedKeys,
-        sink: Callable[[News], None],
-        rejoined: Callable[[], None],
+        news: NewsBus,
         per_account: int,
         per_address: int,
         window: float,
@@ -165,8 +94,7 @@ class RedisFailures(Service):
     ) -> None:
         self._address = address
         self._keys = keys
-        self._sink = sink
-        self._rejoined = rejoined
+        self._news = news
         self._limits = {"account": per_account, "address": per_address}
         self._window = window
         self._reactor = reactor
@@ -186,6 +114,7 @@ class RedisFailures(Service):
         """Messages and stored failures dropped, by reason (the metric reads it)."""
         self._unlogged = dict.fromkeys(REJECTED_REASONS, 0)
         self._rejected_logged_at: float | None = None
+        news.share(self.record, self.lookup)
 
     def _endpoint(self) -> Any:
         address = self._address
@@ -367,7 +296,7 @@ class RedisFailures(Service):
         told), or None while Redis is away."""
         if not self.available or self._commands is None:
             return succeed(None)
-        sealed = self._sealed(Unlocked(_table(table), key, self._reactor.seconds()))
+        sealed = self._sealed(Unlocked(throttle_table(table), key, self._reactor.seconds()))
         running = self._commands.handler.eval(
             UNLOCK_SCRIPT, [redis_key(table, key)], [CHANNEL, sealed]
         )
@@ -406,7 +335,7 @@ class RedisFailures(Service):
         except ValueError:
             self._reject("unreadable")
             return
-        self._sink(news)
+        self._news.learn(news, self._reactor.seconds())
 
     def _reject(self, reason: str) -> None:
         """Count a dropped message (or stored failure); log now and then, never per message."""
@@ -432,7 +361,7 @@ class RedisFailures(Service):
         if self.available:
             return
         self.available = True
-        self._rejoined()
+        self._news.rejoined()
         if self._start_timer is not None and self._start_timer.active():
             self._start_timer.cancel()
         if self._starting is not None:

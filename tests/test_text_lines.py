@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import start_twistd, stop_process
-from test_json_log import ask_tokens, deployment  # noqa: F401 - the fixture
+from test_json_lines import ask_tokens, deployment  # noqa: F401 - the fixture
 from test_web import SERVICE, Realm
 from twisted.application.service import Application
 from twisted.logger import (
@@ -35,7 +35,12 @@ from twisted.python.logfile import LogFile
 from tokend.logs import text_lines
 from tokend.logs.escaping import printable
 from tokend.logs.json_lines import LoggingRoot, observer_for_format
-from tokend.logs.text_lines import _plain_field, format_text_line, observer_for, observer_to
+from tokend.logs.text_lines import (
+    _plain_field,
+    format_text_line,
+    text_observer_for,
+    text_observer_to,
+)
 
 
 def written(make: Callable[[Any], Callable[[LogEvent], None]], event: LogEvent) -> Any:
@@ -52,9 +57,9 @@ def written(make: Callable[[Any], Callable[[LogEvent], None]], event: LogEvent) 
 def assert_same(event: LogEvent) -> str:
     """Twisted's text and ours for ``event`` are equal; returns it."""
     twisted = written(textFileLogObserver, event)
-    ours = written(observer_to, event)
+    ours = written(text_observer_to, event)
     assert ours == twisted
-    again = written(observer_to, event)  # from the caches now
+    again = written(text_observer_to, event)  # from the caches now
     assert again == twisted
     return str(twisted)
 
@@ -313,7 +318,7 @@ def test_the_offset_follows_daylight_saving_time_to_the_second(berlin: None) -> 
 def test_bytes_files_get_utf8_as_from_twisted() -> None:
     event: LogEvent = {"log_format": "{a}", "a": "é€", "log_time": 1.0, "log_namespace": "n"}
     ours, twisted = BytesIO(), BytesIO()
-    observer_to(ours)(event)
+    text_observer_to(ours)(event)
     textFileLogObserver(twisted)(event)
     assert ours.getvalue() == twisted.getvalue() and "é€".encode() in ours.getvalue()
 
@@ -329,7 +334,7 @@ def test_observer_for_writes_where_twistd_would(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log_path = tmp_path / "tokend.log"
-    observer = observer_for({"logfile": str(log_path), "nodaemon": False})
+    observer = text_observer_for({"logfile": str(log_path), "nodaemon": False})
     assert observer is not None
     assert isinstance(observer._outFile, LogFile)  # twistd's, with its size rotation
     assert observer._outFile.rotateLength == LogFile.fromFullPath(str(tmp_path / "t")).rotateLength
@@ -337,16 +342,16 @@ def test_observer_for_writes_where_twistd_would(
     observer(event)
     assert log_path.read_text() == written(textFileLogObserver, event)
     for config in ({"logfile": "-", "nodaemon": True}, {"logfile": None, "nodaemon": True}):
-        stdout = observer_for(config)
+        stdout = text_observer_for(config)
         assert stdout is not None
         stdout(event)
         assert capsys.readouterr().out == written(textFileLogObserver, event)
 
 
 def test_twistd_keeps_its_own_choice_where_it_is_not_a_text_file() -> None:
-    assert observer_for({"logfile": "x.log", "syslog": True}) is None
-    assert observer_for({"logfile": None, "logger": "tokend.json_log.observer"}) is None
-    assert observer_for({"logfile": "-", "nodaemon": False}) is None  # twistd's refusal stands
+    assert text_observer_for({"logfile": "x.log", "syslog": True}) is None
+    assert text_observer_for({"logfile": None, "logger": "tokend.json_log.observer"}) is None
+    assert text_observer_for({"logfile": "-", "nodaemon": False}) is None  # twistd's refusal stands
     assert observer_for_format("text", {"syslog": True}) is None
 
 

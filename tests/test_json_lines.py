@@ -26,13 +26,13 @@ from support import (
 from twisted.application.service import Application
 from twisted.logger import ILogObserver, LogEvent, Logger, LogPublisher
 
-from tokend.logs.json_lines import LoggingRoot, event_as_json, observer_for, observer_to
+from tokend.logs.json_lines import LoggingRoot, event_as_json, json_observer_for, json_observer_to
 
 
 def logged(emit: Any) -> list[dict[str, Any]]:
     """The JSON lines that ``emit(log)`` produces, parsed, after checking each is one line."""
     out = StringIO()
-    publisher = LogPublisher(observer_to(out))
+    publisher = LogPublisher(json_observer_to(out))
     emit(Logger(namespace="tokend.test", observer=publisher))
     text = out.getvalue()
     assert text.endswith("\n")
@@ -109,11 +109,11 @@ def test_observer_for_writes_where_twistd_would(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log_file = tmp_path / "tokend.log"
-    observer = observer_for({"logfile": str(log_file), "nodaemon": True})
+    observer = json_observer_for({"logfile": str(log_file), "nodaemon": True})
     Logger(namespace="n", observer=observer).info("hello {x}", x=1)
     assert json.loads(log_file.read_text())["text"] == "hello 1"
     for config in ({"logfile": "-", "nodaemon": True}, {"logfile": None, "nodaemon": True}):
-        Logger(namespace="n", observer=observer_for(config)).info("to stdout")
+        Logger(namespace="n", observer=json_observer_for(config)).info("to stdout")
         assert json.loads(capsys.readouterr().out)["text"] == "to stdout"
 
 
@@ -206,7 +206,7 @@ def test_twistd_logger_option_takes_the_observer_factory(
 
 def test_a_workers_line_names_its_pid_and_index() -> None:
     """As ``--workers`` marks a worker's event (the text line's ``pid N``); others name none."""
-    from tokend.daemon.supervisor import marked
+    from tokend.daemon.worker_logs import marked
 
     event: LogEvent = {"log_time": 1_800_000_000, "log_format": "hello", "log_namespace": "n"}
     record = json.loads(event_as_json(marked(event, 4242, 1)))
