@@ -16,6 +16,7 @@ import socket
 from typing import Any, TextIO
 
 from tokend.cli.common import CommandError, UsageError
+from tokend.settings.table import socket_path
 
 DEFAULT_LISTEN = "unix:run/tokend.sock"
 ANSWER_TIMEOUT = 15.0
@@ -38,9 +39,8 @@ def control_path(args: argparse.Namespace, environ: Any = os.environ) -> str:
             "with --control PATH"
         )
     from tokend.daemon.control import CONTROL_SUFFIX
-    from tokend.tap import Options
 
-    return Options.socket_path(listen) + CONTROL_SUFFIX
+    return socket_path(listen) + CONTROL_SUFFIX
 
 
 def ask_daemon(path: str, request: dict[str, str]) -> dict[str, Any]:

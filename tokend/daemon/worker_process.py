@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
         return refuse(str(e))
     link = ParentLink(reactor)
     root: MultiService = serving_tree(
-        options,
+        options.settings,
         reactor,
         worker=WorkerSetup(
             args.listen_fd, args.family, link.attach, link.expose, link.publish, link.ask
