@@ -36,7 +36,7 @@ from tokend.login.shared_limits.redis_address import (
 from tokend.policy.examples import example_accounts, example_accounts_error
 from tokend.policy.files import LoadedPolicy, load_policy
 from tokend.policy.model import PolicyError
-from tokend.settings.options import DAEMON, DAEMON_OPTIONS, DEFAULT_LISTEN
+from tokend.settings.options import DAEMON, DAEMON_OPTIONS
 from tokend.settings.table import Layered, OptionError, env_name, socket_path
 from tokend.settings.values import (
     DirectorySettings,
@@ -51,8 +51,6 @@ from tokend.settings.values import (
 )
 from tokend.signing.devcert import LinkRefusedError, ensure_dev_cert
 from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
-
-__all__ = ["DEFAULT_LISTEN", "Options", "makeService"]
 
 LISTEN_BACKLOG = 1024
 """Twisted's default of 50 makes connect() fail with EAGAIN when nginx opens more at once."""
