@@ -11,7 +11,7 @@ from __future__ import annotations
 import grp
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,7 +37,7 @@ from tokend.policy.examples import example_accounts, example_accounts_error
 from tokend.policy.files import LoadedPolicy, load_policy
 from tokend.policy.model import PolicyError
 from tokend.settings.options import DAEMON, DAEMON_OPTIONS
-from tokend.settings.table import Layered, OptionError, env_name, socket_path
+from tokend.settings.table import Layered, Option, OptionError, env_name, socket_path
 from tokend.settings.values import (
     DirectorySettings,
     Group,
@@ -65,6 +65,16 @@ class _FromCommandLine(usage.CoerceParameter):
     def dispatch(self, parameterName: str, value: str) -> None:
         super().dispatch(parameterName, value)
         cast(Options, self.options).from_command_line.add(parameterName)
+
+
+def _appending(option: Option) -> Callable[[Options, str], None]:
+    """The handler of a repeatable option (its docstring is its --help text)."""
+
+    def append(self: Options, value: str) -> None:
+        self._append(option.name, value)
+
+    append.__doc__ = option.help_with_env
+    return append
 
 
 class Options(usage.Options):
@@ -125,24 +135,16 @@ class Options(usage.Options):
             self._lists_from_cli.add(name)
         self[name].append(value)
 
-    def opt_service(self, value: str) -> None:
-        """Accepted service (audience); repeat for several [env TOKEND_SERVICE, comma-separated]"""
-        self._append("service", value)
-
+    opt_service = _appending(DAEMON["service"])
     opt_s = opt_service
-
-    def opt_trusted_proxy(self, value: str) -> None:
-        """Proxy IP/CIDR trusted for X-Real-IP [env TOKEND_TRUSTED_PROXY, comma-separated]"""
-        self._append("trusted-proxy", value)
-
-    def opt_ldap_url(self, value: str) -> None:
-        """Directory URL (ldap:// or ldaps://); repeat for fail-over [env TOKEND_LDAP_URL]"""
-        self._append("ldap-url", value)
+    opt_trusted_proxy = _appending(DAEMON["trusted-proxy"])
+    opt_ldap_url = _appending(DAEMON["ldap-url"])
 
     def opt_cert(self, value: str) -> None:
-        """PEM certificate chain of the key (tokens get x5c) [env TOKEND_CERT]"""
         self["cert"] = value
         self.from_command_line.add("cert")
+
+    opt_cert.__doc__ = DAEMON["cert"].help_with_env
 
     def postOptions(self) -> None:
         """Every check, then the one :class:`Settings` value (``self.settings``) the daemon's

@@ -58,6 +58,8 @@ def test_the_tool_and_the_daemon_take_the_ldap_options_from_one_table(name: str)
         assert DAEMON[option.name] is option
         assert tool[option.flag_name].help is option.help
         assert daemon_rows[option.name][-1] == option.help_with_env
+        handler = getattr(Options, "opt_" + option.name.replace("-", "_"), None)
+        assert handler is None or handler.__doc__ == option.help_with_env, "what --help shows"
 
 
 @pytest.fixture

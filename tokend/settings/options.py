@@ -23,10 +23,10 @@ LISTEN = (
     Option("realm-path", "URL path of the token endpoint", "/v2/token"),
     Option(
         "trusted-proxy",
-        "TCP peer (IP or CIDR) whose --client-address-header names the client; "
-        "repeat for several (the UNIX socket peer is always trusted)",
+        "Proxy IP/CIDR trusted for X-Real-IP",
         repeatable=True,
         metavar="CIDR",
+        env_note=", comma-separated",
     ),
     Option(
         "client-address-header",
@@ -63,6 +63,7 @@ SIGNING = (
         "registry",
         "s",
         repeatable=True,
+        env_note=", comma-separated",
     ),
     Option(
         "token-ttl",

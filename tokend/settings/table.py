@@ -48,6 +48,8 @@ class Option:
     """A whole number's lowest and highest accepted value."""
     metavar: str | None = None
     """The tool's placeholder in --help (the daemon's usage.Options shows none)."""
+    env_note: str = ""
+    """Said of the variable in the daemon's --help, after its name (``, comma-separated``)."""
 
     @property
     def env(self) -> str:
@@ -60,7 +62,7 @@ class Option:
     @property
     def help_with_env(self) -> str:
         """The daemon's --help text: the help, then the variable."""
-        return f"{self.help} [env {self.env}]"
+        return f"{self.help} [env {self.env}{self.env_note}]"
 
     def from_environment(self, environ: Mapping[str, str]) -> Any:
         """This option's value in ``environ``; None when its variable is not set."""

@@ -23,8 +23,7 @@ MAX_TIMEOUT = 300.0
 DIRECTORY_OPTIONS = (
     Option(
         "ldap-url",
-        "Directory for accounts not in users.json: ldap://host:port or ldaps://host:port; "
-        "repeat for fail-over, tried in order",
+        "Directory URL (ldap:// or ldaps://); repeat for fail-over",
         repeatable=True,
         metavar="URL",
     ),
