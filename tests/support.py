@@ -321,6 +321,11 @@ def parsed_options(tmp_path: Path, *args: str, environ: dict[str, str] | None = 
     return options
 
 
+def parsed_settings(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Any:
+    """The :class:`tokend.settings.values.Settings` of :func:`parsed_options`."""
+    return parsed_options(tmp_path, *args, environ=environ).settings
+
+
 def with_default_sigint(command: list[str]) -> list[str]:
     """``command`` run with SIGINT's default disposition, as from a terminal.
 

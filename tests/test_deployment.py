@@ -33,7 +33,7 @@ from support import (
     doc_section,
     free_port,
     get_json_over_unix,
-    parsed_options,
+    parsed_settings,
     port_open,
     start_twistd,
     stop_process,
@@ -800,8 +800,8 @@ def option_row(option: str) -> str:
 def test_metrics_with_workers_is_documented_as_it_works(tmp_path: Path) -> None:
     """`--metrics` with `--workers 2` is accepted (and test_workers_metrics scrapes it): the
     options table must not say otherwise, and should say how the workers' series look."""
-    options = parsed_options(tmp_path, "--metrics", "tcp:0:interface=127.0.0.1", "--workers", "2")
-    assert options["workers"] == 2 and options["metrics"]
+    settings = parsed_settings(tmp_path, "--metrics", "tcp:0:interface=127.0.0.1", "--workers", "2")
+    assert settings.workers.count == 2 and settings.metrics
     row = option_row("--metrics")
     assert "not with" not in row
     assert 'worker="<index>"' in row and "--workers" in row

@@ -7,7 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from support import parsed_options, start_twistd, stop_process, write_key_pair, write_policy
+from support import (
+    parsed_options,
+    parsed_settings,
+    start_twistd,
+    stop_process,
+    write_key_pair,
+    write_policy,
+)
 from twisted.python.usage import UsageError
 
 from tokend.login.ldap.config import DEFAULT_FILTER, DEFAULT_GROUP_FILTER
@@ -24,7 +31,7 @@ def password_file(tmp_path: Path, mode: int = 0o600) -> Path:
 
 
 def test_without_ldap_url_there_is_no_directory(tmp_path: Path) -> None:
-    assert parsed_options(tmp_path).directory is None
+    assert parsed_settings(tmp_path).directory.config is None
 
 
 def test_options_make_one_directory_config(tmp_path: Path) -> None:
@@ -35,7 +42,7 @@ def test_options_make_one_directory_config(tmp_path: Path) -> None:
         "--ldap-bind-password-file", str(password_file(tmp_path)),
         "--ldap-filter", "(sAMAccountName={account})", "--ldap-timeout", "2.5",
     )  # fmt: skip
-    config = options.directory
+    config = options.settings.directory.config
     assert config.urls == ("ldap://127.0.0.1:3890", "ldap://127.0.0.1:3891")
     assert config.starttls and config.base == BASE and config.bind_dn == SERVICE_DN
     assert config.bind_password == b"s3cret"
@@ -50,13 +57,13 @@ def test_environment_variables_configure_the_directory(tmp_path: Path) -> None:
         "TOKEND_LDAP_BASE": BASE,
         "TOKEND_LDAP_GROUP_BASE": "ou=groups,dc=example,dc=com",
     }
-    config = parsed_options(tmp_path, environ=environ).directory
+    config = parsed_settings(tmp_path, environ=environ).directory.config
     assert config.urls == ("ldaps://a.example:636", "ldaps://b.example:636")
     assert config.group_base == "ou=groups,dc=example,dc=com"
     assert config.filter == DEFAULT_FILTER and config.bind_dn is None
     assert config.active_filter is None
     environ["TOKEND_LDAP_ACTIVE_FILTER"] = "(!(nsAccountLock=TRUE))"
-    config = parsed_options(tmp_path, environ=environ).directory
+    config = parsed_settings(tmp_path, environ=environ).directory.config
     assert config.active_filter == "(!(nsAccountLock=TRUE))"
 
 
@@ -103,8 +110,8 @@ def test_a_loose_bind_password_file_is_refused_unless_allowed(tmp_path: Path) ->
     options = parsed_options(
         tmp_path, *args, "--ldap-bind-password-file", str(loose), "--allow-loose-key-permissions"
     )
-    assert options.directory.bind_password == b"s3cret"
-    assert "s3cret" not in repr(options.directory)
+    assert options.settings.directory.config.bind_password == b"s3cret"
+    assert "s3cret" not in repr(options.settings.directory.config)
 
 
 def test_a_ca_cert_that_is_not_pem_is_one_sentence(tmp_path: Path) -> None:
@@ -139,9 +146,11 @@ def test_directory_options_without_a_url_are_ignored_with_a_warning(
 ) -> None:
     """The tool's rule too (tests/test_cli_directory.py): accepted, ignored, said once."""
     options = parsed_options(tmp_path, *args, environ=environ)
-    assert options.directory is None
-    assert options.directory_ignored == f"{warning}: no --ldap-url names a directory to ask"
-    assert parsed_options(tmp_path).directory_ignored is None
+    assert options.settings.directory.config is None
+    assert (
+        options.settings.directory.ignored == f"{warning}: no --ldap-url names a directory to ask"
+    )
+    assert parsed_settings(tmp_path).directory.ignored is None
 
 
 def test_twistd_stops_on_a_ca_cert_that_is_not_pem_and_warns_about_a_base_alone(

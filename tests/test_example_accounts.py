@@ -61,11 +61,11 @@ def test_start_up_refuses_them_in_one_sentence_without_dev_cert(tmp_path: Path) 
         "--dev-cert to run a development daemon"
     )
     options = parsed_options(tmp_path, "--config-dir", str(config), "--dev-cert")
-    assert example_accounts(options.loaded_policy.policy) == ("bar", "foo")
+    assert example_accounts(options.settings.policy.loaded.policy) == ("bar", "foo")
     from_environment = parsed_options(
         tmp_path, "--config-dir", str(config), environ={"TOKEND_DEV_CERT": "1"}
     )
-    assert example_accounts(from_environment.loaded_policy.policy) == ("bar", "foo")
+    assert example_accounts(from_environment.settings.policy.loaded.policy) == ("bar", "foo")
 
 
 def test_a_reload_that_brings_them_in_is_refused_like_a_broken_edit(tmp_path: Path) -> None:

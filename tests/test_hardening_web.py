@@ -37,8 +37,8 @@ from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.throttle import LoginThrottle
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
+from tokend.settings.values import Settings
 from tokend.signing.keys import load_signing_key
-from tokend.tap import Options
 from tokend.threads import BoundedThreadQueue, InlineRunner, ThreadRunner
 
 NOW = 1_800_000_000
@@ -457,9 +457,19 @@ def test_anonymous_requests_and_cache_hits_do_not_queue(
     assert workers.calls == 4
 
 
-def parsed(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Options:
-    options: Options = parsed_options(tmp_path, *args, environ=environ)
-    return options
+def parsed(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The hardening options' settings, by option name."""
+    settings: Settings = parsed_options(tmp_path, *args, environ=environ).settings
+    limits = settings.limits
+    return {
+        "bcrypt-queue": limits.bcrypt_queue,
+        "max-failures-per-account": limits.max_failures_per_account,
+        "max-failures-per-address": limits.max_failures_per_address,
+        "failure-window": limits.failure_window,
+        "credential-cache-ttl": limits.credential_cache_ttl,
+        "credential-cache-size": limits.credential_cache_size,
+        "trusted-proxy": settings.listen.trusted_proxies,
+    }
 
 
 HARDENING_OPTIONS = (

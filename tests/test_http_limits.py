@@ -356,10 +356,11 @@ def parsed(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) ->
 
 
 def test_timeout_options(tmp_path: Path) -> None:
-    defaults = parsed(tmp_path / "a")
-    assert (defaults["request-timeout"], defaults["idle-timeout"]) == (10, 30)
-    given = parsed(tmp_path / "b", "--request-timeout", "3", environ={"TOKEND_IDLE_TIMEOUT": "7"})
-    assert (given["request-timeout"], given["idle-timeout"]) == (3, 7)
+    defaults = parsed(tmp_path / "a").settings.listen
+    assert (defaults.request_timeout, defaults.idle_timeout) == (10, 30)
+    environ = {"TOKEND_IDLE_TIMEOUT": "7"}
+    given = parsed(tmp_path / "b", "--request-timeout", "3", environ=environ).settings.listen
+    assert (given.request_timeout, given.idle_timeout) == (3, 7)
     for args in (["--request-timeout", "0"], ["--idle-timeout", "x"]):
         with pytest.raises(usage.UsageError, match=args[0].lstrip("-")):
             parsed(tmp_path / "c", *args)

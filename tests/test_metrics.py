@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from support import load_certificate, parsed_options, settled, write_key_pair, write_policy
+from support import (
+    load_certificate,
+    parsed_options,
+    parsed_settings,
+    settled,
+    write_key_pair,
+    write_policy,
+)
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.python import usage
@@ -198,14 +205,14 @@ def test_process_metrics_come_from_the_client_library() -> None:
 
 
 def test_metrics_is_off_by_default_and_takes_an_endpoint(tmp_path: Path) -> None:
-    assert parsed_options(tmp_path)["metrics"] is None
-    options = parsed_options(tmp_path, "--metrics", "tcp:9102:interface=127.0.0.1")
-    assert options["metrics"] == "tcp:9102:interface=127.0.0.1"
+    assert parsed_settings(tmp_path).metrics is None
+    settings = parsed_settings(tmp_path, "--metrics", "tcp:9102:interface=127.0.0.1")
+    assert settings.metrics == "tcp:9102:interface=127.0.0.1"
     (tmp_path / "run").mkdir()
-    options = parsed_options(tmp_path, "--metrics", f"unix:{tmp_path}/run/metrics.sock")
-    assert options["metrics"] == f"unix:{tmp_path}/run/metrics.sock:mode=660:lockfile=1"
+    settings = parsed_settings(tmp_path, "--metrics", f"unix:{tmp_path}/run/metrics.sock")
+    assert settings.metrics == f"unix:{tmp_path}/run/metrics.sock:mode=660:lockfile=1"
     environ = {"TOKEND_METRICS": "tcp:9103"}
-    assert parsed_options(tmp_path, environ=environ)["metrics"] == "tcp:9103"
+    assert parsed_settings(tmp_path, environ=environ).metrics == "tcp:9103"
 
 
 def test_a_bad_metrics_endpoint_stops_start_up(tmp_path: Path) -> None:
@@ -217,15 +224,15 @@ def test_a_bad_metrics_endpoint_stops_start_up(tmp_path: Path) -> None:
 
 def test_metrics_are_accepted_with_several_worker_processes(tmp_path: Path) -> None:
     """The parent serves the union of the workers' metrics (tests/test_workers_metrics.py)."""
-    assert parsed_options(tmp_path, "--metrics", "tcp:9102", "--workers", "2")["metrics"]
-    assert parsed_options(tmp_path, "--metrics", "tcp:9102", "--workers", "1")["metrics"]
+    assert parsed_settings(tmp_path, "--metrics", "tcp:9102", "--workers", "2").metrics
+    assert parsed_settings(tmp_path, "--metrics", "tcp:9102", "--workers", "1").metrics
 
 
 def test_log_format_is_text_or_json(tmp_path: Path) -> None:
-    assert parsed_options(tmp_path)["log-format"] == "text"
-    assert parsed_options(tmp_path, "--log-format", "JSON")["log-format"] == "json"
+    assert parsed_settings(tmp_path).logs.format == "text"
+    assert parsed_settings(tmp_path, "--log-format", "JSON").logs.format == "json"
     environ = {"TOKEND_LOG_FORMAT": "json"}
-    assert parsed_options(tmp_path, environ=environ)["log-format"] == "json"
+    assert parsed_settings(tmp_path, environ=environ).logs.format == "json"
     with pytest.raises(usage.UsageError, match="--log-format must be text or json"):
         parsed_options(tmp_path, "--log-format", "logfmt")
 

@@ -56,8 +56,9 @@ def test_the_daemon_warns_at_start_up(tmp_path: Path) -> None:
     listen, trusted = KUBERNETES
     options = parsed(tmp_path, "--listen", listen, environ={"TOKEND_TRUSTED_PROXY": trusted})
     warnings = [e for e in announce(options) if e["log_level"].name == "warn"]
+    listening = options.settings.listen
     expected = proxy_exposure(
-        options["listen"], options["trusted-proxy"], "--listen", "TOKEND_TRUSTED_PROXY"
+        listening.endpoint, listening.trusted_proxies, "--listen", "TOKEND_TRUSTED_PROXY"
     )
     assert expected is not None
     assert expected.startswith(f"TOKEND_TRUSTED_PROXY {trusted} with --listen {listen}")

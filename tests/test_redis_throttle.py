@@ -349,7 +349,7 @@ def test_a_bad_redis_url_stops_start_up_with_one_sentence(tmp_path: Path) -> Non
 
 
 def test_the_password_file_is_checked_like_the_key(tmp_path: Path) -> None:
-    from support import parsed_options
+    from support import parsed_options, parsed_settings
     from twisted.python.usage import UsageError
 
     secret = tmp_path / "redis-password"
@@ -358,16 +358,16 @@ def test_the_password_file_is_checked_like_the_key(tmp_path: Path) -> None:
     url = "redis://:from-the-url@cache"
     with pytest.raises(UsageError, match=r"readable by others \(mode 0640\); run chmod 600"):
         parsed_options(tmp_path, "--redis", url, "--redis-password-file", str(secret))
-    loose = parsed_options(
+    loose = parsed_settings(
         tmp_path, "--redis", url, "--redis-password-file", str(secret),
         "--allow-loose-key-permissions",
     )  # fmt: skip
-    assert loose["redis"].password == "from-the-file" and not loose["redis"].password_in_url
+    assert loose.redis.password == "from-the-file" and not loose.redis.password_in_url
     secret.chmod(0o600)
     environ = {"TOKEND_REDIS_PASSWORD_FILE": str(secret)}
-    options = parsed_options(tmp_path, "--redis", "redis://cache", environ=environ)
-    assert options["redis"].password == "from-the-file"
-    assert parsed_options(tmp_path, "--redis", url)["redis"].password_in_url
+    settings = parsed_settings(tmp_path, "--redis", "redis://cache", environ=environ)
+    assert settings.redis.password == "from-the-file"
+    assert parsed_settings(tmp_path, "--redis", url).redis.password_in_url
     with pytest.raises(UsageError, match="--redis-password-file needs --redis"):
         parsed_options(tmp_path, "--redis-password-file", str(secret))
     secret.write_text("\n")

@@ -94,13 +94,14 @@ def test_the_default_socket_directory_is_created(
     options = Options(environ={})
     options.parseOptions(["--key", "p256.key", "--cert", "p256.crt"])
     assert (tmp_path / "run").is_dir()
-    assert options.socket_path(options["listen"]) == "run/tokend.sock"
+    assert options.settings.listen.socket_path == "run/tokend.sock"
 
 
 def announce(options: Options, holder: PolicyHolder | None = None) -> list[dict[str, Any]]:
-    holder = holder or PolicyHolder(options.loaded_policy.policy, 0.0)
+    settings = options.settings
+    holder = holder or PolicyHolder(settings.policy.loaded.policy, 0.0)
     with capturedLogs() as events:
-        Announcer(options, holder).startService()
+        Announcer(settings, holder).startService()
     return list(events)
 
 
@@ -109,7 +110,7 @@ def test_a_proxy_prefix_of_length_zero_is_accepted_with_a_loud_warning(
     tmp_path: Path, network: str
 ) -> None:
     options = parsed(tmp_path, "--trusted-proxy", "192.0.2.1", "--trusted-proxy", network)
-    assert [str(n) for n in options["trusted-proxy"]] == [
+    assert [str(n) for n in options.settings.listen.trusted_proxies] == [
         "192.0.2.1/32",
         str(ipaddress.ip_network(network, strict=False)),
     ]
@@ -117,7 +118,7 @@ def test_a_proxy_prefix_of_length_zero_is_accepted_with_a_loud_warning(
     assert len(warnings) == 1
     assert warnings[0]["log_level"].name == "warn"
     assert warnings[0]["option"] == "--trusted-proxy"
-    assert warnings[0]["network"] == str(options["trusted-proxy"][1])
+    assert warnings[0]["network"] == str(options.settings.listen.trusted_proxies[1])
     sentence = warnings[0]["log_format"]
     assert "every client can then choose its own address for throttling" in sentence
 
@@ -142,8 +143,8 @@ def test_start_up_logs_the_loaded_policy(tmp_path: Path) -> None:
     groups = {"staff": {"repositories": {"*": ["pull"]}}, "ops": {"repositories": {}}}
     (tmp_path / "config" / "groups.json").write_text(json.dumps(groups))
     options = parsed(tmp_path)
-    holder = PolicyHolder(options.loaded_policy.policy, 0.0)
-    holder.replace(options.loaded_policy.policy, 1.0)
+    holder = PolicyHolder(options.settings.policy.loaded.policy, 0.0)
+    holder.replace(options.settings.policy.loaded.policy, 1.0)
     (event,) = [e for e in announce(options, holder) if "users" in e]
     assert {
         name: event[name]

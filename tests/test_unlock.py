@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, parsed_options, settled, stop_process
+from support import REPO, parsed_options, parsed_settings, settled, stop_process
 from test_workers import ACCOUNT_LIMIT, Daemon, start, worker_pids
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
@@ -143,15 +143,14 @@ def test_the_tool_finds_the_control_socket_as_the_daemon_places_it() -> None:
 
 def test_the_daemon_places_its_control_socket(tmp_path: Path) -> None:
     sock = tmp_path / "t.sock"
-    options = parsed_options(tmp_path, "--listen", f"unix:{sock}")
-    assert options["control-socket"] == f"{sock}.control"
-    assert parsed_options(tmp_path)["control-socket"] is None, "none beside a TCP socket"
-    chosen = parsed_options(tmp_path, "--control-socket", str(tmp_path / "c.sock"))
-    assert chosen["control-socket"] == str(tmp_path / "c.sock")
+    settings = parsed_settings(tmp_path, "--listen", f"unix:{sock}")
+    assert settings.listen.control_socket == f"{sock}.control"
+    assert parsed_settings(tmp_path).listen.control_socket is None, "none beside a TCP socket"
+    chosen = parsed_settings(tmp_path, "--control-socket", str(tmp_path / "c.sock"))
+    assert chosen.listen.control_socket == str(tmp_path / "c.sock")
     off = {"TOKEND_CONTROL_SOCKET": "off"}
-    assert parsed_options(tmp_path, "--listen", f"unix:{sock}", environ=off)[
-        "control-socket"
-    ] is None  # fmt: skip
+    switched_off = parsed_settings(tmp_path, "--listen", f"unix:{sock}", environ=off)
+    assert switched_off.listen.control_socket is None
     with pytest.raises(OptionsError, match="its directory does not exist"):
         parsed_options(tmp_path, "--control-socket", str(tmp_path / "nowhere" / "c.sock"))
 

@@ -14,6 +14,18 @@ def loose_mode(path: Path) -> int | None:
     return mode if mode & 0o077 else None
 
 
+def refuse_loose(path: str | Path, what: str) -> None:
+    """ValueError with the sentence naming ``what`` (e.g. "key") when group or others may read
+    the file: one check for the key and every secret file, --allow-loose-key-permissions
+    skipping it."""
+    mode = loose_mode(Path(path))
+    if mode is not None:
+        raise ValueError(
+            f"{what} {path} is readable by others (mode {mode:04o}); "
+            f"run chmod 600 {path} or pass --allow-loose-key-permissions"
+        )
+
+
 def read_secret(path: str, what: str, allow_loose: bool = False) -> bytes:
     """The secret in the file ``what`` names (e.g. "bind password file"): one trailing line
     break stripped (editors add one), refused with a sentence naming ``what`` when the file is
@@ -25,12 +37,8 @@ def read_secret(path: str, what: str, allow_loose: bool = False) -> bytes:
         raise ValueError(f"{what} {path} does not exist") from None
     except OSError as e:
         raise ValueError(f"cannot read {what} {path}: {e.strerror}") from None
-    mode = loose_mode(file)
-    if mode is not None and not allow_loose:
-        raise ValueError(
-            f"{what} {path} is readable by others (mode {mode:04o}); "
-            f"run chmod 600 {path} or pass --allow-loose-key-permissions"
-        )
+    if not allow_loose:
+        refuse_loose(path, what)
     for ending in (b"\r\n", b"\n", b"\r"):
         if data.endswith(ending):
             data = data[: -len(ending)]

@@ -15,12 +15,14 @@ Plain text, no markup: the first line is what tokend --help shows.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
 from tokend.cli import checking, explaining, keys, passwords, tokens, unlock, users
 from tokend.cli.common import CommandError, UsageError
+from tokend.cli.daemon_options import settle
 
 COMMAND_FAMILIES = (passwords, checking, explaining, keys, tokens, users, unlock)
 """Each module registers its commands; a new family is one module and one entry here."""
@@ -39,6 +41,7 @@ def main(
 ) -> int:
     args = build_parser().parse_args(argv)
     try:
+        settle(args, os.environ)
         args.run(args, stdin, stdout)
     except CommandError as e:
         sys.stderr.write(f"tokend {args.command}: {e}\n")

@@ -5,12 +5,14 @@ checked."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tokend.cli.common import CommandError, UsageError
+from tokend.cli.daemon_options import add_config_dir, add_option
 from tokend.cli.directory_options import add_directory_options, ask_directory, directory_config
 from tokend.cli.keys import EXPIRY_WARNING_DAYS, key_summary
 from tokend.client_address import parse_networks
@@ -19,6 +21,7 @@ from tokend.policy.files import load_policy
 from tokend.policy.model import EVERY_DIRECTORY_ACCOUNT, PolicyError
 from tokend.policy.report import overlap_notes
 from tokend.proxy_exposure import proxy_exposure
+from tokend.settings.options import DAEMON
 
 if TYPE_CHECKING:
     from tokend.login.ldap.client import Directory
@@ -79,11 +82,14 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
 def _proxy_exposure(args: argparse.Namespace) -> str | None:
     """The daemon's start-up warning for --trusted-proxy ranges on a listener bound to every
     address, when both options are given as the daemon gets them."""
+    source = args.daemon.source
     try:
         trusted = parse_networks(args.trusted_proxy)
     except ValueError as e:
-        raise UsageError(f"--trusted-proxy {e}") from None
-    return proxy_exposure(args.listen, trusted) if args.listen else None
+        raise UsageError(f"{source('trusted-proxy')} {e}") from None
+    if not args.listen:
+        return None
+    return proxy_exposure(args.listen, trusted, source("listen"), source("trusted-proxy"))
 
 
 def _directory_groups_taken(taken: Mapping[str, frozenset[str]]) -> str:
@@ -109,39 +115,38 @@ def register(commands: Any) -> None:
     checking = commands.add_parser(
         "check-config", help="validate the policy files; report unused and overlapping rules"
     )
-    checking.add_argument("--config-dir", default="config", help="default %(default)s")
-    checking.add_argument(
-        "--key", help="also check this signing key (and --cert); print its type and key ids"
+    add_config_dir(checking)
+    add_option(
+        checking,
+        DAEMON["key"],
+        "also check this signing key (and --cert); print its type and key ids",
+        default=None,
     )
-    checking.add_argument(
-        "--cert",
-        help="certificate chain to check (against --key when given); print each certificate's "
+    add_option(
+        checking,
+        DAEMON["cert"],
+        "certificate chain to check (against --key when given); print each certificate's "
         f"subject, issuer and expiry, warn {EXPIRY_WARNING_DAYS} days before it",
+        default=None,
     )
-    checking.add_argument(
-        "--allow-loose-key-permissions",
-        action="store_true",
-        help="accept a group/other readable --key (or --ldap-bind-password-file), as the "
+    add_option(
+        checking,
+        DAEMON["allow-loose-key-permissions"],
+        "accept a group/other readable --key (or --ldap-bind-password-file), as the "
         "daemon's flag of that name does",
     )
-    checking.add_argument(
-        "--listen", metavar="ENDPOINT", help="the daemon's --listen, to check with --trusted-proxy"
+    add_option(
+        checking,
+        dataclasses.replace(DAEMON["listen"], default=None, metavar="ENDPOINT"),
+        "the daemon's --listen, to check with --trusted-proxy",
     )
-    checking.add_argument(
-        "--trusted-proxy",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="the daemon's --trusted-proxy; repeat for several",
+    add_option(
+        checking, DAEMON["trusted-proxy"], "the daemon's --trusted-proxy; repeat for several"
     )
     add_directory_options(checking)
     limits = checking.add_argument_group(
         "login limits", "the daemon's, set against the directory's lockout policy"
     )
-    limits.add_argument(
-        "--max-failures-per-account", type=int, default=10, metavar="N", help="default %(default)s"
-    )
-    limits.add_argument(
-        "--failure-window", type=int, default=300, metavar="SECONDS", help="default %(default)s"
-    )
+    for name in ("max-failures-per-account", "failure-window"):
+        add_option(limits, DAEMON[name], f"default {DAEMON[name].default}")
     checking.set_defaults(run=check_config)

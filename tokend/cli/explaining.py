@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tokend.cli.common import CommandError, UsageError
+from tokend.cli.daemon_options import add_config_dir, add_option
 from tokend.cli.directory_options import (
     add_directory_options,
     ask_directory,
@@ -18,6 +19,7 @@ from tokend.login.identity import UnfitName, directory_spelling
 from tokend.policy.files import load_policy
 from tokend.policy.model import ACTIONS, Decision, Policy, PolicyError, UserPolicy
 from tokend.scope import ScopeError, parse_scopes
+from tokend.settings.options import DAEMON
 from tokend.signing.tokens import rfc3339
 
 if TYPE_CHECKING:
@@ -36,16 +38,19 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         texts = [args.user, *texts]  # with --anonymous every argument is a scope
     elif not args.anonymous and args.user is None:
         raise CommandError("name a USER, or pass --anonymous")
-    if args.anonymous and (args.ldap_group or args.ldap_url):
+    url_given = args.daemon.source("ldap-url") == "--ldap-url" and bool(args.ldap_url)
+    if args.anonymous and (args.ldap_group or url_given):
         raise UsageError(
             "--anonymous explains clients without credentials; drop the --ldap-* options"
         )
-    if args.ldap_group and args.ldap_url:
+    if args.ldap_group and url_given:
         raise UsageError(
             "--ldap-group explains without asking the directory, --ldap-url asks it: "
             "give one of them"
         )
-    directory = directory_config(args, stdout)
+    # The daemon's TOKEND_LDAP_URL is not asked when the question needs no directory.
+    unasked = bool(args.ldap_url) and not url_given and (args.anonymous or args.ldap_group)
+    directory = None if unasked else directory_config(args, stdout)
     try:
         scopes = parse_scopes(texts)
     except ScopeError as e:
@@ -202,7 +207,7 @@ def register(commands: Any) -> None:
     explaining.add_argument(
         "--anonymous", action="store_true", help="explain for clients without credentials"
     )
-    explaining.add_argument("--config-dir", default="config", help="default %(default)s")
+    add_config_dir(explaining)
     explaining.add_argument(
         "--ldap-group",
         action="append",
@@ -212,10 +217,10 @@ def register(commands: Any) -> None:
         help="explain USER (not in users.json) as a directory account in this group, without "
         "asking the directory; repeatable",
     )
-    explaining.add_argument(
-        "--allow-loose-key-permissions",
-        action="store_true",
-        help="accept a group/other readable --ldap-bind-password-file, as the daemon does",
+    add_option(
+        explaining,
+        DAEMON["allow-loose-key-permissions"],
+        "accept a group/other readable --ldap-bind-password-file, as the daemon does",
     )
     add_directory_options(explaining)
     explaining.set_defaults(run=explain)

@@ -9,9 +9,7 @@ import bcrypt
 
 from tokend.cli.common import CommandError, read_password
 from tokend.login.passwords import MAX_PASSWORD_BYTES
-from tokend.policy.model import DEFAULT_BCRYPT_COST
-
-MIN_COST, MAX_COST = 4, 31
+from tokend.policy.model import DEFAULT_BCRYPT_COST, MAX_BCRYPT_COST, MIN_BCRYPT_COST
 
 
 def new_hash(from_stdin: bool, stdin: TextIO, cost: int) -> str:
@@ -31,8 +29,10 @@ def hash_password(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> No
 
 def _cost(value: str) -> int:
     cost = int(value)
-    if not MIN_COST <= cost <= MAX_COST:
-        raise argparse.ArgumentTypeError(f"cost must be between {MIN_COST} and {MAX_COST}")
+    if not MIN_BCRYPT_COST <= cost <= MAX_BCRYPT_COST:
+        raise argparse.ArgumentTypeError(
+            f"cost must be between {MIN_BCRYPT_COST} and {MAX_BCRYPT_COST}"
+        )
     return cost
 
 

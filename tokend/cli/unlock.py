@@ -16,8 +16,9 @@ import socket
 from typing import Any, TextIO
 
 from tokend.cli.common import CommandError, UsageError
+from tokend.settings.options import DAEMON, DEFAULT_LISTEN
+from tokend.settings.table import socket_path
 
-DEFAULT_LISTEN = "unix:run/tokend.sock"
 ANSWER_TIMEOUT = 15.0
 """Seconds the daemon has to answer (it waits for every worker and Redis, each bounded)."""
 MAX_ANSWER = 65536
@@ -26,21 +27,20 @@ MAX_ANSWER = 65536
 def control_path(args: argparse.Namespace, environ: Any = os.environ) -> str:
     """Where the daemon's control socket is, from the options or the daemon's own
     environment variables."""
-    control = args.control or (None if args.listen else environ.get("TOKEND_CONTROL_SOCKET"))
+    control = args.control or (None if args.listen else environ.get(DAEMON["control-socket"].env))
     if control:
         if control.strip().lower() == "off":
             raise UsageError("the daemon has no control socket (TOKEND_CONTROL_SOCKET=off)")
         return str(control)
-    listen = args.listen or environ.get("TOKEND_LISTEN") or DEFAULT_LISTEN
+    listen: str = args.listen or environ.get(DAEMON["listen"].env) or DEFAULT_LISTEN
     if not listen.startswith("unix:"):
         raise UsageError(
             f"--listen {listen} is not a UNIX socket: name the daemon's --control-socket "
             "with --control PATH"
         )
     from tokend.daemon.control import CONTROL_SUFFIX
-    from tokend.tap import Options
 
-    return Options.socket_path(listen) + CONTROL_SUFFIX
+    return socket_path(listen) + CONTROL_SUFFIX
 
 
 def ask_daemon(path: str, request: dict[str, str]) -> dict[str, Any]:

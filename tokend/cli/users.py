@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tokend.cli.common import CommandError
+from tokend.cli.daemon_options import add_config_dir
 from tokend.cli.passwords import add_password_options, new_hash
 from tokend.policy.editing import (
     EditError,
@@ -174,4 +175,4 @@ def register(commands: Any) -> None:
     listing.set_defaults(run=list_users)
 
     for parser in (adding, changing, removing, listing):
-        parser.add_argument("--config-dir", default="config", help="default %(default)s")
+        add_config_dir(parser)

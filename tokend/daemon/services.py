@@ -26,7 +26,7 @@ from tokend.proxy_exposure import proxy_exposure
 from tokend.web.transport import ConnectionLimits, limit_connections
 
 if TYPE_CHECKING:
-    from tokend.tap import Options
+    from tokend.settings.values import Group, Settings
 
 SERVER = b"tokend"
 """The ``Server`` header of every listener: which hop answered, not which version to attack."""
@@ -133,7 +133,7 @@ class Listener(Service):
 
 
 def metrics_listener(
-    options: Options, resource: Resource, reactor: Any, failed: StartUpFailure
+    settings: Settings, resource: Resource, reactor: Any, failed: StartUpFailure
 ) -> Listener:
     """The ``--metrics`` listener, under the token listener's HTTP limits: a request must
     arrive whole within --request-timeout, an idle connection closes after --idle-timeout, and
@@ -143,11 +143,13 @@ def metrics_listener(
     limit_connections(
         site,
         ConnectionLimits(
-            request_timeout=options["request-timeout"], idle_timeout=options["idle-timeout"]
+            request_timeout=settings.listen.request_timeout,
+            idle_timeout=settings.listen.idle_timeout,
         ),
     )
     site.displayTracebacks = False
-    return Listener(options["metrics"], site, reactor, failed, option=options.source("metrics"))
+    assert settings.metrics is not None, "a metrics listener without --metrics"
+    return Listener(settings.metrics, site, reactor, failed, option=settings.source("metrics"))
 
 
 def bind_failure(error: CannotListenError) -> dict[str, str]:
@@ -174,10 +176,10 @@ class SocketGroup(Service):
 
     log = NamedLogger("tokend.daemon.SocketGroup")
 
-    def __init__(self, path: str, group: str, gid: int, failed: StartUpFailure) -> None:
+    def __init__(self, path: str, group: Group, failed: StartUpFailure) -> None:
         self._path = path
-        self._group = group
-        self._gid = gid
+        self._group = group.name
+        self._gid = group.gid
         self._failed = failed
 
     def privilegedStartService(self) -> None:
@@ -201,22 +203,23 @@ class Announcer(Service):
 
     log = NamedLogger("tokend.daemon.Announcer")
 
-    def __init__(self, options: Options, holder: PolicyHolder) -> None:
-        self._options = options
+    def __init__(self, settings: Settings, holder: PolicyHolder) -> None:
+        self._settings = settings
         self._holder = holder
 
     def startService(self) -> None:
         super().startService()
-        key = self._options.signing_key
+        settings = self._settings
+        signing = settings.signing
         self.log.info(
             "tokend listening on {listen}; issuer {issuer}, services {services}, "
             "{alg} key kid {kid}, x5c {x5c}",
-            listen=self._options["listen"],
-            issuer=self._options["issuer"],
-            services=self._options["service"],
-            alg=key.alg,
-            kid=key.kid,
-            x5c=self._options.cert_used is not None,
+            listen=settings.listen.endpoint,
+            issuer=signing.issuer,
+            services=list(signing.services),
+            alg=signing.key.alg,
+            kid=signing.key.kid,
+            x5c=signing.cert_used is not None,
         )
         policy = self._holder.current
         self.log.info(
@@ -230,7 +233,7 @@ class Announcer(Service):
             anonymous_names=len(policy.anonymous.repositories),
             anonymous_catalog="on" if policy.anonymous.catalog else "off",
         )
-        directory = self._options.directory
+        directory = settings.directory.config
         if directory is not None:
             self.log.info(
                 "directory accounts: {urls}, accounts under {base} by {filter}, groups by "
@@ -249,22 +252,22 @@ class Announcer(Service):
                 ),
                 bind_dn=directory.bind_dn or "(anonymous)",
             )
-        if self._options.directory_ignored is not None:
-            self.log.warn("{warning}", warning=self._options.directory_ignored)
-        for network in self._options["trusted-proxy"]:
+        if settings.directory.ignored is not None:
+            self.log.warn("{warning}", warning=settings.directory.ignored)
+        for network in settings.listen.trusted_proxies:
             if network.prefixlen == 0:
                 self.log.warn(
                     "{option} {network} trusts every TCP peer as a proxy: every client can then "
                     "choose its own address for throttling (X-Real-IP, X-Forwarded-For); name "
                     "only your proxies' addresses",
-                    option=self._options.source("trusted-proxy"),
+                    option=settings.source("trusted-proxy"),
                     network=str(network),
                 )
         exposure = proxy_exposure(
-            self._options["listen"],
-            self._options["trusted-proxy"],
-            self._options.source("listen"),
-            self._options.source("trusted-proxy"),
+            settings.listen.endpoint,
+            settings.listen.trusted_proxies,
+            settings.source("listen"),
+            settings.source("trusted-proxy"),
         )
         if exposure is not None:
             self.log.warn("{exposure}", exposure=exposure)
@@ -276,18 +279,18 @@ class Announcer(Service):
                 "reach (write your own users.json with tokend hash-password)",
                 accounts=", ".join(examples),
             )
-        if self._options.created_dev_cert:
+        if signing.created_dev_cert:
             self.log.warn(
                 "created a development key {key} and certificate {cert}: give the registry "
                 "{cert} as auth.token.rootcertbundle; use your own key pair in production",
-                key=self._options["key"],
-                cert=self._options["cert"],
+                key=signing.key_file,
+                cert=signing.cert_file,
             )
-        for warning in self._options.loaded_policy.warnings:
+        for warning in settings.policy.loaded.warnings:
             self.log.warn("policy warning: {warning}", warning=warning)
-        if self._options.cert_used is None:
+        if signing.cert_used is None:
             self.log.warn(
-                "no certificate at {cert}: tokens carry only a kid", cert=self._options["cert"]
+                "no certificate at {cert}: tokens carry only a kid", cert=signing.cert_file
             )
 
 

@@ -3,7 +3,6 @@ daemon and by each ``--workers`` worker: policy, logins, the realm, its listener
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -54,12 +53,13 @@ from tokend.web.transport import ConnectionLimits, limit_connections
 
 if TYPE_CHECKING:
     from tokend.daemon.worker_process import WorkerSetup
-    from tokend.tap import Options
+    from tokend.login.shared_limits.redis_address import RedisAddress
+    from tokend.settings.values import Settings
 
 
 def _metrics(
     registry: CollectorRegistry | None,
-    options: Options,
+    settings: Settings,
     holder: PolicyHolder,
     credential_cache: CredentialCache,
     bcrypt_queue: BoundedThreadQueue,
@@ -75,14 +75,14 @@ def _metrics(
             holder,
             credential_cache=credential_cache,
             queue=bcrypt_queue,
-            certificate_expiry=certificate_expiry(options.signing_key),
+            certificate_expiry=certificate_expiry(settings.signing.key),
         )
     )
     return metrics
 
 
 def _directory_accounts(
-    options: Options,
+    settings: Settings,
     reactor: Any,
     holder: PolicyHolder,
     cache: CredentialCache,
@@ -91,13 +91,13 @@ def _directory_accounts(
 ) -> DirectoryAccounts | None:
     """Directory logins for names users.json does not hold, when --ldap-url is given; with
     ``probe``, the directory is asked once at start-up too."""
-    config = options.directory
+    config = settings.directory.config
     if config is None:
         return None
     directory = Directory(config, reactor)
     DirectoryConnection(directory).setServiceParent(root)
     if probe:
-        DirectoryProbe(directory, options.source("ldap-url"), reactor).setServiceParent(root)
+        DirectoryProbe(directory, settings.source("ldap-url"), reactor).setServiceParent(root)
     return DirectoryAccounts(
         directory,
         lambda: holder.current,
@@ -107,47 +107,51 @@ def _directory_accounts(
     )
 
 
-def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = None) -> MultiService:
+def serving_tree(
+    settings: Settings, reactor: Any, worker: WorkerSetup | None = None
+) -> MultiService:
     """The tree that serves tokens: a single-process daemon's, or with ``worker`` one
     worker's (the same tree, serving the socket the parent bound)."""
-    root = LoggingRoot(observer_for_format(options["log-format"], options.parent))
-    bcrypt_pool = ThreadPoolService(reactor, options["bcrypt-threads"], "tokend-bcrypt")
+    limits = settings.limits
+    root = LoggingRoot(observer_for_format(settings.logs.format, settings.logs.twistd))
+    bcrypt_pool = ThreadPoolService(reactor, limits.bcrypt_threads, "tokend-bcrypt")
     bcrypt_pool.setServiceParent(root)
     reload_pool = ThreadPoolService(reactor, 1, "tokend-reload")
     reload_pool.setServiceParent(root)
-    holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
+    holder = PolicyHolder(settings.policy.loaded.policy, reactor.seconds())
     bcrypt_queue = BoundedThreadQueue(
-        bcrypt_pool, limit=options["bcrypt-threads"], queue=options["bcrypt-queue"]
+        bcrypt_pool, limit=limits.bcrypt_threads, queue=limits.bcrypt_queue
     )
     QueueService(bcrypt_queue).setServiceParent(root)  # stops before the pool
     credential_cache = CredentialCache(
-        ttl=options["credential-cache-ttl"], max_entries=options["credential-cache-size"]
+        ttl=limits.credential_cache_ttl, max_entries=limits.credential_cache_size
     )
-    registry = CollectorRegistry() if options["metrics"] is not None else None
-    metrics = _metrics(registry, options, holder, credential_cache, bcrypt_queue)
-    keys = SharedKeys.from_signing_key(options.signing_key)
+    registry = CollectorRegistry() if settings.metrics is not None else None
+    metrics = _metrics(registry, settings, holder, credential_cache, bcrypt_queue)
+    keys = SharedKeys.from_signing_key(settings.signing.key)
     redis = None
     # A worker's news and questions for Redis go through the parent, which shares its bus.
     news = worker.news if worker is not None else NewsBus()
-    if worker is None and options["redis"] is not None:
-        redis = redis_failures(options, reactor, keys, news)
+    if worker is None and settings.redis is not None:
+        redis = redis_failures(settings.redis, settings, reactor, keys, news)
         redis.setServiceParent(root)
         if registry is not None:
             registry.register(RedisState(redis))
     throttle = LoginThrottle(
-        per_account=options["max-failures-per-account"],
-        per_address=options["max-failures-per-address"],
-        window=options["failure-window"],
+        per_account=limits.max_failures_per_account,
+        per_address=limits.max_failures_per_address,
+        window=limits.failure_window,
         keys=keys.name,
         news=news,
     )
     directory = _directory_accounts(
-        options, reactor, holder, credential_cache, root, probe=worker is None
+        settings, reactor, holder, credential_cache, root, probe=worker is None
     )
-    if worker is None and options["control-socket"] is not None:
+    if worker is None and settings.listen.control_socket is not None:
         entries = None if directory is None else directory.entry_names
         unlocking = Unlocking(keys, single_process(throttle.unlock), redis, entries)
-        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
+        ControlSocket(settings.listen.control_socket, unlocking, reactor).setServiceParent(root)
+    signing = settings.signing
     logins = logins_for(
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
@@ -155,13 +159,10 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
         throttle=throttle,
         credential_cache=credential_cache,
         in_flight=InFlight(
-            options["bcrypt-per-address"],
-            capacity=options["bcrypt-threads"] + options["bcrypt-queue"],
+            limits.bcrypt_per_address, capacity=limits.bcrypt_threads + limits.bcrypt_queue
         ),
         directory=directory,
-        refresh_tokens=RefreshTokens(
-            options.signing_key, options["issuer"], options["refresh-token-ttl"]
-        ),
+        refresh_tokens=RefreshTokens(signing.key, signing.issuer, signing.refresh_token_ttl),
         metrics=metrics,
     )
     api = TokenAPI(
@@ -169,14 +170,15 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
         logins=logins,
         issuing=Issuing(
             policy=holder,
-            tokens=TokenIssuer(options.signing_key, options["issuer"], options["token-ttl"]),
+            tokens=TokenIssuer(signing.key, signing.issuer, signing.token_ttl),
             logins=logins,
             clock=reactor.seconds,
         ),
-        services=options["service"],
-        realm_path=options["realm-path"],
+        services=list(signing.services),
+        realm_path=settings.listen.realm_path,
         trusted_proxies=TrustedProxies(
-            networks=options["trusted-proxy"], header=options["client-address-header"]
+            networks=settings.listen.trusted_proxies,
+            header=settings.listen.client_address_header,
         ),
         metrics=metrics,
     )
@@ -184,56 +186,56 @@ def serving_tree(options: Options, reactor: Any, worker: WorkerSetup | None = No
     limit_connections(
         site,
         ConnectionLimits(
-            request_timeout=options["request-timeout"],
-            idle_timeout=options["idle-timeout"],
-            realm_path=options["realm-path"].encode("utf-8"),
+            request_timeout=settings.listen.request_timeout,
+            idle_timeout=settings.listen.idle_timeout,
+            realm_path=settings.listen.realm_path.encode("utf-8"),
         ),
     )
     site.displayTracebacks = False
     # Before the listener: the watch is armed before the socket is bound (privileged start).
-    config_dir = Path(options["config-dir"])
-    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool, options.policy_loader())
+    config_dir = settings.policy.config_dir
+    reloader = PolicyReloader(config_dir, holder, reactor, reload_pool, settings.policy.loader())
     reloader.setServiceParent(root)  # stops, giving up a load, before reload_pool joins
     PolicyWatchService(
-        config_dir, reloader.reload, reactor, poll=bool(options["poll"])
+        config_dir, reloader.reload, reactor, poll=settings.policy.poll
     ).setServiceParent(root)
-    failed = StartUpFailure(options.parent)
+    failed = StartUpFailure(settings.logs.twistd)
     if worker is not None:
         worker.listener(site, reactor).setServiceParent(root)
     else:
-        listener = Listener(options["listen"], site, reactor, failed, options.source("listen"))
-        listener.setServiceParent(root)
-    if options.get("socket-gid") is not None and worker is None:
-        socket_path = options.socket_path(options["listen"])
-        group = SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
-        group.setServiceParent(root)
+        endpoint, option = settings.listen.endpoint, settings.source("listen")
+        Listener(endpoint, site, reactor, failed, option).setServiceParent(root)
+        if settings.listen.socket_group is not None:
+            group = settings.listen.socket_group
+            SocketGroup(settings.listen.socket_path, group, failed).setServiceParent(root)
     if registry is not None and worker is not None:
         worker.expose(registry, holder)  # the parent serves every worker's metrics and health
     elif registry is not None:
         served = metrics_resource(registry)
         served.putChild(b"healthz", cast(IResource, PolicyHealth(holder)))
-        metrics_listener(options, served, reactor, failed).setServiceParent(root)
+        metrics_listener(settings, served, reactor, failed).setServiceParent(root)
     if worker is None:
-        Announcer(options, holder).setServiceParent(root)
+        Announcer(settings, holder).setServiceParent(root)
     keep_out_of_gc()
     return root
 
 
 def redis_failures(
-    options: Options,
+    address: RedisAddress,
+    settings: Settings,
     reactor: Any,
     keys: SharedKeys,
     news: NewsBus,
 ) -> RedisFailures:
-    """The login throttle's shared failures (--redis), for either tree: the shared side of
-    ``news``."""
+    """The login throttle's shared failures (--redis at ``address``), for either tree: the
+    shared side of ``news``."""
     return RedisFailures(
-        options["redis"],
+        address,
         keys=keys,
         news=news,
-        per_account=options["max-failures-per-account"],
-        per_address=options["max-failures-per-address"],
-        window=options["failure-window"],
+        per_account=settings.limits.max_failures_per_account,
+        per_address=settings.limits.max_failures_per_address,
+        window=settings.limits.failure_window,
         reactor=reactor,
-        option=options.source("redis"),
+        option=settings.source("redis"),
     )

@@ -34,44 +34,42 @@ from tokend.policy.holder import PolicyHolder
 from tokend.web.health import WorkersHealth
 
 if TYPE_CHECKING:
-    from tokend.tap import Options
+    from tokend.settings.values import Settings
 
 
-def supervisor_tree(options: Options, reactor: Any) -> MultiService:
+def supervisor_tree(settings: Settings, reactor: Any) -> MultiService:
     """--workers N: the parent binds the socket (one sentence if it cannot), gives it its
     group, and runs the workers; it serves nothing itself and loads no thread pool. The
     workers' log lines come finished, for it to write (or as events under --syslog/--logger)."""
-    log = parent_log(options["log-format"], options.parent, event_as_json)
-    root = LoggingRoot(
-        log if log is not None else observer_for_format(options["log-format"], options.parent)
-    )
-    failed = StartUpFailure(options.parent)
+    logs = settings.logs
+    log = parent_log(logs.format, logs.twistd, event_as_json)
+    root = LoggingRoot(log if log is not None else observer_for_format(logs.format, logs.twistd))
+    failed = StartUpFailure(logs.twistd)
     listener = Listener(
-        options["listen"], Site(Resource()), reactor, failed, options.source("listen")
+        settings.listen.endpoint, Site(Resource()), reactor, failed, settings.source("listen")
     )
     listener.setServiceParent(root)
-    if options.get("socket-gid") is not None:
-        socket_path = options.socket_path(options["listen"])
-        group = SocketGroup(socket_path, options["socket-group"], options["socket-gid"], failed)
-        group.setServiceParent(root)
-    keys = SharedKeys.from_signing_key(options.signing_key)
+    if settings.listen.socket_group is not None:
+        group = settings.listen.socket_group
+        SocketGroup(settings.listen.socket_path, group, failed).setServiceParent(root)
+    keys = SharedKeys.from_signing_key(settings.signing.key)
     redis = None
     news = NewsBus()  # Redis shares it; the supervisor passes what it hears to the workers
-    if options["redis"] is not None:
-        redis = redis_failures(options, reactor, keys, news)
+    if settings.redis is not None:
+        redis = redis_failures(settings.redis, settings, reactor, keys, news)
         redis.setServiceParent(root)
     supervisor = Supervisor(
-        count=options["workers"],
-        argv=options.argv,
+        count=settings.workers.count,
+        argv=settings.workers.argv,
         port=listener.port,
         reactor=reactor,
         failed=failed,
         news=news,
         log=log,
-        log_format=options["log-format"],
+        log_format=logs.format,
     )
     supervisor.setServiceParent(root)
-    if options["metrics"] is not None:
+    if settings.metrics is not None:
         registry = CollectorRegistry()
         process_collectors(registry)
         registry.register(SupervisorState(supervisor))
@@ -79,17 +77,17 @@ def supervisor_tree(options: Options, reactor: Any) -> MultiService:
             registry.register(RedisState(redis))
         served = workers_metrics_resource(registry, supervisor)
         served.putChild(b"healthz", cast(IResource, WorkersHealth(supervisor)))
-        metrics_listener(options, served, reactor, failed).setServiceParent(root)
+        metrics_listener(settings, served, reactor, failed).setServiceParent(root)
     directory = None
-    if options.directory is not None:
-        directory = Directory(options.directory, reactor)
-        probe = DirectoryProbe(directory, options.source("ldap-url"), reactor, close=True)
+    if settings.directory.config is not None:
+        directory = Directory(settings.directory.config, reactor)
+        probe = DirectoryProbe(directory, settings.source("ldap-url"), reactor, close=True)
         probe.setServiceParent(root)
         DirectoryConnection(directory).setServiceParent(root)
-    if options["control-socket"] is not None:
+    if settings.listen.control_socket is not None:
         entries = None if directory is None else EntryNames(directory)
         unlocking = Unlocking(keys, supervisor.unlock, redis, entries)
-        ControlSocket(options["control-socket"], unlocking, reactor).setServiceParent(root)
-    holder = PolicyHolder(options.loaded_policy.policy, reactor.seconds())
-    Announcer(options, holder).setServiceParent(root)
+        ControlSocket(settings.listen.control_socket, unlocking, reactor).setServiceParent(root)
+    holder = PolicyHolder(settings.policy.loaded.policy, reactor.seconds())
+    Announcer(settings, holder).setServiceParent(root)
     return root

@@ -319,10 +319,11 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
         options.parseOptions(options_argv)
     except usage.UsageError as e:
         return refuse(str(e))
+    settings = options.settings
     news = NewsBus()
-    link = ParentLink(reactor, news, asks=options["redis"] is not None)
+    link = ParentLink(reactor, news, asks=settings.redis is not None)
     root: MultiService = serving_tree(
-        options, reactor, worker=WorkerSetup(args.listen_fd, args.family, news, link.expose)
+        settings, reactor, worker=WorkerSetup(args.listen_fd, args.family, news, link.expose)
     )
     try:
         root.privilegedStartService()

@@ -26,7 +26,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64encode
 
-from tokend.secret_files import loose_mode
+from tokend.secret_files import refuse_loose
 
 MIN_RSA_BITS = 2048
 KID_FORMS = ("libtrust", "thumbprint")
@@ -96,12 +96,10 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _check_permissions(path: Path) -> None:
-    mode = loose_mode(path)
-    if mode is not None:
-        raise KeyConfigError(
-            f"key {path} is readable by others (mode {mode:04o}); "
-            f"run chmod 600 {path} or pass --allow-loose-key-permissions"
-        )
+    try:
+        refuse_loose(path, "key")
+    except ValueError as e:
+        raise KeyConfigError(str(e)) from None
 
 
 def _load_private_key(path: Path) -> PrivateKey:

@@ -15,7 +15,14 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
+from tokend.dn import DNError, normalise_dn
+from tokend.login.ldap.options import DEFAULT_FILTER as DEFAULT_FILTER
+from tokend.login.ldap.options import DEFAULT_GROUP_ATTRIBUTE as DEFAULT_GROUP_ATTRIBUTE
+from tokend.login.ldap.options import DEFAULT_GROUP_FILTER as DEFAULT_GROUP_FILTER
+from tokend.login.ldap.options import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from tokend.login.ldap.options import MAX_TIMEOUT
 from tokend.secret_files import read_secret
+from tokend.settings.table import Layered, OptionError, UnreadableSecret
 
 # ldaptor 21.2 still calls pyparsing by its pre-3.0 names: pyparsing 3.3 warns when the filter
 # grammar is built and at every filter parsed, as a UserWarning (shown by default). Only those
@@ -25,10 +32,6 @@ _ldapfilter = importlib.import_module("ldaptor.ldapfilter")
 InvalidLDAPFilter: type[Exception] = _ldapfilter.InvalidLDAPFilter
 parseFilter: Callable[[str], Any] = _ldapfilter.parseFilter
 
-DEFAULT_FILTER = "(&(objectClass=person)(uid={account}))"
-DEFAULT_GROUP_ATTRIBUTE = "memberOf"
-DEFAULT_GROUP_FILTER = "(&(objectClass=groupOfNames)(member={dn}))"
-DEFAULT_TIMEOUT = 5.0
 
 _SCHEMES = {"ldap": 389, "ldaps": 636}
 
@@ -147,3 +150,58 @@ def read_ca_certificates(path: str) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(data)
     except ValueError:
         raise ValueError(f"directory CA certificate {path} is not a PEM certificate") from None
+
+
+def directory_config(options: Layered, allow_loose: bool) -> DirectoryConfig:
+    """The directory --ldap-url names (given), from the other --ldap-* options: OptionError
+    (UnreadableSecret for the bind password file) says what cannot work, naming the option or
+    variable at fault."""
+    if not options["ldap-base"]:
+        raise OptionError(f"{options.source('ldap-url')} needs --ldap-base (a DN)")
+    bind_dn, password_file = options["ldap-bind-dn"], options["ldap-bind-password-file"]
+    if bool(bind_dn) != bool(password_file):
+        raise OptionError(
+            "--ldap-bind-dn and --ldap-bind-password-file go together (without both, "
+            "searches are anonymous)"
+        )
+    try:
+        timeout = float(options["ldap-timeout"])
+    except ValueError:
+        raise OptionError(f"{options.source('ldap-timeout')} must be a number") from None
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise OptionError(
+            f"{options.source('ldap-timeout')} must be between 0 and {MAX_TIMEOUT:g} s"
+        )
+    try:
+        password = read_bind_password(password_file, allow_loose) if password_file else None
+    except ValueError as e:
+        raise UnreadableSecret(str(e)) from None
+    for dn_option in ("ldap-base", "ldap-bind-dn", "ldap-group-base"):
+        if options[dn_option]:
+            try:
+                normalise_dn(options[dn_option])
+            except DNError as e:
+                raise OptionError(f"{options.source(dn_option)} is not a DN: {e}") from None
+    ca_cert = options["ldap-ca-cert"]
+    if ca_cert:
+        try:
+            read_ca_certificates(ca_cert)
+        except ValueError as e:
+            raise OptionError(f"{options.source('ldap-ca-cert')}: {e}") from None
+    try:
+        return DirectoryConfig(
+            urls=tuple(options["ldap-url"]),
+            base=options["ldap-base"],
+            starttls=bool(options["ldap-starttls"]),
+            ca_cert=ca_cert or None,
+            bind_dn=bind_dn or None,
+            bind_password=password,
+            filter=options["ldap-filter"],
+            active_filter=options["ldap-active-filter"] or None,
+            group_attribute=options["ldap-group-attribute"],
+            group_base=options["ldap-group-base"] or None,
+            group_filter=options["ldap-group-filter"],
+            timeout=timeout,
+        )
+    except ValueError as e:
+        raise OptionError(str(e)) from None
