@@ -36,7 +36,7 @@ from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-import tokend.daemon.serving
+import tokend.daemon.serving_tree
 from tokend.tap import Options, makeService
 from tokend.web.transport import (
     MAX_REQUEST_BODY_BYTES,
@@ -369,7 +369,7 @@ def test_timeout_options(tmp_path: Path) -> None:
 def test_the_daemon_site_applies_the_options(
     tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tokend.daemon.serving, "keep_out_of_gc", lambda: None)
+    monkeypatch.setattr(tokend.daemon.serving_tree, "keep_out_of_gc", lambda: None)
     options = parsed(tmp_path, "--request-timeout", "3", "--idle-timeout", "7")
     root = makeService(options, reactor=clock)
     [site] = [s.factory for s in root if isinstance(getattr(s, "factory", None), Site)]

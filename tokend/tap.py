@@ -22,9 +22,9 @@ from twisted.python import usage
 
 from tokend.client_address import CLIENT_HEADERS, parse_networks
 from tokend.daemon.control import CONTROL_SUFFIX
-from tokend.daemon.serving import serving_tree
-from tokend.daemon.supervising import supervisor_tree
+from tokend.daemon.serving_tree import serving_tree
 from tokend.daemon.supervisor import worker_count
+from tokend.daemon.supervisor_tree import supervisor_tree
 from tokend.login.ldap.config import directory_config
 from tokend.login.ldap.options import ignored
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE
@@ -405,7 +405,7 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor: Any = global_reactor) -> MultiService:
     """The daemon's tree; with --workers N > 1 the parent's (the socket, the supervisor).
-    Each worker builds its own with :func:`tokend.daemon.serving.serving_tree`."""
+    Each worker builds its own with :func:`tokend.daemon.serving_tree.serving_tree`."""
     settings = options.settings
     if settings.workers.count > 1:
         return supervisor_tree(settings, reactor)

@@ -1,6 +1,7 @@
-"""The daemon's own services, put in its trees (:mod:`tokend.daemon.serving`, ``supervising``):
-the listener that reports a failed bind in one sentence, the socket's group, the start-up
-announcement of what is served, and the directory connection's closing."""
+"""The daemon's own services, put in its trees (:mod:`tokend.daemon.serving_tree`,
+:mod:`tokend.daemon.supervisor_tree`): the listener that reports a failed bind in one sentence,
+the socket's group, the start-up announcement of what is served, and the directory
+connection's closing."""
 
 from __future__ import annotations
 

@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
-    from tokend.daemon.serving import serving_tree
+    from tokend.daemon.serving_tree import serving_tree
     from tokend.tap import Options
 
     def refuse(sentence: str) -> int:

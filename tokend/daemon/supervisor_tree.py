@@ -19,7 +19,7 @@ from tokend.daemon.services import (
     StartUpFailure,
     metrics_listener,
 )
-from tokend.daemon.serving import redis_failures
+from tokend.daemon.serving_tree import redis_failures
 from tokend.daemon.startup_checks import DirectoryProbe
 from tokend.daemon.supervisor import Supervisor
 from tokend.daemon.worker_logs import parent_log
