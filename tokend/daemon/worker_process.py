@@ -9,28 +9,21 @@ twistd was told to; it ends when the parent goes away.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
-import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import (
-    FilteringLogObserver,
-    ILogObserver,
     LogLevel,
-    LogLevelFilterPredicate,
     eventAsJSON,
     formatEvent,
-    globalLogBeginner,
 )
-from twisted.python import usage
 
 from tokend.daemon.wire import (
     CONTROL,
@@ -40,7 +33,6 @@ from tokend.daemon.wire import (
     LOG_LINES,
     SCRAPE,
     Framed,
-    OneProtocol,
     control,
     frame,
 )
@@ -244,7 +236,7 @@ class _FairTCPPort(_OneAccept, tcp.Port):
     pass
 
 
-class _Outbox:
+class Outbox:
     """Log observer: each event to the parent, as the finished line (``text``: twistd's, marked
     ``pid N``; ``json``: --log-format json's) or as the event (``events``: the parent's
     observer formats it); written straight to the socket until the reactor owns it, then
@@ -285,61 +277,7 @@ class _Outbox:
             pass
 
 
-def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokend.worker")
-    parser.add_argument("--listen-fd", type=int, required=True)
-    parser.add_argument("--family", type=int, required=True)
-    parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--log-lines", choices=("text", "json", "events"), default="events")
-    parser.add_argument("--worker-index", type=int, default=None)
-    parser.add_argument("options", nargs=argparse.REMAINDER)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    options_argv = args.options[1:] if args.options[:1] == ["--"] else args.options
-
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
-    channel = socket.socket(fileno=args.control_fd)
-    outbox = _Outbox(channel, args.log_lines, args.worker_index)
-    observer: Any = FilteringLogObserver(
-        cast(ILogObserver, outbox), [cast(Any, LogLevelFilterPredicate(LogLevel.info))]
-    )
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-
-    from tokend.daemon.serving_tree import serving_tree
-    from tokend.tap import Options
-
-    def refuse(sentence: str) -> int:
-        outbox(_critical(sentence))
-        return 1
-
-    options = Options()
-    try:
-        options.parseOptions(options_argv)
-    except usage.UsageError as e:
-        return refuse(str(e))
-    settings = options.settings
-    news = NewsBus()
-    link = ParentLink(reactor, news, asks=settings.redis is not None)
-    root: MultiService = serving_tree(
-        settings, reactor, worker=WorkerSetup(args.listen_fd, args.family, news, link.expose)
-    )
-    try:
-        root.privilegedStartService()
-        root.startService()
-    except SystemExit:
-        return 1  # the sentence is logged (and so with the parent) already
-    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
-    outbox.send(control({"ready": os.getpid()}))
-    reactor.adoptStreamConnection(channel.fileno(), socket.AF_UNIX, OneProtocol(link))
-    channel.close()
-    outbox.link = link
-    reactor.run()
-    return 0
-
-
-def _critical(sentence: str) -> dict[str, Any]:
+def critical_event(sentence: str) -> dict[str, Any]:
     import time
 
     return {
