@@ -33,11 +33,11 @@ from tokend.login.shared_limits.redis_address import (
     parse_redis_url,
     read_redis_password,
 )
+from tokend.option_table import Layered, Option, OptionError, env_name, socket_path
 from tokend.policy.examples import example_accounts, example_accounts_error
 from tokend.policy.files import LoadedPolicy, load_policy
 from tokend.policy.model import PolicyError
 from tokend.settings.options import DAEMON, DAEMON_OPTIONS
-from tokend.settings.table import Layered, Option, OptionError, env_name, socket_path
 from tokend.settings.values import (
     DirectorySettings,
     Group,

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from tokend.cli.common import UsageError
+from tokend.option_table import Layered, Option, OptionError, layered
 from tokend.settings.options import DAEMON
-from tokend.settings.table import Layered, Option, OptionError, layered
 
 _UNCHANGED: Any = object()
 

@@ -12,7 +12,7 @@ from tokend.cli.common import CommandError, UsageError
 from tokend.cli.daemon_options import add_option
 from tokend.dn import DNError, normalise_dn
 from tokend.login.ldap.options import DIRECTORY_OPTIONS, ignored
-from tokend.settings.table import OptionError, UnreadableSecret
+from tokend.option_table import OptionError, UnreadableSecret
 
 if TYPE_CHECKING:
     # Imported when a command needs the directory: ldaptor loads and installs the global

@@ -16,8 +16,8 @@ import socket
 from typing import Any, TextIO
 
 from tokend.cli.common import CommandError, UsageError
+from tokend.option_table import socket_path
 from tokend.settings.options import DAEMON, DEFAULT_LISTEN
-from tokend.settings.table import socket_path
 
 ANSWER_TIMEOUT = 15.0
 """Seconds the daemon has to answer (it waits for every worker and Redis, each bounded)."""

@@ -9,7 +9,7 @@ import os
 
 from tokend.login.ldap.options import DIRECTORY_OPTIONS
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
-from tokend.settings.table import Option, by_name
+from tokend.option_table import Option, by_name
 
 DEFAULT_LISTEN = "unix:run/tokend.sock:mode=660:lockfile=1"
 MIN_TTL, MAX_TTL = 60, 3600

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokend.settings.table import env_name, socket_path
+from tokend.option_table import env_name, socket_path
 
 if TYPE_CHECKING:
     from tokend.client_address import IPNetwork

@@ -21,8 +21,8 @@ from tokend.login.ldap.options import DEFAULT_GROUP_ATTRIBUTE as DEFAULT_GROUP_A
 from tokend.login.ldap.options import DEFAULT_GROUP_FILTER as DEFAULT_GROUP_FILTER
 from tokend.login.ldap.options import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
 from tokend.login.ldap.options import MAX_TIMEOUT
+from tokend.option_table import Layered, OptionError, UnreadableSecret
 from tokend.secret_files import read_secret
-from tokend.settings.table import Layered, OptionError, UnreadableSecret
 
 # ldaptor 21.2 still calls pyparsing by its pre-3.0 names: pyparsing 3.3 warns when the filter
 # grammar is built and at every filter parsed, as a UserWarning (shown by default). Only those

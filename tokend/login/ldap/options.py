@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tokend.settings.table import Layered, Option
+from tokend.option_table import Layered, Option
 
 DEFAULT_FILTER = "(&(objectClass=person)(uid={account}))"
 DEFAULT_GROUP_ATTRIBUTE = "memberOf"
