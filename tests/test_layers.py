@@ -132,3 +132,22 @@ def test_login_policy_and_signing_reach_no_web_module() -> None:
                 seen[successor] = [*seen[name], successor]
                 todo.append(successor)
     assert reaching == []
+
+
+def package_of(module: str) -> str:
+    """``tokend.login.ldap.client`` -> ``tokend.login``: the first level under tokend."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_two_packages_import_each_other() -> None:
+    """Modules apart can still tie two packages in a circle (settings/table.py imported by
+    login/ldap, while settings/options.py imported login's declarations): a folder should
+    stand above or below another, never both."""
+    edges, _ = graph()
+    packages: dict[str, set[str]] = {}
+    for name, imports in edges.items():
+        mine = package_of(name)
+        packages.setdefault(mine, set()).update(package_of(m) for m in imports)
+    for name in packages:
+        packages[name].discard(name)
+    assert sorted(map(sorted, cycles(packages))) == []
