@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_hardening_web import HandFiredWorkers, Hardened, throttle
+from realms import HandFiredWorkers, Realm, throttle
 
 from tokend.client_address import TrustedProxies, parse_networks
 from tokend.login.in_flight import InFlight
@@ -63,7 +63,7 @@ def test_a_quarter_of_the_queue_is_kept_for_known_logins() -> None:
 
 def test_through_the_realm_one_48_cannot_fill_the_queue(tmp_path: Path) -> None:
     pool = HandFiredWorkers()
-    realm = Hardened(
+    realm = Realm(
         tmp_path,
         workers=BoundedThreadQueue(pool, limit=2, queue=14),
         throttle=throttle(per_account=1000, per_address=1000),

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from realms import NOW, USERS, HandFiredWorkers, Realm, throttle
 from support import settled, write_policy
-from test_hardening_web import NOW, USERS, HandFiredWorkers, Hardened, throttle
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
@@ -200,7 +200,7 @@ def test_the_address_share_is_held_until_the_check_ends(tmp_path: Path) -> None:
 
 def test_a_hang_up_is_logged_at_info_and_the_check_counts(tmp_path: Path) -> None:
     pool = HandFiredWorkers()
-    realm = Hardened(
+    realm = Realm(
         tmp_path,
         workers=BoundedThreadQueue(pool, limit=1, queue=4),
         throttle=throttle(per_account=1),

@@ -16,13 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from test_hardening_web import (
-    HandFiredWorkers,
-    Hardened,
-    Response,
-    assert_throttled,
-    throttle,
-)
+from realms import HandFiredWorkers, Realm, Response, assert_throttled, throttle
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 
 from tokend.client_address import FORWARDED_FOR, TrustedProxies, parse_networks
@@ -46,7 +40,7 @@ def test_an_over_long_password_fails_like_a_wrong_one_and_counts(tmp_path: Path)
     """It used to be 'abandoned': never a failure, so never a 429, however often it came. It
     costs the one bcrypt a wrong password costs (Hardening III, 7): an answer at once, or a
     message of its own, would tell users.json names from directory names."""
-    realm = Hardened(tmp_path, throttle=throttle(per_account=100, per_address=3))
+    realm = Realm(tmp_path, throttle=throttle(per_account=100, per_address=3))
     for _ in range(3):
         code, headers, body = realm.get("bar", TOO_LONG)
         assert code == 401, body
@@ -59,7 +53,7 @@ def test_an_over_long_password_fails_like_a_wrong_one_and_counts(tmp_path: Path)
 def test_an_over_long_password_is_refused_without_policy_wide_work(tmp_path: Path) -> None:
     """Nothing policy-wide may run for it on the reactor: a users mapping that refuses to be
     walked or counted proves it. Its own name is looked up, for the cost of its padding."""
-    realm = Hardened(tmp_path, throttle=throttle())
+    realm = Realm(tmp_path, throttle=throttle())
     users = realm.holder.current.users
 
     class Untouchable(Mapping[str, Any]):
@@ -81,7 +75,7 @@ def test_an_over_long_password_is_refused_without_policy_wide_work(tmp_path: Pat
 
 def test_an_address_whose_logins_keep_meeting_a_full_queue_is_throttled(tmp_path: Path) -> None:
     workers = HandFiredWorkers()
-    realm = Hardened(
+    realm = Realm(
         tmp_path,
         workers=BoundedThreadQueue(workers, limit=1, queue=0),
         throttle=throttle(per_address=3),
@@ -101,7 +95,7 @@ def test_an_address_whose_logins_keep_meeting_a_full_queue_is_throttled(tmp_path
 def test_one_address_holds_only_its_share_of_the_bcrypt_queue(tmp_path: Path) -> None:
     """24 addresses used to keep the queue full and the real user got 17/17 x 503."""
     workers = HandFiredWorkers()
-    realm = Hardened(
+    realm = Realm(
         tmp_path,
         workers=BoundedThreadQueue(workers, limit=2, queue=8),
         proxies=behind_proxy(),
@@ -126,7 +120,7 @@ def test_one_address_holds_only_its_share_of_the_bcrypt_queue(tmp_path: Path) ->
 
 @pytest.mark.parametrize("flow", ["GET", "POST"])
 def test_guessing_from_elsewhere_does_not_lock_the_owner_out(tmp_path: Path, flow: str) -> None:
-    realm = Hardened(
+    realm = Realm(
         tmp_path,
         throttle=throttle(per_account=10),
         cache=CredentialCache(ttl=60),
@@ -150,7 +144,7 @@ def test_guessing_from_elsewhere_does_not_lock_the_owner_out(tmp_path: Path, flo
 
 
 def test_credentials_in_a_posts_url_are_refused(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path)
+    realm = Realm(tmp_path)
     form = {"grant_type": "password", "service": "registry.test", "client_id": "ctr"}
     for query in ("username=bar&password=bar", "password=bar", "refresh_token=x"):
         request = realm.http.post(
@@ -166,7 +160,7 @@ def test_credentials_in_a_posts_url_are_refused(tmp_path: Path) -> None:
 
 
 def test_hostile_text_is_escaped_in_every_log_line(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path)
+    realm = Realm(tmp_path)
     hostile = "\x1b[31mRED\r\nINJ\u2028"
     client_id = "%1b%5b31mRED%0d%0aINJ"
     events: list[LogEvent]
@@ -196,7 +190,7 @@ def test_refusals_name_the_account_and_the_client_id(
     tmp_path: Path, setup: str, expected: str
 ) -> None:
     workers = HandFiredWorkers()
-    realm = Hardened(
+    realm = Realm(
         tmp_path,
         workers=BoundedThreadQueue(workers, limit=1, queue=0) if setup == "overloaded" else None,
         throttle=throttle(per_account=1),
@@ -219,7 +213,7 @@ def test_a_padded_forwarded_for_header_cannot_hide_the_client(tmp_path: Path) ->
     """Behind a proxy that appends to X-Forwarded-For: the header used to be cut to its first
     256 characters, so padding pushed the proxy's own entry out of view and every guess came
     from a new address. Now the right-most untrusted address is the client."""
-    realm = Hardened(
+    realm = Realm(
         tmp_path,
         throttle=throttle(per_account=100, per_address=3),
         proxies=behind_proxy(header=FORWARDED_FOR),
@@ -236,7 +230,7 @@ def test_a_padded_forwarded_for_header_cannot_hide_the_client(tmp_path: Path) ->
 
 
 def test_an_oversized_forwarded_header_is_ignored_and_logged(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, proxies=behind_proxy(header=FORWARDED_FOR))
+    realm = Realm(tmp_path, proxies=behind_proxy(header=FORWARDED_FOR))
     huge = {b"X-Forwarded-For": [b"10.0.0.1, " * 500 + b"203.0.113.66"]}
     events: list[LogEvent]
     with capturedLogs() as events:
@@ -248,7 +242,7 @@ def test_an_oversized_forwarded_header_is_ignored_and_logged(tmp_path: Path) -> 
 def test_a_client_written_x_real_ip_is_ignored_when_the_proxy_uses_forwarded_for(
     tmp_path: Path,
 ) -> None:
-    realm = Hardened(tmp_path, proxies=behind_proxy(header=FORWARDED_FOR))
+    realm = Realm(tmp_path, proxies=behind_proxy(header=FORWARDED_FOR))
     events: list[LogEvent]
     with capturedLogs() as events:
         spoofed = {b"X-Forwarded-For": [b"203.0.113.66"]}
@@ -259,7 +253,7 @@ def test_a_client_written_x_real_ip_is_ignored_when_the_proxy_uses_forwarded_for
 def test_a_stored_hash_bcrypt_cannot_read_is_a_401_never_a_500(tmp_path: Path) -> None:
     """The loader refuses such hashes now; should one reach a login anyway, it is a failed
     login, logged, not Twisted's HTML 500 page."""
-    realm = Hardened(tmp_path, throttle=throttle())
+    realm = Realm(tmp_path, throttle=throttle())
     policy = realm.holder.current
     bad = replace(policy.users["bar"], pass_hash=b"$2b$04$" + b"z" * 53)
     realm.holder.current = replace(policy, users=MappingProxyType({**policy.users, "bar": bad}))

@@ -439,10 +439,9 @@ def test_a_twin_ecdsa_signature_is_the_same_token(
 def test_the_log_names_a_twin_signature_by_the_issued_tokens_fingerprint(
     tmp_path: Path,
 ) -> None:
-    from test_hardening_web import Hardened
-    from test_identity_tokens_web import offline_login, refresh
+    from realms import Realm, offline_login, refresh
 
-    realm = Hardened(tmp_path, refresh_ttl=3600)
+    realm = Realm(tmp_path, refresh_ttl=3600)
     assert realm.signing_key.alg == "ES256"
     with capturedLogs() as events:
         token = offline_login(realm)["refresh_token"]

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from ldap_server import BASE, PASSWORD, SERVICE_DN, Slapd
-from support import hash_password, realm_api, settled, write_key_pair
+from realms import realm_api
+from support import hash_password, settled, write_key_pair
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred

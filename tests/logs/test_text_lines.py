@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from realms import SERVICE, TEAM_USERS, Realm
 from support import start_twistd, stop_process
 from test_json_lines import ask_tokens, deployment  # noqa: F401 - the fixture
-from test_web import SERVICE, Realm
 from twisted.application.service import Application
 from twisted.logger import (
     ILogObserver,
@@ -209,7 +209,7 @@ def test_bidi_and_zero_width_characters_are_escaped(char: str) -> None:
 def test_the_realms_issued_and_refused_events_are_written_as_twisted_writes_them(
     tmp_path: Path,
 ) -> None:
-    realm = Realm(tmp_path)
+    realm = Realm(tmp_path, users=TEAM_USERS, services=(SERVICE, "other.test"))
     with capturedLogs() as events:
         realm.call("GET", f"/v2/token?service={SERVICE}&scope=repository:public/hello:pull")
         realm.call(

@@ -11,7 +11,8 @@ from urllib.parse import urlencode
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from support import realm_api, settled, write_key_pair, write_policy
+from realms import realm_api
+from support import settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock

@@ -11,15 +11,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from support import (
-    REPO,
-    hash_password,
-    load_certificate,
-    realm_api,
-    settled,
-    verify_jwt,
-    write_key_pair,
-)
+from realms import realm_api
+from support import REPO, hash_password, load_certificate, settled, verify_jwt, write_key_pair
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 

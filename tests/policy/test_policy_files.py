@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from realms import HandFiredWorkers
 from support import (
-    HandFiredWorkers,
     accepts,
     get_json_over_unix,
     start_twistd,

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from support import HandFiredWorkers, write_policy
+from realms import HandFiredWorkers
+from support import write_policy
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from watchdog.events import (

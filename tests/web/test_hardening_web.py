@@ -6,202 +6,24 @@ the calls, or through workers whose Deferreds the test fires by hand.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
-from support import (
-    load_certificate,
-    parsed_options,
-    realm_api,
-    settled,
-    verify_jwt,
-    write_key_pair,
-    write_policy,
-)
-from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from realms import HandFiredWorkers, Realm, assert_throttled, throttle
+from support import parsed_options
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 
 from tokend.client_address import TrustedProxies, parse_networks
 from tokend.login.credential_cache import CredentialCache
-from tokend.login.in_flight import InFlight
-from tokend.login.refresh_tokens import RefreshTokens
-from tokend.login.throttle import LoginThrottle
-from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
 from tokend.settings.values import Settings
-from tokend.signing.keys import load_signing_key
-from tokend.threads import BoundedThreadQueue, InlineRunner, ThreadRunner
-
-NOW = 1_800_000_000
-SERVICE = "registry.test"
-USERS = {
-    "foo": ("foo", {"*": ["pull"]}),
-    "bar": ("bar", {"*": ["pull", "push"]}),
-}
-Response = tuple[int, dict[bytes, list[bytes]], Any]
-
-
-class CountingWorkers:
-    """Real bcrypt, inline, counted."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._inline = InlineRunner()
-
-    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        self.calls += 1
-        return self._inline.run(function, *args)
-
-
-class HandFiredWorkers:
-    """Holds every call until the test fires it, so requests stay in flight."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        self.calls += 1
-        deferred: Deferred[Any] = Deferred()
-        self.pending.append((deferred, function, args))
-        return deferred
-
-    def fire_all(self) -> None:
-        while self.pending:
-            deferred, function, args = self.pending.pop(0)
-            deferred.callback(function(*args))
-
-
-class Hardened:
-    """A TokenAPI with the hardening switched on as each test wants it."""
-
-    def __init__(
-        self,
-        tmp_path: Path,
-        *,
-        workers: ThreadRunner | None = None,
-        throttle: LoginThrottle | None = None,
-        cache: CredentialCache | None = None,
-        proxies: TrustedProxies | None = None,
-        in_flight: InFlight | None = None,
-        refresh_ttl: int | None = None,
-    ) -> None:
-        self.config = tmp_path / "config"
-        write_policy(self.config, USERS, {"repositories": ["public/hello"]})
-        key_path, cert_path = write_key_pair(tmp_path)
-        self.certificate = load_certificate(cert_path)
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        self.counting = CountingWorkers()
-        self.holder = PolicyHolder(load_policy(self.config).policy, NOW)
-        self.signing_key = load_signing_key(key_path, cert_path)
-        self.refresh_tokens = (
-            None
-            if refresh_ttl is None
-            else RefreshTokens(self.signing_key, "tokend-test", refresh_ttl)
-        )
-        self.api = realm_api(
-            self.holder,
-            self.signing_key,
-            clock=self.clock,
-            workers=workers or self.counting,
-            services=[SERVICE],
-            throttle=throttle,
-            credential_cache=cache,
-            trusted_proxies=proxies,
-            in_flight=in_flight,
-            refresh_tokens=self.refresh_tokens,
-        ).api
-        self.http = StubTreq(self.api.resource())
-
-    @property
-    def bcrypt_runs(self) -> int:
-        return self.counting.calls
-
-    def start(
-        self,
-        user: str | None,
-        password: str | None = None,
-        real_ip: str | None = None,
-        query: str = "",
-        headers: dict[bytes, list[bytes]] | None = None,
-    ) -> Deferred[Any]:
-        headers = dict(headers or {})
-        if user is not None:
-            raw = f"{user}:{password}".encode()
-            headers[b"Authorization"] = [b"Basic " + base64.b64encode(raw)]
-        if real_ip is not None:
-            headers[b"X-Real-IP"] = [real_ip.encode()]
-        url = f"http://tokend/v2/token?service={SERVICE}&scope=repository:public/hello:pull{query}"
-        return self.http.get(url, headers=headers)
-
-    def finish(self, request: Deferred[Any]) -> Response:
-        self.http.flush()
-        response = settled(request)
-        body = settled(self.http.content(response))
-        headers = dict(response.headers.getAllRawHeaders())
-        assert headers[b"Content-Type"] == [b"application/json"], body
-        return response.code, headers, json.loads(body)
-
-    def get(self, user: str | None, password: str | None = None, **kwargs: Any) -> Response:
-        return self.finish(self.start(user, password, **kwargs))
-
-    def post(self, user: str, password: str, real_ip: str | None = None) -> Response:
-        headers = {b"Content-Type": [b"application/x-www-form-urlencoded"]}
-        if real_ip is not None:
-            headers[b"X-Real-IP"] = [real_ip.encode()]
-        form = {
-            "grant_type": "password",
-            "username": user,
-            "password": password,
-            "service": SERVICE,
-            "client_id": "containerd-client",
-        }
-        request = self.http.post(
-            "http://tokend/v2/token",
-            data=urlencode(form).encode(),
-            headers=headers,
-        )
-        return self.finish(request)
-
-    def login(self, user: str, password: str, **kwargs: Any) -> dict[str, Any]:
-        """A successful login's verified claims."""
-        code, _, body = self.get(user, password, **kwargs)
-        assert code == 200, body
-        _, claims = verify_jwt(body["token"], self.certificate)
-        assert claims["sub"] == user
-        return claims
-
-    def reload(self, users: dict[str, tuple[str, dict[str, list[str]]]]) -> None:
-        write_policy(self.config, users, {"repositories": ["public/hello"]})
-        self.holder.replace(load_policy(self.config).policy, self.clock.seconds())
-
-
-def throttle(per_account: int = 10, per_address: int = 30, **kwargs: Any) -> LoginThrottle:
-    return LoginThrottle(per_account=per_account, per_address=per_address, window=300, **kwargs)
-
-
-def assert_throttled(response: Response, retry_after: int, reason: str) -> None:
-    code, headers, body = response
-    assert code == 429, body
-    assert headers[b"Retry-After"] == [str(retry_after).encode()]
-    assert b"WWW-Authenticate" not in headers
-    error = body["errors"][0]
-    assert error["code"] == "TOOMANYREQUESTS"
-    assert f"too many failed logins for this {reason}" in error["message"]
+from tokend.threads import BoundedThreadQueue
 
 
 def test_a_throttled_account_gets_429_without_running_bcrypt(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle())
+    realm = Realm(tmp_path, throttle=throttle())
     for _ in range(10):
         assert realm.get("foo", "wrong")[0] == 401
     assert realm.bcrypt_runs == 10
@@ -219,7 +41,7 @@ def test_a_throttled_account_gets_429_without_running_bcrypt(tmp_path: Path) -> 
 
 
 def test_retry_after_follows_the_oldest_failure_in_the_window(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle(per_account=3))
+    realm = Realm(tmp_path, throttle=throttle(per_account=3))
     for _ in range(3):
         assert realm.get("foo", "wrong")[0] == 401
         realm.clock.advance(100)
@@ -232,7 +54,7 @@ def test_retry_after_follows_the_oldest_failure_in_the_window(tmp_path: Path) ->
 
 
 def test_a_success_restarts_the_account_count(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle(per_account=3))
+    realm = Realm(tmp_path, throttle=throttle(per_account=3))
     for _ in range(2):
         assert realm.get("foo", "wrong")[0] == 401
     realm.login("foo", "foo")
@@ -242,7 +64,7 @@ def test_a_success_restarts_the_account_count(tmp_path: Path) -> None:
 
 
 def test_an_unrelated_account_logs_in_while_another_is_throttled(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle())
+    realm = Realm(tmp_path, throttle=throttle())
     for _ in range(10):
         realm.get("foo", "wrong")
     assert realm.get("foo", "foo")[0] == 429
@@ -251,7 +73,7 @@ def test_an_unrelated_account_logs_in_while_another_is_throttled(tmp_path: Path)
 
 
 def test_unknown_accounts_are_throttled_like_real_ones(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle(per_account=2))
+    realm = Realm(tmp_path, throttle=throttle(per_account=2))
     for name in ("foo", "ghost"):
         for _ in range(2):
             assert realm.get(name, "wrong")[0] == 401
@@ -259,7 +81,7 @@ def test_unknown_accounts_are_throttled_like_real_ones(tmp_path: Path) -> None:
 
 
 def test_the_address_limit_stops_rotating_user_names(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle(per_address=5))
+    realm = Realm(tmp_path, throttle=throttle(per_address=5))
     for index in range(5):
         assert realm.get(f"user{index}", "wrong")[0] == 401
     assert_throttled(realm.get("bar", "bar"), 300, "address")
@@ -268,7 +90,7 @@ def test_the_address_limit_stops_rotating_user_names(tmp_path: Path) -> None:
 
 
 def test_a_throttled_post_gets_the_oauth_error(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle(per_account=1))
+    realm = Realm(tmp_path, throttle=throttle(per_account=1))
     assert realm.post("bar", "wrong")[0] == 401
     code, headers, body = realm.post("bar", "bar")
     assert code == 429
@@ -279,7 +101,7 @@ def test_a_throttled_post_gets_the_oauth_error(tmp_path: Path) -> None:
 
 def test_attempts_in_flight_count_so_a_burst_cannot_overshoot(tmp_path: Path) -> None:
     workers = HandFiredWorkers()
-    realm = Hardened(tmp_path, workers=workers, throttle=throttle(per_account=3))
+    realm = Realm(tmp_path, workers=workers, throttle=throttle(per_account=3))
     in_flight = [realm.start("foo", "wrong") for _ in range(3)]
     code, headers, _ = realm.get("foo", "wrong")
     assert code == 429 and headers[b"Retry-After"] == [b"1"]
@@ -290,7 +112,7 @@ def test_attempts_in_flight_count_so_a_burst_cannot_overshoot(tmp_path: Path) ->
 
 
 def test_throttled_refusals_are_logged_as_such_without_secrets(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle(per_account=1))
+    realm = Realm(tmp_path, throttle=throttle(per_account=1))
     events: list[LogEvent]
     with capturedLogs() as events:
         realm.get("foo", "hunter2")
@@ -306,7 +128,7 @@ def test_throttled_refusals_are_logged_as_such_without_secrets(tmp_path: Path) -
 
 
 def test_x_real_ip_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, throttle=throttle(per_address=3))
+    realm = Realm(tmp_path, throttle=throttle(per_address=3))
     events: list[LogEvent]
     with capturedLogs() as events:
         for index in range(3):
@@ -317,7 +139,7 @@ def test_x_real_ip_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
 
 def test_x_real_ip_from_a_trusted_proxy_names_the_client(tmp_path: Path) -> None:
     proxies = TrustedProxies(networks=parse_networks(["127.0.0.0/8"]))
-    realm = Hardened(tmp_path, throttle=throttle(per_address=3), proxies=proxies)
+    realm = Realm(tmp_path, throttle=throttle(per_address=3), proxies=proxies)
     events: list[LogEvent]
     with capturedLogs() as events:
         for index in range(3):
@@ -330,7 +152,7 @@ def test_x_real_ip_from_a_trusted_proxy_names_the_client(tmp_path: Path) -> None
 
 def test_throttle_state_stays_bounded_when_user_names_rotate(tmp_path: Path) -> None:
     limiter = throttle(per_address=0, max_entries=50)
-    realm = Hardened(tmp_path, throttle=limiter)
+    realm = Realm(tmp_path, throttle=limiter)
     for index in range(200):
         assert realm.get(f"rotating{index}", "wrong")[0] == 401
     assert limiter.size == 50
@@ -338,7 +160,7 @@ def test_throttle_state_stays_bounded_when_user_names_rotate(tmp_path: Path) -> 
 
 
 def test_a_cache_hit_skips_bcrypt_and_still_issues_a_verified_token(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, cache=CredentialCache(ttl=60))
+    realm = Realm(tmp_path, cache=CredentialCache(ttl=60))
     first = realm.login("bar", "bar")
     second = realm.login("bar", "bar")
     assert realm.bcrypt_runs == 1
@@ -347,7 +169,7 @@ def test_a_cache_hit_skips_bcrypt_and_still_issues_a_verified_token(tmp_path: Pa
 
 
 def test_a_wrong_password_after_a_cached_success_still_fails(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, cache=CredentialCache(ttl=60))
+    realm = Realm(tmp_path, cache=CredentialCache(ttl=60))
     realm.login("bar", "bar")
     code, headers, _ = realm.get("bar", "bar!")
     assert code == 401
@@ -358,7 +180,7 @@ def test_a_wrong_password_after_a_cached_success_still_fails(tmp_path: Path) -> 
 
 def test_failures_are_never_cached(tmp_path: Path) -> None:
     cache = CredentialCache(ttl=60)
-    realm = Hardened(tmp_path, cache=cache)
+    realm = Realm(tmp_path, cache=cache)
     for _ in range(2):
         assert realm.get("bar", "wrong")[0] == 401
         assert realm.get("ghost", "bar")[0] == 401
@@ -368,7 +190,7 @@ def test_failures_are_never_cached(tmp_path: Path) -> None:
 
 def test_a_reload_that_changes_the_hash_invalidates(tmp_path: Path) -> None:
     cache = CredentialCache(ttl=60)
-    realm = Hardened(tmp_path, cache=cache)
+    realm = Realm(tmp_path, cache=cache)
     realm.login("bar", "bar")
     realm.login("foo", "foo")
     assert len(cache) == 2
@@ -382,7 +204,7 @@ def test_a_reload_that_changes_the_hash_invalidates(tmp_path: Path) -> None:
 
 
 def test_a_cache_entry_expires_after_its_ttl(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, cache=CredentialCache(ttl=60))
+    realm = Realm(tmp_path, cache=CredentialCache(ttl=60))
     realm.login("bar", "bar")
     realm.clock.advance(59)
     realm.login("bar", "bar")
@@ -393,7 +215,7 @@ def test_a_cache_entry_expires_after_its_ttl(tmp_path: Path) -> None:
 
 
 def test_ttl_zero_checks_every_time(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, cache=CredentialCache(ttl=0))
+    realm = Realm(tmp_path, cache=CredentialCache(ttl=0))
     for _ in range(3):
         realm.login("bar", "bar")
     assert realm.bcrypt_runs == 3
@@ -401,7 +223,7 @@ def test_ttl_zero_checks_every_time(tmp_path: Path) -> None:
 
 def test_a_throttled_account_gets_no_answer_from_the_cache(tmp_path: Path) -> None:
     proxies = TrustedProxies(networks=parse_networks(["127.0.0.0/8"]))
-    realm = Hardened(
+    realm = Realm(
         tmp_path, throttle=throttle(per_account=2), cache=CredentialCache(ttl=60), proxies=proxies
     )
     realm.login("bar", "bar", real_ip="192.0.2.10")
@@ -412,9 +234,9 @@ def test_a_throttled_account_gets_no_answer_from_the_cache(tmp_path: Path) -> No
 
 
 @pytest.fixture
-def queued(tmp_path: Path) -> tuple[Hardened, HandFiredWorkers]:
+def queued(tmp_path: Path) -> tuple[Realm, HandFiredWorkers]:
     workers = HandFiredWorkers()
-    realm = Hardened(
+    realm = Realm(
         tmp_path,
         workers=BoundedThreadQueue(workers, limit=2, queue=1),
         cache=CredentialCache(ttl=60),
@@ -422,7 +244,7 @@ def queued(tmp_path: Path) -> tuple[Hardened, HandFiredWorkers]:
     return realm, workers
 
 
-def test_a_full_bcrypt_queue_answers_503(queued: tuple[Hardened, HandFiredWorkers]) -> None:
+def test_a_full_bcrypt_queue_answers_503(queued: tuple[Realm, HandFiredWorkers]) -> None:
     realm, workers = queued
     in_flight = [realm.start("bar", "bar"), realm.start("foo", "foo"), realm.start("bar", "x")]
     assert workers.calls == 2, "two run, the third waits"
@@ -442,7 +264,7 @@ def test_a_full_bcrypt_queue_answers_503(queued: tuple[Hardened, HandFiredWorker
 
 
 def test_anonymous_requests_and_cache_hits_do_not_queue(
-    queued: tuple[Hardened, HandFiredWorkers],
+    queued: tuple[Realm, HandFiredWorkers],
 ) -> None:
     realm, workers = queued
     first = realm.start("bar", "bar")

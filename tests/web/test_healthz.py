@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import realm_api, settled, write_key_pair, write_policy
+from realms import realm_api
+from support import settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock

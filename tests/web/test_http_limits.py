@@ -16,12 +16,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from realms import realm_api
 from support import (
     free_port,
     load_certificate,
     parsed_options,
     port_open,
-    realm_api,
     start_twistd,
     stop_process,
     verify_jwt,

@@ -7,12 +7,10 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
 
 import pytest
+from realms import SERVICE, USERS, Realm, Response, offline_login, post, refresh, throttle
 from support import verify_jwt
-from test_hardening_web import SERVICE, USERS, Hardened, Response, throttle
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from tokend.policy.files import load_policy
@@ -21,34 +19,8 @@ ASKED = "repository:public/hello:pull,push"
 TTL = 90 * 86_400
 
 
-def offline_login(realm: Hardened, user: str = "bar") -> dict[str, Any]:
-    """The password is the user name in USERS."""
-    code, _, body = realm.get(user, user, query="&client_id=docker&offline_token=true")
-    assert code == 200, body
-    return body
-
-
-def post(realm: Hardened, form: dict[str, str] | list[tuple[str, str]]) -> Response:
-    request = realm.http.post(
-        "http://tokend/v2/token",
-        data=urlencode(form).encode(),
-        headers={b"Content-Type": [b"application/x-www-form-urlencoded"]},
-    )
-    return realm.finish(request)
-
-
-def refresh(realm: Hardened, token: str, *scopes: str, client_id: str = "docker") -> Response:
-    form = [
-        ("grant_type", "refresh_token"),
-        ("refresh_token", token),
-        ("service", SERVICE),
-        ("client_id", client_id),
-    ]
-    return post(realm, form + [("scope", scope) for scope in scopes])
-
-
 def test_a_password_login_that_asks_gets_a_refresh_token(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, refresh_ttl=TTL)
+    realm = Realm(tmp_path, refresh_ttl=TTL)
     body = offline_login(realm)
     assert body["refresh_token"].count(".") == 2
     assert "refresh_token" not in realm.get("bar", "bar")[2], "not asked for"
@@ -69,14 +41,14 @@ def test_a_password_login_that_asks_gets_a_refresh_token(tmp_path: Path) -> None
 
 
 def test_no_refresh_token_when_issuing_is_off(tmp_path: Path) -> None:
-    for realm in (Hardened(tmp_path / "zero", refresh_ttl=0), Hardened(tmp_path / "none")):
+    for realm in (Realm(tmp_path / "zero", refresh_ttl=0), Realm(tmp_path / "none")):
         assert "refresh_token" not in offline_login(realm)
 
 
 def test_the_refresh_grant_answers_what_the_account_may_do_now_without_bcrypt(
     tmp_path: Path,
 ) -> None:
-    realm = Hardened(tmp_path, refresh_ttl=TTL)
+    realm = Realm(tmp_path, refresh_ttl=TTL)
     token = offline_login(realm)["refresh_token"]
     runs = realm.bcrypt_runs
     code, headers, body = refresh(realm, token, ASKED, "repository:other/app:pull")
@@ -103,7 +75,7 @@ def test_the_refresh_grant_answers_what_the_account_may_do_now_without_bcrypt(
 
 def test_scope_may_be_repeated_or_space_separated_on_every_post_grant(tmp_path: Path) -> None:
     """containers/image repeats scope for a cross-repository mount; it used to get 400."""
-    realm = Hardened(tmp_path, refresh_ttl=TTL)
+    realm = Realm(tmp_path, refresh_ttl=TTL)
     token = offline_login(realm)["refresh_token"]
     wanted = "repository:a/b:pull repository:c/d:pull,push"
     repeated = refresh(realm, token, "repository:a/b:pull", "repository:c/d:pull,push")
@@ -130,21 +102,21 @@ def invalid_grant(response: Response, reason: str) -> None:
 
 
 def test_a_changed_password_revokes_the_refresh_token(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, refresh_ttl=TTL)
+    realm = Realm(tmp_path, refresh_ttl=TTL)
     token = offline_login(realm)["refresh_token"]
     realm.reload({**USERS, "bar": ("new password", USERS["bar"][1])})
     invalid_grant(refresh(realm, token, ASKED), "password changed")
 
 
 def test_a_removed_user_loses_the_refresh_token(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, refresh_ttl=TTL)
+    realm = Realm(tmp_path, refresh_ttl=TTL)
     token = offline_login(realm)["refresh_token"]
     realm.reload({"foo": USERS["foo"]})
     invalid_grant(refresh(realm, token, ASKED), "unknown account")
 
 
 def test_tokens_valid_after_revokes_older_refresh_tokens(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, refresh_ttl=TTL)
+    realm = Realm(tmp_path, refresh_ttl=TTL)
     old = offline_login(realm)["refresh_token"]
     users = json.loads((realm.config / "users.json").read_text())
     users["bar"]["tokens_valid_after"] = "2027-01-15T08:00:01Z"  # NOW is 2027-01-15T08:00:00Z
@@ -157,7 +129,7 @@ def test_tokens_valid_after_revokes_older_refresh_tokens(tmp_path: Path) -> None
 
 
 def test_a_refresh_token_ends_with_its_lifetime(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, refresh_ttl=3600)
+    realm = Realm(tmp_path, refresh_ttl=3600)
     token = offline_login(realm)["refresh_token"]
     realm.clock.advance(3599)
     assert refresh(realm, token, ASKED)[0] == 200
@@ -166,7 +138,7 @@ def test_a_refresh_token_ends_with_its_lifetime(tmp_path: Path) -> None:
 
 
 def test_an_access_token_is_not_a_refresh_token(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, refresh_ttl=TTL)
+    realm = Realm(tmp_path, refresh_ttl=TTL)
     access = offline_login(realm)["access_token"]
     invalid_grant(refresh(realm, access, ASKED), "not a refresh token")
 
@@ -174,7 +146,7 @@ def test_an_access_token_is_not_a_refresh_token(tmp_path: Path) -> None:
 def test_a_refresh_token_is_not_an_access_token(tmp_path: Path) -> None:
     """What the registry checks first: the audience. The e2e suite shows the real registry
     refusing it."""
-    realm = Hardened(tmp_path, refresh_ttl=TTL)
+    realm = Realm(tmp_path, refresh_ttl=TTL)
     token = offline_login(realm)["refresh_token"]
     _, claims = verify_jwt(token, realm.certificate)
     assert claims["aud"] != SERVICE
@@ -195,12 +167,12 @@ REFRESH = {"grant_type": "refresh_token"}
     ],
 )
 def test_malformed_refresh_grants(tmp_path: Path, fields: dict[str, str], error: str) -> None:
-    code, _, body = post(Hardened(tmp_path, refresh_ttl=TTL), {**fields, "service": SERVICE})
+    code, _, body = post(Realm(tmp_path, refresh_ttl=TTL), {**fields, "service": SERVICE})
     assert (code, body["error"]) == (400, error), body
 
 
 def test_bad_refresh_tokens_count_against_the_address(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, refresh_ttl=TTL, throttle=throttle(per_address=3))
+    realm = Realm(tmp_path, refresh_ttl=TTL, throttle=throttle(per_address=3))
     good = offline_login(realm, "foo")["refresh_token"]
     for n in range(3):
         invalid_grant(refresh(realm, f"x.y.{n}", ASKED), "refused")
@@ -211,7 +183,7 @@ def test_bad_refresh_tokens_count_against_the_address(tmp_path: Path) -> None:
 
 
 def test_the_log_names_the_account_and_a_fingerprint_never_the_token(tmp_path: Path) -> None:
-    realm = Hardened(tmp_path, refresh_ttl=TTL)
+    realm = Realm(tmp_path, refresh_ttl=TTL)
     events: list[LogEvent]
     with capturedLogs() as events:
         token = offline_login(realm)["refresh_token"]

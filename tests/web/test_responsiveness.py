@@ -8,7 +8,8 @@ from pathlib import Path
 import bcrypt
 import pytest_twisted
 import treq
-from support import load_certificate, realm_api, verify_jwt, write_key_pair, write_policy
+from realms import realm_api
+from support import load_certificate, verify_jwt, write_key_pair, write_policy
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest_twisted
 import treq
 from prometheus_client import CollectorRegistry
-from support import realm_api, write_key_pair, write_policy
+from realms import realm_api
+from support import write_key_pair, write_policy
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 

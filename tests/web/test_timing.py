@@ -15,7 +15,8 @@ from pathlib import Path
 import bcrypt
 import pytest_twisted
 import treq
-from support import hash_password, realm_api, write_key_pair
+from realms import realm_api
+from support import hash_password, write_key_pair
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool

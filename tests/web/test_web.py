@@ -3,75 +3,20 @@
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from support import load_certificate, realm_api, settled, verify_jwt, write_key_pair, write_policy
-from treq.testing import StubTreq
-from twisted.internet.task import Clock
+from realms import NOW, SERVICE, TEAM_USERS, Realm
+from support import verify_jwt
 from twisted.logger import LogEvent, capturedLogs
 
-NOW = 1_800_000_000
-SERVICE = "registry.test"
-USERS = {
-    "foo": ("foo", {"*": ["pull"]}),
-    "bar": ("bar", {"*": ["pull", "push"]}),
-    "team": ("s3cret", {"team/app": ["pull", "push"], "*": ["pull"], "secret/x": []}),
-}
 
-
-class Realm:
-    """A TokenAPI over the files in a temporary config dir, and a way to call it."""
-
-    def __init__(self, tmp_path: Path, anonymous: dict[str, Any] | None = None) -> None:
-        config = tmp_path / "config"
-        write_policy(config, USERS, anonymous or {"repositories": ["public/hello"]})
-        key_path, cert_path = write_key_pair(tmp_path)
-        self.certificate = load_certificate(cert_path)
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        self.api = realm_api(
-            config, (key_path, cert_path), clock=self.clock, services=[SERVICE, "other.test"]
-        ).api
-        self.http = StubTreq(self.api.resource())
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        user: str | None = None,
-        password: str | None = None,
-        headers: dict[bytes, list[bytes]] | None = None,
-        **kwargs: Any,
-    ) -> tuple[int, dict[bytes, list[bytes]], Any]:
-        all_headers = dict(headers or {})
-        if user is not None:
-            raw = f"{user}:{password}".encode()
-            all_headers[b"Authorization"] = [b"Basic " + base64.b64encode(raw)]
-        response = settled(
-            self.http.request(method, "http://tokend" + path, headers=all_headers, **kwargs)
-        )
-        body = settled(self.http.content(response))
-        raw_headers = dict(response.headers.getAllRawHeaders())
-        assert raw_headers[b"Content-Type"] == [b"application/json"], body
-        return response.code, raw_headers, json.loads(body)
-
-    def token(self, params: list[tuple[str, str]], **kwargs: Any) -> tuple[dict[str, Any], Any]:
-        code, headers, body = self.call("GET", "/v2/token?" + urlencode(params), **kwargs)
-        assert code == 200, body
-        assert headers[b"Cache-Control"] == [b"no-store"]
-        _, claims = verify_jwt(body["token"], self.certificate)
-        return claims, body
-
-    def access(self, *scopes: str, **kwargs: Any) -> list[dict[str, Any]]:
-        params = [("service", SERVICE)] + [("scope", s) for s in scopes]
-        claims, _ = self.token(params, **kwargs)
-        return list(claims["access"])
+def web_realm(tmp_path: Path, anonymous: dict[str, Any] | None = None) -> Realm:
+    """Three accounts (``team`` among them), two services."""
+    return Realm(tmp_path, users=TEAM_USERS, anonymous=anonymous, services=(SERVICE, "other.test"))
 
 
 def entry(name: str, *actions: str, kind: str = "repository") -> dict[str, Any]:
@@ -80,7 +25,7 @@ def entry(name: str, *actions: str, kind: str = "repository") -> dict[str, Any]:
 
 @pytest.fixture
 def realm(tmp_path: Path) -> Realm:
-    return Realm(tmp_path)
+    return web_realm(tmp_path)
 
 
 def test_token_claims_header_and_body(realm: Realm) -> None:
@@ -120,7 +65,7 @@ def test_anonymous_whitelist(realm: Realm) -> None:
 
 
 def test_anonymous_blacklist(tmp_path: Path) -> None:
-    realm = Realm(tmp_path, {"blacklist": True, "repositories": ["private/app"]})
+    realm = web_realm(tmp_path, {"blacklist": True, "repositories": ["private/app"]})
     assert realm.access("repository:private/app:pull") == []
     assert realm.access("repository:any/thing:pull,push") == [entry("any/thing", "pull")]
 
@@ -157,12 +102,12 @@ def test_multiple_scopes_are_all_answered(realm: Realm) -> None:
 
 
 def test_catalog(tmp_path: Path) -> None:
-    closed = Realm(tmp_path / "a")
+    closed = web_realm(tmp_path / "a")
     assert closed.access("registry:catalog:*") == []
     assert closed.access("registry:catalog:*", user="foo", password="foo") == [
         entry("catalog", "*", kind="registry")
     ]
-    opened = Realm(tmp_path / "b", {"catalog": True})
+    opened = web_realm(tmp_path / "b", {"catalog": True})
     assert opened.access("registry:catalog:*") == [entry("catalog", "*", kind="registry")]
 
 

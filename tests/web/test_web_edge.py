@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import realm_api, write_key_pair, write_policy
-from test_hardening_web import HandFiredWorkers
+from realms import HandFiredWorkers, realm_api
+from support import write_key_pair, write_policy
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport

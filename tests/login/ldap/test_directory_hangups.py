@@ -16,7 +16,8 @@ from typing import Any
 import pytest_twisted
 import treq
 from ldap_server import BASE, PASSWORD, SERVICE_DN, Slapd
-from support import hash_password, load_certificate, realm_api, verify_jwt, write_key_pair
+from realms import realm_api
+from support import hash_password, load_certificate, verify_jwt, write_key_pair
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString

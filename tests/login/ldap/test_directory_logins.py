@@ -16,7 +16,8 @@ from urllib.parse import urlencode
 import pytest
 import pytest_twisted
 from ldap_server import BASE, PASSWORD, SERVICE_DN, SUFFIX, Slapd, dn, group_dn, start_slapd
-from support import hash_password, load_certificate, realm_api, settled, verify_jwt, write_key_pair
+from realms import realm_api
+from support import hash_password, load_certificate, settled, verify_jwt, write_key_pair
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
