@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tokend.issuing import Issuing
     from tokend.login.credential_cache import CredentialCache
     from tokend.login.in_flight import InFlight
+    from tokend.login.ldap.client import Directory
     from tokend.login.logins import AccountDirectory, Logins
     from tokend.login.refresh_tokens import RefreshTokens
     from tokend.login.throttle import LoginThrottle
@@ -181,7 +182,8 @@ class Realm:
 
     By default: a ``task.Clock`` at NOW, bcrypt inline and counted (``bcrypt_runs``), one
     service, no throttle, cache, proxies, in-flight limit, refresh tokens or directory; each is a
-    keyword. ``directory`` is made from the realm's policy holder, which it reads.
+    keyword. A ``directory`` client's accounts read the realm's policy and ``cache`` (then
+    required) and ask clients to come back in 2 s when it cannot answer.
     """
 
     def __init__(
@@ -199,11 +201,12 @@ class Realm:
         proxies: TrustedProxies | None = None,
         in_flight: InFlight | None = None,
         refresh_ttl: int | None = None,
-        directory: Callable[[PolicyHolder], AccountDirectory] | None = None,
+        directory: Directory | None = None,
     ) -> None:
         from treq.testing import StubTreq
         from twisted.internet.task import Clock
 
+        from tokend.login.ldap.accounts import DirectoryAccounts
         from tokend.login.refresh_tokens import RefreshTokens
         from tokend.policy.files import load_policy
         from tokend.policy.holder import PolicyHolder
@@ -230,6 +233,14 @@ class Realm:
         )
         self.throttle = throttle
         self.cache = cache
+        self.directory = directory
+        accounts = None
+        if directory is not None:
+            assert cache is not None, "directory accounts go through the credential cache"
+            holder = self.holder
+            accounts = DirectoryAccounts(
+                directory, lambda: holder.current, cache, clock.seconds, retry_after=2.0
+            )
         self.parts = realm_api(
             self.holder,
             self.signing_key,
@@ -241,10 +252,16 @@ class Realm:
             trusted_proxies=proxies,
             in_flight=in_flight,
             refresh_tokens=self.refresh_tokens,
-            directory=None if directory is None else directory(self.holder),
+            directory=accounts,
         )
         self.api = self.parts.api
         self.http = StubTreq(self.api.resource())
+        self.closing: list[Callable[[], object]] = []
+        """What ``close()`` stops: a directory client, a thread pool."""
+
+    def close(self) -> None:
+        for stop in self.closing:
+            stop()
 
     @property
     def bcrypt_runs(self) -> int:
@@ -260,10 +277,7 @@ class Realm:
         scope: str = "public/hello:pull",
     ) -> Deferred[Any]:
         """A GET of a token for ``scope`` with Basic credentials, not yet answered."""
-        headers = dict(headers or {})
-        if user is not None:
-            raw = f"{user}:{password}".encode()
-            headers[b"Authorization"] = [b"Basic " + base64.b64encode(raw)]
+        headers = {**(headers or {}), **basic_auth(user, password)}
         if real_ip is not None:
             headers[b"X-Real-IP"] = [real_ip.encode()]
         url = f"http://tokend/v2/token?service={SERVICE}&scope=repository:{scope}{query}"
@@ -349,10 +363,7 @@ class Realm:
         **kwargs: Any,
     ) -> Response:
         """Any request at all; the answer is JSON."""
-        all_headers = dict(headers or {})
-        if user is not None:
-            raw = f"{user}:{password}".encode()
-            all_headers[b"Authorization"] = [b"Basic " + base64.b64encode(raw)]
+        all_headers = {**(headers or {}), **basic_auth(user, password)}
         return self.finish(
             self.http.request(method, "http://tokend" + path, headers=all_headers, **kwargs)
         )
@@ -370,6 +381,14 @@ class Realm:
         params = [("service", SERVICE)] + [("scope", s) for s in scopes]
         claims, _ = self.token(params, **kwargs)
         return list(claims["access"])
+
+
+def basic_auth(user: str | None, password: str | None) -> dict[bytes, list[bytes]]:
+    """The Authorization header for ``user`` (none for None: anonymous)."""
+    if user is None:
+        return {}
+    raw = f"{user}:{password}".encode()
+    return {b"Authorization": [b"Basic " + base64.b64encode(raw)]}
 
 
 def throttle(per_account: int = 10, per_address: int = 30, **kwargs: Any) -> LoginThrottle:

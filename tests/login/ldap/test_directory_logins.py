@@ -7,7 +7,6 @@ talks to a real server; every token is verified with the certificate and its cla
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,10 @@ from urllib.parse import urlencode
 import pytest
 import pytest_twisted
 from ldap_server import BASE, PASSWORD, SERVICE_DN, SUFFIX, Slapd, dn, group_dn, start_slapd
-from realms import realm_api
-from support import hash_password, load_certificate, settled, verify_jwt, write_key_pair
-from treq.testing import StubTreq
+from realms import Realm, Response, basic_auth
+from support import hash_password, settled, verify_jwt
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 
 from tokend.daemon.control import Unlocking, single_process
@@ -37,21 +34,18 @@ from tokend.login.identity import (
     entry_name,
 )
 from tokend.login.in_flight import InFlight
-from tokend.login.ldap.accounts import DirectoryAccounts, EntryNames
+from tokend.login.ldap.accounts import EntryNames
 from tokend.login.ldap.client import Directory
 from tokend.login.ldap.config import DirectoryConfig
 from tokend.login.logins import Logins
 from tokend.login.passwords import PasswordChecker
-from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.keys import SharedKeys
 from tokend.login.shared_limits.news import Seen
 from tokend.login.throttle import LoginThrottle
 from tokend.policy.documents import users_from_document
 from tokend.policy.files import load_policy
-from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import Policy
-from tokend.signing.keys import load_signing_key
 from tokend.threads import BoundedThreadQueue, InlineRunner, ThreadPoolService
 
 SERVICE = "registry.test"
@@ -69,116 +63,80 @@ GROUPS = {
 }
 
 
-class Realm:
-    """A TokenAPI with directory accounts, on the real reactor, answering in memory."""
+def directory_realm(tmp_path: Path, slapd: Slapd, **config: Any) -> Realm:
+    """A realm with directory accounts beside users.json, on the real reactor (the directory
+    client talks to a real server), bcrypt on a real pool; ``config`` is DirectoryConfig's, and
+    ``cache_ttl`` and ``throttle``. ``close()`` closes the client and stops the pool."""
+    config_dir = tmp_path / "config"
+    config_dir.mkdir(parents=True)
+    users = {
+        "alice": {"pass_hash": hash_password("alice-pw"), "groups": ["staff"]},
+        # bach is in the directory too: users.json decides for him.
+        "bach": {"pass_hash": hash_password("file-pw"), "repositories": {"bach/*": ["pull"]}},
+    }
+    (config_dir / "users.json").write_text(json.dumps(users))
+    (config_dir / "groups.json").write_text(json.dumps(GROUPS))
+    (config_dir / "repositories.json").write_text(json.dumps({"repositories": ["public/*"]}))
+    pool = ThreadPoolService(reactor, 2, "test-bcrypt")
+    pool.startService()
+    cache = CredentialCache(ttl=config.pop("cache_ttl", 60))
+    throttle = config.pop("throttle", None) or LoginThrottle(
+        per_account=3, per_address=100, window=300
+    )
+    settings: dict[str, Any] = {
+        "urls": (slapd.url,),
+        "base": BASE,
+        "bind_dn": SERVICE_DN,
+        "bind_password": slapd.bind_password,
+        "timeout": 2.0,
+    }
+    settings.update(config)
+    client = Directory(DirectoryConfig(**settings), reactor)
+    realm = Realm(
+        tmp_path,
+        config=config_dir,
+        clock=reactor,
+        workers=BoundedThreadQueue(pool, limit=2, queue=16),
+        throttle=throttle,
+        cache=cache,
+        refresh_ttl=3600,
+        directory=client,
+    )
+    realm.closing += [client.close, pool.stopService]
+    return realm
 
-    def __init__(self, tmp_path: Path, slapd: Slapd, **config: Any) -> None:
-        self.config_dir = tmp_path / "config"
-        self.config_dir.mkdir(parents=True)
-        users = {
-            "alice": {"pass_hash": hash_password("alice-pw"), "groups": ["staff"]},
-            # bach is in the directory too: users.json decides for him.
-            "bach": {"pass_hash": hash_password("file-pw"), "repositories": {"bach/*": ["pull"]}},
-        }
-        (self.config_dir / "users.json").write_text(json.dumps(users))
-        (self.config_dir / "groups.json").write_text(json.dumps(GROUPS))
-        (self.config_dir / "repositories.json").write_text(
-            json.dumps({"repositories": ["public/*"]})
-        )
-        key_path, cert_path = write_key_pair(tmp_path)
-        self.certificate = load_certificate(cert_path)
-        key = load_signing_key(key_path, cert_path)
-        self.holder = PolicyHolder(load_policy(self.config_dir).policy, reactor.seconds())
-        self.pool = ThreadPoolService(reactor, 2, "test-bcrypt")
-        self.pool.startService()
-        self.cache = CredentialCache(ttl=config.pop("cache_ttl", 60))
-        throttle = config.pop("throttle", None) or LoginThrottle(
-            per_account=3, per_address=100, window=300
-        )
-        settings: dict[str, Any] = {
-            "urls": (slapd.url,),
-            "base": BASE,
-            "bind_dn": SERVICE_DN,
-            "bind_password": slapd.bind_password,
-            "timeout": 2.0,
-        }
-        settings.update(config)
-        self.directory = Directory(DirectoryConfig(**settings), reactor)
-        self.refresh_tokens = RefreshTokens(key, "tokend-test", 3600)
-        self.throttle = throttle
-        self.api = realm_api(
-            self.holder,
-            key,
-            workers=BoundedThreadQueue(self.pool, limit=2, queue=16),
-            services=[SERVICE],
-            clock=reactor,
-            throttle=self.throttle,
-            credential_cache=self.cache,
-            refresh_tokens=self.refresh_tokens,
-            directory=DirectoryAccounts(
-                self.directory,
-                lambda: self.holder.current,
-                self.cache,
-                reactor.seconds,
-                retry_after=2.0,
-            ),
-        ).api
-        self.http = StubTreq(self.api.resource())
 
-    def close(self) -> None:
-        self.directory.close()
-        self.pool.stopService()
+async def get(
+    realm: Realm, user: str | None, password: str = PASSWORD, scope: str = "music/piano:pull,push"
+) -> Response:
+    """A GET that asks for ``scope`` and a refresh token."""
+    query = urlencode({"service": SERVICE, "scope": f"repository:{scope}", "offline_token": "true"})
+    url = f"http://tokend/v2/token?{query}"
+    return await realm.answer(realm.http.get(url, headers=basic_auth(user, password)))
 
-    async def answer(self, request: Any) -> tuple[int, dict[bytes, list[bytes]], Any]:
-        response = await self._flushed(request)
-        body = await self._flushed(self.http.content(response))
-        return response.code, dict(response.headers.getAllRawHeaders()), json.loads(body)
 
-    async def _flushed(self, waiting: Any) -> Any:
-        """StubTreq moves bytes only when flushed; the directory answers on the real reactor."""
-        done: list[Any] = []
-        waiting.addBoth(lambda result: done.append(result) or result)
-        for _ in range(2000):
-            self.http.flush()
-            if done:
-                break
-            await deferLater(reactor, 0.005, lambda: None)
-        return await waiting
+async def refresh(realm: Realm, token: str, scope: str) -> Response:
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": token,
+        "client_id": "test",
+        "service": SERVICE,
+        "scope": f"repository:{scope}",
+    }
+    return await realm.answer(realm.start_post(form))
 
-    async def get(
-        self, user: str | None, password: str = PASSWORD, scope: str = "music/piano:pull,push"
-    ) -> tuple[int, dict[bytes, list[bytes]], Any]:
-        headers = {}
-        if user is not None:
-            raw = f"{user}:{password}".encode()
-            headers[b"Authorization"] = [b"Basic " + base64.b64encode(raw)]
-        query = urlencode(
-            {"service": SERVICE, "scope": f"repository:{scope}", "offline_token": "true"}
-        )
-        return await self.answer(self.http.get(f"http://tokend/v2/token?{query}", headers=headers))
 
-    async def refresh(self, token: str, scope: str) -> tuple[int, dict[bytes, list[bytes]], Any]:
-        form = {
-            "grant_type": "refresh_token",
-            "refresh_token": token,
-            "client_id": "test",
-            "service": SERVICE,
-            "scope": f"repository:{scope}",
-        }
-        headers = {b"Content-Type": [b"application/x-www-form-urlencoded"]}
-        request = self.http.post("http://tokend/v2/token", data=form, headers=headers)
-        return await self.answer(request)
-
-    def access(self, body: Any) -> tuple[str, list[dict[str, Any]]]:
-        _, claims = verify_jwt(
-            body["token"] if "token" in body else body["access_token"], self.certificate
-        )
-        return claims["sub"], claims["access"]
+def granted(realm: Realm, body: Any) -> tuple[str, list[dict[str, Any]]]:
+    """The subject and access of the token in an answer."""
+    _, claims = verify_jwt(
+        body["token"] if "token" in body else body["access_token"], realm.certificate
+    )
+    return claims["sub"], claims["access"]
 
 
 @pytest.fixture
 def realm(tmp_path: Path, slapd: Slapd) -> Any:
-    made = Realm(tmp_path, slapd)
+    made = directory_realm(tmp_path, slapd)
     yield made
     made.close()
 
@@ -189,32 +147,32 @@ def actions(access: list[dict[str, Any]], name: str) -> list[str]:
 
 @pytest_twisted.ensureDeferred
 async def test_a_directory_account_gets_its_groups_rights(realm: Realm) -> None:
-    status, _, body = await realm.get("mozart", scope="music/piano:pull,push")
+    status, _, body = await get(realm, "mozart", scope="music/piano:pull,push")
     assert status == 200, body
-    subject, access = realm.access(body)
+    subject, access = granted(realm, body)
     assert subject == "mozart"
     assert actions(access, "music/piano") == ["pull"]  # composers: pull only
-    status, _, body = await realm.get("mozart", scope="salzburg/opera:pull,push")
-    assert actions(realm.access(body)[1], "salzburg/opera") == ["pull", "push"]
-    status, _, body = await realm.get("mozart", scope="lobby/news:pull,push")
-    assert actions(realm.access(body)[1], "lobby/news") == ["pull"]  # "*": every account
+    status, _, body = await get(realm, "mozart", scope="salzburg/opera:pull,push")
+    assert actions(granted(realm, body)[1], "salzburg/opera") == ["pull", "push"]
+    status, _, body = await get(realm, "mozart", scope="lobby/news:pull,push")
+    assert actions(granted(realm, body)[1], "lobby/news") == ["pull"]  # "*": every account
 
 
 @pytest_twisted.ensureDeferred
 async def test_account_placeholder_is_bound_to_the_directory_name(realm: Realm) -> None:
-    _, _, body = await realm.get("mozart", scope="composers/mozart/requiem:pull,push")
-    assert actions(realm.access(body)[1], "composers/mozart/requiem") == ["pull", "push"]
-    _, _, body = await realm.get("mozart", scope="composers/bach/mass:pull,push")
-    assert actions(realm.access(body)[1], "composers/bach/mass") == []
+    _, _, body = await get(realm, "mozart", scope="composers/mozart/requiem:pull,push")
+    assert actions(granted(realm, body)[1], "composers/mozart/requiem") == ["pull", "push"]
+    _, _, body = await get(realm, "mozart", scope="composers/bach/mass:pull,push")
+    assert actions(granted(realm, body)[1], "composers/bach/mass") == []
 
 
 @pytest_twisted.ensureDeferred
 async def test_wrong_and_empty_passwords_are_refused(realm: Realm, slapd: Slapd) -> None:
-    status, headers, body = await realm.get("mozart", password="wrong")
+    status, headers, body = await get(realm, "mozart", password="wrong")
     assert status == 401, body
     assert b"WWW-Authenticate" in headers
     binds_before = slapd.log_text().count('BIND dn="uid=mozart')
-    status, _, body = await realm.get("mozart", password="")
+    status, _, body = await get(realm, "mozart", password="")
     assert status == 401, body
     # slapd here accepts an unauthenticated bind (allow bind_anon_dn): the realm never asked.
     assert slapd.log_text().count('BIND dn="uid=mozart') == binds_before
@@ -223,37 +181,37 @@ async def test_wrong_and_empty_passwords_are_refused(realm: Realm, slapd: Slapd)
 @pytest.mark.parametrize("name", ["*", "mozart)(uid=*", "*)(|(uid=*", "moz*", "mozart\\", "*\\2a"])
 @pytest_twisted.ensureDeferred
 async def test_filter_injection_matches_nobody(realm: Realm, name: str) -> None:
-    status, _, body = await realm.get(name)
+    status, _, body = await get(realm, name)
     assert status == 401, body
-    status, _, body = await realm.get("m\x00ozart")
+    status, _, body = await get(realm, "m\x00ozart")
     assert status == 400, body  # control characters never reach the directory
 
 
 @pytest_twisted.ensureDeferred
 async def test_accounts_outside_the_base_and_ambiguous_names_are_refused(realm: Realm) -> None:
-    status, _, _ = await realm.get("kant")
+    status, _, _ = await get(realm, "kant")
     assert status == 401
-    status, _, _ = await realm.get("twin")
+    status, _, _ = await get(realm, "twin")
     assert status == 401
 
 
 @pytest_twisted.ensureDeferred
 async def test_users_json_decides_for_its_names(realm: Realm) -> None:
-    status, _, body = await realm.get("bach", password=PASSWORD)  # his directory password
+    status, _, body = await get(realm, "bach", password=PASSWORD)  # his directory password
     assert status == 401, body
-    status, _, body = await realm.get("bach", password="file-pw", scope="bach/fugue:pull")
+    status, _, body = await get(realm, "bach", password="file-pw", scope="bach/fugue:pull")
     assert status == 200, body
-    assert actions(realm.access(body)[1], "bach/fugue") == ["pull"]
-    status, _, body = await realm.get("alice", password="alice-pw", scope="music/x:pull,push")
-    assert actions(realm.access(body)[1], "music/x") == ["pull", "push"]
+    assert actions(granted(realm, body)[1], "bach/fugue") == ["pull"]
+    status, _, body = await get(realm, "alice", password="alice-pw", scope="music/x:pull,push")
+    assert actions(granted(realm, body)[1], "music/x") == ["pull", "push"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_failed_directory_logins_are_throttled(realm: Realm) -> None:
     for _ in range(3):
-        status, _, _ = await realm.get("mozart", password="wrong")
+        status, _, _ = await get(realm, "mozart", password="wrong")
         assert status == 401
-    status, headers, body = await realm.get("mozart")
+    status, headers, body = await get(realm, "mozart")
     assert status == 429, body
     assert b"Retry-After" in headers
 
@@ -266,19 +224,19 @@ async def test_refresh_tokens_of_directory_accounts(realm: Realm, slapd: Slapd) 
         f"sn: Haydn\nuserPassword: {PASSWORD}\n"
     )
     try:
-        status, _, body = await realm.get("haydn", scope="lobby/a:pull")
+        status, _, body = await get(realm, "haydn", scope="lobby/a:pull")
         assert status == 200, body
         refresh_token = body["refresh_token"]
-        status, _, body = await realm.refresh(refresh_token, "lobby/a:pull")
+        status, _, body = await refresh(realm, refresh_token, "lobby/a:pull")
         assert status == 200, body
-        assert realm.access(body) == (
+        assert granted(realm, body) == (
             "haydn",
             [{"type": "repository", "name": "lobby/a", "actions": ["pull"]}],
         )
     finally:
         slapd.modify(f"dn: {haydn}\nchangetype: delete\n")
     realm.cache.forget_users({"haydn"})  # the lookup is remembered for the cache's ttl
-    status, _, body = await realm.refresh(refresh_token, "lobby/a:pull")
+    status, _, body = await refresh(realm, refresh_token, "lobby/a:pull")
     assert status == 400, body
     assert body["error"] == "invalid_grant"
 
@@ -291,11 +249,11 @@ async def test_logins_over_ldaps_and_starttls_with_the_test_ca(
         "ldaps": {"urls": (slapd.ldaps_url,), "ca_cert": str(slapd.ca_cert_path)},
         "starttls": {"urls": (slapd.url,), "starttls": True, "ca_cert": str(slapd.ca_cert_path)},
     }.items():
-        made = Realm(tmp_path / name, slapd, **config)
+        made = directory_realm(tmp_path / name, slapd, **config)
         try:
-            status, _, body = await made.get("mozart", scope="salzburg/x:push")
+            status, _, body = await get(made, "mozart", scope="salzburg/x:push")
             assert status == 200, (name, body)
-            assert actions(made.access(body)[1], "salzburg/x") == ["push"]
+            assert actions(granted(made, body)[1], "salzburg/x") == ["push"]
         finally:
             made.close()
 
@@ -303,26 +261,26 @@ async def test_logins_over_ldaps_and_starttls_with_the_test_ca(
 @pytest_twisted.ensureDeferred
 async def test_directory_outage_is_a_503_and_recovers(tmp_path: Path) -> None:
     own = start_slapd(tmp_path / "slapd")
-    made = Realm(tmp_path / "realm", own)
+    made = directory_realm(tmp_path / "realm", own)
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        status, _, _ = await made.get("bach", password="file-pw", scope="bach/x:pull")
+        status, _, _ = await get(made, "bach", password="file-pw", scope="bach/x:pull")
         assert status == 200
-        status, _, body = await made.get("mozart", scope="salzburg/x:pull")
+        status, _, body = await get(made, "mozart", scope="salzburg/x:pull")
         assert status == 200, body  # now in the credential cache
         own.stop()
         for _ in range(3):
-            status, _, body = await made.get("alice", password="alice-pw", scope="music/x:push")
+            status, _, body = await get(made, "alice", password="alice-pw", scope="music/x:push")
             assert status == 200, body  # users.json accounts keep working
-            status, headers, body = await made.get("salzburg-less", password="pw")
+            status, headers, body = await get(made, "salzburg-less", password="pw")
             assert status == 503, body
             assert headers[b"Retry-After"] == [b"2"]
             assert body["errors"][0]["code"] == "UNAVAILABLE"
-        status, _, body = await made.get("mozart", scope="salzburg/x:pull")
+        status, _, body = await get(made, "mozart", scope="salzburg/x:pull")
         assert status == 200, body  # cached logins need no directory
-        status, _, body = await made.get(None, scope="public/x:pull")
-        assert status == 200 and actions(made.access(body)[1], "public/x") == ["pull"]
+        status, _, body = await get(made, None, scope="public/x:pull")
+        assert status == 200 and actions(granted(made, body)[1], "public/x") == ["pull"]
         warnings = [
             e
             for e in events
@@ -331,11 +289,11 @@ async def test_directory_outage_is_a_503_and_recovers(tmp_path: Path) -> None:
         ]
         assert len(warnings) == 1, warnings
         own.start()
-        status, _, body = await made.get("bach", password=PASSWORD, scope="x:pull")
+        status, _, body = await get(made, "bach", password=PASSWORD, scope="x:pull")
         assert status == 401  # users.json still decides for bach
-        status, _, body = await made.get("schubert-unknown", password=PASSWORD)
+        status, _, body = await get(made, "schubert-unknown", password=PASSWORD)
         assert status == 401, body  # the directory answers again: an unknown name
-        status, _, body = await made.get("mozart", password=PASSWORD, scope="music/x:pull")
+        status, _, body = await get(made, "mozart", password=PASSWORD, scope="music/x:pull")
         assert status == 200, body
     finally:
         globalLogPublisher.removeObserver(events.append)
@@ -363,24 +321,24 @@ def test_policy_refuses_malformed_ldap_groups(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_name_in_another_case_is_one_account(realm: Realm) -> None:
     for spelling in ("Mozart", "mOzart", "moZart"):
-        status, _, _ = await realm.get(spelling, password="wrong")
+        status, _, _ = await get(realm, spelling, password="wrong")
         assert status == 401
-    status, _, body = await realm.get("mozarT")
+    status, _, body = await get(realm, "mozarT")
     assert status == 429, body  # three failures of three spellings: one account's budget
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_name_in_another_case_gets_the_directory_spelling(realm: Realm) -> None:
-    status, _, body = await realm.get("MOZART", scope="composers/mozart/x:push")
+    status, _, body = await get(realm, "MOZART", scope="composers/mozart/x:push")
     assert status == 200, body
-    subject, access = realm.access(body)
+    subject, access = granted(realm, body)
     assert subject == "mozart"  # one spelling: the same ${account} and cache entry
     assert actions(access, "composers/mozart/x") == ["push"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_users_json_decides_for_its_names_in_any_case(realm: Realm) -> None:
-    status, _, body = await realm.get("BACH", password=PASSWORD)  # bach's directory password
+    status, _, body = await get(realm, "BACH", password=PASSWORD)  # bach's directory password
     assert status == 401, body  # not the directory's bach: users.json holds bach
 
 
@@ -388,14 +346,14 @@ async def test_users_json_decides_for_its_names_in_any_case(realm: Realm) -> Non
 async def test_a_refresh_token_ends_once_users_json_holds_the_name_in_any_case(
     realm: Realm,
 ) -> None:
-    status, _, body = await realm.get("mozart", scope="lobby/a:pull")
+    status, _, body = await get(realm, "mozart", scope="lobby/a:pull")
     assert status == 200, body
     refresh_token = body["refresh_token"]
-    users = json.loads((realm.config_dir / "users.json").read_text())
+    users = json.loads((realm.config / "users.json").read_text())
     users["Mozart"] = {"pass_hash": hash_password("file-pw")}
-    (realm.config_dir / "users.json").write_text(json.dumps(users))
-    realm.holder.replace(load_policy(realm.config_dir).policy, reactor.seconds())
-    status, _, body = await realm.refresh(refresh_token, "lobby/a:pull")
+    (realm.config / "users.json").write_text(json.dumps(users))
+    realm.holder.replace(load_policy(realm.config).policy, reactor.seconds())
+    status, _, body = await refresh(realm, refresh_token, "lobby/a:pull")
     assert status == 400, body
     assert "account now in users.json" in body["error_description"]
 
@@ -414,14 +372,14 @@ async def test_look_alike_spellings_are_refused_without_traffic_and_counted(
     tmp_path: Path, slapd: Slapd
 ) -> None:
     throttle = LoginThrottle(per_account=3, per_address=len(LOOK_ALIKES), window=300)
-    made = Realm(tmp_path, slapd, throttle=throttle)
+    made = directory_realm(tmp_path, slapd, throttle=throttle)
     try:
         before = searches(slapd)
         for name in LOOK_ALIKES:
-            status, _, body = await made.get(name, scope="composers/mozart/x:push")
+            status, _, body = await get(made, name, scope="composers/mozart/x:push")
             assert status == 401, (name, body)
         assert searches(slapd) == before, "the directory was never asked"
-        status, _, body = await made.get("mozart")
+        status, _, body = await get(made, "mozart")
         assert status == 429, body  # each refusal was a failure of the address
         assert "address" in body["errors"][0]["message"]
     finally:
@@ -433,11 +391,11 @@ async def test_look_alikes_get_no_guess_once_the_real_name_is_locked(
     realm: Realm, slapd: Slapd
 ) -> None:
     for _ in range(3):
-        assert (await realm.get("mozart", password="wrong"))[0] == 401
-    assert (await realm.get("mozart"))[0] == 429
+        assert (await get(realm, "mozart", password="wrong"))[0] == 401
+    assert (await get(realm, "mozart"))[0] == 429
     binds = slapd.log_text().count('BIND dn="uid=mozart')
     for name in LOOK_ALIKES:
-        status, _, body = await realm.get(name, scope="composers/mozart/x:push")
+        status, _, body = await get(realm, name, scope="composers/mozart/x:push")
         assert status == 401, (name, body)  # the right password, and no token
     assert slapd.log_text().count('BIND dn="uid=mozart') == binds
 
@@ -455,10 +413,10 @@ async def test_a_look_alike_of_a_users_json_name_never_reaches_the_directory(
     try:
         before = searches(slapd)
         for name in ("\uff41lice", "\uff21LICE", "\U0001d41alice"):
-            status, _, body = await realm.get(name, scope="lobby/x:pull")
+            status, _, body = await get(realm, name, scope="lobby/x:pull")
             assert status == 401, (name, body)
         assert searches(slapd) == before
-        status, _, body = await realm.get("alice", scope="lobby/x:pull")
+        status, _, body = await get(realm, "alice", scope="lobby/x:pull")
         assert status == 401, body  # users.json decides for alice: not her directory password
     finally:
         slapd.modify(f"dn: {alice}\nchangetype: delete\n")
@@ -467,24 +425,26 @@ async def test_a_look_alike_of_a_users_json_name_never_reaches_the_directory(
 @pytest_twisted.ensureDeferred
 async def test_names_that_reach_one_entry_share_its_budget(tmp_path: Path, slapd: Slapd) -> None:
     """A filter taking the uid or the cn: two names, one entry, one throttle budget."""
-    made = Realm(tmp_path, slapd, filter="(&(objectClass=person)(|(uid={account})(cn={account})))")
+    made = directory_realm(
+        tmp_path, slapd, filter="(&(objectClass=person)(|(uid={account})(cn={account})))"
+    )
     try:
         for _ in range(3):
-            assert (await made.get("mozart", password="wrong"))[0] == 401
+            assert (await get(made, "mozart", password="wrong"))[0] == 401
         binds = slapd.log_text().count('BIND dn="uid=mozart')
-        status, headers, body = await made.get("Wolfgang Amadeus Mozart", scope="lobby/x:pull")
+        status, headers, body = await get(made, "Wolfgang Amadeus Mozart", scope="lobby/x:pull")
         assert status == 429, body  # the entry is locked, whichever name reaches it
         assert b"Retry-After" in headers
         assert slapd.log_text().count('BIND dn="uid=mozart') == binds, "no password tried"
     finally:
         made.close()
-    made = Realm(
+    made = directory_realm(
         tmp_path / "again", slapd, filter="(&(objectClass=person)(|(uid={account})(cn={account})))"
     )
     try:
-        status, _, body = await made.get("Wolfgang Amadeus Mozart", scope="lobby/x:pull")
+        status, _, body = await get(made, "Wolfgang Amadeus Mozart", scope="lobby/x:pull")
         assert status == 200, body  # the cn reaches mozart, and is the name the token gets
-        assert made.access(body)[0] == "wolfgang amadeus mozart"
+        assert granted(made, body)[0] == "wolfgang amadeus mozart"
     finally:
         made.close()
 
@@ -596,7 +556,7 @@ async def test_unlocking_a_name_ends_its_entrys_lockout_too(tmp_path: Path, slap
     """tokend unlock NAME looks the entry up and clears it as well: else a directory account
     locked through its entry stayed locked after an operator unlocked it."""
     keys = SharedKeys(b"test")  # as in the daemon: names hashed
-    made = Realm(
+    made = directory_realm(
         tmp_path,
         slapd,
         filter="(&(objectClass=person)(|(uid={account})(cn={account})))",
@@ -604,8 +564,8 @@ async def test_unlocking_a_name_ends_its_entrys_lockout_too(tmp_path: Path, slap
     )
     try:
         for _ in range(3):
-            assert (await made.get("mozart", password="wrong"))[0] == 401
-        assert (await made.get("Wolfgang Amadeus Mozart"))[0] == 429  # the entry is locked
+            assert (await get(made, "mozart", password="wrong"))[0] == 401
+        assert (await get(made, "Wolfgang Amadeus Mozart"))[0] == 429  # the entry is locked
         unlocking = Unlocking(
             keys,
             single_process(made.throttle.unlock),
@@ -613,7 +573,7 @@ async def test_unlocking_a_name_ends_its_entrys_lockout_too(tmp_path: Path, slap
         )
         answer = await unlocking.unlock("account", "mozart")
         assert answer["cleared"] == 3  # the name's three failures (the entry's are the same)
-        status, _, body = await made.get("Wolfgang Amadeus Mozart", scope="lobby/x:pull")
+        status, _, body = await get(made, "Wolfgang Amadeus Mozart", scope="lobby/x:pull")
         assert status == 200, body
     finally:
         made.close()

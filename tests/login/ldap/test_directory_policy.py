@@ -24,10 +24,11 @@ from ldap_server import (
     dn,
     start_slapd,
 )
+from realms import Realm
 from support import write_policy
 from test_cli_directory import ldap_options, tool
 from test_directory import config_for
-from test_directory_logins import Realm
+from test_directory_logins import directory_realm, get, granted, refresh
 from twisted.internet import reactor
 
 from tokend.login.identity import DIRECTORY
@@ -84,21 +85,21 @@ def config_dir(tmp_path: Path) -> Path:
 def realm(tmp_path: Path, policed: Slapd) -> Iterator[Realm]:
     """No credential cache: every refresh asks the directory (the cache's ttl is the delay
     documented for changes in the directory)."""
-    made = Realm(tmp_path, policed, cache_ttl=0)
+    made = directory_realm(tmp_path, policed, cache_ttl=0)
     yield made
     made.close()
 
 
 async def login(realm: Realm, uid: str, password: str = PASSWORD) -> str:
-    status, _, body = await realm.get(uid, password=password, scope="lobby/a:pull")
+    status, _, body = await get(realm, uid, password=password, scope="lobby/a:pull")
     assert status == 200, body
-    assert realm.access(body)[0] == uid
+    assert granted(realm, body)[0] == uid
     token: str = body["refresh_token"]
     return token
 
 
 async def refused(realm: Realm, token: str) -> str:
-    status, _, body = await realm.refresh(token, "lobby/a:pull")
+    status, _, body = await refresh(realm, token, "lobby/a:pull")
     assert status == 400, body
     assert body["error"] == "invalid_grant"
     description: str = body["error_description"]
@@ -106,9 +107,9 @@ async def refused(realm: Realm, token: str) -> str:
 
 
 async def refreshes(realm: Realm, token: str, uid: str) -> None:
-    status, _, body = await realm.refresh(token, "lobby/a:pull")
+    status, _, body = await refresh(realm, token, "lobby/a:pull")
     assert status == 200, body
-    assert realm.access(body) == (
+    assert granted(realm, body) == (
         uid,
         [{"type": "repository", "name": "lobby/a", "actions": ["pull"]}],
     )
@@ -123,7 +124,7 @@ async def test_a_locked_account_neither_refreshes_nor_logs_in(realm: Realm, poli
         replace(policed, "haydn", "pwdAccountLockedTime", "000001010000Z")  # as the root DN
         assert "no active account in the directory" in await refused(realm, token)
         binds = policed.log_text().count('BIND dn="uid=haydn')
-        status, _, body = await realm.get("haydn", scope="lobby/a:pull")
+        status, _, body = await get(realm, "haydn", scope="lobby/a:pull")
         assert status == 401, body
         assert policed.log_text().count('BIND dn="uid=haydn') == binds, "refused before a bind"
         replace(policed, "haydn", "pwdAccountLockedTime", None)
@@ -170,11 +171,11 @@ async def test_the_active_filter_applies_to_logins_and_refreshes(
     tmp_path: Path, policed: Slapd
 ) -> None:
     add_person(policed, "gluck")
-    made = Realm(tmp_path, policed, cache_ttl=0, active_filter="(!(description=retired))")
+    made = directory_realm(tmp_path, policed, cache_ttl=0, active_filter="(!(description=retired))")
     try:
         token = await login(made, "gluck")
         replace(policed, "gluck", "description", "retired")
-        status, _, body = await made.get("gluck", scope="lobby/a:pull")
+        status, _, body = await get(made, "gluck", scope="lobby/a:pull")
         assert status == 401, body
         await refused(made, token)
         replace(policed, "gluck", "description", None)
