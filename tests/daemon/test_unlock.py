@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemons import ACCOUNT_LIMIT, Daemon, start, worker_pids
 from support import REPO, parsed_options, parsed_settings, settled, stop_process
-from test_workers import ACCOUNT_LIMIT, Daemon, start, worker_pids
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.python.usage import UsageError as OptionsError

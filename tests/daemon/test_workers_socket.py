@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import stop_process
-from test_workers import Daemon, start, wait_for, worker_pids
+from daemons import Daemon, start, worker_pids
+from support import stop_process, wait_for
 
 
 def listen_backlog(sock: Path) -> int | None:

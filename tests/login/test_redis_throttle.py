@@ -21,9 +21,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemons import ACCOUNT_LIMIT, Daemon, start, worker_pids
 from redis_server import RedisServer
-from support import REPO, free_port, start_twistd, stop_process, write_key_pair, write_policy
-from test_workers import ACCOUNT_LIMIT, Daemon, start, wait_for, worker_pids
+from support import (
+    REPO,
+    free_port,
+    start_twistd,
+    stop_process,
+    wait_for,
+    write_key_pair,
+    write_policy,
+)
 
 from tokend.login.shared_limits.news import (
     Failed,

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemons import Daemon, start, worker_pids
 from support import UnixHTTPConnection, get_json_over_unix, stop_process
-from test_workers import Daemon, start, worker_pids
 
 REQUEST_TIMEOUT = 1
 

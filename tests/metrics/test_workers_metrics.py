@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemons import Daemon, start, worker_pids
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, stop_process
-from test_workers import Daemon, start, wait_for, worker_pids
+from support import free_port, stop_process, wait_for
 
 from tokend.metrics.exposition import union_of
 

@@ -5,21 +5,14 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import parsed_options, write_key_pair, write_policy
-from twisted.logger import capturedLogs
+from daemons import announce, parsed
+from support import write_key_pair, write_policy
 from twisted.python.usage import UsageError
 
-from tokend.daemon.services import Announcer
 from tokend.policy.holder import PolicyHolder
 from tokend.tap import Options
-
-
-def parsed(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Options:
-    options: Options = parsed_options(tmp_path, *args, environ=environ)
-    return options
 
 
 @pytest.mark.parametrize(
@@ -95,14 +88,6 @@ def test_the_default_socket_directory_is_created(
     options.parseOptions(["--key", "p256.key", "--cert", "p256.crt"])
     assert (tmp_path / "run").is_dir()
     assert options.settings.listen.socket_path == "run/tokend.sock"
-
-
-def announce(options: Options, holder: PolicyHolder | None = None) -> list[dict[str, Any]]:
-    settings = options.settings
-    holder = holder or PolicyHolder(settings.policy.loaded.policy, 0.0)
-    with capturedLogs() as events:
-        Announcer(settings, holder).startService()
-    return list(events)
 
 
 @pytest.mark.parametrize("network", ["0.0.0.0/0", "::/0", "10.0.0.0/0"])
