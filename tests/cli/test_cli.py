@@ -12,6 +12,7 @@ import bcrypt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from support import (
+    REPO,
     load_certificate,
     new_private_key,
     self_signed,
@@ -56,7 +57,7 @@ def test_hash_password_rejects_a_cost_bcrypt_does_not_take() -> None:
 
 
 def test_check_config_accepts_the_shipped_examples() -> None:
-    code, out = run("check-config", "--config-dir", str(Path(__file__).parent.parent / "config"))
+    code, out = run("check-config", "--config-dir", str(REPO / "config"))
     assert code == 0
     assert "2 users" in out
 
@@ -117,7 +118,7 @@ def test_python_dash_m_runs_the_tool(tmp_path: Path) -> None:
         [sys.executable, "-m", "tokend", "hash-password", "--stdin", "--cost", "4"],
         input=b"pw\n",
         capture_output=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=REPO,
         check=True,
     )
     assert bcrypt.checkpw(b"pw", result.stdout.strip())
@@ -236,7 +237,7 @@ def test_hash_password_piped_into_the_real_command_is_one_sentence() -> None:
         [sys.executable, "-m", "tokend", "hash-password", "--cost", "4"],
         input=b"pw\npw\n",
         capture_output=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=REPO,
         start_new_session=True,
         check=False,
     )
@@ -297,7 +298,7 @@ def test_check_config_accepts_the_flag_its_loose_key_message_names(
 def test_dev_cert_refuses_to_write_through_a_dangling_link(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without --force (which replaces the link itself: tests/test_devcert.py)."""
+    """Without --force (which replaces the link itself: tests/signing/test_devcert.py)."""
     target = tmp_path / "elsewhere.key"
     link = tmp_path / "k.key"
     link.symlink_to(target)

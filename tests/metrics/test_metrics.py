@@ -223,7 +223,7 @@ def test_a_bad_metrics_endpoint_stops_start_up(tmp_path: Path) -> None:
 
 
 def test_metrics_are_accepted_with_several_worker_processes(tmp_path: Path) -> None:
-    """The parent serves the union of the workers' metrics (tests/test_workers_metrics.py)."""
+    """The parent serves the union of the workers' metrics (test_workers_metrics.py)."""
     assert parsed_settings(tmp_path, "--metrics", "tcp:9102", "--workers", "2").metrics
     assert parsed_settings(tmp_path, "--metrics", "tcp:9102", "--workers", "1").metrics
 

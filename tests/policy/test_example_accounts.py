@@ -1,7 +1,7 @@
 """The example accounts config/users.json ships (foo/foo, bar/bar) never serve a production
 daemon: start-up refuses them, a reload that brings them in is refused like a broken edit, and
 ``tokend check-config`` warns; only ``--dev-cert`` (a development daemon) starts with them.
-The real twistd's side is in tests/test_daemon.py."""
+The real twistd's side is in tests/daemon/test_daemon.py."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import bcrypt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import REPO
 
 from tokend.policy.documents import anonymous_from_document, users_from_document
 from tokend.policy.files import load_policy
@@ -165,7 +166,7 @@ def test_load_policy_rejects_duplicate_keys_and_missing_files(tmp_path: Path) ->
 
 
 def test_shipped_config_loads_with_the_seed_users() -> None:
-    policy = load_policy(Path(__file__).parent.parent / "config").policy
+    policy = load_policy(REPO / "config").policy
     assert bcrypt.checkpw(b"foo", policy.users["foo"].pass_hash)
     assert bcrypt.checkpw(b"bar", policy.users["bar"].pass_hash)
     assert policy.grant("foo", scope("repository:x:pull,push")) == ("pull",)
@@ -214,6 +215,6 @@ def test_bcrypt_cost_of_unknown_users_follows_the_policy() -> None:
 
 
 def test_example_documents_are_plain_json() -> None:
-    root = Path(__file__).parent.parent / "config"
+    root = REPO / "config"
     for name in ("users.json", "repositories.json"):
         json.loads((root / name).read_text())

@@ -277,7 +277,7 @@ def test_post_needs_a_form(realm: Realm) -> None:
 
 
 def test_healthz(realm: Realm) -> None:
-    """Only ok or degraded: the details are the metrics listener's (tests/test_healthz.py)."""
+    """Only ok or degraded: the details are the metrics listener's (tests/web/test_healthz.py)."""
     code, _, body = realm.call("GET", "/healthz")
     assert (code, body) == (200, {"status": "ok"})
 

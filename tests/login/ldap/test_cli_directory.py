@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from ldap_server import GROUPS, SUFFIX, Slapd, dn, group_dn
-from support import free_port, with_default_sigint, write_policy
+from support import REPO, free_port, with_default_sigint, write_policy
 
 from tokend.cli import main
 
@@ -25,7 +25,6 @@ from tokend.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore:'parseString' deprecated")
 
 COMPOSERS, SALZBURG = group_dn("composers"), group_dn("salzburg")
-ROOT = Path(__file__).parent.parent
 SCOPES = ("repository:mozart/requiem:pull,push", "repository:lobby/news:pull,push")
 
 
@@ -48,7 +47,7 @@ def tool(*argv: str) -> tuple[int, str, str]:
     result = subprocess.run(
         [sys.executable, "-m", "tokend", *argv],
         capture_output=True,
-        cwd=ROOT,
+        cwd=REPO,
         stdin=subprocess.DEVNULL,
         timeout=60,
         check=False,
@@ -429,7 +428,7 @@ def test_ctrl_c_while_the_directory_keeps_silent(config_dir: Path) -> None:
             "--ldap-timeout", "60",
         ]  # fmt: skip
         process = subprocess.Popen(
-            with_default_sigint(command), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            with_default_sigint(command), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         try:
             connection, _ = silent.accept()  # the reactor is running: the bind is on its way
@@ -464,7 +463,7 @@ def test_check_config_warns_about_ldap_groups_the_directory_lacks(
 def test_directory_options_without_a_url_are_ignored_with_the_daemons_warning(
     config_dir: Path,
 ) -> None:
-    """The daemon's rule (tests/test_directory_options.py): accepted, ignored, said once."""
+    """The daemon's rule (test_directory_options.py): accepted, ignored, said once."""
     warning = "warning: --ldap-base is ignored: no --ldap-url names a directory to ask\n"
     code, out, err = run("check-config", "--config-dir", str(config_dir), "--ldap-base", SUFFIX)
     assert (code, err) == (0, ""), err

@@ -360,7 +360,7 @@ async def test_a_refresh_token_ends_once_users_json_holds_the_name_in_any_case(
 
 LOOK_ALIKES = ("\uff4dozart", "\U0001d426ozart", "\u24dcozart", "\uff4d\U0001d428zart")
 """mozart with a fullwidth m, a mathematical bold m, a circled m, and a fullwidth m with a
-mathematical bold o: slapd finds uid=mozart for each (tests/test_directory.py)."""
+mathematical bold o: slapd finds uid=mozart for each (test_directory.py)."""
 
 
 def searches(slapd: Slapd) -> int:

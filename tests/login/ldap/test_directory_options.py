@@ -144,7 +144,7 @@ def test_a_ca_cert_that_is_not_pem_is_one_sentence(tmp_path: Path) -> None:
 def test_directory_options_without_a_url_are_ignored_with_a_warning(
     tmp_path: Path, args: list[str], environ: dict[str, str], warning: str
 ) -> None:
-    """The tool's rule too (tests/test_cli_directory.py): accepted, ignored, said once."""
+    """The tool's rule too (test_cli_directory.py): accepted, ignored, said once."""
     options = parsed_options(tmp_path, *args, environ=environ)
     assert options.settings.directory.config is None
     assert (
