@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
+from realms import Realm, offline_login, refresh
 from support import (
     hash_password,
     load_certificate,
@@ -439,8 +440,6 @@ def test_a_twin_ecdsa_signature_is_the_same_token(
 def test_the_log_names_a_twin_signature_by_the_issued_tokens_fingerprint(
     tmp_path: Path,
 ) -> None:
-    from realms import Realm, offline_login, refresh
-
     realm = Realm(tmp_path, refresh_ttl=3600)
     assert realm.signing_key.alg == "ES256"
     with capturedLogs() as events:

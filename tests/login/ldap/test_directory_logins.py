@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import pytest
 import pytest_twisted
 from ldap_server import BASE, PASSWORD, SERVICE_DN, SUFFIX, Slapd, dn, group_dn, start_slapd
-from realms import Realm, Response, basic_auth
+from realms import CountingWorkers, Realm, Response, basic_auth
 from support import hash_password, settled, verify_jwt
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
@@ -577,18 +577,6 @@ async def test_unlocking_a_name_ends_its_entrys_lockout_too(tmp_path: Path, slap
         assert status == 200, body
     finally:
         made.close()
-
-
-class CountingWorkers:
-    """Real bcrypt, inline, counted."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._inline = InlineRunner()
-
-    def run(self, function: Any, *args: Any) -> Any:
-        self.calls += 1
-        return self._inline.run(function, *args)
 
 
 def test_a_look_alike_is_refused_after_one_bcrypt_as_a_wrong_password_is() -> None:
