@@ -5,14 +5,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
 from support import (
-    UnixHTTPConnection,
     get_json_over_unix,
     parsed_options,
     pids_issuing,
@@ -62,13 +60,8 @@ class Daemon:
         self, path: str, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, Any]]:
         """One request on a connection of its own (so the kernel may pick either worker)."""
-        connection = UnixHTTPConnection(self.sock)
-        try:
-            connection.request("GET", path, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            connection.close()
+        status, body = get_json_over_unix(self.sock, path, headers)
+        return status, body
 
     def health(self) -> dict[str, Any]:
         """The metrics listener's /healthz: the first process's pid, each worker's details."""
