@@ -16,8 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,21 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from twisted.web.resource import Resource
-
-    from tokend.client_address import TrustedProxies
-    from tokend.issuing import Issuing
-    from tokend.login.credential_cache import CredentialCache
-    from tokend.login.in_flight import InFlight
-    from tokend.login.logins import AccountDirectory, Logins
-    from tokend.login.refresh_tokens import RefreshTokens
-    from tokend.login.throttle import LoginThrottle
-    from tokend.metrics.instruments import RequestMetrics
-    from tokend.policy.holder import PolicyHolder
-    from tokend.signing.keys import SigningKey
-    from tokend.signing.tokens import TokenIssuer
-    from tokend.threads import ThreadRunner
-    from tokend.web.realm import TokenAPI
+    pass
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -359,114 +344,3 @@ def wait_for(
             raise AssertionError(f"{what}: the process ended ({process.returncode})\n{shown}")
         assert time.monotonic() < deadline, f"{what}: not after {timeout:g} s"
         time.sleep(0.05)
-
-
-class HandFiredWorkers:
-    """A thread pool stand-in that holds every call until the test fires it, so checks and
-    loads stay in flight (``calls`` counts what was asked)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        self.calls += 1
-        deferred: Deferred[Any] = Deferred()
-        self.pending.append((deferred, function, args))
-        return deferred
-
-    def fire_one(self) -> None:
-        """Runs the oldest held call; its exception fails its Deferred."""
-        deferred, function, args = self.pending.pop(0)
-        try:
-            result = function(*args)
-        except Exception:
-            deferred.errback(Failure())
-        else:
-            deferred.callback(result)
-
-    def fire_all(self) -> None:
-        while self.pending:
-            self.fire_one()
-
-
-@dataclass(frozen=True)
-class RealmParts:
-    """A TokenAPI built as the daemon builds one, with the handles tests read or drive."""
-
-    api: TokenAPI
-    holder: PolicyHolder
-    clock: Any
-    logins: Logins
-    issuing: Issuing
-    tokens: TokenIssuer
-    throttle: LoginThrottle | None
-    metrics: RequestMetrics
-
-    def resource(self) -> Resource:
-        return self.api.resource()
-
-
-def realm_api(
-    policy: Path | PolicyHolder,
-    key: SigningKey | tuple[Path, Path],
-    *,
-    clock: Any = None,
-    workers: ThreadRunner | None = None,
-    issuer: str = "tokend-test",
-    services: Sequence[str] = ("registry.test",),
-    throttle: LoginThrottle | None = None,
-    credential_cache: CredentialCache | None = None,
-    trusted_proxies: TrustedProxies | None = None,
-    in_flight: InFlight | None = None,
-    refresh_tokens: RefreshTokens | None = None,
-    directory: AccountDirectory | None = None,
-    metrics: RequestMetrics | None = None,
-) -> RealmParts:
-    """The one realm fixture: a TokenAPI over ``policy`` (a config directory, loaded now, or a
-    ready holder), signing with ``key`` (loaded, or its key and certificate paths) for 300 s.
-
-    Defaults: a ``task.Clock`` at 0, bcrypt run inline (``workers``), no throttle, cache,
-    per-address share, directory, refresh tokens or metrics, as in ``logins_for``.
-    """
-    from twisted.internet.task import Clock
-
-    from tokend.issuing import Issuing
-    from tokend.login.assembly import logins_for
-    from tokend.login.passwords import PasswordChecker
-    from tokend.metrics.instruments import NO_METRICS
-    from tokend.policy.files import load_policy
-    from tokend.policy.holder import PolicyHolder
-    from tokend.signing.keys import load_signing_key
-    from tokend.signing.tokens import TokenIssuer
-    from tokend.threads import InlineRunner
-    from tokend.web.realm import TokenAPI
-
-    clock = Clock() if clock is None else clock
-    metrics = NO_METRICS if metrics is None else metrics
-    if isinstance(policy, Path):
-        policy = PolicyHolder(load_policy(policy).policy, clock.seconds())
-    if isinstance(key, tuple):
-        key = load_signing_key(*key)
-    logins = logins_for(
-        policy=policy,
-        passwords=PasswordChecker(InlineRunner() if workers is None else workers),
-        clock=clock.seconds,
-        throttle=throttle,
-        credential_cache=credential_cache,
-        in_flight=in_flight,
-        directory=directory,
-        refresh_tokens=refresh_tokens,
-        metrics=metrics,
-    )
-    tokens = TokenIssuer(key, issuer, 300)
-    issuing = Issuing(policy=policy, tokens=tokens, logins=logins, clock=clock.seconds)
-    api = TokenAPI(
-        policy=policy,
-        logins=logins,
-        issuing=issuing,
-        services=services,
-        trusted_proxies=trusted_proxies,
-        metrics=metrics,
-    )
-    return RealmParts(api, policy, clock, logins, issuing, tokens, throttle, metrics)

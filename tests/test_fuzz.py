@@ -21,7 +21,8 @@ import pytest
 from hyperlink import EncodedURL
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from support import realm_api, settled, write_key_pair, write_policy
+from realms import realm_api
+from support import settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 

@@ -9,8 +9,8 @@ import io
 from pathlib import Path
 
 import pytest
+from daemons import announce, parsed
 from support import write_policy
-from test_tap_options import announce, parsed
 
 from tokend.cli import main
 from tokend.client_address import parse_networks

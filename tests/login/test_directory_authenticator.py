@@ -1,6 +1,6 @@
 """The directory authenticator alone, over an in-memory directory client (the real client
-against slapd is covered by tests/test_directory*.py): which names it answers, the identity it
-makes, a directory that cannot answer, the cache, and its refresh tokens."""
+against slapd is covered by tests/login/ldap/test_directory*.py): which names it answers, the
+identity it makes, a directory that cannot answer, the cache, and its refresh tokens."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from policies import NOW, holder_in, policy_in
+from realms import CountingWorkers
 from support import hash_password, settled, write_key_pair
 from twisted.internet.defer import Deferred, ensureDeferred
 
@@ -25,18 +26,6 @@ from tokend.signing.keys import load_signing_key
 from tokend.threads import InlineRunner
 
 USERS_JSON = {"alice": ("alice-pw", {"alice/*": ["pull"]})}
-
-
-class CountingWorkers:
-    """Real bcrypt, inline, counted."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._inline = InlineRunner()
-
-    def run(self, function: Any, *args: Any) -> Deferred[Any]:
-        self.calls += 1
-        return self._inline.run(function, *args)
 
 
 def password_file(holder: PolicyHolder, workers: Any = None) -> PasswordFile:

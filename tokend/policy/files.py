@@ -198,7 +198,7 @@ class PolicyDecoder:
     walked in Python and the C decoder is handed one value below them at a time (``scan``):
     one rule's actions, one hash. Between two of them the interpreter may switch to the
     reactor thread, and ``stop`` is checked. The result, or the error and its position, is
-    json.loads's; tests/test_policy_files.py compares the two on generated and mangled texts.
+    json.loads's; tests/policy/test_policy_files.py compares the two on generated and mangled texts.
     """
 
     def __init__(self, stop: Event | None = None) -> None:
