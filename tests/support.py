@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import os
 import re
@@ -344,3 +345,19 @@ def wait_for(
             raise AssertionError(f"{what}: the process ended ({process.returncode})\n{shown}")
         assert time.monotonic() < deadline, f"{what}: not after {timeout:g} s"
         time.sleep(0.05)
+
+
+def run_tool(*argv: str) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``tokend argv`` in this process (argparse's own exits
+    included)."""
+    from tokend.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved, sys.stderr = sys.stderr, err
+    try:
+        code = main(list(argv), stdin=io.StringIO(), stdout=out)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.stderr = saved
+    return code, out.getvalue(), err.getvalue()

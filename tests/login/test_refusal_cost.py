@@ -17,6 +17,7 @@ import pytest
 import pytest_twisted
 from ldap_server import BASE, PASSWORD, SERVICE_DN, Slapd
 from realms import realm_api
+from stand_ins import DirectoryStandIn
 from support import hash_password, settled, write_key_pair
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -25,7 +26,7 @@ from twisted.internet.task import Clock, deferLater
 
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.credentials import UsernamePassword
-from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused, directory_spelling
+from tokend.login.identity import DIRECTORY, Identity, Login, LoginRefused
 from tokend.login.in_flight import InFlight
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
@@ -55,24 +56,12 @@ class CountingWorkers:
         return self._inline.run(function, *args)
 
 
-class OneAccount:
+class OneAccount(DirectoryStandIn):
     """A directory that knows one account and its password: the door's view of one, in memory."""
-
-    credential_types = (UsernamePassword,)
-    source = DIRECTORY
-    refusals_cost_a_bcrypt = False
 
     def __init__(self, current: Callable[[], Policy]) -> None:
         self.asked: list[tuple[str, bytes]] = []
         self._current = current
-
-    def answers(self, credentials: object, policy: Policy) -> object | None:
-        assert isinstance(credentials, UsernamePassword)
-        spelled = directory_spelling(credentials.account, policy)
-        return None if spelled is None else UsernamePassword(spelled, credentials.password)
-
-    def at_once(self, credentials: object, policy: Policy, now: float) -> Login | None:
-        return None
 
     async def authenticate(self, credentials: object, gate: object) -> Login | None:
         assert isinstance(credentials, UsernamePassword)

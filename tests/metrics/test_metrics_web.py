@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from realms import realm_api
+from stand_ins import DirectoryStandIn
 from support import settled, write_key_pair, write_policy
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
@@ -19,7 +20,7 @@ from twisted.internet.task import Clock
 
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.credentials import UsernamePassword
-from tokend.login.identity import BackendUnavailable, Login, directory_spelling
+from tokend.login.identity import BackendUnavailable, Login
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.throttle import LoginThrottle
@@ -32,20 +33,8 @@ NOW = 1_800_000_000
 SERVICE = "registry.test"
 
 
-class DirectoryDown:
+class DirectoryDown(DirectoryStandIn):
     """A directory that cannot answer: every login it would decide is unavailable."""
-
-    credential_types = (UsernamePassword,)
-    source = "ldap"
-    refusals_cost_a_bcrypt = False
-
-    def answers(self, credentials: object, policy: Policy) -> object | None:
-        assert isinstance(credentials, UsernamePassword)
-        spelled = directory_spelling(credentials.account, policy)
-        return None if spelled is None else UsernamePassword(spelled, credentials.password)
-
-    def at_once(self, credentials: object, policy: Policy, now: float) -> Login | None:
-        return None
 
     async def authenticate(self, credentials: object, gate: object) -> Login | None:
         assert isinstance(credentials, UsernamePassword)

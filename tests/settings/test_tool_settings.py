@@ -5,14 +5,12 @@ with; the command line wins over the environment, as for the daemon."""
 from __future__ import annotations
 
 import argparse
-import io
-import sys
 from pathlib import Path
 
 import pytest
-from support import write_key_pair, write_policy
+from support import run_tool, write_key_pair, write_policy
 
-from tokend.cli import build_parser, main
+from tokend.cli import build_parser
 from tokend.client_address import parse_networks
 from tokend.login.ldap.options import DIRECTORY_OPTIONS
 from tokend.proxy_exposure import proxy_exposure
@@ -20,18 +18,6 @@ from tokend.settings.options import DAEMON
 from tokend.tap import Options
 
 BASE = "ou=musicians,dc=example,dc=com"
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    saved, sys.stderr = sys.stderr, err
-    try:
-        code = main(list(argv), stdin=io.StringIO(), stdout=out)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.stderr = saved
-    return code, out.getvalue(), err.getvalue()
 
 
 def command(name: str) -> argparse.ArgumentParser:
@@ -73,14 +59,14 @@ def test_the_policy_options_come_from_the_environment(
     config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TOKEND_CONFIG_DIR", str(config / "env-config"))
-    code, out, err = run("check-config")
+    code, out, err = run_tool("check-config")
     assert (code, err) == (0, "")
     assert f"{config / 'env-config'}: policy is valid: 1 users" in out
-    code, out, _ = run("explain", "bach", "repository:a/b:pull")
+    code, out, _ = run_tool("explain", "bach", "repository:a/b:pull")
     assert code == 0 and "'bach' gets pull" in out
-    code, out, _ = run("user", "list")
+    code, out, _ = run_tool("user", "list")
     assert code == 0 and "bach" in out
-    code, out, _ = run("check-config", "--config-dir", str(config / "cli-config"))
+    code, out, _ = run_tool("check-config", "--config-dir", str(config / "cli-config"))
     assert code == 0 and f"{config / 'cli-config'}: policy is valid" in out, "the command line wins"
 
 
@@ -89,26 +75,28 @@ def test_the_directory_options_come_from_the_environment(
 ) -> None:
     monkeypatch.setenv("TOKEND_CONFIG_DIR", str(config / "env-config"))
     monkeypatch.setenv("TOKEND_LDAP_BASE", BASE)
-    code, out, err = run("check-config")
+    code, out, err = run_tool("check-config")
     assert (code, err) == (0, "")
     assert out.startswith(
         "warning: TOKEND_LDAP_BASE is ignored: no --ldap-url names a directory to ask\n"
     )
     monkeypatch.delenv("TOKEND_LDAP_BASE")
     monkeypatch.setenv("TOKEND_LDAP_URL", "ldap://127.0.0.1:1")
-    code, out, err = run("check-config")
+    code, out, err = run_tool("check-config")
     assert (code, out) == (2, "")
     assert err == "tokend check-config: TOKEND_LDAP_URL needs --ldap-base (a DN)\n"
     monkeypatch.setenv("TOKEND_LDAP_BASE", BASE)
     monkeypatch.setenv("TOKEND_LDAP_TIMEOUT", "0")
-    code, out, err = run("explain", "mozart", "repository:a/b:pull")
+    code, out, err = run_tool("explain", "mozart", "repository:a/b:pull")
     assert (code, out) == (2, "")
     assert err == "tokend explain: TOKEND_LDAP_TIMEOUT must be between 0 and 300 s\n"
-    code, out, err = run("explain", "--anonymous", "repository:a/b:pull")
+    code, out, err = run_tool("explain", "--anonymous", "repository:a/b:pull")
     assert (code, err) == (0, ""), "the daemon's directory is not asked about anonymous clients"
-    code, out, err = run("explain", "--ldap-group", BASE, "mozart", "repository:a/b:pull")
+    code, out, err = run_tool("explain", "--ldap-group", BASE, "mozart", "repository:a/b:pull")
     assert (code, err) == (0, ""), "nor with the groups given"
-    code, _, err = run("explain", "--ldap-url", "ldap://x", "--anonymous", "repository:a/b:pull")
+    code, _, err = run_tool(
+        "explain", "--ldap-url", "ldap://x", "--anonymous", "repository:a/b:pull"
+    )
     assert code == 2 and "drop the --ldap-* options" in err
 
 
@@ -119,15 +107,15 @@ def test_the_signing_options_come_from_the_environment(
     monkeypatch.setenv("TOKEND_CONFIG_DIR", str(config / "env-config"))
     monkeypatch.setenv("TOKEND_KEY", str(key_path))
     monkeypatch.setenv("TOKEND_CERT", str(cert_path))
-    code, out, err = run("check-config")
+    code, out, err = run_tool("check-config")
     assert (code, err) == (0, "")
     assert f"key {key_path}: P-256 (ES256)\n" in out
     assert f"certificate {cert_path}" in out
     key_path.chmod(0o640)
-    code, out, err = run("check-config")
+    code, out, err = run_tool("check-config")
     assert code == 1 and "chmod 600" in err
     monkeypatch.setenv("TOKEND_ALLOW_LOOSE_KEY_PERMISSIONS", "yes")
-    assert run("check-config")[0] == 0
+    assert run_tool("check-config")[0] == 0
 
 
 def test_the_listen_options_come_from_the_environment(
@@ -137,13 +125,13 @@ def test_the_listen_options_come_from_the_environment(
     monkeypatch.setenv("TOKEND_CONFIG_DIR", str(config / "env-config"))
     monkeypatch.setenv("TOKEND_LISTEN", listen)
     monkeypatch.setenv("TOKEND_TRUSTED_PROXY", f"{trusted},192.0.2.1")
-    code, out, err = run("check-config")
+    code, out, err = run_tool("check-config")
     assert (code, err) == (0, "")
     expected = proxy_exposure(
         listen, parse_networks([trusted, "192.0.2.1"]), "TOKEND_LISTEN", "TOKEND_TRUSTED_PROXY"
     )
     assert f"warning: {expected}\n" in out
-    code, out, _ = run("check-config", "--trusted-proxy", "127.0.0.1")
+    code, out, _ = run_tool("check-config", "--trusted-proxy", "127.0.0.1")
     assert code == 0 and "warning" not in out, "the command line replaces the variable's list"
 
 
@@ -152,8 +140,8 @@ def test_the_login_limits_come_from_the_environment_with_the_daemons_bounds(
 ) -> None:
     monkeypatch.setenv("TOKEND_CONFIG_DIR", str(config / "env-config"))
     monkeypatch.setenv("TOKEND_FAILURE_WINDOW", "0")
-    code, out, err = run("check-config")
+    code, out, err = run_tool("check-config")
     assert (code, out) == (2, "")
     assert err == "tokend check-config: TOKEND_FAILURE_WINDOW must be between 1 and 86400\n"
-    code, out, err = run("check-config", "--failure-window", "60")
+    code, out, err = run_tool("check-config", "--failure-window", "60")
     assert (code, err) == (0, "")

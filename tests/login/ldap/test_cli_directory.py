@@ -5,7 +5,6 @@ runs once per process); the others in-process.
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import socket
@@ -16,9 +15,7 @@ from pathlib import Path
 
 import pytest
 from ldap_server import GROUPS, SUFFIX, Slapd, dn, group_dn
-from support import REPO, free_port, with_default_sigint, write_policy
-
-from tokend.cli import main
+from support import REPO, free_port, run_tool, with_default_sigint, write_policy
 
 # ldaptor's filter parser calls pyparsing by its pre-3.0 names (tokend silences that warning at
 # import, but pytest resets the warning filters around each test).
@@ -26,19 +23,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:'parseString' deprecated")
 
 COMPOSERS, SALZBURG = group_dn("composers"), group_dn("salzburg")
 SCOPES = ("repository:mozart/requiem:pull,push", "repository:lobby/news:pull,push")
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of ``tokend argv`` (argparse's own exits included)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved, sys.stderr = sys.stderr, err
-    try:
-        code = main(list(argv), stdin=io.StringIO(), stdout=out)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.stderr = saved
-    return code, out.getvalue(), err.getvalue()
 
 
 def tool(*argv: str) -> tuple[int, str, str]:
@@ -128,7 +112,7 @@ def test_explain_looks_a_directory_account_up(slapd: Slapd, config_dir: Path) ->
 
 def test_explain_with_groups_given_asks_no_directory(config_dir: Path) -> None:
     """No --ldap-url: nothing to connect to; the groups given decide (spelling normalised)."""
-    code, out, err = run(
+    code, out, err = run_tool(
         "explain", "--config-dir", str(config_dir),
         "--ldap-group", f"CN=Composers, OU=Groups, {SUFFIX}", "salieri", *SCOPES,
     )  # fmt: skip
@@ -146,7 +130,7 @@ def test_explain_with_groups_given_asks_no_directory(config_dir: Path) -> None:
 
 def test_explain_a_directory_account_no_group_takes(tmp_path: Path) -> None:
     write_policy(tmp_path, {"bach": ("pw", {})})
-    code, out, _ = run(
+    code, out, _ = run_tool(
         "explain", "--config-dir", str(tmp_path), "--ldap-group", COMPOSERS, "mozart", SCOPES[0]
     )
     assert code == 0
@@ -157,7 +141,7 @@ def test_explain_a_directory_account_no_group_takes(tmp_path: Path) -> None:
 
 
 def test_explain_spells_a_directory_name_as_the_daemon_does(config_dir: Path) -> None:
-    code, out, _ = run(
+    code, out, _ = run_tool(
         "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, "Mozart",
         "repository:mozart/requiem:push",
     )  # fmt: skip
@@ -174,7 +158,7 @@ def test_explain_refuses_a_look_alike_spelling_as_the_daemon_does(
     config_dir: Path, name: str
 ) -> None:
     """A fullwidth, mathematical or circled m (or a soft hyphen): slapd would find mozart."""
-    code, out, err = run(
+    code, out, err = run_tool(
         "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, name, SCOPES[0]
     )
     assert (code, out) == (1, "")
@@ -183,7 +167,7 @@ def test_explain_refuses_a_look_alike_spelling_as_the_daemon_does(
 
 
 def test_explain_refuses_a_users_json_name_in_another_case(config_dir: Path) -> None:
-    code, out, err = run(
+    code, out, err = run_tool(
         "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, "BACH", SCOPES[0]
     )
     assert code == 1 and out == ""
@@ -207,7 +191,9 @@ def test_explain_refuses_a_users_json_name_in_another_case(config_dir: Path) -> 
 def test_explain_refuses_options_that_do_not_go_together(
     config_dir: Path, argv: tuple[str, ...], message: str
 ) -> None:
-    code, out, err = run("explain", "--config-dir", str(config_dir), *argv, "mozart", SCOPES[0])
+    code, out, err = run_tool(
+        "explain", "--config-dir", str(config_dir), *argv, "mozart", SCOPES[0]
+    )
     assert (code, out) == (2, "")
     assert message in err
 
@@ -225,7 +211,7 @@ def test_explain_an_account_the_directory_does_not_find(slapd: Slapd, config_dir
 
 
 def test_explain_without_a_directory_says_how_to_ask_one(config_dir: Path) -> None:
-    code, out, err = run("explain", "--config-dir", str(config_dir), "mozart", SCOPES[0])
+    code, out, err = run_tool("explain", "--config-dir", str(config_dir), "mozart", SCOPES[0])
     assert (code, out) == (1, "")
     assert "no user 'mozart' in users.json; give the daemon's --ldap-url" in err
     assert "or --ldap-group DN" in err
@@ -235,7 +221,7 @@ def test_explain_a_users_json_name_never_asks_the_directory(config_dir: Path) ->
     """bach is in the directory too, but users.json decides: the unreachable directory given
     is never contacted (otherwise this would fail as unavailable)."""
     dead = f"ldap://127.0.0.1:{free_port()}"
-    code, out, err = run(
+    code, out, err = run_tool(
         "explain", "--config-dir", str(config_dir), "--ldap-url", dead, "--ldap-base", SUFFIX,
         "bach", "repository:bach/fugue:pull,push",
     )  # fmt: skip
@@ -315,7 +301,7 @@ def test_check_config_refuses_a_loose_bind_password_file(
     loose.write_bytes(slapd.bind_password + b"\n")
     loose.chmod(0o644)
     options = ldap_options(slapd, password_file=loose)
-    code, out, err = run("check-config", "--config-dir", str(config_dir), *options)
+    code, out, err = run_tool("check-config", "--config-dir", str(config_dir), *options)
     assert (code, out) == (1, "")
     assert "pass --allow-loose-key-permissions" in err
     assert slapd.bind_password.decode() not in err
@@ -360,7 +346,7 @@ def test_explain_a_group_whose_rules_tie_for_the_name(tmp_path: Path) -> None:
         }
     }
     (tmp_path / "groups.json").write_text(json.dumps(groups))
-    code, out, _ = run(
+    code, out, _ = run_tool(
         "explain", "--config-dir", str(tmp_path), "--ldap-group", COMPOSERS, "mozart", SCOPES[0]
     )
     assert code == 0
@@ -373,7 +359,7 @@ def test_explain_a_group_whose_rules_tie_for_the_name(tmp_path: Path) -> None:
 
 
 def test_explain_a_users_json_name_with_groups_given(config_dir: Path) -> None:
-    code, out, _ = run(
+    code, out, _ = run_tool(
         "explain", "--config-dir", str(config_dir), "--ldap-group", COMPOSERS, "bach",
         "repository:bach/fugue:push",
     )  # fmt: skip
@@ -465,10 +451,12 @@ def test_directory_options_without_a_url_are_ignored_with_the_daemons_warning(
 ) -> None:
     """The daemon's rule (test_directory_options.py): accepted, ignored, said once."""
     warning = "warning: --ldap-base is ignored: no --ldap-url names a directory to ask\n"
-    code, out, err = run("check-config", "--config-dir", str(config_dir), "--ldap-base", SUFFIX)
+    code, out, err = run_tool(
+        "check-config", "--config-dir", str(config_dir), "--ldap-base", SUFFIX
+    )
     assert (code, err) == (0, ""), err
     assert out.startswith(warning) and "policy is valid" in out
-    code, out, err = run(
+    code, out, err = run_tool(
         "explain", "--config-dir", str(config_dir), "--ldap-base", SUFFIX, "bach", SCOPES[0]
     )
     assert (code, err) == (0, ""), err
@@ -478,7 +466,7 @@ def test_directory_options_without_a_url_are_ignored_with_the_daemons_warning(
 def test_a_ca_cert_that_is_not_pem_is_one_sentence(config_dir: Path, tmp_path: Path) -> None:
     not_pem = tmp_path / "ca.txt"
     not_pem.write_text("not a certificate\n")
-    code, out, err = run(
+    code, out, err = run_tool(
         "check-config", "--config-dir", str(config_dir), "--ldap-url", "ldaps://127.0.0.1:1",
         "--ldap-base", SUFFIX, "--ldap-ca-cert", str(not_pem),
     )  # fmt: skip

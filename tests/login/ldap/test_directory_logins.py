@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 from ldap_server import BASE, PASSWORD, SERVICE_DN, SUFFIX, Slapd, dn, group_dn, start_slapd
 from realms import CountingWorkers, Realm, Response, basic_auth
+from stand_ins import DirectoryStandIn
 from support import hash_password, settled, verify_jwt
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
@@ -30,7 +31,6 @@ from tokend.login.identity import (
     Login,
     LoginRefused,
     LoginThrottled,
-    directory_spelling,
     entry_name,
 )
 from tokend.login.in_flight import InFlight
@@ -452,12 +452,10 @@ async def test_names_that_reach_one_entry_share_its_budget(tmp_path: Path, slapd
 DN = "uid=mozart,ou=musicians,dc=example,dc=com"
 
 
-class RememberingDirectory:
+class RememberingDirectory(DirectoryStandIn):
     """An in-memory directory backend: one entry, reached by two names, whose right password
     the credential cache remembers once it was checked."""
 
-    credential_types = (UsernamePassword,)
-    source = DIRECTORY
     refusals_cost_a_bcrypt = True  # none here: the door need not pay one for it
 
     def __init__(self, policy: Policy) -> None:
@@ -466,11 +464,6 @@ class RememberingDirectory:
 
     def _login(self, account: str) -> Login:
         return Login(Identity(account, DIRECTORY, entry=DN), self.policy)
-
-    def answers(self, credentials: object, policy: Policy) -> object | None:
-        assert isinstance(credentials, UsernamePassword)
-        spelled = directory_spelling(credentials.account, policy)
-        return None if spelled is None else UsernamePassword(spelled, credentials.password)
 
     def at_once(self, credentials: object, policy: Policy, now: float) -> Login | None:
         assert isinstance(credentials, UsernamePassword)
