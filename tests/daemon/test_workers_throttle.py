@@ -103,11 +103,14 @@ class Store:
         return answer
 
 
+def asking(store: Store) -> LoginThrottle:
+    """A throttle whose first sight of a key asks ``store`` (Redis, or the parent)."""
+    return LoginThrottle(per_account=3, per_address=100, window=60, news=NewsBus(lookup=store.ask))
+
+
 def test_a_key_is_asked_about_once_before_its_first_check_and_again_after_a_rejoin() -> None:
     store = Store()
-    throttle = LoginThrottle(
-        per_account=3, per_address=100, window=60, news=NewsBus(lookup=store.ask)
-    )
+    throttle = asking(store)
     first = throttle.consult("alice", "192.0.2.1", 10.0)
     burst = throttle.consult("alice", "192.0.2.1", 10.0)
     assert first is not None and burst is not None, "a burst waits for the same answer"
@@ -131,9 +134,7 @@ def test_a_key_is_asked_about_once_before_its_first_check_and_again_after_a_rejo
 
 def test_a_client_that_leaves_while_the_store_is_asked_breaks_nothing() -> None:
     store = Store()
-    throttle = LoginThrottle(
-        per_account=3, per_address=100, window=60, news=NewsBus(lookup=store.ask)
-    )
+    throttle = asking(store)
     leaving = throttle.consult("alice", "192.0.2.1", 10.0)
     staying = throttle.consult("alice", "192.0.2.1", 10.0)
     assert leaving is not None and staying is not None

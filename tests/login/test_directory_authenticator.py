@@ -75,14 +75,19 @@ def accounts_in(tmp_path: Path) -> tuple[DirectoryAccounts, InMemoryDirectory, P
         groups={"composers": {"ldap_groups": [COMPOSERS], "repositories": {"music/*": ["pull"]}}},
     )
     directory = InMemoryDirectory()
-    made = DirectoryAccounts(
+    return accounts_over(directory, holder, cache_ttl=60, retry_after=2.5), directory, holder
+
+
+def accounts_over(
+    directory: InMemoryDirectory, holder: PolicyHolder, cache_ttl: int, retry_after: float
+) -> DirectoryAccounts:
+    return DirectoryAccounts(
         directory,  # type: ignore[arg-type]
         lambda: holder.current,
-        CredentialCache(ttl=60),
+        CredentialCache(ttl=cache_ttl),
         lambda: NOW,
-        retry_after=2.5,
+        retry_after=retry_after,
     )
-    return made, directory, holder
 
 
 def logged_in(accounts: DirectoryAccounts, account: str, password: bytes) -> Any:
@@ -146,13 +151,7 @@ def test_it_vouches_for_a_refresh_token_while_the_entry_is_unchanged(tmp_path: P
 
     moved = DirectoryAccount(DN, frozenset(), EntryState(stable_id="e-2", created="20270101Z"))
     directory.accounts["mozart"] = (b"right", moved)
-    fresh = DirectoryAccounts(
-        directory,  # type: ignore[arg-type]
-        lambda: holder.current,
-        CredentialCache(ttl=0),
-        lambda: NOW,
-        retry_after=1,
-    )
+    fresh = accounts_over(directory, holder, cache_ttl=0, retry_after=1)
     with pytest.raises(InvalidRefreshToken, match="changed"):
         settled(ensureDeferred(fresh.vouch(claims, tokens, policy)))
     del directory.accounts["mozart"]
