@@ -134,6 +134,12 @@ class Login:
     policy: Policy
 
 
+class NotMine(Exception):
+    """Raised by an authenticator's ``authenticate`` that answered the credentials but, once
+    asked, found they are not its to decide (an external program's exit status 2): the door
+    hands them to the next authenticator that answers them."""
+
+
 class LoginError(Exception):
     """A login that did not end in an identity; ``message`` is safe to show and to log."""
 
