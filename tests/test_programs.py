@@ -5,11 +5,11 @@ the bound on programs running at once."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import pytest_twisted
+from support import write_script as script
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
@@ -22,14 +22,6 @@ from tokend.programs import (
     ProgramsBusy,
     ProgramSlots,
 )
-
-
-def script(directory: Path, name: str, body: str, interpreter: str = sys.executable) -> str:
-    """An executable script ``name`` in ``directory`` run by ``interpreter``."""
-    path = directory / name
-    path.write_text(f"#!{interpreter}\n{body}")
-    path.chmod(0o755)
-    return str(path)
 
 
 def runner(path: str, *args: str, timeout: float = 5, at_once: int = 4) -> ProgramRunner:
