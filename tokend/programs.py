@@ -172,7 +172,7 @@ class ProgramRunner:
         self._slots = slots
         self._max_output = max_output
         self.pids: set[int] = set()
-        """The processes running now (for the tests, and a stop that kills them)."""
+        """The processes running now (the tests read them)."""
 
     async def run(self, stdin: bytes) -> Finished:
         """The program's exit status and output for ``stdin`` (written to it, then closed:
