@@ -44,7 +44,7 @@ sys.exit(2 if user == "carol" else 1)
 AUTHZ = """
 import json, sys
 question = json.load(sys.stdin)
-sys.exit(1 if question["Name"] == "builds/locked" else 0)
+sys.exit({"builds/locked": 1, "builds/broken": 3}.get(question["Name"], 0))
 """
 PASSWORD = "hunter2-secret"
 
@@ -99,6 +99,8 @@ def test_programs_decide_logins_and_narrow_rights_through_twistd(tmp_path: Path)
         ]
         status, body = ask("repository:builds/locked:pull,push", "robot", "right")
         assert (status, access(body)) == (200, []), "the authorization program took it away"
+        status, body = ask("repository:builds/broken:pull", "robot", "right")
+        assert status == 503 and "authorization program" in body["errors"][0]["message"]
         assert ask("repository:builds/app:pull", "robot", "wrong")[0] == 401
         assert ask("repository:builds/app:pull", "carol", "c")[0] == 401, "not mine, no one's"
         status, body = ask("repository:builds/app:pull", "broken", PASSWORD)
@@ -123,4 +125,5 @@ def test_programs_decide_logins_and_narrow_rights_through_twistd(tmp_path: Path)
         assert stop_process(process) == -signal.SIGTERM
     text = log.read_text()
     assert "ran past 3 s" in text and "exit status 5" in text and "cannot check <password>" in text
+    assert "the authorization program" in text and "exit status 3" in text
     assert PASSWORD not in text
