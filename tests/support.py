@@ -361,3 +361,39 @@ def run_tool(*argv: str) -> tuple[int, str, str]:
     finally:
         sys.stderr = saved
     return code, out.getvalue(), err.getvalue()
+
+
+def write_script(directory: Path, name: str, body: str, interpreter: str = sys.executable) -> str:
+    """An executable script ``name`` in ``directory``, run by ``interpreter`` (an external
+    authentication or authorization program, as an operator writes one)."""
+    path = directory / name
+    path.write_text(f"#!{interpreter}\n{body}")
+    path.chmod(0o755)
+    return str(path)
+
+
+EXT_AUTH_SH = """read u p
+
+if [ "$u" = "user" -a "$p" = "pass" ]; then
+  exit 0
+fi
+
+if [ "$u" = "bofh" -a "$p" = "LART" ]; then
+  echo '{"labels": {"level": ["max"], "groups": ["VIP", "ATeam"]}}'
+  exit 0
+fi
+
+exit 1
+"""
+"""docker_auth's examples/ext_auth.sh, its semantics written again (``=``: its ``==`` is not
+POSIX, and dash's ``[`` refuses it)."""
+
+
+def pid_file_hang(pid_file: Path) -> str:
+    """A Python program body that writes its pid to ``pid_file`` then hangs."""
+    return (
+        "import os, time\n"
+        f"open({str(pid_file)!r} + '.tmp', 'w').write(f'{{os.getpid()}}\\n')\n"
+        f"os.rename({str(pid_file)!r} + '.tmp', {str(pid_file)!r})\n"
+        "time.sleep(600)\n"
+    )

@@ -4,11 +4,25 @@ when the refresh_token grant was used."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-from support import load_certificate, settled, verify_jwt, write_key_pair, write_policy
+import pytest
+import pytest_twisted
+from support import (
+    load_certificate,
+    settled,
+    verify_jwt,
+    write_key_pair,
+    write_policy,
+    write_script,
+)
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
-from tokend.issuing import Issuing
+from tokend.authorization import AuthorizationProgram, AuthorizationUnavailable
+from tokend.issuing import Issued, Issuing
 from tokend.login.assembly import logins_for
 from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import Login
@@ -17,6 +31,7 @@ from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
+from tokend.programs import Program, ProgramRunner, ProgramSlots
 from tokend.scope import parse_scopes
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
@@ -27,7 +42,13 @@ ASKED = parse_scopes(["repository:public/hello:pull,push", "repository:private/x
 
 
 class Desk:
-    def __init__(self, tmp_path: Path, *, refresh_ttl: int | None = 3600) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        refresh_ttl: int | None = 3600,
+        authorization: AuthorizationProgram | None = None,
+    ) -> None:
         config = tmp_path / "config"
         write_policy(
             config,
@@ -52,6 +73,7 @@ class Desk:
             tokens=TokenIssuer(key, "tokend-test", 300),
             logins=self.logins,
             clock=lambda: NOW,
+            authorization=authorization,
         )
 
     def login(self, user: str) -> Login:
@@ -105,3 +127,90 @@ def test_without_refresh_tokens_an_offline_login_gets_none(tmp_path: Path) -> No
     desk = Desk(tmp_path, refresh_ttl=None)
     issued = desk.issuing.issue(desk.login("bar"), "registry.test", ASKED, offline=True)
     assert issued.refresh_token is None
+
+
+def authorizer(tmp_path: Path, grants: str, *, decides: bool = False) -> AuthorizationProgram:
+    """A real authorization program that logs each question to ``questions`` and exits 0 when
+    the expression ``grants`` (over ``q``, the question) holds, else 1; ``q`` may also make it
+    exit 3."""
+    log = tmp_path / "questions"
+    program = write_script(
+        tmp_path,
+        "authz.py",
+        "import json, sys\n"
+        "q = json.load(sys.stdin)\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(q) + '\\n')\n"
+        f"sys.exit(3 if q['Name'] == 'broken' else 0 if {grants} else 1)\n",
+    )
+    runner = ProgramRunner(Program(program, (), 5), reactor, ProgramSlots(4))
+    return AuthorizationProgram(runner, decides=decides)
+
+
+def questions(tmp_path: Path) -> list[dict[str, Any]]:
+    log = tmp_path / "questions"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def issued(answer: Issued | Deferred[Issued]) -> Issued:
+    assert isinstance(answer, Deferred), "with an authorization program, issuing waits"
+    return await answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_authorization_program_narrows_what_the_policy_grants(tmp_path: Path) -> None:
+    """Asked only about what the policy grants, with docker_auth's fields; its refusal takes
+    the scope away, and a scope the policy grants nothing on is never put to it."""
+    desk = Desk(tmp_path, authorization=authorizer(tmp_path, "q['Name'] != 'public/hello'"))
+    login = desk.login("bar")
+    answer = await issued(desk.issuing.issue(login, "registry.test", ASKED, client="192.0.2.7"))
+    assert [str(scope) for scope in answer.granted] == [
+        "repository:public/hello:",
+        "repository:private/x:",
+    ]
+    assert desk.claims(answer.token.token)["access"] == []
+    assert questions(tmp_path) == [
+        {
+            "Account": "bar",
+            "Type": "repository",
+            "Name": "public/hello",
+            "Service": "registry.test",
+            "IP": "192.0.2.7",
+            "Actions": ["pull", "push"],
+            "Labels": None,
+        }
+    ]
+    (tmp_path / "yes").mkdir()
+    desk = Desk(tmp_path / "yes", authorization=authorizer(tmp_path / "yes", "True"))
+    answer = await issued(desk.issuing.issue(desk.login("bar"), "registry.test", ASKED))
+    assert str(answer.granted[0]) == "repository:public/hello:pull,push"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deciding_program_grants_what_a_login_asked_but_anonymous_only_narrows(
+    tmp_path: Path,
+) -> None:
+    program = authorizer(tmp_path, "True", decides=True)
+    desk = Desk(tmp_path, authorization=program)
+    answer = await issued(desk.issuing.issue(desk.login("bar"), "registry.test", ASKED))
+    assert [str(scope) for scope in answer.granted] == [
+        "repository:public/hello:pull,push",
+        "repository:private/x:pull",
+    ]
+    anonymous = await issued(desk.issuing.issue(None, "registry.test", ASKED, offline=True))
+    assert [str(scope) for scope in anonymous.granted] == [
+        "repository:public/hello:pull",
+        "repository:private/x:",
+    ]
+    assert anonymous.refresh_token is None
+    assert [(q["Account"], q["Name"], q["Actions"]) for q in questions(tmp_path)[2:]] == [
+        ("", "public/hello", ["pull"])
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_authorization_program_error_issues_nothing(tmp_path: Path) -> None:
+    desk = Desk(tmp_path, authorization=authorizer(tmp_path, "True", decides=True))
+    asked = parse_scopes(["repository:public/hello:pull", "repository:broken:pull"])
+    with pytest.raises(AuthorizationUnavailable) as raised:
+        await issued(desk.issuing.issue(desk.login("bar"), "registry.test", asked))
+    assert (raised.value.account, raised.value.retry_after) == ("bar", 5)

@@ -1,12 +1,16 @@
 """Issuing a token for an identity (or nobody): the scopes asked ∩ the rights its policy gives
-it, signed, plus a refresh token when a login asked for one. No HTTP here: the realm parses the
-request, calls :meth:`Issuing.issue`, and writes the answer and its log line."""
+it (and, when one is configured, what the authorization program says of each), signed, plus a
+refresh token when a login asked for one. No HTTP here: the realm parses the request, calls
+:meth:`Issuing.issue`, and writes the answer and its log line."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+
+from tokend.authorization import AuthorizationProgram, Question
 from tokend.login.identity import Login
 from tokend.login.logins import Logins
 from tokend.policy.holder import PolicyHolder
@@ -32,13 +36,16 @@ class Issuing:
         tokens: TokenIssuer,
         logins: Logins,
         clock: Callable[[], float],
+        authorization: AuthorizationProgram | None = None,
     ) -> None:
         """``policy`` answers for anonymous requests (a login carries the policy it was checked
-        against); ``logins`` makes the refresh tokens."""
+        against); ``logins`` makes the refresh tokens; ``authorization``, the external
+        authorization program, is asked about each scope (then issuing waits for it)."""
         self._policy = policy
         self._tokens = tokens
         self._logins = logins
         self._clock = clock
+        self._authorization = authorization
 
     @property
     def issuer(self) -> str:
@@ -52,10 +59,13 @@ class Issuing:
         *,
         offline: bool = False,
         presented: str | None = None,
-    ) -> Issued:
-        """The token for ``login`` (None: anonymous). ``offline``: a refresh token is asked for
-        too (never given anonymously); ``presented``: the refresh token the login came with,
-        answered back rather than replaced."""
+        client: str = "",
+    ) -> Issued | Deferred[Issued]:
+        """The token for ``login`` (None: anonymous) from ``client`` (its address). ``offline``:
+        a refresh token is asked for too (never given anonymously); ``presented``: the refresh
+        token the login came with, answered back rather than replaced. At once without an
+        authorization program; with one, once it has answered (a Deferred that fails with
+        :class:`tokend.authorization.AuthorizationUnavailable`)."""
         policy = self._policy.current if login is None else login.policy
         account = None if login is None else login.identity.account
         member = None if login is None else policy.rights(login.identity)
@@ -63,6 +73,55 @@ class Issuing:
             ResourceScope(scope.type, scope.name, policy.grant(account, scope, member))
             for scope in asked
         )
+        if self._authorization is None:
+            return self._signed(login, service, granted, offline, presented)
+        authorized = self._authorized(self._authorization, login, service, asked, granted, client)
+        return Deferred.fromCoroutine(authorized).addCallback(
+            lambda granted: self._signed(login, service, granted, offline, presented)
+        )
+
+    async def _authorized(
+        self,
+        program: AuthorizationProgram,
+        login: Login | None,
+        service: str,
+        asked: Sequence[ResourceScope],
+        granted: tuple[ResourceScope, ...],
+        client: str,
+    ) -> tuple[ResourceScope, ...]:
+        """Each scope after the program's word, asked about every scope at once: what the
+        policy grants, kept or dropped; or with ``decides`` (a login), what was asked."""
+        decides = program.decides and login is not None
+        labels = None
+        if login is not None and login.identity.labels:
+            labels = {label: list(values) for label, values in login.identity.labels}
+        account = "" if login is None else login.identity.account
+
+        async def answered(put: ResourceScope, kept: ResourceScope) -> ResourceScope:
+            if not put.actions:
+                return kept
+            question = Question(account, put, service, client, labels)
+            return put if await program.grants(question) else ResourceScope(put.type, put.name, ())
+
+        answers = [
+            Deferred.fromCoroutine(answered(put if decides else kept, kept))
+            for put, kept in zip(asked, granted, strict=True)
+        ]
+        try:
+            return tuple(await gatherResults(answers, consumeErrors=True))
+        except FirstError as e:
+            e.subFailure.raiseException()
+            raise
+
+    def _signed(
+        self,
+        login: Login | None,
+        service: str,
+        granted: tuple[ResourceScope, ...],
+        offline: bool,
+        presented: str | None,
+    ) -> Issued:
+        account = None if login is None else login.identity.account
         now = self._clock()
         token = self._tokens.issue(account or "", service, granted, now)
         refresh_token = presented

@@ -37,6 +37,7 @@ from tokend.option_table import Layered, Option, OptionError, env_name, socket_p
 from tokend.policy.examples import example_accounts, example_accounts_error
 from tokend.policy.files import LoadedPolicy, load_policy
 from tokend.policy.model import PolicyError
+from tokend.programs import Program
 from tokend.settings.options import DAEMON, DAEMON_OPTIONS
 from tokend.settings.values import (
     DirectorySettings,
@@ -45,6 +46,7 @@ from tokend.settings.values import (
     LoginLimits,
     LogSettings,
     PolicySettings,
+    ProgramSettings,
     Settings,
     SigningSettings,
     WorkerSettings,
@@ -139,6 +141,8 @@ class Options(usage.Options):
     opt_s = opt_service
     opt_trusted_proxy = _appending(DAEMON["trusted-proxy"])
     opt_ldap_url = _appending(DAEMON["ldap-url"])
+    opt_auth_program_arg = _appending(DAEMON["auth-program-arg"])
+    opt_authz_program_arg = _appending(DAEMON["authz-program-arg"])
 
     def opt_cert(self, value: str) -> None:
         self["cert"] = value
@@ -221,6 +225,14 @@ class Options(usage.Options):
         metrics = self._checked_metrics(self["metrics"])
         log_format = self._checked_log_format()
         signing = self._signing(services, token_ttl, refresh_token_ttl)
+        programs = ProgramSettings(
+            authentication=self._program("auth-program"),
+            authorization=self._program("authz-program"),
+            authorization_decides=bool(self["authz-program-decides"]),
+            at_once=self._integer("programs-at-once"),
+        )
+        if programs.authorization_decides and programs.authorization is None:
+            raise OptionError(f"{self.source('authz-program-decides')} needs --authz-program")
         layered = self._layered()
         allow_loose = bool(self["allow-loose-key-permissions"])
         config = directory_config(layered, allow_loose) if self["ldap-url"] else None
@@ -250,11 +262,26 @@ class Options(usage.Options):
             logs=LogSettings(log_format, self.parent),
             workers=WorkerSettings(workers, tuple(self.argv)),
             from_environment=layered.from_environment,
+            programs=programs,
         )
 
     def _integer(self, name: str) -> int:
         """A whole number within the bounds its declaration gives."""
         return DAEMON[name].whole_number(self[name], self.source(name))
+
+    def _program(self, name: str) -> Program | None:
+        """--auth-program or --authz-program with its arguments and timeout: an executable
+        file, its path made absolute (the daemon's working directory may change)."""
+        path, args = self[name], tuple(self[f"{name}-arg"])
+        timeout = self._integer(f"{name}-timeout")
+        if not path:
+            if args:
+                raise OptionError(f"{self.source(name + '-arg')} needs --{name}")
+            return None
+        absolute = os.path.abspath(path)
+        if not os.path.isfile(absolute) or not os.access(absolute, os.X_OK):
+            raise OptionError(f"{self.source(name)} {path}: not an executable file")
+        return Program(absolute, args, timeout)
 
     def _redis_address(self) -> RedisAddress | None:
         """--redis, with the password --redis-password-file holds (it wins over the URL's)."""

@@ -76,6 +76,22 @@ def test_check_config_reports_the_file_and_reason(
     assert "pull" in err
 
 
+def test_check_config_refuses_program_labels_that_are_not_lists_and_takes_good_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_policy(tmp_path, {"a": ("pw", {"*": ["pull"]})})
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({"ci": {"program_labels": {"group": "ci"}}}))
+    assert run("check-config", "--config-dir", str(tmp_path))[0] == 1
+    assert "groups.json: ci.program_labels.group: expected a list of label values" in (
+        capsys.readouterr().err
+    )
+    rules = {"program_labels": {"group": ["ci"]}, "repositories": {"builds/*": ["pull", "push"]}}
+    groups.write_text(json.dumps({"ci": rules}))
+    code, out = run("check-config", "--config-dir", str(tmp_path))
+    assert code == 0 and "warning" not in out, "a group for program labels is used"
+
+
 def test_check_config_checks_the_key_too(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

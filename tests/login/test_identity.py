@@ -17,7 +17,7 @@ from tokend.login.identity import (
     directory_name,
     directory_spelling,
 )
-from tokend.policy.model import DIRECTORY_GROUPS, Policy
+from tokend.policy.model import DIRECTORY_GROUPS, PROGRAM_LABELS, Policy, labels_from
 from tokend.scope import ResourceScope
 
 COMPOSERS = "cn=composers,ou=groups,dc=example,dc=com"
@@ -32,7 +32,11 @@ def policy(tmp_path: Path) -> Policy:
             "composers": {
                 "ldap_groups": [COMPOSERS],
                 "repositories": {"music/*": ["pull"], "home/${account}": ["pull", "push"]},
-            }
+            },
+            "builders": {
+                "program_labels": {"group": ["ci", "release"], "level": ["max"]},
+                "repositories": {"builds/*": ["pull", "push"], "home/${account}": ["pull"]},
+            },
         },
     )
 
@@ -64,6 +68,27 @@ def test_a_directory_identity_holds_its_groups_rights_bound_to_its_name(policy: 
     rights = policy.rights(outsider)
     assert rights is not None and rights.sources == ()
     assert granted(policy, outsider, "music/requiem") == ()
+
+
+def test_a_program_identity_holds_the_rights_of_groups_one_of_its_labels_names(
+    policy: Policy,
+) -> None:
+    """Any listed value of any listed label makes it a member; ``${account}`` is its name."""
+    for labels in ({"group": ["other", "ci"]}, {"level": ["max"]}, {"group": ["release"]}):
+        robot = Identity("robot", "program", labels=labels_from(labels), rights_from=PROGRAM_LABELS)
+        assert granted(policy, robot, "builds/app") == ("pull", "push")
+        assert granted(policy, robot, "home/robot") == ("pull",)
+        assert granted(policy, robot, "music/requiem") == ()
+    for labels in ({}, {"group": ["other"]}, {"ci": ["group"]}, {"levels": ["max"]}):
+        outsider = Identity(
+            "robot", "program", labels=labels_from(labels), rights_from=PROGRAM_LABELS
+        )
+        assert granted(policy, outsider, "builds/app") == ()
+
+
+def test_a_program_identity_named_like_a_user_gets_no_users_json_rights(policy: Policy) -> None:
+    identity = Identity("alice", "program", labels=labels_from({}), rights_from=PROGRAM_LABELS)
+    assert granted(policy, identity, "alice/app") == ()
 
 
 def test_a_directory_identity_named_like_a_user_gets_no_users_json_rights(

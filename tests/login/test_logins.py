@@ -19,6 +19,7 @@ from tokend.login.identity import (
     Login,
     LoginRefused,
     LoginThrottled,
+    NotMine,
     UnfitName,
 )
 from tokend.login.in_flight import InFlight
@@ -90,6 +91,26 @@ class Accounts:
             waiting: Deferred[None] = Deferred()
             self.held.append(waiting)
             await waiting
+        if self.passwords[credentials.account] != credentials.password:
+            return None
+        return Login(Identity(credentials.account, self.source), self.policy)
+
+
+class Passing(Accounts):
+    """An authenticator that answers every name but, once asked, says ``mine`` are the only
+    ones it decides (an external program's exit status 2 for the others)."""
+
+    def __init__(self, mine: dict[str, bytes]) -> None:
+        super().__init__("passing", mine)
+
+    def answers(self, credentials: object, policy: Policy) -> object | None:
+        return credentials
+
+    async def authenticate(self, credentials: object, gate: EntryGate) -> Login | None:
+        assert isinstance(credentials, UsernamePassword)
+        self.asked.append(credentials.account)
+        if credentials.account not in self.passwords:
+            raise NotMine(credentials.account)
         if self.passwords[credentials.account] != credentials.password:
             return None
         return Login(Identity(credentials.account, self.source), self.policy)
@@ -263,3 +284,48 @@ def test_credentials_no_authenticator_takes_are_refused_and_count_for_the_addres
         logins.login(RefreshToken("a.b.c"), HERE)
     with pytest.raises(LoginThrottled):
         logins.login(UsernamePassword("bob", b"right"), HERE)
+
+
+def test_not_mine_hands_the_credentials_to_the_next_authenticator_that_answers(
+    policy: Policy,
+) -> None:
+    """The passing one decides its own names; the others go on to the next that answers them
+    (as it spells them), then to nobody, refused after one bcrypt."""
+    passing = Passing({"alice": b"a"})
+    skipped = Accounts("skipped", {})
+    after = Accounts("after", {"bob": b"b"})
+    workers = CountingWorkers()
+    metrics = Recorded()
+    logins = door(policy, passing, skipped, after, workers=workers, metrics=metrics)
+    assert settled(logins.login(UsernamePassword("alice", b"a"), HERE)).identity.source == (
+        "passing"
+    )
+    bob = settled(logins.login(UsernamePassword("BOB", b"b"), HERE))
+    assert (bob.identity.source, bob.identity.account) == ("after", "bob")
+    with pytest.raises(LoginRefused):
+        settled(logins.login(UsernamePassword("bob", b"wrong"), HERE))
+    with pytest.raises(LoginRefused):
+        settled(logins.login(UsernamePassword("carol", b"c"), HERE))
+    assert passing.asked == ["alice", "BOB", "bob", "carol"]
+    assert after.asked == ["bob", "bob"]
+    assert workers.costs == [4, 4], "one bcrypt for each refusal, whoever refused"
+    assert metrics.checks == [True, True, False]
+
+
+def test_not_mine_asks_the_next_authenticators_memory_first(policy: Policy) -> None:
+    passing = Passing({})
+    after = Accounts("after", {"bob": b"b"})
+    after.remembered.add(("bob", b"b"))
+    logins = door(policy, passing, after)
+    assert settled(logins.login(UsernamePassword("bob", b"b"), HERE)).identity.source == "after"
+    assert (passing.asked, after.asked) == (["bob"], [])
+
+
+def test_not_mine_then_an_unfit_name_is_refused_after_one_bcrypt(policy: Policy) -> None:
+    passing = Passing({})
+    after = Accounts("after", {"bob": b"b"}, unfit="!")
+    workers = CountingWorkers()
+    logins = door(policy, passing, after, workers=workers)
+    with pytest.raises(LoginRefused):
+        settled(logins.login(UsernamePassword("bob!", b"b"), HERE))
+    assert (after.asked, workers.costs) == ([], [4])

@@ -69,7 +69,7 @@ def test_a_typo_in_groups_json_names_the_key_meant() -> None:
         ),
         (
             lambda: groups_from_document({"g": {"rules": {}}}, "groups.json"),
-            '"repositories", "catalog", "ldap_groups"',
+            '"repositories", "catalog", "ldap_groups", "program_labels"',
         ),
     ],
 )
@@ -232,3 +232,21 @@ def test_one_mistake_repeated_for_many_users_is_reported_a_bounded_number_of_tim
     assert warnings[-1] == (
         f"… more group grants over users' denies not shown (limit {MAX_OVERRIDE_WARNINGS})"
     )
+
+
+@pytest.mark.parametrize(
+    ("labels", "path", "reason"),
+    [
+        (["ci"], "g.program_labels", "expected an object mapping label names to lists of values"),
+        ({"group": "ci"}, "g.program_labels.group", "expected a list of label values"),
+        ({"group": ["ci", 3]}, "g.program_labels.group[1]", "expected a non-empty string, not 3"),
+        ({"group": [""]}, "g.program_labels.group[0]", 'expected a non-empty string, not ""'),
+        ({"": ["ci"]}, 'g.program_labels[""]', "a label name must not be empty"),
+    ],
+)
+def test_check_config_refuses_program_labels_that_are_not_label_lists(
+    labels: object, path: str, reason: str
+) -> None:
+    with pytest.raises(PolicyError) as raised:
+        groups_from_document({"g": {"program_labels": labels}}, "groups.json")
+    assert (raised.value.path, raised.value.reason) == (path, reason)

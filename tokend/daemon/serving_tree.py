@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.web.resource import IResource
 
+from tokend.authorization import AuthorizationProgram
 from tokend.client_address import TrustedProxies
 from tokend.daemon.control import ControlSocket, Unlocking, single_process
 from tokend.daemon.services import (
@@ -28,6 +29,7 @@ from tokend.login.in_flight import InFlight
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
 from tokend.login.passwords import PasswordChecker
+from tokend.login.program import ProgramAccounts
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.shared_limits.bus import NewsBus
 from tokend.login.shared_limits.keys import SharedKeys
@@ -45,6 +47,7 @@ from tokend.metrics.instruments import NO_METRICS, Metrics, RequestMetrics
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc
 from tokend.policy.watcher import PolicyWatchService
+from tokend.programs import ProgramRunner, ProgramSlots
 from tokend.signing.tokens import TokenIssuer
 from tokend.threads import BoundedThreadQueue, QueueService, ThreadPoolService
 from tokend.web.health import PolicyHealth
@@ -152,6 +155,17 @@ def serving_tree(
         unlocking = Unlocking(keys, single_process(throttle.unlock), redis, entries)
         ControlSocket(settings.listen.control_socket, unlocking, reactor).setServiceParent(root)
     signing = settings.signing
+    programs = settings.programs
+    slots = ProgramSlots(programs.at_once)
+    program_accounts = authorization = None
+    if programs.authentication is not None:
+        runner = ProgramRunner(programs.authentication, reactor, slots)
+        program_accounts = ProgramAccounts(
+            runner, lambda: holder.current, credential_cache, reactor.seconds
+        )
+    if programs.authorization is not None:
+        runner = ProgramRunner(programs.authorization, reactor, slots)
+        authorization = AuthorizationProgram(runner, decides=programs.authorization_decides)
     logins = logins_for(
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
@@ -161,6 +175,7 @@ def serving_tree(
         in_flight=InFlight(
             limits.bcrypt_per_address, capacity=limits.bcrypt_threads + limits.bcrypt_queue
         ),
+        program=program_accounts,
         directory=directory,
         refresh_tokens=RefreshTokens(signing.key, signing.issuer, signing.refresh_token_ttl),
         metrics=metrics,
@@ -173,6 +188,7 @@ def serving_tree(
             tokens=TokenIssuer(signing.key, signing.issuer, signing.token_ttl),
             logins=logins,
             clock=reactor.seconds,
+            authorization=authorization,
         ),
         services=list(signing.services),
         realm_path=settings.listen.realm_path,

@@ -34,20 +34,23 @@ def logins_for(
     throttle: LoginThrottle | None = None,
     credential_cache: CredentialCache | None = None,
     in_flight: InFlight | None = None,
+    program: Authenticator | None = None,
     directory: AccountDirectory | None = None,
     refresh_tokens: RefreshTokens | None = None,
     metrics: RequestMetrics = NO_METRICS,
     more: Sequence[Authenticator] = (),
 ) -> Logins:
     """Without ``throttle``, ``credential_cache`` or ``in_flight`` there is no throttling,
-    caching or per-address share of the bcrypt queue; without ``directory``, names not in
-    users.json are unknown; without ``refresh_tokens``, no refresh token is accepted or
-    issued; without ``metrics``, nothing is counted. ``more`` are further ways in, asked
-    after these.
+    caching or per-address share of the bcrypt queue; without ``program`` (the external
+    authentication program, :class:`tokend.login.program.ProgramAccounts`) or ``directory``,
+    names not in users.json are unknown; without ``refresh_tokens``, no refresh token is
+    accepted or issued; without ``metrics``, nothing is counted. ``more`` are further ways
+    in, asked after these.
 
-    The order: users.json decides the names it holds; the directory, when there is one, the
-    others; the password file refuses what is left against a dummy hash; then refresh
-    tokens, vouched for by the authenticator that issued their account's identity.
+    The order: users.json decides the names it holds; the program, when there is one, the
+    others it says are its own; the directory, when there is one, the rest; the password
+    file refuses what is left against a dummy hash; then refresh tokens, vouched for by the
+    authenticator that issued their account's identity (the program vouches for none).
     """
     if throttle is None:
         throttle = LoginThrottle(per_account=0, per_address=0, window=1)
@@ -57,6 +60,8 @@ def logins_for(
     password_file = PasswordFile(current, passwords, cache, clock)
     vouching: list[Vouching] = [password_file]
     authenticators: list[Authenticator] = [password_file]
+    if program is not None:
+        authenticators.append(program)
     if directory is not None:
         authenticators.append(directory)
         vouching.append(directory)

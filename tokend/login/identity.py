@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tokend.dn import DNError, normalise_dn
-from tokend.policy.model import OWN_ENTRY, Policy
+from tokend.policy.model import OWN_ENTRY, Labels, Policy
 
 USERS = "users"
 """Accounts whose password hash is in users.json."""
@@ -24,7 +24,8 @@ DIRECTORY = "ldap"
 class Identity:
     """An account that proved who it is, where it came from, and what the policy reads its
     rights by (:meth:`tokend.policy.model.Policy.rights`): its own users.json entry, or the
-    groups.json groups its directory groups (normalised DNs) put it in."""
+    groups.json groups its directory groups (normalised DNs) or its program labels put it
+    in."""
 
     account: str
     source: str
@@ -39,11 +40,15 @@ class Identity:
     """A directory account's refresh tokens bound to its DN alone (issued before the binding
     above) are honoured when issued after this moment; None: refused."""
     rights_from: str = OWN_ENTRY
-    """Where the policy finds this identity's rights (``tokend.policy.model.OWN_ENTRY`` or
-    ``DIRECTORY_GROUPS``)."""
+    """Where the policy finds this identity's rights (``tokend.policy.model.OWN_ENTRY``,
+    ``DIRECTORY_GROUPS`` or ``PROGRAM_LABELS``)."""
     tokens_valid_after: float | None = None
     """Refresh tokens issued to this identity before this moment are revoked: none is issued
     while it lies ahead."""
+    labels: Labels = ()
+    """What the external authentication program answered of this account
+    (:func:`tokend.policy.model.labels_from`); the groups that name one of them give its
+    rights (``PROGRAM_LABELS``), and the authorization program is told them."""
 
 
 _MAPPED_TO_NOTHING = frozenset(
@@ -132,6 +137,12 @@ class Login:
 
     identity: Identity
     policy: Policy
+
+
+class NotMine(Exception):
+    """Raised by an authenticator's ``authenticate`` that answered the credentials but, once
+    asked, found they are not its to decide (an external program's exit status 2): the door
+    hands them to the next authenticator that answers them."""
 
 
 class LoginError(Exception):

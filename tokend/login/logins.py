@@ -28,6 +28,7 @@ from tokend.login.identity import (
     LoginOverloaded,
     LoginRefused,
     LoginThrottled,
+    NotMine,
     UnfitName,
     entry_name,
 )
@@ -170,10 +171,15 @@ class Logins:
             return self._password(credentials, client)
         return self._bearer(credentials, client)
 
-    def _first(self, credentials: object, policy: Policy) -> tuple[Authenticator, object] | None:
-        """The authenticator that decides ``credentials``, and the credentials as it reads
-        them; None when none does. :class:`UnfitName` passes through."""
-        for authenticator in self._authenticators:
+    def _first(
+        self, credentials: object, policy: Policy, after: Authenticator | None = None
+    ) -> tuple[Authenticator, object] | None:
+        """The authenticator that decides ``credentials`` (of those after ``after``), and the
+        credentials as it reads them; None when none does. :class:`UnfitName` passes through."""
+        authenticators = self._authenticators
+        if after is not None:
+            authenticators = authenticators[authenticators.index(after) + 1 :]
+        for authenticator in authenticators:
             if isinstance(credentials, authenticator.credential_types):
                 answered = authenticator.answers(credentials, policy)
                 if answered is not None:
@@ -229,25 +235,75 @@ class Logins:
             raise _overloaded(full, account)
         if backend is not _NOBODY:
             self._metrics.cache_lookup(False)
-        check = ensureDeferred(self._checked(backend, credentials, client, policy))
+        check = ensureDeferred(self._checked(backend, credentials, typed, client, policy))
         return self._detached(check)
 
+    def _next(
+        self, backend: Authenticator, typed: UsernamePassword, policy: Policy
+    ) -> tuple[Authenticator, UsernamePassword]:
+        """Who decides after ``backend`` said "not mine", as :meth:`_password` picks the first:
+        the next that answers, or nobody (for an unfit name too, or a password longer than
+        bcrypt reads for one that checks with bcrypt)."""
+        try:
+            found = self._first(typed, policy, after=backend)
+        except UnfitName:
+            found = None
+        if found is None:
+            return _NOBODY, typed
+        following, credentials = found
+        assert isinstance(credentials, UsernamePassword)
+        if following.refusals_cost_a_bcrypt and len(credentials.password) > MAX_PASSWORD_BYTES:
+            return _NOBODY, credentials
+        return following, credentials
+
+    async def _asked(
+        self,
+        backend: Authenticator,
+        credentials: UsernamePassword,
+        typed: UsernamePassword,
+        gate: _EntryGate,
+        policy: Policy,
+    ) -> tuple[Authenticator, Login | None]:
+        """The login ``backend`` decides, or the one the next decides when it is not its to
+        (:class:`NotMine`): the next one's memory is asked first, as at the door."""
+        started = self._metrics.now()
+        while True:
+            try:
+                login = await backend.authenticate(credentials, gate)
+            except NotMine:
+                backend, credentials = self._next(backend, typed, policy)
+                if backend is _NOBODY:
+                    continue
+                hit = backend.at_once(credentials, policy, self._now())
+                self._metrics.cache_lookup(hit is not None)
+                if hit is None:
+                    continue
+                if hit.identity.entry:
+                    await gate.admit(hit.identity.entry)
+                return backend, hit
+            if backend is not _NOBODY:
+                self._metrics.password_checked(login is not None, started)
+            return backend, login
+
     async def _checked(
-        self, backend: Authenticator, credentials: UsernamePassword, client: str, policy: Policy
+        self,
+        backend: Authenticator,
+        credentials: UsernamePassword,
+        typed: UsernamePassword,
+        client: str,
+        policy: Policy,
     ) -> Login:
-        """:meth:`_password` past the cache: the backend asked, a refusal that cost no bcrypt
-        padded with one, the throttle told how it went, and only then the client's place
-        given back. A backend that could not answer (the directory down) counts as neither."""
+        """:meth:`_password` past the cache: the backend asked (and the next, when it is not
+        its to decide), a refusal that cost no bcrypt padded with one, the throttle told how
+        it went, and only then the client's place given back. A backend that could not
+        answer (the directory down) counts as neither."""
         account = credentials.account
         login: Login | None = None
         answered = overloaded = False
-        started = self._metrics.now()
         gate = _EntryGate(self._throttle, account, client, self._now)
         try:
-            login = await backend.authenticate(credentials, gate)
+            backend, login = await self._asked(backend, credentials, typed, gate, policy)
             answered = True
-            if backend is not _NOBODY:
-                self._metrics.password_checked(login is not None, started)
             if login is None and not backend.refusals_cost_a_bcrypt:
                 await self._passwords.pad(check_cost(policy, account))
         except Stopped:

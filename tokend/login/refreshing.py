@@ -93,10 +93,11 @@ class RefreshTokenLogins:
 
     def refresh_token_for(self, login: Login, now: float) -> str | None:
         """A new refresh token for a login that just proved its password, or None when
-        issuing is off or the account's tokens would be born revoked."""
-        if not self.tokens.issuing:
-            return None
+        issuing is off, no source here can vouch for the account later (the authentication
+        program: it needs the password), or the account's tokens would be born revoked."""
         identity = login.identity
+        if not self.tokens.issuing or identity.source not in self._sources:
+            return None
         if (identity.tokens_valid_after or 0) > now:
             return None  # a token issued now could never be used
         return self.tokens.issue(identity.account, identity.source, identity.binding, now)

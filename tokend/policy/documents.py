@@ -41,7 +41,7 @@ from tokend.policy.rules import (
 )
 
 USER_KEYS = ("pass_hash", "repositories", "groups", "catalog", "tokens_valid_after")
-GROUP_KEYS = ("repositories", "catalog", "ldap_groups")
+GROUP_KEYS = ("repositories", "catalog", "ldap_groups", "program_labels")
 REPOSITORIES_KEYS = ("blacklist", "repositories", "catalog")
 """repositories.json's keys; its old misspelling "backlist" is read too, never suggested."""
 
@@ -136,8 +136,9 @@ def groups_from_document(document: object, file: str) -> Mapping[str, GroupPolic
         catalog = _optional_bool(entry, "catalog", file, (name,))
         rules = _rule_set(_compiled(written), file, (name, "repositories"))
         ldap_groups = _ldap_groups(entry.get("ldap_groups", []), file, name)
+        labels = _program_labels(entry.get("program_labels", {}), file, name)
         groups[name] = GroupPolicy(
-            MappingProxyType(written), catalog, Source(f"group {name}", rules), ldap_groups
+            MappingProxyType(written), catalog, Source(f"group {name}", rules), ldap_groups, labels
         )
     return MappingProxyType(groups)
 
@@ -161,6 +162,32 @@ def _ldap_groups(value: object, file: str, group: str) -> frozenset[str]:
         except DNError as e:
             raise PolicyError(file, where, f"not a DN: {e}") from None
     return frozenset(dns)
+
+
+def _program_labels(value: object, file: str, group: str) -> Mapping[str, frozenset[str]]:
+    """Label -> the values that make an account the program answered for a member."""
+    if not isinstance(value, dict):
+        raise PolicyError(
+            file,
+            json_path(group, "program_labels"),
+            "expected an object mapping label names to lists of values",
+        )
+    labels: dict[str, frozenset[str]] = {}
+    for label, values in value.items():
+        where = (group, "program_labels", label)
+        if not label:
+            raise PolicyError(file, json_path(*where), "a label name must not be empty")
+        if not isinstance(values, list):
+            raise PolicyError(file, json_path(*where), "expected a list of label values")
+        for index, item in enumerate(values):
+            if not isinstance(item, str) or not item:
+                raise PolicyError(
+                    file,
+                    json_path(*where, index),
+                    f"expected a non-empty string, not {shown(item)}",
+                )
+        labels[label] = frozenset(values)
+    return MappingProxyType(labels)
 
 
 def users_from_document(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -110,6 +110,11 @@ class GroupPolicy:
     ldap_groups: frozenset[str] = frozenset()
     """Normalised DNs of the directory groups whose members hold this group's rules, or
     ``{"*"}`` for every directory account."""
+    program_labels: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Label -> values: an account the authentication program answered with any of these
+    values of that label is a member."""
 
     def holds(self, directory_groups: frozenset[str]) -> bool:
         """Whether a directory account in ``directory_groups`` (normalised DNs) is a member."""
@@ -119,9 +124,27 @@ class GroupPolicy:
             directory_groups
         )
 
+    def holds_labels(self, labels: Labels) -> bool:
+        """Whether an account the program gave ``labels`` is a member."""
+        for label, values in labels:
+            listed = self.program_labels.get(label)
+            if listed is not None and not listed.isdisjoint(values):
+                return True
+        return False
+
     @property
     def rules(self) -> RuleSet:
         return self.source.rules
+
+
+Labels = tuple[tuple[str, tuple[str, ...]], ...]
+"""What an external authentication program said of an account (``{"labels": {"group":
+["ci"]}}``), as a hashable value: label names in order, each with its values."""
+
+
+def labels_from(written: Mapping[str, list[str] | tuple[str, ...]]) -> Labels:
+    """Labels as a program writes them (a JSON object of lists of strings), as a value."""
+    return tuple(sorted((label, tuple(values)) for label, values in written.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +194,8 @@ OWN_ENTRY = "users.json"
 """An identity whose rights are its own entry in users.json, found by its name."""
 DIRECTORY_GROUPS = "groups.json"
 """An identity whose rights are those of the groups.json groups its directory groups hold."""
+PROGRAM_LABELS = "program labels"
+"""An identity whose rights are those of the groups.json groups its program labels name."""
 
 
 class Principal(Protocol):
@@ -182,6 +207,8 @@ class Principal(Protocol):
     def rights_from(self) -> str: ...
     @property
     def directory_groups(self) -> frozenset[str]: ...
+    @property
+    def labels(self) -> Labels: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +224,7 @@ class Policy:
     hash_costs: tuple[tuple[int, int], ...] = field(init=False, default=(), compare=False)
     """(bcrypt cost, users with it), commonest first; counted once when the policy is built."""
     _dummy_key: bytes = field(init=False, default=b"", compare=False, repr=False)
-    _directory_members: dict[tuple[str, frozenset[str]], UserPolicy] = field(
+    _members: dict[tuple[str, str, object], UserPolicy] = field(
         init=False, default_factory=dict, compare=False, repr=False
     )
     _dummy_bounds: tuple[tuple[int, int], ...] = field(
@@ -301,24 +328,41 @@ class Policy:
         not matter."""
         if who.rights_from == DIRECTORY_GROUPS:
             return self.directory_member(who.account, who.directory_groups)
+        if who.rights_from == PROGRAM_LABELS:
+            return self.program_member(who.account, who.labels)
         return self.users.get(who.account)
 
     def directory_member(self, account: str, directory_groups: frozenset[str]) -> UserPolicy:
         """The rights of a directory account: the rules of every group whose ``ldap_groups``
-        holds one of its directory groups (normalised DNs), ``${account}`` bound to its name,
-        as for a users.json member. No group: it authenticates and holds nothing.
+        holds one of its directory groups (normalised DNs)."""
+        return self._member(
+            (DIRECTORY_GROUPS, account, directory_groups),
+            lambda group: group.holds(directory_groups),
+        )
 
-        Remembered per (account, groups) for this policy's lifetime (a reload builds a new
-        policy), so a busy client's cached logins do not bind the rules again each time.
+    def program_member(self, account: str, labels: Labels) -> UserPolicy:
+        """The rights of an account the authentication program vouched for: the rules of
+        every group whose ``program_labels`` names one of the values it answered with."""
+        return self._member((PROGRAM_LABELS, account, labels), lambda g: g.holds_labels(labels))
+
+    def _member(
+        self, key: tuple[str, str, object], holds: Callable[[GroupPolicy], bool]
+    ) -> UserPolicy:
+        """The rules of every group that ``holds`` the account ``key[1]``, ``${account}``
+        bound to its name, as for a users.json member. No group: it authenticates and holds
+        nothing.
+
+        Remembered per key for this policy's lifetime (a reload builds a new policy), so a
+        busy client's cached logins do not bind the rules again each time.
         """
-        key = (account, directory_groups)
-        known = self._directory_members.get(key)
+        account = key[1]
+        known = self._members.get(key)
         if known is not None:
             return known
         sources: list[Source] = []
         names: list[str] = []
         for group_name, group in self.groups.items():
-            if not group.holds(directory_groups):
+            if not holds(group):
                 continue
             try:
                 bound = bind(group.rules, account)
@@ -335,9 +379,9 @@ class Policy:
             tuple(sources),
             bool(names) and may_list_catalog(None, catalogs),
         )
-        if len(self._directory_members) >= _DIRECTORY_MEMBERS_REMEMBERED:
-            self._directory_members.clear()
-        self._directory_members[key] = member
+        if len(self._members) >= _MEMBERS_REMEMBERED:
+            self._members.clear()
+        self._members[key] = member
         return member
 
     @property
@@ -368,7 +412,7 @@ class Policy:
 
 
 NOTHING: frozenset[str] = frozenset()
-_DIRECTORY_MEMBERS_REMEMBERED = 4096
+_MEMBERS_REMEMBERED = 4096
 
 
 def may_list_catalog(own: bool | None, from_groups: list[bool | None]) -> bool:

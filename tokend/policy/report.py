@@ -38,7 +38,8 @@ def unused_rule_warnings(policy: Policy) -> tuple[str, ...]:
     warnings: list[str] = []
     members = {group for user in policy.users.values() for group in user.groups}
     for name, group in policy.groups.items():
-        if name not in members and len(group.rules) and not group.ldap_groups:
+        taken = group.ldap_groups or group.program_labels
+        if name not in members and len(group.rules) and not taken:
             warnings.append(
                 f"groups.json: {name}: no user is a member and it names no ldap_groups, "
                 "its rules never apply"

@@ -178,6 +178,62 @@ WORKERS = (
         "1",
     ),
 )
+PROGRAMS = (
+    Option(
+        "auth-program",
+        "Program deciding logins users.json does not hold (docker_auth's ext_auth): reads "
+        "USER PASSWORD on stdin; exit 0 accepts, 1 refuses, 2 passes to the directory",
+        metavar="PATH",
+    ),
+    Option(
+        "auth-program-arg",
+        "Argument of --auth-program; repeat for several (never a secret: visible in /proc)",
+        repeatable=True,
+        metavar="ARG",
+        env_note=", comma-separated",
+    ),
+    Option(
+        "auth-program-timeout",
+        "Seconds --auth-program may run; past it it is killed and the login gets 503",
+        "5",
+        bounds=(1, 300),
+        metavar="SECONDS",
+    ),
+    Option(
+        "authz-program",
+        "Program asked about each scope a token would grant (docker_auth's ext_authz): "
+        "reads the request as JSON on stdin; exit 0 grants, 1 refuses",
+        metavar="PATH",
+    ),
+    Option(
+        "authz-program-arg",
+        "Argument of --authz-program; repeat for several",
+        repeatable=True,
+        metavar="ARG",
+        env_note=", comma-separated",
+    ),
+    Option(
+        "authz-program-timeout",
+        "Seconds --authz-program may run; past it it is killed and the request gets 503",
+        "5",
+        bounds=(1, 300),
+        metavar="SECONDS",
+    ),
+    Option(
+        "authz-program-decides",
+        "--authz-program's exit 0 grants what it was asked for logged-in accounts, beyond "
+        "the policy (default: it only narrows what the policy grants)",
+        flag=True,
+    ),
+    Option(
+        "programs-at-once",
+        "--auth-program and --authz-program runs at once (together); four times as many "
+        "may wait, more get 503",
+        "8",
+        bounds=(1, 256),
+        metavar="N",
+    ),
+)
 
 DAEMON_OPTIONS: tuple[Option, ...] = (
     *LISTEN,
@@ -189,6 +245,7 @@ DAEMON_OPTIONS: tuple[Option, ...] = (
     *METRICS,
     *LOGS,
     *WORKERS,
+    *PROGRAMS,
 )
 """Every option of the daemon, each once."""
 DAEMON = by_name(DAEMON_OPTIONS)

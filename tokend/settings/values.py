@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from tokend.login.ldap.config import DirectoryConfig
     from tokend.login.shared_limits.redis_address import RedisAddress
     from tokend.policy.files import LoadedPolicy, Loader
+    from tokend.programs import Program
     from tokend.signing.keys import SigningKey
 
 
@@ -123,6 +124,17 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgramSettings:
+    """The external authentication and authorization programs (none: not configured)."""
+
+    authentication: Program | None
+    authorization: Program | None
+    authorization_decides: bool
+    """--authz-program-decides: its exit 0 grants beyond the policy (logged-in accounts)."""
+    at_once: int
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the daemon was told, checked: the one value its services are built from."""
 
@@ -138,6 +150,7 @@ class Settings:
     workers: WorkerSettings
     from_environment: frozenset[str]
     """The options whose value a TOKEND_* variable gave, for :meth:`source`."""
+    programs: ProgramSettings
 
     def source(self, name: str) -> str:
         """Where an option's value came from, as an error message should name it."""

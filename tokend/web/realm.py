@@ -21,8 +21,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from tokend.authorization import AuthorizationUnavailable
 from tokend.client_address import TrustedProxies
-from tokend.issuing import Issuing
+from tokend.issuing import Issued, Issuing
 from tokend.login.credentials import RefreshToken, UsernamePassword
 from tokend.login.identity import Login, LoginError, LoginThrottled
 from tokend.login.logins import Logins
@@ -39,6 +40,7 @@ from tokend.web.errors import (
     MethodNotAllowed,
     NotFound,
     RequestError,
+    ServiceUnavailable,
     UnsupportedGrant,
     error_body,
     http_error,
@@ -243,15 +245,44 @@ class TokenAPI:
         asked: TokenRequest,
         client: str,
         login: Login | None,
-    ) -> bytes:
-        """The token for ``login`` (None: anonymous), written and logged."""
+    ) -> bytes | Deferred[bytes]:
+        """The token for ``login`` (None: anonymous), written and logged: at once, unless an
+        authorization program must be asked first."""
         issued = self._issuing.issue(
             login,
             asked.service,
             asked.scopes,
             offline=asked.offline,
             presented=asked.refresh_token,
+            client=client,
         )
+        if isinstance(issued, Issued):
+            return self._answer(request, started, asked, client, login, issued)
+
+        def unavailable(failure: Failure) -> Failure:
+            error = failure.value
+            if isinstance(error, AuthorizationUnavailable):
+                return Failure(
+                    ServiceUnavailable(
+                        error.message, account=error.account, retry_after=error.retry_after
+                    )
+                )
+            return failure
+
+        return issued.addCallbacks(
+            lambda issued: self._answer(request, started, asked, client, login, issued),
+            unavailable,
+        )
+
+    def _answer(
+        self,
+        request: Request,
+        started: float,
+        asked: TokenRequest,
+        client: str,
+        login: Login | None,
+        issued: Issued,
+    ) -> bytes:
         account = None if login is None else login.identity.account
         granted, refresh_token = issued.granted, issued.refresh_token
         text = (
