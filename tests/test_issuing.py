@@ -21,7 +21,6 @@ from support import (
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from tokend.authorization import AuthorizationProgram, AuthorizationUnavailable
 from tokend.issuing import Issued, Issuing
 from tokend.login.assembly import logins_for
 from tokend.login.credentials import UsernamePassword
@@ -31,7 +30,8 @@ from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
-from tokend.programs import Program, ProgramRunner, ProgramSlots
+from tokend.programs.authorization import AuthorizationProgram, AuthorizationUnavailable
+from tokend.programs.runner import Program, ProgramRunner, ProgramSlots
 from tokend.scope import parse_scopes
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer

@@ -13,7 +13,7 @@ from support import write_script as script
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from tokend.programs import (
+from tokend.programs.runner import (
     PROGRAM_PATH,
     Finished,
     Program,

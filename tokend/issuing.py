@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 
-from tokend.authorization import AuthorizationProgram, Question
 from tokend.login.identity import Login
 from tokend.login.logins import Logins
 from tokend.policy.holder import PolicyHolder
+from tokend.programs.authorization import AuthorizationProgram, Question
 from tokend.scope import ResourceScope
 from tokend.signing.tokens import IssuedToken, TokenIssuer
 
@@ -65,7 +65,7 @@ class Issuing:
         a refresh token is asked for too (never given anonymously); ``presented``: the refresh
         token the login came with, answered back rather than replaced. At once without an
         authorization program; with one, once it has answered (a Deferred that fails with
-        :class:`tokend.authorization.AuthorizationUnavailable`)."""
+        :class:`tokend.programs.authorization.AuthorizationUnavailable`)."""
         policy = self._policy.current if login is None else login.policy
         account = None if login is None else login.identity.account
         member = None if login is None else policy.rights(login.identity)

@@ -37,7 +37,7 @@ from tokend.option_table import Layered, Option, OptionError, env_name, socket_p
 from tokend.policy.examples import example_accounts, example_accounts_error
 from tokend.policy.files import LoadedPolicy, load_policy
 from tokend.policy.model import PolicyError
-from tokend.programs import Program
+from tokend.programs.runner import Program
 from tokend.settings.options import DAEMON, DAEMON_OPTIONS
 from tokend.settings.values import (
     DirectorySettings,

@@ -39,7 +39,7 @@ from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.throttle import LoginThrottle
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PROGRAM_LABELS
-from tokend.programs import Program, ProgramRunner, ProgramSlots
+from tokend.programs.runner import Program, ProgramRunner, ProgramSlots
 from tokend.scope import ResourceScope
 from tokend.signing.keys import load_signing_key
 

@@ -10,7 +10,7 @@ from daemons import parsed
 from support import write_script
 from twisted.python.usage import UsageError
 
-from tokend.programs import Program
+from tokend.programs.runner import Program
 
 
 def test_the_programs_are_read_with_their_arguments_and_timeouts(

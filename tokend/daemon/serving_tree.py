@@ -9,7 +9,6 @@ from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.web.resource import IResource
 
-from tokend.authorization import AuthorizationProgram
 from tokend.client_address import TrustedProxies
 from tokend.daemon.control import ControlSocket, Unlocking, single_process
 from tokend.daemon.services import (
@@ -47,7 +46,8 @@ from tokend.metrics.instruments import NO_METRICS, Metrics, RequestMetrics
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc
 from tokend.policy.watcher import PolicyWatchService
-from tokend.programs import ProgramRunner, ProgramSlots
+from tokend.programs.authorization import AuthorizationProgram
+from tokend.programs.runner import ProgramRunner, ProgramSlots
 from tokend.signing.tokens import TokenIssuer
 from tokend.threads import BoundedThreadQueue, QueueService, ThreadPoolService
 from tokend.web.health import PolicyHealth

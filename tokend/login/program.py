@@ -21,7 +21,7 @@ from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import OPEN_GATE, BackendUnavailable, EntryGate, Identity, Login, NotMine
 from tokend.logs.escaping import printable
 from tokend.policy.model import PROGRAM_LABELS, Labels, Policy, labels_from
-from tokend.programs import Finished, ProgramFailed, ProgramRunner
+from tokend.programs.runner import Finished, ProgramFailed, ProgramRunner
 
 PROGRAM = "program"
 """Accounts the external authentication program vouches for."""

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from tokend.login.ldap.config import DirectoryConfig
     from tokend.login.shared_limits.redis_address import RedisAddress
     from tokend.policy.files import LoadedPolicy, Loader
-    from tokend.programs import Program
+    from tokend.programs.runner import Program
     from tokend.signing.keys import SigningKey
 
 

@@ -21,7 +21,6 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from tokend.authorization import AuthorizationUnavailable
 from tokend.client_address import TrustedProxies
 from tokend.issuing import Issued, Issuing
 from tokend.login.credentials import RefreshToken, UsernamePassword
@@ -32,6 +31,7 @@ from tokend.logs.escaping import printable
 from tokend.logs.namespaces import NamedLogger
 from tokend.metrics.instruments import NO_METRICS, RequestMetrics
 from tokend.policy.holder import PolicyHolder
+from tokend.programs.authorization import AuthorizationUnavailable
 from tokend.scope import ResourceScope
 from tokend.signing.tokens import IssuedToken
 from tokend.web.errors import (

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from tokend.logs.escaping import printable
-from tokend.programs import ProgramFailed, ProgramRunner
+from tokend.programs.runner import ProgramFailed, ProgramRunner
 from tokend.scope import ResourceScope
 
 GRANTED, REFUSED = 0, 1
