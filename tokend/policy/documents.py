@@ -7,12 +7,14 @@ error is a PolicyError naming the file and the path inside it, with the bad valu
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
 
+from tokend.client_address import IPNetwork
 from tokend.dn import DNError, normalise_dn
 from tokend.policy.model import (
     ACTIONS,
@@ -22,15 +24,18 @@ from tokend.policy.model import (
     MIN_BCRYPT_COST,
     OWN_RULES,
     AnonymousPolicy,
+    FromNetworks,
     GroupPolicy,
     PolicyError,
     Source,
     UserPolicy,
+    WrittenRule,
     may_list_catalog,
 )
 from tokend.policy.rules import (
     ACCOUNT,
     AmbiguousRules,
+    Pattern,
     PatternError,
     Rule,
     RuleSet,
@@ -42,6 +47,8 @@ from tokend.policy.rules import (
 
 USER_KEYS = ("pass_hash", "repositories", "groups", "catalog", "tokens_valid_after")
 GROUP_KEYS = ("repositories", "catalog", "ldap_groups")
+RULE_KEYS = ("actions", "from")
+"""A rule value written as an object: {"actions": [...], "from": [networks]}."""
 REPOSITORIES_KEYS = ("blacklist", "repositories", "catalog")
 """repositories.json's keys; its old misspelling "backlist" is read too, never suggested."""
 
@@ -95,22 +102,93 @@ def _check_name(name: str, file: str, what: str) -> None:
         )
 
 
-def _written_rules(rules: object, file: str, where: tuple[str, ...]) -> dict[str, frozenset[str]]:
-    """Validate a rule map: every key compiles, every action list is known."""
+def _written_rules(rules: object, file: str, where: tuple[str, ...]) -> dict[str, WrittenRule]:
+    """Validate a rule map: every key compiles, every action list is known, every network
+    parses."""
     if not isinstance(rules, dict):
         raise PolicyError(file, json_path(*where), "expected an object")
-    written: dict[str, frozenset[str]] = {}
-    for key, actions in rules.items():
+    written: dict[str, WrittenRule] = {}
+    for key, value in rules.items():
         try:
             compile_pattern(key)
         except PatternError as e:
             raise PolicyError(file, json_path(*where, key), str(e)) from None
-        written[key] = _actions(actions, file, where, key)
+        if isinstance(value, dict):
+            written[key] = _from_networks(value, file, (*where, key))
+        else:
+            written[key] = _actions(value, file, where, key)
     return written
 
 
-def _compiled(written: Mapping[str, frozenset[str]]) -> list[Rule]:
-    return [Rule(compile_pattern(key), actions) for key, actions in written.items()]
+def _from_networks(value: dict[str, object], file: str, where: tuple[str, ...]) -> FromNetworks:
+    """``{"actions": [...], "from": [networks]}``: both keys are required; a rule that holds
+    everywhere is written as its list of actions."""
+    for key in value:
+        if key not in RULE_KEYS:
+            raise PolicyError(file, json_path(*where, key), unknown_key(key, RULE_KEYS))
+    if "actions" not in value:
+        raise PolicyError(
+            file,
+            json_path(*where),
+            'a rule written as an object needs "actions" (e.g. ["pull", "push"])',
+        )
+    if "from" not in value:
+        raise PolicyError(
+            file,
+            json_path(*where),
+            'a rule written as an object needs "from" (client networks, e.g. ["10.0.0.0/8"]); '
+            "a rule that holds from everywhere is written as its list of actions",
+        )
+    actions = _actions(value["actions"], file, where, "actions")
+    return FromNetworks(actions, _networks(value["from"], file, (*where, "from")))
+
+
+def _networks(value: object, file: str, where: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    """Client networks in CIDR notation, or single addresses; a network with host bits set
+    (``10.1.2.3/8``) is refused with the network it names, as it is most likely a typo."""
+    if not isinstance(value, list):
+        raise PolicyError(
+            file,
+            json_path(*where),
+            'expected a list of client networks, e.g. ["10.0.0.0/8", "2001:db8::/32"]',
+        )
+    if not value:
+        raise PolicyError(
+            file,
+            json_path(*where),
+            "empty: the rule would apply from nowhere; give a network, or write the actions "
+            "as a list for a rule that holds from everywhere",
+        )
+    networks: list[IPNetwork] = []
+    for index, text in enumerate(value):
+        place = json_path(*where, index)
+        not_network = (
+            f"not an IP network: {shown(text)} (write a CIDR network such as "
+            '"10.0.0.0/8" or "2001:db8::/32", or one address)'
+        )
+        if not isinstance(text, str):
+            raise PolicyError(file, place, not_network)
+        try:
+            networks.append(ipaddress.ip_network(text))
+        except ValueError:
+            try:
+                meant = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise PolicyError(file, place, not_network) from None
+            raise PolicyError(
+                file, place, f"{shown(text)} has host bits set: did you mean {shown(str(meant))}?"
+            ) from None
+    return tuple(networks)
+
+
+def _rule(pattern: Pattern, value: WrittenRule) -> Rule:
+    if isinstance(value, FromNetworks):
+        return Rule(pattern, value.actions, value.networks)
+    return Rule(pattern, value)
+
+
+def _compiled(written: Mapping[str, WrittenRule]) -> list[Rule]:
+    return [_rule(compile_pattern(key), value) for key, value in written.items()]
 
 
 def _rule_set(compiled: list[Rule], file: str, where: tuple[str, ...]) -> RuleSet:
@@ -241,28 +319,26 @@ def _checked_hash(pass_hash: object, file: str, user: str) -> str:
     return match.group(0)
 
 
-SharedRules = dict[
-    tuple[tuple[str, frozenset[str]], ...], tuple[Mapping[str, frozenset[str]], Source]
-]
+SharedRules = dict[tuple[tuple[str, WrittenRule], ...], tuple[Mapping[str, WrittenRule], Source]]
 
 
 def _own_rules(
     rules: object, file: str, user: str, shared: SharedRules
-) -> tuple[Mapping[str, frozenset[str]], Source]:
+) -> tuple[Mapping[str, WrittenRule], Source]:
     """A user's own rules; ``${account}`` is their own name. Identical rule maps share one
     compiled set, so 100,000 users with the same rights cost one set, not 100,000."""
     where = (user, "repositories")
     written = _written_rules(rules, file, where)
     if any(ACCOUNT in key for key in written):
         compiled: list[Rule] = []
-        for key, actions in written.items():
+        for key, value in written.items():
             if ACCOUNT in key:
                 pattern = bind_account(key, user)
                 if pattern is None:
                     continue  # the user name is no path component: the rule never matches
-                compiled.append(Rule(pattern, actions))
+                compiled.append(_rule(pattern, value))
             else:
-                compiled.append(Rule(compile_pattern(key), actions))
+                compiled.append(_rule(compile_pattern(key), value))
         return MappingProxyType(written), Source(OWN_RULES, _rule_set(compiled, file, where))
     signature = tuple(written.items())
     cached = shared.get(signature)
