@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from tokend.client_address import IPAddress
 from tokend.login.identity import Login
 from tokend.login.logins import Logins
 from tokend.policy.holder import PolicyHolder
@@ -52,15 +53,18 @@ class Issuing:
         *,
         offline: bool = False,
         presented: str | None = None,
+        address: IPAddress | None = None,
     ) -> Issued:
         """The token for ``login`` (None: anonymous). ``offline``: a refresh token is asked for
         too (never given anonymously); ``presented``: the refresh token the login came with,
-        answered back rather than replaced."""
+        answered back rather than replaced; ``address``: this request's client, which rules
+        with ``from`` are checked against (None: none of them applies). A login, cached or
+        refreshed, carries an identity, never rights: they are decided here, per request."""
         policy = self._policy.current if login is None else login.policy
         account = None if login is None else login.identity.account
         member = None if login is None else policy.rights(login.identity)
         granted = tuple(
-            ResourceScope(scope.type, scope.name, policy.grant(account, scope, member))
+            ResourceScope(scope.type, scope.name, policy.grant(account, scope, member, address))
             for scope in asked
         )
         now = self._clock()

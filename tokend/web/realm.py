@@ -244,13 +244,16 @@ class TokenAPI:
         client: str,
         login: Login | None,
     ) -> bytes:
-        """The token for ``login`` (None: anonymous), written and logged."""
+        """The token for ``login`` (None: anonymous), written and logged. Only a login's
+        rules may depend on the client address: an anonymous request does not parse it."""
+        known = None if login is None else self.state(request).client
         issued = self._issuing.issue(
             login,
             asked.service,
             asked.scopes,
             offline=asked.offline,
             presented=asked.refresh_token,
+            address=None if known is None else known.ip(),
         )
         account = None if login is None else login.identity.account
         granted, refresh_token = issued.granted, issued.refresh_token
