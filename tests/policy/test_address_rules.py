@@ -193,3 +193,21 @@ def test_check_config_refuses_an_invalid_network(tmp_path: Path) -> None:
     code, out, err = run_tool("check-config", "--config-dir", str(config))
     assert code != 0
     assert "ci.repositories.a.from[0]" in out + err
+
+
+def test_the_report_counts_rules_with_from_and_says_where_they_hold() -> None:
+    """An own deny that holds from a network is still no match for a group's grant there, and
+    an overlap note says the specific rule decides only from its networks."""
+    from tokend.policy.report import group_override_warnings, overlap_notes
+
+    groups = {"devs": {"repositories": {"secret/db": {"actions": ["pull"], "from": ["::1"]}}}}
+    policy = policy_of({"secret/*": {"actions": [], "from": ["10.0.0.0/8"]}, "*": ["pull"]}, groups)
+    (warning,) = group_override_warnings(policy)
+    assert warning.startswith(
+        "users.json ci: own rule 'secret/*' (denies from 10.0.0.0/8) does not take away group "
+        "devs's 'secret/db' [pull] from ::1 for names like 'secret/db'"
+    )
+    assert overlap_notes(policy) == [
+        "users.json ci: 'secret/*' (denies from 10.0.0.0/8) takes precedence over '*' [pull] "
+        "for names like 'secret/a' (from its networks only; elsewhere the broader rule decides)"
+    ]

@@ -212,7 +212,7 @@ def _what(rule: Rule) -> str:
     """What a rule does, and from where if not from everywhere."""
     does = f"allows {_in_order(rule.actions)}" if rule.actions else "denies (no actions)"
     if rule.networks:
-        does += " from " + ", ".join(map(str, rule.networks))
+        does += " from " + rule.networks_text()
     return does
 
 

@@ -241,6 +241,13 @@ class Rule:
     def key(self) -> str:
         return self.pattern.key
 
+    def networks_text(self) -> str:
+        """The networks as an operator writes them: one address without its ``/32``."""
+        return ", ".join(
+            str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+            for n in self.networks
+        )
+
     def applies_from(self, address: Address) -> bool:
         """Whether the rule holds for a client at ``address``: always without ``networks``;
         with them, only from inside one (never without an address)."""
