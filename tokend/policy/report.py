@@ -183,9 +183,9 @@ def group_override_warnings(policy: Policy) -> tuple[str, ...]:
                     )
                     return tuple(warnings)
                 warnings.append(
-                    f"users.json {account}: own rule {deny.key!r} {_actions(deny)} does not take away "
-                    f"group {group_name}'s {grant.key!r} {_actions(grant)} for names like "
-                    f"{example!r}: a user holds the union of the user's own rules and every "
+                    f"users.json {account}: own rule {deny.key!r} {_actions(deny)} does not "
+                    f"take away group {group_name}'s {grant.key!r} {_actions(grant)} for names "
+                    f"like {example!r}: a user holds the union of the user's own rules and every "
                     "group's, so a deny in users.json only overrides the user's own broader "
                     f"rules; deny it in group {group_name} (for every member), or take {account} "
                     f"out of {group_name} and copy to {account} the rules of {group_name} that "
