@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.error
 import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator

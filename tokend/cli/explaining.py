@@ -19,6 +19,7 @@ from tokend.client_address import IPAddress, client_ip
 from tokend.login.identity import UnfitName, directory_spelling
 from tokend.policy.files import load_policy
 from tokend.policy.model import ACTIONS, Decision, Policy, PolicyError, UserPolicy
+from tokend.policy.networks import networks_text
 from tokend.policy.rules import Rule
 from tokend.scope import ScopeError, parse_scopes
 from tokend.settings.options import DAEMON
@@ -212,7 +213,7 @@ def _what(rule: Rule) -> str:
     """What a rule does, and from where if not from everywhere."""
     does = f"allows {_in_order(rule.actions)}" if rule.actions else "denies (no actions)"
     if rule.networks:
-        does += " from " + rule.networks_text()
+        does += " from " + networks_text(rule.networks)
     return does
 
 

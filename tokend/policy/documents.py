@@ -7,14 +7,12 @@ error is a PolicyError naming the file and the path inside it, with the bad valu
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
 
-from tokend.client_address import IPNetwork
 from tokend.dn import DNError, normalise_dn
 from tokend.policy.model import (
     ACTIONS,
@@ -24,14 +22,13 @@ from tokend.policy.model import (
     MIN_BCRYPT_COST,
     OWN_RULES,
     AnonymousPolicy,
-    FromNetworks,
     GroupPolicy,
     PolicyError,
     Source,
     UserPolicy,
-    WrittenRule,
     may_list_catalog,
 )
+from tokend.policy.networks import RULE_KEYS, FromNetworks, NetworkError, WrittenRule, parse_from
 from tokend.policy.rules import (
     ACCOUNT,
     AmbiguousRules,
@@ -47,8 +44,6 @@ from tokend.policy.rules import (
 
 USER_KEYS = ("pass_hash", "repositories", "groups", "catalog", "tokens_valid_after")
 GROUP_KEYS = ("repositories", "catalog", "ldap_groups")
-RULE_KEYS = ("actions", "from")
-"""A rule value written as an object: {"actions": [...], "from": [networks]}."""
 REPOSITORIES_KEYS = ("blacklist", "repositories", "catalog")
 """repositories.json's keys; its old misspelling "backlist" is read too, never suggested."""
 
@@ -122,7 +117,7 @@ def _written_rules(rules: object, file: str, where: tuple[str, ...]) -> dict[str
 
 def _from_networks(value: dict[str, object], file: str, where: tuple[str, ...]) -> FromNetworks:
     """``{"actions": [...], "from": [networks]}``: both keys are required; a rule that holds
-    everywhere is written as its list of actions."""
+    everywhere is written as its list of actions (tokend.policy.networks reads the list)."""
     for key in value:
         if key not in RULE_KEYS:
             raise PolicyError(file, json_path(*where, key), unknown_key(key, RULE_KEYS))
@@ -140,45 +135,14 @@ def _from_networks(value: dict[str, object], file: str, where: tuple[str, ...]) 
             "a rule that holds from everywhere is written as its list of actions",
         )
     actions = _actions(value["actions"], file, where, "actions")
-    return FromNetworks(actions, _networks(value["from"], file, (*where, "from")))
-
-
-def _networks(value: object, file: str, where: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    """Client networks in CIDR notation, or single addresses; a network with host bits set
-    (``10.1.2.3/8``) is refused with the network it names, as it is most likely a typo."""
-    if not isinstance(value, list):
-        raise PolicyError(
-            file,
-            json_path(*where),
-            'expected a list of client networks, e.g. ["10.0.0.0/8", "2001:db8::/32"]',
-        )
-    if not value:
-        raise PolicyError(
-            file,
-            json_path(*where),
-            "empty: the rule would apply from nowhere; give a network, or write the actions "
-            "as a list for a rule that holds from everywhere",
-        )
-    networks: list[IPNetwork] = []
-    for index, text in enumerate(value):
-        place = json_path(*where, index)
-        not_network = (
-            f"not an IP network: {shown(text)} (write a CIDR network such as "
-            '"10.0.0.0/8" or "2001:db8::/32", or one address)'
-        )
-        if not isinstance(text, str):
-            raise PolicyError(file, place, not_network)
-        try:
-            networks.append(ipaddress.ip_network(text))
-        except ValueError:
-            try:
-                meant = ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise PolicyError(file, place, not_network) from None
-            raise PolicyError(
-                file, place, f"{shown(text)} has host bits set: did you mean {shown(str(meant))}?"
-            ) from None
-    return tuple(networks)
+    try:
+        networks = parse_from(value["from"])
+    except NetworkError as e:
+        place: tuple[str | int, ...] = (*where, "from")
+        if e.index is not None:
+            place += (e.index,)
+        raise PolicyError(file, json_path(*place), str(e)) from None
+    return FromNetworks(actions, networks)
 
 
 def _rule(pattern: Pattern, value: WrittenRule) -> Rule:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
-from tokend.client_address import IPNetwork
+from tokend.policy.networks import Address, WrittenRule
 from tokend.policy.rules import (
     EMPTY_RULES,
-    Address,
     AmbiguousRules,
     Bound,
     Rule,
@@ -66,18 +65,6 @@ class PolicyError(Exception):
         if path:
             where.append(path)
         super().__init__(": ".join([*where, reason]))
-
-
-@dataclass(frozen=True, slots=True)
-class FromNetworks:
-    """A rule value written as an object: its actions hold only for clients in ``networks``."""
-
-    actions: frozenset[str]
-    networks: tuple[IPNetwork, ...]
-
-
-WrittenRule = frozenset[str] | FromNetworks
-"""A rule's value as written: the actions (a list), or the actions and where they hold."""
 
 
 @dataclass(frozen=True, slots=True)

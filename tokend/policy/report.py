@@ -5,7 +5,7 @@ left is worth a look but legal: a group no one belongs to, ``${account}`` rules 
 name cannot be a path component, a more specific rule taking precedence over a broader one, and
 a deny in a user's own rules that one of the user's groups grants anyway. A rule that holds only
 from some client networks (``from``) counts wherever it holds: the report asks which rule decides
-from anywhere (:data:`tokend.policy.rules.ANYWHERE`), and says where.
+from anywhere (:data:`tokend.policy.networks.ANYWHERE`), and says where.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 
 from tokend.policy.model import Policy, Source, UserPolicy
+from tokend.policy.networks import ANYWHERE, networks_text
 from tokend.policy.rules import (
     ACCOUNT,
-    ANYWHERE,
     Pattern,
     Rule,
     RuleSet,
@@ -137,7 +137,7 @@ def _shadowing(rule_set: RuleSet) -> Iterator[tuple[Rule, Rule, str]]:
 
 def _actions(rule: Rule) -> str:
     """What a rule does, and from where when it holds only from some networks."""
-    where = " from " + rule.networks_text() if rule.networks else ""
+    where = " from " + networks_text(rule.networks) if rule.networks else ""
     if not rule.actions:
         return f"(denies{where})"
     return "[" + ", ".join(sorted(rule.actions)) + "]" + where

@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from functools import lru_cache
 
-from tokend.client_address import IPAddress, IPNetwork
+from tokend.client_address import IPNetwork
+from tokend.policy.networks import ANYWHERE, Address
 from tokend.scope import is_valid_name
 
 ACCOUNT = "${account}"
@@ -217,18 +217,6 @@ def bind_account(key: str, account: str) -> Pattern | None:
     return Pattern(bound_key, prefix, Glob.of(bound_key), uses_account=False, exact=False)
 
 
-class Anywhere(Enum):
-    """Stands for every client address: which rule decides where each rule applies (the
-    policy report asks that, not a request)."""
-
-    ANYWHERE = "anywhere"
-
-
-ANYWHERE = Anywhere.ANYWHERE
-Address = IPAddress | None | Anywhere
-"""A request's client address; None when it has none (a UNIX-socket peer naming no client)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Rule:
     """A rule key and the actions it allows (none: it denies), from ``networks`` only if any."""
@@ -240,13 +228,6 @@ class Rule:
     @property
     def key(self) -> str:
         return self.pattern.key
-
-    def networks_text(self) -> str:
-        """The networks as an operator writes them: one address without its ``/32``."""
-        return ", ".join(
-            str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
-            for n in self.networks
-        )
 
     def applies_from(self, address: Address) -> bool:
         """Whether the rule holds for a client at ``address``: always without ``networks``;
