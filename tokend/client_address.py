@@ -40,7 +40,9 @@ def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _ip(value: str) -> IPAddress | None:
+def client_ip(value: str) -> IPAddress | None:
+    """An address as tokend compares it: an IPv4-mapped IPv6 address is its IPv4 address;
+    None for anything that is no address (``unix``)."""
     try:
         ip = ipaddress.ip_address(value.strip())
     except ValueError:
@@ -58,6 +60,11 @@ class ClientAddress:
     ignored: str | None = None
     """Set when a trusted proxy's header could not be used: the peer stands in, and this says
     why (for the log)."""
+
+    def ip(self) -> IPAddress | None:
+        """The address policy rules with ``from`` are checked against; None for a UNIX-socket
+        peer that named no client (no such rule applies then)."""
+        return client_ip(self.address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,7 @@ class TrustedProxies:
         """``peer`` is the TCP peer's host, or None for the UNIX socket."""
         if peer is None:
             return self.unix
-        ip = _ip(peer)
+        ip = client_ip(peer)
         return ip is not None and any(ip in network for network in self.networks)
 
     def client(self, peer: str | None, values: Sequence[str]) -> ClientAddress:
@@ -91,19 +98,19 @@ class TrustedProxies:
         its own instead of appending to the last). ``X-Forwarded-For`` is read from the right,
         skipping trusted proxies: its left end is whatever the client sent.
         """
-        own = UNIX_PEER if peer is None else str(_ip(peer) or peer)
+        own = UNIX_PEER if peer is None else str(client_ip(peer) or peer)
         if not values or not self.trusts(peer):
             return ClientAddress(own)
         if sum(len(value) for value in values) > MAX_HEADER_CHARS:
             return ClientAddress(own, f"{self.header} longer than {MAX_HEADER_CHARS} characters")
         if self.header == REAL_IP:
-            ip = _ip(values[-1])
+            ip = client_ip(values[-1])
             if ip is None:
                 return ClientAddress(own, f"{self.header} is not an IP address")
             return ClientAddress(str(ip))
         hop: IPAddress | None = None
         for value in reversed(",".join(values).split(",")):
-            hop = _ip(value)
+            hop = client_ip(value)
             if hop is None:
                 return ClientAddress(own, f"{self.header} holds something not an IP address")
             if not self.trusts(str(hop)):

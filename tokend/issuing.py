@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 
+from tokend.client_address import IPAddress
 from tokend.login.identity import Login
 from tokend.login.logins import Logins
 from tokend.policy.holder import PolicyHolder
@@ -60,17 +61,21 @@ class Issuing:
         offline: bool = False,
         presented: str | None = None,
         client: str = "",
+        address: IPAddress | None = None,
     ) -> Issued | Deferred[Issued]:
-        """The token for ``login`` (None: anonymous) from ``client`` (its address). ``offline``:
-        a refresh token is asked for too (never given anonymously); ``presented``: the refresh
-        token the login came with, answered back rather than replaced. At once without an
-        authorization program; with one, once it has answered (a Deferred that fails with
+        """The token for ``login`` (None: anonymous) from ``client`` (its address, as logged).
+        ``offline``: a refresh token is asked for too (never given anonymously); ``presented``:
+        the refresh token the login came with, answered back rather than replaced; ``address``:
+        this request's client, which rules with ``from`` are checked against (None: none of
+        them applies). A login, cached or refreshed, carries an identity, never rights: they
+        are decided here, per request. At once without an authorization program; with one,
+        once it has answered (a Deferred that fails with
         :class:`tokend.programs.authorization.AuthorizationUnavailable`)."""
         policy = self._policy.current if login is None else login.policy
         account = None if login is None else login.identity.account
         member = None if login is None else policy.rights(login.identity)
         granted = tuple(
-            ResourceScope(scope.type, scope.name, policy.grant(account, scope, member))
+            ResourceScope(scope.type, scope.name, policy.grant(account, scope, member, address))
             for scope in asked
         )
         if self._authorization is None:

@@ -16,6 +16,8 @@ from support import REPO, hash_password, load_certificate, settled, verify_jwt, 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
+from tokend.client_address import TrustedProxies, parse_networks
+
 PAGE = (REPO / "docs" / "policy.md").read_text()
 ELIDED_HASH = "$2b$12$…"
 ANONYMOUS = "(anonymous)"
@@ -32,14 +34,26 @@ def readme_examples() -> dict[str, dict[str, str]]:
     return dict(examples)
 
 
-def readme_tables() -> dict[str, list[tuple[str | None, str, tuple[str, ...]]]]:
-    tables: dict[str, list[tuple[str | None, str, tuple[str, ...]]]] = {}
+Row = tuple[str | None, str | None, str, tuple[str, ...]]
+"""(account, client address, scope, granted); a table without a "from" column has no address."""
+
+
+def readme_tables() -> dict[str, list[Row]]:
+    tables: dict[str, list[Row]] = {}
     for name, table in _TABLE.findall(PAGE):
-        rows = []
+        rows: list[Row] = []
         for line in table.splitlines()[2:]:
-            user, scope, granted = (cell.strip() for cell in line.strip("|").split("|"))
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            user, address, scope, granted = cells if len(cells) == 4 else [cells[0], "", *cells[1:]]
             account = None if user == ANONYMOUS else user
-            rows.append((account, scope.strip("`"), tuple(filter(None, granted.split(",")))))
+            rows.append(
+                (
+                    account,
+                    address or None,
+                    scope.strip("`"),
+                    tuple(filter(None, granted.split(","))),
+                )
+            )
         tables[name] = rows
     return tables
 
@@ -48,15 +62,15 @@ EXAMPLES = readme_examples()
 TABLES = readme_tables()
 
 
-def test_the_policy_page_has_the_four_examples_each_with_a_table() -> None:
-    assert set(EXAMPLES) == {"personal", "teams", "robot", "mirror"}
+def test_the_policy_page_has_the_five_examples_each_with_a_table() -> None:
+    assert set(EXAMPLES) == {"personal", "teams", "robot", "mirror", "ci-network"}
     assert set(TABLES) == set(EXAMPLES)
     assert all(len(rows) >= 4 for rows in TABLES.values())
 
 
 class ExampleRealm:
     """The token endpoint over one worked example of docs/policy.md; each user's password is
-    their name."""
+    their name. StubTreq's peer (127.0.0.1) is a trusted proxy: X-Real-IP names the client."""
 
     def __init__(self, tmp_path: Path, files: dict[str, str]) -> None:
         config = tmp_path / "config"
@@ -69,7 +83,13 @@ class ExampleRealm:
         clock = Clock()
         clock.advance(1_800_000_000)
         self.http = StubTreq(
-            realm_api(config, (key_path, cert_path), clock=clock, services=[SERVICE]).resource()
+            realm_api(
+                config,
+                (key_path, cert_path),
+                clock=clock,
+                services=[SERVICE],
+                trusted_proxies=TrustedProxies(networks=parse_networks(["127.0.0.0/8"])),
+            ).resource()
         )
 
     @staticmethod
@@ -82,8 +102,10 @@ class ExampleRealm:
             entry["pass_hash"] = hash_password(name)
         return json.dumps(users)
 
-    def granted(self, account: str | None, scope: str) -> tuple[str, ...]:
-        headers = {}
+    def granted(
+        self, account: str | None, scope: str, address: str | None = None
+    ) -> tuple[str, ...]:
+        headers = {} if address is None else {"X-Real-IP": address}
         if account is not None:
             basic = base64.b64encode(f"{account}:{account}".encode()).decode()
             headers["Authorization"] = "Basic " + basic
@@ -103,18 +125,19 @@ class ExampleRealm:
 
 
 @pytest.mark.parametrize(
-    ("example", "account", "scope", "expected"),
+    ("example", "account", "address", "scope", "expected"),
     [(name, *row) for name, rows in TABLES.items() for row in rows],
 )
 def test_readme_example_table(
     tmp_path: Path,
     example: str,
     account: str | None,
+    address: str | None,
     scope: str,
     expected: tuple[str, ...],
 ) -> None:
     realm = ExampleRealm(tmp_path, EXAMPLES[example])
-    granted = realm.granted(account, scope)
+    granted = realm.granted(account, scope, address)
     if scope == "registry:catalog:*":
         assert granted == ((expected and ("*",)) or ())
     else:

@@ -1,5 +1,5 @@
 """``tokend explain``: what a token would hold for each scope, and the rule that decides it (for
-a directory account too)."""
+a directory account too, and for a client at one address with ``--from``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from tokend.cli.directory_options import (
     directory_config,
     normalised_dn,
 )
+from tokend.client_address import IPAddress, client_ip
 from tokend.login.identity import UnfitName, directory_spelling
 from tokend.policy.files import load_policy
 from tokend.policy.model import ACTIONS, Decision, Policy, PolicyError, UserPolicy
+from tokend.policy.networks import networks_text
+from tokend.policy.rules import Rule
 from tokend.scope import ScopeError, parse_scopes
 from tokend.settings.options import DAEMON
 from tokend.signing.tokens import rfc3339
@@ -87,13 +90,17 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         for line in _membership(policy, groups, member):
             stdout.write(line + "\n")
     who = "anonymous" if account is None else repr(account)
+    address: IPAddress | None = args.address
+    if address is not None:
+        anonymous = " (repositories.json rules hold from every address)" if account is None else ""
+        stdout.write(f"client address: {address}{anonymous}\n")
     for scope in scopes:
-        granted = policy.grant(account, scope, member)
-        decision = policy.decide(account, scope.type, scope.name, member)
+        granted = policy.grant(account, scope, member, address)
+        decision = policy.decide(account, scope.type, scope.name, member, address)
         stdout.write(
             f"{scope}  ->  {who} gets {','.join(granted) or 'nothing'} (holds {_held(decision)})\n"
         )
-        for line in _reasons(policy, decision):
+        for line in _reasons(decision, address):
             stdout.write(f"    {line}\n")
     if account is None:
         return
@@ -182,18 +189,40 @@ def _held(decision: Decision) -> str:
     return _in_order(decision.actions) or "nothing"
 
 
-def _reasons(policy: Policy, decision: Decision) -> list[str]:
+def _reasons(decision: Decision, address: IPAddress | None) -> list[str]:
+    """Per source: the rules passed over for the address (more specific first), then the one
+    that decides."""
     lines = []
     for match in decision.matches:
+        for rule in match.skipped:
+            why = (
+                "it needs a client address; give --from ADDRESS"
+                if address is None
+                else f"{address} is outside its networks"
+            )
+            lines.append(f"{match.source}: {rule.key!r} ({_what(rule)}) passed over: {why}")
         if match.rule is None:
             lines.append(f"{match.source}: no rule matches")
-        elif match.rule.actions:
-            actions = _in_order(match.rule.actions)
-            lines.append(f"{match.source}: {match.rule.key!r} allows {actions}")
         else:
-            lines.append(f"{match.source}: {match.rule.key!r} denies (no actions)")
+            lines.append(f"{match.source}: {match.rule.key!r} {_what(match.rule)}")
     lines.append(decision.note)
     return lines
+
+
+def _what(rule: Rule) -> str:
+    """What a rule does, and from where if not from everywhere."""
+    does = f"allows {_in_order(rule.actions)}" if rule.actions else "denies (no actions)"
+    if rule.networks:
+        does += " from " + networks_text(rule.networks)
+    return does
+
+
+def client_address(text: str) -> IPAddress:
+    """``--from``: one address, read as the daemon reads a client's (IPv4-mapped is IPv4)."""
+    address = client_ip(text)
+    if address is None or text.strip() != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address")
+    return address
 
 
 def register(commands: Any) -> None:
@@ -208,6 +237,14 @@ def register(commands: Any) -> None:
         "--anonymous", action="store_true", help="explain for clients without credentials"
     )
     add_config_dir(explaining)
+    explaining.add_argument(
+        "--from",
+        dest="address",
+        type=client_address,
+        metavar="ADDRESS",
+        help='explain for a client at this IP address (rules with "from" hold only from '
+        "their networks); without it, no such rule applies",
+    )
     explaining.add_argument(
         "--ldap-group",
         action="append",

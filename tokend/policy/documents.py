@@ -28,9 +28,11 @@ from tokend.policy.model import (
     UserPolicy,
     may_list_catalog,
 )
+from tokend.policy.networks import RULE_KEYS, FromNetworks, NetworkError, WrittenRule, parse_from
 from tokend.policy.rules import (
     ACCOUNT,
     AmbiguousRules,
+    Pattern,
     PatternError,
     Rule,
     RuleSet,
@@ -95,22 +97,62 @@ def _check_name(name: str, file: str, what: str) -> None:
         )
 
 
-def _written_rules(rules: object, file: str, where: tuple[str, ...]) -> dict[str, frozenset[str]]:
-    """Validate a rule map: every key compiles, every action list is known."""
+def _written_rules(rules: object, file: str, where: tuple[str, ...]) -> dict[str, WrittenRule]:
+    """Validate a rule map: every key compiles, every action list is known, every network
+    parses."""
     if not isinstance(rules, dict):
         raise PolicyError(file, json_path(*where), "expected an object")
-    written: dict[str, frozenset[str]] = {}
-    for key, actions in rules.items():
+    written: dict[str, WrittenRule] = {}
+    for key, value in rules.items():
         try:
             compile_pattern(key)
         except PatternError as e:
             raise PolicyError(file, json_path(*where, key), str(e)) from None
-        written[key] = _actions(actions, file, where, key)
+        if isinstance(value, dict):
+            written[key] = _from_networks(value, file, (*where, key))
+        else:
+            written[key] = _actions(value, file, where, key)
     return written
 
 
-def _compiled(written: Mapping[str, frozenset[str]]) -> list[Rule]:
-    return [Rule(compile_pattern(key), actions) for key, actions in written.items()]
+def _from_networks(value: dict[str, object], file: str, where: tuple[str, ...]) -> FromNetworks:
+    """``{"actions": [...], "from": [networks]}``: both keys are required; a rule that holds
+    everywhere is written as its list of actions (tokend.policy.networks reads the list)."""
+    for key in value:
+        if key not in RULE_KEYS:
+            raise PolicyError(file, json_path(*where, key), unknown_key(key, RULE_KEYS))
+    if "actions" not in value:
+        raise PolicyError(
+            file,
+            json_path(*where),
+            'a rule written as an object needs "actions" (e.g. ["pull", "push"])',
+        )
+    if "from" not in value:
+        raise PolicyError(
+            file,
+            json_path(*where),
+            'a rule written as an object needs "from" (client networks, e.g. ["10.0.0.0/8"]); '
+            "a rule that holds from everywhere is written as its list of actions",
+        )
+    actions = _actions(value["actions"], file, where, "actions")
+    try:
+        networks = parse_from(value["from"])
+    except NetworkError as e:
+        place: tuple[str | int, ...] = (*where, "from")
+        if e.index is not None:
+            place += (e.index,)
+        raise PolicyError(file, json_path(*place), str(e)) from None
+    return FromNetworks(actions, networks)
+
+
+def _rule(pattern: Pattern, value: WrittenRule) -> Rule:
+    if isinstance(value, FromNetworks):
+        return Rule(pattern, value.actions, value.networks)
+    return Rule(pattern, value)
+
+
+def _compiled(written: Mapping[str, WrittenRule]) -> list[Rule]:
+    return [_rule(compile_pattern(key), value) for key, value in written.items()]
 
 
 def _rule_set(compiled: list[Rule], file: str, where: tuple[str, ...]) -> RuleSet:
@@ -268,28 +310,26 @@ def _checked_hash(pass_hash: object, file: str, user: str) -> str:
     return match.group(0)
 
 
-SharedRules = dict[
-    tuple[tuple[str, frozenset[str]], ...], tuple[Mapping[str, frozenset[str]], Source]
-]
+SharedRules = dict[tuple[tuple[str, WrittenRule], ...], tuple[Mapping[str, WrittenRule], Source]]
 
 
 def _own_rules(
     rules: object, file: str, user: str, shared: SharedRules
-) -> tuple[Mapping[str, frozenset[str]], Source]:
+) -> tuple[Mapping[str, WrittenRule], Source]:
     """A user's own rules; ``${account}`` is their own name. Identical rule maps share one
     compiled set, so 100,000 users with the same rights cost one set, not 100,000."""
     where = (user, "repositories")
     written = _written_rules(rules, file, where)
     if any(ACCOUNT in key for key in written):
         compiled: list[Rule] = []
-        for key, actions in written.items():
+        for key, value in written.items():
             if ACCOUNT in key:
                 pattern = bind_account(key, user)
                 if pattern is None:
                     continue  # the user name is no path component: the rule never matches
-                compiled.append(Rule(pattern, actions))
+                compiled.append(_rule(pattern, value))
             else:
-                compiled.append(Rule(compile_pattern(key), actions))
+                compiled.append(_rule(compile_pattern(key), value))
         return MappingProxyType(written), Source(OWN_RULES, _rule_set(compiled, file, where))
     signature = tuple(written.items())
     cached = shared.get(signature)

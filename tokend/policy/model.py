@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
+from tokend.policy.networks import Address, WrittenRule
 from tokend.policy.rules import (
     EMPTY_RULES,
     AmbiguousRules,
@@ -89,7 +90,7 @@ class UserPolicy:
     """
 
     pass_hash: bytes
-    repositories: Mapping[str, frozenset[str]]
+    repositories: Mapping[str, WrittenRule]
     groups: tuple[str, ...] = ()
     catalog: bool | None = None
     sources: tuple[Source, ...] = field(default=(), compare=False, repr=False)
@@ -102,7 +103,7 @@ class UserPolicy:
 class GroupPolicy:
     """Rules shared by every member; ``${account}`` means the member asking."""
 
-    repositories: Mapping[str, frozenset[str]]
+    repositories: Mapping[str, WrittenRule]
     catalog: bool | None = None
     source: Source = field(default=Source("group", EMPTY_RULES), compare=False, repr=False)
     """The compiled rules, labelled for explain; shared by every member without ``${account}``
@@ -175,10 +176,12 @@ PULL = frozenset({"pull"})
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """What one source says about one name, for ``tokend explain``."""
+    """What one source says about one name, for ``tokend explain``: the rule that decides, and
+    the more specific ones passed over because they do not apply from the client's address."""
 
     source: str
     rule: Rule | None
+    skipped: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +264,11 @@ class Policy:
         resource_type: str,
         name: str,
         member: UserPolicy | None = None,
+        address: Address = None,
     ) -> frozenset[str]:
-        """The actions ``account`` (``None``: anonymous) holds on one resource; ``member``
-        gives its rights when they come from elsewhere than users.json (a directory)."""
+        """The actions ``account`` (``None``: anonymous) holds on one resource from the client
+        ``address`` (None: none known, so no ``from`` rule applies); ``member`` gives its
+        rights when they come from elsewhere than users.json (a directory)."""
         if resource_type == "repository":
             if account is None:
                 return PULL if self.anonymous.may_pull(name) else NOTHING
@@ -272,11 +277,11 @@ class Policy:
                 return NOTHING
             allowed = NOTHING
             for source in user.sources:
-                rule = source.rules.match(name, source.bound)
+                rule = source.rules.match(name, source.bound, address)
                 if rule is not None and rule.actions:
                     allowed = allowed | rule.actions if allowed else rule.actions
             return allowed
-        return self.decide(account, resource_type, name, member).actions
+        return self.decide(account, resource_type, name, member, address).actions
 
     def decide(
         self,
@@ -284,6 +289,7 @@ class Policy:
         resource_type: str,
         name: str,
         member: UserPolicy | None = None,
+        address: Address = None,
     ) -> Decision:
         """:meth:`allowed` with its reasons: which rule of which source matched."""
         if (resource_type, name) == CATALOG:
@@ -306,18 +312,20 @@ class Policy:
         user = self._rights(account, member)
         if user is None:
             return Decision(NOTHING, (), f"no user {account!r}")
-        matches = tuple(
-            Match(source.label(account), source.rules.match(name, source.bound))
-            for source in user.sources
-        )
+        matches = tuple(_match(source, account, name, address) for source in user.sources)
         actions = frozenset().union(*(m.rule.actions for m in matches if m.rule is not None))
         return Decision(actions, matches, "the union of every source's most specific rule")
 
     def grant(
-        self, account: str | None, scope: ResourceScope, member: UserPolicy | None = None
+        self,
+        account: str | None,
+        scope: ResourceScope,
+        member: UserPolicy | None = None,
+        address: Address = None,
     ) -> tuple[str, ...]:
-        """Requested ∩ allowed, in the request's order; ``*`` asks for everything allowed."""
-        allowed = self.allowed(account, scope.type, scope.name, member)
+        """Requested ∩ allowed (from ``address``), in the request's order; ``*`` asks for
+        everything allowed."""
+        allowed = self.allowed(account, scope.type, scope.name, member, address)
         if ALL_ACTIONS in scope.actions and ALL_ACTIONS not in allowed:
             return tuple(a for a in ACTIONS if a in allowed)
         return tuple(a for a in scope.actions if a in allowed)
@@ -413,6 +421,12 @@ class Policy:
 
 NOTHING: frozenset[str] = frozenset()
 _MEMBERS_REMEMBERED = 4096
+
+
+def _match(source: Source, account: str, name: str, address: Address) -> Match:
+    skipped: list[Rule] = []
+    rule = source.rules.match(name, source.bound, address, skipped)
+    return Match(source.label(account), rule, tuple(skipped))
 
 
 def may_list_catalog(own: bool | None, from_groups: list[bool | None]) -> bool:

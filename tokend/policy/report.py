@@ -3,7 +3,9 @@
 Ambiguous rules (a tie between two patterns) never get this far: loading refuses them. What is
 left is worth a look but legal: a group no one belongs to, ``${account}`` rules for a user whose
 name cannot be a path component, a more specific rule taking precedence over a broader one, and
-a deny in a user's own rules that one of the user's groups grants anyway.
+a deny in a user's own rules that one of the user's groups grants anyway. A rule that holds only
+from some client networks (``from``) counts wherever it holds: the report asks which rule decides
+from anywhere (:data:`tokend.policy.networks.ANYWHERE`), and says where.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 
 from tokend.policy.model import Policy, Source, UserPolicy
+from tokend.policy.networks import ANYWHERE, networks_text
 from tokend.policy.rules import (
     ACCOUNT,
     Pattern,
@@ -87,9 +90,14 @@ def overlap_notes(policy: Policy) -> list[str]:
             continue
         seen.add(id(rule_set))
         for specific, broad, example in _shadowing(rule_set):
+            only = (
+                " (from its networks only; elsewhere the broader rule decides)"
+                if specific.networks
+                else ""
+            )
             notes.append(
                 f"{where}: {specific.key!r} {_actions(specific)} takes precedence over "
-                f"{broad.key!r} {_actions(broad)} for names like {example!r}"
+                f"{broad.key!r} {_actions(broad)} for names like {example!r}{only}"
             )
             if len(notes) >= MAX_OVERLAP_NOTES:
                 notes.append(f"… more overlaps not shown (limit {MAX_OVERLAP_NOTES})")
@@ -129,9 +137,11 @@ def _shadowing(rule_set: RuleSet) -> Iterator[tuple[Rule, Rule, str]]:
 
 
 def _actions(rule: Rule) -> str:
+    """What a rule does, and from where when it holds only from some networks."""
+    where = " from " + networks_text(rule.networks) if rule.networks else ""
     if not rule.actions:
-        return "(denies)"
-    return "[" + ", ".join(sorted(rule.actions)) + "]"
+        return f"(denies{where})"
+    return "[" + ", ".join(sorted(rule.actions)) + "]" + where
 
 
 def group_override_warnings(policy: Policy) -> tuple[str, ...]:
@@ -174,9 +184,9 @@ def group_override_warnings(policy: Policy) -> tuple[str, ...]:
                     )
                     return tuple(warnings)
                 warnings.append(
-                    f"users.json {account}: own rule {deny.key!r} (denies) does not take away "
-                    f"group {group_name}'s {grant.key!r} {_actions(grant)} for names like "
-                    f"{example!r}: a user holds the union of the user's own rules and every "
+                    f"users.json {account}: own rule {deny.key!r} {_actions(deny)} does not "
+                    f"take away group {group_name}'s {grant.key!r} {_actions(grant)} for names "
+                    f"like {example!r}: a user holds the union of the user's own rules and every "
                     "group's, so a deny in users.json only overrides the user's own broader "
                     f"rules; deny it in group {group_name} (for every member), or take {account} "
                     f"out of {group_name} and copy to {account} the rules of {group_name} that "
@@ -206,8 +216,8 @@ def _overrides(
             )
             if (
                 example is not None
-                and own.match(example) is deny
-                and group.rules.match(example, group.bound) is grant
+                and own.match(example, (), ANYWHERE) is deny
+                and group.rules.match(example, group.bound, ANYWHERE) is grant
             ):
                 yield deny, grant, example
                 break

@@ -6,6 +6,8 @@ every name. ``${account}`` stands for the authenticated user's name. Within one 
 most specific match wins: an exact name, then the longest literal prefix (the text before the
 first wildcard). Two patterns with the same literal prefix that can match the same name are a
 configuration error, found here at load time with an example name, never a runtime surprise.
+A rule may hold only for some client networks (``from``): elsewhere it is passed over, and the
+next most specific rule that matches decides.
 
 Patterns are compiled once per reload and bucketed by literal prefix, so matching a name costs
 a handful of dictionary lookups however many rules there are.
@@ -18,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tokend.client_address import IPNetwork
+from tokend.policy.networks import ANYWHERE, Address
 from tokend.scope import is_valid_name
 
 ACCOUNT = "${account}"
@@ -215,14 +219,22 @@ def bind_account(key: str, account: str) -> Pattern | None:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A rule key and the actions it allows (none: it denies)."""
+    """A rule key and the actions it allows (none: it denies), from ``networks`` only if any."""
 
     pattern: Pattern
     actions: frozenset[str]
+    networks: tuple[IPNetwork, ...] = ()
 
     @property
     def key(self) -> str:
         return self.pattern.key
+
+    def applies_from(self, address: Address) -> bool:
+        """Whether the rule holds for a client at ``address``: always without ``networks``;
+        with them, only from inside one (never without an address)."""
+        if not self.networks or address is ANYWHERE:
+            return True
+        return address is not None and any(address in network for network in self.networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,27 +266,47 @@ class RuleSet:
             yield from bucket
         yield from self.templates
 
-    def match(self, name: str, bound: tuple[Bound, ...] = ()) -> Rule | None:
-        """The most specific rule matching ``name``, counting ``bound`` templates in."""
+    def match(
+        self,
+        name: str,
+        bound: tuple[Bound, ...] = (),
+        address: Address = None,
+        skipped: list[Rule] | None = None,
+    ) -> Rule | None:
+        """The most specific rule matching ``name`` that applies from ``address``, counting
+        ``bound`` templates in. A matching rule that does not apply there is passed over (and
+        added to ``skipped``): each rule on the way is looked at once, as before."""
         best: Rule | None = self.exact.get(name)
         if best is not None:
-            return best
+            if best.applies_from(address):
+                return best
+            if skipped is not None:
+                skipped.append(best)
+            best = None
         best_length = -1
         for length in self.prefix_lengths:
             if length > len(name):
                 continue
             for rule in self.by_prefix.get(name[:length], ()):
                 if rule.pattern.matches(name):
-                    best, best_length = rule, length
-                    break
+                    if rule.applies_from(address):
+                        best, best_length = rule, length
+                        break
+                    if skipped is not None:
+                        skipped.append(rule)
             if best is not None:
                 break
         for template in bound:
             if not template.pattern.matches(name):
                 continue
+            wins = template.pattern.exact or len(template.pattern.prefix) > best_length
+            if not template.rule.applies_from(address):
+                if skipped is not None and wins:
+                    skipped.append(template.rule)
+                continue
             if template.pattern.exact:
                 return template.rule
-            if len(template.pattern.prefix) > best_length:
+            if wins:
                 best, best_length = template.rule, len(template.pattern.prefix)
         return best
 
