@@ -34,8 +34,9 @@ from tokend.login.refresh_tokens import (
     RefreshTokens,
     fingerprint,
 )
+from tokend.policy.changes import policy_change
 from tokend.policy.documents import users_from_document
-from tokend.policy.model import Policy, PolicyError, policy_change
+from tokend.policy.model import Policy, PolicyError
 from tokend.scope import ResourceScope
 from tokend.signing.keys import SigningKey, load_signing_key
 from tokend.signing.tokens import TokenIssuer

@@ -11,13 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokend.policy.changes import policy_change
 from tokend.policy.documents import (
     anonymous_from_document,
     groups_from_document,
     users_from_document,
 )
 from tokend.policy.files import load_policy
-from tokend.policy.model import Policy, PolicyError, policy_change
+from tokend.policy.model import Policy, PolicyError
 from tokend.policy.report import overlap_notes, unused_rule_warnings
 from tokend.scope import ResourceScope
 

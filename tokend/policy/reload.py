@@ -17,6 +17,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
+from tokend.policy.changes import PolicyChange, policy_change
 from tokend.policy.files import (
     GROUPS_FILE,
     POLICY_FILES,
@@ -28,7 +29,7 @@ from tokend.policy.files import (
     load_policy,
 )
 from tokend.policy.holder import PolicyHolder
-from tokend.policy.model import PolicyChange, PolicyError, policy_change
+from tokend.policy.model import PolicyError
 from tokend.threads import ThreadRunner
 
 MAX_LOAD_ATTEMPTS = 5
