@@ -151,3 +151,10 @@ def test_no_two_packages_import_each_other() -> None:
     for name in packages:
         packages[name].discard(name)
     assert sorted(map(sorted, cycles(packages))) == []
+
+
+def test_test_modules_have_unique_names() -> None:
+    """Test folders carry no __init__.py: pytest imports each module by its bare name, so two
+    test files of one name in two folders stop the whole suite at collection."""
+    names = [path.name for path in (PACKAGE.parent / "tests").rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
