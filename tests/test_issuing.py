@@ -21,6 +21,7 @@ from support import (
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
+from tokend.client_address import ClientAddress
 from tokend.issuing import Issued, Issuing
 from tokend.login.assembly import logins_for
 from tokend.login.credentials import UsernamePassword
@@ -162,7 +163,9 @@ async def test_the_authorization_program_narrows_what_the_policy_grants(tmp_path
     the scope away, and a scope the policy grants nothing on is never put to it."""
     desk = Desk(tmp_path, authorization=authorizer(tmp_path, "q['Name'] != 'public/hello'"))
     login = desk.login("bar")
-    answer = await issued(desk.issuing.issue(login, "registry.test", ASKED, client="192.0.2.7"))
+    answer = await issued(
+        desk.issuing.issue(login, "registry.test", ASKED, client=ClientAddress("192.0.2.7"))
+    )
     assert [str(scope) for scope in answer.granted] == [
         "repository:public/hello:",
         "repository:private/x:",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 
-from tokend.client_address import IPAddress
+from tokend.client_address import ClientAddress
 from tokend.login.identity import Login
 from tokend.login.logins import Logins
 from tokend.policy.holder import PolicyHolder
@@ -60,27 +60,29 @@ class Issuing:
         *,
         offline: bool = False,
         presented: str | None = None,
-        client: str = "",
-        address: IPAddress | None = None,
+        client: ClientAddress | None = None,
     ) -> Issued | Deferred[Issued]:
-        """The token for ``login`` (None: anonymous) from ``client`` (its address, as logged).
-        ``offline``: a refresh token is asked for too (never given anonymously); ``presented``:
-        the refresh token the login came with, answered back rather than replaced; ``address``:
-        this request's client, which rules with ``from`` are checked against (None: none of
-        them applies). A login, cached or refreshed, carries an identity, never rights: they
-        are decided here, per request. At once without an authorization program; with one,
-        once it has answered (a Deferred that fails with
+        """The token for ``login`` (None: anonymous) asked by ``client``. ``offline``: a refresh
+        token is asked for too (never given anonymously); ``presented``: the refresh token the
+        login came with, answered back rather than replaced. A login's rules with ``from`` are
+        checked against the client's address (only a login's: anonymous rules take none, so an
+        anonymous request does not parse it; without one, none of them applies). A login,
+        cached or refreshed, carries an identity, never rights: they are decided here, per
+        request. At once without an authorization program; with one, once it has answered (a
+        Deferred that fails with
         :class:`tokend.programs.authorization.AuthorizationUnavailable`)."""
         policy = self._policy.current if login is None else login.policy
         account = None if login is None else login.identity.account
         member = None if login is None else policy.rights(login.identity)
+        address = None if login is None or client is None else client.ip()
         granted = tuple(
             ResourceScope(scope.type, scope.name, policy.grant(account, scope, member, address))
             for scope in asked
         )
         if self._authorization is None:
             return self._signed(login, service, granted, offline, presented)
-        authorized = self._authorized(self._authorization, login, service, asked, granted, client)
+        shown = "" if client is None else client.address
+        authorized = self._authorized(self._authorization, login, service, asked, granted, shown)
         return Deferred.fromCoroutine(authorized).addCallback(
             lambda granted: self._signed(login, service, granted, offline, presented)
         )

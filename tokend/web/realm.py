@@ -247,17 +247,14 @@ class TokenAPI:
         login: Login | None,
     ) -> bytes | Deferred[bytes]:
         """The token for ``login`` (None: anonymous), written and logged: at once, unless an
-        authorization program must be asked first. Only a login's rules may depend on the
-        client address: an anonymous request does not parse it."""
-        known = None if login is None else self.state(request).client
+        authorization program must be asked first."""
         issued = self._issuing.issue(
             login,
             asked.service,
             asked.scopes,
             offline=asked.offline,
             presented=asked.refresh_token,
-            client=client,
-            address=None if known is None else known.ip(),
+            client=self.state(request).client,
         )
         if isinstance(issued, Issued):
             return self._answer(request, started, asked, client, login, issued)
