@@ -183,6 +183,8 @@ class SigningKey:
     kid: str
     header: dict[str, Any]
     jose_key: ECKey | RSAKey | OKPKey
+    chain: tuple[x509.Certificate, ...] = field(default=(), repr=False, compare=False)
+    """The certificates sent as ``x5c``, leaf first; empty without a certificate."""
     _header_segment: bytes = field(init=False, repr=False, compare=False)
     _signature: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
 
@@ -214,6 +216,7 @@ def load_signing_key(
     public_key = key.public_key()
     kid = libtrust_key_id(public_key) if kid_form == "libtrust" else jwk_thumbprint(public_key)
     header: dict[str, Any] = {"typ": "JWT", "alg": alg, "kid": kid}
+    chain: list[x509.Certificate] = []
     if cert_path is not None:
         chain = _load_chain(cert_path)
         _check_chain(cert_path, chain, key, time.time() if now is None else now)
@@ -221,7 +224,7 @@ def load_signing_key(
             base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
             for cert in chain
         ]
-    return SigningKey(alg=alg, kid=kid, header=header, jose_key=_jose_key(key))
+    return SigningKey(alg=alg, kid=kid, header=header, jose_key=_jose_key(key), chain=tuple(chain))
 
 
 def public_key_of(path: Path) -> Any:
