@@ -56,6 +56,12 @@ LISTEN = (
 SIGNING = (
     Option("key", "PEM private key that signs tokens (mode 0600)", "certs/RootCA.key", "k"),
     Option("cert", "PEM certificate chain of the key (tokens get x5c)", "certs/RootCA.crt"),
+    Option(
+        "keys-dir",
+        "Directory of rotating keys (tokend keys new|activate|retire); replaces --key/--cert",
+        None,
+        metavar="DIR",
+    ),
     Option("issuer", "iss claim; must equal the registry's auth.token.issuer", "tokend", "i"),
     Option(
         "service",
