@@ -3,6 +3,8 @@ type and both kid forms, over enough keys that EC coordinates with leading zero 
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from signing.registry3 import Refused, Registry3, StartupError, go_thumbprint
 from support import self_signed, write_private_key
 
+from tokend.cli import main
 from tokend.scope import ResourceScope
-from tokend.signing.keys import jwk_thumbprint, load_signing_key, registry_thumbprint
+from tokend.signing.keys import (
+    jwk_thumbprint,
+    libtrust_key_id,
+    load_signing_key,
+    registry_thumbprint,
+)
 from tokend.signing.tokens import TokenIssuer
 
 NOW = float(int(time.time()))
@@ -216,3 +224,28 @@ def test_signing_algorithms_restrict_alg(zero_leading: list[Pair]) -> None:
         bundle_registry(pair.certificate, signing_algorithms=["RS256"]).verify(token, NOW)
     with pytest.raises(StartupError, match="unsupported signing algorithm"):
         bundle_registry(pair.certificate, signing_algorithms=["ES257"])
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), stdin=io.StringIO(), stdout=out), out.getvalue()
+
+
+def test_tokend_kid_says_when_the_registry_thumbprint_differs(
+    zero_leading: list[Pair], pairs: list[Pair]
+) -> None:
+    pair = zero_leading[0]
+    code, out = run("kid", str(pair.cert_path))
+    assert code == 0
+    assert f"thumbprint {go_thumbprint(pair.public_key)}" in out
+    assert f"rfc7638    {jwk_thumbprint(pair.public_key)}" in out
+    assert "leading zero bytes" in out
+    code, out = run("kid", "--json", str(pair.cert_path))
+    assert json.loads(out) == {
+        "libtrust": libtrust_key_id(pair.public_key),
+        "thumbprint": go_thumbprint(pair.public_key),
+        "rfc7638": jwk_thumbprint(pair.public_key),
+    }
+    rsa_pair = next(p for p in pairs if p.kind == "RSA-2048")
+    code, out = run("kid", str(rsa_pair.cert_path))
+    assert (code, "rfc7638" in out) == (0, False)
