@@ -328,3 +328,20 @@ def _claims(segment: str) -> dict[str, Any]:
     if not isinstance(issuer, str):
         raise Refused("json: iss is not a string")
     return {**raw, "iss": issuer, "aud": audience, **numbers}
+
+
+CURVES = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+
+
+def zero_leading_key(kind: str, which: int = 0) -> ec.EllipticCurvePrivateKey:
+    """A key where RFC 7638 and the registry disagree: the first from private scalar 1 up whose
+    X (which=0) or Y (which=1) starts with a zero byte at the curve's full size; deterministic,
+    found within a few hundred tries."""
+    size = (CURVES[kind].key_size + 7) // 8
+    scalar = 1
+    while True:
+        key = ec.derive_private_key(scalar, CURVES[kind])
+        point = key.public_key().public_numbers()
+        if (point.x, point.y)[which].to_bytes(size, "big")[0] == 0:
+            return key
+        scalar += 1

@@ -14,7 +14,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from signing.registry3 import Refused, Registry3, StartupError, go_thumbprint
+from signing.registry3 import (
+    CURVES,
+    Refused,
+    Registry3,
+    StartupError,
+    go_thumbprint,
+    zero_leading_key,
+)
 from support import self_signed, write_private_key
 
 from tokend.cli import main
@@ -36,33 +43,13 @@ KEY_COUNTS = {"P-256": 300, "P-384": 120, "P-521": 40, "RSA-2048": 3, "Ed25519":
 """Random keys per type: with 300 P-256 keys a coordinate starting with a zero byte turns up
 about twice in three runs; the zero-leading keys below make sure of it every run."""
 
-_CURVES = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
-
 
 def new_key(kind: str) -> Any:
-    if kind in _CURVES:
-        return ec.generate_private_key(_CURVES[kind])
+    if kind in CURVES:
+        return ec.generate_private_key(CURVES[kind])
     if kind == "RSA-2048":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return ed25519.Ed25519PrivateKey.generate()
-
-
-def coordinates(key: Any) -> tuple[bytes, bytes]:
-    """X and Y at the curve's full size, as RFC 7518 (and RFC 7638) encode them."""
-    point = key.public_key().public_numbers()
-    size = (key.curve.key_size + 7) // 8
-    return point.x.to_bytes(size, "big"), point.y.to_bytes(size, "big")
-
-
-def zero_leading_key(kind: str, which: int) -> ec.EllipticCurvePrivateKey:
-    """The first key from private scalar 1 up whose X (which=0) or Y (which=1) starts with a
-    zero byte: deterministic, found within a few hundred tries."""
-    scalar = 1
-    while True:
-        key = ec.derive_private_key(scalar, _CURVES[kind])
-        if coordinates(key)[which][0] == 0:
-            return key
-        scalar += 1
 
 
 @dataclass(frozen=True)
@@ -90,7 +77,7 @@ def zero_leading(tmp_path_factory: pytest.TempPathFactory) -> list[Pair]:
     directory = tmp_path_factory.mktemp("zero-leading")
     return [
         write_pair(directory, kind, which, zero_leading_key(kind, which))
-        for kind in _CURVES
+        for kind in CURVES
         for which in (0, 1)
     ]
 

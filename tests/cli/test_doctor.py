@@ -1,0 +1,314 @@
+"""``tokend doctor`` against real registry configs, keys and certificates: good ones for 2.x and
+3.x (bundle and jwks) pass, each broken one exits 1 with its sentence; where 3.x is checked, its
+verdict agrees with tests/signing/registry3.py on a token tokend issues."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+from signing.registry3 import Refused, Registry3, StartupError, zero_leading_key
+from support import self_signed, write_private_key
+
+from tokend.cli import main
+from tokend.scope import ResourceScope
+from tokend.signing.keys import load_signing_key
+from tokend.signing.tokens import TokenIssuer
+
+REALM = "https://auth.example.com/v2/token"
+
+
+def pem(*certificates: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+def issued_by(
+    key: Any, ca_key: Any, ca: x509.Certificate, days: int = 30, is_ca: bool = False
+) -> x509.Certificate:
+    now = datetime.now(UTC)
+    name = "tokend test CA" if is_ca else "tokend signer"
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+@dataclass
+class Setup:
+    """A key tokend signs with, its certificate chain, and the registry's auth.token."""
+
+    directory: Path
+    key: Any = field(default_factory=lambda: zero_leading_key("P-256"))
+    chain: tuple[x509.Certificate, ...] = ()
+    token: dict[str, Any] = field(default_factory=dict)
+    bundle: tuple[x509.Certificate, ...] | None = None
+    jwks: list[dict[str, Any]] | None = None
+    kid: str = "libtrust"
+    with_cert: bool = True
+
+    def __post_init__(self) -> None:
+        self.chain = self.chain or (self_signed(self.key),)
+        self.token = {"realm": REALM, "service": "registry", "issuer": "tokend"} | self.token
+
+    def write(self) -> list[str]:
+        """The files, and the doctor's arguments for them."""
+        key_path, cert_path = self.directory / "signer.key", self.directory / "signer.crt"
+        write_private_key(key_path, self.key)
+        cert_path.write_bytes(pem(*self.chain))
+        token = dict(self.token)
+        bundle = self.chain[-1:] if self.bundle is None else self.bundle
+        if bundle:
+            (self.directory / "bundle.crt").write_bytes(pem(*bundle))
+            token.setdefault("rootcertbundle", str(self.directory / "bundle.crt"))
+        if self.jwks is not None:
+            (self.directory / "jwks.json").write_text(json.dumps({"keys": self.jwks}))
+            token["jwks"] = str(self.directory / "jwks.json")
+        config = {"version": 0.1, "http": {"addr": ":5000"}, "auth": {"token": token}}
+        (self.directory / "config.yml").write_text(yaml.safe_dump(config))
+        args = ["--registry-config", str(self.directory / "config.yml"), "--key", str(key_path)]
+        args += ["--kid", self.kid, "--cert", str(cert_path) if self.with_cert else ""]
+        return args
+
+    def signing_key(self) -> Any:
+        cert = self.directory / "signer.crt" if self.with_cert else None
+        return load_signing_key(self.directory / "signer.key", cert, self.kid)
+
+    def registry3_accepts(self) -> bool:
+        """What tests/signing/registry3.py says of a token tokend issues with this setup."""
+        token = yaml.safe_load((self.directory / "config.yml").read_text())["auth"]["token"]
+        try:
+            bundle = (
+                Path(token["rootcertbundle"]).read_bytes() if "rootcertbundle" in token else b""
+            )
+        except OSError:
+            return False
+        roots = x509.load_pem_x509_certificates(bundle) if bundle else []
+        issued = TokenIssuer(self.signing_key(), "tokend", 300).issue(
+            "alice", "registry", (ResourceScope("repository", "a", ("pull",)),), time.time()
+        )
+        try:
+            registry = Registry3.configure(
+                token["issuer"],
+                token["service"],
+                roots=roots,
+                jwks=None if self.jwks is None else {"keys": self.jwks},
+                signing_algorithms=token.get("signingalgorithms"),
+            )
+            registry.verify(issued.token, time.time())
+        except (Refused, StartupError):
+            return False
+        return True
+
+
+def doctor(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["doctor", *argv], stdin=io.StringIO(), stdout=out)
+    return code, out.getvalue() + capsys.readouterr().err
+
+
+def jwk_of(setup: Setup, **extra: Any) -> dict[str, Any]:
+    signing = setup.signing_key()
+    return {**signing.jose_key.as_dict(private=False), "kid": signing.kid, **extra}
+
+
+GOOD: dict[str, Callable[[Path], Setup]] = {
+    "2.x": lambda d: Setup(d),
+    "3.x bundle, x5c": lambda d: Setup(d, kid="thumbprint"),
+    "3.x bundle, kid only": lambda d: Setup(d, kid="thumbprint", with_cert=False),
+    "3.x P-521 bundle, kid only": lambda d: Setup(
+        d, key=zero_leading_key("P-521", 1), kid="thumbprint", with_cert=False
+    ),
+    "CA-issued chain": lambda d: _ca_setup(d),
+}
+
+
+def _ca_setup(directory: Path, ca_days: int = 3650, bundle_ca: bool = True) -> Setup:
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca = self_signed(ca_key, days=ca_days)
+    key = ec.generate_private_key(ec.SECP256R1())
+    chain = (issued_by(key, ca_key, ca), ca)
+    return Setup(directory, key=key, chain=chain, bundle=(ca,) if bundle_ca else None)
+
+
+@pytest.mark.parametrize("name", list(GOOD))
+def test_good_configs_pass(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    setup = GOOD[name](tmp_path)
+    version = ["--registry-version", "3"] if "3.x" in name else []
+    code, out = doctor(*setup.write(), *version, capsys=capsys)
+    assert code == 0, out
+    assert "a token tokend issues now would be accepted by distribution" in out
+    assert "error" not in out
+    assert setup.registry3_accepts()
+
+
+def test_a_jwks_config_is_checked_for_3x(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup = Setup(tmp_path, kid="thumbprint", with_cert=False, bundle=())
+    setup.write()
+    setup.jwks = [jwk_of(setup)]
+    code, out = doctor(*setup.write(), capsys=capsys)
+    assert code == 0, out
+    assert "for distribution 3.x (auth.token.jwks is a 3.x option)" in out
+    assert "names a jwks key" in out
+    assert setup.registry3_accepts()
+
+
+def test_both_versions_are_checked_when_the_config_does_not_say(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = doctor(*Setup(tmp_path).write(), capsys=capsys)
+    assert code == 0
+    assert "for distribution 2.x and 3.x (nothing in it tells 2.x from 3.x" in out
+    assert "ok (2.x and 3.x): tokend's current key" in out
+
+
+def _stranger(directory: Path) -> Setup:
+    return Setup(directory, bundle=(self_signed(ec.generate_private_key(ec.SECP256R1())),))
+
+
+BROKEN: dict[str, tuple[Callable[[Path], Setup], str, str]] = {
+    "issuer": (
+        lambda d: Setup(d, token={"issuer": "registry-auth"}),
+        "",
+        "error (2.x and 3.x): auth.token.issuer is 'registry-auth' but tokend signs iss 'tokend'",
+    ),
+    "service": (
+        lambda d: Setup(d, token={"service": "docker"}),
+        "",
+        "auth.token.service is 'docker' but tokend accepts --service registry",
+    ),
+    "realm path": (
+        lambda d: Setup(d, token={"realm": "https://auth.example.com/token"}),
+        "",
+        "set auth.token.realm to https://auth.example.com/v2/token",
+    ),
+    "realm not a URL": (
+        lambda d: Setup(d, token={"realm": "/v2/token"}),
+        "",
+        "auth.token.realm '/v2/token' is not an absolute URL",
+    ),
+    "issuer missing": (
+        lambda d: Setup(d, token={"issuer": None}),
+        "",
+        "auth.token.issuer is missing or not a string: the registry does not start",
+    ),
+    "bundle of another key": (
+        _stranger,
+        "",
+        "leads to no bundle certificate; add the certificate of the current key",
+    ),
+    "bundle unreadable": (
+        lambda d: Setup(d, token={"rootcertbundle": str(d / "missing.crt")}),
+        "",
+        "auth.token.rootcertbundle: cannot read",
+    ),
+    "2.x thumbprint kid": (
+        lambda d: Setup(d, kid="thumbprint", with_cert=False),
+        "2",
+        "error (2.x): tokend's current key",
+    ),
+    "3.x libtrust kid": (
+        lambda d: Setup(d, with_cert=False),
+        "3",
+        "3.x does not know libtrust ids: use --kid thumbprint",
+    ),
+    "3.x algorithms": (
+        lambda d: Setup(d, token={"signingalgorithms": ["RS256"]}),
+        "",
+        "auth.token.signingalgorithms lacks ES256",
+    ),
+    "3.x unknown algorithm": (
+        lambda d: Setup(d, token={"signingalgorithms": ["ES256", "ES257"]}),
+        "",
+        "names ES257, which 3.x does not know: the registry does not start",
+    ),
+    "2.x Ed25519": (
+        lambda d: Setup(d, key=ed25519.Ed25519PrivateKey.generate()),
+        "2",
+        "2.x cannot read Ed25519 keys and does not start",
+    ),
+    "expired CA in the bundle": (
+        lambda d: _ca_setup(d, ca_days=-1),
+        "",
+        "the bundle's CN=tokend test is not valid now",
+    ),
+}
+
+
+NOT_ABOUT_THE_TOKEN = {"realm path", "realm not a URL"}
+"""Findings where the registry would accept the token, but docker never gets one from tokend."""
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_broken_configs_exit_1_with_their_sentence(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make, version, sentence = BROKEN[name]
+    setup = make(tmp_path)
+    code, out = doctor(
+        *setup.write(), *(["--registry-version", version] if version else []), capsys=capsys
+    )
+    assert code == 1, out
+    assert sentence in out
+    assert "a token tokend issues now would be refused by distribution" in out
+    if version != "2" and name not in NOT_ABOUT_THE_TOKEN:
+        assert not setup.registry3_accepts()
+
+
+def test_jwks_broken_variants(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    setup = Setup(tmp_path, kid="thumbprint", with_cert=False, bundle=())
+    setup.write()
+    setup.jwks = [jwk_of(setup, kid="another")]
+    code, out = doctor(*setup.write(), capsys=capsys)
+    assert code == 1
+    assert "is the kid of no bundle or jwks key" in out
+    assert not setup.registry3_accepts()
+    # The zero-leading X written as big.Int.Bytes() would: 31 bytes, the same number.
+    jwk = jwk_of(setup)
+    x = base64.urlsafe_b64decode(jwk["x"] + "=")
+    assert x[0] == 0
+    setup.jwks = [{**jwk, "x": base64.urlsafe_b64encode(x[1:]).rstrip(b"=").decode()}]
+    code, out = doctor(*setup.write(), capsys=capsys)
+    assert code == 1
+    assert "coordinates are not 32 bytes long" in out
+    assert not setup.registry3_accepts()
+
+
+def test_a_certificate_close_to_expiry_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    setup = Setup(tmp_path, key=key, chain=(self_signed(key, days=5),))
+    code, out = doctor(*setup.write(), capsys=capsys)
+    assert code == 0, out
+    assert "warning (2.x and 3.x): certificate 1 of" in out
+    assert "expires in 4 days" in out or "expires in 5 days" in out
+
+
+def test_a_config_without_token_auth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = Setup(tmp_path).write()
+    (tmp_path / "config.yml").write_text("version: 0.1\nauth:\n  htpasswd: {realm: x}\n")
+    code, out = doctor(*args, capsys=capsys)
+    assert code == 1
+    assert "has no auth.token section" in out
