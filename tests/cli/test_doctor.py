@@ -312,3 +312,22 @@ def test_a_config_without_token_auth(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, out = doctor(*args, capsys=capsys)
     assert code == 1
     assert "has no auth.token section" in out
+
+
+def test_the_shipped_registry_example_passes_with_registry_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config/registry.yml.example names /etc/tokend/certs/RootCA.crt; --registry-root reads it
+    where the registry's files are seen from here."""
+    certs = tmp_path / "etc" / "tokend" / "certs"
+    certs.mkdir(parents=True)
+    key, cert = str(certs / "RootCA.key"), str(certs / "RootCA.crt")
+    assert main(["dev-cert", "--key", key, "--cert", cert], stdout=io.StringIO()) == 0
+    example = str(Path(__file__).parents[2] / "config" / "registry.yml.example")
+    args = ("--registry-config", example, "--key", key, "--cert", cert)
+    code, out = doctor(*args, capsys=capsys)
+    assert code == 1
+    assert "auth.token.rootcertbundle: cannot read /etc/tokend/certs/RootCA.crt" in out
+    code, out = doctor(*args, "--registry-root", str(tmp_path), capsys=capsys)
+    assert code == 0, out
+    assert out.endswith("would be accepted by distribution 2.x and 3.x\n")

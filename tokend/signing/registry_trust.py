@@ -169,10 +169,6 @@ def trusted_chain(
     return Verdict(False, f"the x5c chain of {subject(chain[0])} leads to no bundle certificate")
 
 
-def _holding(roots: Sequence[x509.Certificate], public_key: Any) -> tuple[x509.Certificate, ...]:
-    return tuple(root for root in roots if _spki(root.public_key()) == _spki(public_key))
-
-
 def verdict(signing: SigningKey, trusted: Trusted, version: str, moment: datetime) -> Verdict:
     """Would this registry version find the key of a token ``signing`` signs, and trust it?"""
     if signing.chain:
@@ -197,8 +193,3 @@ def verdict(signing: SigningKey, trusted: Trusted, version: str, moment: datetim
         return Verdict(False, f"kid {signing.kid} names another key: the signature would fail")
     source = "a jwks key" if not anchors else "a bundle key (registry thumbprint)"
     return Verdict(True, f"kid {signing.kid} names {source}", anchors)
-
-
-def holders(trusted: Trusted, public_key: Any) -> tuple[x509.Certificate, ...]:
-    """The bundle certificates carrying this public key."""
-    return _holding(trusted.roots, public_key)
