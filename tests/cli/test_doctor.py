@@ -331,3 +331,15 @@ def test_the_shipped_registry_example_passes_with_registry_root(
     code, out = doctor(*args, "--registry-root", str(tmp_path), capsys=capsys)
     assert code == 0, out
     assert out.endswith("would be accepted by distribution 2.x and 3.x\n")
+
+
+def test_a_warning_does_not_skip_the_trust_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2.x ignores jwks (a warning); its bundle must still trust the key."""
+    setup = _stranger(tmp_path)
+    setup.jwks = []
+    code, out = doctor(*setup.write(), "--registry-version", "2", capsys=capsys)
+    assert "warning (2.x): 2.x ignores auth.token.jwks" in out
+    assert code == 1, out
+    assert "error (2.x): tokend's current key" in out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,23 +255,24 @@ def _trusted(
     return Trusted(roots, jwks), findings
 
 
-def _fix(key: SetKey, version: str, config_key: str) -> str:
+def _fix(key: SetKey, kid_form: str, version: str, config_key: str) -> str:
     """What to change when this version does not trust the key."""
     if key.signing.chain:
         return (
             f"add the certificate of the current key ({key.cert_file}) to {config_key}, or "
             "the CA that issued it (tokend keys bundle prints them)"
         )
-    if version == V2 and not key.signing.kid.count(":"):
+    if version == V2 and kid_form != "libtrust":
         return "2.x looks kids up by libtrust id: use --kid libtrust, or --cert so tokens carry x5c"
-    if version == V3 and key.signing.kid.count(":"):
+    if version == V3 and kid_form == "libtrust":
         return "3.x does not know libtrust ids: use --kid thumbprint, or --cert so tokens carry x5c"
     return f"add the current key's certificate to {config_key}"
 
 
 def _trust(
-    keys: KeySet, trusted: Trusted, versions: tuple[str, ...], now: float
+    keys: KeySet, kid_form: str, trusted: Trusted, versions: tuple[str, ...], now: float
 ) -> Iterator[Finding]:
+    """Whether each version trusts the current key, the expiries it rests on, the next key."""
     moment = datetime.fromtimestamp(now, UTC)
     key = keys.current
     if V2 in versions and isinstance(key.public_key, ed25519.Ed25519PublicKey):
@@ -285,14 +286,12 @@ def _trust(
     config_key = (
         "auth.token.jwks" if trusted.jwks and not trusted.roots else "auth.token.rootcertbundle"
     )
-    yield from _grouped(
-        verdicts,
-        lambda version, found: (
-            f"tokend's current key {key.name}: {found.how}"
-            if found.accepted
-            else f"tokend's current key {key.name}: {found.how}; {_fix(key, version, config_key)}"
-        ),
-    )
+
+    def line(version: str, found: Verdict) -> str:
+        fix = "" if found.accepted else f"; {_fix(key, kid_form, version, config_key)}"
+        return f"tokend's current key {key.name}: {found.how}{fix}"
+
+    yield from _grouped(verdicts, line)
     yield from _expiries(key, verdicts, versions, now)
     upcoming = keys.next
     if upcoming is not None:
@@ -310,7 +309,9 @@ def _trust(
                 )
 
 
-def _grouped(verdicts: dict[str, Verdict], text: Any) -> Iterator[Finding]:
+def _grouped(
+    verdicts: dict[str, Verdict], text: Callable[[str, Verdict], str]
+) -> Iterator[Finding]:
     """One line for both versions when they agree, else one line each."""
     lines: dict[tuple[bool, str], list[str]] = {}
     for version, found in verdicts.items():
@@ -354,10 +355,12 @@ def doctor(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     stdout.write(f"checking {config_path} for distribution {' and '.join(versions)} ({why})\n")
     keys = _key_set(args, now)
     trusted, findings = _trusted(token, args.registry_root, versions)
-    startable = tuple(v for v in versions if not any(v in f.versions for f in findings))
+    startable = tuple(
+        v for v in versions if not any(f.level == "error" and v in f.versions for f in findings)
+    )
     findings += [*_claims(token, args, versions), *_algorithms(token, keys.signing.alg, versions)]
     if startable:
-        findings += _trust(keys, trusted, startable, now)
+        findings += _trust(keys, args.kid, trusted, startable, now)
     for finding in findings:
         stdout.write(finding.line() + "\n")
     refusing = [
