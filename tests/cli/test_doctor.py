@@ -343,3 +343,33 @@ def test_a_warning_does_not_skip_the_trust_check(
     assert "warning (2.x): 2.x ignores auth.token.jwks" in out
     assert code == 1, out
     assert "error (2.x): tokend's current key" in out
+
+
+def test_a_keys_dir_next_key_not_published_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --keys-dir the current key decides; a next key the bundle lacks is named, so the
+    operator publishes it before `tokend keys activate`. Runs once tokend.signing.key_dir (the
+    keydir branch) is merged."""
+    key_dir = pytest.importorskip("tokend.signing.key_dir")
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    current = key_dir.create_key(keys)
+    upcoming = key_dir.create_key(keys)
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_bytes(key_dir.key_paths(keys, current)[1].read_bytes())
+    token = {
+        "realm": REALM,
+        "service": "registry",
+        "issuer": "tokend",
+        "rootcertbundle": str(bundle),
+    }
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"version": 0.1, "auth": {"token": token}}))
+    args = ("--registry-config", str(config), "--keys-dir", str(keys))
+    code, out = doctor(*args, capsys=capsys)
+    assert code == 0, out
+    assert f"warning (2.x): the next key {upcoming} is not trusted yet" in out
+    bundle.write_bytes(bundle.read_bytes() + key_dir.key_paths(keys, upcoming)[1].read_bytes())
+    code, out = doctor(*args, capsys=capsys)
+    assert (code, "next key" in out) == (0, False), out
