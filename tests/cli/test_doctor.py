@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +24,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from signing.registry3 import Refused, Registry3, StartupError, zero_leading_key
-from support import self_signed, write_private_key
+from support import (
+    UnixHTTPConnection,
+    accepts,
+    self_signed,
+    stop_process,
+    wait_for,
+    write_private_key,
+)
 
 from tokend.cli import main
 from tokend.scope import ResourceScope
@@ -35,20 +45,17 @@ def pem(*certificates: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
 
 
-def issued_by(
-    key: Any, ca_key: Any, ca: x509.Certificate, days: int = 30, is_ca: bool = False
-) -> x509.Certificate:
+def issued_by(key: Any, ca_key: Any, ca: x509.Certificate, days: int = 30) -> x509.Certificate:
     now = datetime.now(UTC)
-    name = "tokend test CA" if is_ca else "tokend signer"
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokend signer")]))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     )
     return builder.sign(ca_key, hashes.SHA256())
 
@@ -142,12 +149,33 @@ GOOD: dict[str, Callable[[Path], Setup]] = {
 }
 
 
-def _ca_setup(directory: Path, ca_days: int = 3650, bundle_ca: bool = True) -> Setup:
+def certificate_authority(key: Any, days: int = 3650, ca: bool = True) -> x509.Certificate:
+    """A self-signed CA certificate (CN=tokend test CA); ``ca=False`` leaves basicConstraints
+    out (CN=tokend test), as a plain self-signed certificate does, and Go refuses such a
+    certificate as the issuer of another."""
+    if not ca:
+        return self_signed(key, days=days)
+    now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokend test CA")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    )
+    return builder.sign(key, hashes.SHA256())
+
+
+def _ca_setup(directory: Path, ca_days: int = 3650, ca: bool = True) -> Setup:
     ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca = self_signed(ca_key, days=ca_days)
+    ca_cert = certificate_authority(ca_key, days=ca_days, ca=ca)
     key = ec.generate_private_key(ec.SECP256R1())
-    chain = (issued_by(key, ca_key, ca), ca)
-    return Setup(directory, key=key, chain=chain, bundle=(ca,) if bundle_ca else None)
+    chain = (issued_by(key, ca_key, ca_cert), ca_cert)
+    return Setup(directory, key=key, chain=chain, bundle=(ca_cert,))
 
 
 @pytest.mark.parametrize("name", list(GOOD))
@@ -251,7 +279,12 @@ BROKEN: dict[str, tuple[Callable[[Path], Setup], str, str]] = {
     "expired CA in the bundle": (
         lambda d: _ca_setup(d, ca_days=-1),
         "",
-        "the bundle's CN=tokend test is not valid now",
+        "the bundle's CN=tokend test CA is not valid now",
+    ),
+    "issuer in the bundle is no CA": (
+        lambda d: _ca_setup(d, ca=False),
+        "",
+        "the bundle's CN=tokend test signed CN=tokend signer but may not sign certificates",
     ),
 }
 
@@ -373,3 +406,58 @@ def test_a_keys_dir_next_key_not_published_is_a_warning(
     bundle.write_bytes(bundle.read_bytes() + key_dir.key_paths(keys, upcoming)[1].read_bytes())
     code, out = doctor(*args, capsys=capsys)
     assert (code, "next key" in out) == (0, False), out
+
+
+def registry2_accepts(setup: Setup) -> bool:
+    """Whether the real distribution 2.8 (docker-registry), given the setup's auth.token,
+    starts and lets a token tokend issues now ping /v2/."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("docker-registry is not installed")
+    config = yaml.safe_load((setup.directory / "config.yml").read_text())
+    with tempfile.TemporaryDirectory(prefix="doctor-") as short:
+        sock = Path(short) / "registry.sock"
+        config["storage"] = {"filesystem": {"rootdirectory": str(setup.directory / "data")}}
+        config["http"] = {"net": "unix", "addr": str(sock), "secret": "s" * 32}
+        (setup.directory / "registry.yml").write_text(yaml.safe_dump(config))
+        log = setup.directory / "registry.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [binary, "serve", str(setup.directory / "registry.yml")],
+                env={"PATH": "/usr/bin:/bin"},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for("the registry", lambda: accepts(sock) or process.poll() is not None)
+            if process.poll() is not None:
+                return False
+            issued = TokenIssuer(setup.signing_key(), "tokend", 300).issue(
+                "alice", "registry", (), time.time()
+            )
+            connection = UnixHTTPConnection(sock)
+            try:
+                connection.request(
+                    "GET", "/v2/", headers={"Authorization": f"Bearer {issued.token}"}
+                )
+                return connection.getresponse().status == 200
+            finally:
+                connection.close()
+        finally:
+            stop_process(process)
+
+
+EVERY_SETUP = {
+    **{name: make for name, make in GOOD.items()},
+    **{name: make for name, (make, _, _) in BROKEN.items() if name not in NOT_ABOUT_THE_TOKEN},
+}
+
+
+@pytest.mark.parametrize("name", list(EVERY_SETUP))
+def test_the_2x_verdict_is_the_real_registry_2_8s(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every setup above, checked for 2.x, against distribution 2.8.2 itself."""
+    setup = EVERY_SETUP[name](tmp_path)
+    code, out = doctor(*setup.write(), "--registry-version", "2", capsys=capsys)
+    assert (code == 0) == registry2_accepts(setup), out

@@ -230,7 +230,25 @@ def _valid_at(certificate: x509.Certificate, now: float) -> bool:
     )
 
 
+def _may_sign(issuer: x509.Certificate) -> bool:
+    """crypto/x509 ``CheckSignatureFrom``: a v3 issuer needs basicConstraints CA:TRUE (and
+    keyCertSign if it has a key usage); this holds for roots as for intermediates (distribution
+    2.8.2 refuses a chain under a plain self-signed certificate: "parent certificate cannot
+    sign this kind of certificate")."""
+    try:
+        if not issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        return issuer.version == x509.Version.v1
+    try:
+        return issuer.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
+
+
 def _signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if not _may_sign(issuer):
+        return False
     try:
         certificate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
@@ -238,17 +256,10 @@ def _signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _is_ca(certificate: x509.Certificate) -> bool:
-    try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
-    except x509.ExtensionNotFound:
-        return False
-    return constraints.value.ca
-
-
 def _verify_chain(x5c: Any, roots: Sequence[x509.Certificate], now: float) -> Any:
     """Go's ``Verify`` with the x5c tail as intermediates: the leaf is a root itself, or a path
-    of CA intermediates leads to a root that signed it; every certificate on it valid now.
+    of intermediates leads to a root that signed it, every issuer on it a CA; every certificate
+    on it valid now.
     The leaf's key is the signing key; a failure here is final (no fallback to kid)."""
     chain = _certificates(x5c)
     leaf, intermediates = chain[0], chain[1:]
@@ -264,7 +275,6 @@ def _verify_chain(x5c: Any, roots: Sequence[x509.Certificate], now: float) -> An
         for index, candidate in enumerate(intermediates):
             if (
                 index not in used
-                and _is_ca(candidate)
                 and _valid_at(candidate, now)
                 and _signed_by(certificate, candidate)
                 and reaches_root(candidate, used | {index})

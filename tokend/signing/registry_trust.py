@@ -148,6 +148,21 @@ def _signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
+def may_sign(issuer: x509.Certificate) -> bool:
+    """Go's ``CheckSignatureFrom``: an X.509 v3 issuer needs basicConstraints CA:TRUE, and
+    keyCertSign when it states a key usage; a plain self-signed certificate cannot issue."""
+    extensions = issuer.extensions
+    try:
+        if not extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        return issuer.version == x509.Version.v1
+    try:
+        return extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
+
+
 def trusted_chain(
     chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate], moment: datetime
 ) -> Verdict:
@@ -161,10 +176,19 @@ def trusted_chain(
             return Verdict(True, f"x5c: {subject(certificate)} is in the bundle", (certificate,))
         for root in roots:
             if _signed_by(certificate, root):
+                if not may_sign(root):
+                    return Verdict(
+                        False,
+                        f"the bundle's {subject(root)} signed {subject(certificate)} but may not "
+                        "sign certificates (it needs basicConstraints CA:TRUE and keyCertSign)",
+                    )
                 if not _valid(root, moment):
                     return Verdict(False, f"the bundle's {subject(root)} is not valid now")
                 return Verdict(True, f"x5c: issued by {subject(root)} of the bundle", (root,))
-        if index + 1 == len(chain) or not _signed_by(certificate, chain[index + 1]):
+        if index + 1 == len(chain):
+            break
+        parent = chain[index + 1]
+        if not _signed_by(certificate, parent) or not may_sign(parent):
             break
     return Verdict(False, f"the x5c chain of {subject(chain[0])} leads to no bundle certificate")
 
