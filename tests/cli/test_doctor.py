@@ -461,3 +461,15 @@ def test_the_2x_verdict_is_the_real_registry_2_8s(
     setup = EVERY_SETUP[name](tmp_path)
     code, out = doctor(*setup.write(), "--registry-version", "2", capsys=capsys)
     assert (code == 0) == registry2_accepts(setup), out
+
+
+def test_a_bundle_thumbprint_of_an_ec_key_warns_about_3_0_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """3.0.0 took every EC thumbprint from the curve's generator; 3.1.0 fixed it."""
+    setup = Setup(tmp_path, kid="thumbprint", with_cert=False)
+    code, out = doctor(*setup.write(), "--registry-version", "3", capsys=capsys)
+    assert code == 0, out
+    assert "warning (3.x): distribution 3.0.0 does not know this kid" in out
+    code, out = doctor(*Setup(tmp_path, kid="thumbprint").write(), capsys=capsys)
+    assert "3.0.0" not in out

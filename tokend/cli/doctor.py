@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from tokend.cli.common import CommandError
 from tokend.cli.daemon_options import add_option
@@ -292,6 +292,16 @@ def _trust(
         return f"tokend's current key {key.name}: {found.how}{fix}"
 
     yield from _grouped(verdicts, line)
+    three = verdicts.get(V3)
+    if three and three.accepted and three.anchors and not key.signing.chain:
+        if isinstance(key.public_key, ec.EllipticCurvePublicKey):
+            yield Finding(
+                "warning",
+                (V3,),
+                "distribution 3.0.0 does not know this kid: it took every EC thumbprint from "
+                "the curve's generator (fixed in 3.1.0); on 3.0.0 give tokend the certificate "
+                "(--cert) so tokens carry x5c",
+            )
     yield from _expiries(key, verdicts, versions, now)
     upcoming = keys.next
     if upcoming is not None:
