@@ -236,7 +236,8 @@ def register(commands: Any) -> None:
         "--type",
         choices=KEY_TYPES,
         default="P-256",
-        help="key type, default %(default)s; distribution 2.x cannot verify Ed25519",
+        help="key type, default %(default)s; distribution 2.x cannot verify Ed25519 (an Ed25519 "
+        "certificate in its bundle stops it starting)",
     )
     creating.add_argument("--cn", default=DEFAULT_CN, help="certificate (or CSR) common name")
     creating.add_argument(
