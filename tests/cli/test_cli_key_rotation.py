@@ -238,3 +238,17 @@ def test_new_says_which_types_distribution_2_cannot_verify(
         run("keys", "new", "--help")
     assert exited.value.code == 0
     assert "distribution 2.x cannot verify Ed25519" in " ".join(capsys.readouterr().out.split())
+
+
+def test_new_refuses_a_shared_secret_planted_as_a_link(
+    keys_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_dir.mkdir()
+    (keys_dir / "shared.secret").symlink_to(tmp_path / "elsewhere")
+    assert run("keys", "new") == (1, "")
+    assert capsys.readouterr().err == (
+        f"tokend keys: {keys_dir / 'shared.secret'} is a symbolic link to "
+        f"{tmp_path / 'elsewhere'}, which does not exist; refusing to create a file through it\n"
+    )
+    assert not (tmp_path / "elsewhere").exists()
+    assert sorted(p.name for p in keys_dir.iterdir()) == ["shared.secret"]

@@ -19,7 +19,7 @@ from tokend.cli.daemon_options import add_option
 from tokend.cli.keys import key_type
 from tokend.cli.times import when
 from tokend.settings.options import DAEMON
-from tokend.signing.devcert import DEFAULT_CN, DEFAULT_DAYS
+from tokend.signing.devcert import DEFAULT_CN, DEFAULT_DAYS, LinkRefusedError
 from tokend.signing.key_dir import (
     KEY_TYPES,
     STATE_FILE,
@@ -125,7 +125,7 @@ def new(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     directory = _directory(args, must_exist=False)
     try:
         name = create_key(directory, args.type, cn=args.cn, days=args.days, csr=args.csr)
-    except (KeyConfigError, KeyDirError) as e:
+    except (KeyConfigError, KeyDirError, LinkRefusedError) as e:
         raise CommandError(str(e)) from None
     except OSError as e:
         raise CommandError(f"cannot write the key in {directory}: {e}") from None
