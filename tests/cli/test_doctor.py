@@ -35,6 +35,7 @@ from support import (
 
 from tokend.cli import main
 from tokend.scope import ResourceScope
+from tokend.signing.key_dir import create_key, key_paths
 from tokend.signing.keys import load_signing_key
 from tokend.signing.tokens import TokenIssuer
 
@@ -382,15 +383,13 @@ def test_a_keys_dir_next_key_not_published_is_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With --keys-dir the current key decides; a next key the bundle lacks is named, so the
-    operator publishes it before `tokend keys activate`. Runs once tokend.signing.key_dir (the
-    keydir branch) is merged."""
-    key_dir = pytest.importorskip("tokend.signing.key_dir")
+    operator publishes it before `tokend keys activate`."""
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
-    current = key_dir.create_key(keys)
-    upcoming = key_dir.create_key(keys)
+    current = create_key(keys)
+    upcoming = create_key(keys)
     bundle = tmp_path / "bundle.crt"
-    bundle.write_bytes(key_dir.key_paths(keys, current)[1].read_bytes())
+    bundle.write_bytes(key_paths(keys, current)[1].read_bytes())
     token = {
         "realm": REALM,
         "service": "registry",
@@ -403,7 +402,7 @@ def test_a_keys_dir_next_key_not_published_is_a_warning(
     code, out = doctor(*args, capsys=capsys)
     assert code == 0, out
     assert f"warning (2.x): the next key {upcoming} is not trusted yet" in out
-    bundle.write_bytes(bundle.read_bytes() + key_dir.key_paths(keys, upcoming)[1].read_bytes())
+    bundle.write_bytes(bundle.read_bytes() + key_paths(keys, upcoming)[1].read_bytes())
     code, out = doctor(*args, capsys=capsys)
     assert (code, "next key" in out) == (0, False), out
 

@@ -10,7 +10,6 @@ token issued now would be accepted by every registry version checked.
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from tokend.cli.common import CommandError
 from tokend.cli.daemon_options import add_option
 from tokend.cli.times import DAY, relative
 from tokend.settings.options import DAEMON
+from tokend.signing.key_dir import load_key_dir
 from tokend.signing.key_set import KeySet, SetKey, single_key_set
 from tokend.signing.keys import KeyConfigError
 from tokend.signing.registry_trust import (
@@ -94,10 +94,7 @@ def _versions(token: dict[str, Any], chosen: str | None) -> tuple[tuple[str, ...
 def _key_set(args: argparse.Namespace, now: float) -> KeySet:
     try:
         if args.keys_dir:
-            # The keys directory's reader (tokend.signing.key_dir) arrives with `tokend keys`.
-            key_dir = importlib.import_module("tokend.signing.key_dir")
-            keys: KeySet = key_dir.load_key_dir(Path(args.keys_dir), args.kid, now)
-            return keys
+            return load_key_dir(Path(args.keys_dir), args.kid, now)
         cert = Path(args.cert) if args.cert else None
         used = cert if cert is not None and ("cert" in args.daemon.given or cert.exists()) else None
         return single_key_set(Path(args.key), used, args.kid, now)
