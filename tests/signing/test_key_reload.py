@@ -14,21 +14,27 @@ import re
 import signal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from daemons import Daemon, start
 from support import (
+    UnixHTTPConnection,
     answers_from_many,
+    get_json_over_unix,
     self_signed,
+    start_twistd,
     stop_process,
     wait_for,
     write_key_pair,
+    write_policy,
 )
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from tokend.signing.holder import KeyHolder
+from tokend.signing.key_dir import activate, create_key, retire
 from tokend.signing.key_set import single_key_set
 from tokend.signing.reload import KeyReloader, expiring
 from tokend.threads import InlineRunner
@@ -200,3 +206,82 @@ def test_every_worker_renews_and_hears_sighup(tmp_path: Path) -> None:
         )
     finally:
         stop_process(daemon.process)
+
+
+def post_form(sock: Path, form: list[tuple[str, str]]) -> tuple[int, Any]:
+    connection = UnixHTTPConnection(sock)
+    try:
+        body = urlencode(form)
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        connection.request("POST", "/v2/token", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def refreshed(sock: Path, refresh_token: str) -> tuple[int, Any]:
+    form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("service", "svc"),
+        ("client_id", "docker"),
+        ("scope", "repository:team/app:pull"),
+    ]
+    return post_form(sock, form)
+
+
+def kid(token: str) -> str:
+    return str(json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"])
+
+
+def test_a_rotation_in_the_keys_directory_logs_nobody_out_until_the_old_key_retires(
+    tmp_path: Path,
+) -> None:
+    """tokend keys new, activate, retire on the directory of a running daemon: the new key
+    signs from the activation on, a refresh token of the old key still works while it is
+    previous, and refuses once it is retired. No restart."""
+    write_policy(tmp_path / "config", {"alice": ("alice-pw", {"*": ["pull"]})})
+    keys = tmp_path / "keys"
+    first = create_key(keys)
+    sock = tmp_path / "run" / "tokend.sock"
+    sock.parent.mkdir()
+    log = tmp_path / "tokend.log"
+    process = start_twistd(
+        "--listen", f"unix:{sock}", "--config-dir", str(tmp_path / "config"),
+        "--keys-dir", str(keys), "--issuer", "iss", "--service", "svc", "--bcrypt-threads", "1",
+        log=log,
+    )  # fmt: skip
+    try:
+        wait_for(
+            "started",
+            lambda: log.exists() and "tokend listening on" in log.read_text(),
+            process=process,
+            log=log,
+        )
+        auth = base64.b64encode(b"alice:alice-pw").decode()
+        status, login = get_json_over_unix(
+            sock,
+            "/v2/token?service=svc&client_id=docker&offline_token=true",
+            {"Authorization": f"Basic {auth}"},
+        )
+        assert status == 200 and login["refresh_token"], login
+        old_kid = kid(login["token"])
+        second = create_key(keys, "Ed25519")
+
+        def signing_kid() -> str:
+            status, body = refreshed(sock, login["refresh_token"])
+            assert status == 200, body
+            return kid(body["access_token"])
+
+        assert signing_kid() == old_kid, "a next key is published, not signing"
+        assert activate(keys) == (second, first)
+        wait_for("the next key signs", lambda: signing_kid() != old_kid)
+
+        retire(keys, first)
+        wait_for("retired", lambda: refreshed(sock, login["refresh_token"])[0] == 400)
+        status, body = refreshed(sock, login["refresh_token"])
+        assert body["error"] == "invalid_grant", body
+        assert "signing keys reloaded" in log.read_text()
+    finally:
+        stop_process(process)
