@@ -133,7 +133,7 @@ def test_a_killed_worker_is_replaced_edits_and_sighup_reach_every_worker(
     os.kill(parent, signal.SIGHUP)
     wait_for(
         "SIGHUP passed on",
-        lambda: "SIGHUP: reloading the policy in 2 workers" in daemon.log_text()
+        lambda: "SIGHUP: reloading the policy and signing keys in 2 workers" in daemon.log_text()
         and all(f"pid {pid}]" in daemon.log_text().split("SIGHUP: reloading")[-1]
                 for pid in after),
     )  # fmt: skip

@@ -7,10 +7,10 @@ kernel spreads connections over whichever workers are waiting. Each worker loads
 the policy itself. The parent keeps one socketpair per worker (:mod:`tokend.daemon.wire`
 says what travels on it).
 
-Lifecycle: SIGHUP to the parent is passed to every worker (each reloads its policy); SIGTERM
-stops every worker, then the parent closes and removes the socket; a worker that ends is
-started again after a back-off that grows while workers keep dying young; a worker that cannot
-start during start-up stops start-up with one sentence.
+Lifecycle: SIGHUP to the parent is passed to every worker (each reloads its policy and its
+signing keys); SIGTERM stops every worker, then the parent closes and removes the socket; a
+worker that ends is started again after a back-off that grows while workers keep dying young;
+a worker that cannot start during start-up stops start-up with one sentence.
 """
 
 from __future__ import annotations
@@ -212,8 +212,11 @@ class Supervisor(Service):
         self._reactor.callFromThread(self.reload)
 
     def reload(self) -> None:
-        """Pass a reload on to every worker (each re-reads the policy itself)."""
-        self.log.info("SIGHUP: reloading the policy in {count} workers", count=len(self._workers))
+        """Pass a reload on to every worker (each re-reads the policy and keys itself)."""
+        self.log.info(
+            "SIGHUP: reloading the policy and signing keys in {count} workers",
+            count=len(self._workers),
+        )
         for worker in self._workers.values():
             self._signal(worker.pid, signal.SIGHUP)
 
