@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tokend.cli.common import CommandError, UsageError
 from tokend.cli.daemon_options import add_option
-from tokend.cli.keys import key_type
+from tokend.cli.keys import days, key_type
 from tokend.cli.times import when
 from tokend.settings.options import DAEMON
 from tokend.signing.devcert import DEFAULT_CN, DEFAULT_DAYS, LinkRefusedError
@@ -209,13 +209,6 @@ def jwks(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     stdout.write(json.dumps(document, indent=2) + "\n")
 
 
-def _days(value: str) -> int:
-    days = int(value)
-    if days < 1:
-        raise argparse.ArgumentTypeError("days must be at least 1")
-    return days
-
-
 def register(commands: Any) -> None:
     family = commands.add_parser(
         "keys",
@@ -241,7 +234,7 @@ def register(commands: Any) -> None:
     )
     creating.add_argument("--cn", default=DEFAULT_CN, help="certificate (or CSR) common name")
     creating.add_argument(
-        "--days", type=_days, default=DEFAULT_DAYS, help="certificate lifetime, default %(default)s"
+        "--days", type=days, default=DEFAULT_DAYS, help="certificate lifetime, default %(default)s"
     )
     creating.add_argument(
         "--csr",

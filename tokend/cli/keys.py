@@ -142,7 +142,8 @@ def key_summary(
     return lines + warnings
 
 
-def _days(value: str) -> int:
+def days(value: str) -> int:
+    """A certificate lifetime in days, for dev-cert and keys new."""
     days = int(value)
     if days < 1:
         raise argparse.ArgumentTypeError("days must be at least 1")
@@ -163,7 +164,7 @@ def register(commands: Any) -> None:
     dev.add_argument("--key", default="certs/RootCA.key", help="default %(default)s")
     dev.add_argument("--cert", default="certs/RootCA.crt", help="default %(default)s")
     dev.add_argument("--cn", default=DEFAULT_CN, help="certificate common name")
-    dev.add_argument("--days", type=_days, default=DEFAULT_DAYS, help="default %(default)s")
+    dev.add_argument("--days", type=days, default=DEFAULT_DAYS, help="default %(default)s")
     dev.add_argument(
         "--force",
         action="store_true",

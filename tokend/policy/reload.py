@@ -14,9 +14,10 @@ from threading import Event
 from typing import Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from tokend.coalescing import Coalescing
 from tokend.policy.changes import PolicyChange, policy_change
 from tokend.policy.files import (
     GROUPS_FILE,
@@ -99,9 +100,7 @@ class PolicyReloader(Service):
         self._holder = holder
         self._clock = clock
         self._threads = threads
-        self._busy = False
-        self._again: str | None = None
-        self._waiting: list[Deferred[None]] = []
+        self._coalescing = Coalescing(self._load_once, self.log, "policy reload")
         self._stopping = Event()
 
     def stopService(self) -> None:
@@ -110,29 +109,7 @@ class PolicyReloader(Service):
 
     def reload(self, reason: str) -> Deferred[None]:
         """Load the files now (or right after the load in progress); fires when applied."""
-        done: Deferred[None] = Deferred()
-        self._waiting.append(done)
-        if self._busy:
-            self._again = reason
-        else:
-            self._busy = True
-            ensureDeferred(self._run(reason))
-        return done
-
-    async def _run(self, reason: str) -> None:
-        while True:
-            waiting, self._waiting = self._waiting, []
-            try:
-                await self._load_once(reason)
-            except Exception:
-                # A listener of the holder raised: later reloads must still run.
-                self.log.failure("policy reload ({reason}) went wrong", reason=reason)
-            for done in waiting:
-                done.callback(None)
-            if self._again is None:
-                break
-            reason, self._again = self._again, None
-        self._busy = False
+        return self._coalescing(reason)
 
     async def _load_once(self, reason: str) -> None:
         now = self._clock.seconds

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from tokend.coalescing import Coalescing
 from tokend.file_watch import WatchPlan, files_plan
 from tokend.signing.holder import KeyHolder, KeySource
 from tokend.signing.key_set import KeySet
@@ -67,34 +68,11 @@ class KeyReloader(Service):
         self._holder = holder
         self._clock = clock
         self._threads = threads
-        self._busy = False
-        self._again: str | None = None
-        self._waiting: list[Deferred[None]] = []
+        self._coalescing = Coalescing(self._load_once, self.log, "signing keys reload")
 
     def reload(self, reason: str) -> Deferred[None]:
         """Load the keys now (or right after the load in progress); fires when applied."""
-        done: Deferred[None] = Deferred()
-        self._waiting.append(done)
-        if self._busy:
-            self._again = reason
-        else:
-            self._busy = True
-            ensureDeferred(self._run(reason))
-        return done
-
-    async def _run(self, reason: str) -> None:
-        while True:
-            waiting, self._waiting = self._waiting, []
-            try:
-                await self._load_once(reason)
-            except Exception:
-                self.log.failure("signing keys reload ({reason}) went wrong", reason=reason)
-            for done in waiting:
-                done.callback(None)
-            if self._again is None:
-                break
-            reason, self._again = self._again, None
-        self._busy = False
+        return self._coalescing(reason)
 
     async def _load_once(self, reason: str) -> None:
         now = self._clock.seconds()
