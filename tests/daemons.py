@@ -23,6 +23,7 @@ from twisted.logger import capturedLogs
 
 from tokend.daemon.services import Announcer
 from tokend.policy.holder import PolicyHolder
+from tokend.signing.holder import FixedKeys
 from tokend.tap import Options
 
 
@@ -35,7 +36,7 @@ def announce(options: Options, holder: PolicyHolder | None = None) -> list[dict[
     settings = options.settings
     holder = holder or PolicyHolder(settings.policy.loaded.policy, 0.0)
     with capturedLogs() as events:
-        Announcer(settings, holder).startService()
+        Announcer(settings, holder, FixedKeys(settings.signing.keys)).startService()
     return list(events)
 
 

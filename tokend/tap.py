@@ -52,7 +52,8 @@ from tokend.settings.values import (
     WorkerSettings,
 )
 from tokend.signing.devcert import LinkRefusedError, ensure_dev_cert
-from tokend.signing.keys import KID_FORMS, KeyConfigError, SigningKey, load_signing_key
+from tokend.signing.key_set import single_key_set
+from tokend.signing.keys import KID_FORMS, KeyConfigError
 
 LISTEN_BACKLOG = 1024
 """Twisted's default of 50 makes connect() fail with EAGAIN when nginx opens more at once."""
@@ -397,17 +398,13 @@ class Options(usage.Options):
                 raise OptionError(f"cannot create a development key at {key_path}: {e}") from None
         explicit = "cert" in self.from_command_line or DAEMON["cert"].env in self.environ
         cert_used = cert_path if explicit or cert_path.exists() else None
+        allow_loose = bool(self["allow-loose-key-permissions"])
         try:
-            key: SigningKey = load_signing_key(
-                key_path,
-                cert_used,
-                self["kid"],
-                allow_loose_permissions=bool(self["allow-loose-key-permissions"]),
-            )
+            keys = single_key_set(key_path, cert_used, self["kid"], None, allow_loose)
         except KeyConfigError as e:
             raise OptionError(str(e)) from None
         return SigningSettings(
-            key=key,
+            keys=keys,
             key_file=self["key"],
             cert_file=self["cert"],
             cert_used=cert_used,
@@ -416,6 +413,8 @@ class Options(usage.Options):
             services=services,
             token_ttl=token_ttl,
             refresh_token_ttl=refresh_token_ttl,
+            kid_form=self["kid"],
+            allow_loose_permissions=allow_loose,
         )
 
     def _load_policy(self) -> LoadedPolicy:

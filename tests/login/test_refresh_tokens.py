@@ -38,6 +38,8 @@ from tokend.policy.changes import policy_change
 from tokend.policy.documents import users_from_document
 from tokend.policy.model import Policy, PolicyError
 from tokend.scope import ResourceScope
+from tokend.signing.holder import FixedKeys, KeyHolder
+from tokend.signing.key_set import CURRENT, PREVIOUS, KeySet, SetKey
 from tokend.signing.keys import SigningKey, load_signing_key
 from tokend.signing.tokens import TokenIssuer
 
@@ -503,3 +505,49 @@ def test_changing_tokens_valid_after_is_a_change_the_reload_reports() -> None:
     after = alice(tokens_valid_after="2025-06-30T12:00:00Z")
     assert policy_change(before, after).changed == ("alice",)
     assert not policy_change(after, alice(tokens_valid_after="2025-06-30T14:00:00+02:00"))
+
+
+def set_of(current: tuple[str, SigningKey], *previous: tuple[str, SigningKey]) -> KeySet:
+    """A key set as a keys directory would give it: ``current``, then previous keys."""
+    name, key = current
+    return KeySet(
+        SetKey(name, CURRENT, key, Path(f"{name}.key"), None),
+        tuple(SetKey(n, PREVIOUS, k, Path(f"{n}.key"), None) for n, k in previous),
+    )
+
+
+def test_a_rotation_keeps_refresh_tokens_and_retiring_the_key_revokes_them(
+    key_pairs: dict[str, tuple[Path, Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signed under A; B becomes current with A previous: still valid (nobody is logged out),
+    new tokens come from B. A retired: A's tokens refuse, the verified cache included."""
+    a, b = load_signing_key(*key_pairs["p256"]), load_signing_key(*key_pairs["rsa"])
+    holder = KeyHolder(set_of(("a", a)), NOW)
+    tokens = RefreshTokens(holder, ISSUER, DEFAULT_TTL)
+    checks = CountingVerify(tokens, monkeypatch)
+    under_a = tokens.issue("alice", USERS, HASH.encode(), NOW)
+    assert tokens.verify(under_a, alice(), NOW + 1).account == "alice"
+
+    holder.replace(set_of(("b", b), ("a", a)), NOW + 2)
+    assert tokens.verify(under_a, alice(), NOW + 3).account == "alice"
+    assert refusal(tokens, under_a, alice(OTHER_HASH)) == "revoked: password changed"
+    under_b = tokens.issue("alice", USERS, HASH.encode(), NOW + 4)
+    header, _ = verify_jwt(under_b, load_certificate(key_pairs["rsa"][1]))
+    assert header["alg"] == "RS256"
+    assert header["kid"] == str(b.jose_key.thumbprint())
+    assert tokens.verify(under_b, alice(), NOW + 5).account == "alice"
+    assert checks.calls == 2, "A's token stayed in the cache across the rotation"
+
+    holder.replace(set_of(("b", b)), NOW + 6)
+    assert refusal(tokens, under_a, alice()) == "bad signature"
+    assert tokens.verify(under_b, alice(), NOW + 7).account == "alice"
+
+    holder.replace(set_of(("b", b), ("a", a)), NOW + 8)
+    assert tokens.verify(under_a, alice(), NOW + 9).account == "alice", "trusted again"
+
+
+def test_a_fixed_key_is_a_set_of_one(key: SigningKey) -> None:
+    """Given one key (the tool, a test), tokens are signed and checked with it alone."""
+    tokens = RefreshTokens(FixedKeys.of(key), ISSUER)
+    token = tokens.issue("alice", USERS, HASH.encode(), NOW)
+    assert RefreshTokens(key, ISSUER).verify(token, alice(), NOW + 1).account == "alice"

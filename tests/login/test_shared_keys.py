@@ -16,7 +16,8 @@ from tokend.login.shared_limits.keys import MAX_SKEW, NewsRejected, SharedKeys
 from tokend.login.shared_limits.news import Failed, News, Succeeded, news_to_wire
 from tokend.login.shared_limits.redis_address import parse_redis_url
 from tokend.login.shared_limits.redis_store import RedisFailures
-from tokend.signing.keys import load_signing_key
+from tokend.signing.key_set import CURRENT, KeySet, SetKey
+from tokend.signing.keys import SigningKey, load_signing_key
 
 NOW = 1_800_000_000.0
 
@@ -124,3 +125,24 @@ def test_a_store_ignores_its_own_echo() -> None:
     listening = store(keys, heard, clock)
     listening._message(listening._sealed(Failed(None, "b" * 32, NOW)))
     assert heard == [] and listening.rejected["unauthenticated"] == 0
+
+
+def test_a_key_set_with_a_shared_secret_keeps_its_keys_across_a_rotation(tmp_path: Path) -> None:
+    """A keys directory's shared secret outlives its signing keys; --key has none, and keeps
+    the signing key's derivation."""
+    first = load_signing_key(*write_key_pair(tmp_path, "p256"))
+    second = load_signing_key(*write_key_pair(tmp_path, "rsa"))
+    secret = b"s" * 32
+
+    def set_of(key: SigningKey, shared: bytes | None) -> KeySet:
+        return KeySet(SetKey("k", CURRENT, key, tmp_path / "k.key", None), shared_secret=shared)
+
+    before = SharedKeys.from_key_set(set_of(first, secret))
+    after = SharedKeys.from_key_set(set_of(second, secret))
+    assert before.name("account", "alice") == after.name("account", "alice")
+    assert after.open(before.seal("w1", {"x": 1}, 100.0), 100.0) == ("w1", {"x": 1})
+    alone = SharedKeys.from_key_set(set_of(first, None))
+    assert alone.name("account", "alice") == SharedKeys.from_signing_key(first).name(
+        "account", "alice"
+    )
+    assert alone.name("account", "alice") != before.name("account", "alice")

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry, generate_latest
 from support import (
     load_certificate,
+    new_private_key,
     parsed_options,
     parsed_settings,
+    self_signed,
     settled,
     write_key_pair,
     write_policy,
@@ -26,6 +29,8 @@ from tokend.metrics.exposition import metrics_resource
 from tokend.metrics.instruments import GRANTS, NO_METRICS, OUTCOMES, Metrics, tokend_version
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
+from tokend.signing.holder import KeyHolder
+from tokend.signing.key_set import CURRENT, PREVIOUS, KeySet, SetKey, single_key_set
 from tokend.signing.keys import load_signing_key
 from tokend.threads import BoundedThreadQueue
 
@@ -192,8 +197,55 @@ def test_certificate_expiry_is_the_x5c_leafs_not_after(tmp_path: Path) -> None:
     write_policy(config, {})
     registry = CollectorRegistry()
     holder = PolicyHolder(load_policy(config).policy, 0.0)
-    registry.register(ServiceState(holder, certificate_expiry=expected))
+    keys = KeyHolder(single_key_set(key_path, cert_path), 0.0)
+    registry.register(ServiceState(holder, keys=keys))
     assert value(registry, "tokend_signing_certificate_expiry_timestamp_seconds") == expected
+
+
+def test_every_certificate_of_every_trusted_key_counts_down_and_reloads_are_counted(
+    tmp_path: Path,
+) -> None:
+    """The current key's chain (leaf and CA) and a previous key's leaf, read at scrape time
+    from the set in force: a swap changes the series, a failed reload shows."""
+    key_a, cert_a = write_key_pair(tmp_path, "p256")
+    key_b, cert_b = write_key_pair(tmp_path, "ed25519")
+    ca = self_signed(new_private_key("p256"), days=400)
+    chain_a = tmp_path / "chain-a.crt"
+    chain_a.write_bytes(cert_a.read_bytes() + ca.public_bytes(serialization.Encoding.PEM))
+    a = single_key_set(key_a, chain_a).current
+    b = single_key_set(key_b, cert_b).current
+    previous_b = SetKey("b", PREVIOUS, b.signing, key_b, cert_b)
+    current_a = SetKey("a", CURRENT, a.signing, key_a, chain_a)
+    keys = KeyHolder(KeySet(current_a, (previous_b,)), 0.0)
+    now = 1_900_000_000.0
+    config = tmp_path / "config"
+    write_policy(config, {})
+    registry = CollectorRegistry()
+    registry.register(
+        ServiceState(PolicyHolder(load_policy(config).policy, 0.0), keys=keys, wall=lambda: now)
+    )
+    name = "tokend_signing_certificate_expires_in_seconds"
+    subject = "CN=tokend test"
+    leaf_a = load_certificate(cert_a).not_valid_after_utc.timestamp()
+    leaf_b = load_certificate(cert_b).not_valid_after_utc.timestamp()
+    labels = {"key": "a", "state": "current", "subject": subject}
+    assert value(registry, name, position="0", **labels) == leaf_a - now
+    assert value(registry, name, position="1", **labels) == (
+        ca.not_valid_after_utc.timestamp() - now
+    )
+    assert value(registry, name, key="b", state="previous", position="0", subject=subject) == (
+        leaf_b - now
+    )
+    assert value(registry, "tokend_signing_certificate_expiry_timestamp_seconds") == leaf_a
+    assert value(registry, "tokend_signing_keys_files_valid") == 1
+
+    keys.record_failure("certificate x.crt does not match the key", 5.0)
+    assert value(registry, "tokend_signing_keys_files_valid") == 0
+    assert value(registry, "tokend_signing_keys_reloads_total", result="failed") == 1
+    keys.replace(KeySet(current_a), 6.0)
+    assert value(registry, name, key="b", state="previous", position="0", subject=subject) is None
+    assert value(registry, "tokend_signing_keys_files_valid") == 1
+    assert value(registry, "tokend_signing_keys_reloads_total", result="ok") == 1
 
 
 def test_process_metrics_come_from_the_client_library() -> None:

@@ -38,13 +38,13 @@ from tokend.metrics.collectors import (
     RedisState,
     ServiceState,
     SupervisorState,
-    certificate_expiry,
     process_collectors,
 )
 from tokend.metrics.instruments import Metrics
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
-from tokend.signing.keys import load_signing_key
+from tokend.signing.holder import KeyHolder
+from tokend.signing.key_set import single_key_set
 from tokend.threads import BoundedThreadQueue, InlineRunner
 
 RULES = REPO / "deploy" / "prometheus" / "tokend-rules.yml"
@@ -69,6 +69,9 @@ EXPECTED = (
     "tokend_policy_users",
     "tokend_policy_groups",
     "tokend_signing_certificate_expiry_timestamp_seconds",
+    "tokend_signing_certificate_expires_in_seconds",
+    "tokend_signing_keys_reloads_total",
+    "tokend_signing_keys_files_valid",
     "tokend_build_info",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
@@ -101,7 +104,7 @@ def service_exposition(tmp_path: Path) -> str:
             PolicyHolder(load_policy(config).policy, 0.0),
             credential_cache=CredentialCache(),
             queue=BoundedThreadQueue(InlineRunner(), limit=1, queue=4),
-            certificate_expiry=certificate_expiry(load_signing_key(key_path, cert_path)),
+            keys=KeyHolder(single_key_set(key_path, cert_path), 0.0),
         )
     )
     return generate_latest(registry).decode()

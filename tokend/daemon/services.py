@@ -24,6 +24,7 @@ from tokend.logs.namespaces import NamedLogger
 from tokend.policy.examples import example_accounts
 from tokend.policy.holder import PolicyHolder
 from tokend.proxy_exposure import proxy_exposure
+from tokend.signing.holder import KeySource
 from tokend.web.transport import ConnectionLimits, limit_connections
 
 if TYPE_CHECKING:
@@ -204,23 +205,27 @@ class Announcer(Service):
 
     log = NamedLogger("tokend.daemon.Announcer")
 
-    def __init__(self, settings: Settings, holder: PolicyHolder) -> None:
+    def __init__(self, settings: Settings, holder: PolicyHolder, keys: KeySource) -> None:
         self._settings = settings
         self._holder = holder
+        self._keys = keys
 
     def startService(self) -> None:
         super().startService()
         settings = self._settings
         signing = settings.signing
+        keys = self._keys.current
         self.log.info(
             "tokend listening on {listen}; issuer {issuer}, services {services}, "
-            "{alg} key kid {kid}, x5c {x5c}",
+            "{alg} key kid {kid}, x5c {x5c}; keys from {source}, renewed live",
             listen=settings.listen.endpoint,
             issuer=signing.issuer,
             services=list(signing.services),
-            alg=signing.key.alg,
-            kid=signing.key.kid,
-            x5c=signing.cert_used is not None,
+            alg=keys.signing.alg,
+            kid=keys.signing.kid,
+            x5c=bool(keys.signing.chain),
+            source=keys.source,
+            trusted=[f"{key.state} {key.name} {key.signing.kid}" for key in keys.keys],
         )
         policy = self._holder.current
         self.log.info(
@@ -289,7 +294,7 @@ class Announcer(Service):
             )
         for warning in settings.policy.loaded.warnings:
             self.log.warn("policy warning: {warning}", warning=warning)
-        if signing.cert_used is None:
+        if signing.keys_dir is None and signing.cert_used is None:
             self.log.warn(
                 "no certificate at {cert}: tokens carry only a kid", cert=signing.cert_file
             )

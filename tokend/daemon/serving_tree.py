@@ -3,6 +3,8 @@ daemon and by each ``--workers`` worker: policy, logins, the realm, its listener
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -21,6 +23,7 @@ from tokend.daemon.services import (
     metrics_listener,
 )
 from tokend.daemon.startup_checks import DirectoryProbe
+from tokend.file_watch import WatchService
 from tokend.issuing import Issuing
 from tokend.login.assembly import logins_for
 from tokend.login.credential_cache import CredentialCache
@@ -38,7 +41,6 @@ from tokend.logs.json_lines import LoggingRoot, observer_for_format
 from tokend.metrics.collectors import (
     RedisState,
     ServiceState,
-    certificate_expiry,
     process_collectors,
 )
 from tokend.metrics.exposition import metrics_resource
@@ -48,6 +50,8 @@ from tokend.policy.reload import PolicyReloader, keep_out_of_gc
 from tokend.policy.watcher import PolicyWatchService
 from tokend.programs.authorization import AuthorizationProgram
 from tokend.programs.runner import ProgramRunner, ProgramSlots
+from tokend.signing.holder import KeyHolder
+from tokend.signing.reload import ExpiryWarnings, KeyReloader, key_watch_plan
 from tokend.signing.tokens import TokenIssuer
 from tokend.threads import BoundedThreadQueue, QueueService, ThreadPoolService
 from tokend.web.health import PolicyHealth
@@ -64,6 +68,7 @@ def _metrics(
     registry: CollectorRegistry | None,
     settings: Settings,
     holder: PolicyHolder,
+    keys: KeyHolder,
     credential_cache: CredentialCache,
     bcrypt_queue: BoundedThreadQueue,
 ) -> RequestMetrics:
@@ -78,7 +83,7 @@ def _metrics(
             holder,
             credential_cache=credential_cache,
             queue=bcrypt_queue,
-            certificate_expiry=certificate_expiry(settings.signing.key),
+            keys=keys,
         )
     )
     return metrics
@@ -130,8 +135,9 @@ def serving_tree(
         ttl=limits.credential_cache_ttl, max_entries=limits.credential_cache_size
     )
     registry = CollectorRegistry() if settings.metrics is not None else None
-    metrics = _metrics(registry, settings, holder, credential_cache, bcrypt_queue)
-    keys = SharedKeys.from_signing_key(settings.signing.key)
+    signing_keys = KeyHolder(settings.signing.keys, reactor.seconds())
+    metrics = _metrics(registry, settings, holder, signing_keys, credential_cache, bcrypt_queue)
+    keys = SharedKeys.from_key_set(settings.signing.keys)
     redis = None
     # A worker's news and questions for Redis go through the parent, which shares its bus.
     news = worker.news if worker is not None else NewsBus()
@@ -177,7 +183,7 @@ def serving_tree(
         ),
         program=program_accounts,
         directory=directory,
-        refresh_tokens=RefreshTokens(signing.key, signing.issuer, signing.refresh_token_ttl),
+        refresh_tokens=RefreshTokens(signing_keys, signing.issuer, signing.refresh_token_ttl),
         metrics=metrics,
     )
     api = TokenAPI(
@@ -185,7 +191,7 @@ def serving_tree(
         logins=logins,
         issuing=Issuing(
             policy=holder,
-            tokens=TokenIssuer(signing.key, signing.issuer, signing.token_ttl),
+            tokens=TokenIssuer(signing_keys, signing.issuer, signing.token_ttl),
             logins=logins,
             clock=reactor.seconds,
             authorization=authorization,
@@ -215,6 +221,13 @@ def serving_tree(
     PolicyWatchService(
         config_dir, reloader.reload, reactor, poll=settings.policy.poll
     ).setServiceParent(root)
+    key_reloader = KeyReloader(signing.loader(), signing_keys, reactor, reload_pool)
+    key_reloader.setServiceParent(root)
+    key_plan = partial(key_watch_plan, signing.keys_dir, Path(signing.key_file), signing.cert_used)
+    WatchService(
+        key_plan, key_reloader.reload, reactor, poll=settings.policy.poll, what="signing keys"
+    ).setServiceParent(root)
+    ExpiryWarnings(signing_keys, reactor).setServiceParent(root)
     failed = StartUpFailure(settings.logs.twistd)
     if worker is not None:
         worker.listener(site, reactor).setServiceParent(root)
@@ -231,7 +244,7 @@ def serving_tree(
         served.putChild(b"healthz", cast(IResource, PolicyHealth(holder)))
         metrics_listener(settings, served, reactor, failed).setServiceParent(root)
     if worker is None:
-        Announcer(settings, holder).setServiceParent(root)
+        Announcer(settings, holder, signing_keys).setServiceParent(root)
     keep_out_of_gc()
     return root
 

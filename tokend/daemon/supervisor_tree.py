@@ -31,6 +31,7 @@ from tokend.logs.json_lines import LoggingRoot, event_as_json, observer_for_form
 from tokend.metrics.collectors import RedisState, SupervisorState, process_collectors
 from tokend.metrics.exposition import workers_metrics_resource
 from tokend.policy.holder import PolicyHolder
+from tokend.signing.holder import FixedKeys
 from tokend.web.health import WorkersHealth
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def supervisor_tree(settings: Settings, reactor: Any) -> MultiService:
     if settings.listen.socket_group is not None:
         group = settings.listen.socket_group
         SocketGroup(settings.listen.socket_path, group, failed).setServiceParent(root)
-    keys = SharedKeys.from_signing_key(settings.signing.key)
+    keys = SharedKeys.from_key_set(settings.signing.keys)
     redis = None
     news = NewsBus()  # Redis shares it; the supervisor passes what it hears to the workers
     if settings.redis is not None:
@@ -89,5 +90,5 @@ def supervisor_tree(settings: Settings, reactor: Any) -> MultiService:
         unlocking = Unlocking(keys, supervisor.unlock, redis, entries)
         ControlSocket(settings.listen.control_socket, unlocking, reactor).setServiceParent(root)
     holder = PolicyHolder(settings.policy.loaded.policy, reactor.seconds())
-    Announcer(settings, holder).setServiceParent(root)
+    Announcer(settings, holder, FixedKeys(settings.signing.keys)).setServiceParent(root)
     return root

@@ -5,9 +5,10 @@ token is a JWS signed with the daemon's key that names the account, where the ac
 a keyed fingerprint of the account's password hash, when it was issued and when it ends. Every
 refresh re-checks it against the *current* policy, so the live reload revokes it when the account
 is removed, its ``pass_hash`` changes, or its ``tokens_valid_after`` moves past the token's
-``iat``; a new signing key revokes every token. The fingerprint is an HMAC under a key derived
-from the private key, truncated: the token reveals nothing about the hash, yet every daemon
-holding the key computes the same one.
+``iat``. A rotation keeps the tokens a previous key signed while the set still trusts that key;
+retiring it (or replacing --key) revokes them all. The fingerprint is an HMAC under a key derived
+from the signing private key, truncated: the token reveals nothing about the hash, yet every
+daemon holding the key computes the same one.
 
 Never confusable with an access token, in either direction:
 
@@ -48,6 +49,8 @@ from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 from tokend.login.identity import USERS, Identity
 from tokend.login.ldap.entries import legacy_binding
 from tokend.policy.model import Policy
+from tokend.signing.holder import FixedKeys, KeySource
+from tokend.signing.key_set import KeySet
 from tokend.signing.keys import SigningKey
 
 REFRESH_TYP = "tokend-refresh+jwt"
@@ -106,6 +109,9 @@ class RefreshClaims:
     jti: str
     issued_at: int
     expires_at: int
+    key: bytes = b""
+    """The header segment of the key that signed it: which key vouches for it (and whose
+    fingerprint key made ``password_fingerprint``); the current key's when empty."""
 
 
 _EC_ORDERS = {
@@ -194,16 +200,45 @@ def _exact_int(value: object) -> int | None:
     return value if type(value) is int else None
 
 
-class RefreshTokens:
-    """Issue and check refresh tokens with one signing key, for one issuer.
+@dataclass(frozen=True, slots=True, eq=False)
+class _RefreshKey:
+    """One trusted key as refresh tokens use it: the header it writes (with its RFC 7638
+    thumbprint as ``kid``), its public half for checks, and its password-fingerprint key."""
 
-    ``ttl`` is the lifetime of new tokens and also caps old ones: shortening it shortens every
-    token already out, and ``0`` (issuing off) makes every one of them refuse.
+    header_segment: bytes
+    alg: str
+    public_key: ECKey | RSAKey | OKPKey
+    signer: SigningKey
+    fingerprint_key: bytes
+
+    @classmethod
+    def of(cls, key: SigningKey) -> _RefreshKey:
+        public = _public_jose_key(key.jose_key)
+        header = {"typ": REFRESH_TYP, "alg": key.alg, "kid": str(public.thumbprint())}
+        signer = SigningKey(alg=key.alg, kid=header["kid"], header=header, jose_key=key.jose_key)
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO)
+        secret = hkdf.derive(_key_secret(key.jose_key.private_key))
+        return cls(_segment(header), key.alg, public, signer, secret)
+
+
+def _check_signature(signing_input: bytes, signature: bytes, key: _RefreshKey) -> bool:
+    return bool(JWSRegistry.algorithms[key.alg].verify(signing_input, signature, key.public_key))
+
+
+class RefreshTokens:
+    """Issue refresh tokens with the current signing key, and check them with any key the set
+    still trusts, for one issuer.
+
+    The key set is read from ``keys`` at every use: a rotation keeps every token a previous key
+    signed (nobody is logged out), and a key leaving the set revokes what it signed, tokens
+    remembered as verified included. ``ttl`` is the lifetime of new tokens and also caps old
+    ones: shortening it shortens every token already out, and ``0`` (issuing off) makes every
+    one of them refuse.
     """
 
     def __init__(
         self,
-        key: SigningKey,
+        keys: KeySource | SigningKey,
         issuer: str,
         ttl: int = DEFAULT_TTL,
         new_jti: Callable[[], str] = lambda: secrets.token_urlsafe(_JTI_BYTES),
@@ -216,26 +251,43 @@ class RefreshTokens:
         self._new_jti = new_jti
         self._cache_size = cache_size
         self._verified: dict[str, RefreshClaims] = {}
-        public = _public_jose_key(key.jose_key)
-        self._verify = JWSRegistry.algorithms[key.alg].verify
-        self._public_key = public
-        header = {"typ": REFRESH_TYP, "alg": key.alg, "kid": str(public.thumbprint())}
-        self._signer = SigningKey(
-            alg=key.alg, kid=header["kid"], header=header, jose_key=key.jose_key
-        )
-        self._header_segment = _segment(header)
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO)
-        self._fingerprint_key = hkdf.derive(_key_secret(key.jose_key.private_key))
+        self._keys: KeySource = FixedKeys.of(keys) if isinstance(keys, SigningKey) else keys
+        self._verify: Callable[[bytes, bytes, _RefreshKey], bool] = _check_signature
+        self._set: KeySet | None = None
+        self._trusted: dict[bytes, _RefreshKey] = {}
+        self._current: _RefreshKey | None = None
+        self._trusted_now()
+
+    def _trusted_now(self) -> tuple[_RefreshKey, dict[bytes, _RefreshKey]]:
+        """The signing key and every trusted key by header, for the set in force now: made
+        again only when the set was swapped, keeping the keys both sets hold."""
+        keys = self._keys.current
+        if keys is not self._set or self._current is None:
+            trusted: dict[bytes, _RefreshKey] = {}
+            for key in keys.keys:
+                made = _RefreshKey.of(key.signing)
+                trusted[made.header_segment] = self._trusted.get(made.header_segment, made)
+            self._current = next(iter(trusted.values()))  # keys.keys: the current first
+            self._trusted, self._set = trusted, keys
+        return self._current, self._trusted
 
     @property
     def issuing(self) -> bool:
         """Whether new tokens may be handed out (``--refresh-token-ttl`` is not 0)."""
         return self.ttl > 0
 
-    def password_fingerprint(self, account: str, source: str, pass_hash: bytes) -> str:
-        """Keyed and truncated: tells a changed hash apart, reveals nothing about it."""
+    def password_fingerprint(
+        self, account: str, source: str, pass_hash: bytes, key: bytes | None = None
+    ) -> str:
+        """Keyed and truncated: tells a changed hash apart, reveals nothing about it. Keyed by
+        the token's signing key (``key``: the header it was signed under; the current one by
+        default), so a token of a previous key is checked as that key fingerprinted it."""
+        current, trusted = self._trusted_now()
+        signer = current if key is None else trusted.get(key)
+        if signer is None:
+            raise InvalidRefreshToken("bad signature")
         message = b"\0".join((source.encode("utf-8"), account.encode("utf-8"), pass_hash))
-        digest = hmac.new(self._fingerprint_key, message, hashlib.sha256).digest()
+        digest = hmac.new(signer.fingerprint_key, message, hashlib.sha256).digest()
         return urlsafe_b64encode(digest[:_FINGERPRINT_BYTES]).decode("ascii")
 
     def issue(self, account: str, source: str, pass_hash: bytes, now: float) -> str:
@@ -244,18 +296,19 @@ class RefreshTokens:
         if not self.issuing:
             raise ValueError("refresh tokens are off (ttl 0)")
         issued = int(now)
+        signer, _ = self._trusted_now()
         claims: dict[str, object] = {
             "iss": self.issuer,
             "sub": account,
             "aud": REFRESH_AUDIENCE,
             "token_use": TOKEN_USE,
             "src": source,
-            "pwd": self.password_fingerprint(account, source, pass_hash),
+            "pwd": self.password_fingerprint(account, source, pass_hash, signer.header_segment),
             "iat": issued,
             "exp": issued + self.ttl,
             "jti": self._new_jti(),
         }
-        return self._signer.sign(claims)
+        return signer.signer.sign(claims)
 
     def verify(self, token: str, policy: Policy, now: float) -> RefreshIdentity:
         """The identity of a refresh token for a users.json account, checked against the
@@ -278,10 +331,15 @@ class RefreshTokens:
             raise InvalidRefreshToken("malformed")
         # Remembered by its canonical form: a twin signature ((r, n - s), another base64
         # spelling) is valid exactly when the one checked was, so it is the same token.
-        known = canonical(token, self._signer.alg)
+        _, trusted = self._trusted_now()
+        signer = trusted.get(token.partition(".")[0].encode("ascii", "replace"))
+        known = canonical(token, None if signer is None else signer.alg)
         claims = self._verified.get(known)
+        if claims is not None and claims.key not in trusted:
+            del self._verified[known]  # its key left the set: what it signed is revoked
+            claims = None
         if claims is None:
-            claims = self._signed_claims(token)
+            claims = self._signed_claims(token, trusted)
             if len(self._verified) >= self._cache_size > 0:
                 del self._verified[next(iter(self._verified))]
             if self._cache_size > 0:
@@ -290,34 +348,37 @@ class RefreshTokens:
             raise InvalidRefreshToken("expired")
         return claims
 
-    def _signed_claims(self, token: str) -> RefreshClaims:
-        """The claims of a token signed by this key for this issuer: the part that needs the
-        signature check, and that stays true for as long as this key is in use."""
+    def _signed_claims(self, token: str, trusted: dict[bytes, _RefreshKey]) -> RefreshClaims:
+        """The claims of a token signed by a trusted key for this issuer: the part that needs
+        the signature check, and that stays true for as long as that key is trusted."""
         if not token.isascii():
             raise InvalidRefreshToken("malformed")
         parts = token.encode("ascii").split(b".")
         if len(parts) != 3:
             raise InvalidRefreshToken("malformed")
         header_segment, payload_segment, signature_segment = parts
-        if header_segment != self._header_segment:
+        key = trusted.get(header_segment)
+        if key is None:
             raise InvalidRefreshToken(self._header_refusal(header_segment))
         try:
             signature = urlsafe_b64decode(signature_segment)
         except binascii.Error:
             raise InvalidRefreshToken("malformed") from None
-        if not self._verify(header_segment + b"." + payload_segment, signature, self._public_key):
+        if not self._verify(header_segment + b"." + payload_segment, signature, key):
             raise InvalidRefreshToken("bad signature")
         try:
             payload = json.loads(urlsafe_b64decode(payload_segment))
         except (binascii.Error, ValueError):
             raise InvalidRefreshToken("malformed") from None
-        return self._claims(payload)
+        return self._claims(payload, header_segment)
 
     def admit(
         self, claims: RefreshClaims, pass_hash: bytes, valid_after: float | None
     ) -> RefreshIdentity:
         """Whether the account, as its source knows it now, still honours the token."""
-        expected = self.password_fingerprint(claims.account, claims.source, pass_hash)
+        expected = self.password_fingerprint(
+            claims.account, claims.source, pass_hash, claims.key or None
+        )
         if not hmac.compare_digest(expected, claims.password_fingerprint):
             raise InvalidRefreshToken("revoked: password changed")
         if valid_after is not None and claims.issued_at < valid_after:
@@ -356,7 +417,7 @@ class RefreshTokens:
             return "not a refresh token"
         return "bad signature"
 
-    def _claims(self, payload: object) -> RefreshClaims:
+    def _claims(self, payload: object, key: bytes) -> RefreshClaims:
         """The signed claims; anything unexpected here was not written by this code."""
         if not isinstance(payload, dict):
             raise InvalidRefreshToken("malformed")
@@ -376,4 +437,4 @@ class RefreshTokens:
             or expires_at is None
         ):
             raise InvalidRefreshToken("malformed")
-        return RefreshClaims(account, source, password, jti, issued_at, expires_at)
+        return RefreshClaims(account, source, password, jti, issued_at, expires_at, key)

@@ -1,12 +1,14 @@
 """Collectors that read state at scrape time: the policy holder, the credential cache, the
-bcrypt queue, the certificate, Redis, the supervisor's workers, the process itself. Those
-modules know nothing of metrics; the collectors are registered by ``makeService`` (edges only).
+bcrypt queue, the signing keys and their certificates, Redis, the supervisor's workers, the
+process itself. Those modules know nothing of metrics; the collectors are registered by
+``makeService`` (edges only).
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator, Mapping, Sized
+import time
+from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +21,7 @@ from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred
 
 from tokend.policy.holder import PolicyHolder
+from tokend.signing.holder import KeyHolder
 from tokend.signing.keys import SigningKey
 
 
@@ -46,7 +49,9 @@ class ServiceState:
     holder: PolicyHolder
     credential_cache: Sized | None = None
     queue: Queue | None = None
-    certificate_expiry: float | None = None
+    keys: KeyHolder | None = None
+    """The signing keys in force: certificate expiry figures and key reloads."""
+    wall: Callable[[], float] = time.time
 
     def collect(self) -> Iterator[Metric]:
         status = self.holder.status()
@@ -99,12 +104,45 @@ class ServiceState:
                 "Password checks running on a bcrypt thread.",
                 self.queue.running,
             )
-        if self.certificate_expiry is not None:
-            yield _gauge(
-                "tokend_signing_certificate_expiry_timestamp_seconds",
-                "When the signing certificate (the x5c leaf) expires, Unix time.",
-                self.certificate_expiry,
-            )
+        if self.keys is not None:
+            yield from signing_state(self.keys, self.wall())
+
+
+def signing_state(holder: KeyHolder, now: float) -> Iterator[Metric]:
+    """The key set in force as a scrape finds it: every certificate's remaining life, the
+    current leaf's end, and how the key files' reloads went."""
+    keys = holder.current
+    expiry = certificate_expiry(keys.signing)
+    if expiry is not None:
+        yield _gauge(
+            "tokend_signing_certificate_expiry_timestamp_seconds",
+            "When the signing certificate (the x5c leaf) expires, Unix time.",
+            expiry,
+        )
+    remaining = GaugeMetricFamily(
+        "tokend_signing_certificate_expires_in_seconds",
+        "Seconds until each certificate of each trusted key's chain expires (position 0: the "
+        "leaf); negative once expired.",
+        labels=["key", "state", "position", "subject"],
+    )
+    for key in keys.keys:
+        for position, (subject, not_after) in enumerate(key.expiries()):
+            remaining.add_metric([key.name, key.state, str(position), subject], not_after - now)
+    yield remaining
+    reloads = CounterMetricFamily(
+        "tokend_signing_keys_reloads",
+        "Signing key reloads since start, by result (a failed one keeps the keys in force).",
+        labels=["result"],
+    )
+    reloads.add_metric(["ok"], holder.reloads_ok)
+    reloads.add_metric(["failed"], holder.reloads_failed)
+    yield reloads
+    yield _gauge(
+        "tokend_signing_keys_files_valid",
+        "1 when the key files on disk loaded at the last attempt, 0 when the last good keys "
+        "sign in spite of them.",
+        1 if holder.files_valid else 0,
+    )
 
 
 class SharedLimits(Protocol):

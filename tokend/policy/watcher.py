@@ -1,93 +1,41 @@
-"""Noticing policy edits: a watchdog observer on the directories the files live in, plus SIGHUP.
+"""Noticing policy edits: the policy files' watch plan for :mod:`tokend.file_watch`.
 
-The observer thread only hands events to the reactor; debouncing and the reload itself happen on
-the reactor thread. Directories are watched, not files, so editors that write a new file and
-rename it, and Kubernetes ConfigMap swaps (``..data``), are seen too. A policy file may be a
-symlink to another directory (``/etc/secrets/users.json``): every directory on its symlink chain
-is watched as well, and the chain is resolved again after every change, so a retargeted link
-moves the watches with it.
+The config directory itself is watched for every policy name and ``..data`` (a Kubernetes
+ConfigMap swap), and each policy file's symlink chain wherever it leads.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import stat
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.base import DelayedCall
-from twisted.logger import Logger
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
-
+from tokend.file_watch import (
+    DEFAULT_DEBOUNCE_SECONDS,
+    MAX_DELAY_SECONDS,
+    MAX_LINKS,
+    Resolution,
+    WatchPlan,
+    WatchService,
+    resolve,
+    touches,
+)
 from tokend.policy.files import POLICY_FILES
 
+__all__ = [
+    "DEFAULT_DEBOUNCE_SECONDS",
+    "MAX_DELAY_SECONDS",
+    "MAX_LINKS",
+    "WATCHED_NAMES",
+    "PolicyWatchService",
+    "Resolution",
+    "resolve",
+    "touches",
+    "watch_plan",
+]
+
 WATCHED_NAMES = frozenset({*POLICY_FILES, "..data"})
-WATCHED_EVENTS = frozenset({"created", "modified", "moved", "closed", "deleted"})
-DEFAULT_DEBOUNCE_SECONDS = 0.1
-MAX_DELAY_SECONDS = 1.0
-"""A stream of edits that never pauses still gets reloaded at least this often."""
-POLL_INTERVAL_SECONDS = 1.0
-MAX_LINKS = 40
-"""Symlinks followed on one path before giving up, as the kernel does (ELOOP)."""
-
-SignalHandler = Callable[[int, FrameType | None], Any] | int | None
-Entry = tuple[str, str]
-"""A directory and a name in it."""
-WatchPlan = Mapping[str, frozenset[str]]
-"""For each directory to watch, the names in it whose events matter."""
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """Where opening a path leads: every symlink on the way and the entry it ends at.
-
-    ``end`` is the file itself when ``exists``; otherwise the first entry that is missing (or
-    the link where a loop was given up), whose appearance would change what the path opens.
-    """
-
-    links: tuple[Entry, ...]
-    end: Entry
-    exists: bool
-
-
-def resolve(path: Path) -> Resolution:
-    """Follow ``path`` one component at a time as the kernel does, noting each symlink.
-
-    Each link's directory matters as much as the file's: retargeting a link (or a ConfigMap's
-    ``..data``) changes what the path opens without touching the file.
-    """
-    todo = list(reversed((Path.cwd() / path).parts[1:]))
-    current = "/"
-    links: list[Entry] = []
-    while todo:
-        name = todo.pop()
-        if name == "..":
-            current = os.path.dirname(current)
-            continue
-        entry = os.path.join(current, name)
-        try:
-            mode = os.lstat(entry).st_mode
-            if not stat.S_ISLNK(mode):
-                current = entry
-                continue
-            links.append((current, name))
-            target = os.readlink(entry)
-        except OSError:
-            return Resolution(tuple(links), (current, name), exists=False)
-        if len(links) > MAX_LINKS:
-            return Resolution(tuple(links), (current, name), exists=False)
-        parts = Path(target).parts
-        if os.path.isabs(target):
-            current, parts = "/", parts[1:]
-        todo.extend(reversed(parts))
-    return Resolution(tuple(links), (os.path.dirname(current), os.path.basename(current)), True)
 
 
 def watch_plan(config_dir: Path) -> WatchPlan:
@@ -115,46 +63,8 @@ def watch_plan(config_dir: Path) -> WatchPlan:
     return {directory: frozenset(entries) for directory, entries in names.items()}
 
 
-def touches(event: FileSystemEvent, directory: str, names: frozenset[str]) -> bool:
-    """True when an event in watched ``directory`` may have changed what the policy files hold:
-    one of ``names`` in it changed, or the directory itself went away."""
-    if event.event_type not in WATCHED_EVENTS:
-        return False
-    for raw in (event.src_path, getattr(event, "dest_path", "")):
-        path = raw if isinstance(raw, str) else raw.decode()
-        if not path:
-            continue
-        if path == directory:
-            if event.event_type in ("deleted", "moved"):
-                return True
-        elif os.path.basename(path) in names and os.path.dirname(path) == directory:
-            return True
-    return False
-
-
-class _Forwarder(FileSystemEventHandler):
-    """Runs in the observer thread: passes relevant events to the reactor and nothing else.
-
-    Its directory and names never change; a new plan gets a new forwarder.
-    """
-
-    def __init__(
-        self, reactor: Any, notify: Callable[[str], None], directory: str, names: frozenset[str]
-    ) -> None:
-        self._reactor = reactor
-        self._notify = notify
-        self.directory = directory
-        self.names = names
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if touches(event, self.directory, self.names):
-            self._reactor.callFromThread(self._notify, event.event_type)
-
-
-class PolicyWatchService(Service):
-    """Calls ``on_change(reason)`` once a burst of edits (or a SIGHUP) has settled."""
-
-    log = Logger()
+class PolicyWatchService(WatchService):
+    """Calls ``on_change(reason)`` once a burst of policy edits (or a SIGHUP) has settled."""
 
     def __init__(
         self,
@@ -164,129 +74,6 @@ class PolicyWatchService(Service):
         poll: bool = False,
         debounce: float = DEFAULT_DEBOUNCE_SECONDS,
     ) -> None:
-        self._config_dir = config_dir
-        self._on_change = on_change
-        self._reactor = reactor
-        self._poll = poll
-        self._debounce = debounce
-        self._observer: Any = None
-        self._watches: dict[str, tuple[Any, _Forwarder]] = {}
-        self._pending: DelayedCall | None = None
-        self._reasons: set[str] = set()
-        self._burst_started = 0.0
-        self._previous_sighup: SignalHandler = None
-        self._stopped = False
-
-    def privilegedStartService(self) -> None:
-        """Watch from here, before the listener's own privileged start binds the socket: once
-        a client can connect, an edit is seen (startService runs after every listen)."""
-        super().privilegedStartService()
-        self._watch()
-
-    def startService(self) -> None:
-        super().startService()
-        if self._observer is None:
-            self._watch()
-        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
-        self.log.info(
-            "watching {directories} for policy changes ({how}); SIGHUP reloads too",
-            directories=self.watched(),
-            how="polling" if self._poll else "inotify",
+        super().__init__(
+            lambda: watch_plan(config_dir), on_change, reactor, poll, debounce, what="policy"
         )
-
-    def _watch(self) -> None:
-        self._stopped = False
-        observer = PollingObserver(timeout=POLL_INTERVAL_SECONDS) if self._poll else Observer()
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
-        self._arm()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self._stopped = True
-        if self._pending is not None and self._pending.active():
-            self._pending.cancel()
-        self._pending = None
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=POLL_INTERVAL_SECONDS * 2)
-            self._observer = None
-        self._watches.clear()
-        if signal.getsignal(signal.SIGHUP) == self._on_sighup:
-            signal.signal(signal.SIGHUP, self._previous_sighup or signal.SIG_DFL)
-
-    def watched(self) -> list[str]:
-        """The directories watched right now."""
-        return sorted(self._watches)
-
-    def _arm(self) -> None:
-        """Reactor thread: watch what the files' symlink chains lead to now, drop the rest.
-
-        A few ``lstat``/``readlink`` calls per policy file. It runs before each reload reads
-        the files, so an edit in a newly watched directory is either seen by its watch or
-        already on disk when the reload reads.
-        """
-        observer = self._observer
-        if observer is None:
-            return
-        plan = watch_plan(self._config_dir)
-        before = self.watched()
-        for directory in set(self._watches) - set(plan):
-            watch, _ = self._watches.pop(directory)
-            try:
-                observer.unschedule(watch)
-            except KeyError:
-                pass  # its emitter is already gone
-        for directory, names in plan.items():
-            handler = _Forwarder(self._reactor, self.changed, directory, names)
-            current = self._watches.get(directory)
-            if current is not None:
-                watch, previous = current
-                if previous.names != names:
-                    observer.add_handler_for_watch(handler, watch)
-                    observer.remove_handler_for_watch(previous, watch)
-                    self._watches[directory] = (watch, handler)
-                continue
-            try:
-                watch = observer.schedule(handler, directory, recursive=False)
-            except OSError as e:
-                self.log.warn(
-                    "cannot watch {directory} for policy changes: {error}",
-                    directory=directory,
-                    error=str(e),
-                )
-                continue
-            self._watches[directory] = (watch, handler)
-        if before and self.watched() != before:
-            self.log.info(
-                "now watching {directories} for policy changes", directories=self.watched()
-            )
-
-    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
-        self._reactor.callFromThread(self.changed, "SIGHUP")
-        if callable(self._previous_sighup):
-            self._previous_sighup(signum, frame)
-
-    def changed(self, reason: str) -> None:
-        """Reactor thread: (re)start the debounce timer; the reload runs when it expires.
-
-        Events the observer queued with ``callFromThread`` before it stopped arrive after
-        ``stopService``; they are dropped rather than starting a reload on stopped workers.
-        """
-        if self._stopped:
-            return
-        self._reasons.add(reason)
-        now = self._reactor.seconds()
-        if self._pending is None or not self._pending.active():
-            self._burst_started = now
-            self._pending = self._reactor.callLater(self._debounce, self._fire)
-        elif now - self._burst_started + self._debounce <= MAX_DELAY_SECONDS:
-            self._pending.reset(self._debounce)
-
-    def _fire(self) -> None:
-        self._pending = None
-        reason = ", ".join(sorted(self._reasons))
-        self._reasons.clear()
-        self._arm()
-        self._on_change(reason)

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tokend.login.shared_limits.redis_address import RedisAddress
     from tokend.policy.files import LoadedPolicy, Loader
     from tokend.programs.runner import Program
-    from tokend.signing.keys import SigningKey
+    from tokend.signing.key_set import KeySet
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +51,9 @@ class ListenSettings:
 
 @dataclass(frozen=True, slots=True)
 class SigningSettings:
-    """The key that signs, and what the tokens say."""
+    """The keys as loaded at start-up, how a reload reads them again, and what tokens say."""
 
-    key: SigningKey
+    keys: KeySet
     key_file: str
     cert_file: str
     cert_used: Path | None
@@ -63,6 +63,19 @@ class SigningSettings:
     services: tuple[str, ...]
     token_ttl: int
     refresh_token_ttl: int
+    keys_dir: Path | None = None
+    """--keys-dir: the keys and their states; None: the one key of --key/--cert."""
+    kid_form: str = "libtrust"
+    allow_loose_permissions: bool = True
+
+    def loader(self) -> Callable[[float], KeySet]:
+        """How a reload reads the keys at a moment: as at start-up, from the same files."""
+        from tokend.signing.key_set import single_key_set
+
+        key_file, cert_used = Path(self.key_file), self.cert_used
+        return lambda now: single_key_set(
+            key_file, cert_used, self.kid_form, now, self.allow_loose_permissions
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,10 @@ Redis sees throttle keys, never account names or addresses (a password typed as 
 travel in clear), and every message on the news channel, every failure stored, carries an HMAC
 that only daemons holding the key can compute: a PUBLISH or ZADD by anyone else is dropped.
 
-The key is derived (HKDF-SHA256) from the signing private key, which every daemon of one registry
-already shares (refresh tokens depend on it too) and which never goes to Redis. Daemons with
-different signing keys on one Redis therefore share no limits: their keys never meet, and their
+The key is derived (HKDF-SHA256) from the keys directory's shared secret (``--keys-dir``: it
+stays through rotations, so daemons on either side of one agree), or else from the signing
+private key, which every daemon of one registry already shares; neither goes to Redis. Daemons
+with different secrets on one Redis therefore share no limits: their keys never meet, and their
 news fails verification (counted, and logged now and then).
 """
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tokend.login.refresh_tokens import _key_secret
+from tokend.signing.key_set import KeySet
 from tokend.signing.keys import SigningKey
 
 NAME_INFO = b"tokend shared throttle names v1"
@@ -60,6 +62,14 @@ class SharedKeys:
     def from_signing_key(cls, key: SigningKey) -> SharedKeys:
         """The keys of every daemon holding this signing key, whatever PEM form each got."""
         return cls(_key_secret(key.jose_key.private_key))
+
+    @classmethod
+    def from_key_set(cls, keys: KeySet) -> SharedKeys:
+        """The keys-directory's shared secret, which outlives rotations; without one (--key),
+        the signing key's as before."""
+        if keys.shared_secret is not None:
+            return cls(keys.shared_secret)
+        return cls.from_signing_key(keys.signing)
 
     def name(self, table: str, name: str) -> str:
         """The throttle key of ``name`` in ``table``: keyed, so a list of likely names cannot
