@@ -22,6 +22,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -246,7 +247,7 @@ def rotation(
         signing_args=("--keys-dir", str(keys_dir)),
     )
     runbook = Runbook(stack, keys_dir)
-    with _reported(request, stack):
+    with logs_reported(request, stack):
         stack.certs.mkdir(parents=True)
         runbook.run("set-up")
         assert runbook.environ == {"TOKEND_KEYS_DIR": str(keys_dir)}
@@ -257,21 +258,20 @@ def rotation(
             stack.stop()
 
 
-class _reported:
-    """The failure reports of this module's tests show this module's stack's logs (the
-    session's stack is shown again after)."""
-
-    def __init__(self, request: pytest.FixtureRequest, stack: Stack) -> None:
-        self.config, self.stack = request.config, stack
-        self.before: Stack | None = None
-
-    def __enter__(self) -> None:
-        self.before = self.config.stash.get(STACK_KEY, None)
-        self.config.stash[STACK_KEY] = self.stack
-
-    def __exit__(self, *exc: object) -> None:
-        if self.before is not None:
-            self.config.stash[STACK_KEY] = self.before
+@contextmanager
+def logs_reported(request: pytest.FixtureRequest, stack: Stack) -> Iterator[None]:
+    """While it lasts, a failing test's report shows this stack's logs (conftest's hook), then
+    the session stack's again."""
+    stash = request.config.stash
+    before = stash.get(STACK_KEY, None)
+    stash[STACK_KEY] = stack
+    try:
+        yield
+    finally:
+        if before is None:
+            del stash[STACK_KEY]
+        else:
+            stash[STACK_KEY] = before
 
 
 @dataclass
@@ -485,7 +485,7 @@ def renewal(
     (certs / "RootCA.crt").write_bytes(
         authority.certificate.public_bytes(serialization.Encoding.PEM)
     )
-    with _reported(request, stack):
+    with logs_reported(request, stack):
         try:
             launch_stack(stack)
             yield renewal
