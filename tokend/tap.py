@@ -52,6 +52,7 @@ from tokend.settings.values import (
     WorkerSettings,
 )
 from tokend.signing.devcert import LinkRefusedError, ensure_dev_cert
+from tokend.signing.key_dir import STATE_FILE, KeyDirError, create_key, load_key_dir
 from tokend.signing.key_set import single_key_set
 from tokend.signing.keys import KID_FORMS, KeyConfigError
 
@@ -384,9 +385,15 @@ class Options(usage.Options):
             )
         return log_format
 
+    def _given(self, name: str) -> bool:
+        """Whether the command line or the environment gave ``name`` (not its default)."""
+        return name in self.from_command_line or DAEMON[name].env in self.environ
+
     def _signing(
         self, services: tuple[str, ...], token_ttl: int, refresh_token_ttl: int
     ) -> SigningSettings:
+        if self["keys-dir"]:
+            return self._keys_dir_signing(services, token_ttl, refresh_token_ttl)
         key_path, cert_path = Path(self["key"]), Path(self["cert"])
         created_dev_cert = False
         if self["dev-cert"]:
@@ -396,7 +403,7 @@ class Options(usage.Options):
                 raise OptionError(f"--dev-cert: {e}") from None
             except OSError as e:
                 raise OptionError(f"cannot create a development key at {key_path}: {e}") from None
-        explicit = "cert" in self.from_command_line or DAEMON["cert"].env in self.environ
+        explicit = self._given("cert")
         cert_used = cert_path if explicit or cert_path.exists() else None
         allow_loose = bool(self["allow-loose-key-permissions"])
         try:
@@ -413,6 +420,46 @@ class Options(usage.Options):
             services=services,
             token_ttl=token_ttl,
             refresh_token_ttl=refresh_token_ttl,
+            kid_form=self["kid"],
+            allow_loose_permissions=allow_loose,
+        )
+
+    def _keys_dir_signing(
+        self, services: tuple[str, ...], token_ttl: int, refresh_token_ttl: int
+    ) -> SigningSettings:
+        """--keys-dir: the set keys.json records; with --dev-cert, its first key is created
+        when the directory has none."""
+        directory = Path(self["keys-dir"])
+        given = [f"--{name}" for name in ("key", "cert") if self._given(name)]
+        if given:
+            raise OptionError(
+                f"{self.source('keys-dir')} replaces --key and --cert; give one or the other "
+                f"(drop {' and '.join(given)} or their TOKEND_ variables)"
+            )
+        created_dev_cert = False
+        if self["dev-cert"] and not (directory / STATE_FILE).exists():
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                create_key(directory)
+            except (OSError, KeyDirError) as e:
+                raise OptionError(f"--dev-cert: cannot create a key in {directory}: {e}") from None
+            created_dev_cert = True
+        allow_loose = bool(self["allow-loose-key-permissions"])
+        try:
+            keys = load_key_dir(directory, self["kid"], None, allow_loose)
+        except KeyConfigError as e:
+            raise OptionError(str(e)) from None
+        return SigningSettings(
+            keys=keys,
+            key_file=str(keys.current.key_file),
+            cert_file=str(keys.current.cert_file),
+            cert_used=keys.current.cert_file,
+            created_dev_cert=created_dev_cert,
+            issuer=self["issuer"],
+            services=services,
+            token_ttl=token_ttl,
+            refresh_token_ttl=refresh_token_ttl,
+            keys_dir=directory,
             kid_form=self["kid"],
             allow_loose_permissions=allow_loose,
         )

@@ -12,6 +12,7 @@ from support import write_key_pair, write_policy
 from twisted.python.usage import UsageError
 
 from tokend.policy.holder import PolicyHolder
+from tokend.signing.key_dir import create_key, read_state
 from tokend.tap import Options
 
 
@@ -142,3 +143,65 @@ def test_start_up_logs_the_loaded_policy(tmp_path: Path) -> None:
         "anonymous_names": 1, "anonymous_catalog": "on",
     }  # fmt: skip
     assert event["log_level"].name == "info"
+
+
+def keys_dir_options(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> Options:
+    """Options with a policy and no --key/--cert on the command line."""
+    if not (tmp_path / "config").exists():
+        write_policy(tmp_path / "config", {"a": ("pw", {"*": ["pull"]})})
+    options = Options(environ=environ or {})
+    options.parseOptions(
+        ["--listen", "tcp:0:interface=127.0.0.1", "--config-dir", str(tmp_path / "config"), *args]
+    )
+    return options
+
+
+def test_keys_dir_gives_the_set_it_records(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    first = create_key(keys, now=1_700_000_000)
+    second = create_key(keys, "Ed25519", now=1_700_000_100)
+    settings = keys_dir_options(tmp_path, "--keys-dir", str(keys)).settings
+    signing = settings.signing
+    assert signing.keys_dir == keys
+    assert signing.keys.source == f"--keys-dir {keys}"
+    assert [(key.name, key.state) for key in signing.keys.keys] == [
+        (first, "current"),
+        (second, "next"),
+    ]
+    assert signing.keys.shared_secret is not None
+    from_environment = keys_dir_options(tmp_path, environ={"TOKEND_KEYS_DIR": str(keys)})
+    assert from_environment.settings.signing.keys_dir == keys
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "message"),
+    [
+        (["--key", "k.key"], {}, "--keys-dir replaces --key and --cert"),
+        (["--cert", "c.crt"], {}, "--keys-dir replaces --key and --cert"),
+        ([], {"TOKEND_CERT": "c.crt"}, "--keys-dir replaces --key and --cert"),
+    ],
+)
+def test_keys_dir_and_key_or_cert_are_not_both_given(
+    tmp_path: Path, args: list[str], environ: dict[str, str], message: str
+) -> None:
+    keys = tmp_path / "keys"
+    create_key(keys)
+    with pytest.raises(UsageError, match=message):
+        keys_dir_options(tmp_path, "--keys-dir", str(keys), *args, environ=environ)
+
+
+def test_keys_dir_missing_is_one_sentence_and_dev_cert_creates_its_first_key(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "keys"
+    with pytest.raises(UsageError, match=f"keys directory {keys} does not exist"):
+        keys_dir_options(tmp_path, "--keys-dir", str(keys))
+    created = keys_dir_options(tmp_path, "--keys-dir", str(keys), "--dev-cert").settings
+    assert created.signing.created_dev_cert
+    (name,) = [key.name for key in created.signing.keys.keys]
+    assert read_state(keys).current == name
+    again = keys_dir_options(tmp_path, "--keys-dir", str(keys), "--dev-cert")
+    assert not again.settings.signing.created_dev_cert
+    assert again.settings.signing.keys.signing.kid == created.signing.keys.signing.kid
+    events = announce(again)
+    assert not any("created a development key" in str(e.get("log_format")) for e in events)

@@ -70,6 +70,13 @@ class SigningSettings:
 
     def loader(self) -> Callable[[float], KeySet]:
         """How a reload reads the keys at a moment: as at start-up, from the same files."""
+        if self.keys_dir is not None:
+            from tokend.signing.key_dir import load_key_dir
+
+            keys_dir = self.keys_dir
+            return lambda now: load_key_dir(
+                keys_dir, self.kid_form, now, self.allow_loose_permissions
+            )
         from tokend.signing.key_set import single_key_set
 
         key_file, cert_used = Path(self.key_file), self.cert_used

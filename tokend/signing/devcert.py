@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 DEFAULT_CN = "tokend development token signer"
@@ -77,11 +77,18 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def _new_pair(cn: str, days: int) -> tuple[bytes, bytes]:
-    """A P-256 key (PKCS#8 PEM) and a self-signed CA certificate for it (PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def _new_pair(
+    cn: str,
+    days: int,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | None = None,
+    now: float | None = None,
+) -> tuple[bytes, bytes]:
+    """A key (PKCS#8 PEM; a new P-256 one unless given) and a self-signed CA certificate for it
+    (PEM), valid from five minutes before ``now``."""
+    key = ec.generate_private_key(ec.SECP256R1()) if key is None else key
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    start = datetime.now(UTC) - timedelta(minutes=5)
+    moment = datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC)
+    start = moment - timedelta(minutes=5)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -106,7 +113,7 @@ def _new_pair(cn: str, days: int) -> tuple[bytes, bytes]:
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,

@@ -1,6 +1,8 @@
-"""Building the token: claims from a decision, signed by the configured key.
+"""Building the token: claims from a decision, signed by the key in force.
 
-Pure: the clock's reading and the random source are passed in, so tests can pin both.
+Pure: the clock's reading and the random source are passed in, so tests can pin both. The
+signer is the daemon's :class:`~tokend.signing.holder.KeyHolder`, so a renewed certificate or
+an activated key signs the next token, and each token is one set's, never a mix.
 """
 
 from __future__ import annotations
