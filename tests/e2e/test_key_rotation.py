@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from e2e.conftest import STACK_KEY, _require
+from e2e.engines import Engine, missing_engine_binaries, start_engine
 from e2e.stack import (
     CLEAN_PATH,
     SERVICE,
@@ -258,6 +259,18 @@ def rotation(
             stack.stop()
 
 
+@pytest.fixture(scope="module")
+def rotation_engine(rotation: Runbook) -> Iterator[Engine]:
+    """dockerd (with its containerd) for the rotation stack's registry: a real docker login."""
+    _require(missing_engine_binaries(), "docker.io")
+    engine = start_engine(rotation.stack.root / "engine", rotation.stack)
+    rotation.stack.processes.append(engine.running)  # its log in failure reports
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
 @contextmanager
 def logs_reported(request: pytest.FixtureRequest, stack: Stack) -> Iterator[None]:
     """While it lasts, a failing test's report shows this stack's logs (conftest's hook), then
@@ -310,8 +323,10 @@ def tokend_pid(stack: Stack) -> int:
     return next(p.process.pid for p in stack.processes if p.name == "tokend")
 
 
-def test_the_runbook_rotates_the_key_under_load_and_logs_nobody_out(rotation: Runbook) -> None:
-    stack = rotation.stack
+def test_the_runbook_rotates_the_key_under_load_and_logs_nobody_out(
+    rotation: Runbook, rotation_engine: Engine
+) -> None:
+    stack, engine = rotation.stack, rotation_engine
     pid = tokend_pid(stack)
     old = rotation.state()["current"]
     assert rotation.bundle() == [der(rotation.certificate(old))]
@@ -319,6 +334,15 @@ def test_the_runbook_rotates_the_key_under_load_and_logs_nobody_out(rotation: Ru
     seeded = stack.push(stack.new_image(), LOOP_REPOSITORY, CREDS)
     assert seeded.ok, seeded.stderr
     identity_token = offline_login(stack)  # a docker login before the rotation
+    # And a real one: docker keeps the identity token tokend gave it, and pushes with it.
+    login = engine.login("before-rotation", "bar", "bar")
+    assert login.ok, login.stderr
+    docker_config = json.loads((engine.root / "clients/before-rotation/config.json").read_text())
+    assert docker_config["auths"][stack.registry].get("identitytoken"), docker_config
+    reference = f"{stack.registry}/rotation/docker:latest"
+    engine.load(stack.new_image(), reference)
+    pushed = engine.docker("before-rotation", "push", reference)
+    assert pushed.ok, pushed.stderr
     assert rotation.jwks_verifies(anonymous_token(stack))
 
     # 1. Publish the next key: the registry trusts both, tokend still signs with the old one.
@@ -366,6 +390,9 @@ def test_the_runbook_rotates_the_key_under_load_and_logs_nobody_out(rotation: Ru
     assert registry_accepts(stack, body["access_token"])
     pulled = identity_pull(stack, identity_token)
     assert pulled.ok, pulled.stderr
+    assert engine.docker("before-rotation", "rmi", reference).ok
+    docker_pull = engine.docker("before-rotation", "pull", reference)
+    assert docker_pull.ok, docker_pull.stderr
 
     # 3. Retire the old key: the bundle holds the new one alone, and the old key's refresh
     # tokens are revoked.
@@ -377,6 +404,10 @@ def test_the_runbook_rotates_the_key_under_load_and_logs_nobody_out(rotation: Ru
     assert body["error"] == "invalid_grant", body
     refused = identity_pull(stack, identity_token)
     assert not refused.ok, refused.stdout
+    assert engine.docker("before-rotation", "rmi", reference).ok
+    docker_refused = engine.docker("before-rotation", "pull", reference)
+    assert not docker_refused.ok, docker_refused.stdout
+    assert "invalid_grant" in docker_refused.stderr, docker_refused.stderr
     token = stack.token(f"repository:{LOOP_REPOSITORY}:pull", "bar", "bar")
     assert leaf_of(token) == der(rotation.certificate(new))
     assert registry_accepts(stack, token)
