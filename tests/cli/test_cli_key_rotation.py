@@ -252,3 +252,23 @@ def test_new_refuses_a_shared_secret_planted_as_a_link(
     )
     assert not (tmp_path / "elsewhere").exists()
     assert sorted(p.name for p in keys_dir.iterdir()) == ["shared.secret"]
+
+
+def test_the_directory_may_come_before_or_after_the_action(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tokend keys --keys-dir DIR list`` as well as ``tokend keys list --keys-dir DIR``; the
+    command line wins over TOKEND_KEYS_DIR, and the one after the action over the one before."""
+    keys, elsewhere = tmp_path / "keys", tmp_path / "elsewhere"
+    monkeypatch.setenv("TOKEND_KEYS_DIR", str(tmp_path / "nowhere"))
+    assert run("keys", "--keys-dir", str(keys), "new")[0] == 0
+    assert run("keys", "new", "--keys-dir", str(elsewhere))[0] == 0
+    assert run("keys", "new", "--keys-dir", str(elsewhere))[0] == 0  # elsewhere has a next key
+    for argv in (
+        ("keys", "--keys-dir", str(keys), "list"),
+        ("keys", "list", "--keys-dir", str(keys)),
+        ("keys", "--keys-dir", str(elsewhere), "list", "--keys-dir", str(keys)),
+    ):
+        code, out = run(*argv)
+        assert code == 0, argv
+        assert [line.split()[0] for line in out.splitlines()] == ["current"], argv

@@ -5,9 +5,11 @@ daemon would and reports rules that never apply or overlap (and, with the daemon
 options, checks the directory), explain shows which rule decides a request (for a directory
 account too), kid prints the key ids a registry configuration needs, dev-cert writes a
 development key pair, keys rotates the signing key in a keys directory (new, activate, retire)
-and prints what the registry needs to trust it (bundle, jwks), token reads a token back in
-plain words and verifies it against the certificate, user adds, changes, removes and lists
-users.json accounts in place, unlock ends a login lockout in the running daemon. Exit status 0
+and prints what the registry needs to trust it (bundle, jwks), doctor checks a registry's
+config.yml against tokend (would it accept the tokens issued now, under the distribution 2.x
+and 3.x rules), token reads a token back in plain words and verifies it against the
+certificate, user adds, changes, removes and lists users.json accounts in place, unlock ends a
+login lockout in the running daemon. Exit status 0
 on success, 1 on a finding, 2 on a usage error, 130 when interrupted (Ctrl-C).
 
 Plain text, no markup: the first line is what tokend --help shows.
@@ -23,6 +25,7 @@ from typing import TextIO
 
 from tokend.cli import (
     checking,
+    doctor,
     explaining,
     key_rotation,
     keys,
@@ -34,7 +37,17 @@ from tokend.cli import (
 from tokend.cli.common import CommandError, UsageError
 from tokend.cli.daemon_options import settle
 
-COMMAND_FAMILIES = (passwords, checking, explaining, keys, key_rotation, tokens, users, unlock)
+COMMAND_FAMILIES = (
+    passwords,
+    checking,
+    explaining,
+    keys,
+    key_rotation,
+    doctor,
+    tokens,
+    users,
+    unlock,
+)
 """Each module registers its commands; a new family is one module and one entry here."""
 
 

@@ -26,20 +26,23 @@ def add_option(
     option: Option,
     help: str | None = None,
     default: Any = _UNCHANGED,
+    unset: Any = None,
 ) -> None:
     """``--name`` as the daemon declares it (its help unless the tool says it otherwise; its
-    default unless the tool has another): the value is settled by :func:`settle`."""
+    default unless the tool has another): the value is settled by :func:`settle`. ``unset`` is
+    what the parsed arguments hold when it is not given: ``argparse.SUPPRESS`` in an action's
+    parser leaves what the command's parser took before the action."""
     if default is not _UNCHANGED:
         option = dataclasses.replace(option, default=default)
     text = option.help if help is None else help
     if option.flag:
-        parser.add_argument(option.flag_name, action="store_true", default=None, help=text)
+        parser.add_argument(option.flag_name, action="store_true", default=unset, help=text)
     elif option.repeatable:
         parser.add_argument(
-            option.flag_name, action="append", default=None, metavar=option.metavar, help=text
+            option.flag_name, action="append", default=unset, metavar=option.metavar, help=text
         )
     else:
-        parser.add_argument(option.flag_name, default=None, metavar=option.metavar, help=text)
+        parser.add_argument(option.flag_name, default=unset, metavar=option.metavar, help=text)
     declared: tuple[Option, ...] = parser.get_default("daemon_options") or ()
     parser.set_defaults(daemon_options=(*declared, option))
 

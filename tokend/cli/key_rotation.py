@@ -284,5 +284,13 @@ def register(commands: Any) -> None:
     )
     jwk_set.set_defaults(run=jwks)
 
+    # Before the action (tokend keys --keys-dir DIR list) or after it: the action's own
+    # default must not overwrite a directory given before it.
+    add_option(family, DAEMON["keys-dir"], "the keys directory (default: TOKEND_KEYS_DIR)")
     for parser in (listing, creating, activating, retiring, bundling, jwk_set):
-        add_option(parser, DAEMON["keys-dir"], "the keys directory (default: TOKEND_KEYS_DIR)")
+        add_option(
+            parser,
+            DAEMON["keys-dir"],
+            "the keys directory (default: TOKEND_KEYS_DIR)",
+            unset=argparse.SUPPRESS,
+        )

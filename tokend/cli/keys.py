@@ -16,11 +16,11 @@ from tokend.cli.times import DAY, relative, when
 from tokend.signing.devcert import DEFAULT_CN, DEFAULT_DAYS, LinkRefusedError, write_dev_cert
 from tokend.signing.keys import (
     KeyConfigError,
-    jwk_thumbprint,
     key_ids,
     libtrust_key_id,
     load_signing_key,
     public_key_of,
+    registry_thumbprint,
 )
 from tokend.signing.tokens import rfc3339
 
@@ -42,6 +42,12 @@ def kid(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         return
     stdout.write(f"libtrust   {ids['libtrust']}   (distribution 2.x, --kid libtrust)\n")
     stdout.write(f"thumbprint {ids['thumbprint']}   (distribution 3.x, --kid thumbprint)\n")
+    if ids["rfc7638"] != ids["thumbprint"]:
+        stdout.write(
+            f"rfc7638    {ids['rfc7638']}   (not the registry's: distribution 3.x writes EC "
+            "coordinates without leading zero bytes, so its thumbprint of this key differs "
+            "from RFC 7638's; tokend sends the registry's)\n"
+        )
 
 
 def dev_cert(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
@@ -76,7 +82,7 @@ def key_type(public_key: Any) -> str:
 def _kid_line(what: str, public_key: Any) -> str:
     return (
         f"{what}: kid libtrust {libtrust_key_id(public_key)} (--kid libtrust, distribution 2.x), "
-        f"thumbprint {jwk_thumbprint(public_key)} (--kid thumbprint, 3.x)"
+        f"thumbprint {registry_thumbprint(public_key)} (--kid thumbprint, 3.x)"
     )
 
 
@@ -144,7 +150,11 @@ def _days(value: str) -> int:
 
 
 def register(commands: Any) -> None:
-    key_id = commands.add_parser("kid", help="print both key ids of a key or certificate")
+    key_id = commands.add_parser(
+        "kid",
+        help="print the key ids of a key or certificate (and its RFC 7638 thumbprint where "
+        "distribution 3.x computes another)",
+    )
     key_id.add_argument("path", help="PEM certificate, public key or private key")
     key_id.add_argument("--json", action="store_true", help="print a JSON object")
     key_id.set_defaults(run=kid)

@@ -30,7 +30,7 @@ from joserfc.jws import JWSRegistry
 from tokend.cli.common import CommandError
 from tokend.cli.times import when
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE, REFRESH_TYP
-from tokend.signing.keys import jwk_thumbprint, libtrust_key_id
+from tokend.signing.keys import libtrust_key_id, registry_thumbprint
 
 MAX_INPUT_CHARS = 1024 * 1024
 """More than any realm answer: tokens with a long x5c chain are a few kilobytes."""
@@ -194,7 +194,7 @@ def _key_for(decoded: Decoded, bundle: Bundle, now: float) -> tuple[Any, str]:
         raise TokenError("its header names no key: neither x5c nor kid")
     for certificate in bundle.certificates:
         public_key = certificate.public_key()
-        for form, key_id in (("libtrust", libtrust_key_id), ("thumbprint", jwk_thumbprint)):
+        for form, key_id in (("libtrust", libtrust_key_id), ("thumbprint", registry_thumbprint)):
             if key_id(public_key) == kid:
                 return public_key, (
                     f"the key of {_subject(certificate)} in {bundle.path} (kid, {form} form)"

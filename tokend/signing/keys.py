@@ -64,7 +64,8 @@ def _jose_key(key: Any) -> ECKey | RSAKey | OKPKey:
 
 
 def jwk_thumbprint(public_key: Any) -> str:
-    """RFC 7638 thumbprint (SHA-256, base64url): distribution 3.x's kid for bundle keys."""
+    """RFC 7638 thumbprint (SHA-256, base64url); distribution 3.x's kid is
+    :func:`registry_thumbprint`, which differs for some EC keys."""
     return str(_jose_key(public_key).thumbprint())
 
 
@@ -214,7 +215,7 @@ def load_signing_key(
         _check_permissions(key_path)
     alg = algorithm_for(key)
     public_key = key.public_key()
-    kid = libtrust_key_id(public_key) if kid_form == "libtrust" else jwk_thumbprint(public_key)
+    kid = libtrust_key_id(public_key) if kid_form == "libtrust" else registry_thumbprint(public_key)
     header: dict[str, Any] = {"typ": "JWT", "alg": alg, "kid": kid}
     chain: list[x509.Certificate] = []
     if cert_path is not None:
@@ -249,6 +250,33 @@ def public_key_of(path: Path) -> Any:
 
 
 def key_ids(path: Path) -> dict[str, str]:
-    """Both key id forms of the key in ``path``, for the registry's configuration."""
+    """The key ids of the key in ``path``: both forms tokend sends (``thumbprint`` is the
+    registry's, what ``--kid thumbprint`` sends) and the RFC 7638 thumbprint."""
     public_key = public_key_of(path)
-    return {"libtrust": libtrust_key_id(public_key), "thumbprint": jwk_thumbprint(public_key)}
+    return {
+        "libtrust": libtrust_key_id(public_key),
+        "thumbprint": registry_thumbprint(public_key),
+        "rfc7638": jwk_thumbprint(public_key),
+    }
+
+
+def _go_bytes(number: int) -> bytes:
+    """Go's ``big.Int.Bytes()``: big-endian without leading zero bytes."""
+    return number.to_bytes((number.bit_length() + 7) // 8, "big")
+
+
+def registry_thumbprint(public_key: Any) -> str:
+    """The kid distribution 3.x gives a ``rootcertbundle`` key (util.go ``getJWKThumbprint``).
+
+    RFC 7638's members and SHA-256, but every number written without leading zero bytes; RFC
+    7518 writes EC coordinates at the curve's full size, so for an EC key whose X or Y starts
+    with a zero byte (about 1 P-256 key in 128, most P-521 keys) the two differ, and only this
+    one is a kid the registry knows. RSA and Ed25519 keys get RFC 7638's thumbprint.
+    """
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        return jwk_thumbprint(public_key)
+    point = public_key.public_numbers()
+    x, y = (urlsafe_b64encode(_go_bytes(n)).decode("ascii") for n in (point.x, point.y))
+    crv = ECKey.import_key(public_key).as_dict()["crv"]
+    members = f'{{"crv":"{crv}","kty":"EC","x":"{x}","y":"{y}"}}'
+    return urlsafe_b64encode(hashlib.sha256(members.encode("ascii")).digest()).decode("ascii")
