@@ -217,6 +217,10 @@ class Stack:
     processes: list[Running] = field(default_factory=list)
     tokend_args: tuple[str, ...] = ()
     """More options for tokend (e.g. ``--workers 2``)."""
+    signing_args: tuple[str, ...] | None = None
+    """tokend's key options in place of ``--key``/``--cert`` from ``tokend dev-cert`` (e.g.
+    ``--keys-dir DIR``); the test then makes the keys and the registry's bundle
+    (``certs/RootCA.crt``) before the launch."""
     _images: int = 0
 
     # --- the registry's view -------------------------------------------------------------
@@ -419,6 +423,14 @@ class Stack:
 
     # --- life cycle ----------------------------------------------------------------------
 
+    def restart_registry(self) -> None:
+        """Stop the registry by its PID and start it again: it reads its bundle only at start."""
+        running = next(p for p in self.processes if p.name == "docker-registry")
+        running.stop()
+        self.processes.remove(running)
+        self.registry_socket.unlink(missing_ok=True)  # left behind after SIGTERM
+        _start_registry(self)
+
     def stop(self) -> None:
         """Stop every process by its own PID, newest first; one that hangs does not spare others."""
         failures: list[str] = []
@@ -507,10 +519,13 @@ def _write_policy(config: Path) -> None:
     (config / "repositories.json").write_text(json.dumps(ANONYMOUS, indent=2))
 
 
-def new_stack(root: Path, tokend_args: tuple[str, ...] = ()) -> Stack:
+def new_stack(
+    root: Path, tokend_args: tuple[str, ...] = (), signing_args: tuple[str, ...] | None = None
+) -> Stack:
     """The stack's layout, before anything runs (so a failed start can still show its logs)."""
     return Stack(
         tokend_args=tokend_args,
+        signing_args=signing_args,
         root=root,
         port=free_port(),
         certs=root / "certs",
@@ -530,7 +545,8 @@ def launch_stack(stack: Stack) -> Stack:
     """Key pair and policy, then registry, tokend and nginx, each waited for with a deadline."""
     (stack.root / "sockets").mkdir()
     (stack.root / "nginx").mkdir()
-    _dev_cert(stack)
+    if stack.signing_args is None:
+        _dev_cert(stack)
     _write_policy(stack.config)
     try:
         _start_registry(stack)
@@ -616,11 +632,18 @@ def _registry_status(stack: Stack) -> int | None:
 
 def _start_tokend(stack: Stack) -> None:
     log = stack.root / "tokend.log"
+    signing = stack.signing_args
+    if signing is None:
+        signing = (
+            "--key",
+            str(stack.certs / "RootCA.key"),
+            "--cert",
+            str(stack.certs / "RootCA.crt"),
+        )
     process = start_twistd(
         "--listen", f"unix:{stack.tokend_socket}",
         "--config-dir", str(stack.config),
-        "--key", str(stack.certs / "RootCA.key"),
-        "--cert", str(stack.certs / "RootCA.crt"),
+        *signing,
         "--issuer", ISSUER,
         "--service", SERVICE,
         "--metrics", f"unix:{stack.metrics_socket}",

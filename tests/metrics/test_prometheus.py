@@ -150,7 +150,7 @@ def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
         [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 12 rules found" in checked.stdout
+    assert "SUCCESS: 13 rules found" in checked.stdout
     tested = subprocess.run(
         [promtool, "test", "rules", str(RULE_TESTS)],
         capture_output=True,
@@ -165,7 +165,7 @@ def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
 def test_every_alert_has_a_unit_test() -> None:
     alerts = set(re.findall(r"^\s+- alert: (\w+)$", RULES.read_text(), re.MULTILINE))
     tested = set(re.findall(r"alertname: (\w+)", RULE_TESTS.read_text()))
-    assert len(alerts) == 12
+    assert len(alerts) == 13
     assert alerts == tested
 
 
@@ -335,7 +335,7 @@ def test_prometheus_scrapes_the_daemon_and_counts_the_tokens_it_issued(
                 query(prometheus_port, promql)  # valid PromQL, or the query fails
         rules = json.loads(get(f"http://127.0.0.1:{prometheus_port}/api/v1/rules"))
         loaded = [rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]]
-        assert len(loaded) == 12
+        assert len(loaded) == 13
         if workers == "2":
             running = query(prometheus_port, "tokend_workers_running")
             assert [r["value"][1] for r in running] == ["2"]
