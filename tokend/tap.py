@@ -8,6 +8,7 @@ socket path) so a bad configuration stops start-up with one sentence instead of 
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import os
 import sys
@@ -53,7 +54,7 @@ from tokend.settings.values import (
 )
 from tokend.signing.devcert import LinkRefusedError, ensure_dev_cert
 from tokend.signing.key_dir import STATE_FILE, KeyDirError, create_key, load_key_dir
-from tokend.signing.key_set import single_key_set
+from tokend.signing.key_set import kid_only, single_key_set
 from tokend.signing.keys import KID_FORMS, KeyConfigError
 
 LISTEN_BACKLOG = 1024
@@ -392,8 +393,18 @@ class Options(usage.Options):
     def _signing(
         self, services: tuple[str, ...], token_ttl: int, refresh_token_ttl: int
     ) -> SigningSettings:
+        """The keys of --keys-dir or of --key/--cert; with --no-x5c, named by kid only."""
         if self["keys-dir"]:
-            return self._keys_dir_signing(services, token_ttl, refresh_token_ttl)
+            signing = self._keys_dir_signing(services, token_ttl, refresh_token_ttl)
+        else:
+            signing = self._key_file_signing(services, token_ttl, refresh_token_ttl)
+        if not self["no-x5c"]:
+            return signing
+        return dataclasses.replace(signing, keys=kid_only(signing.keys), send_x5c=False)
+
+    def _key_file_signing(
+        self, services: tuple[str, ...], token_ttl: int, refresh_token_ttl: int
+    ) -> SigningSettings:
         key_path, cert_path = Path(self["key"]), Path(self["cert"])
         created_dev_cert = False
         if self["dev-cert"]:

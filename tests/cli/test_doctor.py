@@ -36,7 +36,7 @@ from support import (
 from tokend.cli import main
 from tokend.scope import ResourceScope
 from tokend.signing.key_dir import create_key, key_paths
-from tokend.signing.keys import load_signing_key
+from tokend.signing.key_set import kid_only, single_key_set
 from tokend.signing.tokens import TokenIssuer
 
 REALM = "https://auth.example.com/v2/token"
@@ -73,6 +73,7 @@ class Setup:
     jwks: list[dict[str, Any]] | None = None
     kid: str = "libtrust"
     with_cert: bool = True
+    no_x5c: bool = False
 
     def __post_init__(self) -> None:
         self.chain = self.chain or (self_signed(self.key),)
@@ -95,11 +96,12 @@ class Setup:
         (self.directory / "config.yml").write_text(yaml.safe_dump(config))
         args = ["--registry-config", str(self.directory / "config.yml"), "--key", str(key_path)]
         args += ["--kid", self.kid, "--cert", str(cert_path) if self.with_cert else ""]
-        return args
+        return args + ["--no-x5c"] * self.no_x5c
 
     def signing_key(self) -> Any:
         cert = self.directory / "signer.crt" if self.with_cert else None
-        return load_signing_key(self.directory / "signer.key", cert, self.kid)
+        keys = single_key_set(self.directory / "signer.key", cert, self.kid)
+        return (kid_only(keys) if self.no_x5c else keys).signing
 
     def registry3_accepts(self) -> bool:
         """What tests/signing/registry3.py says of a token tokend issues with this setup."""
@@ -308,6 +310,24 @@ def test_broken_configs_exit_1_with_their_sentence(
     assert "a token tokend issues now would be refused by distribution" in out
     if version != "2" and name not in NOT_ABOUT_THE_TOKEN:
         assert not setup.registry3_accepts()
+
+
+def test_a_jwks_only_3x_needs_tokens_without_x5c(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 3.x registry with a jwks and no rootcertbundle refuses a token carrying x5c (no
+    fallback to the kid); with the daemon's --no-x5c the same key passes."""
+    setup = Setup(tmp_path, kid="thumbprint", bundle=())
+    setup.write()
+    setup.jwks = [jwk_of(setup)]
+    code, out = doctor(*setup.write(), capsys=capsys)
+    assert code == 1, out
+    assert not setup.registry3_accepts()
+    setup.no_x5c = True
+    code, out = doctor(*setup.write(), capsys=capsys)
+    assert code == 0, out
+    assert "names a jwks key" in out
+    assert setup.registry3_accepts()
 
 
 def test_jwks_broken_variants(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,26 @@ def test_keys_dir_missing_is_one_sentence_and_dev_cert_creates_its_first_key(
     assert again.settings.signing.keys.signing.kid == created.signing.keys.signing.kid
     events = announce(again)
     assert not any("created a development key" in str(e.get("log_format")) for e in events)
+
+
+def test_no_x5c_names_every_key_by_kid_only_at_start_and_on_reload(tmp_path: Path) -> None:
+    """--no-x5c (TOKEND_NO_X5C): for a 3.x registry trusting a JWKS without a bundle, the
+    tokens carry no x5c, with --keys-dir and with --key/--cert, and a reload keeps it so."""
+    keys = tmp_path / "keys"
+    create_key(keys)
+    create_key(keys)
+    key_path, cert_path = write_key_pair(tmp_path)
+    for args, environ in (
+        (["--keys-dir", str(keys), "--no-x5c"], {}),
+        (["--keys-dir", str(keys)], {"TOKEND_NO_X5C": "1"}),
+        (["--key", str(key_path), "--cert", str(cert_path), "--no-x5c"], {}),
+    ):
+        signing = keys_dir_options(tmp_path, *args, environ=environ).settings.signing
+        assert not signing.send_x5c
+        for loaded in (signing.keys, signing.loader()(time.time())):
+            assert [("x5c" in key.signing.header, key.signing.chain) for key in loaded.keys] == [
+                (False, ())
+            ] * len(loaded.keys), args
+            assert loaded.signing.kid == loaded.signing.header["kid"]
+    sent = keys_dir_options(tmp_path, "--keys-dir", str(keys)).settings.signing
+    assert sent.send_x5c and all("x5c" in key.signing.header for key in sent.keys.keys)

@@ -26,6 +26,8 @@ from support import self_signed, write_private_key
 
 from tokend.cli import main
 from tokend.scope import ResourceScope
+from tokend.signing.key_dir import activate, create_key, load_key_dir, retire
+from tokend.signing.key_set import kid_only
 from tokend.signing.keys import (
     jwk_thumbprint,
     libtrust_key_id,
@@ -236,3 +238,31 @@ def test_tokend_kid_says_when_the_registry_thumbprint_differs(
     rsa_pair = next(p for p in pairs if p.kind == "RSA-2048")
     code, out = run("kid", str(rsa_pair.cert_path))
     assert (code, "rfc7638" in out) == (0, False)
+
+
+@pytest.mark.parametrize("kid_form", ["libtrust", "thumbprint"])
+def test_a_jwks_only_registry_3_trusts_a_keys_directory_sent_without_x5c(
+    tmp_path: Path, kid_form: str
+) -> None:
+    """``tokend keys jwks`` for a 3.x registry with no rootcertbundle: the daemon's tokens
+    carry x5c (refused: no fallback to the kid) unless --no-x5c, which sends the kid the JWKS
+    names, for every key type, before and after a rotation."""
+    keys = tmp_path / "keys"
+    create_key(keys)
+    for key_type in ("P-384", "P-521", "RSA-2048", "Ed25519"):
+        create_key(keys, key_type=key_type)
+        out = io.StringIO()
+        assert main(["keys", "jwks", "--keys-dir", str(keys), "--kid", kid_form], stdout=out) == 0
+        registry = Registry3.configure(ISSUER, SERVICE, jwks=json.loads(out.getvalue()))
+        for step in ("current", "next once activated"):
+            if step != "current":
+                activate(keys)
+            loaded = load_key_dir(keys, kid_form, NOW)
+            with_x5c = TokenIssuer(loaded, ISSUER, 300).issue("alice", SERVICE, PULL, NOW)
+            with pytest.raises(Refused):
+                registry.verify(with_x5c.token, NOW)
+            kid_only_token = TokenIssuer(kid_only(loaded), ISSUER, 300).issue(
+                "alice", SERVICE, PULL, NOW
+            )
+            assert registry.verify(kid_only_token.token, NOW)["sub"] == "alice", (key_type, step)
+        retire(keys, None)

@@ -26,7 +26,7 @@ from tokend.cli.daemon_options import add_option
 from tokend.cli.times import DAY, relative
 from tokend.settings.options import DAEMON
 from tokend.signing.key_dir import load_key_dir
-from tokend.signing.key_set import KeySet, SetKey, single_key_set
+from tokend.signing.key_set import KeySet, SetKey, kid_only, single_key_set
 from tokend.signing.keys import KeyConfigError
 from tokend.signing.registry_trust import (
     V2,
@@ -94,12 +94,15 @@ def _versions(token: dict[str, Any], chosen: str | None) -> tuple[tuple[str, ...
 def _key_set(args: argparse.Namespace, now: float) -> KeySet:
     try:
         if args.keys_dir:
-            return load_key_dir(Path(args.keys_dir), args.kid, now)
-        cert = Path(args.cert) if args.cert else None
-        used = cert if cert is not None and ("cert" in args.daemon.given or cert.exists()) else None
-        return single_key_set(Path(args.key), used, args.kid, now)
+            keys = load_key_dir(Path(args.keys_dir), args.kid, now)
+        else:
+            cert = Path(args.cert) if args.cert else None
+            given = "cert" in args.daemon.given
+            used = cert if cert is not None and (given or cert.exists()) else None
+            keys = single_key_set(Path(args.key), used, args.kid, now)
     except KeyConfigError as e:
         raise CommandError(str(e)) from None
+    return kid_only(keys) if args.no_x5c else keys
 
 
 def _string(token: dict[str, Any], name: str, versions: tuple[str, ...]) -> Iterator[Finding]:
@@ -405,7 +408,7 @@ def register(commands: Any) -> None:
         help="read the config's absolute paths under DIR (the registry's files "
         "seen from here, e.g. a mounted volume)",
     )
-    for name in ("key", "cert", "keys-dir", "kid", "issuer", "service", "realm-path"):
+    for name in ("key", "cert", "keys-dir", "kid", "no-x5c", "issuer", "service", "realm-path"):
         option = DAEMON[name]
         default = "" if option.default is None else f" (default {option.default})"
         add_option(check, option, f"the daemon's --{name}{default}")

@@ -84,6 +84,12 @@ SIGNING = (
         bounds=(0, MAX_REFRESH_TTL),
     ),
     Option("kid", "Key id form: libtrust (registry 2.x) or thumbprint (3.x)", "libtrust"),
+    Option(
+        "no-x5c",
+        "Send only the kid, not the certificate chain (x5c): for a distribution 3.x registry "
+        "that trusts a JWKS (auth.token.jwks) without a rootcertbundle",
+        flag=True,
+    ),
     Option("dev-cert", "Create a development key and certificate if the key is missing", flag=True),
     Option(
         "allow-loose-key-permissions",

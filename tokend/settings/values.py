@@ -67,22 +67,26 @@ class SigningSettings:
     """--keys-dir: the keys and their states; None: the one key of --key/--cert."""
     kid_form: str = "libtrust"
     allow_loose_permissions: bool = True
+    send_x5c: bool = True
+    """False with --no-x5c: tokens name their key by kid only."""
 
     def loader(self) -> Callable[[float], KeySet]:
         """How a reload reads the keys at a moment: as at start-up, from the same files."""
-        if self.keys_dir is not None:
-            from tokend.signing.key_dir import load_key_dir
+        from tokend.signing.key_set import kid_only, single_key_set
 
-            keys_dir = self.keys_dir
-            return lambda now: load_key_dir(
-                keys_dir, self.kid_form, now, self.allow_loose_permissions
-            )
-        from tokend.signing.key_set import single_key_set
+        keys_dir, kid_form, allow_loose = self.keys_dir, self.kid_form, self.allow_loose_permissions
+        key_file, cert_used, send_x5c = Path(self.key_file), self.cert_used, self.send_x5c
 
-        key_file, cert_used = Path(self.key_file), self.cert_used
-        return lambda now: single_key_set(
-            key_file, cert_used, self.kid_form, now, self.allow_loose_permissions
-        )
+        def load(now: float) -> KeySet:
+            if keys_dir is not None:
+                from tokend.signing.key_dir import load_key_dir
+
+                keys = load_key_dir(keys_dir, kid_form, now, allow_loose)
+            else:
+                keys = single_key_set(key_file, cert_used, kid_form, now, allow_loose)
+            return keys if send_x5c else kid_only(keys)
+
+        return load
 
 
 @dataclass(frozen=True, slots=True)

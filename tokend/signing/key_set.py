@@ -8,7 +8,7 @@ signing, still trusted until retired).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,24 @@ class KeySet:
     def sign(self, claims: dict[str, object]) -> str:
         """Signed by the current key: a token is always one set's, never a mix."""
         return self.current.signing.sign(claims)
+
+
+def kid_only(keys: KeySet) -> KeySet:
+    """``keys`` with no certificate chain sent (--no-x5c): a registry that knows the keys by
+    ``kid`` from a JWKS and has no bundle refuses every token with ``x5c`` (3.x checks x5c first
+    and does not fall back). The chain was checked when it loaded; it is no longer sent, nor
+    counted down (the registry never sees it)."""
+
+    def without_chain(key: SetKey) -> SetKey:
+        header = {name: value for name, value in key.signing.header.items() if name != "x5c"}
+        signing = SigningKey(
+            alg=key.signing.alg, kid=key.signing.kid, header=header, jose_key=key.signing.jose_key
+        )
+        return replace(key, signing=signing)
+
+    return replace(
+        keys, current=without_chain(keys.current), others=tuple(map(without_chain, keys.others))
+    )
 
 
 def single_key_set(
