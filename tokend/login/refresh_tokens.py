@@ -359,7 +359,7 @@ class RefreshTokens:
         header_segment, payload_segment, signature_segment = parts
         key = trusted.get(header_segment)
         if key is None:
-            raise InvalidRefreshToken(self._header_refusal(header_segment))
+            raise InvalidRefreshToken(self._header_refusal(header_segment, trusted))
         try:
             signature = urlsafe_b64decode(signature_segment)
         except binascii.Error:
@@ -404,9 +404,9 @@ class RefreshTokens:
         except InvalidRefreshToken:
             raise changed from None
 
-    def _header_refusal(self, header_segment: bytes) -> str:
-        """Why a header is not ours: another kind of token, or a refresh token under another
-        key (or a tampered one)."""
+    def _header_refusal(self, header_segment: bytes, trusted: dict[bytes, _RefreshKey]) -> str:
+        """Why a header is not ours: another kind of token, a refresh token of a key the set
+        no longer holds (retired) or never held, or a tampered one."""
         try:
             header = json.loads(urlsafe_b64decode(header_segment))
         except (binascii.Error, ValueError, RecursionError):
@@ -415,6 +415,8 @@ class RefreshTokens:
             return "malformed"
         if header.get("typ") != REFRESH_TYP:
             return "not a refresh token"
+        if header.get("kid") not in {key.signer.kid for key in trusted.values()}:
+            return "signed by a key not in the key set (retired, or never tokend's)"
         return "bad signature"
 
     def _claims(self, payload: object, key: bytes) -> RefreshClaims:
