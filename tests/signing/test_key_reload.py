@@ -167,12 +167,24 @@ def test_a_renewed_certificate_is_sent_without_restart(tmp_path: Path) -> None:
             refused = daemon.log_text().split("signing keys reload (")[-1].splitlines()[0]
             assert f"certificate {cert_path} {why}" in refused, refused
             assert leaves(daemon) == {der64(in_place)}
+            health = daemon.health()
+            assert health["status"] == "degraded" and not health["signing_keys_valid"]
+            assert f"certificate {cert_path} {why}" in health["signing_keys_error"]
+            assert health["files_valid"], "the policy files are fine"
+            assert get_json_over_unix(daemon.sock, "/healthz?strict=1") == (
+                503,
+                {"status": "degraded"},
+            )
 
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         reloads = daemon.log_text().count("signing keys reloaded (")
         replace_atomically(cert_path, pem(in_place))
         wait_for("good again", lambda: daemon.log_text().count("signing keys reloaded (") > reloads)
+        health = daemon.health()
+        assert health["status"] == "ok" and health["signing_keys_valid"], health
+        assert health["signing_keys_error"] is None and health["signing_kid"]
+        assert get_json_over_unix(daemon.sock, "/healthz?strict=1") == (200, {"status": "ok"})
         os.link(cert_path, elsewhere / "tokend.crt")
         unseen = certificate_for(key_path, days=62)
         write_in_place(elsewhere / "tokend.crt", pem(unseen))
@@ -195,6 +207,10 @@ def test_every_worker_renews_and_hears_sighup(tmp_path: Path) -> None:
             lambda: len({pid for pid, _ in RELOADED_IN.findall(daemon.log_text())}) == 2,
         )
         assert leaves(daemon, 24) == {der64(renewed)}
+        workers = daemon.health()["workers"]
+        assert [(w["signing_keys_valid"], w["signing_keys_error"]) for w in workers] == [
+            (True, None)
+        ] * 2, workers
 
         before = daemon.log_text().count("signing keys reloaded (SIGHUP): unchanged")
         daemon.process.send_signal(signal.SIGHUP)

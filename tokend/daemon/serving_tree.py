@@ -203,6 +203,7 @@ def serving_tree(
             header=settings.listen.client_address_header,
         ),
         metrics=metrics,
+        keys=signing_keys,
     )
     site = QuietSite(api.resource(), reactor=reactor)
     limit_connections(
@@ -238,10 +239,11 @@ def serving_tree(
             group = settings.listen.socket_group
             SocketGroup(settings.listen.socket_path, group, failed).setServiceParent(root)
     if registry is not None and worker is not None:
-        worker.expose(registry, holder)  # the parent serves every worker's metrics and health
+        # The parent serves every worker's metrics and health.
+        worker.expose(registry, holder, signing_keys)
     elif registry is not None:
         served = metrics_resource(registry)
-        served.putChild(b"healthz", cast(IResource, PolicyHealth(holder)))
+        served.putChild(b"healthz", cast(IResource, PolicyHealth(holder, signing_keys)))
         metrics_listener(settings, served, reactor, failed).setServiceParent(root)
     if worker is None:
         Announcer(settings, holder, signing_keys).setServiceParent(root)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from tokend.policy.holder import PolicyHolder
+    from tokend.web.health import KeyFiles
 
 
 ASK_TIMEOUT = START_UP_WAIT + LOOKUP_TIMEOUT + 1
@@ -64,15 +65,22 @@ class ParentLink(Framed):
         self._news = news
         self._registry: CollectorRegistry | None = None
         self._holder: PolicyHolder | None = None
+        self._keys: KeyFiles | None = None
         self._asked = 0
         self._answers: dict[int, Deferred[list[Seen]]] = {}
         news.share(self.publish, self.ask if asks else None)
 
-    def expose(self, registry: CollectorRegistry, holder: PolicyHolder | None = None) -> None:
+    def expose(
+        self,
+        registry: CollectorRegistry,
+        holder: PolicyHolder | None = None,
+        keys: KeyFiles | None = None,
+    ) -> None:
         """Answer the parent's metrics requests with this registry's exposition, and its
-        health requests with the details of the policy ``holder`` serves."""
+        health requests with the details of the policy ``holder`` serves and its ``keys``."""
         self._registry = registry
         self._holder = holder
+        self._keys = keys
 
     def publish(self, news: News) -> None:
         self.write(control({"news": news_to_wire(news)}))
@@ -116,7 +124,7 @@ class ParentLink(Framed):
     def _answer_health(self, number: bytes) -> None:
         from tokend.web.health import details
 
-        body = details(self._holder.status()) if self._holder is not None else {}
+        body = details(self._holder.status(), keys=self._keys) if self._holder is not None else {}
         answer = json.dumps(body, separators=(",", ":")).encode("utf-8")
         self.write(frame(EXPOSITION, number + b"\n" + answer))
 
@@ -300,7 +308,9 @@ class WorkerSetup:
         listen_fd: int,
         family: int,
         news: NewsBus,
-        expose: Callable[[CollectorRegistry, PolicyHolder], None] = lambda registry, holder: None,
+        expose: Callable[[CollectorRegistry, PolicyHolder, KeyFiles], None] = (
+            lambda registry, holder, keys: None
+        ),
     ):
         self.listen_fd = listen_fd
         self.family = family

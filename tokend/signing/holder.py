@@ -48,6 +48,11 @@ class KeyHolder:
         """Whether the key files loaded at the last attempt (start-up counts as one)."""
         return self.last_error is None
 
+    @property
+    def kid(self) -> str:
+        """The kid of the key signing now."""
+        return self.current.signing.kid
+
     def sign(self, claims: dict[str, object]) -> str:
         """Signed by the current set's signing key (``current`` is read once)."""
         return self.current.sign(claims)

@@ -36,16 +36,36 @@ def strict_asked(args: Mapping[bytes, Sequence[bytes]] | None) -> bool:
     return any(v in (b"1", b"true") for v in values)
 
 
-def status_word(status: LoadStatus) -> str:
-    """``ok``, or ``degraded`` while the files on disk are invalid and the last good policy
-    serves: all the token listener says."""
-    return "ok" if status.files_valid else "degraded"
+class KeyFiles(Protocol):
+    """The signing keys in force as /healthz sees them (tokend.signing.holder.KeyHolder)."""
+
+    @property
+    def files_valid(self) -> bool: ...
+
+    @property
+    def failed_at(self) -> float | None: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    @property
+    def kid(self) -> str: ...
 
 
-def details(status: LoadStatus, pid: int | None = None) -> dict[str, Any]:
-    """Everything a process knows about the policy it serves and the files behind it."""
-    return {
-        "status": status_word(status),
+def status_word(status: LoadStatus, keys: KeyFiles | None = None) -> str:
+    """``ok``, or ``degraded`` while the policy files or the signing key files on disk are
+    invalid and the last good ones serve: all the token listener says."""
+    valid = status.files_valid and (keys is None or keys.files_valid)
+    return "ok" if valid else "degraded"
+
+
+def details(
+    status: LoadStatus, pid: int | None = None, keys: KeyFiles | None = None
+) -> dict[str, Any]:
+    """Everything a process knows about the policy it serves and the files behind it, and
+    about its signing keys."""
+    body = {
+        "status": status_word(status, keys),
         "serving": True,
         "pid": os.getpid() if pid is None else pid,
         "files_valid": status.files_valid,
@@ -54,6 +74,15 @@ def details(status: LoadStatus, pid: int | None = None) -> dict[str, Any]:
         "policy_failed_at": rfc3339(status.failed_at) if status.failed_at is not None else None,
         "policy_error": status.last_error,
     }
+    if keys is not None:
+        failed_at = keys.failed_at
+        body |= {
+            "signing_kid": keys.kid,
+            "signing_keys_valid": keys.files_valid,
+            "signing_keys_failed_at": rfc3339(failed_at) if failed_at is not None else None,
+            "signing_keys_error": keys.last_error,
+        }
+    return body
 
 
 def _answer(request: Any, code: int, body: object) -> bytes:
@@ -73,16 +102,17 @@ class PolicyHealth(Resource):
 
     isLeaf = True
 
-    def __init__(self, holder: PolicyHolder) -> None:
+    def __init__(self, holder: PolicyHolder, keys: KeyFiles | None = None) -> None:
         super().__init__()
         self._holder = holder
+        self._keys = keys
 
     def render_GET(self, request: Any) -> bytes:
         try:
             strict = strict_asked(request.args)
         except StrictError as e:
             return _bad_request(request, e)
-        body = details(self._holder.status())
+        body = details(self._holder.status(), keys=self._keys)
         return _answer(request, 503 if strict and body["status"] != "ok" else 200, body)
 
 

@@ -45,7 +45,7 @@ from tokend.web.errors import (
     error_body,
     http_error,
 )
-from tokend.web.health import StrictError, status_word, strict_asked
+from tokend.web.health import KeyFiles, StrictError, status_word, strict_asked
 from tokend.web.requests import RequestState, TokenRequest, read_get, read_post
 
 REASONS = {429: b"Too Many Requests"}
@@ -66,10 +66,12 @@ class TokenAPI:
         realm_path: str = "/v2/token",
         trusted_proxies: TrustedProxies | None = None,
         metrics: RequestMetrics = NO_METRICS,
+        keys: KeyFiles | None = None,
     ) -> None:
         """Everything arrives ready: ``logins`` says who a request is, ``issuing`` what it gets,
-        ``policy`` answers /healthz; without ``metrics``, nothing is counted."""
+        ``policy`` and ``keys`` answer /healthz; without ``metrics``, nothing is counted."""
         self._policy = policy
+        self._keys = keys
         self._logins = logins
         self._issuing = issuing
         self._metrics = metrics
@@ -179,12 +181,8 @@ class TokenAPI:
             strict = strict_asked(request.args)
         except StrictError as e:
             raise RequestError(str(e)) from None
-        status = self._policy.status()
-        return _json(
-            request,
-            503 if strict and not status.files_valid else 200,
-            {"status": status_word(status)},
-        )
+        word = status_word(self._policy.status(), self._keys)
+        return _json(request, 503 if strict and word != "ok" else 200, {"status": word})
 
     @app.route("/", branch=True)
     def realm(self, request: Request) -> bytes | Deferred[bytes]:
