@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from joserfc import jwt
 from joserfc.jwk import KeySet as JWKSet
 from joserfc.jws import JWSRegistry
+from support import write_policy
 
 from tokend.cli import main
 from tokend.signing.key_dir import activate, create_key, key_paths, load_key_dir, read_state
@@ -272,3 +273,27 @@ def test_the_directory_may_come_before_or_after_the_action(
         code, out = run(*argv)
         assert code == 0, argv
         assert [line.split()[0] for line in out.splitlines()] == ["current"], argv
+
+
+def test_check_config_checks_a_keys_directory_as_the_daemon_loads_it(
+    keys_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TOKEND_KEYS_DIR set beside the daemon: check-config reports that directory's keys (not
+    the default --key), refuses what the daemon would refuse, and --key with it."""
+    write_policy(tmp_path / "config", {"a": ("pw", {"*": ["pull"]})})
+    check = ("check-config", "--config-dir", str(tmp_path / "config"))
+    current = create_key(keys_dir)
+    upcoming = create_key(keys_dir, key_type="RSA-2048")
+    code, out = run(*check)
+    assert code == 0, out
+    assert f"keys directory {keys_dir}: key {current} signs; 2 trusted" in out
+    assert f"key {key_paths(keys_dir, current)[0]}: P-256 (ES256)" in out
+    assert f"next key {upcoming}: RSA 2048 bits (RS256)" in out
+    kid = libtrust_key_id(load_key_dir(keys_dir).next.public_key)  # type: ignore[union-attr]
+    assert f"next key {upcoming}: kid libtrust {kid}" in out
+    assert run(*check, "--key", "certs/RootCA.key")[0] == 2
+    assert "--keys-dir replaces --key and --cert" in capsys.readouterr().err
+    state = keys_dir / "keys.json"
+    state.write_text(state.read_text().replace('"current"', '"curent"'))
+    assert run(*check)[0] == 1
+    assert "keys.json" in capsys.readouterr().err

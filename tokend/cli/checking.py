@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from tokend.cli.common import CommandError, UsageError
 from tokend.cli.daemon_options import add_config_dir, add_option
 from tokend.cli.directory_options import add_directory_options, ask_directory, directory_config
-from tokend.cli.keys import EXPIRY_WARNING_DAYS, key_summary
+from tokend.cli.keys import EXPIRY_WARNING_DAYS, key_summary, keys_dir_summary
 from tokend.client_address import parse_networks
 from tokend.policy.examples import example_accounts, example_accounts_error
 from tokend.policy.files import load_policy
@@ -53,12 +53,19 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
         f"{len(anonymous.repositories)} names and patterns, anonymous catalog "
         f"{'on' if anonymous.catalog else 'off'}\n"
     )
-    key_lines = key_summary(
-        Path(args.key) if args.key else None,
-        Path(args.cert) if args.cert else None,
-        args.allow_loose_key_permissions,
-        time.time(),
-    )
+    if args.keys_dir:
+        if args.key or args.cert:
+            raise UsageError("--keys-dir replaces --key and --cert; give one or the other")
+        key_lines = keys_dir_summary(
+            Path(args.keys_dir), args.allow_loose_key_permissions, time.time()
+        )
+    else:
+        key_lines = key_summary(
+            Path(args.key) if args.key else None,
+            Path(args.cert) if args.cert else None,
+            args.allow_loose_key_permissions,
+            time.time(),
+        )
     stdout.writelines(line + "\n" for line in key_lines)
     if directory is not None:
         taken = policy.directory_groups
@@ -128,6 +135,12 @@ def register(commands: Any) -> None:
         "certificate chain to check (against --key when given); print each certificate's "
         f"subject, issuer and expiry, warn {EXPIRY_WARNING_DAYS} days before it",
         default=None,
+    )
+    add_option(
+        checking,
+        DAEMON["keys-dir"],
+        "also check this keys directory as the daemon loads it (in place of --key and --cert); "
+        "print each key's state, type, key ids and certificate expiry",
     )
     add_option(
         checking,

@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from tokend.cli.common import CommandError
 from tokend.cli.times import DAY, relative, when
 from tokend.signing.devcert import DEFAULT_CN, DEFAULT_DAYS, LinkRefusedError, write_dev_cert
+from tokend.signing.key_dir import load_key_dir
+from tokend.signing.key_set import NEXT
 from tokend.signing.keys import (
     KeyConfigError,
     key_ids,
@@ -140,6 +142,31 @@ def key_summary(
                 "to start with an expired certificate, and registries refuse tokens it signed"
             )
     return lines + warnings
+
+
+def keys_dir_summary(directory: Path, allow_loose_permissions: bool, now: float) -> list[str]:
+    """``check-config``'s lines about --keys-dir: the directory loaded as the daemon loads it
+    (a CommandError where it would refuse to start), the current key as :func:`key_summary`
+    reports --key and --cert, then the next and previous keys' type, kids and expiry."""
+    try:
+        keys = load_key_dir(directory, now=now, allow_loose_permissions=allow_loose_permissions)
+    except KeyConfigError as e:
+        raise CommandError(str(e)) from None
+    current = keys.current
+    lines = [f"keys directory {directory}: key {current.name} signs; {len(keys.keys)} trusted"]
+    lines += key_summary(current.key_file, current.cert_file, allow_loose_permissions, now)
+    for key in keys.others:
+        what = f"{key.state} key {key.name}"
+        lines.append(f"{what}: {key_type(key.public_key)}")
+        lines.append(_kid_line(what, key.public_key))
+        for subject, not_after in key.expiries()[:1]:
+            lines.append(f"{what}: certificate {subject}, not after {when(not_after, now)}")
+            if key.state == NEXT and not_after - now < EXPIRY_WARNING_DAYS * DAY:
+                lines.append(
+                    f"warning: {what}: its certificate ends {relative(not_after, now)}; "
+                    "renew it before activating the key"
+                )
+    return lines
 
 
 def days(value: str) -> int:
