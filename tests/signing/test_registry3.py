@@ -248,15 +248,15 @@ def test_a_jwks_only_registry_3_trusts_a_keys_directory_sent_without_x5c(
     carry x5c (refused: no fallback to the kid) unless --no-x5c, which sends the kid the JWKS
     names, for every key type, before and after a rotation."""
     keys = tmp_path / "keys"
-    create_key(keys)
+    create_key(keys, now=NOW)  # NOW is the module's: the suite may have taken minutes since
     for key_type in ("P-384", "P-521", "RSA-2048", "Ed25519"):
-        create_key(keys, key_type=key_type)
+        create_key(keys, key_type=key_type, now=NOW)
         out = io.StringIO()
         assert main(["keys", "jwks", "--keys-dir", str(keys), "--kid", kid_form], stdout=out) == 0
         registry = Registry3.configure(ISSUER, SERVICE, jwks=json.loads(out.getvalue()))
         for step in ("current", "next once activated"):
             if step != "current":
-                activate(keys)
+                activate(keys, now=NOW)
             loaded = load_key_dir(keys, kid_form, NOW)
             with_x5c = TokenIssuer(loaded, ISSUER, 300).issue("alice", SERVICE, PULL, NOW)
             with pytest.raises(Refused):
