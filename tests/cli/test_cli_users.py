@@ -19,6 +19,7 @@ import pytest
 from support import (
     REPO,
     UnixHTTPConnection,
+    accepts,
     hash_password,
     load_certificate,
     start_twistd,
@@ -235,7 +236,7 @@ def test_a_running_daemon_takes_up_tokend_user_add(tmp_path: Path, config: Path)
         "--cert", str(cert_path), "--service", "svc", log=log,
     )  # fmt: skip
     try:
-        wait_for("the socket", sock.exists, process=process, log=log)
+        wait_for("the socket", lambda: accepts(sock), process=process, log=log)
         assert token_answer(sock, "carol", "pw")[0] == 401
 
         tool = [sys.executable, "-m", "tokend"]

@@ -56,7 +56,7 @@ def test_twistd_serves_tokens_on_a_unix_socket(
         log=log,
     )  # fmt: skip
     try:
-        wait_for("the socket", sock.exists, process=process, log=log)
+        wait_for("the socket", lambda: accepts(sock), process=process, log=log)
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
 
         connection = UnixHTTPConnection(sock)
@@ -283,7 +283,7 @@ def test_dev_cert_creates_a_private_key_pair_and_says_so(
         log=log,
     )  # fmt: skip
     try:
-        wait_for("the socket", sock.exists, process=process, log=log)
+        wait_for("the socket", lambda: accepts(sock), process=process, log=log)
         status, body = get_json_over_unix(sock, "/v2/token?service=svc&scope=repository:pub/x:pull")
         assert status == 200, body
         verify_jwt(body["token"], load_certificate(cert_path))

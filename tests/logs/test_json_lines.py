@@ -17,6 +17,7 @@ from support import (
     REPO,
     TWISTD,
     UnixHTTPConnection,
+    accepts,
     start_twistd,
     stop_process,
     wait_for,
@@ -142,7 +143,7 @@ def deployment(tmp_path: Path) -> list[str]:
 
 
 def ask_tokens(sock: Path, process: subprocess.Popen[bytes]) -> None:
-    wait_for("the socket", sock.exists, process=process)
+    wait_for("the socket", lambda: accepts(sock), process=process)
     for password in ("bar", "wrong\n"):
         connection = UnixHTTPConnection(sock)
         auth = b64encode(f"bar:{password}".encode()).decode()
