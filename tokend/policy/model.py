@@ -199,6 +199,9 @@ DIRECTORY_GROUPS = "groups.json"
 """An identity whose rights are those of the groups.json groups its directory groups hold."""
 PROGRAM_LABELS = "program labels"
 """An identity whose rights are those of the groups.json groups its program labels name."""
+FEDERATED = "issuers.json"
+"""An identity a trust of issuers.json vouched for (a platform's JWT): its rights are the
+trust's groups and rules, with the claim values it holds."""
 
 
 class Principal(Protocol):
@@ -212,6 +215,10 @@ class Principal(Protocol):
     def directory_groups(self) -> frozenset[str]: ...
     @property
     def labels(self) -> Labels: ...
+    @property
+    def trust(self) -> str: ...
+    @property
+    def claim_values(self) -> tuple[tuple[str, str], ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
