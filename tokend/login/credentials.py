@@ -36,6 +36,19 @@ class RefreshToken:
         return "RefreshToken(<token>)"
 
 
+@dataclass(frozen=True, slots=True)
+class FederatedToken:
+    """A platform's JWT (a CI job's or a pod's): with ``trust`` None, the trust is chosen by the
+    token's ``iss`` and ``aud`` (the token-exchange grant); Basic ``TRUST:JWT`` arrives as
+    :class:`UsernamePassword` and is answered by the trust of that name."""
+
+    token: str
+    trust: str | None = None
+
+    def __repr__(self) -> str:
+        return f"FederatedToken(<{len(self.token)} chars>, trust={self.trust!r})"
+
+
 class Authenticator(Protocol):
     """One way in (a :class:`twisted.cred.checkers.ICredentialsChecker` in spirit).
 

@@ -18,6 +18,8 @@ USERS = "users"
 """Accounts whose password hash is in users.json."""
 DIRECTORY = "ldap"
 """Accounts the LDAP directory vouches for (any name users.json does not hold)."""
+FEDERATED_SOURCE = "federated"
+"""Accounts a trust of issuers.json vouches for: a CI job's or a pod's platform JWT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,12 @@ class Identity:
     """What the external authentication program answered of this account
     (:func:`tokend.policy.model.labels_from`); the groups that name one of them give its
     rights (``PROGRAM_LABELS``), and the authorization program is told them."""
+    trust: str = ""
+    """The issuers.json trust that vouched for a federated identity (``FEDERATED``)."""
+    claim_values: tuple[tuple[str, str], ...] = ()
+    """Each claim path the trust's account and rules reference, with its value in the JWT."""
+    expires_at: float | None = None
+    """When the JWT a federated identity came with ends: no access token outlives it."""
 
 
 _MAPPED_TO_NOTHING = frozenset(
