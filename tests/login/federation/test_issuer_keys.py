@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from issuer_server import Issuer
-from minting import IssuerKey, StandInTrust, jwks
+from minting import IssuerKey, jwks
+from minting import trust as github_trust
 from prometheus_client import CollectorRegistry
 from support import free_port
 from twisted.internet import reactor as global_reactor
@@ -28,6 +29,7 @@ from tokend.login.federation.issuer_keys import (
     kids,
 )
 from tokend.metrics.instruments import Metrics
+from tokend.policy.trusts import Trust
 from tokend.web.issuer_fetch import AgentFetch
 
 reactor: Any = global_reactor
@@ -43,8 +45,8 @@ def issuer(tmp_path: Path) -> Any:
     pytest_twisted.blockon(running.stop())
 
 
-def trust_of(issuer: Issuer, **changes: Any) -> StandInTrust:
-    return replace(StandInTrust(issuer=issuer.url, ca_file=issuer.ca_file), **changes)
+def trust_of(issuer: Issuer, **changes: Any) -> Trust:
+    return replace(github_trust(issuer=issuer.url, ca_file=issuer.ca_file), **changes)
 
 
 class Keys:
@@ -202,7 +204,7 @@ async def test_an_issuer_outage_keeps_the_keys_and_is_logged_once(issuer: Issuer
 @pytest_twisted.ensureDeferred
 async def test_an_issuer_never_reached_is_unavailable(tmp_path: Path) -> None:
     keys = Keys()
-    trust = StandInTrust(issuer=f"https://localhost:{free_port()}")
+    trust = github_trust(issuer=f"https://localhost:{free_port()}")
     with capturedLogs() as events, pytest.raises(IssuerUnavailable) as unavailable:
         await keys.keys.keys(trust, "k1")
     assert unavailable.value.retry_after == 30
@@ -252,7 +254,7 @@ async def test_a_jwks_file_is_read_and_reread_for_a_new_kid(tmp_path: Path) -> N
     path = tmp_path / "cluster-jwks.json"
     path.write_text(json.dumps(jwks(FIRST)))
     keys = Keys()
-    trust = StandInTrust(issuer="https://kubernetes.default.svc", jwks_file=path)
+    trust = github_trust(issuer="https://kubernetes.default.svc", jwks_file=path)
     assert kids(await keys.keys.keys(trust, "k1")) == ["k1"]
     path.write_text(json.dumps(jwks(FIRST, SECOND)))
     assert kids(await keys.keys.keys(trust, "k2")) == ["k1", "k2"]
