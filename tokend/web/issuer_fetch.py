@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import ssl, threads
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -123,11 +123,9 @@ class AgentFetch:
             pool=_QuietPool(self._reactor, persistent=False),
         )
         answer = self._get(agent, url)
-        answer.addTimeout(self._timeout, self._reactor)
+        answer.addTimeout(self._timeout, self._reactor, onTimeoutCancel=_timed_out)
         try:
             return await answer
-        except CancelledError:
-            raise FetchFailed(f"no answer within {self._timeout:g} s") from None
         except FetchFailed:
             raise
         except DNSLookupError:
@@ -167,6 +165,11 @@ class _Discard(Protocol):
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         pass
+
+
+def _timed_out(result: object, timeout: float) -> Failure:
+    """What a fetch cut off by its timeout ends in, whatever the cancelled request said."""
+    return Failure(FetchFailed(f"no answer within {timeout:g} s"))
 
 
 def _why(error: Exception) -> str:

@@ -5,6 +5,7 @@ network is real."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from minting import trust as github_trust
 from prometheus_client import CollectorRegistry
 from support import free_port
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
@@ -163,8 +165,6 @@ async def test_unknown_kids_refetch_at_most_once_per_interval(issuer: Issuer) ->
 
 @pytest_twisted.ensureDeferred
 async def test_requests_arriving_together_share_one_fetch(issuer: Issuer) -> None:
-    from twisted.internet.defer import Deferred, gatherResults
-
     keys = Keys()
     trust = trust_of(issuer)
     answers = await gatherResults(
@@ -202,7 +202,7 @@ async def test_an_issuer_outage_keeps_the_keys_and_is_logged_once(issuer: Issuer
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_issuer_never_reached_is_unavailable(tmp_path: Path) -> None:
+async def test_an_issuer_never_reached_is_unavailable() -> None:
     keys = Keys()
     trust = github_trust(issuer=f"https://localhost:{free_port()}")
     with capturedLogs() as events, pytest.raises(IssuerUnavailable) as unavailable:
@@ -249,8 +249,6 @@ async def test_a_discovery_document_naming_another_issuer_is_refused(issuer: Iss
 
 @pytest_twisted.ensureDeferred
 async def test_a_jwks_file_is_read_and_reread_for_a_new_kid(tmp_path: Path) -> None:
-    import json
-
     path = tmp_path / "cluster-jwks.json"
     path.write_text(json.dumps(jwks(FIRST)))
     keys = Keys()

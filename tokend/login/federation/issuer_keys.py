@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -128,7 +128,7 @@ class _Entry:
     failing: bool = False
     waiters: list[Deferred[None]] | None = None
     jwks_uri: str = ""
-    failure: str = field(default="")
+    failure: str = ""
 
 
 class IssuerKeys:
