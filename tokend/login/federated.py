@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.logger import Logger
-
 from tokend.login.credentials import FederatedToken, UsernamePassword
 from tokend.login.federation.verify import FederatedRefused, audiences, read_unverified, verify
 from tokend.login.identity import (
@@ -78,7 +76,6 @@ class FederatedAccounts:
     credential_types: tuple[type, ...] = (UsernamePassword, FederatedToken)
     source = FEDERATED_SOURCE
     refusals_cost_a_bcrypt = False
-    log = Logger()
 
     def __init__(
         self,
