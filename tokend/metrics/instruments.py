@@ -20,7 +20,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
-GRANTS = ("anonymous", "password", "refresh_token")
+GRANTS = ("anonymous", "password", "refresh_token", "token_exchange")
 OUTCOMES = ("issued", "unauthorized", "bad_request", "throttled", "overloaded", "unavailable")
 THROTTLED_BY = ("account", "address")
 KEY_FETCHES = ("fetched", "failed")
