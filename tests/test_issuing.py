@@ -5,6 +5,7 @@ when the refresh_token grant was used."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,16 @@ async def test_an_authorization_program_error_issues_nothing(tmp_path: Path) -> 
     with pytest.raises(AuthorizationUnavailable) as raised:
         await issued(desk.issuing.issue(desk.login("bar"), "registry.test", asked))
     assert (raised.value.account, raised.value.retry_after) == ("bar", 5)
+
+
+def test_no_access_token_outlives_the_identity_it_was_issued_to(tmp_path: Path) -> None:
+    """A federated identity ends with its platform JWT: the access token ends no later, in
+    whole seconds; an identity that outlasts the configured lifetime gets that lifetime."""
+    desk = Desk(tmp_path)
+    bar = desk.login("bar")
+    for expires_at, lifetime in ((NOW + 45.7, 45), (NOW + 3600, 300), (None, 300)):
+        login = Login(replace(bar.identity, expires_at=expires_at), bar.policy)
+        issued = desk.issuing.issue(login, "registry.test", ASKED)
+        assert isinstance(issued, Issued)
+        assert issued.token.expires_in == lifetime
+        assert desk.claims(issued.token.token)["exp"] == NOW + lifetime

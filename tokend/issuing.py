@@ -5,6 +5,7 @@ refresh token when a login asked for one. No HTTP here: the realm parses the req
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -130,8 +131,20 @@ class Issuing:
     ) -> Issued:
         account = None if login is None else login.identity.account
         now = self._clock()
-        token = self._tokens.issue(account or "", service, granted, now)
+        ttl = None if login is None else _lifetime(login, now)
+        token = self._tokens.issue(account or "", service, granted, now, ttl)
         refresh_token = presented
         if refresh_token is None and offline and login is not None:
             refresh_token = self._logins.refresh_token_for(login, now)
         return Issued(token, granted, refresh_token)
+
+
+def _lifetime(login: Login, now: float) -> int | None:
+    """A cap on the access token's lifetime for ``login``, or None (the configured one): a
+    federated identity's token ends with its JWT (whole seconds, never after it), and within
+    its trust's ``token_ttl`` when the trust sets one."""
+    identity = login.identity
+    caps = []
+    if identity.expires_at is not None:
+        caps.append(math.floor(identity.expires_at) - int(now))
+    return min(caps, default=None)

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
-GRANTS = ("anonymous", "password", "refresh_token")
+GRANTS = ("anonymous", "password", "refresh_token", "token_exchange")
 OUTCOMES = ("issued", "unauthorized", "bad_request", "throttled", "overloaded", "unavailable")
 THROTTLED_BY = ("account", "address")
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

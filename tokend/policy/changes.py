@@ -1,5 +1,5 @@
-"""What a reload changed, for the log line that confirms it: users and groups added, removed or
-altered, and whether the anonymous rules moved. Compares two :class:`Policy` values."""
+"""What a reload changed, for the log line that confirms it: users, groups and trusts added,
+removed or altered, and whether the anonymous rules moved. Compares two :class:`Policy` values."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ class PolicyChange:
     groups_added: tuple[str, ...] = ()
     groups_removed: tuple[str, ...] = ()
     groups_changed: tuple[str, ...] = ()
+    trusts_added: tuple[str, ...] = ()
+    trusts_removed: tuple[str, ...] = ()
+    trusts_changed: tuple[str, ...] = ()
+    """Trusts whose entry in issuers.json changed."""
+    trusts_regrouped: tuple[str, ...] = ()
+    """Trusts whose entry is as it was but one of whose groups' rules changed."""
+    with_trusts: bool = False
+    """Whether either policy has trusts: without, issuers.json goes unmentioned."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -33,6 +41,10 @@ class PolicyChange:
             or self.groups_added
             or self.groups_removed
             or self.groups_changed
+            or self.trusts_added
+            or self.trusts_removed
+            or self.trusts_changed
+            or self.trusts_regrouped
         )
 
 
@@ -49,10 +61,11 @@ def _differences(
 
 
 def policy_change(old: Policy, new: Policy) -> PolicyChange:
-    """Users added, removed or altered (hash, rights or a group's rules), groups added, removed
-    or altered, and whether anonymous rules moved."""
+    """Users added, removed or altered (hash, rights or a group's rules), groups and trusts
+    added, removed or altered, and whether anonymous rules moved."""
     added, removed, edited = _differences(old.users, new.users)
     groups_added, groups_removed, groups_changed = _differences(old.groups, new.groups)
+    trusts_added, trusts_removed, trusts_changed = _differences(old.trusts, new.trusts)
     return PolicyChange(
         added=added,
         removed=removed,
@@ -72,4 +85,19 @@ def policy_change(old: Policy, new: Policy) -> PolicyChange:
         groups_added=groups_added,
         groups_removed=groups_removed,
         groups_changed=groups_changed,
+        trusts_added=trusts_added,
+        trusts_removed=trusts_removed,
+        trusts_changed=trusts_changed,
+        with_trusts=bool(old.trusts or new.trusts),
+        trusts_regrouped=tuple(
+            sorted(
+                name
+                for name in old.trusts.keys() & new.trusts.keys()
+                if name not in trusts_changed
+                and any(
+                    old.groups.get(group) != new.groups.get(group)
+                    for group in new.trusts[name].groups
+                )
+            )
+        ),
     )

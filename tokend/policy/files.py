@@ -12,11 +12,13 @@ import os
 import re
 import stat
 from _json import scanstring
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
+from types import MappingProxyType
+from typing import Any
 
 from tokend.policy.documents import (
     anonymous_from_document,
@@ -29,16 +31,20 @@ from tokend.policy.report import (
     hash_cost_warnings,
     unused_rule_warnings,
 )
+from tokend.policy.trusts import ISSUERS_FILE, trusts_from_document
 
 USERS_FILE = "users.json"
 REPOSITORIES_FILE = "repositories.json"
 GROUPS_FILE = "groups.json"
-POLICY_FILES = (USERS_FILE, REPOSITORIES_FILE, GROUPS_FILE)
-"""Every file a policy is read from; groups.json is optional."""
+POLICY_FILES = (USERS_FILE, REPOSITORIES_FILE, GROUPS_FILE, ISSUERS_FILE)
+"""Every file a policy is read from; groups.json and issuers.json are optional."""
 MAX_POLICY_FILE_BYTES = 64 * 1024 * 1024
 """Three times the largest policy measured (100,000 users with rules of their own: 20 MB, see
 bench/RESULTS.md), so no real policy meets it; it bounds what a wrong file (a log, a disk
 image) costs at every reload: a second or two of parsing and a few hundred MB, not minutes."""
+
+
+_NONE: Mapping[str, Any] = MappingProxyType({})
 
 
 class LoadStopped(Exception):
@@ -93,7 +99,15 @@ def _load_policy(config_dir: Path, stop: Event | None) -> LoadedPolicy:
     anonymous, warnings = anonymous_from_document(
         read_json(repositories_file, stop), str(repositories_file)
     )
-    policy = Policy(users, anonymous, groups) if groups is not None else Policy(users, anonymous)
+    issuers_file = config_dir / ISSUERS_FILE
+    trusts = (
+        trusts_from_document(
+            read_json(issuers_file, stop), str(issuers_file), config_dir, groups or {}, users
+        )
+        if _exists(issuers_file)
+        else None
+    )
+    policy = Policy(users, anonymous, groups or _NONE, trusts or _NONE)
     return LoadedPolicy(
         policy,
         tuple(warnings)

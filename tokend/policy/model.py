@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tokend.policy.networks import Address, WrittenRule
 from tokend.policy.rules import (
@@ -26,6 +26,9 @@ from tokend.policy.rules import (
     compile_pattern,
 )
 from tokend.scope import ResourceScope
+
+if TYPE_CHECKING:
+    from tokend.policy.trusts import Trust
 
 ACTIONS = ("pull", "push", "delete")
 """Repository actions a user may hold, in the order tokens list them; ``*`` in a rule means all."""
@@ -228,11 +231,16 @@ class Policy:
     users: Mapping[str, UserPolicy] = field(default_factory=lambda: MappingProxyType({}))
     anonymous: AnonymousPolicy = AnonymousPolicy()
     groups: Mapping[str, GroupPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    trusts: Mapping[str, Trust] = field(default_factory=lambda: MappingProxyType({}))
+    """issuers.json: the platforms whose tokens log in, by name."""
     folded_users: frozenset[str] = field(init=False, default=frozenset(), compare=False)
     """users.json names, casefolded: a directory login spelled in another case of one of them
     is not the directory's to answer."""
     hash_costs: tuple[tuple[int, int], ...] = field(init=False, default=(), compare=False)
     """(bcrypt cost, users with it), commonest first; counted once when the policy is built."""
+    _by_issuer: dict[tuple[str, str], Trust] = field(
+        init=False, default_factory=dict, compare=False, repr=False
+    )
     _dummy_key: bytes = field(init=False, default=b"", compare=False, repr=False)
     _members: dict[tuple[str, str, object], UserPolicy] = field(
         init=False, default_factory=dict, compare=False, repr=False
@@ -245,6 +253,7 @@ class Policy:
         """Everything policy-wide a login needs is computed here, off the reactor (policies are
         built in the reload thread), so a login costs the same with 10 users or 100,000."""
         object.__setattr__(self, "folded_users", frozenset(n.casefold() for n in self.users))
+        self._by_issuer.update(((t.issuer, t.audience), t) for t in self.trusts.values())
         written = Counter(user.pass_hash[4:6] for user in self.users.values())
         counts = Counter({int(cost): n for cost, n in written.items()})
         ordered = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
@@ -345,7 +354,28 @@ class Policy:
             return self.directory_member(who.account, who.directory_groups)
         if who.rights_from == PROGRAM_LABELS:
             return self.program_member(who.account, who.labels)
+        if who.rights_from == FEDERATED:
+            trust = self.trusts.get(who.trust)
+            if trust is None:
+                return None  # gone from issuers.json since the login
+            key = (FEDERATED, who.account, (who.trust, who.claim_values))
+            known = self._members.get(key)
+            if known is None:
+                known = trust.member(self.groups, who.account, who.claim_values)
+            return self._remember(key, known)
         return self.users.get(who.account)
+
+    def trust_for(self, iss: str, aud: str | Sequence[str]) -> Trust | None:
+        """The trust for a token's ``iss`` and ``aud`` (a string or a list); None when none
+        is, or when the audiences it lists lead to two trusts (which one it was meant for
+        cannot be told)."""
+        audiences = (aud,) if isinstance(aud, str) else aud
+        found = {
+            trust.name: trust
+            for trust in (self._by_issuer.get((iss, a)) for a in audiences if isinstance(a, str))
+            if trust is not None
+        }
+        return next(iter(found.values())) if len(found) == 1 else None
 
     def directory_member(self, account: str, directory_groups: frozenset[str]) -> UserPolicy:
         """The rights of a directory account: the rules of every group whose ``ldap_groups``
@@ -394,6 +424,9 @@ class Policy:
             tuple(sources),
             bool(names) and may_list_catalog(None, catalogs),
         )
+        return self._remember(key, member)
+
+    def _remember(self, key: tuple[str, str, object], member: UserPolicy) -> UserPolicy:
         if len(self._members) >= _MEMBERS_REMEMBERED:
             self._members.clear()
         self._members[key] = member

@@ -31,6 +31,7 @@ from tokend.policy.files import (
 )
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
+from tokend.policy.trusts import ISSUERS_FILE
 from tokend.threads import ThreadRunner
 
 MAX_LOAD_ATTEMPTS = 5
@@ -167,20 +168,33 @@ class PolicyReloader(Service):
             groups_added=list(change.groups_added),
             groups_removed=list(change.groups_removed),
             groups_changed=list(change.groups_changed),
+            trusts_added=list(change.trusts_added),
+            trusts_removed=list(change.trusts_removed),
+            trusts_changed=list(change.trusts_changed),
+            trusts_regrouped=list(change.trusts_regrouped),
             anonymous="changed" if change.anonymous_changed else "unchanged",
         )
 
 
 def changed_files(change: PolicyChange) -> dict[str, str]:
-    """Each policy file, and what changed in it ("" when nothing did)."""
+    """Each policy file, and what changed in it ("" when nothing did); issuers.json only when
+    there are trusts, before or after."""
 
     def names(**lists: tuple[str, ...]) -> str:
         return ", ".join(f"{what} {list(listed)}" for what, listed in lists.items() if listed)
 
-    return {
+    files = {
         USERS_FILE: names(added=change.added, removed=change.removed, changed=change.edited),
         GROUPS_FILE: names(
             added=change.groups_added, removed=change.groups_removed, changed=change.groups_changed
         ),
         REPOSITORIES_FILE: "anonymous rules changed" if change.anonymous_changed else "",
     }
+    if change.with_trusts:
+        files[ISSUERS_FILE] = names(
+            added=change.trusts_added,
+            removed=change.trusts_removed,
+            changed=change.trusts_changed,
+            **{"trusts whose groups changed": change.trusts_regrouped},
+        )
+    return files

@@ -63,9 +63,17 @@ class TokenIssuer:
         self._issued_at: tuple[int, str] = (-1, "")
 
     def issue(
-        self, account: str, audience: str, granted: Sequence[ResourceScope], now: float
+        self,
+        account: str,
+        audience: str,
+        granted: Sequence[ResourceScope],
+        now: float,
+        ttl: int | None = None,
     ) -> IssuedToken:
+        """``ttl``: a shorter lifetime than the configured one (a federated login's trust asks
+        for less, or its JWT ends sooner); never a longer one."""
         issued = int(now)
+        ttl = self.ttl if ttl is None else max(0, min(ttl, self.ttl))
         second, issued_at = self._issued_at
         if second != issued:
             issued_at = rfc3339(issued)
@@ -75,10 +83,10 @@ class TokenIssuer:
             "iss": self.issuer,
             "sub": account,
             "aud": audience,
-            "exp": issued + self.ttl,
+            "exp": issued + ttl,
             "nbf": past,
             "iat": past,
             "jti": self._new_jti(),
             "access": access_claim(granted),
         }
-        return IssuedToken(self._signer.sign(claims), self.ttl, issued_at)
+        return IssuedToken(self._signer.sign(claims), ttl, issued_at)

@@ -6,7 +6,9 @@ import binascii
 from base64 import b64decode
 from dataclasses import dataclass
 
-MAX_AUTHORIZATION_BYTES = 4096
+MAX_AUTHORIZATION_BYTES = 16384
+"""Room for a platform JWT as the password (a trust's name and its token): Twisted bounds all
+headers together to as much."""
 
 
 class MalformedCredentials(ValueError):

@@ -23,8 +23,9 @@ quickly."""
 class RequestError(Exception):
     """Answered with ``status`` and the registry error body; ``oauth`` picks RFC 6749's.
 
-    ``outcome`` names the refusal in the log; ``account`` is logged when known, and ``token``
-    (a refresh token's fingerprint, never the token) when one was refused.
+    ``outcome`` names the refusal in the log; ``account`` is logged when known, ``token`` (a
+    refresh token's fingerprint, never the token) when one was refused, and ``trust`` and
+    ``jwt`` (the trust's name and the platform JWT's fingerprint) for a federated login.
     """
 
     status = 400
@@ -39,12 +40,16 @@ class RequestError(Exception):
         account: str | None = None,
         retry_after: int | None = None,
         token: str | None = None,
+        trust: str | None = None,
+        jwt: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.account = account
         self.retry_after = retry_after
         self.token = token
+        self.trust = trust
+        self.jwt = jwt
 
 
 class AuthenticationFailed(RequestError):
@@ -71,6 +76,11 @@ class InvalidGrant(RequestError):
     """RFC 6749 §5.2: the refresh token is invalid, expired or revoked."""
 
     oauth_error = "invalid_grant"
+
+
+class InvalidSubjectToken(RequestError):
+    """RFC 8693 §2.2.2: a subject token that is invalid or unacceptable by policy is answered
+    ``invalid_request`` (400); counted as a failed login, like a refused refresh token."""
 
 
 class TooManyRequests(RequestError):
@@ -102,8 +112,9 @@ class ServiceUnavailable(RequestError):
     outcome = "unavailable"
 
 
-def http_error(error: LoginError, *, refresh: bool) -> RequestError:
-    """The HTTP answer to a login that ended without an identity."""
+def http_error(error: LoginError, *, grant: str) -> RequestError:
+    """The HTTP answer to a login that ended without an identity, asked by ``grant``
+    (:attr:`tokend.web.requests.TokenRequest.grant`)."""
     if isinstance(error, LoginThrottled):
         return TooManyRequests(error.message, account=error.account, retry_after=error.retry_after)
     if isinstance(error, ShareExceeded):  # the client's own doing: a 429 pages nobody
@@ -119,8 +130,10 @@ def http_error(error: LoginError, *, refresh: bool) -> RequestError:
             error.message, account=error.account, retry_after=error.retry_after
         )
     token = error.token if isinstance(error, LoginRefused) else None
-    if refresh:
+    if grant == "refresh_token":
         return InvalidGrant(error.message, account=error.account, token=token)
+    if grant == "token_exchange":
+        return InvalidSubjectToken(error.message, account=error.account, token=token)
     return AuthenticationFailed(error.message, account=error.account, token=token)
 
 

@@ -23,8 +23,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from tokend.client_address import TrustedProxies
 from tokend.issuing import Issued, Issuing
-from tokend.login.credentials import RefreshToken, UsernamePassword
-from tokend.login.identity import Login, LoginError, LoginThrottled
+from tokend.login.credentials import FederatedToken, RefreshToken, UsernamePassword
+from tokend.login.identity import FEDERATED_SOURCE, Login, LoginError, LoginThrottled
 from tokend.login.logins import Logins
 from tokend.login.refresh_tokens import fingerprint
 from tokend.logs.escaping import printable
@@ -37,6 +37,7 @@ from tokend.signing.tokens import IssuedToken
 from tokend.web.errors import (
     AuthenticationFailed,
     InvalidGrant,
+    InvalidSubjectToken,
     MethodNotAllowed,
     NotFound,
     RequestError,
@@ -46,7 +47,13 @@ from tokend.web.errors import (
     http_error,
 )
 from tokend.web.health import KeyFiles, StrictError, status_word, strict_asked
-from tokend.web.requests import RequestState, TokenRequest, read_get, read_post
+from tokend.web.requests import (
+    ACCESS_TOKEN_TYPE,
+    RequestState,
+    TokenRequest,
+    read_get,
+    read_post,
+)
 
 REASONS = {429: b"Too Many Requests"}
 """Status lines Twisted's table lacks (it would write "Unknown Status")."""
@@ -203,14 +210,18 @@ class TokenAPI:
             request.setHeader(b"Allow", b"GET, HEAD, POST")
             raise MethodNotAllowed("the token endpoint answers GET and POST")
         client = self._client_address(request, state)
-        if asked.credentials is None and asked.refresh_token is None:
+        if asked.grant == "anonymous":
             return self._issue(request, started, asked, client, None)
-        refresh = asked.refresh_token is not None
+        grant = asked.grant
         try:
             if asked.refresh_token is not None:
                 if not self._logins.accepts(RefreshToken):
                     raise UnsupportedGrant("this realm issues no refresh tokens; use password")
                 login = self._logins.login(RefreshToken(asked.refresh_token), client)
+            elif asked.subject_token is not None:
+                if not self._logins.accepts(FederatedToken):
+                    raise UnsupportedGrant("this realm trusts no token issuers; use password")
+                login = self._logins.login(FederatedToken(asked.subject_token), client)
             else:
                 assert asked.credentials is not None
                 credentials = asked.credentials
@@ -220,7 +231,7 @@ class TokenAPI:
         except LoginError as e:
             if isinstance(e, LoginThrottled):
                 self._metrics.throttled(e.by)
-            raise http_error(e, refresh=refresh) from None
+            raise http_error(e, grant=grant) from None
         if isinstance(login, Login):
             return self._issue(request, started, asked, client, login)
 
@@ -229,7 +240,7 @@ class TokenAPI:
             if isinstance(error, LoginThrottled):
                 self._metrics.throttled(error.by)  # refused after asking Redis first
             if isinstance(error, LoginError):
-                return Failure(http_error(error, refresh=refresh))
+                return Failure(http_error(error, grant=grant))
             return failure
 
         return login.addCallbacks(
@@ -289,6 +300,12 @@ class TokenAPI:
         )
         if refresh_token is not None:
             text += "; refresh token {refresh_token}"
+        trust = jwt = None
+        if login is not None and login.identity.source == FEDERATED_SOURCE:
+            trust, jwt = login.identity.trust, fingerprint(_presented_jwt(asked))
+            text += "; trust '{trust}', JWT {jwt}"
+            if asked.offline:
+                text += "; no refresh token: a federated client asks its platform for a new JWT"
         self.log.info(
             text,
             flow=asked.flow,
@@ -299,11 +316,13 @@ class TokenAPI:
             asked=[str(s) for s in asked.scopes],
             granted=[str(s) for s in granted if s.actions],
             refresh_token=fingerprint(refresh_token) if refresh_token is not None else None,
+            trust=trust,
+            jwt=jwt,
             outcome="issued",
         )
         request.setHeader(b"Cache-Control", b"no-store")
         self._metrics.answered(asked.grant, "issued", started)
-        return _json(request, 200, _token_body(asked.flow, issued.token, granted, refresh_token))
+        return _json(request, 200, _token_body(asked, issued.token, granted, refresh_token))
 
     @app.handle_errors(werkzeug.exceptions.HTTPException)
     def routing_error(self, request: Request, failure: Failure) -> bytes:
@@ -335,9 +354,13 @@ class TokenAPI:
         )
         if error.token is not None:
             text += "; refresh token {refresh_token}"
+        if error.jwt is not None:
+            text += "; trust '{trust}', JWT {jwt}"
         self.log.info(
             text,
             refresh_token=error.token,
+            trust=None if error.trust is None else printable(error.trust),
+            jwt=error.jwt,
             method=printable(request.method.decode("latin-1")),
             path=printable(request.path.decode("utf-8", "replace")[:200]),
             client=self._client_address(request, state),
@@ -367,16 +390,29 @@ def _asked_grant(request: Request, state: RequestState) -> str:
 
 
 def _metric_outcome(error: RequestError) -> str:
-    """A refusal's ``outcome`` label: a refused refresh token is a failed login too."""
+    """A refusal's ``outcome`` label: a refused refresh token or subject token is a failed
+    login too."""
     if error.outcome in ("throttled", "overloaded", "unavailable"):
         return error.outcome
-    if isinstance(error, AuthenticationFailed | InvalidGrant):
+    if isinstance(error, AuthenticationFailed | InvalidGrant | InvalidSubjectToken):
         return "unauthorized"
     return "bad_request"
 
 
+def _presented_jwt(asked: TokenRequest) -> str:
+    """The platform JWT a federated login came with: the token-exchange grant's subject token,
+    or the password sent with the trust's name."""
+    if asked.subject_token is not None:
+        return asked.subject_token
+    assert asked.credentials is not None
+    return asked.credentials.password.decode("utf-8", "replace")
+
+
 def _token_body(
-    flow: str, issued: IssuedToken, granted: Sequence[ResourceScope], refresh_token: str | None
+    asked: TokenRequest,
+    issued: IssuedToken,
+    granted: Sequence[ResourceScope],
+    refresh_token: str | None,
 ) -> object:
     body: dict[str, object] = {
         "access_token": issued.token,
@@ -385,11 +421,13 @@ def _token_body(
     }
     if refresh_token is not None:
         body["refresh_token"] = refresh_token
-    if flow == "GET":
+    if asked.flow == "GET":
         body["token"] = issued.token
     else:
         body["token_type"] = "Bearer"  # noqa: S105 - the OAuth2 token type, not a secret
         body["scope"] = " ".join(str(s) for s in granted if s.actions)
+    if asked.subject_token is not None:
+        body["issued_token_type"] = ACCESS_TOKEN_TYPE
     return body
 
 

@@ -24,8 +24,24 @@ from tokend.web.errors import AuthenticationFailed, RequestError, UnsupportedGra
 MAX_QUERY_BYTES = 8192
 MAX_VALUE_CHARS = 1024
 MAX_BODY_BYTES = 16384
-CREDENTIAL_FIELDS = (b"username", b"password", b"refresh_token")
+CREDENTIAL_FIELDS = (b"username", b"password", b"refresh_token", b"subject_token")
 """Never read from a POST's query string: URLs end up in proxies' access logs."""
+LONG_FIELDS = {
+    "refresh_token": MAX_TOKEN_CHARS,
+    "password": MAX_BODY_BYTES,
+    "subject_token": MAX_BODY_BYTES,
+}
+"""Values longer than :data:`MAX_VALUE_CHARS`: a refresh token, and a platform's JWT (the
+token-exchange grant's ``subject_token``, or the password of containerd's password grant
+with a trust's name), bounded only by the form."""
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a grant name
+"""RFC 8693's grant: a CI job's or a pod's platform JWT exchanged for an access token."""
+SUBJECT_TOKEN_TYPES = (
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+)
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a type name
+"""The ``issued_token_type`` of a token-exchange answer."""
 
 
 @dataclass(slots=True)
@@ -58,11 +74,16 @@ class TokenRequest:
     """A refresh token is asked for too (``offline_token=true``, ``access_type=offline``)."""
     refresh_token: str | None = None
     """The refresh_token grant: who is asking is this token's account."""
+    subject_token: str | None = None
+    """The token-exchange grant: a platform's JWT, the trust chosen by its ``iss`` and
+    ``aud``."""
 
     @property
     def grant(self) -> str:
         if self.refresh_token is not None:
             return "refresh_token"
+        if self.subject_token is not None:
+            return "token_exchange"
         return "anonymous" if self.credentials is None else "password"
 
 
@@ -104,7 +125,10 @@ def read_post(request: Request, state: RequestState, services: tuple[str, ...]) 
     grant_type = _single(args, "grant_type")
     if grant_type == "refresh_token":
         state.grant = grant_type
+    elif grant_type == TOKEN_EXCHANGE:
+        state.grant = "token_exchange"
     client_id = _single(args, "client_id")
+    subject_token = None
     if grant_type == "password":
         username = _single(args, "username")
         password = _single(args, "password")
@@ -117,11 +141,15 @@ def read_post(request: Request, state: RequestState, services: tuple[str, ...]) 
         if not refresh_token:
             raise RequestError("the refresh_token grant needs refresh_token")
         credentials = None
+    elif grant_type == TOKEN_EXCHANGE:
+        subject_token = _subject_token(args)
+        credentials = refresh_token = None
     else:
         raise UnsupportedGrant(
-            f"grant_type {grant_type!r} is not supported; use password or refresh_token"
+            f"grant_type {grant_type!r} is not supported; use password, refresh_token or "
+            f"{TOKEN_EXCHANGE}"
         )
-    if not client_id:
+    if not client_id and subject_token is None:  # RFC 8693 makes the client optional
         raise RequestError("client_id is required")
     return TokenRequest(
         flow="POST",
@@ -133,7 +161,26 @@ def read_post(request: Request, state: RequestState, services: tuple[str, ...]) 
         client_id=client_id,
         offline=_single(args, "access_type") == "offline",
         refresh_token=refresh_token,
+        subject_token=subject_token,
     )
+
+
+def _subject_token(args: dict[str, list[str]]) -> str:
+    """The JWT of a token-exchange grant: of a type this realm reads, with no actor (this
+    realm issues no delegated tokens)."""
+    token = _single(args, "subject_token")
+    kind = _single(args, "subject_token_type")
+    if not token or kind is None:
+        raise RequestError("the token-exchange grant needs subject_token and subject_token_type")
+    if kind not in SUBJECT_TOKEN_TYPES:
+        accepted = " or ".join(SUBJECT_TOKEN_TYPES)
+        raise RequestError(f"subject_token_type {kind[:80]!r} is not accepted; use {accepted}")
+    if "actor_token" in args:
+        raise RequestError("actor_token is not accepted: this realm issues no delegated tokens")
+    requested = _single(args, "requested_token_type")
+    if requested is not None and requested != ACCESS_TOKEN_TYPE:
+        raise RequestError(f"requested_token_type must be {ACCESS_TOKEN_TYPE} when given")
+    return token
 
 
 def _service(services: tuple[str, ...], service: str | None) -> str:
@@ -155,7 +202,7 @@ def _decoded_args(raw: dict[bytes, list[bytes]] | None) -> dict[str, list[str]]:
             decoded = [value.decode("utf-8") for value in values]
         except UnicodeDecodeError:
             raise RequestError("parameters must be UTF-8") from None
-        limit = MAX_TOKEN_CHARS if name == "refresh_token" else MAX_VALUE_CHARS
+        limit = LONG_FIELDS.get(name, MAX_VALUE_CHARS)
         if any(len(value) > limit for value in decoded):
             raise RequestError(f"parameter {name[:40]!r} longer than {limit}")
         args[name] = decoded
