@@ -17,8 +17,10 @@ throttle, not against 127.0.0.1, whose failures the rest of the session shares.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,6 +159,27 @@ def direct(
     except ValueError:
         body = raw.decode(errors="replace")
     return response.status, answer_headers, body
+
+
+def raw_post(stack: Stack, body: bytes) -> tuple[int, bytes]:
+    """A form POST on tokend's socket written whole at once: tokend may answer and close
+    before a large body is all sent, and its answer is still read."""
+    head = (
+        "POST /v2/token HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        f"X-Real-IP: {ATTACKER}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(30)
+        client.connect(str(stack.tokend_socket))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            client.sendall(head.encode() + body)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(65536):
+                answer += chunk
+    status = answer.split(b" ", 2)[1] if answer.startswith(b"HTTP/1.1 ") else b"0"
+    return int(status), answer
 
 
 def basic_login(stack: Stack, trust: str, jwt: str, scope: str) -> tuple[int, Any]:
@@ -301,9 +324,9 @@ def test_forged_and_misdirected_tokens_are_refused_and_grant_nothing(
         assert "access_token" not in body, what
 
     huge = github.mint({**good, "padding": "x" * 1_000_000})
-    status, _, body = direct(stack, "/v2/token", form=exchange_form(huge, scope))
-    assert status in (400, 401, 413), status
-    assert "access_token" not in str(body)
+    status, answer = raw_post(stack, urlencode(exchange_form(huge, scope)).encode())
+    assert status in (400, 401, 413), answer
+    assert b"access_token" not in answer
 
     for repository in ("acme/*", "acme/../app", "ACME/App"):
         jwt = github.github(AUDIENCE, repository=repository)
