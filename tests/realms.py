@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tokend.client_address import TrustedProxies
     from tokend.issuing import Issuing
     from tokend.login.credential_cache import CredentialCache
+    from tokend.login.federated import IssuersKeys
     from tokend.login.in_flight import InFlight
     from tokend.login.ldap.client import Directory
     from tokend.login.logins import AccountDirectory, Logins
@@ -111,17 +112,20 @@ def realm_api(
     refresh_tokens: RefreshTokens | None = None,
     directory: AccountDirectory | None = None,
     metrics: RequestMetrics | None = None,
+    issuer_keys: IssuersKeys | None = None,
 ) -> RealmParts:
     """The one realm fixture: a TokenAPI over ``policy`` (a config directory, loaded now, or a
     ready holder), signing with ``key`` (loaded, or its key and certificate paths) for 300 s.
 
     Defaults: a ``task.Clock`` at 0, bcrypt run inline (``workers``), no throttle, cache,
-    per-address share, directory, refresh tokens or metrics, as in ``logins_for``.
+    per-address share, directory, refresh tokens or metrics, as in ``logins_for``; with
+    ``issuer_keys``, the policy's issuers.json trusts log in with their platforms' JWTs.
     """
     from twisted.internet.task import Clock
 
     from tokend.issuing import Issuing
     from tokend.login.assembly import logins_for
+    from tokend.login.federated import FederatedAccounts
     from tokend.login.passwords import PasswordChecker
     from tokend.metrics.instruments import NO_METRICS
     from tokend.policy.files import load_policy
@@ -137,6 +141,10 @@ def realm_api(
         policy = PolicyHolder(load_policy(policy).policy, clock.seconds())
     if isinstance(key, tuple):
         key = load_signing_key(*key)
+    holder = policy
+    federation = None
+    if issuer_keys is not None:
+        federation = FederatedAccounts(issuer_keys, lambda: holder.current, clock.seconds)
     logins = logins_for(
         policy=policy,
         passwords=PasswordChecker(InlineRunner() if workers is None else workers),
@@ -146,6 +154,7 @@ def realm_api(
         in_flight=in_flight,
         directory=directory,
         refresh_tokens=refresh_tokens,
+        federation=federation,
         metrics=metrics,
     )
     tokens = TokenIssuer(key, issuer, 300)
@@ -181,9 +190,10 @@ class Realm:
     pair, and the ways a test calls it.
 
     By default: a ``task.Clock`` at NOW, bcrypt inline and counted (``bcrypt_runs``), one
-    service, no throttle, cache, proxies, in-flight limit, refresh tokens or directory; each is a
-    keyword. A ``directory`` client's accounts read the realm's policy and ``cache`` (then
-    required) and ask clients to come back in 2 s when it cannot answer.
+    service, no throttle, cache, proxies, in-flight limit, refresh tokens, directory or issuer
+    keys (federated logins); each is a keyword. A ``directory`` client's accounts read the
+    realm's policy and ``cache`` (then required) and ask clients to come back in 2 s when it
+    cannot answer.
     """
 
     def __init__(
@@ -202,6 +212,7 @@ class Realm:
         in_flight: InFlight | None = None,
         refresh_ttl: int | None = None,
         directory: Directory | None = None,
+        issuer_keys: IssuersKeys | None = None,
     ) -> None:
         from treq.testing import StubTreq
         from twisted.internet.task import Clock
@@ -253,6 +264,7 @@ class Realm:
             in_flight=in_flight,
             refresh_tokens=self.refresh_tokens,
             directory=accounts,
+            issuer_keys=issuer_keys,
         )
         self.api = self.parts.api
         self.http = StubTreq(self.api.resource())

@@ -147,4 +147,7 @@ def _lifetime(login: Login, now: float) -> int | None:
     caps = []
     if identity.expires_at is not None:
         caps.append(math.floor(identity.expires_at) - int(now))
+    trust = login.policy.trusts.get(identity.trust) if identity.trust else None
+    if trust is not None and trust.token_ttl is not None:
+        caps.append(trust.token_ttl)
     return min(caps, default=None)

@@ -15,6 +15,7 @@ from tokend.policy.claims import claim_path
 from tokend.policy.documents import groups_from_document, users_from_document
 from tokend.policy.files import load_policy
 from tokend.policy.model import FEDERATED, Policy, PolicyError
+from tokend.policy.report import trust_summaries
 from tokend.policy.trusts import Trust, trusts_from_document
 from tokend.scope import parse_scope
 
@@ -576,3 +577,18 @@ def test_issuers_json_is_optional_and_loads_with_the_other_files(tmp_path: Path)
         1,
         32,
     )
+
+
+def test_the_start_up_log_says_what_each_trust_takes_and_gives(tmp_path: Path) -> None:
+    (tmp_path / "jwks.json").write_text("{}")
+    policy = load(
+        {"gh": github_trust(), "k8s": kubernetes_trust(jwks_file="jwks.json")}, config_dir=tmp_path
+    )
+    assert trust_summaries(policy) == [
+        f"trust gh: iss {GITHUB}, aud {REGISTRY}, keys from "
+        f"{GITHUB}/.well-known/openid-configuration; 2 conditions; account "
+        "github:${claim.repository}; group ci, 1 rules of its own",
+        f"trust k8s: iss {CLUSTER}, aud {REGISTRY}, keys from {tmp_path / 'jwks.json'}; "
+        "1 conditions; account k8s:${claim[kubernetes.io].namespace}:"
+        "${claim[kubernetes.io].serviceaccount.name}; group ci, 1 rules of its own",
+    ]

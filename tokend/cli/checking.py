@@ -1,6 +1,6 @@
 """``tokend check-config``: the config directory validated the way the daemon would, rules that
-never apply or overlap reported, and (with the daemon's ``--ldap-*`` options) the directory
-checked."""
+never apply or overlap reported, each trust's issuer keys fetched and described, and (with the
+daemon's ``--ldap-*`` options) the directory checked."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from tokend.cli.common import CommandError, UsageError
 from tokend.cli.daemon_options import add_config_dir, add_option
 from tokend.cli.directory_options import add_directory_options, ask_directory, directory_config
 from tokend.cli.keys import EXPIRY_WARNING_DAYS, key_summary, keys_dir_summary
+from tokend.cli.trust_keys import on_reactor, trust_lines
 from tokend.client_address import parse_networks
 from tokend.policy.examples import example_accounts, example_accounts_error
 from tokend.policy.files import load_policy
-from tokend.policy.model import EVERY_DIRECTORY_ACCOUNT, PolicyError
+from tokend.policy.model import EVERY_DIRECTORY_ACCOUNT, Policy, PolicyError
 from tokend.policy.report import overlap_notes
 from tokend.proxy_exposure import proxy_exposure
 from tokend.settings.options import DAEMON
@@ -67,14 +68,18 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
             time.time(),
         )
     stdout.writelines(line + "\n" for line in key_lines)
+    trusts: list[str] = []
     if directory is not None:
         taken = policy.directory_groups
         named = sorted({dn for dns in taken.values() for dn in dns} - {EVERY_DIRECTORY_ACCOUNT})
 
-        async def check_and_find(d: Directory) -> tuple[DirectoryReport, list[str]]:
-            return await d.check(), await d.missing(named)
+        async def check_and_find(d: Directory) -> tuple[DirectoryReport, list[str], list[str]]:
+            # One reactor run per process: the trusts' keys are fetched in the same one.
+            report = await d.check()
+            missing = await d.missing(named)
+            return report, missing, await _trust_lines(policy)
 
-        report, missing = ask_directory(directory, check_and_find)
+        report, missing, trusts = ask_directory(directory, check_and_find)
         for line in report.lines(args.max_failures_per_account, args.failure_window):
             stdout.write(line + "\n")
         stdout.write(_directory_groups_taken(taken))
@@ -84,6 +89,17 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
                 f"warning: directory: ldap_groups {dn} (group {users}) is no entry the service "
                 "account can read: no account will match it\n"
             )
+    elif policy.trusts:
+        trusts = on_reactor(lambda reactor: trust_lines(policy, reactor))
+    stdout.writelines(line + "\n" for line in trusts)
+
+
+async def _trust_lines(policy: Policy) -> list[str]:
+    if not policy.trusts:
+        return []
+    from twisted.internet import reactor
+
+    return await trust_lines(policy, reactor)
 
 
 def _proxy_exposure(args: argparse.Namespace) -> str | None:
@@ -120,7 +136,9 @@ def _directory_dns(dns: frozenset[str]) -> str:
 
 def register(commands: Any) -> None:
     checking = commands.add_parser(
-        "check-config", help="validate the policy files; report unused and overlapping rules"
+        "check-config",
+        help="validate the policy files; report unused and overlapping rules; fetch each "
+        "trust's issuer keys",
     )
     add_config_dir(checking)
     add_option(

@@ -1,5 +1,6 @@
 """``tokend explain``: what a token would hold for each scope, and the rule that decides it (for
-a directory account too, and for a client at one address with ``--from``)."""
+a directory account too, a platform's token under a trust with ``--trust``, and for a client at
+one address with ``--from``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tokend.cli.directory_options import (
     directory_config,
     normalised_dn,
 )
+from tokend.cli.trust_explaining import identity_tokens, trust_identity
 from tokend.client_address import IPAddress, client_ip
 from tokend.login.identity import UnfitName, directory_spelling
 from tokend.policy.files import load_policy
@@ -35,6 +37,11 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         policy = load_policy(Path(args.config_dir)).policy
     except PolicyError as e:
         raise CommandError(str(e)) from None
+    if args.trust is not None:
+        _explain_trust(args, policy, stdout)
+        return
+    if args.claims is not None:
+        raise UsageError("--claims FILE goes with --trust NAME")
     account: str | None = None if args.anonymous else args.user
     texts = args.scopes
     if args.anonymous and args.user is not None:
@@ -108,6 +115,32 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         stdout.write(_identity_tokens(account, policy.users[account].tokens_valid_after))
     else:
         stdout.write(_directory_identity_tokens(account))
+
+
+def _explain_trust(args: argparse.Namespace, policy: Policy, stdout: TextIO) -> None:
+    """``--trust NAME --claims FILE``: every argument is a scope."""
+    if args.claims is None:
+        raise UsageError("--trust needs --claims FILE (a JSON object: a token's claims)")
+    if args.anonymous or args.ldap_group:
+        raise UsageError("--trust explains a platform's token; drop --anonymous and --ldap-group")
+    try:
+        scopes = parse_scopes([*([args.user] if args.user is not None else []), *args.scopes])
+    except ScopeError as e:
+        raise CommandError(str(e)) from None
+    who, member = trust_identity(policy, args.trust, args.claims, stdout)
+    address: IPAddress | None = args.address
+    if address is not None:
+        stdout.write(f"client address: {address}\n")
+    for scope in scopes:
+        granted = policy.grant(who.account, scope, member, address)
+        decision = policy.decide(who.account, scope.type, scope.name, member, address)
+        stdout.write(
+            f"{scope}  ->  {who.account!r} gets {','.join(granted) or 'nothing'} "
+            f"(holds {_held(decision)})\n"
+        )
+        for line in _reasons(decision, address):
+            stdout.write(f"    {line}\n")
+    stdout.write(identity_tokens(policy.trusts[args.trust]))
 
 
 def _directory_groups(
@@ -244,6 +277,17 @@ def register(commands: Any) -> None:
         metavar="ADDRESS",
         help='explain for a client at this IP address (rules with "from" hold only from '
         "their networks); without it, no such rule applies",
+    )
+    explaining.add_argument(
+        "--trust",
+        metavar="NAME",
+        help="explain a platform's token (CI job, pod) under this trust of issuers.json; every "
+        "argument is then a scope",
+    )
+    explaining.add_argument(
+        "--claims",
+        metavar="FILE",
+        help="with --trust: a JSON file holding the token's claims (its decoded payload)",
     )
     explaining.add_argument(
         "--ldap-group",

@@ -23,6 +23,7 @@ from tokend.login.ldap.client import Directory
 from tokend.logs.namespaces import NamedLogger
 from tokend.policy.examples import example_accounts
 from tokend.policy.holder import PolicyHolder
+from tokend.policy.report import trust_summaries
 from tokend.proxy_exposure import proxy_exposure
 from tokend.signing.holder import KeySource
 from tokend.web.transport import ConnectionLimits, limit_connections
@@ -239,6 +240,12 @@ class Announcer(Service):
             anonymous_names=len(policy.anonymous.repositories),
             anonymous_catalog="on" if policy.anonymous.catalog else "off",
         )
+        if policy.trusts:
+            self.log.info(
+                "issuers.json: {count} trusts: {trusts}",
+                count=len(policy.trusts),
+                trusts=trust_summaries(policy),
+            )
         directory = settings.directory.config
         if directory is not None:
             self.log.info(

@@ -27,6 +27,8 @@ from tokend.file_watch import WatchService
 from tokend.issuing import Issuing
 from tokend.login.assembly import logins_for
 from tokend.login.credential_cache import CredentialCache
+from tokend.login.federated import FederatedAccounts
+from tokend.login.federation.issuer_keys import IssuerKeys
 from tokend.login.in_flight import InFlight
 from tokend.login.ldap.accounts import DirectoryAccounts
 from tokend.login.ldap.client import Directory
@@ -55,6 +57,7 @@ from tokend.signing.reload import ExpiryWarnings, KeyReloader, key_watch_plan
 from tokend.signing.tokens import TokenIssuer
 from tokend.threads import BoundedThreadQueue, QueueService, ThreadPoolService
 from tokend.web.health import PolicyHealth
+from tokend.web.issuer_fetch import AgentFetch
 from tokend.web.realm import TokenAPI
 from tokend.web.transport import ConnectionLimits, limit_connections
 
@@ -172,6 +175,10 @@ def serving_tree(
     if programs.authorization is not None:
         runner = ProgramRunner(programs.authorization, reactor, slots)
         authorization = AuthorizationProgram(runner, decides=programs.authorization_decides)
+    # Every trust's issuer's keys, shared by the logins of this process; a trust added to
+    # issuers.json later is served without a restart.
+    issuer_keys = IssuerKeys(reactor, AgentFetch(reactor), reactor.seconds, metrics=metrics)
+    federation = FederatedAccounts(issuer_keys, lambda: holder.current, reactor.seconds)
     logins = logins_for(
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
@@ -184,6 +191,7 @@ def serving_tree(
         program=program_accounts,
         directory=directory,
         refresh_tokens=RefreshTokens(signing_keys, signing.issuer, signing.refresh_token_ttl),
+        federation=federation,
         metrics=metrics,
     )
     api = TokenAPI(

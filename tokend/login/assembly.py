@@ -9,6 +9,7 @@ from typing import Protocol
 
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.credentials import Authenticator
+from tokend.login.federated import FederatedAccounts
 from tokend.login.in_flight import InFlight
 from tokend.login.logins import Logins
 from tokend.login.password_file import PasswordFile, UnknownNames
@@ -37,6 +38,7 @@ def logins_for(
     program: Authenticator | None = None,
     directory: AccountDirectory | None = None,
     refresh_tokens: RefreshTokens | None = None,
+    federation: FederatedAccounts | None = None,
     metrics: RequestMetrics = NO_METRICS,
     more: Sequence[Authenticator] = (),
 ) -> Logins:
@@ -44,13 +46,15 @@ def logins_for(
     caching or per-address share of the bcrypt queue; without ``program`` (the external
     authentication program, :class:`tokend.login.program.ProgramAccounts`) or ``directory``,
     names not in users.json are unknown; without ``refresh_tokens``, no refresh token is
-    accepted or issued; without ``metrics``, nothing is counted. ``more`` are further ways
-    in, asked after these.
+    accepted or issued; without ``federation``, no platform JWT (issuers.json) is; without
+    ``metrics``, nothing is counted. ``more`` are further ways in, asked after these.
 
-    The order: users.json decides the names it holds; the program, when there is one, the
-    others it says are its own; the directory, when there is one, the rest; the password
-    file refuses what is left against a dummy hash; then refresh tokens, vouched for by the
-    authenticator that issued their account's identity (the program vouches for none).
+    The order: users.json decides the names it holds; federation the names of issuers.json
+    trusts (a trust's name may be no users.json account) and every platform JWT presented
+    alone; the program, when there is one, the others it says are its own; the directory,
+    when there is one, the rest; the password file refuses what is left against a dummy hash;
+    then refresh tokens, vouched for by the authenticator that issued their account's
+    identity (the program vouches for none).
     """
     if throttle is None:
         throttle = LoginThrottle(per_account=0, per_address=0, window=1)
@@ -60,6 +64,8 @@ def logins_for(
     password_file = PasswordFile(current, passwords, cache, clock)
     vouching: list[Vouching] = [password_file]
     authenticators: list[Authenticator] = [password_file]
+    if federation is not None:
+        authenticators.append(federation)
     if program is not None:
         authenticators.append(program)
     if directory is not None:

@@ -203,7 +203,10 @@ class Logins:
         except UnfitName:
             return self._unfit(typed.account, client, now, policy)
         backend, credentials = first if first is not None else (_NOBODY, typed)
-        assert isinstance(credentials, UsernamePassword)
+        if not isinstance(credentials, UsernamePassword):
+            # A name that is no account's but stands for a bearer credential (a trust's name
+            # and its platform JWT): throttled by the address alone, as such credentials are.
+            return self._bearer_answered(backend, credentials, client, now, policy)
         account, password = credentials.account, credentials.password
         asking = self._throttle.consult(account, client, now)
         if asking is not None:  # first sight since this process joined Redis: ask it first
@@ -344,17 +347,26 @@ class Logins:
         return waiting
 
     def _bearer(self, credentials: object, client: str) -> Login | Deferred[Login]:
-        """Credentials that name no account before they are checked (a refresh token): no
-        bcrypt, and they count against the client's address alone, a refusal as a failure."""
+        """Credentials that name no account before they are checked (a refresh token, a
+        platform JWT): no bcrypt, and they count against the client's address alone, a refusal
+        as a failure."""
         now = self._now()
-        refusal = self._throttle.admit_address(client, now)
-        if refusal is not None:
-            raise throttled(refusal, None)
         policy = self._current()
         first = self._first(credentials, policy)
         if first is None:
+            refusal = self._throttle.admit_address(client, now)
+            if refusal is not None:
+                raise throttled(refusal, None)
             raise self._refused(client, LoginRefused("these credentials are not accepted here"))
-        backend, answered = first
+        return self._bearer_answered(*first, client, now, policy)
+
+    def _bearer_answered(
+        self, backend: Authenticator, answered: object, client: str, now: float, policy: Policy
+    ) -> Login | Deferred[Login]:
+        """:meth:`_bearer` once ``backend`` answered the credentials (as ``answered``)."""
+        refusal = self._throttle.admit_address(client, now)
+        if refusal is not None:
+            raise throttled(refusal, None)
         try:
             login = backend.at_once(answered, policy, now)
         except LoginRefused as e:

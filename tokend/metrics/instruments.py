@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 GRANTS = ("anonymous", "password", "refresh_token", "token_exchange")
 OUTCOMES = ("issued", "unauthorized", "bad_request", "throttled", "overloaded", "unavailable")
 THROTTLED_BY = ("account", "address")
+KEY_FETCHES = ("fetched", "failed")
+"""Outcomes of fetching a trust's issuer keys (discovery and key set, or its jwks_file)."""
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """An anonymous token takes about a millisecond, a bcrypt login tens to hundreds."""
 CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -41,6 +43,8 @@ class RequestMetrics(Protocol):
 
     def throttled(self, by: str) -> None: ...
 
+    def key_fetched(self, trust: str, outcome: str) -> None: ...
+
 
 class _NoMetrics:
     """Metrics off: every report is dropped, and no clock is read."""
@@ -58,6 +62,9 @@ class _NoMetrics:
         pass
 
     def throttled(self, by: str) -> None:
+        pass
+
+    def key_fetched(self, trust: str, outcome: str) -> None:
         pass
 
 
@@ -124,6 +131,12 @@ class Metrics:
             ["by"],
             registry=registry,
         )
+        self._key_fetches = Counter(
+            "tokend_federation_key_fetches",
+            "Fetches of a trust's issuer keys (issuers.json), by trust and outcome.",
+            ["trust", "outcome"],
+            registry=registry,
+        )
         Info("tokend_build", "The running tokend.", registry=registry).info(
             {"version": tokend_version()}
         )
@@ -150,3 +163,10 @@ class Metrics:
 
     def throttled(self, by: str) -> None:
         self._throttled[by].inc()
+
+    def key_fetched(self, trust: str, outcome: str) -> None:
+        """A trust's issuer keys fetched or not; the trust names come from issuers.json, a
+        bounded set the operator writes (never from a token)."""
+        if outcome not in KEY_FETCHES:
+            raise KeyError(outcome)
+        self._key_fetches.labels(trust, outcome).inc()

@@ -62,6 +62,26 @@ def unused_rule_warnings(policy: Policy) -> tuple[str, ...]:
     return tuple(warnings)
 
 
+def trust_summaries(policy: Policy) -> list[str]:
+    """One line per trust of issuers.json for the start-up log: what it takes, from where its
+    keys come, and what it gives."""
+    lines = []
+    for name, trust in policy.trusts.items():
+        keys = (
+            f"keys from {trust.jwks_file}"
+            if trust.jwks_file is not None
+            else f"keys from {trust.jwks_uri or trust.discovery_url}"
+        )
+        gives = ", ".join(
+            [*(f"group {group}" for group in trust.groups), f"{len(trust.rules)} rules of its own"]
+        )
+        lines.append(
+            f"trust {name}: iss {trust.issuer}, aud {trust.audience}, {keys}; "
+            f"{len(trust.conditions)} conditions; account {trust.account.text}; {gives}"
+        )
+    return lines
+
+
 def hash_cost_warnings(policy: Policy, file: str = "users.json") -> tuple[str, ...]:
     """Mixed bcrypt costs: the dummy check of an unknown name follows the mix, but the mix
     itself can be read from response times, and cheaper hashes are cheaper to crack."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokend.login.federated import FederatedLoginRefused
 from tokend.login.identity import (
     BackendUnavailable,
     LoginError,
@@ -129,6 +130,9 @@ def http_error(error: LoginError, *, grant: str) -> RequestError:
         return ServiceUnavailable(
             error.message, account=error.account, retry_after=error.retry_after
         )
+    if isinstance(error, FederatedLoginRefused):
+        mapped = InvalidSubjectToken if grant == "token_exchange" else AuthenticationFailed
+        return mapped(error.message, account=error.account, trust=error.trust, jwt=error.jwt)
     token = error.token if isinstance(error, LoginRefused) else None
     if grant == "refresh_token":
         return InvalidGrant(error.message, account=error.account, token=token)

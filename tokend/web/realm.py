@@ -302,7 +302,7 @@ class TokenAPI:
             text += "; refresh token {refresh_token}"
         trust = jwt = None
         if login is not None and login.identity.source == FEDERATED_SOURCE:
-            trust, jwt = login.identity.trust, fingerprint(_presented_jwt(asked))
+            trust, jwt = login.identity.trust, fingerprint(asked.secret)
             text += "; trust '{trust}', JWT {jwt}"
             if asked.offline:
                 text += "; no refresh token: a federated client asks its platform for a new JWT"
@@ -397,15 +397,6 @@ def _metric_outcome(error: RequestError) -> str:
     if isinstance(error, AuthenticationFailed | InvalidGrant | InvalidSubjectToken):
         return "unauthorized"
     return "bad_request"
-
-
-def _presented_jwt(asked: TokenRequest) -> str:
-    """The platform JWT a federated login came with: the token-exchange grant's subject token,
-    or the password sent with the trust's name."""
-    if asked.subject_token is not None:
-        return asked.subject_token
-    assert asked.credentials is not None
-    return asked.credentials.password.decode("utf-8", "replace")
 
 
 def _token_body(

@@ -79,6 +79,18 @@ class TokenRequest:
     ``aud``."""
 
     @property
+    def secret(self) -> str:
+        """What proves who asks, for its fingerprint in the log (a federated login's platform
+        JWT: the subject token, or the password sent with the trust's name)."""
+        if self.subject_token is not None:
+            return self.subject_token
+        if self.refresh_token is not None:
+            return self.refresh_token
+        return (
+            "" if self.credentials is None else self.credentials.password.decode("ascii", "replace")
+        )
+
+    @property
     def grant(self) -> str:
         if self.refresh_token is not None:
             return "refresh_token"

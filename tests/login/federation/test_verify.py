@@ -17,12 +17,12 @@ from minting import (
     GITHUB,
     NOW,
     IssuerKey,
-    StandInTrust,
     github_claims,
     hs256,
     jwks,
     kubernetes_claims,
     segment,
+    trust,
     unsigned,
 )
 
@@ -34,7 +34,7 @@ from tokend.login.federation.verify import (
     verify,
 )
 
-TRUST = StandInTrust()
+TRUST = trust()
 RSA = IssuerKey.generate("RS256", "rsa-1")
 NAN = segment(b'{"exp": NaN}')
 TWICE = segment(b'{"alg": "RS256", "alg": "none"}')

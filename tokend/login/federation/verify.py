@@ -154,6 +154,11 @@ def _fits(jwk: Mapping[str, Any], alg: str) -> bool:
     return bool(jwk.get("alg", alg) == alg)
 
 
+def usable_algorithms(jwk: Mapping[str, Any]) -> list[str]:
+    """The accepted algorithms a published key may check (none: tokend never uses it)."""
+    return [alg for alg in _KEY_TYPES if _fits(jwk, alg)]
+
+
 def _key_for(keys: Mapping[str, Any], kid: str | None, alg: str) -> Mapping[str, Any]:
     published = keys.get("keys")
     if not isinstance(published, list):

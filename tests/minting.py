@@ -9,38 +9,22 @@ import base64
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
+
+from tokend.policy.trusts import Trust
 
 GITHUB = "https://token.actions.githubusercontent.com"
 AUDIENCE = "https://registry.example.com"
 NOW = 1_790_000_000.0
 
 
-@dataclass(frozen=True)
-class StandInTrust:
-    """The fields of tokend.policy.trusts.Trust that verify and IssuerKeys read (until the
-    "trusts" branch is merged)."""
-
-    name: str = "github-actions"
-    issuer: str = GITHUB
-    audience: str = AUDIENCE
-    jwks_uri: str | None = None
-    jwks_file: Path | None = None
-    ca_file: Path | None = None
-    groups: tuple[str, ...] = ()
-    token_ttl: int | None = None
-    max_token_age: int | None = None
-
-    @property
-    def discovery_url(self) -> str | None:
-        if self.jwks_uri is None and self.jwks_file is None:
-            return f"{self.issuer}/.well-known/openid-configuration"
-        return None
+def trust(**changes: Any) -> Trust:
+    """A trust of GitHub Actions tokens for the registry (what verify and IssuerKeys read)."""
+    return replace(Trust(name="github-actions", issuer=GITHUB, audience=AUDIENCE), **changes)
 
 
 def segment(value: object) -> str:
