@@ -41,6 +41,8 @@ from e2e.issuer import (
 from e2e.stack import SERVICE, Stack
 from support import REPO, UnixHTTPConnection, free_port, load_certificate, verify_jwt
 
+from tokend.signing.tokens import CLOCK_SKEW_SECONDS
+
 pytestmark = pytest.mark.e2e
 
 AUDIENCE = "https://registry.e2e"
@@ -435,6 +437,10 @@ def test_a_trust_edited_live_takes_effect_at_once(stack: Stack, federation: Fede
     status, body = stack.token_response(scope, "github-actions", jwt)
     assert status == 200, body
     assert access_of(body["token"], stack)[0]["actions"] == ["pull", "push"]
+    issued = claims_of(body["token"])
+    ttl = federation.document["trusts"]["github-actions"]["token_ttl"]
+    assert body["expires_in"] <= ttl < 300, "the trust's token_ttl, below --token-ttl"
+    assert issued["exp"] - (issued["iat"] + CLOCK_SKEW_SECONDS) <= ttl
 
     edited = json.loads(json.dumps(federation.document))
     actions = edited["trusts"]["github-actions"]
