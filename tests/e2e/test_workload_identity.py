@@ -241,7 +241,10 @@ def test_docker_logs_in_with_a_github_actions_token_and_pushes_its_own_repositor
     assert not stack.repository_exists("acme/other")
 
     log = stack.tokend_log_since(offset)
-    assert "issued GET token to 'github:acme/app'" in log, log
+    issued = [line for line in log.splitlines() if "issued GET token to 'github:acme/app'" in line]
+    assert issued, log
+    logged_in = issued[0]  # docker login's, before the push's
+    assert "no refresh token" in logged_in, "docker asked offline_token=true: the log says why"
     assert jwt.split(".")[2] not in log, "the log never holds the JWT"
 
 
