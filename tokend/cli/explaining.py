@@ -23,6 +23,7 @@ from tokend.policy.files import load_policy
 from tokend.policy.model import ACTIONS, Decision, Policy, PolicyError, UserPolicy
 from tokend.policy.networks import networks_text
 from tokend.policy.rules import Rule
+from tokend.policy.trusts import trusts_of
 from tokend.scope import ScopeError, parse_scopes
 from tokend.settings.options import DAEMON
 from tokend.signing.tokens import rfc3339
@@ -140,7 +141,7 @@ def _explain_trust(args: argparse.Namespace, policy: Policy, stdout: TextIO) -> 
         )
         for line in _reasons(decision, address):
             stdout.write(f"    {line}\n")
-    stdout.write(identity_tokens(policy.trusts[args.trust]))
+    stdout.write(identity_tokens(trusts_of(policy)[args.trust]))
 
 
 def _directory_groups(

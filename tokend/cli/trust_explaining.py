@@ -12,7 +12,7 @@ from tokend.cli.common import CommandError
 from tokend.login.identity import FEDERATED_SOURCE, Identity
 from tokend.policy.claims import Condition, is_safe_path
 from tokend.policy.model import FEDERATED, Policy, UserPolicy
-from tokend.policy.trusts import ISSUERS_FILE, Trust
+from tokend.policy.trusts import ISSUERS_FILE, Trust, trusts_of
 
 MAX_CLAIMS_BYTES = 1024 * 1024
 
@@ -22,7 +22,7 @@ def trust_identity(
 ) -> tuple[Identity, UserPolicy | None]:
     """The identity a token with the claims in ``claims_file`` would be, its lines written
     on the way; CommandError when no login would come of it."""
-    trust = policy.trusts.get(name)
+    trust = trusts_of(policy).get(name)
     if trust is None:
         known = ", ".join(policy.trusts) or f"none: there is no {ISSUERS_FILE} or it is empty"
         raise CommandError(f"no trust {name!r} in {ISSUERS_FILE} (trusts: {known})")

@@ -12,6 +12,7 @@ from tokend.login.federation.fetch import FetchFailed
 from tokend.login.federation.issuer_keys import IssuerKeys
 from tokend.login.federation.verify import usable_algorithms
 from tokend.policy.model import Policy
+from tokend.policy.trusts import trusts_of
 
 T = TypeVar("T")
 
@@ -50,7 +51,7 @@ async def trust_lines(policy: Policy, reactor: Any) -> list[str]:
 
     keys = IssuerKeys(reactor, AgentFetch(reactor), reactor.seconds)
     lines: list[str] = []
-    for name, trust in sorted(policy.trusts.items()):
+    for name, trust in sorted(trusts_of(policy).items()):
         try:
             found = await keys.find(trust)
         except FetchFailed as e:

@@ -26,7 +26,7 @@ from tokend.login.identity import (
 )
 from tokend.login.refresh_tokens import fingerprint
 from tokend.policy.model import FEDERATED, Policy
-from tokend.policy.trusts import Trust
+from tokend.policy.trusts import Trust, trust_for, trusts_of
 
 REMEMBERED = 4096
 """Verified tokens remembered at most: a busy CI fleet's jobs each hold one for minutes."""
@@ -144,12 +144,12 @@ class FederatedAccounts:
         """The named trust, or the one the token's ``iss`` and ``aud`` choose: a token is
         checked against that one only."""
         if credentials.trust is not None:
-            trust = policy.trusts.get(credentials.trust)
+            trust = trusts_of(policy).get(credentials.trust)
             if trust is None:
                 raise self._refused(credentials, credentials.trust, "no such trust")
             return trust
         iss = claims.get("iss")
-        found = None if not isinstance(iss, str) else policy.trust_for(iss, audiences(claims))
+        found = None if not isinstance(iss, str) else trust_for(policy, iss, audiences(claims))
         if found is None:
             raise self._refused(credentials, None, "no trust takes this issuer and audience")
         return found

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from tokend.policy.networks import Address, WrittenRule
 from tokend.policy.rules import (
@@ -27,9 +27,8 @@ from tokend.policy.rules import (
 )
 from tokend.scope import ResourceScope
 
-if TYPE_CHECKING:
-    from tokend.policy.trusts import Trust
-
+ClaimValues = tuple[tuple[str, str], ...]
+"""Each claim path a trust's templates reference, with its value in one token."""
 ACTIONS = ("pull", "push", "delete")
 """Repository actions a user may hold, in the order tokens list them; ``*`` in a rule means all."""
 
@@ -221,7 +220,26 @@ class Principal(Protocol):
     @property
     def trust(self) -> str: ...
     @property
-    def claim_values(self) -> tuple[tuple[str, str], ...]: ...
+    def claim_values(self) -> ClaimValues: ...
+
+
+class TrustRights(Protocol):
+    """What the policy reads of an issuers.json trust (a :class:`tokend.policy.trusts.Trust`,
+    whose module builds on this one, so this one names it only by what it reads)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def issuer(self) -> str: ...
+    @property
+    def audience(self) -> str: ...
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+    @property
+    def token_ttl(self) -> int | None: ...
+    def member(
+        self, groups: Mapping[str, GroupPolicy], account: str, claim_values: ClaimValues
+    ) -> UserPolicy: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,14 +249,14 @@ class Policy:
     users: Mapping[str, UserPolicy] = field(default_factory=lambda: MappingProxyType({}))
     anonymous: AnonymousPolicy = AnonymousPolicy()
     groups: Mapping[str, GroupPolicy] = field(default_factory=lambda: MappingProxyType({}))
-    trusts: Mapping[str, Trust] = field(default_factory=lambda: MappingProxyType({}))
+    trusts: Mapping[str, TrustRights] = field(default_factory=lambda: MappingProxyType({}))
     """issuers.json: the platforms whose tokens log in, by name."""
     folded_users: frozenset[str] = field(init=False, default=frozenset(), compare=False)
     """users.json names, casefolded: a directory login spelled in another case of one of them
     is not the directory's to answer."""
     hash_costs: tuple[tuple[int, int], ...] = field(init=False, default=(), compare=False)
     """(bcrypt cost, users with it), commonest first; counted once when the policy is built."""
-    _by_issuer: dict[tuple[str, str], Trust] = field(
+    _by_issuer: dict[tuple[str, str], TrustRights] = field(
         init=False, default_factory=dict, compare=False, repr=False
     )
     _dummy_key: bytes = field(init=False, default=b"", compare=False, repr=False)
@@ -365,7 +383,7 @@ class Policy:
             return self._remember(key, known)
         return self.users.get(who.account)
 
-    def trust_for(self, iss: str, aud: str | Sequence[str]) -> Trust | None:
+    def trust_for(self, iss: str, aud: str | Sequence[str]) -> TrustRights | None:
         """The trust for a token's ``iss`` and ``aud`` (a string or a list); None when none
         is, or when the audiences it lists lead to two trusts (which one it was meant for
         cannot be told)."""

@@ -26,6 +26,7 @@ from tokend.policy.rules import (
     common_match,
     is_valid_component,
 )
+from tokend.policy.trusts import trusts_of
 from tokend.scope import is_valid_name
 
 MAX_OVERLAP_NOTES = 200
@@ -66,7 +67,7 @@ def trust_summaries(policy: Policy) -> list[str]:
     """One line per trust of issuers.json for the start-up log: what it takes, from where its
     keys come, and what it gives."""
     lines = []
-    for name, trust in policy.trusts.items():
+    for name, trust in trusts_of(policy).items():
         keys = (
             f"keys from {trust.jwks_file}"
             if trust.jwks_file is not None

@@ -7,11 +7,11 @@ token must carry, the account it becomes and the rights it holds. Parsed here in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from tokend.policy.claims import (
@@ -34,6 +34,7 @@ from tokend.policy.documents import (
 )
 from tokend.policy.model import (
     GroupPolicy,
+    Policy,
     PolicyError,
     Source,
     UserPolicy,
@@ -448,3 +449,14 @@ def _rules(
     except AmbiguousRules as e:
         raise PolicyError(file, json_path(*where, e.second), str(e)) from None
     return rule_set, tuple(templates), written
+
+
+def trusts_of(policy: Policy) -> Mapping[str, Trust]:
+    """The policy's trusts as issuers.json built them: every one is a :class:`Trust` (the
+    policy holds them as :class:`tokend.policy.model.TrustRights`, what it reads of them)."""
+    return cast("Mapping[str, Trust]", policy.trusts)
+
+
+def trust_for(policy: Policy, iss: str, aud: str | Sequence[str]) -> Trust | None:
+    """:meth:`tokend.policy.model.Policy.trust_for`, as the :class:`Trust` it is."""
+    return cast("Trust | None", policy.trust_for(iss, aud))
