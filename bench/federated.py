@@ -10,6 +10,8 @@ bench/run) with two trusts in issuers.json, one RS256 and one ES256 issuer, thei
 ``jwks_file`` (nothing is fetched), then measures with bench/loadgen.py:
 
   anonymous     ``GET`` for ``repository:public/hello:pull`` (the yardstick);
+  cached-basic  ``GET`` with Basic of the users.json bench account, its password remembered by
+                the credential cache: what any login costs beyond an anonymous request;
   fed-basic     ``GET`` with Basic ``bench-rs:JWT`` (what docker login and skopeo send), one
                 RS256 JWT for every request: remembered after the first;
   fed-exchange  ``POST`` of the token-exchange grant with that JWT;
@@ -130,6 +132,9 @@ def main() -> int:
     token = mint("bench-rs", keys["bench-rs"])
     requests = {
         "anonymous": loadgen.anonymous_request(),
+        "cached-basic": loadgen.authenticated_request(
+            "cached-basic", harness.USER, harness.PASSWORD
+        ),
         "fed-basic": basic_request("fed-basic", "bench-rs", token),
         "fed-exchange": exchange_request(token),
     }
@@ -169,13 +174,14 @@ def main() -> int:
     )
     print_table([*rows, *first])
     for concurrency in (1, 8):
-        anonymous, basic, exchange = (best[kind, concurrency] for kind in kinds)
-        for row in (basic, exchange):
+        anonymous, cached, basic, exchange = (best[kind, concurrency] for kind in kinds)
+        for row in (cached, basic, exchange):
             ratio = row.rate / anonymous.rate if anonymous.rate else float("nan")
             verdict = "met" if ratio >= GOAL else "missed"
+            goal = "" if row is cached else f" (goal >= {100 * GOAL:.0f} %: {verdict})"
             print(
-                f"c={concurrency}: {row.kind}/anonymous {100 * ratio:.0f} % "
-                f"(goal >= {100 * GOAL:.0f} %: {verdict}); daemon CPU per request = "
+                f"c={concurrency}: {row.kind}/anonymous {100 * ratio:.0f} %{goal}; "
+                "daemon CPU per request = "
                 f"{100 * row.cpu_per_request / anonymous.cpu_per_request:.0f} % of anonymous"
             )
     remembered = best["fed-basic", 1]

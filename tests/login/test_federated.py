@@ -16,8 +16,8 @@ from twisted.internet.task import Clock
 
 from tokend.login.credentials import FederatedToken, UsernamePassword
 from tokend.login.federated import FederatedAccounts, FederatedLoginRefused
+from tokend.login.federation.verify import jwt_fingerprint as fingerprint
 from tokend.login.identity import FEDERATED_SOURCE, OPEN_GATE, Login
-from tokend.login.refresh_tokens import fingerprint
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import FEDERATED
@@ -151,6 +151,24 @@ def test_a_token_is_checked_against_the_trust_it_names_only(tmp_path: Path) -> N
     assert door.refused(UsernamePassword("github-actions", kubernetes.encode())).trust == (
         "github-actions"
     )
+
+
+def test_a_remembered_login_is_reused_only_for_its_trust_its_policy_and_its_age(
+    tmp_path: Path,
+) -> None:
+    """Under the same policy a remembered token's login is the same one (no claims read
+    again); named for another trust it is checked against that trust; past the trust's
+    max_token_age it is refused although its login was remembered."""
+    door = Door(tmp_path)
+    token = github_token(exp=int(NOW) + 7200)  # outlives the trust's max_token_age of 3600 s
+    basic = UsernamePassword("github-actions", token.encode())
+    first = door.login(basic)
+    assert door.login(basic) is first
+    assert door.refused(UsernamePassword("cluster", token.encode())).trust == "cluster"
+    assert door.login(basic) is first
+    door.clock.advance(3600 - (NOW - int(NOW)) + 1)  # the token's iat is int(NOW) - 5
+    refusal = door.refused(basic)
+    assert "older than" in refusal.message, refusal.message
 
 
 @pytest.mark.parametrize(

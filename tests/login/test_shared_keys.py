@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from tokend.login.shared_limits.bus import NewsBus
-from tokend.login.shared_limits.keys import MAX_SKEW, NewsRejected, SharedKeys
+from tokend.login.shared_limits.keys import MAX_SKEW, NAMES_REMEMBERED, NewsRejected, SharedKeys
 from tokend.login.shared_limits.news import Failed, News, Succeeded, news_to_wire
 from tokend.login.shared_limits.redis_address import parse_redis_url
 from tokend.login.shared_limits.redis_store import RedisFailures
@@ -146,3 +146,16 @@ def test_a_key_set_with_a_shared_secret_keeps_its_keys_across_a_rotation(tmp_pat
         "account", "alice"
     )
     assert alone.name("account", "alice") != before.name("account", "alice")
+
+
+def test_names_are_remembered_within_a_bound_and_stay_the_same() -> None:
+    """The memo of throttle keys (a login asks for the same ones several times) never gives
+    another key than the HMAC, and holds at most NAMES_REMEMBERED names."""
+    keys = SharedKeys(b"s" * 32)
+    alice = keys.name("account", "alice")
+    assert keys.name("account", "alice") == alice == SharedKeys(b"s" * 32).name("account", "alice")
+    assert keys.name("address", "alice") != alice
+    for i in range(NAMES_REMEMBERED + 10):
+        keys.name("account", f"user{i}")
+    assert len(keys._named) <= NAMES_REMEMBERED
+    assert keys.name("account", "alice") == alice

@@ -18,7 +18,7 @@ from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from tokend.client_address import TrustedProxies, parse_networks
 from tokend.login.federation.issuer_keys import IssuerKeys
-from tokend.login.refresh_tokens import fingerprint
+from tokend.login.federation.verify import jwt_fingerprint as fingerprint
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tokend.login.credentials import FederatedToken, UsernamePassword
-from tokend.login.federation.verify import FederatedRefused, audiences, read_unverified, verify
+from tokend.login.federation.verify import (
+    FederatedRefused,
+    audiences,
+    jwt_fingerprint,
+    read_unverified,
+    verify,
+)
 from tokend.login.identity import (
     FEDERATED_SOURCE,
     EntryGate,
@@ -24,7 +30,6 @@ from tokend.login.identity import (
     Login,
     LoginRefused,
 )
-from tokend.login.refresh_tokens import fingerprint
 from tokend.policy.model import FEDERATED, Policy
 from tokend.policy.trusts import Trust, trust_for, trusts_of
 
@@ -53,13 +58,20 @@ class FederatedLoginRefused(LoginRefused):
         self.jwt = jwt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Verified:
-    """A token whose signature and issuer, audience and times held under ``checked_by``."""
+    """A token whose signature and issuer, audience and times held under ``checked_by``, and
+    the last login it gave (with the policy that login was read against): a job asking again
+    under the same policy costs a lookup, not a reading of its claims."""
 
     checked_by: tuple[object, ...]
     claims: Mapping[str, Any]
     expires_at: float
+    last: Login | None = None
+    last_trust: Trust | None = None
+    last_named: str | None = None
+    """The trust the last login was asked under (Basic ``TRUST:JWT``; None: chosen by
+    ``iss`` and ``aud``): the same token named for another trust is checked against that one."""
 
 
 def _checked_by(trust: Trust) -> tuple[object, ...]:
@@ -111,11 +123,25 @@ class FederatedAccounts:
         if known.expires_at <= now:
             del self._verified[digest]
             return None  # checked anew: refused as expired, with the reason
+        last = known.last
+        if (
+            last is not None
+            and last.policy is policy
+            and known.last_trust is not None
+            and known.last_named == credentials.trust
+        ):
+            age = known.last_trust.max_token_age
+            iat = known.claims.get("iat")
+            if age is None or not isinstance(iat, int | float) or now - iat <= age:
+                self._verified.move_to_end(digest)
+                return last
         trust = self._trust(credentials, known.claims, policy)
         if _checked_by(trust) != known.checked_by:
             return None
         self._verified.move_to_end(digest)
-        return self._login(credentials, trust, known.claims, policy, now)
+        login = self._login(credentials, trust, known.claims, policy, now)
+        known.last, known.last_trust, known.last_named = login, trust, credentials.trust
+        return login
 
     async def authenticate(self, credentials: object, gate: EntryGate) -> Login | None:
         """Verified with the trust's issuer's keys (fetched only from where the trust says,
@@ -135,8 +161,9 @@ class FederatedAccounts:
             verified = verify(credentials.token, trust, keys, now)
         except FederatedRefused as e:
             raise self._refused(credentials, trust.name, e.reason) from None
-        self._remember(credentials.token, trust, verified)
-        return self._login(credentials, trust, verified, policy, now)
+        login = self._login(credentials, trust, verified, policy, now)
+        self._remember(credentials, trust, verified, login)
+        return login
 
     def _trust(
         self, credentials: FederatedToken, claims: Mapping[str, Any], policy: Policy
@@ -188,9 +215,13 @@ class FederatedAccounts:
         )
         return Login(identity, policy)
 
-    def _remember(self, token: str, trust: Trust, claims: Mapping[str, Any]) -> None:
-        digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
-        self._verified[digest] = _Verified(_checked_by(trust), claims, float(claims["exp"]))
+    def _remember(
+        self, credentials: FederatedToken, trust: Trust, claims: Mapping[str, Any], login: Login
+    ) -> None:
+        digest = hashlib.sha256(credentials.token.encode("utf-8", "replace")).digest()
+        self._verified[digest] = _Verified(
+            _checked_by(trust), claims, float(claims["exp"]), login, trust, credentials.trust
+        )
         self._verified.move_to_end(digest)
         while len(self._verified) > self._limit:
             self._verified.popitem(last=False)
@@ -202,4 +233,4 @@ class FederatedAccounts:
         reason: str,
         account: str | None = None,
     ) -> FederatedLoginRefused:
-        return FederatedLoginRefused(reason, trust, fingerprint(credentials.token), account)
+        return FederatedLoginRefused(reason, trust, jwt_fingerprint(credentials.token), account)

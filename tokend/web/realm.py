@@ -24,6 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from tokend.client_address import TrustedProxies
 from tokend.issuing import Issued, Issuing
 from tokend.login.credentials import FederatedToken, RefreshToken, UsernamePassword
+from tokend.login.federation.verify import jwt_fingerprint
 from tokend.login.identity import FEDERATED_SOURCE, Login, LoginError, LoginThrottled
 from tokend.login.logins import Logins
 from tokend.login.refresh_tokens import fingerprint
@@ -302,7 +303,7 @@ class TokenAPI:
             text += "; refresh token {refresh_token}"
         trust = jwt = None
         if login is not None and login.identity.source == FEDERATED_SOURCE:
-            trust, jwt = login.identity.trust, fingerprint(asked.secret)
+            trust, jwt = login.identity.trust, jwt_fingerprint(asked.secret)
             text += "; trust '{trust}', JWT {jwt}"
             if asked.offline:
                 text += "; no refresh token: a federated client asks its platform for a new JWT"

@@ -8,6 +8,7 @@ source (``jku``, ``x5u``, ``jwk``, ``x5c`` are refused) nor a weak algorithm (``
 from __future__ import annotations
 
 import binascii
+import hashlib
 import json
 import re
 from base64 import urlsafe_b64decode
@@ -217,6 +218,12 @@ def _time(claims: Mapping[str, Any], name: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise FederatedRefused(f"{name} is not a number")
     return float(value)
+
+
+def jwt_fingerprint(token: str) -> str:
+    """A short name for a platform JWT in logs, never the token: the first 12 hex digits of its
+    SHA-256 as sent (a platform's token has no canonical form of ours to reduce it to)."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:12]
 
 
 def audiences(claims: Mapping[str, Any]) -> list[str]:

@@ -51,12 +51,19 @@ def _derive(secret: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
 
+NAMES_REMEMBERED = 8192
+"""Throttle keys remembered: a login asks for its account's and its address's two or three
+times, and OpenSSL's one-shot HMAC gives up the GIL, which a loaded reactor pays for each
+time. A bound of memory, not of who may log in: when full the memo starts over."""
+
+
 class SharedKeys:
     """Hashes names and seals news with keys derived from one secret."""
 
     def __init__(self, secret: bytes) -> None:
         self._names = _derive(secret, NAME_INFO)
         self._news = _derive(secret, NEWS_INFO)
+        self._named: dict[tuple[str, str], str] = {}
 
     @classmethod
     def from_signing_key(cls, key: SigningKey) -> SharedKeys:
@@ -74,8 +81,15 @@ class SharedKeys:
     def name(self, table: str, name: str) -> str:
         """The throttle key of ``name`` in ``table``: keyed, so a list of likely names cannot
         be hashed and matched against what Redis holds."""
+        known = self._named.get((table, name))
+        if known is not None:
+            return known
         message = table.encode("ascii") + b"\0" + name.encode("utf-8", "surrogatepass")
-        return hmac.digest(self._names, message, "sha256")[:NAME_BYTES].hex()
+        key = hmac.digest(self._names, message, "sha256")[:NAME_BYTES].hex()
+        if len(self._named) >= NAMES_REMEMBERED:
+            self._named.clear()
+        self._named[table, name] = key
+        return key
 
     def _mac(self, *parts: bytes) -> str:
         return hmac.digest(self._news, b"\0".join(parts), "sha256")[:MAC_BYTES].hex()
