@@ -24,7 +24,8 @@ from tokend.policy.rules import (
 from tokend.scope import MAX_SCOPE_LENGTH
 
 MAX_CAP_RULES = 100
-"""A cap lists a few patterns; more is a mistake, and each is compiled at every lookup miss."""
+"""A cap lists a few patterns; hundreds are a mistake, and a cap is compiled whenever its
+token is read from the database."""
 
 EXAMPLE = "team/*:pull,push"
 _EMPTY = (
