@@ -389,24 +389,33 @@ def _optional_bool(
     return value
 
 
+class ActionsError(ValueError):
+    """A rule's action list that cannot be used; the message says why."""
+
+
 def _actions(actions: object, file: str, where: tuple[str, ...], key: str) -> frozenset[str]:
-    """A rule's action list; common lists are interned, so equal rules share one set."""
+    try:
+        return parse_actions(actions)
+    except ActionsError as e:
+        raise PolicyError(file, json_path(*where, key), str(e)) from None
+
+
+def parse_actions(actions: object) -> frozenset[str]:
+    """A rule's action list (users.json's, a token's cap); common lists are interned, so equal
+    rules share one set."""
     if isinstance(actions, list) and all(isinstance(a, str) for a in actions):
         known = _KNOWN_ACTION_LISTS.get(tuple(actions))
         if known is not None:
             return known
-    path = json_path(*where, key)
     if not isinstance(actions, list):
-        raise PolicyError(file, path, 'expected a list of actions, e.g. ["pull", "push"]')
+        raise ActionsError('expected a list of actions, e.g. ["pull", "push"]')
     for action in actions:
         if action not in ACTIONS and action != ALL_ACTIONS:
-            raise PolicyError(
-                file, path, f"unknown action {shown(action)} (known: pull, push, delete, *)"
-            )
+            raise ActionsError(f"unknown action {shown(action)} (known: pull, push, delete, *)")
     if ALL_ACTIONS in actions:
         return frozenset(ACTIONS)
     if "push" in actions and "pull" not in actions:
-        raise PolicyError(file, path, "push requires pull")
+        raise ActionsError("push requires pull")
     return frozenset(actions)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from tokend.access_tokens.lifetimes import DEFAULT_MAX_TTL, HIGHEST_MAX_TTL, MIN_LIFETIME
 from tokend.login.ldap.options import DIRECTORY_OPTIONS
 from tokend.login.refresh_tokens import DEFAULT_TTL as DEFAULT_REFRESH_TTL
 from tokend.option_table import Option, by_name
@@ -246,6 +247,16 @@ PROGRAMS = (
         metavar="N",
     ),
 )
+ACCESS_TOKEN_MAX_TTL = Option(
+    "access-token-max-ttl",
+    "Longest lifetime of an access token in seconds (coming: #26)",
+    str(DEFAULT_MAX_TTL),
+    bounds=(MIN_LIFETIME, HIGHEST_MAX_TTL),
+    metavar="SECONDS",
+)
+ACCESS_TOKENS = (ACCESS_TOKEN_MAX_TTL,)
+"""The daemon's and the tool's, once access tokens are served: not in DAEMON_OPTIONS until
+the daemon reads them, so twistd refuses them rather than ignore them."""
 
 DAEMON_OPTIONS: tuple[Option, ...] = (
     *LISTEN,
