@@ -110,11 +110,14 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def connect(location: Location) -> Engine:
+def connect(location: Location, create: bool = True) -> Engine:
     """An engine for ``location``; it opens connections only when first used, so it may be
-    made before twistd forks. The SQLite file is created here."""
+    made before twistd forks. The SQLite file is created here, unless ``create`` is false."""
     if location.path is not None:
-        _create_file(location.path)
+        if create:
+            _create_file(location.path)
+        elif not location.path.is_file():
+            raise DatabaseError(f"{location.path} does not exist (tokend db upgrade creates it)")
         engine = create_engine(
             location.url,
             connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False},

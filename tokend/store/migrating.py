@@ -78,8 +78,9 @@ def upgrade_engine(engine: Engine, to: str = "head") -> Version:
 
 
 def version(location: Location) -> Version:
-    """The version of the database at ``location`` and the newest one."""
-    engine = connect(location)
+    """The version of the database at ``location`` and the newest one; a SQLite file that does
+    not exist is a DatabaseError, not created."""
+    engine = connect(location, create=False)
     try:
         return guarded(location, version_of, engine)
     finally:
