@@ -63,7 +63,7 @@ class Location:
 
 def locate(value: str | None) -> Location:
     """``--database``'s value (None: the default) as a :class:`Location`."""
-    text = (value or DEFAULT_DATABASE).strip()
+    text = DEFAULT_DATABASE if value is None else value.strip()
     if not text:
         raise DatabaseError("--database is empty: give a path, sqlite:///PATH or postgresql://…")
     if "://" not in text:
@@ -71,7 +71,7 @@ def locate(value: str | None) -> Location:
         return Location(make_url("sqlite://").set(database=str(path)), path)
     try:
         url = make_url(text)
-    except exc.ArgumentError:
+    except (exc.ArgumentError, ValueError):
         raise DatabaseError(f"--database {text!r} is not a database URL") from None
     backend, _, driver = url.drivername.partition("+")
     if backend == "sqlite":
