@@ -9,8 +9,8 @@ and prints what the registry needs to trust it (bundle, jwks), doctor checks a r
 config.yml against tokend (would it accept the tokens issued now, under the distribution 2.x
 and 3.x rules), token reads a token back in plain words and verifies it against the
 certificate, user adds, changes, removes and lists users.json accounts in place, unlock ends a
-login lockout in the running daemon. Exit status 0
-on success, 1 on a finding, 2 on a usage error, 130 when interrupted (Ctrl-C).
+login lockout in the running daemon, db shows and upgrades the access tokens' database.
+Exit status 0 on success, 1 on a finding, 2 on a usage error, 130 when interrupted (Ctrl-C).
 
 Plain text, no markup: the first line is what tokend --help shows.
 """
@@ -25,6 +25,7 @@ from typing import TextIO
 
 from tokend.cli import (
     checking,
+    database,
     doctor,
     explaining,
     key_rotation,
@@ -47,6 +48,7 @@ COMMAND_FAMILIES = (
     tokens,
     users,
     unlock,
+    database,
 )
 """Each module registers its commands; a new family is one module and one entry here."""
 

@@ -173,6 +173,15 @@ REDIS = (
         "File holding Redis's password (mode 0600; one trailing newline ignored)",
     ),
 )
+DATABASE = (
+    Option(
+        "database",
+        "Database of access tokens: a SQLite file's path, sqlite:///ABSOLUTE/PATH or "
+        "postgresql://… (shared by several daemons); used by access tokens (coming)",
+        "state/tokend.db",
+        metavar="URL",
+    ),
+)
 METRICS = (
     Option(
         "metrics",
@@ -265,6 +274,7 @@ DAEMON_OPTIONS: tuple[Option, ...] = (
     *LOGIN_LIMITS,
     *REDIS,
     *DIRECTORY_OPTIONS,
+    *DATABASE,
     *METRICS,
     *LOGS,
     *WORKERS,

@@ -1,0 +1,52 @@
+"""The store's tests run against both databases tokend supports: a real SQLite file in the
+test's temp dir and a real PostgreSQL (tests/postgres_server.py), one server for the session and
+a database of its own for each test."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from postgres_server import PostgresServer
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tokend.store.database import Location, connect, locate
+
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.initialise()
+        yield server
+    finally:
+        server.remove()
+
+
+def fresh_postgres_database(server: PostgresServer) -> str:
+    """A new, empty database on ``server``: its URL."""
+    name = f"test_{next(_numbers)}"
+    engine = create_engine(
+        make_url(server.url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name}"))
+    finally:
+        engine.dispose()
+    return server.url.replace("/tokend?", f"/{name}?")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    """An empty database of each kind."""
+    if request.param == "sqlite":
+        found = locate(str(tmp_path / "tokens.db"))
+        connect(found).dispose()  # creates the file, as the daemon would
+        return found
+    return locate(fresh_postgres_database(request.getfixturevalue("postgres")))
