@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from tokend.cli.common import CommandError, UsageError
 from tokend.cli.daemon_options import add_option
-from tokend.settings.options import DAEMON
+from tokend.settings.options import DATABASE
 
 
 def _location(args: argparse.Namespace) -> Any:
@@ -74,6 +74,6 @@ def register(commands: Any) -> None:
     showing.set_defaults(run=show_version)
     upgrading = actions.add_parser("upgrade", help="apply the schema versions it lacks")
     upgrading.set_defaults(run=upgrade)
-    option = DAEMON["database"]
+    option = DATABASE[0]
     for parser in (showing, upgrading):
         add_option(parser, option, f"{option.help}; default {option.default}")

@@ -263,9 +263,10 @@ ACCESS_TOKEN_MAX_TTL = Option(
     bounds=(MIN_LIFETIME, HIGHEST_MAX_TTL),
     metavar="SECONDS",
 )
-ACCESS_TOKENS = (ACCESS_TOKEN_MAX_TTL,)
+ACCESS_TOKENS = (ACCESS_TOKEN_MAX_TTL, *DATABASE)
 """The daemon's and the tool's, once access tokens are served: not in DAEMON_OPTIONS until
-the daemon reads them, so twistd refuses them rather than ignore them."""
+the daemon reads them, so twistd refuses them rather than ignore them (``tokend db`` takes
+--database already)."""
 
 DAEMON_OPTIONS: tuple[Option, ...] = (
     *LISTEN,
@@ -274,7 +275,6 @@ DAEMON_OPTIONS: tuple[Option, ...] = (
     *LOGIN_LIMITS,
     *REDIS,
     *DIRECTORY_OPTIONS,
-    *DATABASE,
     *METRICS,
     *LOGS,
     *WORKERS,

@@ -18,8 +18,6 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 
-from tokend.login.identity import BackendUnavailable
-
 T = TypeVar("T")
 
 DEFAULT_DATABASE = "state/tokend.db"
@@ -37,11 +35,16 @@ class DatabaseError(ValueError):
     """A ``--database`` value that names no database tokend can use, as one sentence."""
 
 
-class DatabaseUnavailable(BackendUnavailable):
-    """The database did not answer (stopped, unreachable, locked too long): try again later."""
+class DatabaseUnavailable(Exception):
+    """The database did not answer (stopped, unreachable, locked too long): try again later.
+
+    Not a login error itself: the store sits below the door, and the authenticator that asks
+    it turns this into a ``BackendUnavailable`` (503 with ``Retry-After``)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, None, RETRY_AFTER)
+        super().__init__(message)
+        self.message = message
+        self.retry_after = RETRY_AFTER
 
 
 UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
