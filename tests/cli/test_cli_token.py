@@ -166,8 +166,10 @@ def test_an_x5c_chain_is_followed_to_the_bundles_certificate(tmp_path: Path) -> 
     ca_key, leaf_key = new_private_key("p256"), new_private_key("p256")
     now = datetime.now(UTC)
 
-    def certificate(cn: str, key: PrivateKey, issuer: str, signer: PrivateKey) -> x509.Certificate:
-        return (
+    def certificate(
+        cn: str, key: PrivateKey, issuer: str, signer: PrivateKey, ca: bool = False
+    ) -> x509.Certificate:
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
@@ -175,10 +177,12 @@ def test_an_x5c_chain_is_followed_to_the_bundles_certificate(tmp_path: Path) -> 
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(days=1))
             .not_valid_after(now + timedelta(days=30))
-            .sign(signer, hashes.SHA256())
         )
+        if ca:
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        return builder.sign(signer, hashes.SHA256())
 
-    ca = certificate("unit CA", ca_key, "unit CA", ca_key)
+    ca = certificate("unit CA", ca_key, "unit CA", ca_key, ca=True)
     leaf = certificate("unit leaf", leaf_key, "unit CA", ca_key)
     pem = serialization.Encoding.PEM
     (tmp_path / "ca.crt").write_bytes(ca.public_bytes(pem))
@@ -198,6 +202,12 @@ def test_an_x5c_chain_is_followed_to_the_bundles_certificate(tmp_path: Path) -> 
     unrelated = tmp_path / "unrelated.crt"
     write_dev_cert(tmp_path / "unrelated.key", unrelated)
     assert run("--cert", str(unrelated), token)[0] == 1
+    # The same issuer without basicConstraints CA:TRUE: Go's x509 (the registry) refuses it.
+    (tmp_path / "plain.crt").write_bytes(
+        certificate("unit CA", ca_key, "unit CA", ca_key).public_bytes(pem)
+    )
+    token = issue(load_signing_key(tmp_path / "leaf.key", tmp_path / "chain.crt"), time.time())
+    assert run("--cert", str(tmp_path / "plain.crt"), token)[0] == 1
 
 
 def test_an_expired_token_is_refused(

@@ -31,6 +31,7 @@ from tokend.cli.common import CommandError
 from tokend.cli.times import when
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE, REFRESH_TYP
 from tokend.signing.keys import libtrust_key_id, registry_thumbprint
+from tokend.signing.registry_trust import may_sign
 
 MAX_INPUT_CHARS = 1024 * 1024
 """More than any realm answer: tokens with a long x5c chain are a few kilobytes."""
@@ -165,9 +166,17 @@ def _trusted_chain(chain: Sequence[x509.Certificate], bundle: Bundle, now: float
             return f"it is in {bundle.path}"
         for anchor in bundle.certificates:
             if _issued_by(certificate, anchor):
+                if not may_sign(anchor):
+                    raise TokenError(
+                        f"its x5c certificate {_subject(certificate)} was signed by "
+                        f"{_subject(anchor)} of {bundle.path}, which is no CA (no basicConstraints "
+                        "CA:TRUE): the registry's x509 verification refuses it"
+                    )
                 _check_dates(anchor, now)
                 return f"issued by {_subject(anchor)} of {bundle.path}"
         if index + 1 == len(chain) or not _issued_by(certificate, chain[index + 1]):
+            break
+        if not may_sign(chain[index + 1]):
             break
     raise TokenError(f"its x5c chain does not lead to a certificate of {bundle.path}")
 
