@@ -10,6 +10,7 @@ files and the signing keys are watched this way.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import stat
@@ -40,6 +41,25 @@ Entry = tuple[str, str]
 """A directory and a name in it."""
 WatchPlan = Mapping[str, frozenset[str]]
 """For each directory to watch, the names in it whose events matter."""
+
+INACTIVE_EMITTER = "InotifyEmitter.queue_events() called when the thread is inactive"
+"""What watchdog's inotify emitter logs (as an error) when an event is read just as its watch
+is stopped: at shutdown, or when a retargeted link moves a watch. Nothing is lost (the watch
+is going away), yet through the standard library's last-resort handler it reached twistd's
+stderr as an error line. The key files' directory often holds a busy file (the log), so the
+race is no longer rare."""
+
+
+class _DropInactiveEmitter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != INACTIVE_EMITTER
+
+
+def quiet_inactive_emitter() -> None:
+    """Drop :data:`INACTIVE_EMITTER` from watchdog's inotify logger (once per process)."""
+    emitter_log = logging.getLogger("watchdog.observers.inotify")
+    if not any(isinstance(f, _DropInactiveEmitter) for f in emitter_log.filters):
+        emitter_log.addFilter(_DropInactiveEmitter())
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +233,7 @@ class WatchService(Service):
 
     def _watch(self) -> None:
         self._stopped = False
+        quiet_inactive_emitter()
         observer = PollingObserver(timeout=POLL_INTERVAL_SECONDS) if self._poll else Observer()
         observer.daemon = True
         observer.start()
