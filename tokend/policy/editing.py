@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokend.durable_files import sync_directory
 from tokend.policy.files import (
     GROUPS_FILE,
     MAX_POLICY_FILE_BYTES,
@@ -248,7 +249,7 @@ def write_users(snapshot: Snapshot, document: Mapping[str, Any]) -> LoadedPolicy
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
     return loaded
 
 
@@ -265,12 +266,3 @@ def _keep_owner(fd: int, snapshot: Snapshot, path: Path) -> None:
             f"cannot give the new {path.name} its owner {snapshot.uid}:{snapshot.gid}; run as "
             "root or as that owner"
         ) from None
-
-
-def _sync_directory(directory: Path) -> None:
-    """The rename itself survives a crash once the directory is synced."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

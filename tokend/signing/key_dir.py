@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from tokend.durable_files import sync_directory
 from tokend.secret_files import refuse_loose
 from tokend.signing.devcert import DEFAULT_CN, DEFAULT_DAYS, _create, _new_pair, _replace
 from tokend.signing.key_set import CURRENT, NEXT, PREVIOUS, KeySet, SetKey
@@ -163,18 +164,9 @@ def _read_state_or_empty(directory: Path) -> KeyDirState:
     return read_state(directory)
 
 
-def _sync_directory(directory: Path) -> None:
-    """Make the names created in ``directory`` durable before a state that names them."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_state(directory: Path, state: KeyDirState) -> None:
     _replace(directory / STATE_FILE, state.to_json(), 0o644)
-    _sync_directory(directory)
+    sync_directory(directory)
 
 
 def _read_shared_secret(directory: Path, allow_loose_permissions: bool) -> bytes:
@@ -342,7 +334,7 @@ def create_key(
     except BaseException:
         key_path.unlink()
         raise
-    _sync_directory(directory)
+    sync_directory(directory)
     if state.current is None and not csr:
         _write_state(directory, KeyDirState(name, None, state.previous))
     else:
