@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
@@ -31,7 +30,7 @@ from tokend.cli.common import CommandError
 from tokend.cli.times import when
 from tokend.login.refresh_tokens import REFRESH_AUDIENCE, REFRESH_TYP
 from tokend.signing.keys import libtrust_key_id, registry_thumbprint
-from tokend.signing.registry_trust import may_sign
+from tokend.signing.registry_trust import may_sign, signed_by
 
 MAX_INPUT_CHARS = 1024 * 1024
 """More than any realm answer: tokens with a long x5c chain are a few kilobytes."""
@@ -147,14 +146,6 @@ def _check_dates(certificate: x509.Certificate, now: float) -> None:
         raise TokenError(f"certificate {_subject(certificate)} has expired")
 
 
-def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        certificate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def _trusted_chain(chain: Sequence[x509.Certificate], bundle: Bundle, now: float) -> str:
     """Walk the ``x5c`` chain from the leaf until a certificate of the bundle, or one the bundle
     issued, checking every signature and validity period on the way (as the registry's x509
@@ -165,7 +156,7 @@ def _trusted_chain(chain: Sequence[x509.Certificate], bundle: Bundle, now: float
         if certificate.fingerprint(hashes.SHA256()) in trusted:
             return f"it is in {bundle.path}"
         for anchor in bundle.certificates:
-            if _issued_by(certificate, anchor):
+            if signed_by(certificate, anchor):
                 if not may_sign(anchor):
                     raise TokenError(
                         f"its x5c certificate {_subject(certificate)} was signed by "
@@ -174,7 +165,7 @@ def _trusted_chain(chain: Sequence[x509.Certificate], bundle: Bundle, now: float
                     )
                 _check_dates(anchor, now)
                 return f"issued by {_subject(anchor)} of {bundle.path}"
-        if index + 1 == len(chain) or not _issued_by(certificate, chain[index + 1]):
+        if index + 1 == len(chain) or not signed_by(certificate, chain[index + 1]):
             break
         if not may_sign(chain[index + 1]):
             break

@@ -140,7 +140,8 @@ def _valid(certificate: x509.Certificate, moment: datetime) -> bool:
     return certificate.not_valid_before_utc <= moment <= certificate.not_valid_after_utc
 
 
-def _signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+def signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key signed ``certificate`` (and names it as its issuer)."""
     try:
         certificate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
@@ -175,7 +176,7 @@ def trusted_chain(
         if certificate in roots:
             return Verdict(True, f"x5c: {subject(certificate)} is in the bundle", (certificate,))
         for root in roots:
-            if _signed_by(certificate, root):
+            if signed_by(certificate, root):
                 if not may_sign(root):
                     return Verdict(
                         False,
@@ -188,7 +189,7 @@ def trusted_chain(
         if index + 1 == len(chain):
             break
         parent = chain[index + 1]
-        if not _signed_by(certificate, parent) or not may_sign(parent):
+        if not signed_by(certificate, parent) or not may_sign(parent):
             break
     return Verdict(False, f"the x5c chain of {subject(chain[0])} leads to no bundle certificate")
 
