@@ -61,14 +61,12 @@ class ServiceState:
             "Generation of the policy serving; each good reload adds one.",
             status.generation,
         )
-        reloads = CounterMetricFamily(
+        yield _reloads(
             "tokend_policy_reloads",
             "Policy reloads since start, by result (a failed one keeps the policy serving).",
-            labels=["result"],
+            status.reloads_ok,
+            status.reloads_failed,
         )
-        reloads.add_metric(["ok"], status.reloads_ok)
-        reloads.add_metric(["failed"], status.reloads_failed)
-        yield reloads
         yield _gauge(
             "tokend_policy_last_reload_success_timestamp_seconds",
             "When the policy files last loaded (start-up counts), Unix time.",
@@ -129,14 +127,12 @@ def signing_state(holder: KeyHolder, now: float) -> Iterator[Metric]:
         for position, (subject, not_after) in enumerate(key.expiries()):
             remaining.add_metric([key.name, key.state, str(position), subject], not_after - now)
     yield remaining
-    reloads = CounterMetricFamily(
+    yield _reloads(
         "tokend_signing_keys_reloads",
         "Signing key reloads since start, by result (a failed one keeps the keys in force).",
-        labels=["result"],
+        holder.reloads_ok,
+        holder.reloads_failed,
     )
-    reloads.add_metric(["ok"], holder.reloads_ok)
-    reloads.add_metric(["failed"], holder.reloads_failed)
-    yield reloads
     yield _gauge(
         "tokend_signing_keys_files_valid",
         "1 when the key files on disk loaded at the last attempt, 0 when the last good keys "
@@ -184,6 +180,14 @@ class RedisState:
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _reloads(name: str, documentation: str, ok: int, failed: int) -> CounterMetricFamily:
+    """A reload counter by result: the policy's and the signing keys' read the same way."""
+    reloads = CounterMetricFamily(name, documentation, labels=["result"])
+    reloads.add_metric(["ok"], ok)
+    reloads.add_metric(["failed"], failed)
+    return reloads
 
 
 def certificate_expiry(key: SigningKey) -> float | None:
