@@ -11,9 +11,10 @@ import pytest_twisted
 from sqlalchemy import Engine, event, exc
 from twisted.internet import reactor
 
+from tokend.access_tokens.record import AccessToken
 from tokend.store.database import DatabaseUnavailable, Location, connect, locate
 from tokend.store.migrating import upgrade
-from tokend.store.queries import TOUCH_INTERVAL, AccessToken, AccessTokens, secret_hash
+from tokend.store.queries import TOUCH_INTERVAL, AccessTokens, secret_hash
 from tokend.store.runner import EngineService, Store
 from tokend.threads import ThreadPoolService
 

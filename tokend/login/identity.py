@@ -8,9 +8,10 @@ knowing which backend answered, and the policy decides what the identity may do.
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from tokend.access_tokens.cap import Cap
 from tokend.dn import DNError, normalise_dn
 from tokend.policy.model import OWN_ENTRY, Labels, Policy
 
@@ -20,6 +21,19 @@ DIRECTORY = "ldap"
 """Accounts the LDAP directory vouches for (any name users.json does not hold)."""
 FEDERATED_SOURCE = "federated"
 """Accounts a trust of issuers.json vouches for: a CI job's or a pod's platform JWT."""
+ACCESS_TOKEN_SOURCE = "access token"  # noqa: S105 (a source's name, not a secret)
+"""Accounts that logged in with one of their access tokens (#26): the token's cap bounds what
+they get."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUse:
+    """The access token a login was made with: its id and name (for logs and the last use) and
+    its cap, which issuing applies on top of the owner's rights now."""
+
+    id: str
+    name: str
+    cap: Cap = field(hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +71,9 @@ class Identity:
     """Each claim path the trust's account and rules reference, with its value in the JWT."""
     expires_at: float | None = None
     """When the JWT a federated identity came with ends: no access token outlives it."""
+    access_token: TokenUse | None = None
+    """The access token this identity logged in with (``ACCESS_TOKEN_SOURCE``); None for
+    every other way in."""
 
 
 _MAPPED_TO_NOTHING = frozenset(

@@ -9,17 +9,17 @@ epoch, so the queries never read a clock or see a secret.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import hmac
 import json
 import secrets
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Row, and_, insert, or_, select, update
 
+from tokend.access_tokens.record import AccessToken, Cap
+from tokend.access_tokens.secrets import secret_hash as hashed_secret
 from tokend.store.database import Location, guarded
 from tokend.store.schema import access_tokens
 
@@ -32,33 +32,11 @@ REMEMBERED_TOUCHES = 4096
 MAX_NAME = 256
 MAX_ADDRESS = 64
 
-Cap = Mapping[str, tuple[str, ...]]
-"""Repository pattern -> the actions a token may have there, as in a users.json rule set."""
-
 
 def secret_hash(secret: str) -> str:
-    """What is kept of a secret: SHA-256, hex (enough for secrets of 256 random bits)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class AccessToken:
-    """One token as stored; ``secret_hash`` is never shown."""
-
-    id: str
-    owner: str
-    name: str
-    secret_hash: str = field(repr=False)
-    cap: Cap
-    created_at: int
-    expires_at: int
-    revoked_at: int | None = None
-    last_used_at: int | None = None
-    last_used_from: str | None = None
-
-    def usable_at(self, now: int) -> bool:
-        """Neither revoked nor expired at ``now``."""
-        return self.revoked_at is None and now < self.expires_at
+    """What is kept of a secret: its SHA-256 (:func:`tokend.access_tokens.secrets.secret_hash`),
+    hex, as the ``secret_hash`` column holds it."""
+    return hashed_secret(secret).hex()
 
 
 def _cap_text(cap: Cap) -> str:

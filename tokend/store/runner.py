@@ -10,8 +10,9 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
+from tokend.access_tokens.record import AccessToken, Cap
 from tokend.store.database import Location, connect
-from tokend.store.queries import AccessToken, AccessTokens, Cap
+from tokend.store.queries import AccessTokens
 from tokend.threads import ThreadRunner
 
 
