@@ -53,6 +53,8 @@ CLIENT = "203.0.113.26"
 """Where this module's direct requests come from (TEST-NET-3), as X-Real-IP on tokend's socket."""
 REVOCATION_SEEN_WITHIN = 2.0
 """Seconds the issue allows before every process sharing the database refuses a revoked token."""
+SHOWN: list[str] = []
+"""Every secret the tool showed in this module: none may reach a log."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def create(
                 *caps, "--json")  # fmt: skip
     assert made.ok, made.stdout + made.stderr
     document = json.loads(made.stdout)
+    SHOWN.append(document["secret"])
     assert document["owner"] == owner and document["state"] == "active", document
     assert document["scopes"] == list(scopes), document
     assert document["secret"].startswith("tkd_at_"), document
@@ -258,6 +261,24 @@ def test_a_docker_client_holding_the_refresh_token_fails_after_revoke(
     assert not again.ok, again.stdout
 
 
+def test_malformed_and_oversized_secrets_are_refused(stack: Stack, owners: dict[str, Any]) -> None:
+    token = create(stack, USER, "well-formed", "atok/*:pull")
+    damaged = token.secret[:-1] + ("A" if token.secret[-1] != "A" else "B")  # its check fails
+    for secret in (damaged, "tkd_at_", "tkd_at_short", token.secret + "x" * 4000):
+        status, _, body = login(stack, USER, secret)
+        assert status == 401, (secret[:20], body)
+    assert status_of(stack, USER, token.secret) == 200
+
+
+def test_no_secret_reaches_a_log(stack: Stack) -> None:
+    assert SHOWN, "run with the scenarios above"
+    logs = [stack.root / "tokend.log", stack.root / "tokend.out", stack.root / "registry.log"]
+    logs.append(stack.root / "nginx" / "access.log")
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert not [secret for secret in SHOWN if secret in text], log
+
+
 # --- two daemons on one PostgreSQL ----------------------------------------------------------
 
 
@@ -357,7 +378,7 @@ def test_token_logins_wait_out_a_postgresql_outage(pair: Pair) -> None:
 
 # --- --workers 2 on SQLite ------------------------------------------------------------------
 
-ANSWERED_BY = re.compile(r" pid (\d+)\] (issued|refused) ")
+ANSWERED_BY = re.compile(r" pid (\d+)\] (issued|refused|throttled) ")
 
 
 @pytest.fixture(scope="module")
