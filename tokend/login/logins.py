@@ -54,6 +54,10 @@ class Renewal(Protocol):
     def refresh_token_for(self, login: Login, now: float) -> str | None: ...
 
 
+LoginHook = Callable[[Login, str, float], None]
+"""Told ``(login, client, now)`` after each successful login (an access token's last use)."""
+
+
 class _Nobody:
     """The authenticator of passwords no backend is asked about (empty, longer than bcrypt
     reads for one that checks with bcrypt, or a name none answers): it refuses them, after
@@ -147,11 +151,13 @@ class Logins:
         in_flight: InFlight,
         renewal: Renewal | None = None,
         metrics: RequestMetrics = NO_METRICS,
+        on_success: Sequence[LoginHook] = (),
     ) -> None:
         """``authenticators`` in the order they are asked; ``passwords`` pays the bcrypt of
         refusals that cost none (through the same bounded queue as every check); ``renewal``
         issues refresh tokens; ``metrics`` counts cache hits and misses and the checks
-        backends run, here where they happen."""
+        backends run, here where they happen; ``on_success`` are told of every login."""
+        self._on_success = tuple(on_success)
         self._metrics = metrics
         self._current = current
         self._authenticators = tuple(authenticators)
@@ -217,7 +223,11 @@ class Logins:
         if not password or (backend.refusals_cost_a_bcrypt and len(password) > MAX_PASSWORD_BYTES):
             backend = _NOBODY
         else:
-            hit = backend.at_once(credentials, policy, now)
+            try:
+                hit = backend.at_once(credentials, policy, now)
+            except LoginRefused:
+                self._throttle.failed(account, client, now)
+                raise
             if hit is not None:
                 # The entry a remembered directory login found may be locked through another
                 # name meanwhile: answering the right password then would tell it from wrong.
@@ -230,7 +240,7 @@ class Logins:
                         raise
                 self._metrics.cache_lookup(True)
                 self._throttle.succeeded(account, client, now, entry=gate.entry)
-                return hit
+                return self._succeeded(hit, client, now)
         known = self._throttle.knows(account, client, now)
         full = self._in_flight.admit(client, known=known)
         if full is not None:
@@ -299,7 +309,9 @@ class Logins:
         """:meth:`_password` past the cache: the backend asked (and the next, when it is not
         its to decide), a refusal that cost no bcrypt padded with one, the throttle told how
         it went, and only then the client's place given back. A backend that could not
-        answer (the directory down) counts as neither."""
+        answer (the directory down) counts as neither. A backend that refuses by raising
+        :class:`LoginRefused` (an access token: its form already says it is no password)
+        gives its own reason, a failure with no bcrypt padded."""
         account = credentials.account
         login: Login | None = None
         answered = overloaded = False
@@ -309,6 +321,9 @@ class Logins:
             answered = True
             if login is None and not backend.refusals_cost_a_bcrypt:
                 await self._passwords.pad(check_cost(policy, account))
+        except LoginRefused:
+            answered = True
+            raise
         except Stopped:
             raise LoginOverloaded("the service is stopping; try again shortly", account) from None
         except Overloaded:
@@ -325,6 +340,15 @@ class Logins:
             ended(account, client, self._now(), entry=gate.entry)
         if login is None:
             raise LoginRefused(WRONG, account)
+        return self._succeeded(login, client, self._now())
+
+    def _succeeded(self, login: Login, client: str, now: float) -> Login:
+        """``login``, once every hook was told of it; a hook that raises is logged."""
+        for hook in self._on_success:
+            try:
+                hook(login, client, now)
+            except Exception:
+                self.log.failure("a login hook failed")
         return login
 
     def _detached(self, check: Deferred[Login]) -> Deferred[Login]:
@@ -373,7 +397,7 @@ class Logins:
             raise self._refused(client, e) from None
         if login is not None:
             self._throttle.address_ended(client, now, failed=False)
-            return login
+            return self._succeeded(login, client, now)
         return self._detached(ensureDeferred(self._bearer_checked(backend, answered, client)))
 
     async def _bearer_checked(
@@ -389,7 +413,7 @@ class Logins:
         if login is None:
             raise self._refused(client, LoginRefused("these credentials are not accepted here"))
         self._throttle.address_ended(client, self._now(), failed=False)
-        return login
+        return self._succeeded(login, client, self._now())
 
     def _refused(self, client: str, refusal: LoginRefused) -> LoginRefused:
         self._throttle.address_ended(client, self._now(), failed=True)
