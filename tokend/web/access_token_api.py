@@ -148,7 +148,7 @@ class AccessTokenAPI:
         admin), its secret in this answer and never again."""
         caller = await self._caller(request)
         document = _document(request)
-        asked = document.get("owner", caller.account) if isinstance(document, dict) else None
+        asked = document.get("owner") if isinstance(document, dict) else None
         try:
             new = from_json(caller.account if asked is None else asked, document, self._max_ttl)
         except NewTokenError as e:
