@@ -22,11 +22,12 @@ from support import (
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
+from tokend.access_tokens.cap import parse_cap
 from tokend.client_address import ClientAddress
 from tokend.issuing import Issued, Issuing
 from tokend.login.assembly import logins_for
 from tokend.login.credentials import UsernamePassword
-from tokend.login.identity import Login
+from tokend.login.identity import ACCESS_TOKEN_SOURCE, Login, TokenUse
 from tokend.login.logins import Logins
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
@@ -231,3 +232,75 @@ def test_no_access_token_outlives_the_identity_it_was_issued_to(tmp_path: Path) 
         assert isinstance(issued, Issued)
         assert issued.token.expires_in == lifetime
         assert desk.claims(issued.token.token)["exp"] == NOW + lifetime
+
+
+def with_token(login: Login, *scopes: str) -> Login:
+    """``login`` as made with an access token whose cap is ``scopes``."""
+    use = TokenUse("0123456789abcdef", "ci", parse_cap(scopes))
+    identity = replace(login.identity, source=ACCESS_TOKEN_SOURCE, access_token=use)
+    return Login(identity, login.policy)
+
+
+TOKEN_ASKED = parse_scopes(
+    [
+        "repository:public/hello:pull,push",
+        "repository:public/other:push,pull",
+        "repository:private/x:pull",
+        "registry:catalog:*",
+    ]
+)
+
+
+def test_a_token_login_gets_its_owners_rights_within_the_tokens_cap(tmp_path: Path) -> None:
+    """The owner's rights now ∩ the cap ∩ what was asked: a push outside the cap is refused,
+    and nothing but repositories is granted (the catalog lists every repository)."""
+    desk = Desk(tmp_path)
+    login = with_token(desk.login("bar"), "public/hello:pull,push", "public/*:pull", "*:*")
+    issued = desk.issuing.issue(login, "registry.test", TOKEN_ASKED)
+    assert isinstance(issued, Issued)
+    assert [str(scope) for scope in issued.granted] == [
+        "repository:public/hello:pull,push",
+        "repository:public/other:pull",
+        "repository:private/x:",
+        "registry:catalog:",
+    ]
+    assert desk.claims(issued.token.token)["access"] == [
+        {"type": "repository", "name": "public/hello", "actions": ["pull", "push"]},
+        {"type": "repository", "name": "public/other", "actions": ["pull"]},
+    ]
+    plain = desk.issuing.issue(desk.login("bar"), "registry.test", TOKEN_ASKED)
+    assert isinstance(plain, Issued)
+    assert str(plain.granted[3]) == "registry:catalog:*", "a password login lists the catalog"
+
+
+def test_a_token_shrinks_with_its_owners_rights(tmp_path: Path) -> None:
+    desk = Desk(tmp_path)
+    rights = {"public/*": ["pull"], "private/*": ["pull"]}
+    write_policy(tmp_path / "config", {"bar": ("bar", rights)})
+    reduced = load_policy(tmp_path / "config").policy
+    bar = with_token(desk.login("bar"), "public/hello:pull,push")
+    login = Login(bar.identity, reduced)
+    issued = desk.issuing.issue(login, "registry.test", ASKED)
+    assert isinstance(issued, Issued)
+    assert [str(scope) for scope in issued.granted] == [
+        "repository:public/hello:pull",
+        "repository:private/x:",
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deciding_program_never_grants_a_token_more_than_its_cap(tmp_path: Path) -> None:
+    program = authorizer(tmp_path, "True", decides=True)
+    desk = Desk(tmp_path, authorization=program)
+    login = with_token(desk.login("bar"), "public/hello:pull", "private/x:pull")
+    answer = await issued(desk.issuing.issue(login, "registry.test", TOKEN_ASKED))
+    assert [str(scope) for scope in answer.granted] == [
+        "repository:public/hello:pull",
+        "repository:public/other:",
+        "repository:private/x:pull",
+        "registry:catalog:",
+    ]
+    assert [(q["Name"], q["Actions"]) for q in questions(tmp_path)] == [
+        ("public/hello", ["pull"]),
+        ("private/x", ["pull"]),
+    ]

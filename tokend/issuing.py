@@ -1,6 +1,7 @@
 """Issuing a token for an identity (or nobody): the scopes asked ∩ the rights its policy gives
-it (and, when one is configured, what the authorization program says of each), signed, plus a
-refresh token when a login asked for one. No HTTP here: the realm parses the request, calls
+it (and, when one is configured, what the authorization program says of each), within the cap
+of the access token it logged in with, if any, signed, plus a refresh token when a login asked
+for one. No HTTP here: the realm parses the request, calls
 :meth:`Issuing.issue`, and writes the answer and its log line."""
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 
+from tokend.access_tokens.cap import capped
 from tokend.client_address import ClientAddress
 from tokend.login.identity import Login
 from tokend.login.logins import Logins
 from tokend.policy.holder import PolicyHolder
+from tokend.policy.model import ACTIONS, ALL_ACTIONS
 from tokend.programs.authorization import AuthorizationProgram, Question
 from tokend.scope import ResourceScope
 from tokend.signing.tokens import IssuedToken, TokenIssuer
@@ -80,6 +83,9 @@ class Issuing:
             ResourceScope(scope.type, scope.name, policy.grant(account, scope, member, address))
             for scope in asked
         )
+        if login is not None and login.identity.access_token is not None:
+            asked = tuple(_within_cap(login, scope) for scope in asked)
+            granted = tuple(_within_cap(login, scope) for scope in granted)
         if self._authorization is None:
             return self._signed(login, service, granted, offline, presented)
         shown = "" if client is None else client.address
@@ -137,6 +143,18 @@ class Issuing:
         if refresh_token is None and offline and login is not None:
             refresh_token = self._logins.refresh_token_for(login, now)
         return Issued(token, granted, refresh_token)
+
+
+def _within_cap(login: Login, scope: ResourceScope) -> ResourceScope:
+    """``scope`` within the cap of the access token ``login`` was made with: repositories
+    only (the catalog would list every repository, whatever the cap), ``*`` read as every
+    action, so a deciding authorization program is asked about no more than the cap allows."""
+    use = login.identity.access_token
+    assert use is not None
+    if scope.type != "repository":
+        return ResourceScope(scope.type, scope.name, ())
+    actions = ACTIONS if ALL_ACTIONS in scope.actions else scope.actions
+    return ResourceScope(scope.type, scope.name, capped(actions, use.cap, scope.name))
 
 
 def _lifetime(login: Login, now: float) -> int | None:

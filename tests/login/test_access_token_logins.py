@@ -158,10 +158,10 @@ class Door:
     def reload(self, users: dict[str, dict[str, Any]]) -> None:
         self.holder.replace(self.policy(users), self.clock())
 
-    def set_tokens_valid_after(self, account: str, moment: float) -> None:
+    def edit_user(self, account: str, **entry: Any) -> None:
         users = self.config / "users.json"
         written = json.loads(users.read_text())
-        written[account]["tokens_valid_after"] = rfc3339(moment)
+        written[account].update(entry)
         users.write_text(json.dumps(written))
         self.holder.replace(load_policy(self.config).policy, self.clock())
 
@@ -290,7 +290,7 @@ def test_expired_revoked_and_tokens_valid_after_end_a_token(
     assert "revoked" in door.refused("alice", kept_secret).message
     _, fresh = door.token(name="fresh")
     door.login("alice", fresh)
-    door.set_tokens_valid_after("alice", door.clock() + 1)
+    door.edit_user("alice", tokens_valid_after=rfc3339(door.clock() + 1))
     assert "owner" in door.refused("alice", fresh).message
     assert door.events.results == [
         "accepted",
@@ -302,6 +302,17 @@ def test_expired_revoked_and_tokens_valid_after_end_a_token(
         "accepted",
         "tokens_valid_after",
     ]
+
+
+def test_a_robot_logs_in_with_its_tokens_only(tmp_path: Path, database: AccessTokens) -> None:
+    door = Door(tmp_path, database)
+    door.edit_user("bob", pass_hash=None)
+    _, secret = door.token(owner="bob")
+    login = door.login("bob", secret)
+    assert login.identity.account == "bob" and login.identity.access_token is not None
+    assert door.workers.calls == 0
+    assert door.refused("bob", "bob").message == "invalid user name or password"
+    assert door.workers.calls == 1, "the usual dummy bcrypt"
 
 
 def test_a_revocation_made_here_is_seen_at_once(tmp_path: Path, database: AccessTokens) -> None:

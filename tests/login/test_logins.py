@@ -11,6 +11,7 @@ import pytest
 from policies import NOW, policy_in
 from support import settled
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
 
 from tokend.login.credentials import RefreshToken, UsernamePassword
 from tokend.login.identity import (
@@ -152,8 +153,11 @@ def door(
     throttle: LoginThrottle | None = None,
     in_flight: int = 0,
     metrics: Any = None,
+    on_success: Any = (),
 ) -> Logins:
-    extra = {} if metrics is None else {"metrics": metrics}
+    extra: dict[str, Any] = {"on_success": on_success}
+    if metrics is not None:
+        extra["metrics"] = metrics
     return Logins(
         current=lambda: policy,
         authenticators=authenticators,
@@ -329,3 +333,57 @@ def test_not_mine_then_an_unfit_name_is_refused_after_one_bcrypt(policy: Policy)
     with pytest.raises(LoginRefused):
         settled(logins.login(UsernamePassword("bob!", b"b"), HERE))
     assert (after.asked, workers.costs) == ([], [4])
+
+
+class Refusing(Accounts):
+    """Refuses by raising, with its own reason (as access tokens do): at once for a name it
+    remembers refusing, else once asked."""
+
+    def __init__(self) -> None:
+        super().__init__("refusing", {"carol": b"c"})
+        self.known_bad: set[str] = set()
+
+    def at_once(self, credentials: object, policy: Policy, now: float) -> Login | None:
+        assert isinstance(credentials, UsernamePassword)
+        if credentials.account in self.known_bad:
+            raise LoginRefused("remembered: no", credentials.account)
+        return None
+
+    async def authenticate(self, credentials: object, gate: EntryGate) -> Login | None:
+        assert isinstance(credentials, UsernamePassword)
+        self.known_bad.add(credentials.account)
+        raise LoginRefused("its own reason", credentials.account)
+
+
+def test_a_refusal_an_authenticator_raises_is_a_failure_with_no_bcrypt(policy: Policy) -> None:
+    workers = CountingWorkers()
+    throttle = LoginThrottle(per_account=2, per_address=100, window=300)
+    logins = door(policy, Refusing(), workers=workers, throttle=throttle)
+    with pytest.raises(LoginRefused, match="its own reason"):
+        settled(logins.login(UsernamePassword("carol", b"c"), HERE))
+    with pytest.raises(LoginRefused, match="remembered"):
+        logins.login(UsernamePassword("carol", b"c"), HERE)
+    with pytest.raises(LoginThrottled):
+        logins.login(UsernamePassword("carol", b"c"), HERE)
+    assert workers.costs == [], "its form told it was no password: nothing to pad"
+
+
+def test_every_successful_login_is_told_to_the_hooks(policy: Policy) -> None:
+    told: list[tuple[str, str, float]] = []
+
+    def hook(login: Login, client: str, now: float) -> None:
+        told.append((login.identity.account, client, now))
+
+    def broken(login: Login, client: str, now: float) -> None:
+        raise RuntimeError("a hook that fails")
+
+    accounts = Accounts("one", {"bob": b"right"})
+    logins = door(policy, accounts, on_success=(broken, hook))
+    with capturedLogs() as events:
+        assert settled(logins.login(UsernamePassword("bob", b"right"), HERE))
+    accounts.remembered.add(("bob", b"right"))
+    assert isinstance(logins.login(UsernamePassword("bob", b"right"), ELSEWHERE), Login)
+    with pytest.raises(LoginRefused):
+        settled(logins.login(UsernamePassword("bob", b"wrong"), HERE))
+    assert told == [("bob", HERE, NOW), ("bob", ELSEWHERE, NOW)]
+    assert [e for e in events if e.get("log_failure") is not None], "the failing hook is logged"

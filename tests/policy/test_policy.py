@@ -85,7 +85,7 @@ def test_catalog_for_users_and_for_anonymous_only_when_enabled() -> None:
     [
         ([], "users.json: expected an object"),
         ({"a": {"pass_hash": HASH, "repos": {}}}, "users.json: a.repos: unknown key"),
-        ({"a": {"repositories": {}}}, "users.json: a.pass_hash: expected a bcrypt hash"),
+        ({"a": {"pass_hash": 12}}, "users.json: a.pass_hash: expected a bcrypt hash"),
         ({"a": {"pass_hash": "plaintext"}}, "a.pass_hash: expected a bcrypt hash"),
         (
             {"alice": {"pass_hash": HASH, "repositories": {"a/b": ["pusj"]}}},

@@ -48,8 +48,11 @@ def check_config(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
     for note in overlap_notes(policy):
         stdout.write(f"overlap: {note}\n")
     anonymous = policy.anonymous
+    robots = sum(1 for user in policy.users.values() if user.robot)
+    robots_shown = f" ({robots} robot{'' if robots == 1 else 's'}: access tokens only)"
     stdout.write(
-        f"{config_dir}: policy is valid: {len(policy.users)} users, {len(policy.groups)} groups, "
+        f"{config_dir}: policy is valid: {len(policy.users)} users"
+        f"{robots_shown if robots else ''}, {len(policy.groups)} groups, "
         f"anonymous {'blacklist' if anonymous.blacklist else 'whitelist'} of "
         f"{len(anonymous.repositories)} names and patterns, anonymous catalog "
         f"{'on' if anonymous.catalog else 'off'}\n"

@@ -112,7 +112,12 @@ def explain(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
             stdout.write(f"    {line}\n")
     if account is None:
         return
-    if member is None:
+    if member is None and policy.users[account].robot:
+        stdout.write(
+            f"robot: {account!r} has no pass_hash and logs in only with its access tokens, "
+            "which get these rights within each token's cap\n"
+        )
+    elif member is None:
         stdout.write(_identity_tokens(account, policy.users[account].tokens_valid_after))
     else:
         stdout.write(_directory_identity_tokens(account))

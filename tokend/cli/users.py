@@ -122,7 +122,8 @@ def remove(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
 
 
 def list_users(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
-    """Users as the daemon would load them: groups and number of own rules."""
+    """Users as the daemon would load them: groups and number of own rules; robots (no
+    password: access tokens only) marked."""
     try:
         users = load_policy(Path(args.config_dir)).policy.users
     except PolicyError as e:
@@ -131,7 +132,8 @@ def list_users(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     for name, user in users.items():
         groups = ", ".join(user.groups) or "none"
         rules = _count(len(user.repositories), "rule")
-        stdout.write(f"{name:<{width}}  {rules:<9}  groups: {groups}\n")
+        robot = "  robot (access tokens only)" if user.robot else ""
+        stdout.write(f"{name:<{width}}  {rules:<9}  groups: {groups}{robot}\n")
 
 
 def _count(n: int, noun: str) -> str:

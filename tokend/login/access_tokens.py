@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from tokend.access_tokens.cap import Cap, CapError, cap_from_json
 from tokend.access_tokens.record import AccessToken
-from tokend.access_tokens.secrets import PREFIX, parse, secret_hash
+from tokend.access_tokens.secrets import PREFIX, SECRET_LENGTH, parse, secret_hash
 from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import (
     ACCESS_TOKEN_SOURCE,
@@ -151,7 +151,7 @@ class _Remembered(Generic[T]):
 def _secret(password: bytes) -> str | None:
     """The secret ``password`` holds, or None when it is none (wrong form or checksum);
     the length is checked before anything else, so a megabyte costs nothing."""
-    if len(password) > 100:
+    if len(password) != SECRET_LENGTH:
         return None
     try:
         parsed = parse(password.decode("ascii"))
@@ -236,7 +236,7 @@ class AccessTokenAccounts:
         self._by_hash.put(hashed, token, asked_at)
         policy = self._current()
         owner: _Owner | _Unknown | None = None
-        if token is not None and found is not None and found.owner == account:
+        if found is not None and found.owner == account:
             owner = await self._owner(account, policy)
         return self._decided(token, account, owner, policy, self._now())
 

@@ -56,7 +56,9 @@ class PasswordFile:
         assert isinstance(credentials, UsernamePassword)
         account, password = credentials.account, credentials.password
         user = policy.users.get(account)
-        if user is not None and self._cache.verified(account, password, user.pass_hash, now):
+        if user is None or user.robot:
+            return None
+        if self._cache.verified(account, password, user.pass_hash, now):
             return Login(_identity(account, user), policy)
         return None
 
@@ -74,7 +76,8 @@ class PasswordFile:
         for attempt in range(MAX_HASH_CHECKS):
             policy = self._current()
             user = policy.users.get(account)
-            checked = user.pass_hash if user is not None else None
+            # A robot has no password: refused against a dummy hash, as an unknown name is.
+            checked = user.pass_hash if user is not None and not user.robot else None
             # The first hash was looked up in the cache by the caller already, moments ago.
             if attempt and checked is not None:
                 hit = self.at_once(credentials, policy, self._now())

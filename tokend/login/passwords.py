@@ -30,9 +30,11 @@ def dummy_hash(cost: int) -> bytes:
 
 def check_cost(policy: Policy, account: str) -> int:
     """The bcrypt cost a wrong password for ``account`` costs: its users.json hash's, else the
-    dummy cost the policy draws for the name."""
+    dummy cost the policy draws for the name (a robot's too: it has no hash)."""
     user = policy.users.get(account)
-    return int(user.pass_hash[4:6]) if user is not None else policy.dummy_cost(account)
+    if user is None or user.robot:
+        return policy.dummy_cost(account)
+    return int(user.pass_hash[4:6])
 
 
 def _checkpw(password: bytes, pass_hash: bytes) -> bool:

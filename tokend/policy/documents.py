@@ -266,7 +266,8 @@ def _user_from_entry(
     for key in entry:
         if key not in USER_KEYS:
             raise PolicyError(file, json_path(user, key), unknown_key(key, USER_KEYS))
-    pass_hash = _checked_hash(entry.get("pass_hash"), file, user)
+    written_hash = entry.get("pass_hash")
+    pass_hash = "" if written_hash is None else _checked_hash(written_hash, file, user)
     written, own = _own_rules(entry.get("repositories", {}), file, user, shared)
     sources = [own]
     member_of = _group_list(entry.get("groups", []), file, user, groups)

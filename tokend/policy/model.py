@@ -92,6 +92,8 @@ class UserPolicy:
     """
 
     pass_hash: bytes
+    """Empty for a robot (``pass_hash`` absent or null): it logs in only with its access
+    tokens."""
     repositories: Mapping[str, WrittenRule]
     groups: tuple[str, ...] = ()
     catalog: bool | None = None
@@ -99,6 +101,11 @@ class UserPolicy:
     may_list_catalog: bool = field(default=True, compare=False, repr=False)
     tokens_valid_after: float | None = None
     """POSIX time before which this user's refresh tokens were issued in vain (revoked)."""
+
+    @property
+    def robot(self) -> bool:
+        """No password: a password login is refused (after a dummy bcrypt)."""
+        return not self.pass_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +281,8 @@ class Policy:
         built in the reload thread), so a login costs the same with 10 users or 100,000."""
         object.__setattr__(self, "folded_users", frozenset(n.casefold() for n in self.users))
         self._by_issuer.update(((t.issuer, t.audience), t) for t in self.trusts.values())
-        written = Counter(user.pass_hash[4:6] for user in self.users.values())
+        hashed = [user.pass_hash for user in self.users.values() if not user.robot]
+        written = Counter(pass_hash[4:6] for pass_hash in hashed)
         counts = Counter({int(cost): n for cost, n in written.items()})
         ordered = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
         object.__setattr__(self, "hash_costs", ordered)
@@ -286,7 +294,7 @@ class Policy:
             bounds.append((seen * _POINTS // total, cost))
         object.__setattr__(self, "_dummy_bounds", tuple(bounds))
         if len(bounds) > 1:
-            hashes = sorted(user.pass_hash for user in self.users.values())
+            hashes = sorted(hashed)
             key = hashlib.sha256(_DUMMY_KEY_LABEL + b"".join(hashes)).digest()
             object.__setattr__(self, "_dummy_key", key)
 
