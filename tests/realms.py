@@ -29,11 +29,13 @@ if TYPE_CHECKING:
     from tokend.login.logins import AccountDirectory, Logins
     from tokend.login.refresh_tokens import RefreshTokens
     from tokend.login.throttle import LoginThrottle
-    from tokend.metrics.instruments import RequestMetrics
+    from tokend.metrics.instruments import AccessTokenMetrics, RequestMetrics
     from tokend.policy.holder import PolicyHolder
     from tokend.signing.keys import SigningKey
     from tokend.signing.tokens import TokenIssuer
+    from tokend.store.runner import Store
     from tokend.threads import ThreadRunner
+    from tokend.web.access_token_api import AccessTokenAPI
     from tokend.web.realm import TokenAPI
 
 NOW = 1_800_000_000
@@ -92,6 +94,8 @@ class RealmParts:
     tokens: TokenIssuer
     throttle: LoginThrottle | None
     metrics: RequestMetrics
+    access_tokens: AccessTokenAPI | None = None
+    """The access token API under /api/v1/, when the realm was given a store."""
 
     def resource(self) -> Resource:
         return self.api.resource()
@@ -113,13 +117,18 @@ def realm_api(
     directory: AccountDirectory | None = None,
     metrics: RequestMetrics | None = None,
     issuer_keys: IssuersKeys | None = None,
+    token_store: Store | None = None,
+    token_metrics: AccessTokenMetrics | None = None,
+    revoked: Callable[[str], object] | None = None,
 ) -> RealmParts:
     """The one realm fixture: a TokenAPI over ``policy`` (a config directory, loaded now, or a
     ready holder), signing with ``key`` (loaded, or its key and certificate paths) for 300 s.
 
     Defaults: a ``task.Clock`` at 0, bcrypt run inline (``workers``), no throttle, cache,
     per-address share, directory, refresh tokens or metrics, as in ``logins_for``; with
-    ``issuer_keys``, the policy's issuers.json trusts log in with their platforms' JWTs.
+    ``issuer_keys``, the policy's issuers.json trusts log in with their platforms' JWTs; with
+    ``token_store``, the access token API answers under /api/v1/ (told of each revocation by
+    ``revoked``), as the daemon's does.
     """
     from twisted.internet.task import Clock
 
@@ -133,6 +142,7 @@ def realm_api(
     from tokend.signing.keys import load_signing_key
     from tokend.signing.tokens import TokenIssuer
     from tokend.threads import InlineRunner
+    from tokend.web.access_token_api import AccessTokenAPI
     from tokend.web.realm import TokenAPI
 
     clock = Clock() if clock is None else clock
@@ -159,6 +169,18 @@ def realm_api(
     )
     tokens = TokenIssuer(key, issuer, 300)
     issuing = Issuing(policy=policy, tokens=tokens, logins=logins, clock=clock.seconds)
+    access_tokens = None
+    if token_store is not None:
+        access_tokens = AccessTokenAPI(
+            policy=policy,
+            logins=logins,
+            store=token_store,
+            clock=clock.seconds,
+            realm=issuer,
+            trusted_proxies=trusted_proxies,
+            revoked=revoked or (lambda token_id: None),
+            **({} if token_metrics is None else {"metrics": token_metrics}),
+        )
     api = TokenAPI(
         policy=policy,
         logins=logins,
@@ -166,8 +188,9 @@ def realm_api(
         services=services,
         trusted_proxies=trusted_proxies,
         metrics=metrics,
+        api=None if access_tokens is None else access_tokens.resource(),
     )
-    return RealmParts(api, policy, clock, logins, issuing, tokens, throttle, metrics)
+    return RealmParts(api, policy, clock, logins, issuing, tokens, throttle, metrics, access_tokens)
 
 
 class CountingWorkers:
@@ -193,7 +216,8 @@ class Realm:
     service, no throttle, cache, proxies, in-flight limit, refresh tokens, directory or issuer
     keys (federated logins); each is a keyword. A ``directory`` client's accounts read the
     realm's policy and ``cache`` (then required) and ask clients to come back in 2 s when it
-    cannot answer.
+    cannot answer. With ``token_store`` the access token API answers under /api/v1/ and each
+    revocation's id is appended to ``revoked``.
     """
 
     def __init__(
@@ -213,6 +237,8 @@ class Realm:
         refresh_ttl: int | None = None,
         directory: Directory | None = None,
         issuer_keys: IssuersKeys | None = None,
+        token_store: Store | None = None,
+        token_metrics: AccessTokenMetrics | None = None,
     ) -> None:
         from treq.testing import StubTreq
         from twisted.internet.task import Clock
@@ -245,6 +271,8 @@ class Realm:
         self.throttle = throttle
         self.cache = cache
         self.directory = directory
+        self.revoked: list[str] = []
+        """The ids the access token API said it revoked (the daemon tells the door)."""
         accounts = None
         if directory is not None:
             assert cache is not None, "directory accounts go through the credential cache"
@@ -265,6 +293,9 @@ class Realm:
             refresh_tokens=self.refresh_tokens,
             directory=accounts,
             issuer_keys=issuer_keys,
+            token_store=token_store,
+            token_metrics=token_metrics,
+            revoked=self.revoked.append,
         )
         self.api = self.parts.api
         self.http = StubTreq(self.api.resource())

@@ -26,7 +26,15 @@ from twisted.python import usage
 from tokend.login.credential_cache import CredentialCache
 from tokend.metrics.collectors import ServiceState, certificate_expiry, process_collectors
 from tokend.metrics.exposition import metrics_resource
-from tokend.metrics.instruments import GRANTS, NO_METRICS, OUTCOMES, Metrics, tokend_version
+from tokend.metrics.instruments import (
+    GRANTS,
+    NO_METRICS,
+    NO_TOKEN_METRICS,
+    OUTCOMES,
+    TOKEN_LOGIN_RESULTS,
+    Metrics,
+    tokend_version,
+)
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.signing.holder import KeyHolder
@@ -126,6 +134,31 @@ def test_no_metrics_accepts_every_report_and_keeps_nothing() -> None:
     NO_METRICS.password_checked(True, 0.0)
     NO_METRICS.cache_lookup(True)
     NO_METRICS.throttled("account")
+
+
+def test_access_tokens_made_revoked_and_logged_in_with_are_counted_by_bounded_results(
+    timed: tuple[CollectorRegistry, Metrics, Timer],
+) -> None:
+    registry, metrics, _ = timed
+    for result in TOKEN_LOGIN_RESULTS:
+        assert value(registry, "tokend_access_token_logins_total", result=result) == 0
+    assert value(registry, "tokend_access_tokens_created_total") == 0
+    metrics.token_created()
+    metrics.token_created()
+    metrics.token_revoked()
+    metrics.token_login("accepted")
+    metrics.token_login("revoked")
+    metrics.token_login("revoked")
+    assert value(registry, "tokend_access_tokens_created_total") == 2
+    assert value(registry, "tokend_access_tokens_revoked_total") == 1
+    assert value(registry, "tokend_access_token_logins_total", result="accepted") == 1
+    assert value(registry, "tokend_access_token_logins_total", result="revoked") == 2
+    assert value(registry, "tokend_access_token_logins_total", result="expired") == 0
+    with pytest.raises(KeyError):
+        metrics.token_login("tkd_at_secret")  # never a secret, a name or an id as a label
+    NO_TOKEN_METRICS.token_created()
+    NO_TOKEN_METRICS.token_revoked()
+    NO_TOKEN_METRICS.token_login("accepted")
 
 
 def write_groups(config: Path) -> None:

@@ -69,7 +69,7 @@ def test_a_typo_in_groups_json_names_the_key_meant() -> None:
         ),
         (
             lambda: groups_from_document({"g": {"rules": {}}}, "groups.json"),
-            '"repositories", "catalog", "ldap_groups", "program_labels"',
+            '"repositories", "catalog", "ldap_groups", "program_labels", "admin"',
         ),
     ],
 )

@@ -25,6 +25,19 @@ OUTCOMES = ("issued", "unauthorized", "bad_request", "throttled", "overloaded", 
 THROTTLED_BY = ("account", "address")
 KEY_FETCHES = ("fetched", "failed")
 """Outcomes of fetching a trust's issuer keys (discovery and key set, or its jwks_file)."""
+TOKEN_LOGIN_RESULTS = (
+    "accepted",
+    "malformed",
+    "unknown",
+    "wrong_owner",
+    "expired",
+    "revoked",
+    "owner_gone",
+    "unavailable",
+)
+"""How a login with an access token ended (#26): accepted, or why it was refused (a secret of
+the wrong form, no such token, another owner's token, expired, revoked, its owner gone or
+their tokens revoked, the database unavailable)."""
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """An anonymous token takes about a millisecond, a bcrypt login tens to hundreds."""
 CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -69,6 +82,29 @@ class _NoMetrics:
 
 
 NO_METRICS: RequestMetrics = _NoMetrics()
+
+
+class AccessTokenMetrics(Protocol):
+    """What the access token API reports (#26); :data:`NO_TOKEN_METRICS` when metrics are off.
+    Logins with a token are the door's to report (``token_login``)."""
+
+    def token_created(self) -> None: ...
+
+    def token_revoked(self) -> None: ...
+
+
+class _NoTokenMetrics:
+    def token_created(self) -> None:
+        pass
+
+    def token_revoked(self) -> None:
+        pass
+
+    def token_login(self, result: str) -> None:
+        pass
+
+
+NO_TOKEN_METRICS = _NoTokenMetrics()
 
 
 def tokend_version() -> str:
@@ -137,6 +173,23 @@ class Metrics:
             ["trust", "outcome"],
             registry=registry,
         )
+        self._tokens_created = Counter(
+            "tokend_access_tokens_created",
+            "Access tokens created through the HTTP API.",
+            registry=registry,
+        )
+        self._tokens_revoked = Counter(
+            "tokend_access_tokens_revoked",
+            "Access tokens revoked through the HTTP API (a token already revoked not again).",
+            registry=registry,
+        )
+        token_logins = Counter(
+            "tokend_access_token_logins",
+            "Logins with an access token, by result: accepted or the reason it was refused.",
+            ["result"],
+            registry=registry,
+        )
+        self._token_logins = {result: token_logins.labels(result) for result in TOKEN_LOGIN_RESULTS}
         Info("tokend_build", "The running tokend.", registry=registry).info(
             {"version": tokend_version()}
         )
@@ -170,3 +223,14 @@ class Metrics:
         if outcome not in KEY_FETCHES:
             raise KeyError(outcome)
         self._key_fetches.labels(trust, outcome).inc()
+
+    def token_created(self) -> None:
+        self._tokens_created.inc()
+
+    def token_revoked(self) -> None:
+        self._tokens_revoked.inc()
+
+    def token_login(self, result: str) -> None:
+        """:class:`tokend.login.access_tokens.AccessTokenEvents`: one login with an access token,
+        ``result`` one of :data:`TOKEN_LOGIN_RESULTS`."""
+        self._token_logins[result].inc()

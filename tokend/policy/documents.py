@@ -43,7 +43,7 @@ from tokend.policy.rules import (
 )
 
 USER_KEYS = ("pass_hash", "repositories", "groups", "catalog", "tokens_valid_after")
-GROUP_KEYS = ("repositories", "catalog", "ldap_groups", "program_labels")
+GROUP_KEYS = ("repositories", "catalog", "ldap_groups", "program_labels", "admin")
 REPOSITORIES_KEYS = ("blacklist", "repositories", "catalog")
 """repositories.json's keys; its old misspelling "backlist" is read too, never suggested."""
 
@@ -179,8 +179,16 @@ def groups_from_document(document: object, file: str) -> Mapping[str, GroupPolic
         rules = _rule_set(_compiled(written), file, (name, "repositories"))
         ldap_groups = _ldap_groups(entry.get("ldap_groups", []), file, name)
         labels = _program_labels(entry.get("program_labels", {}), file, name)
+        admin = entry.get("admin", False)
+        if not isinstance(admin, bool):  # null too: who may manage every token is no default
+            raise PolicyError(file, json_path(name, "admin"), "expected true or false")
         groups[name] = GroupPolicy(
-            MappingProxyType(written), catalog, Source(f"group {name}", rules), ldap_groups, labels
+            MappingProxyType(written),
+            catalog,
+            Source(f"group {name}", rules),
+            ldap_groups,
+            labels,
+            admin=admin,
         )
     return MappingProxyType(groups)
 

@@ -125,6 +125,8 @@ class GroupPolicy:
     )
     """Label -> values: an account the authentication program answered with any of these
     values of that label is a member."""
+    admin: bool = False
+    """``"admin": true``: its members manage every owner's access tokens, not only their own."""
 
     def holds(self, directory_groups: frozenset[str]) -> bool:
         """Whether a directory account in ``directory_groups`` (normalised DNs) is a member."""
@@ -390,6 +392,20 @@ class Policy:
                 known = trust.member(self.groups, who.account, who.claim_values)
             return self._remember(key, known)
         return self.users.get(who.account)
+
+    def is_admin(self, who: Principal) -> bool:
+        """Whether ``who`` is a member of a group with ``"admin": true``, by the groups its
+        kind of rights are read from (users.json ``groups``, directory groups, program labels).
+        Never an identity a platform's JWT vouched for: a CI job manages no one's tokens."""
+        admins = [group for group in self.groups.values() if group.admin]
+        if not admins or who.rights_from == FEDERATED:
+            return False
+        if who.rights_from == DIRECTORY_GROUPS:
+            return any(group.holds(who.directory_groups) for group in admins)
+        if who.rights_from == PROGRAM_LABELS:
+            return any(group.holds_labels(who.labels) for group in admins)
+        user = self.users.get(who.account)
+        return user is not None and any(self.groups[name].admin for name in user.groups)
 
     def trust_for(self, iss: str, aud: str | Sequence[str]) -> TrustRights | None:
         """The trust for a token's ``iss`` and ``aud`` (a string or a list); None when none

@@ -59,6 +59,24 @@ class AuthenticationFailed(RequestError):
     oauth_error = "invalid_grant"
 
 
+class Forbidden(RequestError):
+    """Who asks is known, and may not do this (another account's tokens without being an
+    admin; managing tokens with a token)."""
+
+    status = 403
+    code = "DENIED"
+    oauth_error = "access_denied"
+
+
+class ContentTooLarge(RequestError):
+    status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "UNSUPPORTED"
+
+
 class MethodNotAllowed(RequestError):
     status = 405
     code = "UNSUPPORTED"

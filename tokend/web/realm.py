@@ -56,6 +56,8 @@ from tokend.web.requests import (
     read_post,
 )
 
+API_PATH = b"/api/v1"
+"""Every path under it is the access token API's (:mod:`tokend.web.access_token_api`)."""
 REASONS = {429: b"Too Many Requests"}
 """Status lines Twisted's table lacks (it would write "Unknown Status")."""
 
@@ -75,9 +77,12 @@ class TokenAPI:
         trusted_proxies: TrustedProxies | None = None,
         metrics: RequestMetrics = NO_METRICS,
         keys: KeyFiles | None = None,
+        api: Resource | None = None,
     ) -> None:
         """Everything arrives ready: ``logins`` says who a request is, ``issuing`` what it gets,
-        ``policy`` and ``keys`` answer /healthz; without ``metrics``, nothing is counted."""
+        ``policy`` and ``keys`` answer /healthz; without ``metrics``, nothing is counted.
+        ``api`` answers every path under /api/v1 (the access token API); without it, they are
+        not found."""
         self._policy = policy
         self._keys = keys
         self._logins = logins
@@ -88,6 +93,7 @@ class TokenAPI:
         self._challenge = f'Basic realm="{issuing.issuer}"'.encode()
         self._proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
         self._states: WeakKeyDictionary[Request, RequestState] = WeakKeyDictionary()
+        self._api = api
 
     def state(self, request: Request) -> RequestState:
         """The request's one record, made the first time it is asked for. Kept here, by the
@@ -99,7 +105,7 @@ class TokenAPI:
         return state
 
     def resource(self) -> Resource:
-        return _Edge(self.app.resource(), self._realm_path, self.serve_realm)
+        return _Edge(self.app.resource(), self._realm_path, self.serve_realm, self._api)
 
     def serve_realm(self, request: Request) -> bytes | int:
         """The realm route, dispatched without Klein's per-request URL mapping (a third of an
@@ -431,17 +437,23 @@ def _json(request: Request, status: int, body: object) -> bytes:
 
 class _Edge(Resource):
     """Answers a path that is not UTF-8 with a JSON 400 before Klein's plain-text one, hands
-    the realm to :meth:`TokenAPI.serve_realm`, and every other path to Klein."""
+    the realm to :meth:`TokenAPI.serve_realm`, paths under /api/v1 to the access token API
+    (when there is one), and every other path to Klein."""
 
     isLeaf = True
 
     def __init__(
-        self, wrapped: Resource, realm_path: bytes, realm: Callable[[Request], bytes | int]
+        self,
+        wrapped: Resource,
+        realm_path: bytes,
+        realm: Callable[[Request], bytes | int],
+        api: Resource | None = None,
     ) -> None:
         super().__init__()
         self._wrapped = wrapped
         self._realm_path = realm_path
         self._realm = realm
+        self._api = api
 
     def render(self, request: Request) -> Any:
         if request.path == self._realm_path:
@@ -450,4 +462,8 @@ class _Edge(Resource):
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
             return _json(request, 400, error_body(RequestError("path is not UTF-8"), oauth=False))
+        if self._api is not None and (
+            request.path == API_PATH or request.path.startswith(API_PATH + b"/")
+        ):
+            return self._api.render(request)
         return self._wrapped.render(request)
