@@ -127,12 +127,14 @@ def realm_api(
     Defaults: a ``task.Clock`` at 0, bcrypt run inline (``workers``), no throttle, cache,
     per-address share, directory, refresh tokens or metrics, as in ``logins_for``; with
     ``issuer_keys``, the policy's issuers.json trusts log in with their platforms' JWTs; with
-    ``token_store``, the access token API answers under /api/v1/ (told of each revocation by
-    ``revoked``), as the daemon's does.
+    ``token_store``, access tokens log in (asked first, as in the daemon) and the access token
+    API answers under /api/v1/ (each revocation told to the door, which forgets the token at
+    once as the daemon's does, and to ``revoked``).
     """
     from twisted.internet.task import Clock
 
     from tokend.issuing import Issuing
+    from tokend.login.access_tokens import AccessTokenAccounts
     from tokend.login.assembly import logins_for
     from tokend.login.federated import FederatedAccounts
     from tokend.login.passwords import PasswordChecker
@@ -155,6 +157,14 @@ def realm_api(
     federation = None
     if issuer_keys is not None:
         federation = FederatedAccounts(issuer_keys, lambda: holder.current, clock.seconds)
+    door = None
+    if token_store is not None:
+        door = AccessTokenAccounts(
+            token_store,
+            lambda: holder.current,
+            clock.seconds,
+            **({} if token_metrics is None else {"events": token_metrics}),
+        )
     logins = logins_for(
         policy=policy,
         passwords=PasswordChecker(InlineRunner() if workers is None else workers),
@@ -165,6 +175,7 @@ def realm_api(
         directory=directory,
         refresh_tokens=refresh_tokens,
         federation=federation,
+        access_tokens=door,
         metrics=metrics,
     )
     tokens = TokenIssuer(key, issuer, 300)
@@ -178,7 +189,7 @@ def realm_api(
             clock=clock.seconds,
             realm=issuer,
             trusted_proxies=trusted_proxies,
-            revoked=revoked or (lambda token_id: None),
+            revoked=lambda token_id: _told(token_id, door, revoked),
             **({} if token_metrics is None else {"metrics": token_metrics}),
         )
     api = TokenAPI(
@@ -191,6 +202,12 @@ def realm_api(
         api=None if access_tokens is None else access_tokens.resource(),
     )
     return RealmParts(api, policy, clock, logins, issuing, tokens, throttle, metrics, access_tokens)
+
+
+def _told(token_id: str, door: Any, revoked: Callable[[str], object] | None) -> None:
+    door.forget(token_id)
+    if revoked is not None:
+        revoked(token_id)
 
 
 class CountingWorkers:

@@ -21,7 +21,7 @@ from twisted.logger import capturedLogs
 from tokend.access_tokens.cap import parse_cap
 from tokend.access_tokens.record import AccessToken, rfc3339
 from tokend.access_tokens.secrets import new_secret
-from tokend.login.access_tokens import CACHE_TTL, AccessTokenAccounts
+from tokend.login.access_tokens import CACHE_TTL, REASONS, AccessTokenAccounts
 from tokend.login.assembly import logins_for
 from tokend.login.credentials import RefreshToken, UsernamePassword
 from tokend.login.identity import (
@@ -36,6 +36,7 @@ from tokend.login.logins import Logins
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
 from tokend.login.throttle import LoginThrottle
+from tokend.metrics.instruments import TOKEN_LOGIN_RESULTS
 from tokend.policy.files import load_policy
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import DIRECTORY_GROUPS, OWN_ENTRY
@@ -239,7 +240,7 @@ def test_another_owners_token_is_refused_as_an_unknown_one_and_logged(
     logged = [e for e in events if e.get("token_id") == made.id]
     assert logged and logged[0]["token_name"] == "bobs" and logged[0]["owner"] == "bob"
     assert all(secret not in repr(e) for e in events), "the secret is never logged"
-    assert door.events.results == ["other owner", "unknown"]
+    assert door.events.results == ["wrong_owner", "unknown"]
     assert door.workers.calls == 0
 
 
@@ -332,7 +333,7 @@ def test_the_token_ends_with_its_owner(tmp_path: Path, database: AccessTokens) -
     with capturedLogs() as events:
         refused = door.refused("alice", secret)
     assert "owner" in refused.message
-    assert [e["reason"] for e in events if e.get("token_id") == made.id] == ["owner gone"]
+    assert [e["reason"] for e in events if e.get("token_id") == made.id] == ["owner_gone"]
 
 
 def test_a_directory_owner_is_looked_up_and_gets_its_groups(
@@ -488,3 +489,8 @@ async def test_every_lookup_runs_on_the_stores_threads(
         assert login.identity.access_token is not None
     finally:
         pool.stopService()
+
+
+def test_every_result_the_door_reports_is_a_metrics_label() -> None:
+    """The metrics refuse a label they do not know: a reason the door reports must be one."""
+    assert {"accepted", *REASONS} == set(TOKEN_LOGIN_RESULTS)

@@ -384,3 +384,31 @@ def test_without_a_store_the_realm_has_no_api(tmp_path: Path) -> None:
     api = Realm(tmp_path, config=write_config(tmp_path / "config"))
     code, _, body = call(api, "GET", "/api/v1/tokens", "alice")
     assert code == 404 and "/v2/token" in body["errors"][0]["message"]
+
+
+def test_a_token_made_here_logs_in_at_the_realm_within_its_cap_until_revoked_here(
+    tmp_path: Path, store: Store
+) -> None:
+    """The whole round in one process, as the daemon wires it: the API's secret is a password
+    at /v2/token (the owner's rights within the cap, the token named in the log), never at the
+    API, and a revocation through the API is seen by the next login at once."""
+    api = realm(tmp_path, store)
+    made = created(api, "alice", {**BODY, "cap": {"team/app": ["pull"]}})
+    with capturedLogs() as events:
+        access = api.access(
+            "repository:team/app:pull,push",
+            "repository:team/other:pull",
+            user="alice",
+            password=made["secret"],
+        )
+    assert access == [{"type": "repository", "name": "team/app", "actions": ["pull"]}]
+    issued = [formatEvent(e) for e in events if e.get("outcome") == "issued"]
+    assert len(issued) == 1 and f"access token {made['id']} (ci-deploy)" in issued[0], issued
+    assert made["secret"] not in "".join(formatEvent(e) for e in events)
+    assert "not a token" in error(
+        call(api, "GET", "/api/v1/tokens", "alice", password=made["secret"]), 403
+    )
+    code, _, revoked = call(api, "DELETE", f"/api/v1/tokens/{made['id']}", "alice")
+    assert code == 200 and revoked["state"] == "revoked"
+    code, _, body = api.get("alice", made["secret"], scope="team/app:pull")
+    assert code == 401, body

@@ -55,7 +55,7 @@ WRONG = "invalid user name or password"
 REFUSALS = {
     "revoked": "access token revoked",
     "expired": "access token expired",
-    "owner gone": "access token refused: its owner can no longer log in",
+    "owner_gone": "access token refused: its owner can no longer log in",
     "tokens_valid_after": "access token refused: its owner's tokens_valid_after is after its "
     "creation",
 }
@@ -83,7 +83,7 @@ class AccessTokenEvents(Protocol):
         """``accepted``, or a refusal's reason (a bounded set: :data:`REASONS`)."""
 
 
-REASONS = ("malformed", "unknown", "other owner", *REFUSALS)
+REASONS = ("malformed", "unknown", "wrong_owner", "unavailable", *REFUSALS)
 
 
 class _NoEvents:
@@ -317,6 +317,7 @@ class AccessTokenAccounts:
                     "access token logins unavailable: {reason}; logged once until it answers",
                     reason=e.message,
                 )
+            self._events.token_login("unavailable")
             raise BackendUnavailable(
                 "access tokens cannot be checked now; try again shortly",
                 account,
@@ -368,7 +369,7 @@ class AccessTokenAccounts:
         found, cap = token
         try:
             if found.owner != account:
-                raise _Refused("other owner")
+                raise _Refused("wrong_owner")
             assert not isinstance(owner, _Unknown)
             usable = self._usable(found, owner, now)
         except _Refused as e:
@@ -383,7 +384,7 @@ class AccessTokenAccounts:
         if now >= token.expires_at:
             raise _Refused("expired")
         if owner is None:
-            raise _Refused("owner gone")
+            raise _Refused("owner_gone")
         after = owner.tokens_valid_after
         if after is not None and token.created_at < after:
             raise _Refused("tokens_valid_after")

@@ -33,11 +33,12 @@ TOKEN_LOGIN_RESULTS = (
     "expired",
     "revoked",
     "owner_gone",
+    "tokens_valid_after",
     "unavailable",
 )
 """How a login with an access token ended (#26): accepted, or why it was refused (a secret of
-the wrong form, no such token, another owner's token, expired, revoked, its owner gone or
-their tokens revoked, the database unavailable)."""
+the wrong form, no such token, another owner's token, expired, revoked, its owner gone, its
+owner's tokens_valid_after past its creation, the database unavailable)."""
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """An anonymous token takes about a millisecond, a bcrypt login tens to hundreds."""
 CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -313,6 +313,9 @@ class TokenAPI:
             text += "; trust '{trust}', JWT {jwt}"
             if asked.offline:
                 text += "; no refresh token: a federated client asks its platform for a new JWT"
+        use = None if login is None else login.identity.access_token
+        if use is not None:
+            text += "; access token {token_id} ({token_name})"
         self.log.info(
             text,
             flow=asked.flow,
@@ -325,6 +328,8 @@ class TokenAPI:
             refresh_token=fingerprint(refresh_token) if refresh_token is not None else None,
             trust=trust,
             jwt=jwt,
+            token_id=None if use is None else use.id,
+            token_name=None if use is None else printable(use.name),
             outcome="issued",
         )
         request.setHeader(b"Cache-Control", b"no-store")
