@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from postgres_server import PostgresServer
-from support import hash_password
+from support import doc_section, hash_password
 
-from tokend.access_tokens.secrets import parse
+from tokend.access_tokens.secrets import SECRET_PATTERN, parse
 from tokend.cli import main
 from tokend.store.database import connect, locate
 from tokend.store.queries import AccessTokens, secret_hash
@@ -189,3 +189,12 @@ def test_the_max_ttl_is_the_daemons(tmp_path: Path, config: Path) -> None:
 def test_reading_a_token_back_is_unchanged(tmp_path: Path) -> None:
     code, _, err = token("not-a-token", "--cert", str(tmp_path / "none.crt"))
     assert code == 1 and err.startswith("tokend token: ") and "create" not in err
+
+
+def test_the_readme_gives_the_scanners_expression_and_every_command() -> None:
+    section = doc_section("Access tokens")
+    assert f"`{SECRET_PATTERN}`" in section
+    for action in ("create", "list", "show", "revoke"):
+        assert f"`tokend token {action} " in section, action
+    for name in ("--database", "TOKEND_DATABASE", "--access-token-max-ttl", "state/tokend.db"):
+        assert name in section, name
