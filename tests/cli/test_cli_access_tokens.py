@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr
@@ -15,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ldap_server import Slapd
 from postgres_server import PostgresServer
-from support import doc_section, hash_password
+from support import REPO, doc_section, hash_password
 
 from tokend.access_tokens.secrets import SECRET_PATTERN, parse
 from tokend.cli import main
@@ -198,3 +201,30 @@ def test_the_readme_gives_the_scanners_expression_and_every_command() -> None:
         assert f"`tokend token {action} " in section, action
     for name in ("--database", "TOKEND_DATABASE", "--access-token-max-ttl", "state/tokend.db"):
         assert name in section, name
+
+
+@pytest.mark.filterwarnings("ignore:'parseString' deprecated")
+def test_a_directory_account_may_own_a_token(slapd: Slapd, tmp_path: Path, config: Path) -> None:
+    """With the daemon's --ldap-* options, an owner users.json does not hold is looked up in
+    the directory (as a process: the directory is asked on the global reactor, once)."""
+    ldap = (
+        "--ldap-url", slapd.url, "--ldap-base", slapd.base, "--ldap-bind-dn", slapd.bind_dn,
+        "--ldap-bind-password-file", str(slapd.bind_password_file), "--ldap-timeout", "2",
+    )  # fmt: skip
+    where = ("--database", str(tmp_path / "t.db"), "--config-dir", str(config))
+
+    def create(owner: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tokend", "token", "create", "--owner", owner, "--name", "n",
+             "--scope", "x:pull", "--json", *where, *ldap],
+            capture_output=True, cwd=REPO, stdin=subprocess.DEVNULL, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+
+    made = create("mozart")
+    assert (made.returncode, made.stderr) == (0, "")
+    assert json.loads(made.stdout)["owner"] == "mozart"
+    outside = create("kant")  # outside the search base
+    assert (outside.returncode, outside.stdout) == (1, "")
+    assert "the directory has no single entry for it" in outside.stderr
+    assert [t["owner"] for t in answer("list", *where)["tokens"]] == ["mozart"]
