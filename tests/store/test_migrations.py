@@ -10,7 +10,6 @@ from typing import Any, cast
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import fresh_postgres_database
 from postgres_server import PostgresServer
 from sqlalchemy import Engine, inspect, text
 from support import wait_for
@@ -95,7 +94,7 @@ def test_an_upgrade_of_postgresql_waits_for_another_daemons_to_end(
     """Daemons sharing a PostgreSQL upgrade it at start-up, each under the advisory lock: one
     starting while another upgrades waits, then finds nothing left to do, instead of creating
     the same tables again (duplicate key value violates unique constraint)."""
-    url = fresh_postgres_database(postgres)
+    url = postgres.new_database()
     engine = connect(locate(url))
     try:
         with engine.connect() as holder:
