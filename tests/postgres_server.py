@@ -9,6 +9,7 @@ recovery tests.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 USER = "tokend"
+_numbers = itertools.count()
 DATABASE = "tokend"
 
 
@@ -101,6 +103,22 @@ class PostgresServer:
             assert self.process.poll() is None, self._log()
             assert time.monotonic() < deadline, "postgres did not answer in 30 s"
             time.sleep(0.05)
+
+    def new_database(self) -> str:
+        """A new, empty database on this server: its URL."""
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        name = f"test_{next(_numbers)}"
+        engine = create_engine(
+            make_url(self.url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+        )
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(f"CREATE DATABASE {name}"))
+        finally:
+            engine.dispose()
+        return self.url.replace("/tokend?", f"/{name}?")
 
     def ready(self) -> bool:
         answer = subprocess.run(

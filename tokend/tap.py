@@ -41,6 +41,7 @@ from tokend.policy.model import PolicyError
 from tokend.programs.runner import Program
 from tokend.settings.options import DAEMON, DAEMON_OPTIONS
 from tokend.settings.values import (
+    AccessTokenSettings,
     DirectorySettings,
     Group,
     ListenSettings,
@@ -56,6 +57,7 @@ from tokend.signing.devcert import LinkRefusedError, ensure_dev_cert
 from tokend.signing.key_dir import STATE_FILE, KeyDirError, create_key, load_key_dir
 from tokend.signing.key_set import kid_only, single_key_set
 from tokend.signing.keys import KID_FORMS, KeyConfigError
+from tokend.store.database import DatabaseError, Location, locate
 
 LISTEN_BACKLOG = 1024
 """Twisted's default of 50 makes connect() fail with EAGAIN when nginx opens more at once."""
@@ -266,11 +268,29 @@ class Options(usage.Options):
             workers=WorkerSettings(workers, tuple(self.argv)),
             from_environment=layered.from_environment,
             programs=programs,
+            access_tokens=AccessTokenSettings(
+                location=self._database(policy.config_dir),
+                max_ttl=self._integer("access-token-max-ttl"),
+            ),
         )
 
     def _integer(self, name: str) -> int:
         """A whole number within the bounds its declaration gives."""
         return DAEMON[name].whole_number(self[name], self.source(name))
+
+    def _database(self, config_dir: Path) -> Location:
+        """--database, or the default beside the config directory; a file's directory must
+        exist (only the default's is created, at start-up by the daemon's user)."""
+        try:
+            location = locate(self["database"], config_dir)
+        except DatabaseError as e:
+            raise OptionError(str(e).replace("--database", self.source("database"), 1)) from None
+        path = location.path
+        if path is not None and not location.is_default and not path.parent.is_dir():
+            raise OptionError(
+                f"{self.source('database')} {path}: the directory {path.parent} does not exist"
+            )
+        return location
 
     def _program(self, name: str) -> Program | None:
         """--auth-program or --authz-program with its arguments and timeout: an executable

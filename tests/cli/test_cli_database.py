@@ -61,3 +61,15 @@ def test_a_database_that_cannot_be_used_is_one_sentence(
         said.startswith("tokend db: database postgresql+psycopg://tokend:***@") and "\n" == said[-1]
     )
     assert "hunter2" not in said and said.count("\n") == 1
+
+
+def test_by_default_the_database_is_the_daemons_beside_the_config_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEND_CONFIG_DIR", str(tmp_path / "config"))
+    database = tmp_path / "state" / "tokend.db"
+    assert run(["db", "upgrade"]) == (
+        0,
+        f"sqlite:///{database}: schema version none (empty) -> 0002\n",
+    )
+    assert database.is_file() and oct((tmp_path / "state").stat().st_mode & 0o777) == "0o700"

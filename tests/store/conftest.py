@@ -4,18 +4,13 @@ a database of its own for each test."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from postgres_server import PostgresServer
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from tokend.store.database import Location, connect, locate
-
-_numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +25,7 @@ def postgres() -> Iterator[PostgresServer]:
 
 def fresh_postgres_database(server: PostgresServer) -> str:
     """A new, empty database on ``server``: its URL."""
-    name = f"test_{next(_numbers)}"
-    engine = create_engine(
-        make_url(server.url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE {name}"))
-    finally:
-        engine.dispose()
-    return server.url.replace("/tokend?", f"/{name}?")
+    return server.new_database()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

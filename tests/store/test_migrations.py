@@ -3,13 +3,26 @@ version with a token in it, and a database a newer tokend migrated."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from typing import Any, cast
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from postgres_server import PostgresServer
 from sqlalchemy import Engine, inspect, text
+from support import wait_for
 
-from tokend.store.database import Location, connect
-from tokend.store.migrating import UnknownVersion, head, upgrade, upgrade_engine, version
+from tokend.store.database import Location, connect, locate
+from tokend.store.migrating import (
+    MIGRATION_LOCK,
+    UnknownVersion,
+    head,
+    upgrade,
+    upgrade_engine,
+    version,
+)
 from tokend.store.queries import AccessTokens, secret_hash
 from tokend.store.schema import metadata
 
@@ -65,3 +78,44 @@ def test_a_database_a_newer_tokend_migrated_is_refused(location: Location) -> No
         upgrade(location)
     with pytest.raises(UnknownVersion):
         version(location)
+
+
+UPGRADE = """
+import sys
+from tokend.store.database import locate
+from tokend.store.migrating import upgrade
+print(upgrade(locate(sys.argv[1]))[1].current)
+"""
+
+
+def test_an_upgrade_of_postgresql_waits_for_another_daemons_to_end(
+    postgres: PostgresServer,
+) -> None:
+    """Daemons sharing a PostgreSQL upgrade it at start-up, each under the advisory lock: one
+    starting while another upgrades waits, then finds nothing left to do, instead of creating
+    the same tables again (duplicate key value violates unique constraint)."""
+    url = postgres.new_database()
+    engine = connect(locate(url))
+    try:
+        with engine.connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            daemon = subprocess.Popen(
+                [sys.executable, "-c", UPGRADE, url], stdout=subprocess.PIPE, text=True
+            )
+            wait_for(
+                "the upgrade waiting for the lock",
+                lambda: holder.execute(text(WAITING), {"key": MIGRATION_LOCK}).scalar(),
+                process=cast(Any, daemon),
+            )
+            assert "alembic_version" not in inspect(holder).get_table_names()
+            holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+            holder.commit()
+        assert daemon.communicate(timeout=60) == (f"{head()}\n", None)
+    finally:
+        engine.dispose()
+
+
+WAITING = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+    "AND (classid::bigint << 32 | objid::bigint) = :key"
+)

@@ -8,8 +8,9 @@ development key pair, keys rotates the signing key in a keys directory (new, act
 and prints what the registry needs to trust it (bundle, jwks), doctor checks a registry's
 config.yml against tokend (would it accept the tokens issued now, under the distribution 2.x
 and 3.x rules), token reads a token back in plain words and verifies it against the
-certificate, user adds, changes, removes and lists users.json accounts in place, unlock ends a
-login lockout in the running daemon, db shows and upgrades the access tokens' database.
+certificate (token create, list, show and revoke manage access tokens), user adds, changes,
+removes and lists users.json accounts in place, unlock ends a login lockout in the running
+daemon, db shows and upgrades the access tokens' database.
 Exit status 0 on success, 1 on a finding, 2 on a usage error, 130 when interrupted (Ctrl-C).
 
 Plain text, no markup: the first line is what tokend --help shows.
@@ -35,6 +36,7 @@ from tokend.cli import (
     unlock,
     users,
 )
+from tokend.cli.access_tokens import access_token_parser, asks_for_access_tokens
 from tokend.cli.common import CommandError, UsageError
 from tokend.cli.daemon_options import settle
 
@@ -64,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(
     argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
 ) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # tokend token TOKEN reads a token back; tokend token create|list|show|revoke are the
+    # access tokens' actions, parsed apart so TOKEN stays a plain positional.
+    parser = access_token_parser() if asks_for_access_tokens(argv) else build_parser()
+    args = parser.parse_args(argv)
     try:
         settle(args, os.environ)
         args.run(args, stdin, stdout)

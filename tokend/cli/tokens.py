@@ -385,6 +385,9 @@ def register(commands: Any) -> None:
         help="decode a token (or the realm's JSON answer), verify it against the certificate, "
         "and say what it allows",
     )
+    reading.epilog = (
+        "access tokens: tokend token create|list|show|revoke (tokend token create --help)"
+    )
     reading.add_argument(
         "token", nargs="?", metavar="TOKEN", help="the token; '-' or none: read standard input"
     )

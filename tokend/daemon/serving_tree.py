@@ -23,6 +23,7 @@ from tokend.daemon.services import (
     metrics_listener,
 )
 from tokend.daemon.startup_checks import DirectoryProbe
+from tokend.daemon.token_store import TokenStore
 from tokend.file_watch import WatchService
 from tokend.issuing import Issuing
 from tokend.login.assembly import logins_for
@@ -129,6 +130,13 @@ def serving_tree(
     bcrypt_pool.setServiceParent(root)
     reload_pool = ThreadPoolService(reactor, 1, "tokend-reload")
     reload_pool.setServiceParent(root)
+    failed = StartUpFailure(settings.logs.twistd)
+    # Before the listener: a single-process daemon upgrades the schema before serving (a
+    # worker's parent has done it). The door and the HTTP API (#26) take tokens.store.
+    tokens = TokenStore(
+        settings.access_tokens.location, reactor, upgrade_with=failed if worker is None else None
+    )
+    tokens.setServiceParent(root)
     holder = PolicyHolder(settings.policy.loaded.policy, reactor.seconds())
     bcrypt_queue = BoundedThreadQueue(
         bcrypt_pool, limit=limits.bcrypt_threads, queue=limits.bcrypt_queue
@@ -193,6 +201,8 @@ def serving_tree(
         refresh_tokens=RefreshTokens(signing_keys, signing.issuer, signing.refresh_token_ttl),
         federation=federation,
         metrics=metrics,
+        # #26, branch door: access_tokens=AccessTokenAccounts(tokens.store, lambda:
+        # holder.current, reactor.seconds, directory=directory, events=metrics)
     )
     api = TokenAPI(
         policy=holder,
@@ -212,6 +222,8 @@ def serving_tree(
         ),
         metrics=metrics,
         keys=signing_keys,
+        # #26, branch api: the access token API is given tokens.store and
+        # settings.access_tokens.max_ttl
     )
     site = QuietSite(api.resource(), reactor=reactor)
     limit_connections(
@@ -237,7 +249,6 @@ def serving_tree(
         key_plan, key_reloader.reload, reactor, poll=settings.policy.poll, what="signing keys"
     ).setServiceParent(root)
     ExpiryWarnings(signing_keys, reactor).setServiceParent(root)
-    failed = StartUpFailure(settings.logs.twistd)
     if worker is not None:
         worker.listener(site, reactor).setServiceParent(root)
     else:

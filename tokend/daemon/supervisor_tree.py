@@ -22,6 +22,7 @@ from tokend.daemon.services import (
 from tokend.daemon.serving_tree import redis_failures
 from tokend.daemon.startup_checks import DirectoryProbe
 from tokend.daemon.supervisor import Supervisor
+from tokend.daemon.token_store import schema_upgrade
 from tokend.daemon.worker_logs import parent_log
 from tokend.login.ldap.accounts import EntryNames
 from tokend.login.ldap.client import Directory
@@ -59,6 +60,8 @@ def supervisor_tree(settings: Settings, reactor: Any) -> MultiService:
     if settings.redis is not None:
         redis = redis_failures(settings.redis, settings, reactor, keys, news)
         redis.setServiceParent(root)
+    # Before the workers start: they only query the database the parent upgraded.
+    schema_upgrade(settings.access_tokens.location, reactor, failed).setServiceParent(root)
     supervisor = Supervisor(
         count=settings.workers.count,
         argv=settings.workers.argv,

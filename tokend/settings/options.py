@@ -177,8 +177,8 @@ DATABASE = (
     Option(
         "database",
         "Database of access tokens: a SQLite file's path, sqlite:///ABSOLUTE/PATH or "
-        "postgresql://… (shared by several daemons); used by access tokens (coming)",
-        "state/tokend.db",
+        "postgresql://… (shared by several daemons); default: state/tokend.db beside the "
+        "--config-dir (in its parent directory)",
         metavar="URL",
     ),
 )
@@ -258,15 +258,13 @@ PROGRAMS = (
 )
 ACCESS_TOKEN_MAX_TTL = Option(
     "access-token-max-ttl",
-    "Longest lifetime of an access token in seconds (coming: #26)",
+    "Longest lifetime of an access token in seconds (tokend token create --expires)",
     str(DEFAULT_MAX_TTL),
     bounds=(MIN_LIFETIME, HIGHEST_MAX_TTL),
     metavar="SECONDS",
 )
 ACCESS_TOKENS = (ACCESS_TOKEN_MAX_TTL, *DATABASE)
-"""The daemon's and the tool's, once access tokens are served: not in DAEMON_OPTIONS until
-the daemon reads them, so twistd refuses them rather than ignore them (``tokend db`` takes
---database already)."""
+"""The daemon's and the tool's (``tokend token``, ``tokend db``)."""
 
 DAEMON_OPTIONS: tuple[Option, ...] = (
     *LISTEN,
@@ -279,6 +277,7 @@ DAEMON_OPTIONS: tuple[Option, ...] = (
     *LOGS,
     *WORKERS,
     *PROGRAMS,
+    *ACCESS_TOKENS,
 )
 """Every option of the daemon, each once."""
 DAEMON = by_name(DAEMON_OPTIONS)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tokend.policy.files import LoadedPolicy, Loader
     from tokend.programs.runner import Program
     from tokend.signing.key_set import KeySet
+    from tokend.store.database import Location
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,14 @@ class ProgramSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessTokenSettings:
+    """The access tokens' database (--database) and their longest lifetime."""
+
+    location: Location
+    max_ttl: int
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the daemon was told, checked: the one value its services are built from."""
 
@@ -175,6 +184,7 @@ class Settings:
     from_environment: frozenset[str]
     """The options whose value a TOKEND_* variable gave, for :meth:`source`."""
     programs: ProgramSettings
+    access_tokens: AccessTokenSettings
 
     def source(self, name: str) -> str:
         """Where an option's value came from, as an error message should name it."""

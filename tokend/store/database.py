@@ -21,8 +21,9 @@ from sqlalchemy.engine import URL, make_url
 T = TypeVar("T")
 
 DEFAULT_DATABASE = "state/tokend.db"
-"""Beside ``config/`` and ``certs/`` in the daemon's working directory; only this default's
-directory is created (0700), so a mistyped path never creates directories."""
+"""The default with the default ``--config-dir`` (``config``): beside the config directory, in
+the daemon's working directory. Only the default's directory is created (0700), so a mistyped
+path never creates directories."""
 BUSY_TIMEOUT = 5.0
 """Seconds a SQLite writer waits for another process's write to end before giving up."""
 CONNECT_TIMEOUT = 5
@@ -57,6 +58,8 @@ class Location:
 
     url: URL
     path: Path | None
+    is_default: bool = False
+    """The default file beside the config directory: its ``state/`` directory is created."""
 
     @property
     def shown(self) -> str:
@@ -64,9 +67,21 @@ class Location:
         return self.url.render_as_string(hide_password=True)
 
 
-def locate(value: str | None) -> Location:
-    """``--database``'s value (None: the default) as a :class:`Location`."""
-    text = DEFAULT_DATABASE if value is None else value.strip()
+def default_path(config_dir: Path) -> Path:
+    """``state/tokend.db`` beside ``config_dir`` (in its parent), where the daemon and the tool
+    both look when ``--database`` is not given."""
+    if config_dir.name in ("", ".", ".."):
+        config_dir = config_dir.resolve()
+    return config_dir.parent / "state" / "tokend.db"
+
+
+def locate(value: str | None, config_dir: Path = Path("config")) -> Location:
+    """``--database``'s value (None: the default, beside ``config_dir``) as a
+    :class:`Location`."""
+    if value is None:
+        path = default_path(config_dir)
+        return Location(make_url("sqlite://").set(database=str(path)), path, is_default=True)
+    text = value.strip()
     if not text:
         raise DatabaseError("--database is empty: give a path, sqlite:///PATH or postgresql://…")
     if "://" not in text:
@@ -93,10 +108,10 @@ def locate(value: str | None) -> Location:
     )
 
 
-def _create_file(path: Path) -> None:
+def _create_file(path: Path, is_default: bool) -> None:
     """The SQLite file, 0600 from its first byte (SQLite gives its -wal and -shm files the
     file's own mode); only the default's directory is created."""
-    if str(path) == DEFAULT_DATABASE:
+    if is_default:
         path.parent.mkdir(mode=0o700, exist_ok=True)
     elif not path.parent.is_dir():
         raise DatabaseError(f"--database {path}: the directory {path.parent} does not exist")
@@ -118,9 +133,17 @@ def connect(location: Location, create: bool = True) -> Engine:
     made before twistd forks. The SQLite file is created here, unless ``create`` is false."""
     if location.path is not None:
         if create:
-            _create_file(location.path)
+            _create_file(location.path, location.is_default)
         elif not location.path.is_file():
             raise DatabaseError(f"{location.path} does not exist (tokend db upgrade creates it)")
+    return engine_for(location)
+
+
+def engine_for(location: Location) -> Engine:
+    """An engine for ``location`` that touches no file until a connection opens: the daemon
+    makes it before twistd sheds root, and the file is created by the daemon's own user at
+    start-up (:func:`connect`, through the migrations)."""
+    if location.path is not None:
         engine = create_engine(
             location.url,
             connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False},

@@ -13,11 +13,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tokend.store.database import Location, connect, guarded
 
 SCRIPTS = "tokend.store:migrations"
+MIGRATION_LOCK = 0x746F6B656E64
+"""The PostgreSQL advisory lock an upgrade holds ("tokend" in ASCII): daemons sharing a
+database and starting together upgrade it one after the other, never side by side."""
 
 
 class UnknownVersion(Exception):
@@ -69,9 +72,13 @@ def version_of(engine: Engine) -> Version:
 
 
 def upgrade_engine(engine: Engine, to: str = "head") -> Version:
+    """Apply the versions the database lacks, in one transaction; on PostgreSQL under
+    :data:`MIGRATION_LOCK`, so another upgrade running waits and then finds them applied."""
     _current(engine)
     config = _config()
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, to)
     return version_of(engine)

@@ -11,7 +11,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
 from tokend.access_tokens.record import AccessToken, Cap
-from tokend.store.database import Location, connect
+from tokend.store.database import Location, engine_for
 from tokend.store.queries import AccessTokens
 from tokend.threads import ThreadRunner
 
@@ -47,12 +47,14 @@ class Store:
 
 
 class EngineService(Service):
-    """Closes the store's connections when the daemon stops. Set under the same parent after the
-    store's pool: services stop in reverse order, so no query still runs when it closes."""
+    """Closes the store's connections when the daemon stops. Set under the same parent before
+    the store's pool: services stop in reverse order, so no query still runs when it closes.
+    No file is touched here (twistd may still be root): the schema upgrade at start-up creates
+    a SQLite file, as the daemon's user."""
 
     def __init__(self, location: Location) -> None:
         self.location = location
-        self.engine = connect(location)
+        self.engine = engine_for(location)
         self.tokens = AccessTokens(self.engine, location)
 
     def stopService(self) -> None:

@@ -1,0 +1,81 @@
+"""The access tokens' database in the real daemon (#26): created and brought to the newest
+schema version at start-up, once (by the first process under ``--workers``), and a database
+that cannot be reached at start-up does not stop password and anonymous logins; its versions
+are applied when it answers."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemons import start
+from postgres_server import PostgresServer
+from support import stop_process, wait_for
+
+from tokend.store.database import DatabaseUnavailable, locate
+from tokend.store.migrating import head, version
+
+UPGRADED = "access tokens: database {shown} upgraded from schema version none to {head}"
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.initialise()
+        yield server
+    finally:
+        server.remove()
+
+
+def upgraded(location: str) -> bool:
+    try:
+        return version(locate(location)).up_to_date
+    except DatabaseUnavailable:
+        return False
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_daemon_creates_the_default_database_and_upgrades_it_once(
+    tmp_path: Path, workers: str
+) -> None:
+    daemon = start(tmp_path, workers=workers)
+    try:
+        database = tmp_path / "state" / "tokend.db"
+        assert stat.S_IMODE(database.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+        assert version(locate(str(database))).current == head()
+        said = UPGRADED.format(shown=f"sqlite:///{database}", head=head())
+        assert daemon.log_text().count(said) == 1, daemon.log_text()
+        assert daemon.login("alice", "alice-pw") == 200
+    finally:
+        stop_process(daemon.process)
+    (tmp_path / "tokend.log").unlink()
+    daemon = start(tmp_path, workers=workers)
+    try:
+        said = f"access tokens: database sqlite:///{database} at schema version {head()}"
+        assert daemon.log_text().count(said) == 1, daemon.log_text()
+    finally:
+        stop_process(daemon.process)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_database_down_at_start_up_stops_no_login_and_is_upgraded_when_it_answers(
+    tmp_path: Path, postgres: PostgresServer, workers: str
+) -> None:
+    postgres.stop()
+    daemon = start(tmp_path, "--database", postgres.url, workers=workers)
+    try:
+        assert daemon.login("alice", "alice-pw") == 200
+        assert daemon.request("/v2/token?service=svc&scope=repository:pub/x:pull")[0] == 200
+        log = daemon.log_text()
+        assert log.count("access tokens: database postgresql+psycopg://tokend@/tokend") == 1, log
+        assert "unavailable" in log and "token logins get 503 until it answers" in log
+        postgres.start()
+        wait_for("the upgrade once the database answers", lambda: upgraded(postgres.url))
+        upgrade_logged = "upgraded from schema version none"
+        wait_for("the upgrade logged", lambda: upgrade_logged in daemon.log_text())
+    finally:
+        stop_process(daemon.process)
