@@ -61,11 +61,12 @@ def test_the_daemon_creates_the_default_database_and_upgrades_it_once(
         stop_process(daemon.process)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_database_down_at_start_up_stops_no_login_and_is_upgraded_when_it_answers(
-    tmp_path: Path, postgres: PostgresServer
+    tmp_path: Path, postgres: PostgresServer, workers: str
 ) -> None:
     postgres.stop()
-    daemon = start(tmp_path, "--database", postgres.url, workers="1")
+    daemon = start(tmp_path, "--database", postgres.url, workers=workers)
     try:
         assert daemon.login("alice", "alice-pw") == 200
         assert daemon.request("/v2/token?service=svc&scope=repository:pub/x:pull")[0] == 200

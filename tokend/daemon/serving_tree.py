@@ -26,6 +26,7 @@ from tokend.daemon.startup_checks import DirectoryProbe
 from tokend.daemon.token_store import TokenStore
 from tokend.file_watch import WatchService
 from tokend.issuing import Issuing
+from tokend.login.access_tokens import AccessTokenAccounts
 from tokend.login.assembly import logins_for
 from tokend.login.credential_cache import CredentialCache
 from tokend.login.federated import FederatedAccounts
@@ -47,7 +48,7 @@ from tokend.metrics.collectors import (
     process_collectors,
 )
 from tokend.metrics.exposition import metrics_resource
-from tokend.metrics.instruments import NO_METRICS, Metrics, RequestMetrics
+from tokend.metrics.instruments import NO_METRICS, NO_TOKEN_METRICS, Metrics, RequestMetrics
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.reload import PolicyReloader, keep_out_of_gc
 from tokend.policy.watcher import PolicyWatchService
@@ -57,6 +58,7 @@ from tokend.signing.holder import KeyHolder
 from tokend.signing.reload import ExpiryWarnings, KeyReloader, key_watch_plan
 from tokend.signing.tokens import TokenIssuer
 from tokend.threads import BoundedThreadQueue, QueueService, ThreadPoolService
+from tokend.web.access_token_api import AccessTokenAPI
 from tokend.web.health import PolicyHealth
 from tokend.web.issuer_fetch import AgentFetch
 from tokend.web.realm import TokenAPI
@@ -132,7 +134,7 @@ def serving_tree(
     reload_pool.setServiceParent(root)
     failed = StartUpFailure(settings.logs.twistd)
     # Before the listener: a single-process daemon upgrades the schema before serving (a
-    # worker's parent has done it). The door and the HTTP API (#26) take tokens.store.
+    # worker's parent has done it). The door and the HTTP API (#26) both use tokens.store.
     tokens = TokenStore(
         settings.access_tokens.location, reactor, upgrade_with=failed if worker is None else None
     )
@@ -187,6 +189,14 @@ def serving_tree(
     # issuers.json later is served without a restart.
     issuer_keys = IssuerKeys(reactor, AgentFetch(reactor), reactor.seconds, metrics=metrics)
     federation = FederatedAccounts(issuer_keys, lambda: holder.current, reactor.seconds)
+    token_metrics = metrics if isinstance(metrics, Metrics) else NO_TOKEN_METRICS
+    access_tokens = AccessTokenAccounts(
+        tokens.store,
+        lambda: holder.current,
+        reactor.seconds,
+        directory=directory,
+        events=token_metrics,
+    )
     logins = logins_for(
         policy=holder,
         passwords=PasswordChecker(bcrypt_queue),
@@ -200,9 +210,11 @@ def serving_tree(
         directory=directory,
         refresh_tokens=RefreshTokens(signing_keys, signing.issuer, signing.refresh_token_ttl),
         federation=federation,
+        access_tokens=access_tokens,
         metrics=metrics,
-        # #26, branch door: access_tokens=AccessTokenAccounts(tokens.store, lambda:
-        # holder.current, reactor.seconds, directory=directory, events=metrics)
+    )
+    trusted_proxies = TrustedProxies(
+        networks=settings.listen.trusted_proxies, header=settings.listen.client_address_header
     )
     api = TokenAPI(
         policy=holder,
@@ -216,14 +228,21 @@ def serving_tree(
         ),
         services=list(signing.services),
         realm_path=settings.listen.realm_path,
-        trusted_proxies=TrustedProxies(
-            networks=settings.listen.trusted_proxies,
-            header=settings.listen.client_address_header,
-        ),
+        trusted_proxies=trusted_proxies,
         metrics=metrics,
         keys=signing_keys,
-        # #26, branch api: the access token API is given tokens.store and
-        # settings.access_tokens.max_ttl
+        api=AccessTokenAPI(
+            policy=holder,
+            logins=logins,
+            store=tokens.store,
+            clock=reactor.seconds,
+            realm=signing.issuer,
+            max_ttl=settings.access_tokens.max_ttl,
+            revoked=access_tokens.forget,
+            owners=directory,
+            trusted_proxies=trusted_proxies,
+            metrics=token_metrics,
+        ).resource(),
     )
     site = QuietSite(api.resource(), reactor=reactor)
     limit_connections(
