@@ -265,6 +265,29 @@ def test_a_docker_client_holding_the_refresh_token_fails_after_revoke(
     assert not again.ok, again.stdout
 
 
+def test_a_token_shrinks_with_its_owner_and_ends_with_them(
+    stack: Stack, owners: dict[str, Any]
+) -> None:
+    token = create(stack, USER, "shrinking", "atok/*:pull,push")
+    creds = f"{USER}:{token.secret}"
+    image = stack.new_image()
+    assert stack.push(image, "atok/shrink-before", creds).ok
+    users = json.loads(json.dumps(owners))
+    users[USER]["repositories"] = {"atok/*": ["pull"]}
+    stack.rewrite("users.json", users)
+    try:
+        refused = stack.push(stack.new_image(), "atok/shrink-after", creds)
+        assert not refused.ok, refused.stdout
+        assert not stack.repository_exists("atok/shrink-after")
+        pulled, _ = stack.pull("atok/shrink-before", creds)
+        assert pulled.ok, pulled.stderr
+        del users[USER]
+        stack.rewrite("users.json", users)
+        assert status_of(stack, USER, token.secret) == 401
+    finally:
+        stack.rewrite("users.json", owners)
+
+
 def test_malformed_and_oversized_secrets_are_refused(stack: Stack, owners: dict[str, Any]) -> None:
     token = create(stack, USER, "well-formed", "atok/*:pull")
     damaged = token.secret[:-1] + ("A" if token.secret[-1] != "A" else "B")  # its check fails
