@@ -518,6 +518,12 @@ http {{
             proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         }}
+        location /api/v1/tokens {{
+            proxy_pass http://unix:{stack.tokend_socket}:;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
         location /v2/ {{
             proxy_pass http://unix:{stack.registry_socket}:;
             proxy_set_header Host $http_host;

@@ -288,6 +288,34 @@ def test_a_token_shrinks_with_its_owner_and_ends_with_them(
         stack.rewrite("users.json", owners)
 
 
+def test_the_http_api_behind_nginx_makes_and_revokes_a_token(
+    stack: Stack, owners: dict[str, Any], seeded: str
+) -> None:
+    auth = basic(USER, PASSWORD)
+    body = {"name": "api-made", "expires_in": "1h", "scopes": ["atok/seed:pull"]}
+    status, headers, made = stack.request(
+        "/api/v1/tokens",
+        {**auth, "Content-Type": "application/json"},
+        "POST",
+        json.dumps(body).encode(),
+    )
+    assert status == 201, made
+    SHOWN.append(made["secret"])
+    assert headers["Location"] == f"/api/v1/tokens/{made['id']}", headers
+    pulled, _ = stack.pull("atok/seed", f"{USER}:{made['secret']}")
+    assert pulled.ok, pulled.stderr
+    status, _, listed = stack.request("/api/v1/tokens", auth)
+    assert status == 200 and made["id"] in [t["id"] for t in listed["tokens"]], listed
+    status, _, refused = stack.request("/api/v1/tokens", basic(USER, made["secret"]))
+    assert status == 403, refused  # a token does not manage tokens
+
+    status, _, revoked = stack.request(f"/api/v1/tokens/{made['id']}", auth, "DELETE")
+    assert status == 200 and revoked["state"] == "revoked", revoked
+    assert status_of(stack, USER, made["secret"]) == 401  # this daemon revoked it: at once
+    status, _, shown = stack.request(f"/api/v1/tokens/{made['id']}", auth)
+    assert status == 200 and shown["last_used_from"] == "127.0.0.1", shown
+
+
 def test_malformed_and_oversized_secrets_are_refused(stack: Stack, owners: dict[str, Any]) -> None:
     token = create(stack, USER, "well-formed", "atok/*:pull")
     damaged = token.secret[:-1] + ("A" if token.secret[-1] != "A" else "B")  # its check fails
