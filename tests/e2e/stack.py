@@ -352,6 +352,28 @@ class Stack:
         )
         return status, body
 
+    def ask_tokend(
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        method: str = "GET",
+        body: bytes | None = None,
+    ) -> tuple[int, Message, Any]:
+        """A request on tokend's own socket, as nginx sends it (``X-Real-IP`` names the client;
+        a JSON body comes back parsed, any other as text)."""
+        connection = UnixHTTPConnection(self.tokend_socket, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            data = response.read()
+        finally:
+            connection.close()
+        try:
+            parsed = json.loads(data) if data else None
+        except ValueError:
+            parsed = data.decode(errors="replace")
+        return response.status, response.headers, parsed
+
     def token_response(
         self, scope: str, user: str | None = None, password: str | None = None
     ) -> tuple[int, Any]:
@@ -496,6 +518,12 @@ http {{
             proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         }}
+        location /api/v1/tokens {{
+            proxy_pass http://unix:{stack.tokend_socket}:;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
         location /v2/ {{
             proxy_pass http://unix:{stack.registry_socket}:;
             proxy_set_header Host $http_host;
@@ -543,15 +571,27 @@ def start_stack(root: Path) -> Stack:
 
 def launch_stack(stack: Stack) -> Stack:
     """Key pair and policy, then registry, tokend and nginx, each waited for with a deadline."""
+    return _launch_stack(stack, with_registry=True)
+
+
+def launch_tokend(stack: Stack) -> Stack:
+    """Key pair, policy and tokend alone: for scenarios that ask tokend's socket directly (two
+    daemons on one database, ``--workers``), where a registry and nginx would add nothing."""
+    return _launch_stack(stack, with_registry=False)
+
+
+def _launch_stack(stack: Stack, *, with_registry: bool) -> Stack:
     (stack.root / "sockets").mkdir()
-    (stack.root / "nginx").mkdir()
     if stack.signing_args is None:
         _dev_cert(stack)
     _write_policy(stack.config)
     try:
-        _start_registry(stack)
+        if with_registry:
+            (stack.root / "nginx").mkdir()
+            _start_registry(stack)
         _start_tokend(stack)
-        _start_nginx(stack)
+        if with_registry:
+            _start_nginx(stack)
     except BaseException:
         stack.stop()
         raise
