@@ -15,6 +15,7 @@ class DirectoryStandIn:
     credential_types: tuple[type, ...] = (UsernamePassword,)
     source = DIRECTORY
     refusals_cost_a_bcrypt = False
+    checks_take_a_place = True
 
     def answers(self, credentials: object, policy: Policy) -> object | None:
         assert isinstance(credentials, UsernamePassword)

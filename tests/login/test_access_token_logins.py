@@ -5,7 +5,7 @@ counted, a fake clock for the lookup cache only."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from policies import NOW, policy_in
 from realms import CountingWorkers
 from support import settled, write_key_pair
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import capturedLogs
 
 from tokend.access_tokens.cap import parse_cap
@@ -32,6 +32,7 @@ from tokend.login.identity import (
     LoginRefused,
     LoginThrottled,
 )
+from tokend.login.in_flight import InFlight
 from tokend.login.logins import Logins
 from tokend.login.passwords import PasswordChecker
 from tokend.login.refresh_tokens import RefreshTokens
@@ -81,6 +82,24 @@ class Counted:
         return self.store.touch(token_id, now, address)
 
 
+class Held:
+    """The store's pool with every answer held until :meth:`release` (the database is real
+    and read when asked): what arrives while a query is under way."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Deferred[Any], Deferred[Any]]] = []
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        answer: Deferred[Any] = Deferred()
+        self.waiting.append((maybeDeferred(function, *args), answer))
+        return answer
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for done, answer in waiting:
+            done.chainDeferred(answer)
+
+
 class Events:
     def __init__(self) -> None:
         self.results: list[str] = []
@@ -126,6 +145,7 @@ class Door:
         directory: Directory | None = None,
         per_account: int = 100,
         lookup: Any = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.config = tmp_path / "config"
         self.clock = Clock()
@@ -148,6 +168,7 @@ class Door:
             passwords=PasswordChecker(self.workers),
             clock=self.clock,
             throttle=LoginThrottle(per_account=per_account, per_address=100, window=300),
+            in_flight=in_flight,
             refresh_tokens=self.refresh_tokens,
             access_tokens=self.accounts,
         )
@@ -494,3 +515,57 @@ async def test_every_lookup_runs_on_the_stores_threads(
 def test_every_result_the_door_reports_is_a_metrics_label() -> None:
     """The metrics refuse a label they do not know: a reason the door reports must be one."""
     assert {"accepted", *REASONS} == set(TOKEN_LOGIN_RESULTS)
+
+
+def test_a_burst_of_logins_with_one_token_shares_one_lookup_and_takes_no_places(
+    tmp_path: Path, database: AccessTokens
+) -> None:
+    """A CI's parallel pulls after a quiet spell: eight logins from one address while the
+    lookup runs. One query answers them all, and none is refused for the address's share of
+    the checks in flight (two here), which a lookup on the store's own pool does not take."""
+    held = Held()
+    door = Door(tmp_path, database, lookup=Counted(Store(database, held)), in_flight=InFlight(2))
+    _, secret = door.token()
+    burst = [door.attempt("alice", secret) for _ in range(8)]
+    assert len(held.waiting) == 1
+    held.release()
+    logins = [settled(each) for each in burst]
+    assert {login.identity.account for login in logins} == {"alice"}
+    assert door.workers.calls == 0
+
+
+def test_a_token_in_steady_use_is_looked_up_ahead_and_never_waits(
+    tmp_path: Path, database: AccessTokens
+) -> None:
+    """Past half the cache's time a login is still answered at once, and asks the database
+    again in the background (once), so the next second's logins find a fresh answer; a
+    revocation is still seen within the cache's time."""
+    door = Door(tmp_path, database)
+    made, secret = door.token()
+    door.login("alice", secret)
+    asked = door.store.calls.count("find_by_hash")
+    for _ in range(6):
+        door.later(CACHE_TTL / 3)
+        assert isinstance(door.attempt("alice", secret), Login)
+    assert door.store.calls.count("find_by_hash") - asked >= 2
+    database.revoke(made.id, int(door.clock()))
+    door.later(CACHE_TTL)
+    assert "revoked" in door.refused("alice", secret).message
+
+
+def test_a_lookup_asked_before_a_revocation_made_here_is_not_remembered(
+    tmp_path: Path, database: AccessTokens
+) -> None:
+    held = Held()
+    door = Door(tmp_path, database, lookup=Counted(Store(database, held)))
+    made, secret = door.token()
+    first = door.attempt("alice", secret)
+    database.revoke(made.id, int(door.clock()))
+    door.accounts.forget(made.id)
+    held.release()  # the answer read before the revocation arrives after it
+    settled(first)
+    later = door.attempt("alice", secret)
+    assert not isinstance(later, Login)  # asked again, not answered from the stale lookup
+    held.release()
+    with pytest.raises(LoginRefused):
+        settled(later)

@@ -60,9 +60,11 @@ class Accounts:
         *,
         costs_a_bcrypt: bool = False,
         unfit: str = "",
+        takes_a_place: bool = True,
     ) -> None:
         self.source = source
         self.refusals_cost_a_bcrypt = costs_a_bcrypt
+        self.checks_take_a_place = takes_a_place
         self.passwords = passwords
         self.unfit = unfit
         self.remembered: set[tuple[str, bytes]] = set()

@@ -25,6 +25,7 @@ class ApiKeys:
     credential_types: tuple[type, ...] = (ApiKey,)
     source = "api keys"
     refusals_cost_a_bcrypt = False
+    checks_take_a_place = True
 
     def __init__(self, keys: Mapping[str, str], current: Callable[[], Policy]) -> None:
         self.keys = keys

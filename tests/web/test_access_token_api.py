@@ -335,6 +335,7 @@ class TokenStandIn:
     credential_types: tuple[type, ...] = (UsernamePassword,)
     source = ACCESS_TOKEN_SOURCE
     refusals_cost_a_bcrypt = False
+    checks_take_a_place = True
 
     def __init__(self, current: PolicyHolder) -> None:
         self._holder = current

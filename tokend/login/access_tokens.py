@@ -42,6 +42,9 @@ from tokend.store.database import DatabaseUnavailable
 
 T = TypeVar("T")
 
+_Found = tuple[AccessToken, Cap] | None
+"""A lookup's answer: the token with its compiled cap, or None (no such secret)."""
+
 CACHE_TTL = 1.0
 """Seconds a lookup (a hit or a miss) is remembered: a revocation made elsewhere must stop the
 token everywhere within 2 s, the query's own time included."""
@@ -168,6 +171,7 @@ class AccessTokenAccounts:
     credential_types: tuple[type, ...] = (UsernamePassword,)
     source = ACCESS_TOKEN_SOURCE
     refusals_cost_a_bcrypt = False
+    checks_take_a_place = False
     log = Logger()
 
     def __init__(
@@ -192,6 +196,9 @@ class AccessTokenAccounts:
         self._owners: _Remembered[_Owner | None] = _Remembered(cache_ttl)
         self._touched: OrderedDict[str, float] = OrderedDict()
         self._outage = False
+        self._refresh_after = cache_ttl / 2
+        self._finding: dict[str, tuple[float, list[Deferred[_Found]]]] = {}
+        self._forgot_at = -math.inf
 
     def answers(self, credentials: object, policy: Policy) -> object | None:
         """A password that starts like a token's secret is one; the name is spelled as the
@@ -211,9 +218,14 @@ class AccessTokenAccounts:
         secret = _secret(credentials.password)
         if secret is None:
             raise self._refusal("malformed", None, credentials.account)
-        seen = self._by_hash.get(secret_hash(secret).hex(), now)
+        hashed = secret_hash(secret).hex()
+        seen = self._by_hash.get(hashed, now)
         if seen is None:
             return None
+        if now - seen.asked_at >= self._refresh_after and hashed not in self._finding:
+            # Asked again ahead of time: a token in steady use is always answered at once,
+            # and still never from an answer older than the cache's time.
+            self._find(hashed).addErrback(lambda _: None)
         token = seen.value
         owner = self._owner_at_once(credentials.account, policy, now)
         if token is not None and token[0].owner == credentials.account and owner is _UNKNOWN:
@@ -229,14 +241,10 @@ class AccessTokenAccounts:
         secret = _secret(credentials.password)
         if secret is None:
             raise self._refusal("malformed", None, account)
-        hashed = secret_hash(secret).hex()
-        asked_at = self._now()
-        found = await self._asked(self._tokens.find_by_hash(hashed), account)
-        token = None if found is None else (found, _compiled(found))
-        self._by_hash.put(hashed, token, asked_at)
+        token = await self._asked(self._find(secret_hash(secret).hex()), account)
         policy = self._current()
         owner: _Owner | _Unknown | None = None
-        if found is not None and found.owner == account:
+        if token is not None and token[0].owner == account:
             owner = await self._owner(account, policy)
         return self._decided(token, account, owner, policy, self._now())
 
@@ -264,8 +272,46 @@ class AccessTokenAccounts:
         owner = await self._owner(claims.account, policy)
         return self._vouched(claims, tokens, listed, owner, policy, self._now())
 
+    def _find(self, hashed: str) -> Deferred[_Found]:
+        """The token whose secret hashes to ``hashed``, with its cap compiled, remembered:
+        one query per secret at a time, so the logins of a burst that arrive while it runs
+        share its answer (and its failure) rather than each asking the database."""
+        answer: Deferred[_Found] = Deferred()
+        pending = self._finding.get(hashed)
+        if pending is not None:
+            pending[1].append(answer)
+            return answer
+        asked_at = self._now()
+        waiting = [answer]
+        self._finding[hashed] = (asked_at, waiting)
+
+        def settle(result: AccessToken | Failure | None) -> None:
+            del self._finding[hashed]
+            found: _Found | Failure
+            if isinstance(result, Failure):
+                found = result
+            else:
+                found = None if result is None else (result, _compiled(result))
+                if asked_at > self._forgot_at:  # not asked before a revocation made here
+                    self._by_hash.put(hashed, found, asked_at)
+            for each in waiting:
+                if isinstance(found, Failure):
+                    each.errback(found)
+                else:
+                    each.callback(found)
+
+        try:
+            query = self._tokens.find_by_hash(hashed)
+        except Exception:
+            settle(Failure())
+        else:
+            query.addBoth(settle)
+        return answer
+
     def forget(self, token_id: str) -> None:
-        """A token revoked by this process: no remembered lookup answers for it any more."""
+        """A token revoked by this process: no remembered lookup answers for it any more, nor
+        one asked before now that answers later."""
+        self._forgot_at = self._now()
         self._by_hash.drop(lambda seen: seen is not None and seen[0].id == token_id)
         self._by_owner.drop(lambda listed: any(token.id == token_id for token, _ in listed))
 

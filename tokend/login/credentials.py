@@ -70,6 +70,14 @@ class Authenticator(Protocol):
         """True when a refused password already cost one bcrypt; the door pays one for the
         others, so that response time does not tell where a name lives."""
 
+    @property
+    def checks_take_a_place(self) -> bool:
+        """True when its checks wait on something every client shares (the bcrypt queue, the
+        directory, a program): each takes one of the client's few places among the checks in
+        flight, so one client network cannot fill it. False for a check that is a lookup on
+        a pool of its own (an access token), which no place limits: a burst of one CI's
+        parallel pulls is not refused for a cost it does not have."""
+
     def answers(self, credentials: object, policy: Policy) -> object | None:
         """The credentials as this authenticator reads them (a name spelled as it knows it)
         when it decides them, or None to leave them to the next one. Raises

@@ -88,6 +88,7 @@ class FederatedAccounts:
     credential_types: tuple[type, ...] = (UsernamePassword, FederatedToken)
     source = FEDERATED_SOURCE
     refusals_cost_a_bcrypt = False
+    checks_take_a_place = True
 
     def __init__(
         self,

@@ -66,6 +66,7 @@ class _Nobody:
     credential_types: tuple[type, ...] = (UsernamePassword,)
     source = "none"
     refusals_cost_a_bcrypt = False
+    checks_take_a_place = True
 
     def answers(self, credentials: object, policy: Policy) -> object | None:
         return credentials
@@ -241,14 +242,16 @@ class Logins:
                 self._metrics.cache_lookup(True)
                 self._throttle.succeeded(account, client, now, entry=gate.entry)
                 return self._succeeded(hit, client, now)
-        known = self._throttle.knows(account, client, now)
-        full = self._in_flight.admit(client, known=known)
-        if full is not None:
-            self._throttle.overloaded(account, client, now)
-            raise _overloaded(full, account)
+        placed = backend.checks_take_a_place
+        if placed:
+            known = self._throttle.knows(account, client, now)
+            full = self._in_flight.admit(client, known=known)
+            if full is not None:
+                self._throttle.overloaded(account, client, now)
+                raise _overloaded(full, account)
         if backend is not _NOBODY:
             self._metrics.cache_lookup(False)
-        check = ensureDeferred(self._checked(backend, credentials, typed, client, policy))
+        check = ensureDeferred(self._checked(backend, credentials, typed, client, policy, placed))
         return self._detached(check)
 
     def _next(
@@ -305,13 +308,14 @@ class Logins:
         typed: UsernamePassword,
         client: str,
         policy: Policy,
+        placed: bool = True,
     ) -> Login:
         """:meth:`_password` past the cache: the backend asked (and the next, when it is not
         its to decide), a refusal that cost no bcrypt padded with one, the throttle told how
-        it went, and only then the client's place given back. A backend that could not
-        answer (the directory down) counts as neither. A backend that refuses by raising
-        :class:`LoginRefused` (an access token: its form already says it is no password)
-        gives its own reason, a failure with no bcrypt padded."""
+        it went, and only then the client's place given back (``placed``: it took one). A
+        backend that could not answer (the directory down) counts as neither. A backend that
+        refuses by raising :class:`LoginRefused` (an access token: its form already says it
+        is no password) gives its own reason, a failure with no bcrypt padded."""
         account = credentials.account
         login: Login | None = None
         answered = overloaded = False
@@ -332,7 +336,8 @@ class Logins:
                 "too many logins are being checked; try again shortly", account
             ) from None
         finally:
-            self._in_flight.leave(client)
+            if placed:
+                self._in_flight.leave(client)
             if answered:
                 ended = self._throttle.failed if login is None else self._throttle.succeeded
             else:

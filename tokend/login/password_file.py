@@ -34,6 +34,7 @@ class PasswordFile:
     credential_types: tuple[type, ...] = (UsernamePassword,)
     source = USERS
     refusals_cost_a_bcrypt = True
+    checks_take_a_place = True
 
     def __init__(
         self,
@@ -114,6 +115,7 @@ class UnknownNames:
     credential_types: tuple[type, ...] = (UsernamePassword,)
     source = USERS
     refusals_cost_a_bcrypt = True
+    checks_take_a_place = True
 
     def __init__(self, password_file: PasswordFile) -> None:
         self._file = password_file

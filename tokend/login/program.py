@@ -67,6 +67,7 @@ class ProgramAccounts:
     credential_types: tuple[type, ...] = (UsernamePassword,)
     source = PROGRAM
     refusals_cost_a_bcrypt = False
+    checks_take_a_place = True
     log = Logger()
 
     def __init__(

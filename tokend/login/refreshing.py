@@ -48,6 +48,7 @@ class RefreshTokenLogins:
     credential_types: tuple[type, ...] = (RefreshToken,)
     source = "refresh token"
     refusals_cost_a_bcrypt = False
+    checks_take_a_place = True
 
     def __init__(
         self,

@@ -457,6 +457,7 @@ class RememberingDirectory(DirectoryStandIn):
     the credential cache remembers once it was checked."""
 
     refusals_cost_a_bcrypt = True  # none here: the door need not pay one for it
+    checks_take_a_place = True
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy

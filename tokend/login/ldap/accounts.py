@@ -46,6 +46,7 @@ class DirectoryAccounts:
     credential_types: tuple[type, ...] = (UsernamePassword,)
     source = DIRECTORY
     refusals_cost_a_bcrypt = False
+    checks_take_a_place = True
 
     def __init__(
         self,
