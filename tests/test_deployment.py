@@ -114,6 +114,11 @@ def test_dockerfile_runs_the_daemon_unprivileged_with_real_options() -> None:
     assert env_names, "the image should set its socket through TOKEND_LISTEN"
     assert env_names <= option_env_names()
     assert f"TOKEND_LISTEN=unix:{TOKEND_SOCKET}:" in text
+    # The access tokens' database, state/tokend.db beside config/: a directory uid 10001 owns
+    # (the working directory is root's, so the daemon could not make it), kept in a volume.
+    assert re.search(r"mkdir -p [^\n]*/srv/tokend/state\b", text)
+    assert re.search(r"chown tokend:tokend [^\n]*/srv/tokend/state\b", text)
+    assert '"/srv/tokend/state"' in re.search(r"^VOLUME (.*)$", text, re.MULTILINE).group(1)
 
 
 def test_compose_file_is_valid_and_wires_the_sockets() -> None:
@@ -137,6 +142,7 @@ def test_compose_file_is_valid_and_wires_the_sockets() -> None:
         return next(v["source"] for v in service["volumes"] if v["target"] == target)
 
     assert volume(tokend, "/run/tokend") == volume(nginx, "/run/tokend")
+    assert volume(tokend, "/srv/tokend/state") == "tokend-state", "tokens survive a new container"
     policy = Path(volume(tokend, "/srv/tokend/config"))
     assert policy != REPO / "config", "the operator's policy, never the example accounts"
     assert policy == REPO / "policy" and dockerignore_excludes("policy/users.json")
