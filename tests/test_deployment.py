@@ -620,6 +620,8 @@ def test_systemd_unit_is_sandboxed_and_wired_like_the_examples() -> None:
         "NoNewPrivileges": ["yes"],
         "RuntimeDirectory": ["tokend"],
         "ReadWritePaths": ["/run/tokend"],
+        "StateDirectory": ["tokend"],
+        "StateDirectoryMode": ["0700"],
         "Restart": ["on-failure"],
         "ExecReload": ["/bin/kill -HUP $MAINPID"],
     }
@@ -633,6 +635,10 @@ def test_systemd_unit_is_sandboxed_and_wired_like_the_examples() -> None:
     listen = tokend_arguments[tokend_arguments.index("--listen") + 1]
     assert listen.startswith(f"unix:{TOKEND_SOCKET}:"), "nginx.conf.example's socket"
     assert Path(TOKEND_SOCKET).parent == Path("/run") / unit["RuntimeDirectory"][0]
+    database = tokend_arguments[tokend_arguments.index("--database") + 1]
+    assert Path(database).parent == Path("/var/lib") / unit["StateDirectory"][0], (
+        "the database in the one directory systemd lets it write besides the socket's"
+    )
     group = tokend_arguments[tokend_arguments.index("--socket-group") + 1]
     assert group in unit["SupplementaryGroups"][0].split() or unit["Group"] == [group]
 
