@@ -29,16 +29,18 @@ RUN pip install --no-cache-dir /tmp/wheels/*.whl \
     && python -c "from twisted.plugin import IPlugin, getPlugins; from twisted import plugins; list(getPlugins(IPlugin, plugins))" \
     && groupadd --system --gid 10001 tokend \
     && useradd --system --uid 10001 --gid tokend --home-dir /srv/tokend --shell /usr/sbin/nologin tokend \
-    && mkdir -p /srv/tokend/certs /run/tokend \
-    && chown tokend:tokend /srv/tokend/certs /run/tokend
+    && mkdir -p /srv/tokend/certs /srv/tokend/state /run/tokend \
+    && chmod 0700 /srv/tokend/state \
+    && chown tokend:tokend /srv/tokend/certs /srv/tokend/state /run/tokend
 
 # The defaults --config-dir config, --key certs/RootCA.key and --cert certs/RootCA.crt resolve
 # under the working directory (config/ is the operator's mount; the repository's example
-# config/users.json never enters the image); only the socket moves to its own volume. (DL3064 mistakes the
-# TOKEND_ prefix for a secret token.)
+# config/users.json never enters the image), and so does the access tokens' database,
+# state/tokend.db, in a volume of its own that uid 10001 may write; only the socket moves to
+# its own volume. (DL3064 mistakes the TOKEND_ prefix for a secret token.)
 # hadolint ignore=DL3064
 ENV TOKEND_LISTEN=unix:/run/tokend/tokend.sock:mode=660:lockfile=1
 
 USER 10001:10001
-VOLUME ["/run/tokend", "/srv/tokend/certs"]
+VOLUME ["/run/tokend", "/srv/tokend/certs", "/srv/tokend/state"]
 ENTRYPOINT ["twistd", "-n", "--pidfile=", "registry-token"]

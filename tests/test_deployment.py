@@ -114,6 +114,11 @@ def test_dockerfile_runs_the_daemon_unprivileged_with_real_options() -> None:
     assert env_names, "the image should set its socket through TOKEND_LISTEN"
     assert env_names <= option_env_names()
     assert f"TOKEND_LISTEN=unix:{TOKEND_SOCKET}:" in text
+    # The access tokens' database, state/tokend.db beside config/: a directory uid 10001 owns
+    # (the working directory is root's, so the daemon could not make it), kept in a volume.
+    assert re.search(r"mkdir -p [^\n]*/srv/tokend/state\b", text)
+    assert re.search(r"chown tokend:tokend [^\n]*/srv/tokend/state\b", text)
+    assert '"/srv/tokend/state"' in re.search(r"^VOLUME (.*)$", text, re.MULTILINE).group(1)
 
 
 def test_compose_file_is_valid_and_wires_the_sockets() -> None:
@@ -137,6 +142,7 @@ def test_compose_file_is_valid_and_wires_the_sockets() -> None:
         return next(v["source"] for v in service["volumes"] if v["target"] == target)
 
     assert volume(tokend, "/run/tokend") == volume(nginx, "/run/tokend")
+    assert volume(tokend, "/srv/tokend/state") == "tokend-state", "tokens survive a new container"
     policy = Path(volume(tokend, "/srv/tokend/config"))
     assert policy != REPO / "config", "the operator's policy, never the example accounts"
     assert policy == REPO / "policy" and dockerignore_excludes("policy/users.json")
@@ -614,6 +620,8 @@ def test_systemd_unit_is_sandboxed_and_wired_like_the_examples() -> None:
         "NoNewPrivileges": ["yes"],
         "RuntimeDirectory": ["tokend"],
         "ReadWritePaths": ["/run/tokend"],
+        "StateDirectory": ["tokend"],
+        "StateDirectoryMode": ["0700"],
         "Restart": ["on-failure"],
         "ExecReload": ["/bin/kill -HUP $MAINPID"],
     }
@@ -627,6 +635,10 @@ def test_systemd_unit_is_sandboxed_and_wired_like_the_examples() -> None:
     listen = tokend_arguments[tokend_arguments.index("--listen") + 1]
     assert listen.startswith(f"unix:{TOKEND_SOCKET}:"), "nginx.conf.example's socket"
     assert Path(TOKEND_SOCKET).parent == Path("/run") / unit["RuntimeDirectory"][0]
+    database = tokend_arguments[tokend_arguments.index("--database") + 1]
+    assert Path(database).parent == Path("/var/lib") / unit["StateDirectory"][0], (
+        "the database in the one directory systemd lets it write besides the socket's"
+    )
     group = tokend_arguments[tokend_arguments.index("--socket-group") + 1]
     assert group in unit["SupplementaryGroups"][0].split() or unit["Group"] == [group]
 

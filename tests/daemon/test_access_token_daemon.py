@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from daemons import start
 from postgres_server import PostgresServer
-from support import stop_process, wait_for
+from support import start_twistd, stop_process, wait_for, write_key_pair, write_policy
 
 from tokend.store.database import DatabaseUnavailable, locate
 from tokend.store.migrating import head, version
@@ -79,3 +79,28 @@ def test_a_database_down_at_start_up_stops_no_login_and_is_upgraded_when_it_answ
         wait_for("the upgrade logged", lambda: upgrade_logged in daemon.log_text())
     finally:
         stop_process(daemon.process)
+
+
+def test_a_database_that_cannot_be_created_stops_start_up_with_one_sentence(
+    tmp_path: Path,
+) -> None:
+    """state/ taken by a file beside the config directory (in a container: a working
+    directory only root may write): twistd exits 1 with the reason, no traceback."""
+    (tmp_path / "state").write_text("not a directory")
+    config = tmp_path / "config"
+    write_policy(config, {"alice": ("alice-pw", {"*": ["pull"]})}, {"repositories": []})
+    key, cert = write_key_pair(tmp_path)
+    log = tmp_path / "failed.log"
+    process = start_twistd(
+        "--listen", f"unix:{tmp_path / 'tokend.sock'}", "--config-dir", str(config),
+        "--key", str(key), "--cert", str(cert), "--workers", "1",
+        log=log,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        stop_process(process)
+    text = output.decode() + (log.read_text() if log.exists() else "")
+    assert process.returncode == 1, text
+    assert "Traceback" not in text
+    assert f"cannot create {tmp_path / 'state'} for the access tokens' database" in text, text

@@ -105,3 +105,19 @@ def test_several_processes_share_the_sqlite_file(tmp_path: Path) -> None:
         engine.dispose()
     assert len(made) == 120
     assert all(t.revoked_at is not None and t.last_used_at is not None for t in made)
+
+
+def test_a_database_that_cannot_be_created_is_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default's directory taken by a file (or not writable: a container's working
+    directory belongs to root), or the file itself not openable: a DatabaseError naming the
+    place and the reason, never an OSError's traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "state").write_text("not a directory")
+    with pytest.raises(DatabaseError, match=r"cannot create state .*File exists.*--database"):
+        connect(locate(None))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "tokend.db").mkdir()
+    with pytest.raises(DatabaseError, match=r"cannot create or open .*tokend\.db \(Is a direc"):
+        connect(locate(str(tmp_path / "taken" / "tokend.db")))

@@ -112,10 +112,22 @@ def _create_file(path: Path, is_default: bool) -> None:
     """The SQLite file, 0600 from its first byte (SQLite gives its -wal and -shm files the
     file's own mode); only the default's directory is created."""
     if is_default:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise DatabaseError(
+                f"cannot create {path.parent} for the access tokens' database "
+                f"({e.strerror or e}): make it writable by this user, or give --database "
+                "a place that is"
+            ) from None
     elif not path.parent.is_dir():
         raise DatabaseError(f"--database {path}: the directory {path.parent} does not exist")
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as e:
+        raise DatabaseError(
+            f"cannot create or open the access tokens' database {path} ({e.strerror or e})"
+        ) from None
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
