@@ -141,6 +141,8 @@ class Row:
     requests_by_worker: tuple[int, ...]
     accepted_by_worker: tuple[int, ...]
     wakeups_per_accept: float
+    switches: float
+    """Context switches (voluntary + not) of all the daemon's processes per request."""
 
 
 @contextmanager
@@ -204,12 +206,14 @@ def main() -> int:
     print(
         f"{'row':<28} {'mode':<10} {'req/s':>6} {'CPU µs/req':>10} {'1st proc':>8} "
         f"{'wrk µs':>6}  {'requests by worker':<18} {'accepted by worker':<18} wake-ups/accept"
+        f"  switches/req"
     )
     for row in results:
         print(
             f"{row.name:<28} {row.mode:<10} {row.rate:>6.0f} {row.cpu_us:>10.0f} "
             f"{row.first_us:>8.0f} {row.wrk_us:>6.0f}  {split(row.requests_by_worker):<18} "
-            f"{split(row.accepted_by_worker):<18} {row.wakeups_per_accept:.2f}"
+            f"{split(row.accepted_by_worker):<18} {row.wakeups_per_accept:>15.2f}  "
+            f"{row.switches:>12.2f}"
         )
     return 0
 
@@ -246,12 +250,14 @@ def run_one(
         before_counts = _live_counts(running.pid, counts)
         mark = running.log.stat()
         before = cpu_by_process(running.pid)
+        switched = context_switches(running.pid)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         text = subprocess.run(
             [*command, f"-d{args.duration}s", url], capture_output=True, text=True, check=True
         ).stdout
         after_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         after = cpu_by_process(running.pid)
+        switched = context_switches(running.pid) - switched
         settle(running.log)
         written = written_since(running.log, mark)
         final = _live_counts(running.pid, counts)
@@ -279,7 +285,22 @@ def run_one(
         requests_by_worker=tuple(sorted(by_pid.values(), reverse=True)),
         accepted_by_worker=tuple(sorted(accepted.values(), reverse=True)),
         wakeups_per_accept=wakeups / max(sum(accepted.values()), 1),
+        switches=switched / max(requests, 1),
     )
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of ``pid`` and its descendants so far."""
+    total = 0
+    for each in cpu_by_process(pid):
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue
+        total += sum(
+            int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line
+        )
+    return total
 
 
 def _live_counts(pid: int, counts: Path) -> dict[int, dict[str, int]]:
