@@ -18,6 +18,9 @@ measurements, not proposals of code:
   one, no pause    one accept() per wake-up, the port never paused;
   twisted accept   Twisted's own port: up to numberAccepts (starting at 100, learnt) per wake-up;
   no issued log    the ``issued`` event not emitted, so no line goes through the first process;
+  log beside keys  the log file in the directory of the key and certificate, as bench/harness
+                   and every other bench put it (every row else has the keys in a directory of
+                   their own): each line written wakes the key watcher's thread in every process;
   and ``1 process`` rows, as is and without the issued event, to compare with.
 
 Prints rate, CPU per request (all processes, the first alone), wrk's CPU per request, each
@@ -121,11 +124,13 @@ SITECUSTOMIZE = textwrap.dedent(
 ROWS = (
     ("1 process", "as is", 1),
     ("1 process", "no issued log", 1),
+    ("1 process", "log beside keys", 1),
     ("--workers 2", "as is", 2),
     ("--workers 2", "pause 0", 2),
     ("--workers 2", "one, no pause", 2),
     ("--workers 2", "twisted accept", 2),
     ("--workers 2", "no issued log", 2),
+    ("--workers 2", "log beside keys", 2),
 )
 MODES = (("close", 8), ("keep-alive", 2))
 
@@ -185,13 +190,16 @@ def main() -> int:
         (root / "probe" / "sitecustomize.py").write_text(SITECUSTOMIZE)
         config = root / "config"
         harness.write_bench_policy(config, cost=4)
-        key_pair = support.write_key_pair(root)
+        (root / "keys").mkdir()
+        apart = support.write_key_pair(root / "keys")
+        beside = support.write_key_pair(root)
         for index, (name, variant, workers) in enumerate(rows):
             for mode, connections in MODES:
                 best: Row | None = None
                 for attempt in range(args.rounds):
                     counts = root / f"counts-{index}-{mode}-{attempt}"
                     counts.mkdir()
+                    key_pair = beside if variant == "log beside keys" else apart
                     row = run_one(root, config, key_pair, counts, name, variant, workers, mode,
                                   connections, args)  # fmt: skip
                     if best is None or row.rate > best.rate:

@@ -12,7 +12,10 @@ of it is copied here. Its dependencies go into a separate venv (``--peer-venv``,
 127.0.0.1 in place of the uwsgi-protocol socket (wrk speaks HTTP only, and keep-alive needs
 HTTP/1.1) and ``die-on-term`` so that SIGTERM stops it (uWSGI reloads on it otherwise). Its
 ``config/`` is written to a temporary directory with the same users.json, repositories.json and
-P-256 key as tokend's, so both answer the same anonymous pull of ``public/hello``.
+P-256 key as tokend's, so both answer the same anonymous pull of ``public/hello``. The key and
+certificate live in a directory of their own, not beside tokend's log: tokend watches the key's
+directory, and a log written there wakes the watcher's thread for every line (see
+bench/accept_probe.py's "log beside keys").
 
 Three servers run at once on 127.0.0.1 (wrk cannot reach a UNIX socket): the peer, one tokend
 process and ``tokend --workers 2`` (throttling off, as in bench/run; tokend's default token
@@ -117,7 +120,8 @@ def main() -> int:
     with harness.temporary_directory("tokend-peer-") as root, ExitStack() as stack:
         config = root / "config"
         harness.write_bench_policy(config, cost=4)
-        key_pair = write_key_pair(root)
+        (root / "keys").mkdir()
+        key_pair = write_key_pair(root / "keys")
         limits = harness.generous_limits()
         servers = [stack.enter_context(peer(root, checkout, uwsgi, key_pair[0], config))]
         for name, count in (("tokend 1 process", 1), ("tokend --workers 2", 2)):
