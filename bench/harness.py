@@ -219,7 +219,11 @@ def daemon(
     sock = None if port is not None else root / f"{name}.sock"
     listen = f"tcp:{port}:interface=127.0.0.1" if port is not None else f"unix:{sock}"
     listen += listen_options
-    log, output = root / f"{name}.log", root / f"{name}.out"
+    # Not beside the key: the daemon watches the key's directory, and a log line written
+    # there wakes that watch on every request (half of one process's rate, issue #28).
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    log, output = logs / f"{name}.log", logs / f"{name}.out"
     started = time.perf_counter()
     process = start_twistd(
         "--listen",
