@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from ldap_server import Slapd
-from postgres_server import PostgresServer
+from postgres_server import PostgresServer, running_postgres
 from support import REPO, doc_section, hash_password
 
 from tokend.access_tokens.secrets import SECRET_PATTERN, parse
@@ -34,12 +34,8 @@ USERS = {
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.initialise()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from daemons import start
-from postgres_server import PostgresServer
+from postgres_server import PostgresServer, running_postgres
 from support import start_twistd, stop_process, wait_for, write_key_pair, write_policy
 
 from tokend.store.database import DatabaseUnavailable, locate
@@ -22,12 +22,8 @@ UPGRADED = "access tokens: database {shown} upgraded from schema version none to
 
 @pytest.fixture
 def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.initialise()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.remove()
 
 
 def upgraded(location: str) -> bool:

@@ -42,7 +42,7 @@ from e2e.stack import (
     new_stack,
     wait_until,
 )
-from postgres_server import PostgresServer
+from postgres_server import PostgresServer, running_postgres
 from support import REPO, UnixHTTPConnection, hash_password
 
 pytestmark = pytest.mark.e2e
@@ -349,19 +349,17 @@ class Pair:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """tokend twice on one PostgreSQL database, started together (both migrate it at start-up:
     the first one's lock keeps the second from racing it)."""
-    database = PostgresServer()
     stacks: list[Stack] = []
-    try:
-        database.initialise()
-        for name in ("first", "second"):
-            root = tmp_path_factory.mktemp(f"pg-{name}")
-            stacks.append(new_stack(root, tokend_args=("--database", database.url)))
-        launched = _launch_together(stacks)
-        yield Pair(database, database.url, *launched)
-    finally:
-        for stack in stacks:
-            stack.stop()
-        database.remove()
+    with running_postgres() as database:
+        try:
+            for name in ("first", "second"):
+                root = tmp_path_factory.mktemp(f"pg-{name}")
+                stacks.append(new_stack(root, tokend_args=("--database", database.url)))
+            launched = _launch_together(stacks)
+            yield Pair(database, database.url, *launched)
+        finally:
+            for stack in stacks:
+                stack.stop()
 
 
 def _launch_together(stacks: list[Stack]) -> list[Stack]:

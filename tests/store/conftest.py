@@ -8,24 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postgres_server import PostgresServer
+from postgres_server import PostgresServer, running_postgres
 
 from tokend.store.database import Location, connect, locate
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.initialise()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.remove()
-
-
-def fresh_postgres_database(server: PostgresServer) -> str:
-    """A new, empty database on ``server``: its URL."""
-    return server.new_database()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -35,4 +26,5 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
         found = locate(str(tmp_path / "tokens.db"))
         connect(found).dispose()  # creates the file, as the daemon would
         return found
-    return locate(fresh_postgres_database(request.getfixturevalue("postgres")))
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return locate(server.new_database())

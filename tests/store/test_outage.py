@@ -4,7 +4,7 @@ a refused login), and the store recovers by itself once the server is back."""
 from __future__ import annotations
 
 import pytest
-from postgres_server import PostgresServer
+from postgres_server import running_postgres
 
 from tokend.store.database import DatabaseUnavailable, connect, locate
 from tokend.store.migrating import upgrade
@@ -12,9 +12,7 @@ from tokend.store.queries import AccessTokens, secret_hash
 
 
 def test_a_stopped_database_is_unavailable_and_recovery_needs_nothing() -> None:
-    server = PostgresServer()
-    try:
-        server.initialise()
+    with running_postgres() as server:
         location = locate(server.url)
         upgrade(location)
         engine = connect(location)
@@ -41,5 +39,3 @@ def test_a_stopped_database_is_unavailable_and_recovery_needs_nothing() -> None:
         server.start()  # and the next query must not be the one that finds out
         assert tokens.get(made.id) is not None
         engine.dispose()
-    finally:
-        server.remove()
