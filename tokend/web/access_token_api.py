@@ -53,6 +53,7 @@ from tokend.web.errors import (
     UnsupportedMediaType,
     error_body,
     http_error,
+    set_error_headers,
 )
 
 MAX_BODY_BYTES = 16384
@@ -313,10 +314,7 @@ class AccessTokenAPI:
     def request_error(self, request: Request, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, RequestError)
-        if isinstance(error, AuthenticationFailed):
-            request.setHeader(b"WWW-Authenticate", self._challenge)
-        if error.retry_after is not None:
-            request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
+        set_error_headers(request, error, self._challenge)
         seen = self._request_seen(request)
         account = error.account if error.account is not None else seen.account
         self.log.info(

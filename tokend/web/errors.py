@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.web.server import Request
+
 from tokend.login.federated import FederatedLoginRefused
 from tokend.login.identity import (
     BackendUnavailable,
@@ -157,6 +159,15 @@ def http_error(error: LoginError, *, grant: str) -> RequestError:
     if grant == "token_exchange":
         return InvalidSubjectToken(error.message, account=error.account, token=token)
     return AuthenticationFailed(error.message, account=error.account, token=token)
+
+
+def set_error_headers(request: Request, error: RequestError, challenge: bytes) -> None:
+    """What an error answer says besides its body, on every listener path: the Basic
+    ``challenge`` after credentials failed, ``Retry-After`` when the client may come back."""
+    if isinstance(error, AuthenticationFailed):
+        request.setHeader(b"WWW-Authenticate", challenge)
+    if error.retry_after is not None:
+        request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
 
 
 def error_body(error: RequestError, *, oauth: bool) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from tokend.web.errors import (
     UnsupportedGrant,
     error_body,
     http_error,
+    set_error_headers,
 )
 from tokend.web.health import KeyFiles, StrictError, status_word, strict_asked
 from tokend.web.requests import (
@@ -354,10 +355,7 @@ class TokenAPI:
     def request_error(self, request: Request, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, RequestError)
-        if isinstance(error, AuthenticationFailed):
-            request.setHeader(b"WWW-Authenticate", self._challenge)
-        if error.retry_after is not None:
-            request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
+        set_error_headers(request, error, self._challenge)
         state = self.state(request)
         account = error.account if error.account is not None else state.account
         text = (
