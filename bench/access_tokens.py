@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
 import loadgen
-from refresh_grant import Row, measure, print_table
+from refresh_grant import Row, best_of_rounds, print_table
 from support import REPO  # tests/, on the path since harness
 
 GOAL = 0.80
@@ -170,7 +170,6 @@ def main() -> int:
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
 
-    best: dict[tuple[str, int], Row] = {}
     with harness.temporary_directory() as root, database(args.database, root) as where:
         config = root / "config"
         harness.write_bench_policy(config, 4)
@@ -185,20 +184,9 @@ def main() -> int:
                 ),
                 "token": loadgen.authenticated_request("token", harness.USER, secret),
             }
-            connect = loadgen.unix_connector(running.socket)
-            warm = loadgen.run(connect, list(requests.values()), concurrency=1, total=3)
-            bad = sum(n for (_, status), n in warm.statuses.items() if status != 200)
-            for _ in range(args.rounds):
-                for concurrency in (1, 8):
-                    for kind in KINDS:
-                        row = measure(
-                            running, requests[kind], concurrency, args.duration, args.warmup
-                        )
-                        bad += row.bad()
-                        if (kind, concurrency) not in best or row.rate > best[
-                            kind, concurrency
-                        ].rate:
-                            best[kind, concurrency] = row
+            best, bad = best_of_rounds(
+                running, requests, KINDS, args.rounds, args.duration, args.warmup
+            )
             fresh = [create_token(config, where, f"bench-steady-{n}") for n in range(args.tokens)]
             counter = SQLITE_COUNTER if args.database == "sqlite" else POSTGRESQL_COUNTER
             execute(where, counter)

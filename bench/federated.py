@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 import loadgen
 from e2e.issuer import SigningKey, github_claims, signed  # tests/, on the path since harness
-from refresh_grant import Row, measure, post_request, print_table
+from refresh_grant import Row, best_of_rounds, post_request, print_table
 
 GOAL = 0.80
 AUDIENCE = "https://registry.bench"
@@ -139,27 +139,15 @@ def main() -> int:
         "fed-exchange": exchange_request(token),
     }
     kinds = tuple(requests)
-    best: dict[tuple[str, int], Row] = {}
     with harness.temporary_directory() as root:
         config = root / "config"
         harness.write_bench_policy(config, 4)
         write_trusts(config, keys)
         with harness.daemon(root, config=config, extra=harness.generous_limits()) as running:
             assert running.socket is not None
-            connect = loadgen.unix_connector(running.socket)
-            warm = loadgen.run(connect, list(requests.values()), concurrency=1, total=3)
-            bad = sum(n for (_, status), n in warm.statuses.items() if status != 200)
-            for _ in range(args.rounds):
-                for concurrency in (1, 8):
-                    for kind in kinds:
-                        row = measure(
-                            running, requests[kind], concurrency, args.duration, args.warmup
-                        )
-                        bad += row.bad()
-                        if (kind, concurrency) not in best or row.rate > best[
-                            kind, concurrency
-                        ].rate:
-                            best[kind, concurrency] = row
+            best, bad = best_of_rounds(
+                running, requests, kinds, args.rounds, args.duration, args.warmup
+            )
             first = [
                 fresh_row(running, "rs256-first", "bench-rs", keys["bench-rs"], args.fresh),
                 fresh_row(running, "es256-first", "bench-es", keys["bench-es"], args.fresh),
