@@ -32,10 +32,11 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from tokend.policy import files
-from tokend.policy.files import MAX_POLICY_FILE_BYTES, _DuplicateKey, _reject_duplicates, read_json
+from tokend.policy.files import MAX_POLICY_FILE_BYTES, read_json
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import PolicyError
 from tokend.policy.reload import PolicyReloader
+from tokend.unique_json import DuplicateKey, unique_keys
 
 
 def refusal(path: Path) -> str:
@@ -218,14 +219,14 @@ def _outcome(decode: Any, text: str) -> tuple[object, ...]:
         return ("value", repr(decode(text)))
     except json.JSONDecodeError as e:
         return ("syntax", e.msg, e.pos)
-    except _DuplicateKey as e:
+    except DuplicateKey as e:
         return ("duplicate", e.key)
     except ValueError as e:
         return ("value error", str(e))
 
 
 def _same_as_json_loads(text: str) -> None:
-    expected = _outcome(lambda t: json.loads(t, object_pairs_hook=_reject_duplicates), text)
+    expected = _outcome(lambda t: json.loads(t, object_pairs_hook=unique_keys), text)
     assert _outcome(files.PolicyDecoder().decode, text) == expected
 
 

@@ -32,6 +32,7 @@ from tokend.policy.files import (
     load_policy,
 )
 from tokend.policy.model import PolicyError
+from tokend.unique_json import DuplicateKey, unique_keys
 
 PULL_PUSH = ("pull", "push")
 """What ``--push`` grants: the registry needs pull to upload, and the policy requires it."""
@@ -56,20 +57,6 @@ class Snapshot:
     mode: int
     uid: int
     gid: int
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """The loader refuses a key written twice; an edit must not silently drop one."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
 
 
 def _read_regular(path: Path, follow: bool = False) -> tuple[bytes, os.stat_result]:
@@ -102,9 +89,9 @@ def read_users(config_dir: Path) -> Snapshot:
     path = config_dir / USERS_FILE
     raw, status = _read_regular(path)
     try:
-        document = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except _DuplicateKey as e:
-        raise EditError(f"{path}: duplicate key {json.dumps(str(e))}; fix it first") from None
+        document = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
+    except DuplicateKey as e:  # the loader refuses it: an edit must not silently drop one
+        raise EditError(f"{path}: duplicate key {json.dumps(e.key)}; fix it first") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise EditError(f"{path} is not valid JSON ({e}); fix it first") from None
     if not isinstance(document, dict):

@@ -32,6 +32,7 @@ from tokend.policy.report import (
     unused_rule_warnings,
 )
 from tokend.policy.trusts import ISSUERS_FILE, trusts_from_document
+from tokend.unique_json import DuplicateKey, unique_keys
 
 USERS_FILE = "users.json"
 REPOSITORIES_FILE = "repositories.json"
@@ -131,7 +132,7 @@ def read_json(path: Path, stop: Event | None = None, limit: int = MAX_POLICY_FIL
         raise PolicyError(str(path), "", e.msg, e.lineno, e.colno) from None
     except RecursionError:
         raise PolicyError(str(path), "", "nested too deeply to be a policy") from None
-    except _DuplicateKey as e:
+    except DuplicateKey as e:
         raise PolicyError(str(path), "", f"duplicate key {json.dumps(e.key)}") from None
     except ValueError as e:  # a number of more than 4300 digits
         raise PolicyError(str(path), "", str(e)) from None
@@ -217,7 +218,7 @@ class PolicyDecoder:
 
     def __init__(self, stop: Event | None = None) -> None:
         self._stop = stop
-        self.scan = json.JSONDecoder(object_pairs_hook=_reject_duplicates).raw_decode
+        self.scan = json.JSONDecoder(object_pairs_hook=unique_keys).raw_decode
 
     def decode(self, text: str) -> object:
         if text.startswith("\ufeff"):
@@ -264,7 +265,7 @@ class PolicyDecoder:
             at = _skip(text, at)
             if text[at : at + 1] == "}":
                 if twice:
-                    raise _DuplicateKey(twice[0])
+                    raise DuplicateKey(twice[0])
                 return members, at + 1
             if text[at : at + 1] != ",":
                 raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
@@ -292,21 +293,3 @@ def _skip(text: str, at: int) -> int:
     match = _WHITESPACE.match(text, at)
     assert match is not None  # the pattern matches the empty string
     return match.end()
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """A key written twice is most likely a mistake; JSON would silently keep the last one."""
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-    return result

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from weakref import WeakKeyDictionary
 
 import werkzeug.exceptions
@@ -41,6 +41,7 @@ from tokend.metrics.instruments import NO_TOKEN_METRICS, AccessTokenMetrics
 from tokend.policy.holder import PolicyHolder
 from tokend.store.database import DatabaseUnavailable
 from tokend.store.runner import Store
+from tokend.unique_json import DuplicateKey, unique_keys
 from tokend.web.basic_auth import MalformedCredentials, UnsupportedScheme, parse_authorization
 from tokend.web.errors import (
     AuthenticationFailed,
@@ -330,19 +331,6 @@ class AccessTokenAPI:
         return _json(request, error.status, error_body(error, oauth=False))
 
 
-class _Duplicate(ValueError):
-    pass
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in document:
-            raise _Duplicate(f"field {key[:40]!r} given more than once")
-        document[key] = value
-    return document
-
-
 def _constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
@@ -369,9 +357,9 @@ def _document(request: Request) -> object:
     except UnicodeDecodeError:
         raise RequestError("the body is not UTF-8") from None
     try:
-        return json.loads(text, object_pairs_hook=_object, parse_constant=_constant)
-    except _Duplicate as e:
-        raise RequestError(str(e)) from None
+        return json.loads(text, object_pairs_hook=unique_keys, parse_constant=_constant)
+    except DuplicateKey as e:
+        raise RequestError(f"field {e.key[:40]!r} given more than once") from None
     except RecursionError:
         raise RequestError("the body is nested too deeply") from None
     except ValueError as e:

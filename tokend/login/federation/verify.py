@@ -19,6 +19,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
+from tokend.unique_json import DuplicateKey, unique_keys
+
 MAX_TOKEN_CHARS = 16 * 1024
 """Longer input is refused before it is split or decoded; platform JWTs are about 1-2 KiB."""
 
@@ -84,15 +86,6 @@ def _refuse_constant(name: str) -> Any:
     raise FederatedRefused(f"a JSON {name} in the token")
 
 
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise FederatedRefused(f"a member {key!r} twice in the token")
-        result[key] = value
-    return result
-
-
 def _decode(segment: str, what: str) -> bytes:
     if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
         raise FederatedRefused(f"the {what} is not base64url")
@@ -106,9 +99,11 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(
             _decode(segment, what),
-            object_pairs_hook=_unique_object,
+            object_pairs_hook=unique_keys,
             parse_constant=_refuse_constant,
         )
+    except DuplicateKey as e:
+        raise FederatedRefused(f"a member {e.key!r} twice in the token") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise FederatedRefused(f"the {what} is not JSON") from None
     if not isinstance(value, dict):
