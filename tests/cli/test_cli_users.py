@@ -225,6 +225,18 @@ def test_a_linked_users_json_is_refused_and_the_link_kept(
     assert real.read_bytes() == before
 
 
+def test_a_key_written_twice_is_refused_and_the_file_kept(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The loader refuses it; an edit that kept only one of them would hide the mistake."""
+    users = config / "users.json"
+    users.write_text('{"ann": {"pass_hash": null}, "ann": {"pass_hash": null}}')
+    before = users.read_bytes()
+    assert run("remove", "ann", "--config-dir", str(config)) == (1, "")
+    assert capsys.readouterr().err == (f'tokend user: {users}: duplicate key "ann"; fix it first\n')
+    assert users.read_bytes() == before
+
+
 def test_a_running_daemon_takes_up_tokend_user_add(tmp_path: Path, config: Path) -> None:
     """The real tool and the real twistd: the new user gets a token through the live reload,
     and ``tokend token`` reads the realm's answer back."""
