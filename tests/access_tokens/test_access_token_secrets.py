@@ -22,6 +22,7 @@ from tokend.access_tokens.secrets import (
     new_secret,
     parse,
     secret_hash,
+    secret_in,
 )
 
 
@@ -146,3 +147,13 @@ def test_the_core_imports_no_twisted() -> None:
     imports = re.compile(r"^\s*(?:from|import)\s+(?:twisted|klein)\b", re.MULTILINE)
     for path in package.glob("*.py"):
         assert imports.search(path.read_text()) is None, path.name
+
+
+def test_the_secret_a_password_holds_is_read_from_bytes_length_first() -> None:
+    secret = new_secret()
+    assert secret_in(secret.encode("ascii")) == secret
+    assert secret_in(secret[:-1].encode("ascii") + b"\xff") is None  # not ASCII
+    assert secret_in(secret.encode("ascii") + b"x") is None
+    assert secret_in(b"x" * 1_000_000) is None
+    broken = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    assert secret_in(broken.encode("ascii")) is None  # the checksum

@@ -15,6 +15,9 @@ Cap = Mapping[str, tuple[str, ...]]
 ACTIVE = "active"
 EXPIRED = "expired"
 REVOKED = "revoked"
+TOUCH_INTERVAL = 60
+"""Seconds between two records of one token's last use, at the least: the door sends one a
+minute from a process, and the store writes one a minute among every process."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,18 @@ def parse(text: str) -> Parsed | None:
     return Parsed(text)
 
 
+def secret_in(password: bytes) -> str | None:
+    """The secret a login's ``password`` holds, or None when it is none (wrong form or
+    checksum); the length is checked before anything else, so a megabyte costs nothing."""
+    if len(password) != SECRET_LENGTH:
+        return None
+    try:
+        parsed = parse(password.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    return None if parsed is None else parsed.secret
+
+
 def secret_hash(secret: str) -> bytes:
     """What the database stores and is searched by. SHA-256 is enough: a 256-bit random secret
     cannot be guessed from its hash, so no slow hash (and no bcrypt per login) is needed."""

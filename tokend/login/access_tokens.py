@@ -11,18 +11,17 @@ A refresh token issued after a token login is bound to that token: revoking it r
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tokend.access_tokens.cap import Cap, CapError, cap_from_json
-from tokend.access_tokens.record import AccessToken
-from tokend.access_tokens.secrets import PREFIX, SECRET_LENGTH, parse, secret_hash
+from tokend.access_tokens.record import TOUCH_INTERVAL, AccessToken
+from tokend.access_tokens.secrets import PREFIX, secret_hash, secret_in
 from tokend.login.credentials import UsernamePassword
 from tokend.login.identity import (
     ACCESS_TOKEN_SOURCE,
@@ -35,6 +34,7 @@ from tokend.login.identity import (
     UnfitName,
     directory_spelling,
 )
+from tokend.login.recent_answers import RecentAnswers
 from tokend.login.refresh_tokens import InvalidRefreshToken, RefreshClaims, RefreshTokens
 from tokend.logs.escaping import printable
 from tokend.policy.model import DIRECTORY_GROUPS, OWN_ENTRY, Policy
@@ -48,10 +48,6 @@ _Found = tuple[AccessToken, Cap] | None
 CACHE_TTL = 1.0
 """Seconds a lookup (a hit or a miss) is remembered: a revocation made elsewhere must stop the
 token everywhere within 2 s, the query's own time included."""
-REMEMBERED = 4096
-"""Lookups remembered at most, of each kind (secrets, owners' token lists, directory owners)."""
-TOUCH_INTERVAL = 60
-"""Seconds between two records of one token's last use sent from this process."""
 
 WRONG = "invalid user name or password"
 """An unknown token, another owner's or a malformed one: one message, so none tells which."""
@@ -114,55 +110,6 @@ class _Owner:
     tokens_valid_after: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Seen(Generic[T]):
-    value: T
-    asked_at: float
-    """When the query was sent: an entry is trusted for CACHE_TTL from then, not from its
-    answer, so a slow query does not stretch the window a revocation may go unseen."""
-
-
-class _Remembered(Generic[T]):
-    """A bounded map of recent answers, each trusted for ``ttl`` seconds after it was asked."""
-
-    def __init__(self, ttl: float) -> None:
-        self._ttl = ttl
-        self._seen: OrderedDict[str, _Seen[T]] = OrderedDict()
-
-    def get(self, key: str, now: float) -> _Seen[T] | None:
-        seen = self._seen.get(key)
-        if seen is None:
-            return None
-        if not seen.asked_at <= now < seen.asked_at + self._ttl:
-            del self._seen[key]
-            return None
-        return seen
-
-    def put(self, key: str, value: T, asked_at: float) -> None:
-        if self._ttl <= 0:
-            return
-        self._seen[key] = _Seen(value, asked_at)
-        self._seen.move_to_end(key)
-        while len(self._seen) > REMEMBERED:
-            self._seen.popitem(last=False)
-
-    def drop(self, wanted: Callable[[T], bool]) -> None:
-        for key in [k for k, seen in self._seen.items() if wanted(seen.value)]:
-            del self._seen[key]
-
-
-def _secret(password: bytes) -> str | None:
-    """The secret ``password`` holds, or None when it is none (wrong form or checksum);
-    the length is checked before anything else, so a megabyte costs nothing."""
-    if len(password) != SECRET_LENGTH:
-        return None
-    try:
-        parsed = parse(password.decode("ascii"))
-    except UnicodeDecodeError:
-        return None
-    return None if parsed is None else parsed.secret
-
-
 class AccessTokenAccounts:
     """Answers every name whose password is an access token's secret (``tkd_at_``…): a
     malformed one is refused as a token, never checked as a password. An authenticator, and
@@ -191,10 +138,12 @@ class AccessTokenAccounts:
         self._now = clock
         self._directory = directory
         self._events = events
-        self._by_hash: _Remembered[tuple[AccessToken, Cap] | None] = _Remembered(cache_ttl)
-        self._by_owner: _Remembered[tuple[tuple[AccessToken, Cap], ...]] = _Remembered(cache_ttl)
-        self._owners: _Remembered[_Owner | None] = _Remembered(cache_ttl)
-        self._touched: OrderedDict[str, float] = OrderedDict()
+        self._by_hash: RecentAnswers[_Found] = RecentAnswers(cache_ttl)
+        self._by_owner: RecentAnswers[tuple[tuple[AccessToken, Cap], ...]] = RecentAnswers(
+            cache_ttl
+        )
+        self._owners: RecentAnswers[_Owner | None] = RecentAnswers(cache_ttl)
+        self._touched: RecentAnswers[None] = RecentAnswers(TOUCH_INTERVAL)
         self._outage = False
         self._refresh_after = cache_ttl / 2
         self._finding: dict[str, tuple[float, list[Deferred[_Found]]]] = {}
@@ -215,7 +164,7 @@ class AccessTokenAccounts:
         """The login when the token (and a directory owner) were looked up within the cache's
         time; a malformed secret or a remembered refusal raises :class:`LoginRefused`."""
         assert isinstance(credentials, UsernamePassword)
-        secret = _secret(credentials.password)
+        secret = secret_in(credentials.password)
         if secret is None:
             raise self._refusal("malformed", None, credentials.account)
         hashed = secret_hash(secret).hex()
@@ -238,7 +187,7 @@ class AccessTokenAccounts:
         :class:`BackendUnavailable`."""
         assert isinstance(credentials, UsernamePassword)
         account = credentials.account
-        secret = _secret(credentials.password)
+        secret = secret_in(credentials.password)
         if secret is None:
             raise self._refusal("malformed", None, account)
         token = await self._asked(self._find(secret_hash(secret).hex()), account)
@@ -321,13 +270,9 @@ class AccessTokenAccounts:
         use = login.identity.access_token
         if use is None:
             return
-        last = self._touched.get(use.id)
-        if last is not None and last <= now < last + TOUCH_INTERVAL:
+        if self._touched.get(use.id, now) is not None:
             return
-        self._touched[use.id] = now
-        self._touched.move_to_end(use.id)
-        while len(self._touched) > REMEMBERED:
-            self._touched.popitem(last=False)
+        self._touched.put(use.id, None, now)
         try:
             touching = self._tokens.touch(use.id, int(now), client)
         except Exception:
@@ -336,7 +281,7 @@ class AccessTokenAccounts:
         touching.addErrback(self._touch_failed, use)
 
     def _touch_failed(self, failure: Failure, use: TokenUse) -> None:
-        self._touched.pop(use.id, None)  # not recorded: the next use tries again
+        self._touched.discard(use.id)  # not recorded: the next use tries again
         if failure.check(DatabaseUnavailable):
             self.log.warn(
                 "last use of access token {token_id} ({token_name}) not recorded: {reason}",

@@ -18,15 +18,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Row, and_, insert, or_, select, update
 
-from tokend.access_tokens.record import AccessToken, Cap
+from tokend.access_tokens.record import TOUCH_INTERVAL, AccessToken, Cap
 from tokend.access_tokens.secrets import secret_hash as hashed_secret
 from tokend.store.database import Location, guarded
 from tokend.store.schema import access_tokens
 
 T = TypeVar("T")
 
-TOUCH_INTERVAL = 60
-"""Seconds between two writes of one token's last use, at most one in every process together."""
 REMEMBERED_TOUCHES = 4096
 """Tokens whose last write this process remembers before forgetting those older than a minute."""
 MAX_NAME = 256
