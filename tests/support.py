@@ -246,6 +246,22 @@ def start_twistd(*args: str, log: Path, output: Path | None = None) -> subproces
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
 
+def start_failure(tmp_path: Path, *args: str) -> str:
+    """What a failed start printed and logged, once checked to be one sentence: no traceback,
+    no usage text (twistd prints its whole --help before a UsageError's message)."""
+    log = tmp_path / "failed.log"
+    process = start_twistd(*args, log=log)
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        stop_process(process)  # one that started after all
+    assert process.returncode == 1
+    text = output.decode() + (log.read_text() if log.exists() else "")
+    assert "Traceback" not in text
+    assert "Usage:" not in text and "--help" not in text
+    return text
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
     """SIGTERM by PID, then SIGKILL if it does not go; returns the exit status."""
     if process.poll() is None:

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from daemons import start
 from postgres_server import PostgresServer, running_postgres
-from support import start_twistd, stop_process, wait_for, write_key_pair, write_policy
+from support import (
+    start_failure,
+    stop_process,
+    wait_for,
+    write_key_pair,
+    write_policy,
+)
 
 from tokend.store.database import DatabaseUnavailable, locate
 from tokend.store.migrating import head, version
@@ -86,17 +92,9 @@ def test_a_database_that_cannot_be_created_stops_start_up_with_one_sentence(
     config = tmp_path / "config"
     write_policy(config, {"alice": ("alice-pw", {"*": ["pull"]})}, {"repositories": []})
     key, cert = write_key_pair(tmp_path)
-    log = tmp_path / "failed.log"
-    process = start_twistd(
+    text = start_failure(
+        tmp_path,
         "--listen", f"unix:{tmp_path / 'tokend.sock'}", "--config-dir", str(config),
         "--key", str(key), "--cert", str(cert), "--workers", "1",
-        log=log,
     )  # fmt: skip
-    try:
-        output, _ = process.communicate(timeout=60)
-    finally:
-        stop_process(process)
-    text = output.decode() + (log.read_text() if log.exists() else "")
-    assert process.returncode == 1, text
-    assert "Traceback" not in text
     assert f"cannot create {tmp_path / 'state'} for the access tokens' database" in text, text

@@ -22,6 +22,7 @@ from support import (
     accepts,
     get_json_over_unix,
     load_certificate,
+    start_failure,
     start_twistd,
     stop_process,
     verify_jwt,
@@ -82,22 +83,6 @@ def test_twistd_serves_tokens_on_a_unix_socket(
     assert "issued GET token to 'bar'" in text
     assert '"GET /v2/token' not in text, "one event per request, no second access-log line"
     assert "bar:bar" not in text and auth not in text
-
-
-def start_failure(tmp_path: Path, *args: str) -> str:
-    """What a failed start printed and logged, once checked to be one sentence: no traceback,
-    no usage text (twistd prints its whole --help before a UsageError's message)."""
-    log = tmp_path / "failed.log"
-    process = twistd(*args, log=log)
-    try:
-        output, _ = process.communicate(timeout=60)
-    finally:
-        stop_process(process)  # one that started after all
-    assert process.returncode == 1
-    text = output.decode() + (log.read_text() if log.exists() else "")
-    assert "Traceback" not in text
-    assert "Usage:" not in text and "--help" not in text
-    return text
 
 
 def wait_for_socket(process: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
