@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from e2e.stack import CLEAN_PATH, CommandResult, OciImage, Running, Stack, wait_until
 
@@ -22,6 +23,13 @@ ENGINE_BINARIES = {"dockerd": "dockerd", "docker": DOCKER, "ctr": "ctr", "contai
 
 def missing_engine_binaries() -> list[str]:
     return [name for name, binary in ENGINE_BINARIES.items() if shutil.which(binary) is None]
+
+
+class Pushed(NamedTuple):
+    reference: str
+    """``REGISTRY/REPOSITORY:latest``, as docker names it."""
+    digest: str
+    """The manifest digest the registry stored."""
 
 
 @dataclass
@@ -70,6 +78,18 @@ class Engine:
             f"oci:{image.path}:latest", f"docker-daemon:{reference}",
         )  # fmt: skip
         assert result.ok, result.stderr
+
+    def push_stored(self, client: str, image: OciImage, repository: str) -> Pushed:
+        """Push ``image`` as ``repository:latest`` with ``client``'s login, and check that the
+        registry stored the very manifest docker reported."""
+        reference = f"{self.stack.registry}/{repository}:latest"
+        self.load(image, reference)
+        pushed = self.docker(client, "push", reference)
+        assert pushed.ok, pushed.stderr
+        stored = self.stack.stored_tag(repository)
+        assert stored is not None, "the registry stores what was pushed"
+        assert f"digest: {stored}" in pushed.stdout, pushed.stdout
+        return Pushed(reference, stored)
 
     def hosts_dir(self) -> Path:
         """containerd speaks plain HTTP to loopback unless told the host is HTTPS."""

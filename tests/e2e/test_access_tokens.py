@@ -163,12 +163,7 @@ def test_docker_login_with_a_token_pushes_within_its_cap_only(
     assert token.secret not in config_text  # docker keeps the refresh token, not the secret
 
     image = stack.new_image()
-    inside = f"{stack.registry}/atok/docker-app:latest"
-    engine.load(image, inside)
-    pushed = engine.docker("atok-docker", "push", inside)
-    assert pushed.ok, pushed.stderr
-    stored = stack.stored_tag("atok/docker-app")
-    assert stored is not None and f"digest: {stored}" in pushed.stdout, pushed.stdout
+    engine.push_stored("atok-docker", image, "atok/docker-app")
 
     outside = f"{stack.registry}/atok-other/docker-app:latest"
     engine.load(image, outside)
@@ -245,13 +240,7 @@ def test_a_docker_client_holding_the_refresh_token_fails_after_revoke(
 ) -> None:
     token = create(stack, USER, "docker-revoked", "atok/*:pull,push")
     assert engine.login("atok-revoke", USER, token.secret).ok
-    image = stack.new_image()
-    reference = f"{stack.registry}/atok/revoke-app:latest"
-    engine.load(image, reference)
-    pushed = engine.docker("atok-revoke", "push", reference)
-    assert pushed.ok, pushed.stderr
-    stored = stack.stored_tag("atok/revoke-app")
-    assert stored is not None and f"digest: {stored}" in pushed.stdout, pushed.stdout
+    reference, stored = engine.push_stored("atok-revoke", stack.new_image(), "atok/revoke-app")
 
     revoked = token_command(stack, "revoke", token)
     assert revoked["state"] == "revoked" and revoked["revoked_at"], revoked

@@ -37,16 +37,8 @@ def test_docker_login_and_logout(stack: Stack, engine: Engine) -> None:
 
 
 def test_docker_push_and_pull_follow_each_users_rights(stack: Stack, engine: Engine) -> None:
-    image = stack.new_image()
-    reference = f"{stack.registry}/dock/app:latest"
-    engine.load(image, reference)
-
     assert engine.login("pusher", "bar", "bar").ok
-    pushed = engine.docker("pusher", "push", reference)
-    assert pushed.ok, pushed.stderr
-    stored = stack.stored_tag("dock/app")
-    assert stored is not None
-    assert f"digest: {stored}" in pushed.stdout
+    reference, stored = engine.push_stored("pusher", stack.new_image(), "dock/app")
 
     assert engine.docker("pusher", "rmi", reference).ok
     assert engine.login("puller", "foo", "foo").ok

@@ -131,15 +131,8 @@ def test_docker_login_keeps_an_identity_token_and_no_password(
     )
     assert issued_at_login, login_log
 
-    image = stack.new_image()
-    reference = f"{stack.registry}/ident/docker-app:latest"
-    engine.load(image, reference)
     offset = stack.tokend_log_offset()
-    pushed = engine.docker("ident-docker", "push", reference)
-    assert pushed.ok, pushed.stderr
-    stored = stack.stored_tag("ident/docker-app")
-    assert stored is not None
-    assert f"digest: {stored}" in pushed.stdout
+    reference, stored = engine.push_stored("ident-docker", stack.new_image(), "ident/docker-app")
     assert engine.docker("ident-docker", "rmi", reference).ok
     pulled = engine.docker("ident-docker", "pull", reference)
     assert pulled.ok, pulled.stderr

@@ -225,14 +225,7 @@ def test_docker_logs_in_with_a_github_actions_token_and_pushes_its_own_repositor
     saved = (engine.root / "clients" / "gha" / "config.json").read_text()
     assert "identitytoken" not in saved, "a federated login must get no refresh token"
 
-    image = stack.new_image()
-    reference = f"{stack.registry}/acme/app:latest"
-    engine.load(image, reference)
-    pushed = engine.docker("gha", "push", reference)
-    assert pushed.ok, pushed.stderr
-    stored = stack.stored_tag("acme/app")
-    assert stored is not None, "the registry stores what was pushed"
-    assert f"digest: {stored}" in pushed.stdout, pushed.stdout
+    reference, _ = engine.push_stored("gha", stack.new_image(), "acme/app")
 
     other = f"{stack.registry}/acme/other:latest"
     assert engine.docker("gha", "tag", reference, other).ok
