@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults
 
 from tokend.access_tokens.cap import capped
 from tokend.client_address import ClientAddress
-from tokend.login.identity import Login
+from tokend.login.identity import Login, TokenUse
 from tokend.login.logins import Logins
 from tokend.policy.holder import PolicyHolder
 from tokend.policy.model import ACTIONS, ALL_ACTIONS
@@ -83,11 +83,13 @@ class Issuing:
             ResourceScope(scope.type, scope.name, policy.grant(account, scope, member, address))
             for scope in asked
         )
-        if login is not None and login.identity.access_token is not None:
-            asked = tuple(_within_cap(login, scope) for scope in asked)
-            granted = tuple(_within_cap(login, scope) for scope in granted)
+        use = None if login is None else login.identity.access_token
+        if use is not None:
+            granted = tuple(_within_cap(use, scope) for scope in granted)
         if self._authorization is None:
             return self._signed(login, service, granted, offline, presented)
+        if use is not None:  # the program is asked about no more than the cap allows
+            asked = tuple(_within_cap(use, scope) for scope in asked)
         shown = "" if client is None else client.address
         authorized = self._authorized(self._authorization, login, service, asked, granted, shown)
         return Deferred.fromCoroutine(authorized).addCallback(
@@ -145,12 +147,11 @@ class Issuing:
         return Issued(token, granted, refresh_token)
 
 
-def _within_cap(login: Login, scope: ResourceScope) -> ResourceScope:
-    """``scope`` within the cap of the access token ``login`` was made with: repositories
-    only (the catalog would list every repository, whatever the cap), ``*`` read as every
-    action, so a deciding authorization program is asked about no more than the cap allows."""
-    use = login.identity.access_token
-    assert use is not None
+def _within_cap(use: TokenUse, scope: ResourceScope) -> ResourceScope:
+    """``scope`` within the cap of the access token a login was made with (``use``):
+    repositories only (the catalog would list every repository, whatever the cap), ``*`` read
+    as every action, so a deciding authorization program is asked about no more than the cap
+    allows."""
     if scope.type != "repository":
         return ResourceScope(scope.type, scope.name, ())
     actions = ACTIONS if ALL_ACTIONS in scope.actions else scope.actions

@@ -79,10 +79,11 @@ def secret_in(password: bytes) -> str | None:
     return None if parsed is None else parsed.secret
 
 
-def secret_hash(secret: str) -> bytes:
-    """What the database stores and is searched by. SHA-256 is enough: a 256-bit random secret
-    cannot be guessed from its hash, so no slow hash (and no bcrypt per login) is needed."""
-    return hashlib.sha256(secret.encode("ascii")).digest()
+def secret_hash(secret: str | bytes) -> bytes:
+    """What the database stores and is searched by (of the secret, or of a login's password
+    that holds it). SHA-256 is enough: a 256-bit random secret cannot be guessed from its hash,
+    so no slow hash (and no bcrypt per login) is needed."""
+    return hashlib.sha256(secret.encode("ascii") if isinstance(secret, str) else secret).digest()
 
 
 def matches(secret: str, stored_hash: bytes) -> bool:
