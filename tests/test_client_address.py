@@ -11,6 +11,7 @@ from tokend.client_address import (
     MAX_HEADER_CHARS,
     ClientAddress,
     TrustedProxies,
+    client_ip,
     parse_networks,
 )
 
@@ -92,3 +93,15 @@ def test_parse_networks() -> None:
     )
     with pytest.raises(ValueError, match="'nginx' is not an IP address or CIDR network"):
         parse_networks(["10.0.0.1", "nginx"])
+
+
+def test_an_address_reads_the_same_remembered_or_not() -> None:
+    """Short text is parsed once and remembered; longer text (a long zone id) is parsed each
+    time: both give what ipaddress gives, IPv4-mapped addresses unmapped."""
+    for _ in range(2):
+        assert client_ip(" 10.1.2.3 ") == ipaddress.ip_address("10.1.2.3")
+        assert client_ip("::ffff:10.1.2.3") == ipaddress.ip_address("10.1.2.3")
+        assert client_ip("unix") is None
+    zone = "fe80::1%" + "z" * 80
+    assert client_ip(zone) == ipaddress.ip_address(zone)
+    assert client_ip("x" * 100) is None

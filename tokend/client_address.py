@@ -10,6 +10,7 @@ way nginx's own ``real_ip_header`` does, and only that header is read.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,19 @@ def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
 
 def client_ip(value: str) -> IPAddress | None:
     """An address as tokend compares it: an IPv4-mapped IPv6 address is its IPv4 address;
-    None for anything that is no address (``unix``)."""
+    None for anything that is no address (``unix``). The few addresses a daemon sees again
+    and again (its proxy's, a CI's, ``unix``) are parsed once; longer text, never an address
+    but for a long zone id, is not remembered."""
+    if len(value) <= _REMEMBERED_CHARS:
+        return _remembered_ip(value)
+    return _parsed_ip(value)
+
+
+_REMEMBERED_CHARS = 64
+"""Longer than any address's text (45 characters at the most, without a zone id)."""
+
+
+def _parsed_ip(value: str) -> IPAddress | None:
     try:
         ip = ipaddress.ip_address(value.strip())
     except ValueError:
@@ -50,6 +63,9 @@ def client_ip(value: str) -> IPAddress | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+_remembered_ip = functools.lru_cache(maxsize=1024)(_parsed_ip)
 
 
 @dataclass(frozen=True, slots=True)
